@@ -1,0 +1,72 @@
+"""DoctorContext: the target plus a lazily filled, cached probe snapshot.
+
+Production code runs the registered probes on demand; tests pass a ready snapshot
+(`DoctorContext.from_snapshot`) built from a named scenario. Checks never notice the difference.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from doctor.probes import ProbeFn, Unavailable, load_probes
+from doctor.report.model import to_jsonable
+from doctor.target import Target
+
+
+class DoctorContext:
+    def __init__(self, target: Target, probes: Mapping[str, ProbeFn] | None = None,
+                 snapshot: Mapping[str, Any] | None = None) -> None:
+        self.target = target
+        self._probes = dict(load_probes() if probes is None else probes)
+        self._cache: dict[str, Any] = dict(snapshot or {})
+        self._frozen = snapshot is not None  # a scenario: never run real probes
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.probe_seconds: dict[str, float] = {}
+
+    @classmethod
+    def from_snapshot(cls, target: Target, snapshot: Mapping[str, Any]) -> DoctorContext:
+        return cls(target, probes={}, snapshot=snapshot)
+
+    def probe(self, name: str) -> Any:
+        """Facts of probe `name`, or Unavailable. Runs the probe once; never raises."""
+        if name in self._cache:
+            return self._cache[name]
+        if self._frozen:
+            return Unavailable(f"probe {name!r} is not part of this scenario", "missing")
+        with self._guard:
+            lock = self._locks.setdefault(name, threading.Lock())
+        with lock:
+            if name not in self._cache:
+                self._cache[name] = self._run_probe(name)
+        return self._cache[name]
+
+    def _run_probe(self, name: str) -> Any:
+        fn = self._probes.get(name)
+        if fn is None:
+            return Unavailable(f"no probe named {name!r} is registered", "error")
+        start = time.monotonic()
+        try:
+            return fn(self.target)
+        except Exception as exc:  # a probe bug must not sink the report
+            return Unavailable(f"probe {name!r} failed: {type(exc).__name__}: {exc}", "error",
+                               detail=traceback.format_exc(limit=4))
+        finally:
+            self.probe_seconds[name] = time.monotonic() - start
+
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Run several probes concurrently (child processes and NVML release the GIL)."""
+        pending = [n for n in dict.fromkeys(names) if n not in self._cache]
+        if self._frozen or not pending:
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(pending))) as pool:
+            list(pool.map(self.probe, pending))
+
+    def facts(self) -> dict[str, Any]:
+        """JSON-able facts of every probe that ran, for the report's `facts` object."""
+        return {name: to_jsonable(value) for name, value in sorted(self._cache.items())}

@@ -1,0 +1,56 @@
+"""Probes gather facts; checks judge them. The probe snapshot is the one seam tests fake.
+
+A probe is a function `Target -> facts` registered with `@probe("name")`. Facts are frozen
+dataclasses or plain mappings (JSON-able). A probe that cannot answer returns `Unavailable`
+instead of raising: missing hardware or a missing library is a value, not an exception.
+
+Only modules under doctor/probes/ and doctor/memory/ may touch torch, bitsandbytes,
+transformers or triton, and only inside a child process (doctor.probes.child).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+UnavailableKind = Literal["missing", "not-applicable", "error", "timeout"]
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Why a probe has no facts. `error`/`timeout` turn the checks that need it into ERROR rows;
+    `missing`/`not-applicable` turn them into SKIP rows."""
+
+    reason: str
+    kind: UnavailableKind = "missing"
+    detail: str | None = None  # e.g. the child's stderr tail, a traceback's last line
+
+
+ProbeFn = Callable[[Any], Any]  # Target -> facts | Unavailable
+_PROBES: dict[str, ProbeFn] = {}
+
+# Modules whose import registers probes, in no particular order (probes run on demand).
+PROBE_MODULES: tuple[str, ...] = (
+    "doctor.probes.host",
+)
+
+
+def probe(name: str) -> Callable[[ProbeFn], ProbeFn]:
+    """Register a probe under a unique name."""
+
+    def register(fn: ProbeFn) -> ProbeFn:
+        if name in _PROBES and _PROBES[name] is not fn:
+            raise ValueError(f"probe {name!r} registered twice")
+        _PROBES[name] = fn
+        return fn
+
+    return register
+
+
+def load_probes() -> dict[str, ProbeFn]:
+    import importlib
+
+    for module in PROBE_MODULES:
+        importlib.import_module(module)
+    return dict(_PROBES)
