@@ -20,10 +20,17 @@ from doctor.target import ATTN_CHOICES, DTYPE_CHOICES, QUANT_CHOICES, Target, pa
 def _tokens(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
-    try:
-        return parse_token_count(value, what=f"--{param.name.replace('_', '-')}")
-    except UsageError as exc:
-        raise click.BadParameter(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+    # UsageError (not click.BadParameter): the boundary prints one "error:" line plus a hint, no usage block.
+    return parse_token_count(value, what=f"--{param.name.replace('_', '-')}")
+
+
+def _max_memory(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Reject what accelerate would reject, before any work (doctor.sizes replicates its rules)."""
+    if value is not None:
+        from doctor.sizes import parse_max_memory
+
+        parse_max_memory(value)  # raises UsageError: one line naming the bad key, exit 2
+    return value
 
 
 def target_options(fn):  # noqa: ANN001, ANN201 - a stack of click decorators
@@ -42,7 +49,7 @@ def target_options(fn):  # noqa: ANN001, ANN201 - a stack of click decorators
         click.option("--prefill-chunk", callback=_tokens, help="Tokens per prefill chunk (default: what niah picks)."),
         click.option("--kv-dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32", "float8_e4m3fn"]),
                      default="auto", show_default=True),
-        click.option("--max-memory", help="As accelerate takes it: 0=70GiB,1=70GiB,cpu=200GiB."),
+        click.option("--max-memory", callback=_max_memory, help="As accelerate takes it: 0=70GiB,1=70GiB,cpu=200GiB."),
         click.option("--device-map", help="auto, balanced, sequential, or a single device like cuda:0."),
         click.option("--script", "scripts", multiple=True, type=click.Path(),
                      help="A file the run executes; its git freshness is checked. Repeatable."),
@@ -52,6 +59,8 @@ def target_options(fn):  # noqa: ANN001, ANN201 - a stack of click decorators
         click.option("--live/--no-live", default=None,
                      help="Import torch/bitsandbytes/triton in child processes and test the GPU "
                           "(default: only when an NVIDIA GPU is visible)."),
+        click.option("--base-url", help="OpenAI-compatible server (vLLM, SGLang, niah serve) serving --model; "
+                                        "checks it answers and takes --context. Contacts only that server."),
         click.option("--timeout", "probe_timeout_s", type=float, default=60.0, show_default=True,
                      help="Seconds before a hung probe child is killed."),
     ]
@@ -70,7 +79,7 @@ def target_from_options(opts: dict) -> Target:
         max_memory=opts.get("max_memory"), device_map=opts.get("device_map"),
         scripts=tuple(opts.get("scripts") or ()), fetch=bool(opts.get("fetch")), online=bool(opts.get("online")),
         trust_remote_code=bool(opts.get("trust_remote_code")), live=opts.get("live"),
-        probe_timeout_s=float(opts.get("probe_timeout_s") or 60.0),
+        probe_timeout_s=float(opts.get("probe_timeout_s") or 60.0), base_url=opts.get("base_url") or None,
     )
 
 

@@ -64,6 +64,7 @@ class Target:
     trust_remote_code: bool = False
     live: bool | None = None  # import torch/bnb/triton in child processes; None = only when a GPU is visible
     probe_timeout_s: float = 60.0
+    base_url: str | None = None  # an OpenAI-compatible server (vLLM, SGLang, niah serve) serving `model`
     extra: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # reserved for later flags
 
     def __post_init__(self) -> None:
@@ -90,4 +91,6 @@ class Target:
                      "max_memory", "device_map"):
             out[name] = getattr(self, name)
         out["scripts"] = list(self.scripts)
+        if self.base_url:
+            out["base_url"] = self.base_url  # the report's redaction drops any user:password@ part
         return out

@@ -1,0 +1,245 @@
+"""GPU via NVML, without starting CUDA: driver and its CUDA version, devices, busy memory,
+CUDA_VISIBLE_DEVICES, MIG.
+
+No GPU on a machine where the planned run needs none (`doctor` on a CPU dev box) is a WARN once
+(`nvidia-driver`) and SKIPs elsewhere; when the run needs a GPU (bnb quantization, a long context)
+it is a FAIL. See docs/checks.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+from doctor.context import DoctorContext
+from doctor.probes.libs_live import TorchLive
+from doctor.probes.nvml import GpuFacts, NvmlFacts
+from doctor.registry import Outcome, check
+from doctor.report.model import Evidence, Fix
+from doctor.target import Target
+from doctor.units import GIB, gib
+
+SECTION = "gpu"
+SMI_GPUS = "nvidia-smi --query-gpu=index,name,memory.total,memory.free,compute_cap --format=csv"
+SMI_DRIVER = "nvidia-smi --query-gpu=driver_version --format=csv,noheader; nvidia-smi | head -4"
+SMI_PROCS = "nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv"
+NO_GPU_FIX = Fix(
+    "Run on a machine with an NVIDIA GPU and driver; in a container start it with GPU access",
+    ("nvidia-smi", "docker run --gpus all ...  # NVIDIA Container Toolkit"),
+    "https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html",
+)
+# Idle H100s report ~0.5 GiB "used" (driver reservations) with no process: not a busy GPU.
+_BUSY_BYTES = 2 * GIB
+
+
+def run_needs_gpu(target: Target) -> str | None:
+    """Why the planned run needs a CUDA GPU, or None when a CPU-only machine is fine for it."""
+    if target.quant in ("bnb-4bit", "bnb-8bit"):
+        return f"--quant {target.quant} needs a CUDA GPU"
+    if target.model and target.context and target.model != "demo":
+        return f"a {target.context}-token run of {target.model} needs a GPU"
+    return None
+
+
+def gpu_names(nvml: NvmlFacts) -> str:
+    names = list(dict.fromkeys(g.name for g in nvml.gpus))
+    if len(names) == 1:
+        return names[0] + (f" (x{nvml.gpu_count})" if nvml.gpu_count > 1 else "")
+    return ", ".join(names)
+
+
+def driver_evidence(nvml: NvmlFacts) -> list[Evidence]:
+    return [
+        Evidence("nvidia.driver_version", nvml.driver_version, "nvml", SMI_DRIVER),
+        Evidence(
+            "nvidia.cuda_driver_version", nvml.cuda_driver_text, "nvml", "nvidia-smi | grep 'CUDA Version'"
+        ),
+    ]
+
+
+def _gpu_line(gpu: GpuFacts) -> str:
+    cc = f", {gpu.sm}" if gpu.sm else ""
+    return (
+        f"GPU {gpu.index}: {gpu.name}, {gib(gpu.memory_free_bytes)} free of {gib(gpu.memory_total_bytes)}{cc}"
+    )
+
+
+@check(
+    "nvidia-driver", title="NVIDIA driver and the CUDA version it supports", section=SECTION, needs=("nvml",)
+)
+def nvidia_driver(ctx: DoctorContext) -> Outcome:
+    nvml: NvmlFacts = ctx.probe("nvml")
+    evidence = [Evidence("nvml", nvml.reason or "ok", "nvml", "nvidia-smi"), *driver_evidence(nvml)]
+    if not nvml.driver_visible:
+        need = run_needs_gpu(ctx.target)
+        if need:
+            return Outcome.fail(f"{nvml.reason}, but {need}", evidence, NO_GPU_FIX)
+        return Outcome.warn(
+            f"{nvml.reason}: fine for `doctor` on a CPU-only box; bnb quantization and "
+            "long-context runs need an NVIDIA GPU",
+            evidence,
+            NO_GPU_FIX,
+        )
+    return Outcome.ok(
+        f"driver {nvml.driver_version} (supports CUDA ≤ {nvml.cuda_driver_text or '?'}), "
+        f"{nvml.gpu_count} GPU(s): {gpu_names(nvml)}",
+        evidence,
+    )
+
+
+@check("gpu-devices", title="GPUs: name, memory, compute capability", section=SECTION, needs=("nvml",))
+def gpu_devices(ctx: DoctorContext) -> Outcome:
+    nvml: NvmlFacts = ctx.probe("nvml")
+    if not nvml.gpus:
+        return Outcome.skip(nvml.reason or "no GPUs")
+    evidence = [Evidence(f"gpu[{g.index}]", _gpu_line(g), "nvml", SMI_GPUS) for g in nvml.gpus]
+    broken = [g for g in nvml.gpus if "NVML error" in g.name]
+    if broken:
+        return Outcome.warn(
+            f"NVML cannot query {len(broken)} GPU(s): {broken[0].name}",
+            evidence,
+            Fix(
+                "Check the GPU's health (Xid errors in the kernel log); a reset or reboot may help",
+                ("nvidia-smi -q | less", "sudo dmesg | grep -i xid"),
+            ),
+        )
+    return Outcome.ok("; ".join(_gpu_line(g) for g in nvml.gpus), evidence)
+
+
+def _own_process_tree() -> set[int]:
+    """Our own children (live probes) may already hold a CUDA context: never call them 'other processes'."""
+    try:
+        import psutil
+
+        me = psutil.Process()
+        return {me.pid, *(c.pid for c in me.children(recursive=True))}
+    except Exception:
+        return {os.getpid()}
+
+
+@check("gpu-busy", title="Other processes holding GPU memory", section=SECTION, needs=("nvml",))
+def gpu_busy(ctx: DoctorContext) -> Outcome:
+    nvml: NvmlFacts = ctx.probe("nvml")
+    if not nvml.gpus:
+        return Outcome.skip(nvml.reason or "no GPUs")
+    ours = _own_process_tree()
+    busy: list[str] = []
+    evidence: list[Evidence] = []
+    for gpu in nvml.gpus:
+        others = [p for p in gpu.processes if p.pid not in ours]
+        evidence.append(
+            Evidence(f"gpu[{gpu.index}].memory_used_bytes", gpu.memory_used_bytes, "nvml", SMI_GPUS)
+        )
+        if others:
+            evidence.append(
+                Evidence(
+                    f"gpu[{gpu.index}].processes",
+                    [f"pid {p.pid} {p.name or '?'} {gib(p.used_bytes)}" for p in others],
+                    "nvml",
+                    SMI_PROCS,
+                )
+            )
+        if others or gpu.memory_used_bytes > max(_BUSY_BYTES, gpu.memory_total_bytes // 20):
+            who = f"{len(others)} other process(es)" if others else "no listed process"
+            busy.append(f"GPU {gpu.index} has {gib(gpu.memory_used_bytes)} in use ({who})")
+    if busy:
+        return Outcome.warn(
+            "; ".join(busy) + " — the run gets only what is left",
+            evidence,
+            Fix(
+                "Stop the other process or pick a free GPU",
+                (SMI_PROCS, "export CUDA_VISIBLE_DEVICES=<index of a free GPU>"),
+            ),
+        )
+    return Outcome.ok(f"no other process holds GPU memory on {nvml.gpu_count} GPU(s)", evidence)
+
+
+@check("cuda-visible-devices", title="CUDA_VISIBLE_DEVICES", section=SECTION, needs=("nvml",))
+def cuda_visible_devices(ctx: DoctorContext) -> Outcome:
+    nvml: NvmlFacts = ctx.probe("nvml")
+    cvd = nvml.cuda_visible_devices
+    evidence = [
+        Evidence(
+            "env.CUDA_VISIBLE_DEVICES",
+            "unset" if cvd is None else repr(cvd),
+            "env",
+            'echo "${CUDA_VISIBLE_DEVICES-unset}"',
+        ),
+        Evidence("gpus.visible_to_cuda", nvml.visible_gpu_count, "nvml+env", SMI_GPUS),
+    ]
+    visible = nvml.visible_gpu_count
+    live = ctx.probe("torch-live")
+    if isinstance(live, TorchLive) and live.cuda_available:
+        visible = live.device_count  # torch has enumerated the devices: trust it over our parsing
+        evidence.append(
+            Evidence(
+                "torch.cuda.device_count",
+                visible,
+                "torch (child)",
+                "python -c 'import torch; print(torch.cuda.device_count())'",
+            )
+        )
+    if not nvml.gpus:
+        if cvd is not None:
+            return Outcome.skip(
+                f"no GPUs (CUDA_VISIBLE_DEVICES={cvd!r} is set but has nothing to select)", evidence
+            )
+        return Outcome.skip(nvml.reason or "no GPUs", evidence)
+    fix = Fix(
+        "Unset CUDA_VISIBLE_DEVICES or list valid GPU indices (CUDA stops at the first invalid entry)",
+        ("unset CUDA_VISIBLE_DEVICES", "export CUDA_VISIBLE_DEVICES=0"),
+    )
+    if cvd is None:
+        return Outcome.ok(f"unset: all {nvml.gpu_count} GPU(s) visible to CUDA", evidence)
+    if visible == 0:
+        summary = f"CUDA_VISIBLE_DEVICES={cvd!r} hides all {nvml.gpu_count} GPU(s) from CUDA"
+        need = run_needs_gpu(ctx.target)
+        if need:
+            return Outcome.fail(f"{summary}, but {need}", evidence, fix)
+        return Outcome.warn(summary, evidence, fix)
+    entries = [e for e in cvd.split(",") if e.strip()]
+    if len(entries) > visible:
+        return Outcome.warn(
+            f"CUDA_VISIBLE_DEVICES={cvd!r}: only {visible} of {len(entries)} "
+            "entries are valid GPUs (CUDA ignores everything after the first invalid one)",
+            evidence,
+            fix,
+        )
+    order = (
+        ""
+        if os.environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID"
+        else " (indices follow CUDA's fastest-first order unless CUDA_DEVICE_ORDER=PCI_BUS_ID)"
+    )
+    return Outcome.ok(
+        f"CUDA_VISIBLE_DEVICES={cvd!r}: {visible} of {nvml.gpu_count} GPU(s) visible{order}", evidence
+    )
+
+
+@check("gpu-mig", title="MIG (Multi-Instance GPU) mode", section=SECTION, needs=("nvml",))
+def gpu_mig(ctx: DoctorContext) -> Outcome:
+    nvml: NvmlFacts = ctx.probe("nvml")
+    if not nvml.gpus:
+        return Outcome.skip(nvml.reason or "no GPUs")
+    evidence = [
+        Evidence(
+            f"gpu[{g.index}].mig_enabled",
+            g.mig_enabled,
+            "nvml",
+            "nvidia-smi --query-gpu=index,mig.mode.current --format=csv",
+        )
+        for g in nvml.gpus
+    ]
+    sliced = [g for g in nvml.gpus if g.mig_enabled]
+    if sliced:
+        which = ", ".join(f"GPU {g.index}" for g in sliced)
+        return Outcome.warn(
+            f"MIG is on for {which}: CUDA sees only MIG slices, each a fraction of the "
+            f"{gib(sliced[0].memory_total_bytes)}",
+            evidence,
+            Fix(
+                "Use a whole GPU (ask the admin to disable MIG) or plan memory for one slice",
+                ("nvidia-smi -L", "sudo nvidia-smi -i 0 -mig 0  # admin, GPU idle"),
+            ),
+        )
+    return Outcome.ok(
+        "MIG off" if any(g.mig_enabled is False for g in nvml.gpus) else "MIG not supported/off", evidence
+    )

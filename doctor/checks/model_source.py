@@ -1,0 +1,159 @@
+"""Model source: does the model id resolve (and to what), can the hub be reached the way the run
+needs, and is the checkpoint in a safe format? (doctor-anchors F16, F11; the seed's placeholder id.)
+
+All three skip cleanly without --model (the `model`/`hub` probes return not-applicable).
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from doctor.context import DoctorContext
+from doctor.model_config import EMBEDDED_DIR, ModelResolution
+from doctor.probes.hub import HubFacts
+from doctor.registry import Outcome, check
+from doctor.report.model import Evidence, Fix
+
+SECTION = "model"
+SCOUT_ID = "meta-llama/Llama-4-Scout-17B-16E-Instruct"  # the real id behind the seed's placeholder
+
+
+def _model_evidence(res: ModelResolution) -> list[Evidence]:
+    evidence = [
+        Evidence("model.requested", res.requested, "doctor"),
+        Evidence("model.status", res.status, "doctor"),
+        Evidence("model.message", res.message, "doctor"),
+    ]
+    if res.source:
+        evidence.append(Evidence("model.source", res.source, "doctor"))
+    if res.path:
+        evidence.append(Evidence("model.path", res.path, res.source or "doctor", f"ls {res.path}"))
+    if res.model_type:
+        evidence.append(Evidence("config.model_type", res.model_type, "config.json"))
+    if res.architectures:
+        evidence.append(Evidence("config.architectures", list(res.architectures), "config.json"))
+    if res.embedded_source:
+        evidence.append(Evidence("config.embedded_source", res.embedded_source, "niah-doctor"))
+    return evidence
+
+
+def known_ids() -> list[str]:
+    """Hub ids we have embedded configs for (helper data in doctor/memory/configs), plus Scout."""
+    names = {p.stem.replace("__", "/", 1) for p in EMBEDDED_DIR.glob("*.json")}
+    return sorted(names | {SCOUT_ID})
+
+
+def suggestion(name: str) -> str | None:
+    """The seed's placeholder `Llama-4-Scout-10M-hf` was a guess at a real id: offer the nearest known one."""
+    if "llama-4-scout" in name.lower() and name != SCOUT_ID:
+        return SCOUT_ID
+    close = difflib.get_close_matches(name, [k for k in known_ids() if k != name], n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def _fix_for_missing(res: ModelResolution) -> Fix:
+    name = res.resolved_id or res.requested
+    better = suggestion(name)
+    if better:
+        return Fix(f"Use the real hub id: {better} (the id you gave does not exist)",
+                   (f"doctor --model {better} --online",), f"https://huggingface.co/{better}")
+    return Fix("Correct the model id or folder: a hub id is ORG/NAME exactly as on huggingface.co, "
+               "a folder must contain config.json", (f"hf download {name} config.json",),
+               "https://huggingface.co/models")
+
+
+@check("model-resolves", title="Model id resolves to a config", section=SECTION, needs=("model",))
+def model_resolves(ctx: DoctorContext) -> Outcome:
+    res: ModelResolution = ctx.probe("model")
+    evidence = _model_evidence(res)
+    name = res.resolved_id or res.requested
+    if res.status == "found":
+        where = {"local-folder": "local folder", "hf-cache": "HF cache", "embedded": "embedded config (offline)",
+                 "hub": "the hub", "demo": "demo model"}.get(res.source or "", res.source or "")
+        kind = res.model_type or "unknown type"
+        return Outcome.ok(f"{name}: {kind} from {where}", evidence)
+    if res.status == "gated":
+        return Outcome.fail(f"{name} is gated: the download will fail with 401/403 until you have access",
+                            evidence, Fix("Log in with a token and accept the licence on the model page",
+                                          ("hf auth login",), f"https://huggingface.co/{name}"))
+    if res.status == "offline-not-cached":
+        better = suggestion(name)
+        hint = f"; did you mean {better}?" if better else ""
+        return Outcome.warn(f"cannot verify {name} offline: not a local folder, not cached, not embedded{hint}",
+                            evidence, Fix("Check it against the hub, or download its config so the doctor "
+                                          "can judge it offline",
+                                          (f"doctor --model {name} --online", f"hf download {name} config.json")
+                                          + ((f"doctor --model {better}",) if better else ())))
+    if res.status == "not-found":
+        return Outcome.fail(f"{name} does not exist: {res.message}", evidence, _fix_for_missing(res))
+    return Outcome.fail(f"{name} is not a usable model: {res.message}", evidence,
+                        Fix("Re-download the config (a killed download leaves truncated files), or point "
+                            "--model at the folder that holds config.json",
+                            (f"hf download {name} config.json --force-download",) if "/" in name and not
+                            name.startswith(("/", ".", "~")) else ()))
+
+
+@check("hf-hub-access", title="Hugging Face hub token, offline mode and cache", section=SECTION,
+       needs=("model", "hub"))
+def hf_hub_access(ctx: DoctorContext) -> Outcome:
+    hub: HubFacts = ctx.probe("hub")
+    res: ModelResolution = ctx.probe("model")
+    evidence = [
+        Evidence("hf.token", f"present (from {hub.token_source})" if hub.token_source else "absent", "env",
+                 "hf auth whoami"),
+        Evidence("hf.offline", ", ".join(f"{v}=1" for v in hub.offline_vars) or "off", "env", "hf env"),
+        Evidence("hf.cache_dir", hub.cache_dir, "huggingface_hub", "hf env"),
+        Evidence("hf.endpoint", hub.endpoint, "huggingface_hub", "hf env"),
+    ]
+    summary = (f"token {'present (from ' + hub.token_source + ')' if hub.token_source else 'absent'}, "
+               f"offline mode {'on' if hub.offline_vars else 'off'}, cache {hub.cache_dir}")
+    local = res.source in ("local-folder", "hf-cache", "demo")
+    if hub.offline_vars and not local:
+        return Outcome.warn(f"{', '.join(hub.offline_vars)} is set and {res.resolved_id or res.requested} is not "
+                            "downloaded: the run cannot fetch its weights", evidence,
+                            Fix("Download the model first, or unset offline mode for the download",
+                                (f"hf download {res.resolved_id or res.requested}",)))
+    if res.status == "gated" and not hub.token_source:
+        return Outcome.warn("gated model and no Hugging Face token (see model-resolves)", evidence,
+                            Fix("Log in, then accept the licence on the model page", ("hf auth login",),
+                                f"https://huggingface.co/{res.resolved_id}"))
+    return Outcome.ok(summary, evidence)
+
+
+@check("checkpoint-format", title="Checkpoint format and remote code", section=SECTION, needs=("model",))
+def checkpoint_format(ctx: DoctorContext) -> Outcome:
+    res: ModelResolution = ctx.probe("model")
+    if not res.found and not res.config:
+        return Outcome.skip(f"model not resolved ({res.status})")
+    evidence = [Evidence("weights.files", list(res.weight_files[:20]) or "none seen locally", res.source or "doctor",
+                         f"ls {res.path}" if res.path else None)]
+    if res.quantization_config:
+        method = res.quantization_config.get("quant_method", "unknown")
+        evidence.append(Evidence("config.quantization_config.quant_method", method, "config.json"))
+    if res.has_remote_code:
+        evidence.append(Evidence("config.auto_map", dict(res.config.get("auto_map") or {}), "config.json"))
+        if not ctx.target.trust_remote_code:
+            return Outcome.fail("the config needs the model's own Python code (auto_map), and remote code is off",
+                                evidence, Fix("Read the repo's modelling code first; only then opt in",
+                                              ("doctor --trust-remote-code ...",)))
+    if res.pickle_files and not any(f.endswith(".safetensors") for f in res.weight_files):
+        return Outcome.warn(f"pickle checkpoint ({', '.join(res.pickle_files[:3])}): loading it runs code "
+                            "from the file and needs an explicit opt-in; it is also fully materialised in RAM",
+                            evidence, Fix("Prefer a safetensors revision of the model (or convert it once)",
+                                          link="https://huggingface.co/docs/safetensors"))
+    return Outcome.ok(_format_summary(res, ctx.target.trust_remote_code), evidence)
+
+
+def _format_summary(res: ModelResolution, trust_remote_code: bool) -> str:
+    if res.gguf_file:
+        fmt = f"GGUF ({res.gguf_file.rsplit('/', 1)[-1]})"
+    elif any(f.endswith(".safetensors") for f in res.weight_files):
+        fmt = "safetensors"
+    else:
+        fmt = "weights not downloaded yet" if not res.weight_files else "mixed"
+    parts = [fmt]
+    if res.quantization_config:
+        parts.append(f"pre-quantized ({res.quantization_config.get('quant_method', 'unknown')})")
+    if res.has_remote_code:
+        parts.append("remote code allowed (--trust-remote-code)" if trust_remote_code else "remote code")
+    return ", ".join(parts)

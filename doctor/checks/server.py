@@ -1,0 +1,97 @@
+"""Server: when `--base-url` is given, the OpenAI-compatible server that `niah run --backend openai`
+will drive must answer, serve the model, and accept the longest requested context."""
+
+from __future__ import annotations
+
+from doctor.context import DoctorContext
+from doctor.probes.server import ServerFacts
+from doctor.registry import Outcome, check
+from doctor.report.model import Evidence, Fix
+
+SECTION = "server"
+_SCALING_DOC = "docs/scaling.md"
+# Room a NIAH answer needs after the prompt (answers are a few tokens; greedy decoding stops early).
+_ANSWER_TOKENS = 64
+
+
+def _models_command(facts: ServerFacts) -> str:
+    auth = f" -H \"Authorization: Bearer ${facts.api_key_env}\"" if facts.api_key_set else ""
+    return f"curl -s{auth} {facts.base_url}/v1/models"
+
+
+def _served(ctx: DoctorContext) -> tuple[ServerFacts, list[Evidence]]:
+    facts: ServerFacts = ctx.probe("server")
+    return facts, [Evidence("server.base_url", facts.base_url, "config", "--base-url")]
+
+
+@check("server-reachable", title="OpenAI-compatible server answers", section=SECTION, needs=("server",))
+def server_reachable(ctx: DoctorContext) -> Outcome:
+    facts, evidence = _served(ctx)
+    evidence.append(Evidence("server.status", facts.status, "http", _models_command(facts)))
+    evidence.append(Evidence("server.api_key_set", facts.api_key_set, "env", f"test -n \"${facts.api_key_env}\""))
+    if facts.status in (401, 403):
+        return Outcome.fail(f"{facts.base_url} refused the request ({facts.error})", evidence,
+                            Fix(f"Export the server's key as {facts.api_key_env} (it is sent only in the "
+                                "Authorization header and never written anywhere)",
+                                (f"export {facts.api_key_env}=...",)))
+    if not facts.reachable:
+        evidence.append(Evidence("server.error", facts.error, "http"))
+        return Outcome.fail(f"cannot reach {facts.base_url}: {facts.error}", evidence,
+                            Fix("Start the server, or correct --base-url (host, port, http vs https)",
+                                ("vllm serve MODEL --port 8000   # or: niah serve --model demo --port 8000",
+                                 _models_command(facts)), _SCALING_DOC))
+    if facts.status != 200:
+        evidence.append(Evidence("server.error", facts.error, "http"))
+        return Outcome.fail(f"{facts.base_url}/v1/models answered {facts.error}", evidence,
+                            Fix("Point --base-url at the server root of an OpenAI-compatible API "
+                                "(vLLM, SGLang, niah serve)", (_models_command(facts),)))
+    return Outcome.ok(f"{facts.base_url} answered in {facts.elapsed_ms} ms, {len(facts.models)} model(s)", evidence)
+
+
+@check("server-model-listed", title="Server serves the requested model", section=SECTION, needs=("server",))
+def server_model_listed(ctx: DoctorContext) -> Outcome:
+    facts, evidence = _served(ctx)
+    if facts.status != 200:
+        return Outcome.skip("the server did not answer (see server-reachable)", evidence)
+    ids = [m.id for m in facts.models]
+    evidence.append(Evidence("server.models", ids, "http", _models_command(facts)))
+    wanted = ctx.target.model
+    if not wanted:
+        return Outcome.skip("no --model given: the name the server serves", evidence)
+    if wanted in ids:
+        return Outcome.ok(f"{wanted} is served", evidence)
+    return Outcome.fail(f"{wanted} is not among the served models ({', '.join(ids) or 'none'})", evidence,
+                        Fix("Pass --model exactly as the server names it, or start the server with that name",
+                            (f"vllm serve {wanted}   # or: vllm serve PATH --served-model-name {wanted}",)))
+
+
+@check("server-max-model-len", title="Server accepts the longest requested context", section=SECTION,
+       needs=("server",))
+def server_max_model_len(ctx: DoctorContext) -> Outcome:
+    facts, evidence = _served(ctx)
+    model = next((m for m in facts.models if m.id == ctx.target.model), None)
+    if facts.status != 200 or model is None:
+        return Outcome.skip("no served model to judge (see server-reachable / server-model-listed)", evidence)
+    context = ctx.target.context
+    evidence += [Evidence("server.max_model_len", model.max_model_len, "http", _models_command(facts)),
+                 Evidence("target.context", context, "config", "--context")]
+    if context is None:
+        return Outcome.skip("no --context given", evidence)
+    if model.max_model_len is None:
+        return Outcome.warn(f"the server does not report max_model_len for {model.id}; cannot confirm "
+                            f"{context:,} tokens fit", evidence,
+                            Fix("Confirm the server's maximum sequence length (vLLM: --max-model-len)"))
+    if model.max_model_len < context:
+        return Outcome.fail(f"the server takes at most {model.max_model_len:,} tokens; the run needs {context:,}",
+                            evidence,
+                            Fix("Restart the server with a larger maximum length (vLLM sizes its KV cache "
+                                "for it; at 1M+ tokens see the doc for TP, fp8 KV and the hybrid KV cache)",
+                                (f"vllm serve {model.id} --max-model-len {context + _ANSWER_TOKENS} ...",), _SCALING_DOC))
+    headroom = model.max_model_len - context
+    if headroom < _ANSWER_TOKENS:
+        # vLLM rejects a request whose prompt + max_tokens exceeds max_model_len (HTTP 400).
+        return Outcome.warn(f"max_model_len {model.max_model_len:,} leaves {headroom} tokens for the answer after "
+                            f"{context:,} prompt tokens; requests with a larger max_tokens are rejected",
+                            evidence, Fix("Give the server room for the answer",
+                                          (f"vllm serve {model.id} --max-model-len {context + _ANSWER_TOKENS} ...",)))
+    return Outcome.ok(f"max_model_len {model.max_model_len:,} ≥ {context:,} requested", evidence)

@@ -1,0 +1,125 @@
+"""Prefill activation peak: what one forward over a chunk of C prompt tokens (with T − C tokens already
+cached) allocates on top of the weights and the KV cache, in transformers' eager PyTorch code.
+
+Layers run one after another, so the peak is the worst single layer plus what lives for the whole
+forward (masks, the residual stream, the chunk's embeddings). Terms and where they come from:
+- sdpa with a mask (chunked prefill against a cache, or a window/chunked layer longer than its window):
+  transformers builds a bool mask [1, 1, C, kv_len] per layer type (masking_utils.sdpa_mask) that lives
+  for the whole forward; sdpa holds one more C × kv_len byte copy of it (measured), and
+  with a mask `use_gqa_in_sdpa` is false, so `repeat_kv` expands K and V to all query heads
+  (vram-anchors.md §3.5).
+- eager: repeat_kv always, plus the C × heads × kv_len score matrix (compute dtype + fp32 softmax).
+- flash_attention_2 / flex_attention: no dense mask, no GQA expansion (kernel-side masking / enable_gqa).
+- DynamicCache update: `torch.cat(past, new)` holds old and new copies at once.
+- MoE: transformers' Llama 4 sends every token to every expert (`hidden_states.repeat(num_experts, 1)`,
+  then bmm): E × C × (H + 4I) elements; measured 1.23 MiB/token at Scout width (§0.5). The pre-quantized
+  `SequentialLlama4TextExperts` loops over experts with two E × C × H buffers. Routed MoE (Mixtral in
+  5.x, grouped_mm) processes the C × top_k routed rows at once.
+- bitsandbytes: a 4-bit matmul with more than one token dequantizes the whole weight to the compute dtype.
+- logits: `logits_to_keep=1` (what niah passes) keeps one row; otherwise C × vocab in fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from doctor.memory.kv import KvLayer, kv_geometry, tokens_kept
+
+MASKED_ATTN = ("sdpa", "eager")
+
+
+@dataclass(frozen=True)
+class Shapes:
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int  # dense MLP width (Llama 4: intermediate_size_mlp)
+    expert_intermediate: int
+    num_experts: int
+    top_k: int
+    vocab: int
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], moe: Mapping[str, Any]) -> Shapes:
+        kv_heads, head_dim = kv_geometry(cfg)
+        experts = int(moe.get("num_experts") or cfg.get("num_local_experts") or cfg.get("num_experts") or 0)
+        inter = int(cfg.get("intermediate_size") or 4 * int(cfg.get("hidden_size", 0)))
+        expert_inter = int(cfg.get("moe_intermediate_size") or inter)
+        dense = int(cfg.get("intermediate_size_mlp") or inter)
+        return cls(int(cfg.get("hidden_size", 0)), int(cfg.get("num_attention_heads") or 1), kv_heads, head_dim,
+                   dense, expert_inter, experts, int(cfg.get("num_experts_per_tok") or 1),
+                   int(cfg.get("vocab_size") or 0))
+
+
+def needs_dense_mask(attn: str, layer: KvLayer, context: int, chunk: int) -> bool:
+    """sdpa can use is_causal (no mask) only for a one-shot prefill of a full-attention layer."""
+    if attn not in MASKED_ATTN:
+        return False
+    if chunk < context:
+        return True
+    return layer.kind == "window" and bool(layer.window) and context > layer.window
+
+
+def attention_transient(s: Shapes, attn: str, layer: KvLayer, context: int, chunk: int, b: int, kv_b: int) -> int:
+    """Bytes alive inside one attention block beyond weights, persistent KV and forward-wide buffers."""
+    kv_len = min(context, (layer.window - 1 + chunk) if layer.kind == "window" and layer.window else context)
+    kept_before = tokens_kept(layer, max(context - chunk, 0), chunk) if layer.kind != "none" else 0
+    projections = chunk * (2 * s.heads + 3 * s.kv_heads) * s.head_dim * b  # q, k, v + rotated q, k
+    cat_copy = 2 * kept_before * s.kv_heads * s.head_dim * kv_b  # old cache alive during torch.cat
+    out = 2 * chunk * s.heads * s.head_dim * b  # attention output + its transposed copy
+    extra = 0
+    if attn == "eager":
+        extra = 2 * kv_len * s.heads * s.head_dim * b + chunk * s.heads * kv_len * (2 * b + 4)
+    elif attn == "sdpa" and needs_dense_mask(attn, layer, context, chunk):
+        gqa_expand = 2 * kv_len * s.heads * s.head_dim * b if s.kv_heads < s.heads else 0
+        # repeat_kv + one more C × kv_len byte mask inside sdpa (measured: the bool mask is copied once, not
+        # turned into a compute-dtype additive mask; docs/estimator-accuracy.md)
+        extra = gqa_expand + chunk * kv_len
+    return projections + cat_copy + out + extra
+
+
+def mlp_transient(s: Shapes, moe: Mapping[str, Any], is_moe_layer: bool, chunk: int, b: int) -> int:
+    if not is_moe_layer or not s.num_experts:
+        return 3 * chunk * s.intermediate * b  # gate, up, act(gate)*up
+    experts_class = str(moe.get("experts_class", ""))
+    if moe.get("all_tokens_to_all_experts"):
+        if experts_class.startswith("Sequential"):
+            # routed_in (E·C·H, kept by the MoE forward) + zeros_like output (E·C·H) + one expert MLP at a time
+            return 2 * s.num_experts * chunk * s.hidden * b + 3 * chunk * s.expert_intermediate * b
+        # routed_in E·C·H + gate_up E·C·2I + act(gate) E·C·I + up*act E·C·I
+        return s.num_experts * chunk * (s.hidden + 4 * s.expert_intermediate) * b
+    # Routed MoE: transformers 5.x's default experts implementation on GPU (grouped_mm) gathers all
+    # S = C·top_k (token, expert) rows at once: hidden S·H + gate_up S·2I + act and product S·I each.
+    routed = chunk * s.top_k
+    one_hot = routed * (s.num_experts + 1) * 8  # int64 routing masks / sort indices
+    return chunk * s.hidden * b + routed * (s.hidden + 4 * s.expert_intermediate) * b + one_hot
+
+
+def forward_persistent(s: Shapes, attn: str, layers: list[KvLayer], context: int, chunk: int, b: int,
+                       logits_to_keep_one: bool = True) -> int:
+    """Buffers alive for the whole forward: the residual stream, masks per distinct layer type, logits."""
+    residual = 3 * chunk * s.hidden * b
+    masks = 0
+    seen: set[tuple[str, int | None]] = set()
+    for layer in layers:
+        key = (layer.kind, layer.window)
+        if key in seen or layer.kind == "none":
+            continue
+        seen.add(key)
+        if needs_dense_mask(attn, layer, context, chunk):
+            kv_len = min(context, (layer.window - 1 + chunk) if layer.kind == "window" and layer.window else context)
+            masks += chunk * kv_len  # bool
+    rotary = 2 * chunk * s.head_dim * 4
+    logits = (1 if logits_to_keep_one else chunk) * s.vocab * (4 + b)
+    return residual + masks + rotary + logits
+
+
+def dequant_transient(quant: str, largest_quantized_linear: int, chunk: int, largest_out: int, b: int) -> int:
+    if quant == "bnb-4bit":
+        return largest_quantized_linear * b
+    if quant == "bnb-8bit":
+        return chunk * largest_out * 4 + largest_quantized_linear  # int32 accumulators + outlier copy
+    return 0

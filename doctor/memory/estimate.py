@@ -1,0 +1,372 @@
+"""The memory estimate: weights (meta skeleton), KV, prefill peak, overhead, placement, longest context.
+
+`estimate_for(target, resolution)` is the API `niah run` and the memory check share. The expensive,
+library-dependent part (the weight inventory) runs once in a child process; everything that depends on
+the context length is pure Python over that inventory (`compute_estimate`), so the search for the
+longest context that fits costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from doctor.memory.activations import (Shapes, attention_transient, dequant_transient, forward_persistent,
+                                       mlp_transient)
+from doctor.memory.gpus import GpuSpec, assumed_flops
+from doctor.memory.kv import KvLayer, kv_bytes_per_layer, kv_layers
+from doctor.memory.placement import CPU, decoder_layer_gpus, place_blocks
+from doctor.memory.storage import dtype_bytes
+
+GIB = 1 << 30
+# Per-GPU overhead outside the tensors torch allocates (vram-anchors.md §5, §7):
+DRIVER_RESERVED = int(0.5 * GIB)  # NVML total minus what cudaMemGetInfo reports (81559 MiB vs 79.1 GiB)
+CUDA_CONTEXT = int(0.7 * GIB)  # 0.51 GiB after init, 0.67 GiB after the first bf16 GEMM (cuBLAS workspace)
+ALLOCATOR_RESERVE = int(1.5 * GIB)  # caching-allocator fragmentation / reserved-but-unallocated slack
+OVERHEAD_PER_GPU = DRIVER_RESERVED + CUDA_CONTEXT + ALLOCATOR_RESERVE
+CHUNK_CANDIDATES = (8192, 4096, 2048, 1024, 512, 256)
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parts of a Target the estimate depends on (resolved: no "auto", no None)."""
+
+    context: int
+    quant: str = "none"
+    prequantized: bool = False
+    double_quant: bool = True
+    bnb_4bit_type: str = "nf4"
+    dtype: str = "bfloat16"
+    kv_dtype: str = "bfloat16"
+    attn: str = "sdpa"
+    prefill_chunk: int | None = None  # None = choose_prefill_chunk
+    logits_to_keep_one: bool = True
+
+
+@dataclass
+class Estimate:
+    weights_bytes: int
+    quantized_params: int
+    unquantized_params: int
+    unquantized_bytes: int
+    unquantized_modules: list[str]
+    kv_bytes: int
+    activation_peak_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    per_gpu: list[dict[str, Any]]
+    fits: bool
+    max_context_tokens: int
+    notes: list[str]
+    confidence: str
+    method: str
+    transformers_version: str | None
+    prefill_chunk: int
+    attn: str
+    kv_layout: str
+    prefill_seconds_estimate: float | None
+    context: int
+    quant: str
+    prequantized: bool
+    dtype: str
+    model_class: str
+    fused_experts_unquantized: list[str] = field(default_factory=list)
+    unquantized_detail: list[dict[str, Any]] = field(default_factory=list)
+    weights_on_cpu_bytes: int = 0
+    versions: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- sizing (child process or analytic)
+
+def embedded_config(model_id: str) -> dict[str, Any] | None:
+    """The config.json embedded in this package for a well-known hub id (offline), or None."""
+    path = CONFIG_DIR / (model_id.replace("/", "__") + ".json")
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def sizing_args(settings: Settings, config: Mapping[str, Any],
+                quantization_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {"config": dict(config), "quant": settings.quant, "prequantized": settings.prequantized,
+            "double_quant": settings.double_quant, "bnb_4bit_type": settings.bnb_4bit_type,
+            "dtype": settings.dtype, "quantization_config": dict(quantization_config) if quantization_config else None}
+
+
+def size_weights(args: dict[str, Any], timeout_s: float = 240.0) -> dict[str, Any]:
+    """Weight inventory from the real transformers class in a child; analytic fallback if that fails."""
+    from doctor.probes.child import run_in_child
+
+    result = run_in_child("doctor.memory.skeleton:size_model", args, timeout_s=timeout_s)
+    if result.ok and result.data:
+        return result.data
+    from doctor.memory.analytic import size_analytic
+
+    sizing = size_analytic(args)
+    sizing["fallback_reason"] = f"meta skeleton failed: {result.error}"
+    return sizing
+
+
+# ---------------------------------------------------------------- context-dependent part (pure)
+
+@dataclass(frozen=True)
+class _Breakdown:
+    per_gpu_needed: list[int]
+    kv_total: int
+    act_peak: int
+    fits: bool
+    weights_per_gpu: list[int]
+    kv_per_gpu: list[int]
+    act_per_gpu: list[int]
+    on_cpu: int
+
+
+def _layer_kinds(sizing: Mapping[str, Any]) -> list[KvLayer]:
+    layout = (sizing.get("kv_layout") or {}).get("layers")
+    return kv_layers(sizing["text_config"], layout)
+
+
+def _breakdown(sizing: Mapping[str, Any], s: Settings, gpus: Sequence[GpuSpec], chunk: int) -> _Breakdown:
+    cfg = sizing["text_config"]
+    blocks = sizing["blocks"]
+    layers = _layer_kinds(sizing)
+    b = dtype_bytes(s.dtype)
+    kv_b = dtype_bytes(s.kv_dtype)
+    chunk = min(chunk, s.context)
+    budgets = [max(g.capacity_bytes - OVERHEAD_PER_GPU, 0) for g in gpus]
+    placement = place_blocks([bl["bytes"] for bl in blocks], budgets)
+    layer_gpu = decoder_layer_gpus(blocks, placement, sizing.get("no_split_modules") or [])
+    layer_blocks = [bl for bl in blocks if bl.get("class") in set(sizing.get("no_split_modules") or [])]
+    kv = kv_bytes_per_layer(cfg, layers, s.context, chunk, kv_b)
+    shapes = Shapes.from_config(cfg, sizing.get("moe") or {})
+    n = len(gpus)
+    weights = [0] * n
+    kv_gpu = [0] * n
+    act_layer = [0] * n
+    on_cpu = 0
+    for block, gpu in zip(blocks, placement):
+        if gpu == CPU:
+            on_cpu += block["bytes"]
+        else:
+            weights[gpu] += block["bytes"]
+    dequant = dequant_transient(s.quant, int(sizing.get("largest_quantized_linear") or 0), chunk,
+                                int(sizing.get("largest_quantized_out") or 0), b)
+    for i, layer in enumerate(layers):
+        gpu = layer_gpu[i] if i < len(layer_gpu) else (layer_gpu[-1] if layer_gpu else 0)
+        if gpu == CPU or n == 0:
+            continue
+        kv_gpu[gpu] += kv[i]
+        is_moe = bool(layer_blocks[i].get("moe")) if i < len(layer_blocks) else False
+        transient = max(attention_transient(shapes, s.attn, layer, s.context, chunk, b, kv_b),
+                        mlp_transient(shapes, sizing.get("moe") or {}, is_moe, chunk, b)) + dequant
+        act_layer[gpu] = max(act_layer[gpu], transient)
+    persistent = forward_persistent(shapes, s.attn, layers, s.context, chunk, b, s.logits_to_keep_one)
+    act = [act_layer[g] + persistent if (weights[g] or kv_gpu[g]) else 0 for g in range(n)]
+    needed = [weights[g] + kv_gpu[g] + act[g] + OVERHEAD_PER_GPU for g in range(n)]
+    if on_cpu and n:  # what would not fit anywhere is still needed: charge it to the last GPU
+        needed[-1] += on_cpu
+    fits = n > 0 and on_cpu == 0 and all(needed[g] <= gpus[g].capacity_bytes for g in range(n))
+    return _Breakdown(needed, sum(kv), max(act, default=0), fits, weights, kv_gpu, act, on_cpu)
+
+
+def choose_prefill_chunk(sizing: Mapping[str, Any], settings: Settings, gpus: Sequence[GpuSpec]) -> int:
+    """The largest prefill chunk (≤ 8192, ≤ context) whose predicted peak fits; the smallest candidate
+    when none does. Bigger chunks prefill faster; smaller ones bound the activation peak."""
+    candidates = [c for c in CHUNK_CANDIDATES if c < settings.context]
+    if settings.context <= CHUNK_CANDIDATES[0]:
+        candidates = [settings.context, *candidates]
+    for chunk in candidates:
+        if _breakdown(sizing, settings, gpus, chunk).fits:
+            return chunk
+    return candidates[0]  # nothing fits: report at the fastest chunk; the verdict says why
+
+
+def _fits_at(sizing: Mapping[str, Any], settings: Settings, gpus: Sequence[GpuSpec], context: int) -> bool:
+    trial = Settings(**{**asdict(settings), "context": context})
+    chunk = settings.prefill_chunk or choose_prefill_chunk(sizing, trial, gpus)
+    return _breakdown(sizing, trial, gpus, chunk).fits
+
+
+def max_context_tokens(sizing: Mapping[str, Any], settings: Settings, gpus: Sequence[GpuSpec]) -> int:
+    """Longest context that fits (binary search; memory grows monotonically with context), capped at the
+    model's max_position_embeddings. 0 when even one token does not fit."""
+    limit = int(sizing["text_config"].get("max_position_embeddings") or 1 << 24)
+    if not gpus or not _fits_at(sizing, settings, gpus, 1):
+        return 0
+    if _fits_at(sizing, settings, gpus, limit):
+        return limit
+    lo, hi = 1, limit
+    while hi - lo > max(1, lo // 512):  # 0.2% resolution is plenty for a memory verdict
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _fits_at(sizing, settings, gpus, mid) else (lo, mid)
+    return lo
+
+
+def prefill_seconds(sizing: Mapping[str, Any], s: Settings, gpus: Sequence[GpuSpec]) -> float | None:
+    """ROUGH: FLOPs / an assumed sustained rate (40% of the card's dense bf16 peak, halved under bnb).
+    transformers' Llama 4 runs every expert on every token, so all expert weights count as active."""
+    if not gpus:
+        return None
+    cfg = sizing["text_config"]
+    moe = sizing.get("moe") or {}
+    experts = int(sizing.get("expert_params") or 0)
+    if experts and not moe.get("all_tokens_to_all_experts"):
+        experts = experts * int(cfg.get("num_experts_per_tok") or 1) // max(int(moe.get("num_experts") or 1), 1)
+    per_token = 2 * (int(sizing.get("linear_params") or 0) + experts)
+    heads = int(cfg.get("num_attention_heads") or 1)
+    head_dim = int(cfg.get("head_dim") or int(cfg.get("hidden_size", 0)) // heads)
+    attn = 0.0
+    for layer in _layer_kinds(sizing):
+        span = min(layer.window, s.context) if layer.kind == "window" and layer.window else s.context
+        attn += 4 * heads * head_dim * min(span, s.context / 2)
+    flops = s.context * (per_token + attn)
+    return round(flops / assumed_flops(gpus[0].name, s.quant), 1)
+
+
+def _kv_layout_summary(sizing: Mapping[str, Any], context: int, chunk: int) -> str:
+    layers = _layer_kinds(sizing)
+    full = sum(1 for x in layers if x.kind == "full")
+    windowed = [x for x in layers if x.kind == "window"]
+    parts = [f"{full} full"]
+    if windowed:
+        parts.append(f"{len(windowed)} window/chunked (window {windowed[0].window}, capped)")
+    none = sum(1 for x in layers if x.kind == "none")
+    if none:
+        parts.append(f"{none} shared (no own cache)")
+    return ", ".join(parts) + f" — {(sizing.get('kv_layout') or {}).get('source', '')}"
+
+
+def _version_tuple(text: str | None) -> tuple[int, ...]:
+    out = []
+    for piece in (text or "").split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def _notes(sizing: Mapping[str, Any], s: Settings, fused: list[str]) -> list[str]:
+    notes: list[str] = []
+    version = (sizing.get("versions") or {}).get("transformers")
+    vt = _version_tuple(version)
+    if sizing.get("method") == "analytic":
+        notes.append(f"Analytic estimate (lower confidence): {sizing.get('fallback_reason', 'transformers unavailable')}.")
+    if fused and s.quant != "none":
+        notes.append(f"bitsandbytes quantizes only nn.Linear: {', '.join(fused)} are fused 3-D expert parameters and "
+                     f"stay {sizing.get('dtype')} when quantizing on the fly. Use a pre-quantized checkpoint with "
+                     "un-fused experts (e.g. bnb-community/Llama-4-Scout-17B-16E-Instruct-bnb-4bit), an FP8 "
+                     "checkpoint, or enough GPUs for the 16-bit weights.")
+    if s.quant != "none" and fused and vt and vt < (5,):
+        notes.append(f"transformers {version} < 5: device_map='auto' sizes the non-Linear experts at 4-bit "
+                     "(undercount ×4) and fails with 'OOM while loading checkpoint shards'.")
+    if s.prequantized and (4, 51, 0) <= vt <= (4, 51, 1) and (sizing.get("moe") or {}).get("num_experts"):
+        notes.append(f"transformers {version} ignores pre-quantized bnb expert weights of Llama 4 (fixed in 4.51.2): "
+                     "experts load random in bf16. Upgrade transformers.")
+    if s.kv_dtype != s.dtype and dtype_bytes(s.kv_dtype) < dtype_bytes(s.dtype):
+        notes.append("transformers' DynamicCache stores K/V in the model dtype; an 8-bit KV cache needs vLLM or "
+                     "QuantizedCache (quanto/HQQ). The KV figure assumes the requested --kv-dtype.")
+    if (sizing.get("quantizer") or {}).get("mode", "").startswith("emulated"):
+        notes.append("bitsandbytes is not importable here: replaced Linears were counted with transformers' own "
+                     "predicate instead of running the quantizer.")
+    if sizing.get("config_fields_dropped"):
+        notes.append(f"config fields this transformers rejects were left at defaults: "
+                     f"{', '.join(sizing['config_fields_dropped'])} (no effect on memory).")
+    if not (sizing.get("kv_layout") or {}).get("layers"):
+        notes.append("KV: every layer counted at full length (this transformers' DynamicCache does not cap "
+                     "sliding/chunked layers, or the layout is unknown).")
+    notes.append("Prefill peak assumes logits_to_keep=1 (what niah passes); full-prompt logits cost "
+                 "chunk × vocab × 6 bytes more.")
+    return notes
+
+
+def compute_estimate(sizing: Mapping[str, Any], settings: Settings, gpus: Sequence[GpuSpec]) -> Estimate:
+    chunk = min(settings.prefill_chunk or choose_prefill_chunk(sizing, settings, gpus), settings.context)
+    br = _breakdown(sizing, settings, gpus, chunk)
+    fused = [g["module"] for g in sizing.get("unquantized_modules") or [] if g.get("fused_3d")]
+    per_gpu = [{"index": g.index, "name": g.name, "capacity_bytes": g.capacity_bytes,
+                "needed_bytes": br.per_gpu_needed[i], "weights_bytes": br.weights_per_gpu[i],
+                "kv_bytes": br.kv_per_gpu[i], "activation_peak_bytes": br.act_per_gpu[i]}
+               for i, g in enumerate(gpus)]
+    overhead = OVERHEAD_PER_GPU * max(len(gpus), 1)
+    method = str(sizing.get("method", "meta-skeleton"))
+    confidence = "high" if method == "meta-skeleton" and sizing.get("text_config") else "low"
+    if method == "meta-skeleton" and (sizing.get("quantizer") or {}).get("mode", "").startswith("emulated"):
+        confidence = "medium"
+    return Estimate(
+        weights_bytes=int(sizing["weights_bytes"]),
+        quantized_params=int(sizing.get("quantized_params", 0)),
+        unquantized_params=int(sizing.get("unquantized_params", 0)),
+        unquantized_bytes=int(sizing.get("unquantized_bytes", 0)),
+        unquantized_modules=[g["module"] for g in sizing.get("unquantized_modules") or []],
+        kv_bytes=br.kv_total, activation_peak_bytes=br.act_peak, overhead_bytes=overhead,
+        total_bytes=int(sizing["weights_bytes"]) + br.kv_total + br.act_peak + overhead,
+        per_gpu=per_gpu, fits=br.fits, max_context_tokens=max_context_tokens(sizing, settings, gpus),
+        notes=_notes(sizing, settings, fused), confidence=confidence, method=method,
+        transformers_version=(sizing.get("versions") or {}).get("transformers"), prefill_chunk=chunk,
+        attn=settings.attn, kv_layout=_kv_layout_summary(sizing, settings.context, chunk),
+        prefill_seconds_estimate=prefill_seconds(sizing, settings, gpus), context=settings.context,
+        quant=settings.quant, prequantized=settings.prequantized, dtype=settings.dtype,
+        model_class=str(sizing.get("model_class")), fused_experts_unquantized=fused if settings.quant != "none" else [],
+        unquantized_detail=list(sizing.get("unquantized_modules") or []), weights_on_cpu_bytes=br.on_cpu,
+        versions=dict(sizing.get("versions") or {}),
+    )
+
+
+# ---------------------------------------------------------------- from a Target + ModelResolution
+
+def settings_for(target: Any, config: Mapping[str, Any], quantization_config: Mapping[str, Any] | None) -> Settings:
+    """Resolve the target's "auto"/None fields against the config (what from_pretrained would do)."""
+    qc = dict(quantization_config or config.get("quantization_config") or {})
+    is_bnb = qc.get("quant_method") == "bitsandbytes"
+    prequantized = target.prequantized if target.prequantized is not None else is_bnb
+    quant = target.quant
+    if is_bnb and prequantized:
+        quant = "bnb-8bit" if qc.get("load_in_8bit") else "bnb-4bit"
+    text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else config
+    dtype = target.dtype
+    if dtype == "auto":
+        dtype = str(config.get("torch_dtype") or config.get("dtype") or text.get("torch_dtype") or "bfloat16")
+    dq = bool(qc.get("bnb_4bit_use_double_quant", target.double_quant)) if is_bnb else target.double_quant
+    qtype = str(qc.get("bnb_4bit_quant_type", target.bnb_4bit_type)) if is_bnb else target.bnb_4bit_type
+    context = target.context or int(text.get("max_position_embeddings") or 8192)
+    return Settings(context=context, quant=quant, prequantized=bool(prequantized and quant != "none"),
+                    double_quant=dq, bnb_4bit_type=qtype, dtype=dtype.replace("torch.", ""),
+                    kv_dtype=(target.kv_dtype or dtype).replace("torch.", ""), attn=target.attn,
+                    prefill_chunk=target.prefill_chunk)
+
+
+def estimate_for(target: Any, resolution: Any, gpus: Sequence[GpuSpec] | None = None,
+                 sizing: Mapping[str, Any] | None = None) -> Estimate:
+    """Full estimate for a Target and a doctor.model_config.ModelResolution (API used by `niah run`).
+    `gpus` defaults to --gpus, else NVML's list, else none (then nothing fits and max context is 0)."""
+    from doctor.memory.gpus import parse_gpus
+
+    config = dict(resolution.config)
+    settings = settings_for(target, config, resolution.quantization_config)
+    if gpus is None:
+        gpus = parse_gpus(target.gpus) if target.gpus else _nvml_gpus()
+    if sizing is None:
+        args = sizing_args(settings, config, resolution.quantization_config)
+        sizing = size_weights(args, timeout_s=max(float(target.probe_timeout_s), 240.0))
+    return compute_estimate(sizing, settings, gpus)
+
+
+def _nvml_gpus() -> list[GpuSpec]:
+    try:
+        from doctor.probes import load_probes
+
+        probe = load_probes().get("nvml")
+        if probe is None:
+            return []
+        from doctor.memory.gpus import gpus_from_nvml
+        from doctor.target import Target
+
+        return gpus_from_nvml(probe(Target()))
+    except Exception:  # no NVML, no driver: the caller reports "no GPU"
+        return []

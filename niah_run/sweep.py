@@ -1,0 +1,371 @@
+"""The sweep: lengths × trials × depths (+ no-needle controls), durable and resumable.
+
+Order: for each length (ascending), for each trial, depths ascending — consecutive prompts of one
+(length, trial) share the template, intro and haystack up to the needle, so the backend can reuse
+the KV prefix (`reusable_prefix_len` = the longest common prefix with the previous prompt).
+
+Faults: an OOM in one trial is recorded (`status: "oom"` + memory figures) and longer lengths at
+that depth are skipped; Ctrl-C flushes (every row is already fsync'd), writes the partial summary
+and exits 130; SIGKILL leaves at most a torn line that --resume cuts off.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import random
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from doctor import __version__
+from doctor.errors import RunFailed, UsageError
+from doctor.report.redact import Redactor
+from niah_run.backends.base import Backend, BackendOOM
+from niah_run.config import CONFIG_FILE, RunConfig
+from niah_run.haystack import load_haystack, validate_haystack_spec
+from niah_run.needles import NeedleSet, make_needles
+from niah_run.preflight import PreflightResult, run_preflight
+from niah_run.prompt import (PROMPT_VERSION, BuiltPrompt, PromptBuilder, TokenizedHaystack, ValueCollision,
+                             chat_frame, tokenize_haystack, tokenizer_sha256)
+from niah_run.results import ResultsStore, is_done, latest_by_key
+from niah_run.scoring import prompt_words, score_output
+
+HARNESS_VERSION = f"niah-doctor {__version__} prompt-{PROMPT_VERSION}"
+MAX_CONSECUTIVE_ERRORS = 3
+CHARS_PER_TOKEN_GUESS = 6  # generous: the generated prose is ~4.5 chars per token in BPE vocabularies
+# describe() fields that decide what the model computes (volatile ones like memory are left out of keys)
+_IDENTITY_FIELDS = ("backend", "model", "model_id", "source", "path", "revision", "commit_hash", "gguf_file",
+                    "model_class", "dtype", "quantization_config", "attn_implementation", "base_url")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    length: int
+    depth: float | None  # None for a no-needle control
+    trial: int
+    control: bool
+
+    @property
+    def cell(self) -> dict[str, Any]:
+        return {"context_tokens": self.length, "depth_percent": self.depth, "trial": self.trial,
+                "control": self.control}
+
+
+def _stable_int(*parts: object) -> int:
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:16], 16)
+
+
+def plan_trials(config: RunConfig) -> list[TrialSpec]:
+    specs = []
+    for length in sorted(config.lengths):
+        for trial in range(config.trials):
+            specs += [TrialSpec(length, depth, trial, False) for depth in sorted(config.depths)]
+        specs += [TrialSpec(length, None, index, True) for index in range(config.controls)]
+    return specs
+
+
+def trial_key(identity_sha256: str, spec: TrialSpec) -> str:
+    return hashlib.sha256(f"{identity_sha256}:{json.dumps(spec.cell, sort_keys=True)}".encode()).hexdigest()
+
+
+def make_backend(config: RunConfig) -> Backend:
+    """Load the model (helper module niah_run.loading). Tests replace this function with a fake."""
+    try:
+        from niah_run.loading import load_backend
+    except ImportError as exc:  # pragma: no cover - only when the optional extras are missing
+        raise RunFailed(f"the local model backend is not available: {exc}",
+                        hint="Install the extras: pip install 'niah-doctor[niah]'.") from None
+    return load_backend(config)
+
+
+def _lcp(a: list[int] | None, b: list[int]) -> int:
+    if not a:
+        return 0
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _max_positions(backend: Backend) -> int | None:
+    value = backend.describe().get("max_position_embeddings")
+    if value is None:
+        config = getattr(getattr(backend, "model", None), "config", None)
+        value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.write_text(json.dumps(Redactor().apply(doc), indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+class Sweep:
+    """One `niah run`: preflight, load, build prompts, generate, score, record."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, *, argv: tuple[str, ...] = (),
+                 backend_factory: Callable[[RunConfig], Backend] | None = None, quiet: bool = False) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.argv = argv
+        self.backend_factory = backend_factory or make_backend
+        self.store = ResultsStore(run_dir)
+        self.quiet = quiet
+        self.doc: dict[str, Any] = {"harness_version": HARNESS_VERSION, "created_at": _now(), "argv": list(argv),
+                                    "config": config.to_dict()}
+
+    # -- set-up ------------------------------------------------------------------------------------
+
+    def _save_config(self) -> None:
+        _write_json(self.run_dir / CONFIG_FILE, self.doc)
+
+    def _prepare_haystack(self, tokenizer: Any) -> TokenizedHaystack:
+        longest = max(self.config.lengths)
+        needed = longest + (longest // 4 + 512 if self.config.trials > 1 else 64)
+        chars = needed * CHARS_PER_TOKEN_GUESS
+        for _ in range(6):
+            haystack = tokenize_haystack(tokenizer, load_haystack(self.config.haystack, self.config.seed, chars))
+            if len(haystack.ids) >= needed:
+                return haystack
+            chars = int(chars * max(1.5, 1.2 * needed / max(1, len(haystack.ids))))
+        raise RunFailed(f"could not build a haystack of {needed} tokens")  # pragma: no cover
+
+    def _identity(self, backend: Backend, tokenizer: Any, frame: Any, haystack: TokenizedHaystack) -> str:
+        facts = backend.describe()
+        identity = {
+            "harness": HARNESS_VERSION,
+            "config": self.config.key_fields(),
+            "backend": {k: facts[k] for k in _IDENTITY_FIELDS if k in facts},
+            "tokenizer_sha256": tokenizer_sha256(tokenizer),
+            "template_sha256": frame.template_sha256,
+            "haystack_sha256": haystack.sha256,
+        }
+        self.doc.update({"backend": facts, "identity": identity})
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        validate_haystack_spec(self.config.haystack)  # before anything slow is loaded
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._save_config()
+        preflight = run_preflight(self.config, self.run_dir)
+        self.doc["preflight"] = {"ran": preflight.ran, "verdict": preflight.verdict,
+                                 "skipped_by_user": self.config.skip_preflight,
+                                 "max_context_tokens": preflight.max_context_tokens,
+                                 "too_long": list(preflight.too_long)}
+        self._save_config()
+        done = {k: r for k, r in latest_by_key(self.store.load(repair=True)).items() if is_done(r)}
+        backend = self.backend_factory(self.config)
+        try:
+            return self._run_loaded(backend, preflight, done)
+        finally:
+            backend.close()
+
+    def _run_loaded(self, backend: Backend, preflight: PreflightResult, done: dict[str, Any]) -> dict[str, Any]:
+        tokenizer = backend.tokenizer
+        limit = _max_positions(backend)
+        over = [n for n in self.config.lengths if limit is not None and n > limit]
+        if over:
+            raise UsageError(f"length(s) {', '.join(map(str, over))} exceed the model's max_position_embeddings "
+                             f"({limit}); positions beyond it were never trained and results would be noise",
+                             hint=f"Use --lengths up to {limit} (or a model with a longer context).")
+        frame = chat_frame(tokenizer)
+        haystack = self._prepare_haystack(tokenizer)
+        builder = PromptBuilder(tokenizer, frame, haystack)
+        identity = self._identity(backend, tokenizer, frame, haystack)
+        self.doc.update({"identity_sha256": identity, "template_mode": frame.mode,
+                         "haystack": {"source": haystack.source, "sha256": haystack.sha256,
+                                      "tokens_available": len(haystack.ids), "repetitions": haystack.repetitions}})
+        self._save_config()
+        specs = plan_trials(self.config)
+        counts = {"planned": len(specs), "already_done": 0, "ran": 0, "oom": 0, "errors": 0, "skipped": 0}
+        oom_floor: dict[float, int] = {}  # depth -> shortest length that ran out of memory
+        previous_ids: list[int] | None = None
+        consecutive_errors = 0
+        with _progress(len(specs), quiet=self.quiet) as progress:
+            for spec in specs:
+                key = trial_key(identity, spec)
+                if key in done:
+                    counts["already_done"] += 1
+                    progress.advance(f"{spec.length} tok, done earlier")
+                    continue
+                if spec.length in preflight.too_long:
+                    row = self._skipped(spec, key, "estimate", preflight.max_context_tokens)
+                elif spec.depth is not None and spec.depth in oom_floor and spec.length > oom_floor[spec.depth]:
+                    row = self._skipped(spec, key, "after_oom", oom_floor[spec.depth])
+                else:
+                    row = self._run_trial(backend, builder, spec, key, previous_ids)
+                    previous_ids = row.pop("_ids", None)
+                self.store.append(row)
+                status = row["status"]
+                counts["ran" if status == "ok" else "skipped" if status == "skipped" else
+                       "oom" if status == "oom" else "errors"] += 1
+                if status == "oom" and spec.depth is not None:
+                    oom_floor[spec.depth] = min(spec.length, oom_floor.get(spec.depth, spec.length))
+                consecutive_errors = consecutive_errors + 1 if status == "error" else 0
+                progress.advance(_describe_row(row))
+                if consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
+                    raise RunFailed(f"{consecutive_errors} trials in a row failed; last: {row.get('error')}",
+                                    hint="Fix the cause (rerun with --debug for details), then --resume.")
+        return counts
+
+    def _base_row(self, spec: TrialSpec, key: str) -> dict[str, Any]:
+        return {"trial_key": key, "status": None, "correct": False, "failure_class": None,
+                "context_tokens": spec.length, "input_tokens": None, "depth_percent": spec.depth,
+                "actual_depth_percent": None, "trial": spec.trial, "control": spec.control,
+                "seed": _stable_int(self.config.seed, spec.length, spec.depth, spec.trial, spec.control),
+                "needle_kind": self.config.needle_kind, "needle_value": None, "distractor_values": [],
+                "output_text": None, "seconds": 0.0, "started_at": _now()}
+
+    def _skipped(self, spec: TrialSpec, key: str, reason: str, limit: int | None) -> dict[str, Any]:
+        row = self._base_row(spec, key)
+        row.update(status="skipped", failure_class="skipped_too_long", skip_reason=reason, limit_tokens=limit)
+        return row
+
+    def _build(self, builder: PromptBuilder, spec: TrialSpec, seed: int) -> tuple[NeedleSet, BuiltPrompt]:
+        rng = random.Random(seed)
+        window_rng = random.Random(_stable_int("window", self.config.seed, spec.length, spec.trial))
+        starts = builder.window_starts(spec.length)
+        window_start = 0 if spec.trial == 0 else window_rng.choice(starts)
+        for _ in range(10):  # a value that also occurs in a user haystack is redrawn (pitfall 13)
+            needles = make_needles(self.config.needle_kind, rng, control=spec.control)
+            try:
+                return needles, builder.build(length=spec.length, depth_percent=spec.depth, needles=needles,
+                                              window_start=window_start, rng=rng)
+            except ValueCollision:
+                continue
+        raise RunFailed("could not draw needle values that occur exactly once in the haystack")
+
+    def _run_trial(self, backend: Backend, builder: PromptBuilder, spec: TrialSpec, key: str,
+                   previous_ids: list[int] | None) -> dict[str, Any]:
+        row = self._base_row(spec, key)
+        started = time.monotonic()
+        needles, prompt = self._build(builder, spec, row["seed"])
+        ids = prompt.input_ids
+        reusable = _lcp(previous_ids, ids)
+        row.update(input_tokens=len(ids), actual_depth_percent=prompt.actual_depth_percent,
+                   needle_value=needles.needle_value, distractor_values=list(needles.distractor_values),
+                   haystack_tokens=prompt.haystack_tokens, needle_token_index=prompt.needle_index,
+                   snap_tokens=prompt.snap_tokens, input_ids_sha256=prompt.input_ids_sha256,
+                   reusable_prefix_tokens=reusable)
+        try:
+            generation = backend.generate(ids, max_new_tokens=self.config.max_new_tokens,
+                                          reusable_prefix_len=reusable)
+        except BackendOOM as exc:
+            row.update(status="oom", failure_class="oom", memory=exc.memory, error=str(exc),
+                       seconds=round(time.monotonic() - started, 3))
+            return row
+        except (KeyboardInterrupt, RunFailed, UsageError):
+            raise
+        except Exception as exc:  # one broken trial is recorded and retried on --resume
+            row.update(status="error", failure_class="other", error=f"{type(exc).__name__}: {exc}",
+                       seconds=round(time.monotonic() - started, 3))
+            return row
+        output_ids = list(generation.output_ids)
+        text = backend.tokenizer.decode(output_ids, skip_special_tokens=True)
+        score = score_output(text, value_type=needles.value_type, gold=needles.gold_values,
+                             distractors=needles.distractor_values, prompt_text=prompt.body_text,
+                             stopped_at_eos=generation.stopped_at_eos, control=spec.control,
+                             prompt_words_cache=prompt_words(prompt.body_text))
+        row.update(status="ok", correct=score.correct, failure_class=score.failure_class, lenient=score.lenient,
+                   recall=score.recall, found_distractors=list(score.found_distractors),
+                   hallucinated_values=list(score.hallucinated_values), output_text=text,
+                   output_tokens=len(output_ids), stopped_at_eos=generation.stopped_at_eos,
+                   prefill_seconds=round(generation.prefill_seconds, 4),
+                   decode_seconds=round(generation.decode_seconds, 4),
+                   reused_prefix_tokens=generation.reused_prefix_tokens, memory=dict(generation.memory),
+                   seconds=round(time.monotonic() - started, 3), _ids=ids)
+        return row
+
+
+def _describe_row(row: dict[str, Any]) -> str:
+    where = "control" if row.get("control") else f"depth {row['depth_percent']:g}%"
+    if row["status"] == "ok":
+        verdict = "correct" if row["correct"] else f"miss ({row['failure_class']})"
+    else:
+        verdict = row["status"] + (f" ({row.get('skip_reason')})" if row.get("skip_reason") else "")
+    return f"{row['context_tokens']} tok, {where}, trial {row['trial']}: {verdict} in {row['seconds']:.1f}s"
+
+
+class _progress:
+    """A rich progress bar on stderr with the ETA, plus one log line per finished trial."""
+
+    def __init__(self, total: int, *, quiet: bool) -> None:
+        self.total = total
+        self.quiet = quiet
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _progress:
+        if self.quiet:
+            return self
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        console = Console(stderr=True, highlight=False)
+        self._progress = Progress(TextColumn("niah"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                  TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
+                                  console=console, transient=False)
+        self._progress.start()
+        self._task = self._progress.add_task("", total=self.total)
+        return self
+
+    def advance(self, message: str) -> None:
+        if self._progress is None:
+            return
+        self._progress.console.print(message, markup=False)
+        self._progress.advance(self._task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def default_out_dir(model: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or model).strip("-") or "model"
+    return Path("niah-runs") / f"{slug}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(out: Path, *, resume: bool) -> Path:
+    """Create/validate --out: a folder we can write; an existing results file needs --resume."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder", hint="Give a folder name for the run directory.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".niah-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--out {out} is not writable: {exc.strerror or exc}",
+                         hint="Choose a folder you can write to.") from None
+    if (out / "results.jsonl").exists() and not resume:
+        raise UsageError(f"{out} already holds results.jsonl from an earlier run",
+                         hint="Add --resume to continue it, or choose a new --out folder.")
+    return out
+
+
+def finish(run_dir: Path, title: str) -> dict[str, Any]:
+    """Write summary.json, summary.md and the heatmap from whatever results exist."""
+    from niah_run.heatmap import HEATMAP_PNG, render_heatmap
+    from niah_run.summary import write_summary
+
+    summary = write_summary(run_dir)
+    if summary["cells"]:
+        render_heatmap(summary, run_dir / HEATMAP_PNG, title=title)
+    return summary
+
+
+def echo_err(message: str) -> None:
+    print(Redactor().scrub(message), file=sys.stderr, flush=True)

@@ -1,0 +1,1 @@
+"""Fake hardware for tests: probe snapshots named after real cases (see scenarios.py)."""

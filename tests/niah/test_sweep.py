@@ -1,0 +1,204 @@
+"""The sweep with a scripted fake backend: exact lengths, prefix reuse, OOM, skips, resume, kills, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from doctor.errors import RunFailed, UsageError
+from niah_run.config import RunConfig
+from niah_run.preflight import PreflightResult
+from niah_run.results import read_rows
+from niah_run.sweep import Sweep, finish, plan_trials
+from tests.conftest import REPO
+from tests.niah.fakes import FakeBackend
+
+
+def _config(tmp_path: Path, **overrides) -> RunConfig:
+    values = dict(lengths=(512, 1024), depths=(0.0, 50.0, 100.0), trials=2, skip_preflight=True,
+                  out=str(tmp_path))
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def _sweep(tmp_path: Path, backend: FakeBackend, **overrides) -> tuple[Sweep, dict]:
+    config = _config(tmp_path, **overrides)
+    sweep = Sweep(config, tmp_path, backend_factory=lambda c: backend, quiet=True)
+    return sweep, sweep.run()
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return read_rows(run_dir / "results.jsonl")
+
+
+def test_full_sweep_exact_lengths_and_reuse(tmp_path) -> None:
+    backend = FakeBackend()
+    _, counts = _sweep(tmp_path, backend, controls=1)
+    rows = _rows(tmp_path)
+    assert counts["ran"] == len(rows) == 2 * (2 * 3 + 1)
+    assert all(r["input_tokens"] == r["context_tokens"] for r in rows)
+    assert len({r["trial_key"] for r in rows}) == len(rows)
+    needle_rows = [r for r in rows if not r["control"]]
+    assert all(r["correct"] and r["status"] == "ok" for r in needle_rows)
+    assert all(r["actual_depth_percent"] is not None for r in needle_rows)
+    # Consecutive depths of one (length, trial) share the prefix up to the needle: the backend is told.
+    assert any(call["reusable"] > 100 for call in backend.calls)
+    assert backend.closed
+    for key in ("context_tokens", "input_tokens", "depth_percent", "actual_depth_percent", "needle_value",
+                "output_text", "correct", "status", "failure_class", "seconds", "trial_key", "seed", "needle_kind",
+                "prefill_seconds", "reused_prefix_tokens", "input_ids_sha256"):
+        assert key in rows[0], key
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["config"]["lengths"] == [512, 1024] and config["preflight"]["skipped_by_user"] is True
+    assert config["identity"]["tokenizer_sha256"] and config["template_mode"] == "chat"
+
+
+def test_same_seed_same_prompts(tmp_path) -> None:
+    _sweep(tmp_path / "a", FakeBackend(), out=str(tmp_path / "a"))
+    _sweep(tmp_path / "b", FakeBackend(), out=str(tmp_path / "b"))
+    a = [(r["trial_key"], r["input_ids_sha256"], r["needle_value"]) for r in _rows(tmp_path / "a")]
+    b = [(r["trial_key"], r["input_ids_sha256"], r["needle_value"]) for r in _rows(tmp_path / "b")]
+    assert a == b
+    _sweep(tmp_path / "c", FakeBackend(), out=str(tmp_path / "c"), seed=1)
+    assert {r[0] for r in a}.isdisjoint({r["trial_key"] for r in _rows(tmp_path / "c")})
+
+
+def test_oom_is_recorded_and_longer_lengths_skipped(tmp_path) -> None:
+    backend = FakeBackend(oom_from=1000)
+    _, counts = _sweep(tmp_path, backend, lengths=(512, 1024, 2048), trials=1)
+    rows = {(r["context_tokens"], r["depth_percent"]): r for r in _rows(tmp_path)}
+    assert rows[(512, 50.0)]["status"] == "ok"
+    assert rows[(1024, 50.0)]["status"] == "oom" and rows[(1024, 50.0)]["memory"] == {"peak_bytes": 123}
+    assert rows[(1024, 50.0)]["failure_class"] == "oom"
+    assert rows[(2048, 50.0)]["status"] == "skipped" and rows[(2048, 50.0)]["skip_reason"] == "after_oom"
+    assert counts["oom"] == 3 and counts["skipped"] == 3
+    summary = finish(tmp_path, "t")
+    cell = next(c for c in summary["cells"] if c["context_tokens"] == 1024)
+    assert cell["n"] == 0 and cell["oom"] == 1
+    assert (tmp_path / "heatmap.png").stat().st_size > 1000
+    # Resume retries the OOM rows and the skips they caused; now memory suffices.
+    backend2 = FakeBackend()
+    _, counts2 = _sweep(tmp_path, backend2, lengths=(512, 1024, 2048), trials=1, resume=True)
+    assert counts2["already_done"] == 3 and counts2["ran"] == 6
+    latest = {r["trial_key"]: r for r in _rows(tmp_path)}
+    assert all(r["status"] == "ok" for r in latest.values())
+
+
+def test_preflight_too_long_lengths_are_skipped_up_front(tmp_path, monkeypatch) -> None:
+    import niah_run.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "run_preflight", lambda config, run_dir: PreflightResult(
+        ran=True, verdict="OK", max_context_tokens=800, too_long=(1024,)))
+    backend = FakeBackend()
+    _sweep(tmp_path, backend, skip_preflight=False, trials=1)
+    rows = _rows(tmp_path)
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    assert len(skipped) == 3 and all(r["failure_class"] == "skipped_too_long" for r in skipped)
+    assert all(r["context_tokens"] == 1024 and r["skip_reason"] == "estimate" for r in skipped)
+    assert all(call["n"] == 512 for call in backend.calls)
+
+
+def test_preflight_failure_stops_with_cause_and_fix(tmp_path, monkeypatch) -> None:
+    import doctor.cli
+    from doctor.report.model import CheckResult, Fix, Report, Status, ToolInfo
+
+    report = Report(tool=ToolInfo("niah-doctor", "0", ()), created_at="now", target={},
+                    checks=(CheckResult("torch-cuda", "t", "libs", Status.FAIL, "torch is a CPU build",
+                                        fix=Fix("Install a CUDA build of torch", ("pip install torch",))),))
+    monkeypatch.setattr(doctor.cli, "run_doctor", lambda target, **kw: report)
+    backend = FakeBackend()
+    with pytest.raises(RunFailed, match="torch-cuda: torch is a CPU build") as info:
+        _sweep(tmp_path, backend, skip_preflight=False)
+    assert "Install a CUDA build" in info.value.hint and "--skip-preflight" in info.value.hint
+    assert (tmp_path / "preflight.json").exists() and (tmp_path / "preflight.md").exists()
+    assert not backend.calls
+
+
+def test_length_above_max_positions_is_refused(tmp_path) -> None:
+    with pytest.raises(UsageError, match="max_position_embeddings"):
+        _sweep(tmp_path, FakeBackend(max_position_embeddings=1000))
+
+
+def test_unexpected_trial_errors_are_recorded_then_stop(tmp_path) -> None:
+    class Broken(FakeBackend):
+        def generate(self, input_ids, *, max_new_tokens, reusable_prefix_len=0):
+            raise RuntimeError("device lost")
+
+    with pytest.raises(RunFailed, match="3 trials in a row failed"):
+        _sweep(tmp_path, Broken())
+    rows = _rows(tmp_path)
+    assert len(rows) == 3 and all(r["status"] == "error" and "device lost" in r["error"] for r in rows)
+
+
+def test_plan_order_groups_depths_for_reuse() -> None:
+    specs = plan_trials(RunConfig(lengths=(1024, 2048), depths=(50.0, 0.0), trials=2, controls=1))
+    assert [(s.length, s.trial, s.depth) for s in specs[:3]] == [(1024, 0, 0.0), (1024, 0, 50.0), (1024, 1, 0.0)]
+    assert specs[4].control and len(specs) == 10
+
+
+# -- real processes: SIGKILL, SIGINT --------------------------------------------------------------------
+
+
+def _spawn(out: Path, *extra: str, sleep: float = 0.3) -> subprocess.Popen:
+    code = "from tests.niah.fakes import subprocess_main; subprocess_main()"
+    env = {**os.environ, "NIAH_FAKE_SLEEP": str(sleep)}
+    return subprocess.Popen([sys.executable, "-c", code, "run", "--lengths", "512,1024", "--depths", "0,50,100",
+                             "--trials", "2", "--skip-preflight", "--out", str(out), "-q", *extra],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.returncode} {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for results")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_keeps_everything_once(tmp_path) -> None:
+    out = tmp_path / "run"
+    results = out / "results.jsonl"
+    proc = _spawn(out)
+    _wait_for_lines(results, 4, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = results.read_text().splitlines()
+    assert len(before) >= 4
+    with open(results, "a") as handle:  # as if killed mid-write
+        handle.write('{"trial_key": "torn')
+    proc = _spawn(out, "--resume", sleep=0)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "torn last line" in stderr
+    after = results.read_text().splitlines()
+    assert after[:len(before)] == before  # nothing finished was lost or rewritten
+    keys = [json.loads(line)["trial_key"] for line in after]
+    assert len(keys) == len(set(keys)) == 12  # every trial exactly once
+    assert (out / "heatmap.png").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_flushes_and_exits_130(tmp_path) -> None:
+    out = tmp_path / "run"
+    results = out / "results.jsonl"
+    proc = _spawn(out)
+    _wait_for_lines(results, 3, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    lines = results.read_text().splitlines()
+    assert 3 <= len(lines) < 12 and all(json.loads(line)["status"] == "ok" for line in lines)
+    assert results.read_text().endswith("\n")
+    assert (out / "summary.json").exists()
+    assert "resume" in stderr

@@ -1,0 +1,207 @@
+"""Run arguments: --max-memory parsed exactly as accelerate parses it (a differential property test
+against accelerate's own convert_file_size_to_int), device_map values, attention back-ends, dtype.
+Property tests for parse_max_memory and parse_token_count: round trips, only UsageError."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from doctor.context import DoctorContext
+from doctor.errors import UsageError
+from doctor.model_config import ModelResolution
+from doctor.probes.run_args import RunArgFacts, run_args_probe
+from doctor.registry import load_checks
+from doctor.report.model import Status
+from doctor.runner import run_check
+from doctor.sizes import format_max_memory, max_memory_bytes, parse_max_memory, size_to_bytes
+from doctor.target import Target, parse_token_count
+
+# ---------------------------------------------------------------- parse_max_memory
+
+
+def test_parses_the_documented_example() -> None:
+    assert parse_max_memory("0=70GiB,1=70GiB,cpu=200GiB") == {0: "70GiB", 1: "70GiB", "cpu": "200GiB"}
+    assert max_memory_bytes({0: "75Gb"}) == {0: 75 * 10**9 // 8}  # bits: 9.4 GB
+    assert size_to_bytes("80GB") == 80 * 10**9 and size_to_bytes("80GiB") == 80 * 2**30
+
+
+@pytest.mark.parametrize("text, words", [
+    ("cpu=auto", "'auto' is not in a valid format"),  # the seed's ValueError
+    ("cuda:0=70GiB", "use 0"),
+    ("gpu0=70GiB", "use 0"),
+    ("0=75G", "not in a valid format"),
+    ("0=75 gigs", "not in a valid format"),
+    ("nvme=10GiB", "not a device accelerate knows"),
+    ("0=70GiB,0=60GiB", "given twice"),
+    ("0:70GiB", "no '='"),
+    ("", "empty"),
+    ("0=-5GB", "negative"),
+    ("0=infGB", "finite"),
+])
+def test_bad_values_name_the_problem(text: str, words: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_max_memory(text)
+    assert words in info.value.message and "\n" not in info.value.message
+
+
+SIZE_TEXT = st.text(alphabet="0123456789.-+eEinfaGMKBibg ", max_size=10)
+
+
+@settings(max_examples=400, deadline=None)
+@given(SIZE_TEXT)
+def test_replica_agrees_with_accelerate(text: str) -> None:
+    """Differential: our parser accepts exactly what accelerate accepts, with the same byte count.
+    Known, deliberate difference: a digit-only string is bytes for us (accelerate wants an int)."""
+    from accelerate.utils import convert_file_size_to_int
+
+    try:
+        theirs: int | None = convert_file_size_to_int(text)
+    except (ValueError, OverflowError):
+        theirs = None
+    try:
+        ours: int | None = size_to_bytes(text)
+    except UsageError:
+        ours = None
+    if text.strip().isdigit():
+        assert ours == int(text.strip())
+    else:
+        assert ours == theirs
+
+
+KEYS = st.one_of(st.integers(0, 15), st.sampled_from(["cpu", "disk", "mps"]))
+SIZES = st.builds(lambda n, u: f"{n}{u}", st.integers(0, 10**4), st.sampled_from(["GiB", "MiB", "KiB", "GB", "MB", "KB"]))
+
+
+@given(st.dictionaries(KEYS, st.one_of(SIZES, st.integers(0, 10**12)), min_size=1, max_size=6))
+def test_max_memory_round_trips(budget: dict) -> None:
+    assert parse_max_memory(format_max_memory(budget)) == budget
+
+
+@given(st.text(max_size=40))
+def test_max_memory_only_raises_usage_error(text: str) -> None:
+    try:
+        parsed = parse_max_memory(text)
+    except UsageError as exc:
+        assert exc.message and "\n" not in exc.message
+    else:
+        assert parsed and all(isinstance(k, int) or k in ("cpu", "disk", "mps") for k in parsed)
+
+
+# ---------------------------------------------------------------- parse_token_count
+
+
+@given(st.integers(1, 10**9))
+def test_token_count_round_trips(n: int) -> None:
+    assert parse_token_count(str(n)) == n
+    assert parse_token_count(f"{n}k") == n * 1024
+
+
+@given(st.text(max_size=20))
+def test_token_count_only_raises_usage_error(text: str) -> None:
+    try:
+        value = parse_token_count(text)
+    except UsageError:
+        return
+    assert isinstance(value, int) and value > 0
+
+
+# ---------------------------------------------------------------- the checks (fake GPUs via the snapshot)
+
+
+@dataclass(frozen=True)
+class FakeGpu:
+    name: str
+    memory_total_bytes: int
+    compute_capability: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class FakeNvml:
+    gpus: tuple[FakeGpu, ...]
+
+
+H100 = FakeNvml((FakeGpu("NVIDIA H100 80GB HBM3", 85_520_809_984, (9, 0)),))
+T4 = FakeNvml((FakeGpu("Tesla T4", 16_106_127_360, (7, 5)),))
+VERSIONS = {"torch": "2.6.0", "accelerate": "1.6.0", "triton": "3.2.0", "flash-attn": None, "transformers": "4.52.4"}
+
+
+def facts(sizes: dict | None = None, errors: dict | None = None, problem: str | None = None,
+          **versions: str | None) -> RunArgFacts:
+    return RunArgFacts({**VERSIONS, **versions}, False, sizes, errors or {}, problem)
+
+
+def run_named(check_id: str, target: Target, snapshot: dict) -> tuple[Status, str]:
+    spec = next(s for s in load_checks() if s.id == check_id)
+    result, _ = run_check(spec, DoctorContext.from_snapshot(target, snapshot))
+    return result.status, result.summary
+
+
+def test_lowercase_b_warns_loudly_about_bits() -> None:
+    status, summary = run_named("max-memory-format", Target(max_memory="0=75Gb"),
+                                {"run-args": facts({"75Gb": 9_375_000_000}), "nvml": H100})
+    assert status is Status.WARN and "BITS" in summary and "9.4 GB" in summary
+
+
+def test_budget_above_the_card_fails() -> None:
+    status, summary = run_named("max-memory-format", Target(max_memory="0=90GiB"),
+                                {"run-args": facts({"90GiB": 90 * 2**30}), "nvml": H100})
+    assert status is Status.FAIL and "above the card's capacity" in summary
+
+
+def test_gb_vs_gib_note_and_confidence() -> None:
+    status, summary = run_named("max-memory-format", Target(max_memory="0=70GB,cpu=100GiB"),
+                                {"run-args": facts({"70GB": 70 * 10**9, "100GiB": 100 * 2**30}), "nvml": H100})
+    assert status is Status.PASS and "65.2 GiB" in summary and "lower confidence" not in summary
+    status, summary = run_named("max-memory-format", Target(max_memory="0=70GiB"),
+                                {"run-args": facts(problem="accelerate is not installed"), "nvml": H100})
+    assert status is Status.PASS and "lower confidence" in summary
+
+
+def test_accelerate_verdict_wins_and_bad_target_fails_without_cli() -> None:
+    status, summary = run_named("max-memory-format", Target(max_memory="0=70GiB"),
+                                {"run-args": facts({"70GiB": None}, {"70GiB": "ValueError: simulated"})})
+    assert status is Status.FAIL and "accelerate rejects" in summary
+    status, summary = run_named("max-memory-format", Target(max_memory="cpu=auto"), {"run-args": facts()})
+    assert status is Status.FAIL and "auto" in summary
+
+
+def test_max_memory_skips_when_absent() -> None:
+    assert run_named("max-memory-format", Target(), {"run-args": facts()})[0] is Status.SKIP
+
+
+@pytest.mark.parametrize("value, status", [("auto", Status.PASS), ("balanced_low_0", Status.WARN),
+                                           ("cuda:0", Status.PASS), ("cuda:3", Status.FAIL), ("gpu", Status.FAIL)])
+def test_device_map_values(value: str, status: Status) -> None:
+    assert run_named("device-map-value", Target(device_map=value), {"nvml": H100})[0] is status
+
+
+def test_attention_backends() -> None:
+    status, summary = run_named("attn-implementation", Target(attn="flash_attention_2"), {"run-args": facts()})
+    assert status is Status.FAIL and "flash-attn" in summary
+    status, summary = run_named("attn-implementation", Target(attn="flex_attention"),
+                                {"run-args": facts(torch="2.4.1")})
+    assert status is Status.WARN and "2.5" in summary
+    status, _ = run_named("attn-implementation", Target(attn="eager", context=131072), {"run-args": facts()})
+    assert status is Status.WARN
+    assert run_named("attn-implementation", Target(), {"run-args": facts()})[0] is Status.PASS
+
+
+def test_dtype_against_gpu_and_model() -> None:
+    status, summary = run_named("dtype-choice", Target(dtype="bfloat16"), {"nvml": T4})
+    assert status is Status.FAIL and "7.5" in summary
+    llama4 = ModelResolution("m", "found", "", model_type="llama4", config={"model_type": "llama4"})
+    status, summary = run_named("dtype-choice", Target(dtype="float16"), {"model": llama4, "nvml": H100})
+    assert status is Status.WARN and "bfloat16" in summary
+    auto_bf16 = ModelResolution("m", "found", "", model_type="llama", config={"torch_dtype": "bfloat16"})
+    assert run_named("dtype-choice", Target(), {"model": auto_bf16, "nvml": T4})[0] is Status.FAIL
+
+
+@pytest.mark.slow
+def test_probe_asks_accelerate_itself_in_a_child() -> None:
+    got = run_args_probe(Target(max_memory="0=75Gb,cpu=200GiB"))
+    assert got.accelerate_error is None, got.accelerate_error
+    assert got.accelerate_sizes == {"75Gb": 9_375_000_000, "200GiB": 200 * 2**30}
