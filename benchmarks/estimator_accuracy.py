@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     kwargs = {"quantization_config": _bnb(torch, transformers)} if mode != "bf16" else {}
                     model = transformers.AutoModelForCausalLM.from_pretrained(
                         path, dtype=torch.bfloat16, device_map={"": 0} if cuda else None, **kwargs).eval()
-            except Exception as exc:  # report, keep going
+            except Exception as exc:  # noqa: BLE001 - report the case, keep going
                 rows.append({"case": case["name"], "mode": mode, "error": f"{type(exc).__name__}: {exc}"[:300]})
                 print(rows[-1], flush=True)
                 continue
@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         free, total = torch.cuda.mem_get_info()
                         row["non_torch_bytes"] = total - free - torch.cuda.memory_reserved()
                         row["reserved_bytes"] = torch.cuda.memory_reserved()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - an OOM or bug is a result row
                     row["error"] = f"{type(exc).__name__}: {exc}"[:300]
                 if row.get("meas_weights"):
                     row["err_weights_pct"] = round(100 * (row["est_weights"] / row["meas_weights"] - 1), 2)
@@ -242,7 +242,7 @@ def _table(result: dict[str, Any]) -> str:
         if "context" not in r:
             lines.append(f"| {r['case']} | {r['mode']} | — | error: {r.get('error')} | | | | |")
             continue
-        g = lambda v: f"{v / GIB:.3f}" if isinstance(v, (int, float)) else "—"  # noqa: E731
+        g = lambda v: f"{v / GIB:.3f}" if isinstance(v, (int, float)) else "—"
         lines.append(f"| {r['case']} | {r['mode']} | {r['context']} / {r['chunk']} | {g(r['est_weights'])} / "
                      f"{g(r.get('meas_weights'))} | {r.get('err_weights_pct', '—')}% | {g(r['est_peak'])} / "
                      f"{g(r.get('meas_peak'))} | {r.get('err_peak_pct', '—')}% | {g(r.get('est_above_weights'))} / "

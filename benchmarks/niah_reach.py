@@ -91,15 +91,20 @@ def register_flex_gqa() -> None:
     AttentionMaskInterface.register("flex_gqa", flex_attention_mask)
 
 
-def build_model(tiny: bool, attn: str, device: Any) -> Any:
-    import torch
-    from transformers import Llama4ForCausalLM, Llama4TextConfig
+def model_config(tiny: bool, attn: str) -> Any:
+    from transformers import Llama4TextConfig
 
     shape = TINY_TEXT if tiny else SCOUT_TEXT
+    return Llama4TextConfig(num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0], attn_implementation=attn, **shape)
+
+
+def build_model(tiny: bool, attn: str, device: Any) -> Any:
+    import torch
+    from transformers import Llama4ForCausalLM
+
     if attn == "flex_gqa":
         register_flex_gqa()
-    config = Llama4TextConfig(num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0], attn_implementation=attn,
-                              **shape)
+    config = model_config(tiny, attn)
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32 if tiny else torch.bfloat16)
@@ -111,18 +116,56 @@ def build_model(tiny: bool, attn: str, device: Any) -> Any:
     return model.eval()
 
 
-def doctor_prediction(config: Any, tokens: int, attn: str, chunk: int | None) -> dict[str, Any]:
-    """The doctor's predicted peak for this case, or why there is none."""
+_SIZING: dict[str, Any] = {}  # the weight inventory is per model, not per case: size it once
+
+
+def doctor_prediction(config: Any, tokens: int, attn: str, chunk: int | None,
+                      gpus: str = "1xH100-80GB") -> dict[str, Any]:
+    """The doctor's estimate for this case (doctor.memory.estimate_for), or why there is none.
+
+    `predicted_alloc_gib` (weights + KV + prefill activations) is what torch.cuda.max_memory_allocated
+    measures; `predicted_total_gib` adds the per-GPU overhead (CUDA context, allocator slack) that
+    the fit verdict uses."""
+    from types import SimpleNamespace
+
     try:
-        from doctor.memory import estimate_for  # type: ignore[attr-defined]
-    except Exception as error:  # noqa: BLE001 - the estimator may not exist in this checkout yet
-        return {"status": "n/a", "reason": f"doctor.memory.estimate_for not importable ({error})"}
+        from doctor.memory import estimate_for, size_weights, sizing_args, settings_for
+        from doctor.memory.gpus import parse_gpus
+        from doctor.target import Target
+    except Exception as error:  # noqa: BLE001 - the estimator may not exist in this checkout
+        return {"status": "n/a", "reason": f"doctor.memory estimator not importable ({error})"}
+    # flex_gqa is this benchmark's own variant; the doctor knows only transformers' names
+    doctor_attn = "flex_attention" if attn == "flex_gqa" else attn
     try:
-        result = estimate_for(config=config.to_dict(), context=tokens, attn=attn, prefill_chunk=chunk,
-                              dtype="bfloat16", quant="none")
+        raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        target = Target(context=tokens, attn=doctor_attn, prefill_chunk=chunk or tokens, dtype="bfloat16",
+                        gpus=gpus)
+        resolution = SimpleNamespace(config=raw, quantization_config=None)
+        if "sizing" not in _SIZING:
+            settings = settings_for(target, raw, None)
+            _SIZING["sizing"] = size_weights(sizing_args(settings, raw, None))
+        estimate = estimate_for(target, resolution, gpus=parse_gpus(gpus), sizing=_SIZING["sizing"])
     except Exception as error:  # noqa: BLE001 - an API mismatch must not end the benchmark
         return {"status": "n/a", "reason": f"estimate_for failed: {type(error).__name__}: {error}"}
-    return {"status": "ok", "estimate": result}
+    alloc = estimate.weights_bytes + estimate.kv_bytes + estimate.activation_peak_bytes
+    return {"status": "ok", "gpus": gpus, "attn_as": doctor_attn, "chunk": estimate.prefill_chunk,
+            "predicted_alloc_gib": round(alloc / GIB, 2),
+            "predicted_total_gib": round(estimate.total_bytes / GIB, 2), "fits": estimate.fits,
+            "max_context_tokens": estimate.max_context_tokens, "method": estimate.method,
+            "confidence": estimate.confidence}
+
+
+def add_predictions(paths: list[str]) -> None:
+    """Fill the doctor's predictions into result files measured earlier (CPU only, no GPU needed)."""
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        config = model_config(tiny=bool(data["facts"].get("tiny")), attn=data["facts"]["attn"])
+        for row in data["rows"]:
+            attn = data["facts"]["attn"]
+            chunk = row.get("chunk") or row["tokens"]
+            row["prediction"] = doctor_prediction(config, row["tokens"], attn, chunk)
+        Path(path).write_text(json.dumps(data, indent=2))
+        print_table(data["rows"], data["facts"])
 
 
 def gpu_facts() -> dict[str, Any]:
@@ -254,7 +297,7 @@ def print_table(rows: list[dict[str, Any]], facts: dict[str, Any]) -> None:
     print("-" * len(header))
     for r in rows:
         pred = r.get("prediction", {})
-        pred_text = pred.get("peak_gib", "n/a") if pred.get("status") == "ok" else "n/a"
+        pred_text = pred.get("predicted_alloc_gib", "n/a") if pred.get("status") == "ok" else "n/a"
         print(f"{r['case']:<24} {r['tokens']:>9} {r['status']:<12} {str(r.get('peak_gib', '-')):>9} "
               f"{str(r.get('above_weights_gib', '-')):>9} {str(r.get('prefill_s', r.get('seconds', '-'))):>10} "
               f"{str(r.get('prefill_tok_s', '-')):>8} {str(pred_text):>10}")
@@ -276,8 +319,13 @@ def main(argv: list[str] | None = None) -> int:
                                                      "(flex_attention compiles on its first call)")
     parser.add_argument("--time-budget-s", type=float, default=540.0,
                         help="skip cases predicted to end after this many seconds from the start")
+    parser.add_argument("--predict", nargs="+", metavar="JSON",
+                        help="only add the doctor's predictions to earlier result files (CPU)")
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for the JSON result")
     args = parser.parse_args(argv)
+    if args.predict:
+        add_predictions(args.predict)
+        return 0
 
     import torch
 
@@ -336,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = run_case(kind, model, tokens, chunk, device)
                 if row["status"] == "oom":
                     failed_kinds.add(kind)
-        row["prediction"] = doctor_prediction(model.config, tokens, args.attn, chunk)
+        row["prediction"] = doctor_prediction(model.config, tokens, args.attn, chunk or tokens)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "prediction"}), flush=True)
         out_file.write_text(json.dumps({"facts": facts, "rows": rows}, indent=2))  # partial results survive

@@ -50,6 +50,9 @@ def niah_command() -> None:
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in --out: skip done trials, retry errors/OOM.")
 @click.option("--skip-preflight", is_flag=True, default=None, help="Do not run the doctor first (recorded).")
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the model's own Python code.")
+@click.option("--revision", help="Hub revision (branch, tag or commit) of --model.")
+@click.option("--online", is_flag=True, default=None, help="Allow downloads from the hub while loading.")
+@click.option("--allow-pickle", is_flag=True, default=None, help="Allow .bin (pickle) checkpoints; off by default.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def run_command(config_path: str | None, quiet: bool, debug: bool, **flags: object) -> int:
@@ -74,12 +77,11 @@ def run_command(config_path: str | None, quiet: bool, debug: bool, **flags: obje
     finally:
         if (out / "results.jsonl").exists():
             try:
-                summary = finish(out, title=f"{config.model} · {config.needle_kind}")
+                finish(out, title=f"{config.model} · {config.needle_kind}")
                 if counts is None:
                     echo_err(f"partial results saved in {out} (resume with --resume --out {out})")
-            except Exception as exc:  # the summary must never hide the run's own outcome
+            except Exception as exc:  # noqa: BLE001 - the summary must never hide the run's own outcome
                 echo_err(f"could not write the summary: {type(exc).__name__}: {exc}")
-                summary = None
     from niah_run.summary import SUMMARY_MD
 
     click.echo((out / SUMMARY_MD).read_text(encoding="utf-8"), nl=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,13 @@ class RunConfig:
     resume: bool = False
     skip_preflight: bool = False
     trust_remote_code: bool = False
+    revision: str | None = None  # hub revision (branch, tag or commit)
+    online: bool = False  # allow hub downloads while loading
+    allow_pickle: bool = False  # allow .bin (pickle) checkpoints
 
     # Fields that do not change what a trial computes (they never enter the trial key).
     NOT_IN_KEY = ("out", "resume", "skip_preflight", "lengths", "depths", "trials", "controls", "prefill_chunk",
-                  "device_map", "max_memory")
+                  "device_map", "max_memory", "online", "allow_pickle")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -95,7 +98,7 @@ def parse_depths(value: Any, key: str = "depths") -> tuple[float, ...]:
     for item in items:
         try:
             if isinstance(item, bool):
-                raise ValueError
+                raise ValueError  # noqa: TRY004 - reported below as a UsageError naming the key
             depth = float(str(item).rstrip("%"))
         except ValueError:
             raise UsageError(f"config key {key!r}: {item!r} is not a number (depth in percent)") from None

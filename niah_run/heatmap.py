@@ -39,7 +39,8 @@ def render_heatmap(summary: dict[str, Any], path: Path, title: str = "Needle in 
             label = f"{cell['accuracy']:.2f}\nn={cell['n']}"
             if cell["oom"] or cell["skipped"]:
                 label += "\n+OOM" if cell["oom"] else "\n+skip"
-        ax.text(x, y, label, ha="center", va="center", fontsize=8, color="black")
+        dark = cell["accuracy"] is not None and not 0.2 <= cell["accuracy"] <= 0.8  # deep red/green
+        ax.text(x, y, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_xticks(range(len(lengths)), [f"{n:,}" for n in lengths], rotation=30 if len(lengths) > 6 else 0)
     ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
     ax.set_xlabel("context tokens (exact, model tokenizer)")

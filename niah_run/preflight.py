@@ -31,7 +31,7 @@ class PreflightResult:
 def target_for(config: RunConfig) -> Target:
     return Target(model=config.model, context=max(config.lengths), quant=config.quant, dtype=config.dtype,
                   attn=config.attn, prefill_chunk=config.prefill_chunk, max_memory=config.max_memory,
-                  device_map=config.device_map, trust_remote_code=config.trust_remote_code)
+                  device_map=config.device_map, trust_remote_code=config.trust_remote_code, online=config.online)
 
 
 def _max_context(attachments: Any) -> int | None:

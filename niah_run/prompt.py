@@ -172,10 +172,12 @@ class PromptBuilder:
         # Leading space: the needle sits after a sentence's final punctuation, like any other sentence.
         return encode(self.tokenizer, " " + sentence)
 
-    def window_starts(self, span: int) -> list[int]:
-        """Cut points a trial's haystack window may start at so that `span` tokens follow it."""
-        limit = len(self.haystack.ids) - span
-        return [c for c in self.haystack.cut_points if c <= limit] or [0]
+    def window_starts(self, length: int) -> list[int]:
+        """Sentence starts a trial's haystack window may begin at: within the first quarter of `length`.
+
+        Bounded by the length alone (not by how much haystack was encoded), so a trial's prompt does
+        not change when a longer length in the same run makes the haystack longer."""
+        return [c for c in self.haystack.cut_points if c <= length // 4]
 
     def build(self, *, length: int, depth_percent: float | None, needles: NeedleSet, window_start: int,
               rng: random.Random) -> BuiltPrompt:

@@ -256,11 +256,10 @@ def serve(backend: Any, host: str = "127.0.0.1", port: int = 0, *, model_name: s
 
 def _load_local_backend(model: str, opts: dict[str, Any]) -> Any:
     """The same local backend, loaded the same way, as `niah run --model ...` (niah_run.loading)."""
-    from niah_run.config import RunConfig
-    from niah_run.loading import load_backend
+    from niah_run.loading import LoadOptions, load_backend
 
     given = {k: v for k, v in opts.items() if v is not None}
-    return load_backend(RunConfig(model=model, **given))
+    return load_backend(LoadOptions(model=model, **given))
 
 
 @click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})

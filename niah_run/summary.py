@@ -79,9 +79,9 @@ def render_markdown(summary: dict[str, Any], title: str = "NIAH sweep") -> str:
     by_cell = {(c["context_tokens"], c["depth_percent"]): c for c in summary["cells"]}
     overall = summary["overall"]
     lines = [f"# {title}", "",
-             f"Overall strict accuracy: {_pct(overall['accuracy'])} ({overall['correct']}/{overall['n']}, "
-             f"Wilson 95% {overall['wilson_low']:.2f}–{overall['wilson_high']:.2f}); "
-             f"OOM {overall['oom']}, skipped {overall['skipped']}, errors {overall['errors']}.", "",
+             (f"Overall strict accuracy: {_pct(overall['accuracy'])} ({overall['correct']}/{overall['n']}, "
+              f"Wilson 95% {overall['wilson_low']:.2f}–{overall['wilson_high']:.2f}); "
+              f"OOM {overall['oom']}, skipped {overall['skipped']}, errors {overall['errors']}."), "",
              "Accuracy per cell (correct/n); rows = depth %, columns = context tokens.", "",
              "| depth % | " + " | ".join(str(n) for n in lengths) + " |",
              "|---|" + "---|" * len(lengths)]

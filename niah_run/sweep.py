@@ -31,8 +31,16 @@ from niah_run.config import CONFIG_FILE, RunConfig
 from niah_run.haystack import load_haystack, validate_haystack_spec
 from niah_run.needles import NeedleSet, make_needles
 from niah_run.preflight import PreflightResult, run_preflight
-from niah_run.prompt import (PROMPT_VERSION, BuiltPrompt, PromptBuilder, TokenizedHaystack, ValueCollision,
-                             chat_frame, tokenize_haystack, tokenizer_sha256)
+from niah_run.prompt import (
+    PROMPT_VERSION,
+    BuiltPrompt,
+    PromptBuilder,
+    TokenizedHaystack,
+    ValueCollision,
+    chat_frame,
+    tokenize_haystack,
+    tokenizer_sha256,
+)
 from niah_run.results import ResultsStore, is_done, latest_by_key
 from niah_run.scoring import prompt_words, score_output
 
@@ -76,12 +84,15 @@ def trial_key(identity_sha256: str, spec: TrialSpec) -> str:
 
 def make_backend(config: RunConfig) -> Backend:
     """Load the model (helper module niah_run.loading). Tests replace this function with a fake."""
+    import dataclasses
+
     try:
-        from niah_run.loading import load_backend
+        from niah_run.loading import LoadOptions, load_backend
     except ImportError as exc:  # pragma: no cover - only when the optional extras are missing
         raise RunFailed(f"the local model backend is not available: {exc}",
                         hint="Install the extras: pip install 'niah-doctor[niah]'.") from None
-    return load_backend(config)
+    wanted = {f.name for f in dataclasses.fields(LoadOptions)}
+    return load_backend(LoadOptions(**{k: v for k, v in config.to_dict().items() if k in wanted}))
 
 
 def _lcp(a: list[int] | None, b: list[int]) -> int:
@@ -126,12 +137,16 @@ class Sweep:
 
     # -- set-up ------------------------------------------------------------------------------------
 
+    def _note(self, message: str) -> None:
+        if not self.quiet:
+            echo_err(message)
+
     def _save_config(self) -> None:
         _write_json(self.run_dir / CONFIG_FILE, self.doc)
 
     def _prepare_haystack(self, tokenizer: Any) -> TokenizedHaystack:
         longest = max(self.config.lengths)
-        needed = longest + (longest // 4 + 512 if self.config.trials > 1 else 64)
+        needed = longest + (longest // 4 + 64 if self.config.trials > 1 else 64)
         chars = needed * CHARS_PER_TOKEN_GUESS
         for _ in range(6):
             haystack = tokenize_haystack(tokenizer, load_haystack(self.config.haystack, self.config.seed, chars))
@@ -159,14 +174,23 @@ class Sweep:
         validate_haystack_spec(self.config.haystack)  # before anything slow is loaded
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._save_config()
+        self._note("preflight: running the doctor for this target…" if not self.config.skip_preflight
+                   else "preflight: skipped (--skip-preflight; recorded in config.json)")
         preflight = run_preflight(self.config, self.run_dir)
+        if preflight.ran:
+            limit = preflight.max_context_tokens
+            self._note(f"preflight: {preflight.verdict}" + (f"; estimated max context {limit} tokens" if limit else "")
+                       + (f"; will skip {', '.join(map(str, preflight.too_long))}" if preflight.too_long else ""))
         self.doc["preflight"] = {"ran": preflight.ran, "verdict": preflight.verdict,
                                  "skipped_by_user": self.config.skip_preflight,
                                  "max_context_tokens": preflight.max_context_tokens,
                                  "too_long": list(preflight.too_long)}
         self._save_config()
         done = {k: r for k, r in latest_by_key(self.store.load(repair=True)).items() if is_done(r)}
+        self._note(f"loading {self.config.model}…")
+        started = time.monotonic()
         backend = self.backend_factory(self.config)
+        self.doc["load_seconds"] = round(time.monotonic() - started, 2)
         try:
             return self._run_loaded(backend, preflight, done)
         finally:
@@ -268,7 +292,7 @@ class Sweep:
             return row
         except (KeyboardInterrupt, RunFailed, UsageError):
             raise
-        except Exception as exc:  # one broken trial is recorded and retried on --resume
+        except Exception as exc:  # noqa: BLE001 - one broken trial is recorded and retried on --resume
             row.update(status="error", failure_class="other", error=f"{type(exc).__name__}: {exc}",
                        seconds=round(time.monotonic() - started, 3))
             return row
@@ -307,12 +331,18 @@ class _progress:
         self._progress: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> _progress:
+    def __enter__(self) -> _progress:  # noqa: PYI034
         if self.quiet:
             return self
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         console = Console(stderr=True, highlight=False)
         self._progress = Progress(TextColumn("niah"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -363,7 +393,7 @@ def finish(run_dir: Path, title: str) -> dict[str, Any]:
 
     summary = write_summary(run_dir)
     if summary["cells"]:
-        render_heatmap(summary, run_dir / HEATMAP_PNG, title=title)
+        render_heatmap(summary, run_dir / HEATMAP_PNG, title=Redactor().scrub(title))
     return summary
 
 

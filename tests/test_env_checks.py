@@ -71,6 +71,9 @@ def test_no_gpu_fails_when_the_run_needs_one() -> None:
     driver = results["nvidia-driver"]
     assert driver.status is Status.FAIL
     assert "no NVIDIA driver/GPU visible" in driver.summary and "bnb-4bit" in driver.summary
+    build = results["torch-cuda-build"]
+    assert build.status is Status.WARN and "CPU-only build of torch 2.13.0+cpu" in build.summary
+    assert "download.pytorch.org/whl/cu128" in commands(build)
 
 
 def test_gh200_cpu_only_torch_names_the_cause_in_one_sentence() -> None:

@@ -70,6 +70,21 @@ def test_torch_build_probe_imports_no_torch() -> None:
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
+@no_gpu_here
+def test_default_env_sections_import_nothing_heavy_without_gpu() -> None:
+    from tests.conftest import run_module
+
+    code = (
+        "import sys; from doctor.cli import run_doctor; from doctor.target import Target; "
+        "run_doctor(Target(), only=('gpu', 'torch', 'bitsandbytes', 'libraries', 'triton')); "
+        "heavy = ('torch', 'bitsandbytes', 'triton', 'transformers', 'accelerate'); "
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    proc = run_module("-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
 def _elf(tmp_path: Path, e_machine: int) -> Path:
     header = (
         b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) + (3).to_bytes(2, "little") + e_machine.to_bytes(2, "little")
@@ -310,3 +325,28 @@ def test_nvml_probe_reads_gpus_processes_and_cuda_visible_devices(monkeypatch: p
     assert facts.gpus[1].processes[0].name == "python" and facts.gpus[1].processes[0].pid == 4242
     assert facts.cuda_visible_devices == "GPU-1" and facts.visible_gpu_count == 1
     assert "GPU-0abc" not in repr(facts)  # UUIDs only serve the CUDA_VISIBLE_DEVICES match
+
+
+# ---------------------------------------------------------------- real GPU (skipped without one)
+
+needs_gpu = pytest.mark.skipif(not nvml_sees_gpu(), reason="no NVIDIA GPU visible")
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_real_gpu_live_probes_and_no_false_alarm() -> None:
+    """On a healthy GPU box (the H100 sample run): the live children work and no env check fails."""
+    target = Target(live=True, probe_timeout_s=300)
+    torch_facts = torch_live_facts(target)
+    assert isinstance(torch_facts, TorchLive) and torch_facts.cuda_available, torch_facts
+    assert torch_facts.devices and torch_facts.devices[0].memory_free_bytes
+    if installed("bitsandbytes"):
+        bnb = bnb_live_facts(target)
+        assert not isinstance(bnb, Unavailable) and bnb.library_kind == "cuda", bnb
+        assert bnb.roundtrip is not None and bnb.roundtrip.error is None, bnb.roundtrip
+        assert bnb.roundtrip.linear_rel_error < 0.15
+    ctx = DoctorContext(target)
+    specs = [s for s in load_checks() if s.section in ("gpu", "torch", "bitsandbytes", "libraries", "triton")]
+    report = build_report(specs, ctx, ["doctor", "--live"])
+    broken = {c.id: c.summary for c in report.checks if c.status in (Status.FAIL, Status.ERROR)}
+    assert broken == {}

@@ -81,3 +81,12 @@ def test_settings_detect_prequantized_from_quantization_config() -> None:
           "bnb_4bit_use_double_quant": True}
     s: Settings = settings_for(Target(model=SCOUT, context=8192), config, qc)
     assert s.prequantized and s.quant == "bnb-4bit" and s.double_quant
+
+
+def test_choose_prefill_chunk_for_target_like_options() -> None:
+    from doctor.memory import choose_prefill_chunk
+
+    target = Target(model="HuggingFaceTB/SmolLM2-135M-Instruct", gpus="1x24GB")
+    assert choose_prefill_chunk(target, context=8192) == 8192
+    with pytest.raises(LookupError):
+        choose_prefill_chunk(Target(model="no-such-org/no-such-model-xyz", gpus="1x24GB"), context=4096)

@@ -117,6 +117,7 @@ class FakeGpu:
     name: str
     memory_total_bytes: int
     compute_capability: tuple[int, int]
+    memory_free_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,13 @@ def test_budget_above_the_card_fails() -> None:
     status, summary = run_named("max-memory-format", Target(max_memory="0=90GiB"),
                                 {"run-args": facts({"90GiB": 90 * 2**30}), "nvml": H100})
     assert status is Status.FAIL and "above the card's capacity" in summary
+
+
+def test_budget_above_free_memory_warns() -> None:
+    busy = FakeNvml((FakeGpu("NVIDIA H100 80GB HBM3", 85_520_809_984, (9, 0), memory_free_bytes=40 * 2**30),))
+    status, summary = run_named("max-memory-format", Target(max_memory="0=70GiB"),
+                                {"run-args": facts({"70GiB": 70 * 2**30}), "nvml": busy})
+    assert status is Status.WARN and "free memory" in summary
 
 
 def test_gb_vs_gib_note_and_confidence() -> None:

@@ -140,14 +140,14 @@ def test_token_id_prompts_give_the_local_backends_output_ids(client, local_backe
         assert isinstance(remote, Generation)
         assert remote.output_ids == local.output_ids
         assert remote.stopped_at_eos == local.stopped_at_eos
-    assert client.describe()["output_ids_from"] == "server"
+    assert client.describe()["output_ids_from"] == "server token_ids"
     assert app.auth_headers[-1] == f"Bearer {API_KEY}"  # the key did reach the server, in the header
 
 
 def test_generate_many_matches_sequential_and_reports_each_trial(client, local_backend) -> None:
     prompts = [prompt(10 + 7 * i, 10 + i) for i in range(5)]
     expected = [local_backend.generate(p, max_new_tokens=4).output_ids for p in prompts]
-    results = dict(client.generate_many(prompts, max_new_tokens=4))
+    results = dict(client.generate_many(iter(prompts), max_new_tokens=4))  # a lazy iterable works
     assert sorted(results) == list(range(5))
     assert [results[i].output_ids for i in range(5)] == expected
 
@@ -300,3 +300,10 @@ def test_prompt_over_max_model_len_is_a_non_retried_400(client, server) -> None:
     with pytest.raises(ServerRequestError, match="maximum context length is 256") as info:
         client.generate(prompt(MAX_MODEL_LEN, 8), max_new_tokens=4)
     assert info.value.status == 400 and app.completion_calls - before == 1
+
+
+def test_generate_many_returns_a_failed_trial_as_its_error(client) -> None:
+    prompts = [prompt(10, 20), prompt(MAX_MODEL_LEN, 21), prompt(12, 22)]  # the middle one is too long
+    results = dict(client.generate_many(prompts, max_new_tokens=4))
+    assert isinstance(results[0], Generation) and isinstance(results[2], Generation)
+    assert isinstance(results[1], ServerRequestError) and results[1].status == 400

@@ -122,9 +122,7 @@ def bnb_version(ctx: DoctorContext) -> Outcome:
             and nvml.gpus
             and build.build != "cuda"
         ):
-            cause = (
-                f"; here the real cause would be: {explain_cuda_unavailable(nvml, build)[0]}"
-            )
+            cause = f"; here the real cause would be: {explain_cuda_unavailable(nvml, build)[0]}"
         return _problem(
             ctx,
             f"bitsandbytes {files.version} < 0.43.1: when torch cannot see CUDA, transformers "
@@ -344,7 +342,8 @@ def bnb_native_library(ctx: DoctorContext) -> Outcome:
         )
     elif has_gpu and isinstance(build, TorchBuild):
         torch_live = ctx.probe("torch-live")
-        cause, fix = explain_cuda_unavailable(nvml, build, None if isinstance(torch_live, Unavailable) else torch_live
+        cause, fix = explain_cuda_unavailable(
+            nvml, build, None if isinstance(torch_live, Unavailable) else torch_live
         )
     return _problem(
         ctx, f"bitsandbytes loaded its {live.library_kind.upper()} library because {cause}", evidence, fix

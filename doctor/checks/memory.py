@@ -11,7 +11,7 @@ from typing import Any
 
 from doctor.context import DoctorContext
 from doctor.errors import UsageError
-from doctor.memory.estimate import Estimate, Settings, compute_estimate
+from doctor.memory.estimate import Estimate, Settings, compute_estimate, fits
 from doctor.memory.gpus import GpuSpec, gpus_from_nvml, parse_gpus
 from doctor.probes import Unavailable
 from doctor.registry import Outcome, check
@@ -47,7 +47,7 @@ def _gpus_needed(sizing: dict[str, Any], settings: Settings, like: GpuSpec) -> i
     """Fewest GPUs like `like` on which this run fits (None beyond 16)."""
     for n in range(1, _MAX_GPUS_TRIED + 1):
         cards = [dataclasses.replace(like, index=i) for i in range(n)]
-        if compute_estimate(sizing, settings, cards).fits:
+        if fits(sizing, settings, cards):
             return n
     return None
 

@@ -78,6 +78,9 @@ def _judge_budget(budget: dict, sizes: dict, gpus: tuple, evidence: list[Evidenc
     if over:
         return Outcome.fail(over, evidence, Fix("Leave headroom below the card's total (CUDA context, activations, "
                                                 "KV cache need it)", ('--max-memory "0=70GiB,cpu=200GiB"',)))
+    busy = _over_free(sizes, gpus)
+    if busy:
+        return Outcome.warn(busy, evidence, Fix("Free the GPU (see gpu-busy) or lower the budget", ("nvidia-smi",)))
     missing = [k for k in sizes if isinstance(k, int) and gpus and k >= len(gpus)]
     if missing:
         return Outcome.warn(f"GPU {missing[0]} does not exist here ({len(gpus)} visible); accelerate only warns "
@@ -100,6 +103,17 @@ def _over_capacity(sizes: dict, gpus: tuple) -> str | None:
                 return (f"budget for GPU {key} ({gib(size)}) is above the card's capacity ({gib(total)}, "
                         f"{getattr(gpus[key], 'name', 'GPU')}): accelerate will plan more than fits and the load "
                         "runs out of memory")
+    return None
+
+
+def _over_free(sizes: dict, gpus: tuple) -> str | None:
+    """Other processes already hold memory: the budget fits the card but not what is free now."""
+    for key, size in sizes.items():
+        if isinstance(key, int) and key < len(gpus):
+            free = getattr(gpus[key], "memory_free_bytes", None)
+            if free is not None and size > free:
+                return (f"budget for GPU {key} ({gib(size)}) is above its free memory right now ({gib(free)}): "
+                        "other processes hold the rest")
     return None
 
 

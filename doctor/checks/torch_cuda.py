@@ -213,6 +213,14 @@ def torch_cuda_build(ctx: DoctorContext) -> Outcome:
         Evidence("gpus", gpu_names(nvml) if nvml.gpus else nvml.reason, "nvml", SMI_GPUS),
     ]
     if not nvml.gpus:
+        need = run_needs_gpu(ctx.target)
+        if need and build.build != "cuda":
+            # The missing GPU already fails `nvidia-driver`; the build would be the next wall on a GPU box.
+            return Outcome.warn(
+                f"{_describe_build(build)} of torch {build.version}: {need} and a CUDA build of torch",
+                evidence,
+                reinstall_fix(nvml, build.machine, "Install a CUDA build of torch"),
+            )
         return Outcome.ok(f"{_describe_build(build)}; no NVIDIA GPU visible to match it against", evidence)
     if build.build in ("cpu", "rocm"):
         sentence, fix = explain_cuda_unavailable(nvml, build)
@@ -352,7 +360,7 @@ def torch_gpu_arch(ctx: DoctorContext) -> Outcome:
     live: TorchLive = ctx.probe("torch-live")
     nvml: NvmlFacts = ctx.probe("nvml")
     if live.import_error or not live.arch_list:
-        return Outcome.skip("torch has no CUDA arch list (CPU-only build or import failed)")
+        return Outcome.skip("torch reports no CUDA arch list (CUDA unavailable: see torch-cuda-available)")
     caps = {f"cuda:{d.index} {d.name}": d.capability for d in live.devices} or {
         f"GPU {g.index} {g.name}": g.compute_capability for g in nvml.gpus if g.compute_capability
     }

@@ -14,8 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from doctor.memory.activations import (Shapes, attention_transient, dequant_transient, forward_persistent,
-                                       mlp_transient)
+from doctor.memory.activations import (
+    Shapes,
+    attention_transient,
+    dequant_transient,
+    forward_persistent,
+    mlp_transient,
+)
 from doctor.memory.gpus import GpuSpec, assumed_flops
 from doctor.memory.kv import KvLayer, kv_bytes_per_layer, kv_layers
 from doctor.memory.placement import CPU, decoder_layer_gpus, place_blocks
@@ -45,6 +50,9 @@ class Settings:
     attn: str = "sdpa"
     prefill_chunk: int | None = None  # None = choose_prefill_chunk
     logits_to_keep_one: bool = True
+    # --max-memory GPU budgets as ((gpu index, bytes), ...); () = accelerate's default (free memory).
+    # Added for multi-GPU (issue 5): accelerate places weights by these budgets, not by the card size.
+    max_memory: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -141,6 +149,9 @@ def _breakdown(sizing: Mapping[str, Any], s: Settings, gpus: Sequence[GpuSpec], 
     kv_b = dtype_bytes(s.kv_dtype)
     chunk = min(chunk, s.context)
     budgets = [max(g.capacity_bytes - OVERHEAD_PER_GPU, 0) for g in gpus]
+    if s.max_memory:  # accelerate takes the user's per-GPU budget as given; an unnamed GPU gets nothing
+        user = dict(s.max_memory)
+        budgets = [user.get(g.index, 0) for g in gpus]
     placement = place_blocks([bl["bytes"] for bl in blocks], budgets)
     layer_gpu = decoder_layer_gpus(blocks, placement, sizing.get("no_split_modules") or [])
     layer_blocks = [bl for bl in blocks if bl.get("class") in set(sizing.get("no_split_modules") or [])]
@@ -176,9 +187,21 @@ def _breakdown(sizing: Mapping[str, Any], s: Settings, gpus: Sequence[GpuSpec], 
     return _Breakdown(needed, sum(kv), max(act, default=0), fits, weights, kv_gpu, act, on_cpu)
 
 
-def choose_prefill_chunk(sizing: Mapping[str, Any], settings: Settings, gpus: Sequence[GpuSpec]) -> int:
-    """The largest prefill chunk (≤ 8192, ≤ context) whose predicted peak fits; the smallest candidate
-    when none does. Bigger chunks prefill faster; smaller ones bound the activation peak."""
+def choose_prefill_chunk(sizing: Any, settings: Settings | None = None, gpus: Sequence[GpuSpec] | None = None,
+                         *, context: int | None = None) -> int:
+    """The largest prefill chunk (≤ 8192, ≤ context) whose predicted peak fits; the largest candidate
+    when none does. Bigger chunks prefill faster; smaller ones bound the activation peak.
+
+    Two forms: `choose_prefill_chunk(sizing, settings, gpus)` (pure, cheap), or
+    `choose_prefill_chunk(options, context=...)` with a Target-like object (`niah run`'s load options):
+    resolves the config, sizes the weights in a child process and uses --gpus or NVML's GPUs. Raises
+    LookupError when it cannot tell (no config, no GPU); callers then use their own default."""
+    if settings is None:
+        return _choose_for_options(sizing, context)
+    return _choose(sizing, settings, gpus or [])
+
+
+def _choose(sizing: Mapping[str, Any], settings: Settings, gpus: Sequence[GpuSpec]) -> int:
     candidates = [c for c in CHUNK_CANDIDATES if c < settings.context]
     if settings.context <= CHUNK_CANDIDATES[0]:
         candidates = [settings.context, *candidates]
@@ -188,9 +211,37 @@ def choose_prefill_chunk(sizing: Mapping[str, Any], settings: Settings, gpus: Se
     return candidates[0]  # nothing fits: report at the fastest chunk; the verdict says why
 
 
+def _choose_for_options(options: Any, context: int | None) -> int:
+    from doctor.memory.gpus import parse_gpus
+    from doctor.probes.memory import resolve_for_memory
+    from doctor.target import Target
+
+    fields = {name: getattr(options, name) for name in ("model", "quant", "bnb_4bit_type", "double_quant", "dtype",
+                                                         "attn", "online", "trust_remote_code", "gpus", "kv_dtype", "max_memory",
+                                                         "prequantized") if getattr(options, name, None) is not None}
+    target = Target(**fields, context=context or getattr(options, "context", None))
+    resolution = resolve_for_memory(target)
+    if not resolution.found:
+        raise LookupError(f"no config for {target.model!r}: {resolution.message}")
+    config = dict(resolution.config)
+    settings = settings_for(target, config, resolution.quantization_config)
+    if not target.context:  # unknown sweep length: size for up to 128k (or the model's limit)
+        settings = Settings(**{**asdict(settings), "context": min(settings.context, 131072)})
+    gpus = parse_gpus(target.gpus) if target.gpus else _nvml_gpus()
+    if not gpus:
+        raise LookupError("no GPU known (no --gpus, NVML sees none)")
+    sizing = size_weights(sizing_args(settings, config, resolution.quantization_config))
+    return _choose(sizing, settings, gpus)
+
+
+def fits(sizing: Mapping[str, Any], settings: Settings, gpus: Sequence[GpuSpec]) -> bool:
+    """Whether this run fits these GPUs (at the requested or the best default chunk); cheap."""
+    return _fits_at(sizing, settings, gpus, settings.context)
+
+
 def _fits_at(sizing: Mapping[str, Any], settings: Settings, gpus: Sequence[GpuSpec], context: int) -> bool:
     trial = Settings(**{**asdict(settings), "context": context})
-    chunk = settings.prefill_chunk or choose_prefill_chunk(sizing, trial, gpus)
+    chunk = settings.prefill_chunk or _choose(sizing, trial, gpus)
     return _breakdown(sizing, trial, gpus, chunk).fits
 
 
@@ -286,7 +337,7 @@ def _notes(sizing: Mapping[str, Any], s: Settings, fused: list[str]) -> list[str
 
 
 def compute_estimate(sizing: Mapping[str, Any], settings: Settings, gpus: Sequence[GpuSpec]) -> Estimate:
-    chunk = min(settings.prefill_chunk or choose_prefill_chunk(sizing, settings, gpus), settings.context)
+    chunk = min(settings.prefill_chunk or _choose(sizing, settings, gpus), settings.context)
     br = _breakdown(sizing, settings, gpus, chunk)
     fused = [g["module"] for g in sizing.get("unquantized_modules") or [] if g.get("fused_3d")]
     per_gpu = [{"index": g.index, "name": g.name, "capacity_bytes": g.capacity_bytes,
@@ -338,7 +389,17 @@ def settings_for(target: Any, config: Mapping[str, Any], quantization_config: Ma
     return Settings(context=context, quant=quant, prequantized=bool(prequantized and quant != "none"),
                     double_quant=dq, bnb_4bit_type=qtype, dtype=dtype.replace("torch.", ""),
                     kv_dtype=(target.kv_dtype or dtype).replace("torch.", ""), attn=target.attn,
-                    prefill_chunk=target.prefill_chunk)
+                    prefill_chunk=target.prefill_chunk, max_memory=gpu_budgets(getattr(target, "max_memory", None)))
+
+
+def gpu_budgets(max_memory: str | None) -> tuple[tuple[int, int], ...]:
+    """The GPU entries of --max-memory ("0=70GiB,1=70GiB,cpu=200GiB") in bytes, by accelerate's rules."""
+    if not max_memory:
+        return ()
+    from doctor.sizes import parse_max_memory, size_to_bytes
+
+    return tuple(sorted((key, size_to_bytes(value)) for key, value in parse_max_memory(max_memory).items()
+                        if isinstance(key, int)))
 
 
 def estimate_for(target: Any, resolution: Any, gpus: Sequence[GpuSpec] | None = None,
@@ -368,5 +429,5 @@ def _nvml_gpus() -> list[GpuSpec]:
         from doctor.target import Target
 
         return gpus_from_nvml(probe(Target()))
-    except Exception:  # no NVML, no driver: the caller reports "no GPU"
+    except Exception:  # noqa: BLE001 - no NVML, no driver: the caller reports "no GPU"
         return []

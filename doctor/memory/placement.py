@@ -8,34 +8,51 @@ works on the per-block byte sizes the skeleton measured, so it can be re-run che
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 CPU = -1
 
 
+BALANCE_BUFFER = 1.25  # get_balanced_memory: each GPU but the last gets total/n + 1.25 × the biggest block
+
+
 def place_blocks(block_bytes: Sequence[int], budgets: Sequence[int]) -> list[int]:
-    """GPU index per block (CPU = -1 for what does not fit on any GPU), sequential like accelerate."""
-    n = len(budgets)
-    if n == 0:
+    """GPU index per block (CPU = -1 for what does not fit on any GPU), sequential like accelerate.
+
+    Mirrors transformers' `_get_device_map("auto")` (checked against it on a meta Scout-shaped model,
+    benchmarks/multi_gpu_sweep.py): a GPU with budget 0 (not named in --max-memory) gets nothing; with
+    several GPUs each but the last is capped at the balanced share; and the first GPU, accelerate's
+    "main device", keeps room for the largest block still to place (for a possibly offloaded layer),
+    so it holds one layer fewer than a plain fill would."""
+    active = [g for g, b in enumerate(budgets) if b > 0]
+    if not active:
         return [CPU] * len(block_bytes)
     total = sum(block_bytes)
     largest = max(block_bytes, default=0)
-    if n == 1:
-        caps = [budgets[0]]
-    else:
-        share = math.ceil(total / n) + largest  # accelerate get_balanced_memory: mean share + one block of slack
-        caps = [min(b, share) for b in budgets[:-1]] + [budgets[-1]]
+    caps = list(budgets)
+    if len(active) > 1:
+        share = total // len(active) + int(BALANCE_BUFFER * largest)
+        for g in active[:-1]:
+            caps[g] = min(budgets[g], share)
+    # largest block after position i (accelerate's max_layer_size once block i is taken)
+    later_max = [0] * len(block_bytes)
+    for i in range(len(block_bytes) - 2, -1, -1):
+        later_max[i] = max(block_bytes[i + 1], later_max[i + 1])
+    main = active[0]
     placement: list[int] = []
-    gpu, used = 0, 0
-    for size in block_bytes:
-        while gpu < n and used + size > caps[gpu]:
-            gpu, used = gpu + 1, 0
-        if gpu >= n:
+    slot, used = 0, 0
+    for i, size in enumerate(block_bytes):
+        while slot < len(active):
+            gpu = active[slot]
+            reserve = later_max[i] if gpu == main else 0
+            if used + size <= caps[gpu] - reserve:
+                break
+            slot, used = slot + 1, 0
+        if slot >= len(active):
             placement.append(CPU)
             continue
-        placement.append(gpu)
+        placement.append(active[slot])
         used += size
     return placement
 

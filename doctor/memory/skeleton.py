@@ -108,7 +108,7 @@ def _build_meta_model(torch: Any, transformers: Any, config: Any, dtype: Any) ->
     if callable(getattr(model, "tie_weights", None)):
         try:
             model.tie_weights()
-        except Exception:  # tying is cosmetic for sizing; never fail the estimate on it
+        except Exception:  # noqa: BLE001, S110 - tying only dedups; never fail the estimate on it
             pass
     return model
 
@@ -151,7 +151,7 @@ def _apply_quantizer(torch: Any, transformers: Any, model: Any, bnb_config: Any,
 
 def _would_be_replaced(module: Any, name: str, skip: list[str]) -> bool:
     """replace_with_bnb_linear's own predicate (used only when bitsandbytes is missing)."""
-    import torch.nn as nn
+    from torch import nn
 
     try:
         from transformers.quantizers.quantizers_utils import should_convert_module
@@ -193,7 +193,7 @@ def _count(model: Any, quant: str, double_quant: bool, emulate_skip: list[str] |
     totals = {"weights_bytes": 0, "quantized_params": 0, "unquantized_params": 0, "unquantized_bytes": 0,
               "quantized_bytes": 0, "buffer_bytes": 0,
               "largest_quantized_linear": 0, "largest_quantized_out": 0}
-    groups: "OrderedDict[str, dict[str, Any]]" = OrderedDict()
+    groups: OrderedDict[str, dict[str, Any]] = OrderedDict()
     categories = {"embedding_params": 0, "lm_head_params": 0, "expert_params": 0, "linear_params": 0}
     output_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     input_emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -275,7 +275,7 @@ def _kv_layout(config: Any) -> dict[str, Any]:
             kind = "none" if "Dummy" in name or "Shared" in name else ("window" if window else "full")
             out.append({"class": name, "kind": kind, "window": int(window) if window else None})
         return {"source": "transformers DynamicCache(config)", "layers": out}
-    except Exception as exc:  # older transformers: DynamicCache() keeps every layer at full length
+    except Exception as exc:  # noqa: BLE001 - older transformers: DynamicCache() keeps every layer full
         return {"source": f"DynamicCache(config) unavailable ({type(exc).__name__}): all layers full", "layers": None}
 
 

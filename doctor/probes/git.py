@@ -338,7 +338,7 @@ def script_facts(given: str, fetch: bool = False, fetched: dict[str, str] | None
 
 
 def git_version() -> str | None:
-    rc, out, _ = git(Path.cwd(), "--version")
+    rc, out, _ = git(Path(os.sep), "--version")  # any existing directory: the cwd may be gone
     return out.strip().removeprefix("git version ") if rc == 0 else None
 
 

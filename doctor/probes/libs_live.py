@@ -80,9 +80,8 @@ class TorchLive:
     device_count: int = 0
     devices: tuple[TorchDevice, ...] = ()
     arch_list: tuple[str, ...] = ()  # torch.cuda.get_arch_list(): sm_80, sm_90, compute_90 ...
-    warnings: tuple[
-        str, ...
-    ] = ()  # warnings raised while initialising CUDA (driver too old, sm_XY unsupported)
+    # CUDA-related warnings raised while initialising (driver too old, sm_XY not supported by this build)
+    warnings: tuple[str, ...] = ()
     import_seconds: float | None = None
 
 
@@ -107,7 +106,7 @@ def torch_child(args: Mapping[str, Any]) -> dict[str, Any]:
         out["hip"] = getattr(torch.version, "hip", None)
         out["cuda_built"] = bool(torch.backends.cuda.is_built())
         out["cuda_available"] = available = bool(torch.cuda.is_available())
-        out["arch_list"] = list(torch.cuda.get_arch_list()) if out["cuda_built"] else []
+        out["arch_list"] = list(torch.cuda.get_arch_list()) if available else []  # [] unless available
         if not available:
             try:
                 torch.cuda.init()  # raises the real reason: "not compiled with CUDA", "driver too old", ...

@@ -8,6 +8,7 @@ can be cropped exactly, and CUDA out-of-memory turned into BackendOOM after the 
 from __future__ import annotations
 
 import gc
+import re
 import time
 from importlib import metadata
 from typing import Any
@@ -137,6 +138,8 @@ class HFBackend:
             "commit_hash": getattr(config, "_commit_hash", None),
             "quantization_config": _jsonable_quant(getattr(config, "quantization_config", None)),
             "device_map": _jsonable_map(getattr(model, "hf_device_map", None)) or str(model.device),
+            # multi-GPU (issue 5): the same map summarized as decoder layers per device
+            "placement": layers_per_device(getattr(model, "hf_device_map", None)),
             "prefill_chunk": self.prefill_chunk,
             "eos_token_ids": list(self.eos_ids),
             "logits_kwarg": self._sig.logits_kw,
@@ -239,3 +242,40 @@ def _jsonable_map(device_map: Any) -> dict[str, str] | None:
     if not device_map:
         return None
     return {str(k): str(v) for k, v in dict(device_map).items()}
+
+
+_NUMBERED_BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)(?:\.|$)")
+
+
+def layers_per_device(device_map: Any) -> dict[str, dict[str, Any]] | None:
+    """hf_device_map summarized per device: decoder layer indices (as ranges) and the other modules.
+
+    Added for multi-GPU runs (issue 5): config.json then shows at a glance which GPU holds which
+    layers, e.g. {"cuda:0": {"layers": "0-9", "layer_count": 10, "other": ["model.embed_tokens"]}}."""
+    if not device_map:
+        return None
+    per_device: dict[str, dict[str, Any]] = {}
+    for name, device in dict(device_map).items():
+        key = f"cuda:{device}" if isinstance(device, int) else str(device)
+        entry = per_device.setdefault(key, {"layer_indices": [], "other": []})
+        match = _NUMBERED_BLOCK.search(str(name))
+        if match:
+            entry["layer_indices"].append(int(match.group(1)))
+        else:
+            entry["other"].append(str(name))
+    for entry in per_device.values():
+        indices = sorted(set(entry.pop("layer_indices")))
+        entry["layer_count"] = len(indices)
+        entry["layers"] = _ranges(indices)
+    return per_device
+
+
+def _ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    parts: list[str] = []
+    for index in indices:
+        if parts and int(parts[-1].split("-")[-1]) == index - 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{index}"
+        else:
+            parts.append(str(index))
+    return ",".join(parts)

@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -172,7 +172,9 @@ class OpenAIBackend:
             "concurrency": self.concurrency,
             "decoding": "greedy (temperature 0)",
             "prompt": "token ids",
-            "output_ids_from": "server" if self._server_ids_seen.is_set() else "server or re-encoded text",
+            # Until a reply shows it, we cannot know whether this server returns token ids.
+            "output_ids_from": ("server token_ids" if self._server_ids_seen.is_set()
+                                else "server token_ids if returned, else our tokenizer on the text"),
             # The server's cap is what limits the run's lengths (the sweep reads this key).
             "max_model_len": cap,
             "max_position_embeddings": cap,
@@ -218,11 +220,12 @@ class OpenAIBackend:
         seconds = time.monotonic() - start
         return self._generation_from(doc, prompt, seconds)
 
-    def generate_many(self, prompts: Sequence[list[int]], *, max_new_tokens: int
+    def generate_many(self, prompts: Iterable[list[int]], *, max_new_tokens: int
                       ) -> Iterator[tuple[int, Generation | ServerRequestError]]:
         """Send up to `concurrency` trials at once; yield (index into prompts, Generation or the
         trial's ServerRequestError) in completion order, so the caller can save each as it lands.
-        Other exceptions (bugs) propagate. Stops submitting when the consumer stops iterating."""
+        `prompts` may be a lazy iterable: a prompt is only built when a slot frees (10M-token prompts
+        are big). Other exceptions (bugs) propagate. Stops submitting when the consumer stops."""
         pending: dict[Future, int] = {}
         queue = iter(enumerate(prompts))
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="niah-openai") as pool:

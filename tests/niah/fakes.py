@@ -108,7 +108,7 @@ class FakeBackend:
 
 def install_fake_backend(**kwargs: Any) -> None:
     """Make `niah run` use FakeBackend (in this process) and skip nothing else."""
-    import niah_run.sweep as sweep
+    from niah_run import sweep
 
     sweep.make_backend = lambda config: FakeBackend(**kwargs)
 

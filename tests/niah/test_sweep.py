@@ -22,8 +22,8 @@ from tests.niah.fakes import FakeBackend
 
 
 def _config(tmp_path: Path, **overrides) -> RunConfig:
-    values = dict(lengths=(512, 1024), depths=(0.0, 50.0, 100.0), trials=2, skip_preflight=True,
-                  out=str(tmp_path))
+    values = {"lengths": (512, 1024), "depths": (0.0, 50.0, 100.0), "trials": 2, "skip_preflight": True,
+              "out": str(tmp_path)}
     values.update(overrides)
     return RunConfig(**values)
 
@@ -68,6 +68,17 @@ def test_same_seed_same_prompts(tmp_path) -> None:
     assert a == b
     _sweep(tmp_path / "c", FakeBackend(), out=str(tmp_path / "c"), seed=1)
     assert {r[0] for r in a}.isdisjoint({r["trial_key"] for r in _rows(tmp_path / "c")})
+
+
+def test_resume_with_an_extra_length_keeps_done_trials(tmp_path) -> None:
+    _sweep(tmp_path, FakeBackend(), lengths=(512,))
+    first = {r["trial_key"]: r["input_ids_sha256"] for r in _rows(tmp_path)}
+    _, counts = _sweep(tmp_path, FakeBackend(), lengths=(512, 2048), resume=True)
+    assert counts["already_done"] == 6 and counts["ran"] == 6
+    # Rebuilding from scratch with the longer haystack gives the very same prompts for the old trials.
+    _sweep(tmp_path / "fresh", FakeBackend(), lengths=(512, 2048), out=str(tmp_path / "fresh"))
+    fresh = {r["trial_key"]: r["input_ids_sha256"] for r in _rows(tmp_path / "fresh")}
+    assert all(fresh[key] == digest for key, digest in first.items())
 
 
 def test_oom_is_recorded_and_longer_lengths_skipped(tmp_path) -> None:

