@@ -62,22 +62,43 @@ def _cases(tiny: bool) -> list[dict[str, Any]]:
                "num_key_value_heads": 8, "intermediate_size": 14336, "num_local_experts": 8, "num_experts_per_tok": 2,
                "vocab_size": 32000, "max_position_embeddings": 32768, "rope_theta": 1e6, "torch_dtype": "bfloat16",
                "tie_word_embeddings": False}
-    return [
+    gemma3 = {"model_type": "gemma3_text", "hidden_size": 1152, "num_hidden_layers": 6, "num_attention_heads": 4,
+              "num_key_value_heads": 1, "head_dim": 256, "intermediate_size": 6912, "vocab_size": 262144,
+              "sliding_window": 512, "max_position_embeddings": 32768, "torch_dtype": "bfloat16",
+              "tie_word_embeddings": True}
+    qwen3_moe = {"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 2, "num_attention_heads": 32,
+                 "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 6144, "moe_intermediate_size": 768,
+                 "num_experts": 128, "num_experts_per_tok": 8, "vocab_size": 151936, "decoder_sparse_step": 1,
+                 "max_position_embeddings": 40960, "torch_dtype": "bfloat16", "tie_word_embeddings": False}
+    extra = [
+        {"name": "llama3-8B-4L-eager", "config": llama, "attn": "eager", "modes": ["bf16"],
+         "prefill": [(4096, 4096), (8192, 4096)]},
+        {"name": "llama3-8B-4L-int8", "config": llama, "modes": ["int8"], "prefill": [(8192, 8192)]},
+        {"name": "gemma3-sw512-6L", "config": gemma3, "modes": ["bf16", "nf4-dq"], "prefill": [(8192, 8192), (16384, 4096)]},
+        {"name": "qwen3moe-2L", "config": qwen3_moe, "modes": ["bf16", "nf4-dq"], "prefill": [(8192, 8192), (16384, 8192)]},
+    ]
+    return extra if os.environ.get("ESTIMATOR_EXTRA_ONLY") else [
         {"name": "scout-2L", "config": scout, "modes": ["bf16", "nf4-dq", "nf4-dq-prequantized"],
          "prefill": [(4096, 4096), (16384, 8192), (32768, 8192), (65536, 8192)]},
         {"name": "llama3-8B-4L", "config": llama, "modes": ["bf16", "nf4-dq"], "prefill": [(8192, 8192), (32768, 8192)]},
         {"name": "mistral-sw4096-4L", "config": mistral, "modes": ["bf16"], "prefill": [(4096, 4096), (16384, 4096)]},
         {"name": "mixtral-2L", "config": mixtral, "modes": ["bf16", "nf4-dq"], "prefill": [(8192, 8192), (16384, 8192)]},
+        *extra,
     ]
 
 
-def _estimate(config: dict[str, Any], mode: str, context: int, chunk: int, gpu_name: str, capacity: int) -> dict:
+def _quant(mode: str) -> str:
+    return {"bf16": "none", "int8": "bnb-8bit"}.get(mode, "bnb-4bit")
+
+
+def _estimate(config: dict[str, Any], mode: str, context: int, chunk: int, gpu_name: str, capacity: int,
+              attn: str = "sdpa") -> dict:
     from doctor.memory import Settings, compute_estimate, sizing_args
     from doctor.memory.gpus import GpuSpec
     from doctor.memory.skeleton import size_model
 
-    quant = "none" if mode == "bf16" else "bnb-4bit"
-    s = Settings(context=context, quant=quant, prequantized=mode.endswith("prequantized"), prefill_chunk=chunk)
+    s = Settings(context=context, quant=_quant(mode), prequantized=mode.endswith("prequantized"), prefill_chunk=chunk,
+                 attn=attn)
     sizing = size_model(sizing_args(s, config, None))
     e = compute_estimate(sizing, s, [GpuSpec(0, gpu_name, capacity, "bench")])
     return e.to_dict()
@@ -173,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         src = src.to("cpu")  # keep the GPU clean for the measured loads
         print(f"[{case['name']}] built+saved in {time.time() - t0:.1f}s", flush=True)
         for mode in case["modes"]:
-            if mode != "bf16" and meta["bitsandbytes"] is None:
+            if (mode != "bf16" and meta["bitsandbytes"] is None) or (mode == "int8" and not cuda):
                 continue
             src_cpu = src
             gc.collect()
@@ -185,7 +206,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if mode.endswith("prequantized"):
                     model = _build_prequantized(torch, transformers, config, src_cpu, device)
                 else:
-                    kwargs = {"quantization_config": _bnb(torch, transformers)} if mode != "bf16" else {}
+                    kwargs: dict[str, Any] = {"attn_implementation": case.get("attn", "sdpa")}
+                    if mode == "int8":
+                        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(load_in_8bit=True)
+                    elif mode != "bf16":
+                        kwargs["quantization_config"] = _bnb(torch, transformers)
                     model = transformers.AutoModelForCausalLM.from_pretrained(
                         path, dtype=torch.bfloat16, device_map={"": 0} if cuda else None, **kwargs).eval()
             except Exception as exc:  # noqa: BLE001 - report the case, keep going
@@ -195,8 +220,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             weights = (torch.cuda.memory_allocated() - base) if cuda else None
             print(f"[{case['name']}/{mode}] loaded in {time.time() - t0:.1f}s", flush=True)
             for context, chunk in case["prefill"]:
-                est = _estimate(cfg_dict, mode, context, chunk, gpu_name, capacity)
-                row = {"case": case["name"], "mode": mode, "context": context, "chunk": chunk,
+                est = _estimate(cfg_dict, mode, context, chunk, gpu_name, capacity, case.get("attn", "sdpa"))
+                row = {"case": case["name"], "mode": mode, "attn": case.get("attn", "sdpa"), "context": context, "chunk": chunk,
                        "est_weights": est["weights_bytes"], "meas_weights": weights,
                        "est_kv": est["kv_bytes"], "est_act": est["activation_peak_bytes"],
                        "est_peak": est["weights_bytes"] + est["kv_bytes"] + est["activation_peak_bytes"]}

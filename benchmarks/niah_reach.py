@@ -42,20 +42,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 GIB = 1 << 30
 
-SCOUT_TEXT = dict(
-    hidden_size=5120, num_attention_heads=40, num_key_value_heads=8, head_dim=128,
-    num_local_experts=16, num_experts_per_tok=1, intermediate_size=8192, intermediate_size_mlp=16384,
-    attention_chunk_size=8192, vocab_size=202048, rms_norm_eps=1e-5, use_qk_norm=True,
-    interleave_moe_layer_step=1, attn_temperature_tuning=True, floor_scale=8192, attn_scale=0.1,
-    max_position_embeddings=10485760, bos_token_id=200000, eos_token_id=[200001, 200007, 200008],
-    pad_token_id=200018,
-)
-TINY_TEXT = dict(
-    hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
-    num_experts_per_tok=1, intermediate_size=64, intermediate_size_mlp=128, attention_chunk_size=64,
-    vocab_size=1000, max_position_embeddings=65536, floor_scale=64, bos_token_id=1, eos_token_id=2,
-    pad_token_id=0,
-)
+SCOUT_TEXT: dict[str, Any] = {
+    "hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128,
+    "num_local_experts": 16, "num_experts_per_tok": 1, "intermediate_size": 8192,
+    "intermediate_size_mlp": 16384, "attention_chunk_size": 8192, "vocab_size": 202048,
+    "rms_norm_eps": 1e-5, "use_qk_norm": True, "interleave_moe_layer_step": 1,
+    "attn_temperature_tuning": True, "floor_scale": 8192, "attn_scale": 0.1,
+    "max_position_embeddings": 10485760, "bos_token_id": 200000,
+    "eos_token_id": [200001, 200007, 200008], "pad_token_id": 200018,
+}
+TINY_TEXT: dict[str, Any] = {
+    "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+    "num_local_experts": 4, "num_experts_per_tok": 1, "intermediate_size": 64, "intermediate_size_mlp": 128,
+    "attention_chunk_size": 64, "vocab_size": 1000, "max_position_embeddings": 65536, "floor_scale": 64,
+    "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+}
 
 
 def parse_tokens(text: str) -> int:
@@ -129,7 +130,7 @@ def doctor_prediction(config: Any, tokens: int, attn: str, chunk: int | None,
     from types import SimpleNamespace
 
     try:
-        from doctor.memory import estimate_for, size_weights, sizing_args, settings_for
+        from doctor.memory import estimate_for, settings_for, size_weights, sizing_args
         from doctor.memory.gpus import parse_gpus
         from doctor.target import Target
     except Exception as error:  # noqa: BLE001 - the estimator may not exist in this checkout
@@ -183,7 +184,7 @@ def gpu_facts() -> dict[str, Any]:
         try:
             facts["nvidia_smi"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20).stdout.strip()
+                capture_output=True, text=True, timeout=20, check=False).stdout.strip()
         except Exception as error:  # noqa: BLE001
             facts["nvidia_smi"] = f"unavailable: {error}"
     else:
@@ -197,7 +198,7 @@ class Meter:
     def __init__(self, device: Any) -> None:
         self.cuda = getattr(device, "type", str(device)) == "cuda"
 
-    def __enter__(self) -> "Meter":
+    def __enter__(self) -> Meter:  # noqa: PYI034 - final class, a benchmark helper
         import torch
 
         gc.collect()
@@ -209,7 +210,7 @@ class Meter:
         self.t0 = time.perf_counter()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         import torch
 
         if self.cuda:
@@ -298,9 +299,9 @@ def print_table(rows: list[dict[str, Any]], facts: dict[str, Any]) -> None:
     for r in rows:
         pred = r.get("prediction", {})
         pred_text = pred.get("predicted_alloc_gib", "n/a") if pred.get("status") == "ok" else "n/a"
-        print(f"{r['case']:<24} {r['tokens']:>9} {r['status']:<12} {str(r.get('peak_gib', '-')):>9} "
-              f"{str(r.get('above_weights_gib', '-')):>9} {str(r.get('prefill_s', r.get('seconds', '-'))):>10} "
-              f"{str(r.get('prefill_tok_s', '-')):>8} {str(pred_text):>10}")
+        print(f"{r['case']:<24} {r['tokens']:>9} {r['status']:<12} {r.get('peak_gib', '-')!s:>9} "
+              f"{r.get('above_weights_gib', '-')!s:>9} {r.get('prefill_s', r.get('seconds', '-'))!s:>10} "
+              f"{r.get('prefill_tok_s', '-')!s:>8} {pred_text!s:>10}")
 
 
 def main(argv: list[str] | None = None) -> int:

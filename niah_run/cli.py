@@ -53,6 +53,13 @@ def niah_command() -> None:
 @click.option("--revision", help="Hub revision (branch, tag or commit) of --model.")
 @click.option("--online", is_flag=True, default=None, help="Allow downloads from the hub while loading.")
 @click.option("--allow-pickle", is_flag=True, default=None, help="Allow .bin (pickle) checkpoints; off by default.")
+@click.option("--backend", type=click.Choice(["transformers", "openai"]),
+              help="Local transformers model, or an OpenAI-compatible server. [default: transformers]")
+@click.option("--base-url", help="openai backend: http://HOST:8000 (API key from $OPENAI_API_KEY).")
+@click.option("--tokenizer", help="openai backend: hub id, folder or 'demo'. [default: --model]")
+@click.option("--concurrency", type=int, help="openai backend: requests in flight. [default: 1]")
+@click.option("--request-timeout", type=int, help="openai backend: seconds per request. [default: 1800]")
+@click.option("--retries", type=int, help="openai backend: retries with backoff. [default: 3]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def run_command(config_path: str | None, quiet: bool, debug: bool, **flags: object) -> int:
@@ -112,4 +119,12 @@ def report_command(run_dir: str) -> int:
     return 0
 
 
+def _register_serve() -> None:
+    # niah_run.serve imports starlette/uvicorn only inside the command, so this stays light.
+    from niah_run.serve import serve_command
+
+    niah_command.add_command(serve_command, "serve")
+
+
+_register_serve()
 main = exit_with(niah_command, "niah")

@@ -50,10 +50,17 @@ class RunConfig:
     revision: str | None = None  # hub revision (branch, tag or commit)
     online: bool = False  # allow hub downloads while loading
     allow_pickle: bool = False  # allow .bin (pickle) checkpoints
+    backend: str = "transformers"  # "transformers" (local) or "openai" (an OpenAI-compatible server)
+    base_url: str | None = None  # openai backend: http://HOST:8000
+    tokenizer: str | None = None  # openai backend: hub id, folder or 'demo' (default: --model)
+    concurrency: int = 1  # openai backend: requests in flight
+    request_timeout: int = 1800  # openai backend: seconds per request
+    retries: int = 3  # openai backend: retries on connection errors, 5xx and 429
 
     # Fields that do not change what a trial computes (they never enter the trial key).
     NOT_IN_KEY = ("out", "resume", "skip_preflight", "lengths", "depths", "trials", "controls", "prefill_chunk",
-                  "device_map", "max_memory", "online", "allow_pickle")
+                  "device_map", "max_memory", "online", "allow_pickle", "base_url", "concurrency",
+                  "request_timeout", "retries")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -65,7 +72,8 @@ class RunConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-_CHOICES = {"quant": QUANT_CHOICES, "attn": ATTN_CHOICES, "dtype": DTYPE_CHOICES, "needle_kind": NEEDLE_KINDS}
+_CHOICES = {"quant": QUANT_CHOICES, "attn": ATTN_CHOICES, "dtype": DTYPE_CHOICES, "needle_kind": NEEDLE_KINDS,
+            "backend": ("transformers", "openai")}
 
 
 def _list(value: Any, key: str) -> list[Any]:
@@ -125,7 +133,7 @@ def _coerce(key: str, value: Any) -> Any:
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise UsageError(f"config key {key!r} must be an integer, got {value!r}")
-        minimum = 0 if key in ("controls", "seed") else 1
+        minimum = 0 if key in ("controls", "seed", "retries") else 1
         if value < minimum:
             raise UsageError(f"config key {key!r} must be at least {minimum}, got {value}")
         return value

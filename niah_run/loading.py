@@ -47,7 +47,8 @@ class LoadOptions:
     device_map: str | None = None  # None = "auto" with CUDA, CPU otherwise
     max_memory: str | None = None  # "0=70GiB,cpu=200GiB"
     attn: str = "sdpa"
-    prefill_chunk: int | None = None  # None = the estimator's choice, else a safe default
+    prefill_chunk: int | None = None  # None = the estimator's choice for `context`, else a safe default
+    context: int | None = None  # longest prompt the run will feed (lets the estimator pick the chunk)
     revision: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -294,7 +295,13 @@ def load_backend(options: LoadOptions) -> Any:
                          hint=_load_hint(options, source)) from None
     load_seconds = time.perf_counter() - started
 
-    chunk = options.prefill_chunk or estimator_chunk(options) or default_prefill_chunk(options.attn, on_cuda)
+    chunk, chunk_source = options.prefill_chunk, "option"
+    if chunk is None and on_cuda:
+        chunk, chunk_source = estimator_chunk(options), "estimator"
+        if chunk is None:
+            chunk, chunk_source = default_prefill_chunk(options.attn, on_cuda), "default"
+    elif chunk is None:
+        chunk_source = "whole-prompt-on-cpu"  # CPU prompts are short: one forward is fastest
     facts = {
         "model": source.model_id,
         "requested": options.model,
@@ -306,21 +313,58 @@ def load_backend(options: LoadOptions) -> Any:
         "quant": options.quant,
         "requested_dtype": options.dtype,
         "load_seconds": round(load_seconds, 2),
+        "prefill_chunk_source": chunk_source,
     }
+    warnings = attention_warnings(model.config, options.attn)
+    if warnings:
+        facts["warnings"] = warnings
     return HFBackend(model, tokenizer, prefill_chunk=chunk, facts=facts)
 
 
+def attention_warnings(config: Any, attn: str) -> list[str]:
+    """Known limits of the chosen attention implementation for this model's shape."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(getattr(text, "num_attention_heads", 0) or 0)
+    kv_heads = int(getattr(text, "num_key_value_heads", 0) or heads)
+    head_dim = int(getattr(text, "head_dim", 0) or (getattr(text, "hidden_size", 0) // max(heads, 1)))
+    warnings = []
+    if attn == "flex_attention" and heads and kv_heads < heads and heads & (heads - 1):
+        # transformers enables flex's native GQA only for power-of-two head counts; otherwise K/V are
+        # repeated to every query head, and Inductor's flex kernel fails once the repeated K exceeds
+        # 2^31 elements (measured: Scout's 40 heads, ~419k tokens; docs/benchmarks.md).
+        limit = (2**31 - 1) // (heads * head_dim) if head_dim else None
+        warnings.append(
+            f"flex_attention with {heads} query heads (not a power of two): transformers repeats K/V to all "
+            f"heads (+{2 * heads * head_dim * 2 // 1024} KiB per cached token per global layer in bf16) and "
+            f"the flex kernel fails beyond about {limit} tokens; use sdpa with 4k prefill chunks for longer "
+            f"prompts.")
+    return warnings
+
+
 def estimator_chunk(options: LoadOptions) -> int | None:
-    """The doctor's prefill chunk for this target, when its estimator is present and answers."""
-    try:
-        from doctor.memory import choose_prefill_chunk  # type: ignore[attr-defined]
-    except ImportError:
+    """The doctor's prefill chunk for the longest planned prompt (the largest candidate whose predicted
+    peak fits these GPUs), or None when there is no context, no estimate, or the estimator fails.
+
+    `niah run` usually passes the preflight's chunk as `prefill_chunk`, so this runs only for direct
+    callers; it sizes the model's meta skeleton in a child process (seconds)."""
+    if options.context is None:
         return None
     try:
-        value = choose_prefill_chunk(options)
+        from doctor.memory import estimate_for
+        from doctor.model_config import resolve_model
+        from doctor.target import Target
+
+        resolution = resolve_model(options.model, online=options.online, revision=options.revision)
+        if not resolution.found:
+            return None
+        target = Target(model=options.model, context=options.context, quant=options.quant,
+                        bnb_4bit_type=options.bnb_4bit_type, double_quant=options.double_quant,
+                        dtype=options.dtype, attn=options.attn, max_memory=options.max_memory,
+                        device_map=options.device_map, online=options.online)
+        chunk = int(estimate_for(target, resolution).prefill_chunk)
     except Exception:  # noqa: BLE001 - an estimator failure must not block a run; defaults apply
         return None
-    return int(value) if isinstance(value, int) and value > 0 else None
+    return chunk if chunk > 0 else None
 
 
 def _load_hint(options: LoadOptions, source: ModelSource) -> str:

@@ -17,8 +17,9 @@ torch and transformers are imported inside functions: importing `niah_run.cli` m
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def greedy_decode(model: Any, sig: ForwardSignature, cache: Any, first_logits: A
     which ids the cache holds, even if a step fails half-way."""
     import torch
 
-    eos = set(int(t) for t in eos_ids)
+    eos = {int(t) for t in eos_ids}
     device = first_logits.device
     tokens: list[int] = []
     logits = first_logits

@@ -51,6 +51,10 @@ def max_model_len_of(backend: Any) -> int | None:
         value = facts.get(key)
         if isinstance(value, int) and value > 0:
             return value
+    config = getattr(getattr(backend, "model", None), "config", None)  # HFBackend keeps the model
+    value = getattr(config, "max_position_embeddings", None)
+    if isinstance(value, int) and value > 0:
+        return value
     length = getattr(backend.tokenizer, "model_max_length", None)
     # Tokenizers without a limit report a huge sentinel (int(1e30)): that is not a real length.
     return length if isinstance(length, int) and 0 < length < 10**9 else None
@@ -124,9 +128,10 @@ def create_app(backend: Any, *, model_name: str, max_model_len: int | None = Non
         except BackendOOM as exc:
             return _error(500, f"out of memory: {exc}", "BackendOOM")
         output_ids = [int(t) for t in gen.output_ids]
+        skip_special = bool(body.get("skip_special_tokens", True))  # vLLM's default
         choice: dict[str, Any] = {
             "index": 0,
-            "text": tokenizer.decode(output_ids, skip_special_tokens=bool(body.get("skip_special_tokens", True))),
+            "text": tokenizer.decode(output_ids, skip_special_tokens=skip_special),
             "logprobs": None,
             "finish_reason": "stop" if gen.stopped_at_eos else "length",
         }
@@ -153,13 +158,15 @@ def _prompt_ids(prompt: Any, tokenizer: Any) -> tuple[list[int], str | None]:
         prompt = prompt[0]
     if isinstance(prompt, str):
         return list(tokenizer.encode(prompt)), None
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+    is_ids = isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    if is_ids and prompt:
         vocab = len(tokenizer)
         bad = next((t for t in prompt if not 0 <= t < vocab), None)
         if bad is not None:
             return [], f"token id {bad} is outside the vocabulary (0..{vocab - 1})"
         return prompt, None
-    return [], "prompt must be a non-empty string or a list of token ids (batches of more than one are not supported)"
+    return [], ("prompt must be a non-empty string or a list of token ids "
+                "(batches of more than one are not supported)")
 
 
 @dataclass
@@ -225,7 +232,8 @@ def _uvicorn_server(app: Any, log_level: str) -> Any:
     return uvicorn.Server(config)
 
 
-def serve_app(app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> RunningServer:
+def serve_app(app: Any, *, host: str = "127.0.0.1", port: int = 0,
+              log_level: str = "warning") -> RunningServer:
     """Start `app` on a background thread; returns once it accepts connections. Port 0 = any free
     port (read it back from `.port`)."""
     sock = _bind(host, port)
@@ -263,28 +271,33 @@ def _load_local_backend(model: str, opts: dict[str, Any]) -> Any:
 
 
 @click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", required=True, help="Hub id, local folder, or 'demo'; loaded with the local backend.")
+@click.option("--model", required=True,
+              help="Hub id, local folder, or 'demo'; loaded with the local backend.")
 @click.option("--gguf-file", help="GGUF file name inside the --model folder/repo.")
 @click.option("--quant", type=click.Choice(["none", "bnb-8bit", "bnb-4bit"]), help="As `niah run --quant`.")
-@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), help="As `niah run --dtype`.")
+@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+              help="As `niah run --dtype`.")
 @click.option("--device-map", help="As `niah run --device-map` (auto, cpu, cuda:0, ...).")
 @click.option("--served-model-name", help="Name clients send as `model` (default: --model).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback exposes the model to the network.")
 @click.option("--port", type=int, default=8000, show_default=True, help="0 = any free port.")
-@click.option("--max-model-len", type=int, help="Longest prompt + completion accepted (default: the model's).")
+@click.option("--max-model-len", type=int,
+              help="Longest prompt + completion accepted (default: the model's).")
 @click.option("--api-key-env", default="NIAH_SERVE_API_KEY", show_default=True,
               help="If this environment variable is set, clients must send its value as a Bearer token.")
-@click.option("--log-level", type=click.Choice(["warning", "info", "debug"]), default="info", show_default=True)
-def serve_command(model: str, gguf_file: str | None, quant: str | None, dtype: str | None, device_map: str | None,
-                  served_model_name: str | None, host: str, port: int, max_model_len: int | None,
-                  api_key_env: str, log_level: str) -> int:
+@click.option("--log-level", type=click.Choice(["warning", "info", "debug"]), default="info",
+              show_default=True)
+def serve_command(model: str, gguf_file: str | None, quant: str | None, dtype: str | None,
+                  device_map: str | None, served_model_name: str | None, host: str, port: int,
+                  max_model_len: int | None, api_key_env: str, log_level: str) -> int:
     """Serve a local model over an OpenAI-compatible API (greedy, one request at a time)."""
     import os
 
     if not _is_loopback(host):
-        click.echo(f"warning: listening on {host}: anyone who can reach it can use the model"
-                   + ("" if os.environ.get(api_key_env) else f" (set {api_key_env} to require a key)"), err=True)
+        advice = "" if os.environ.get(api_key_env) else f" (set {api_key_env} to require a key)"
+        click.echo(f"warning: listening on {host}: anyone who can reach it can use the model{advice}",
+                   err=True)
     backend = _load_local_backend(model, {"gguf_file": gguf_file, "quant": quant, "dtype": dtype,
                                           "device_map": device_map})
     running = serve(backend, host, port, model_name=served_model_name or model, max_model_len=max_model_len,

@@ -18,6 +18,7 @@ import random
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,15 @@ def trial_key(identity_sha256: str, spec: TrialSpec) -> str:
 def make_backend(config: RunConfig) -> Backend:
     """Load the model (helper module niah_run.loading). Tests replace this function with a fake."""
     import dataclasses
+
+    if config.backend == "openai":
+        from niah_run.backends.openai import make_openai_backend
+
+        if not config.base_url:
+            raise UsageError("--backend openai needs --base-url", hint="e.g. --base-url http://127.0.0.1:8000")
+        return make_openai_backend(config.base_url, config.model, config.tokenizer,
+                                   timeout_s=config.request_timeout, retries=config.retries,
+                                   concurrency=config.concurrency, online=config.online)
 
     try:
         from niah_run.loading import LoadOptions, load_backend
@@ -186,7 +196,12 @@ class Sweep:
                                  "max_context_tokens": preflight.max_context_tokens,
                                  "too_long": list(preflight.too_long)}
         self._save_config()
-        done = {k: r for k, r in latest_by_key(self.store.load(repair=True)).items() if is_done(r)}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rows = self.store.load(repair=True)
+        for warning in caught:  # a torn last line from a killed run: say so plainly, once
+            echo_err(f"warning: {warning.message}")
+        done = {k: r for k, r in latest_by_key(rows).items() if is_done(r)}
         self._note(f"loading {self.config.model}…")
         started = time.monotonic()
         backend = self.backend_factory(self.config)

@@ -195,7 +195,8 @@ def test_503_until_retries_run_out_is_a_retryable_trial_error(client, server) ->
 
 def test_4xx_is_not_retried(server, tokenizer, with_key) -> None:
     url, app = server
-    wrong_model = make_openai_backend(url, "no-such-model", tokenizer, timeout_s=30, retries=3, backoff_s=0.01)
+    wrong_model = make_openai_backend(url, "no-such-model", tokenizer, timeout_s=30, retries=3,
+                                      backoff_s=0.01)
     before = app.completion_calls
     with pytest.raises(ServerRequestError) as info:
         wrong_model.generate(prompt(8, 6), max_new_tokens=2)

@@ -45,6 +45,8 @@ def _estimate(ctx: DoctorContext) -> tuple[Estimate, list[GpuSpec], str, dict[st
 
 def _gpus_needed(sizing: dict[str, Any], settings: Settings, like: GpuSpec) -> int | None:
     """Fewest GPUs like `like` on which this run fits (None beyond 16)."""
+    # --max-memory names today's GPUs only (an unnamed GPU gets no weights): size more cards without it
+    settings = dataclasses.replace(settings, max_memory=())
     for n in range(1, _MAX_GPUS_TRIED + 1):
         cards = [dataclasses.replace(like, index=i) for i in range(n)]
         if fits(sizing, settings, cards):
@@ -95,13 +97,19 @@ def quantized_weights(ctx: DoctorContext) -> Outcome:
                   f"them {sizing.get('dtype')}. Load a pre-quantized checkpoint with un-fused experts"
                   + (f" ({alt})" if alt else " (if one exists for this architecture)")
                   + ", an FP8 checkpoint, or give the 16-bit weights enough GPUs",
-                  tuple([f"doctor --model {alt} --quant {s.quant} --context {s.context}"] if alt else []))
+                  ((f"doctor --model {ctx.target.model} --quant {s.quant} --prequantized --context {s.context}"
+                    "   # sizes the pre-quantized layout"),) if alt else ())
         return Outcome.warn(f"{experts / 1e9:.1f}B expert parameters stay {sizing.get('dtype')} under {s.quant}: "
                             f"weights {gib(weights)}, not the ~{gib(_naive_bytes(sizing, s))} a per-parameter "
                             "estimate gives", ev, fix)
     mode = "pre-quantized" if s.prequantized else "on the fly"
     return Outcome.ok(f"{s.quant} {mode}: {int(sizing.get('quantized_params', 0)) / 1e9:.2f}B params quantized, "
                       f"weights {gib(weights)}", ev)
+
+
+def _quant_flags(s: Settings) -> str:
+    flags = f" --quant {s.quant}" if s.quant != "none" else ""
+    return flags + (" --prequantized" if s.prequantized else "")
 
 
 def _naive_bytes(sizing: dict[str, Any], s: Settings) -> int:
@@ -137,10 +145,12 @@ def memory_fit(ctx: DoctorContext) -> Outcome:
             cause += f": {', '.join(e.fused_experts_unquantized)} stay {e.dtype} ({e.quant} quantizes only nn.Linear)"
         fix = Fix(f"Use a pre-quantized checkpoint with un-fused experts, an FP8 checkpoint, or {more}"
                   if e.fused_experts_unquantized else f"Quantize (--quant bnb-4bit) or use {more}",
-                  (f"doctor --model {ctx.target.model} --gpus {n_needed}x{gpus[0].name} --context {e.context}",)
+                  ((f"doctor --model {ctx.target.model}{_quant_flags(settings)} --gpus {n_needed}x{gpus[0].name} "
+                    f"--context {e.context}"),)
                   if n_needed else ())
         return Outcome.fail(f"does not fit at any context: {cause}; needs {more}", ev, fix, attachments=attachments)
     fix = Fix(f"Use --context {e.max_context_tokens} or less, a smaller --prefill-chunk, --attn flex_attention, "
-              f"or {more}", (f"doctor --model {ctx.target.model} --context {e.max_context_tokens}",))
+              f"or {more}", ((f"doctor --model {ctx.target.model}{_quant_flags(settings)} --context "
+                              f"{e.max_context_tokens}"),))
     return Outcome.fail(f"does not fit at {e.context:,} tokens: {need}; longest that fits ≈ "
                         f"{e.max_context_tokens:,} tokens", ev, fix, attachments=attachments)

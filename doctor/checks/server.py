@@ -19,6 +19,10 @@ def _models_command(facts: ServerFacts) -> str:
     return f"curl -s{auth} {facts.base_url}/v1/models"
 
 
+def _restart_command(model_id: str, context: int) -> str:
+    return f"vllm serve {model_id} --max-model-len {context + _ANSWER_TOKENS} ..."
+
+
 def _served(ctx: DoctorContext) -> tuple[ServerFacts, list[Evidence]]:
     facts: ServerFacts = ctx.probe("server")
     return facts, [Evidence("server.base_url", facts.base_url, "config", "--base-url")]
@@ -28,7 +32,8 @@ def _served(ctx: DoctorContext) -> tuple[ServerFacts, list[Evidence]]:
 def server_reachable(ctx: DoctorContext) -> Outcome:
     facts, evidence = _served(ctx)
     evidence.append(Evidence("server.status", facts.status, "http", _models_command(facts)))
-    evidence.append(Evidence("server.api_key_set", facts.api_key_set, "env", f"test -n \"${facts.api_key_env}\""))
+    evidence.append(Evidence("server.api_key_set", facts.api_key_set, "env",
+                             f"test -n \"${facts.api_key_env}\""))
     if facts.status in (401, 403):
         return Outcome.fail(f"{facts.base_url} refused the request ({facts.error})", evidence,
                             Fix(f"Export the server's key as {facts.api_key_env} (it is sent only in the "
@@ -45,7 +50,8 @@ def server_reachable(ctx: DoctorContext) -> Outcome:
         return Outcome.fail(f"{facts.base_url}/v1/models answered {facts.error}", evidence,
                             Fix("Point --base-url at the server root of an OpenAI-compatible API "
                                 "(vLLM, SGLang, niah serve)", (_models_command(facts),)))
-    return Outcome.ok(f"{facts.base_url} answered in {facts.elapsed_ms} ms, {len(facts.models)} model(s)", evidence)
+    return Outcome.ok(f"{facts.base_url} answered in {facts.elapsed_ms} ms, {len(facts.models)} model(s)",
+                      evidence)
 
 
 @check("server-model-listed", title="Server serves the requested model", section=SECTION, needs=("server",))
@@ -82,16 +88,17 @@ def server_max_model_len(ctx: DoctorContext) -> Outcome:
                             f"{context:,} tokens fit", evidence,
                             Fix("Confirm the server's maximum sequence length (vLLM: --max-model-len)"))
     if model.max_model_len < context:
-        return Outcome.fail(f"the server takes at most {model.max_model_len:,} tokens; the run needs {context:,}",
-                            evidence,
+        return Outcome.fail(f"the server takes at most {model.max_model_len:,} tokens; "
+                            f"the run needs {context:,}", evidence,
                             Fix("Restart the server with a larger maximum length (vLLM sizes its KV cache "
                                 "for it; at 1M+ tokens see the doc for TP, fp8 KV and the hybrid KV cache)",
-                                (f"vllm serve {model.id} --max-model-len {context + _ANSWER_TOKENS} ...",), _SCALING_DOC))
+                                (_restart_command(model.id, context),), _SCALING_DOC))
     headroom = model.max_model_len - context
     if headroom < _ANSWER_TOKENS:
         # vLLM rejects a request whose prompt + max_tokens exceeds max_model_len (HTTP 400).
-        return Outcome.warn(f"max_model_len {model.max_model_len:,} leaves {headroom} tokens for the answer after "
-                            f"{context:,} prompt tokens; requests with a larger max_tokens are rejected",
+        return Outcome.warn(f"max_model_len {model.max_model_len:,} leaves {headroom} tokens for the answer "
+                            f"after {context:,} prompt tokens; requests with a larger max_tokens are "
+                            "rejected",
                             evidence, Fix("Give the server room for the answer",
-                                          (f"vllm serve {model.id} --max-model-len {context + _ANSWER_TOKENS} ...",)))
+                                          (_restart_command(model.id, context),)))
     return Outcome.ok(f"max_model_len {model.max_model_len:,} ≥ {context:,} requested", evidence)

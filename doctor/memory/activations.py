@@ -8,13 +8,15 @@ forward (masks, the residual stream, the chunk's embeddings). Terms and where th
   for the whole forward; sdpa holds one more C × kv_len byte copy of it (measured), and
   with a mask `use_gqa_in_sdpa` is false, so `repeat_kv` expands K and V to all query heads
   (vram-anchors.md §3.5).
-- eager: repeat_kv always, plus the C × heads × kv_len score matrix (compute dtype + fp32 softmax).
+- eager: repeat_kv always, plus the C × heads × kv_len score matrix (compute dtype, plus the fp32
+  copy and fp32 output of softmax(dtype=float32)).
 - flash_attention_2 / flex_attention: no dense mask, no GQA expansion (kernel-side masking / enable_gqa).
 - DynamicCache update: `torch.cat(past, new)` holds old and new copies at once.
 - MoE: transformers' Llama 4 sends every token to every expert (`hidden_states.repeat(num_experts, 1)`,
   then bmm): E × C × (H + 4I) elements; measured 1.23 MiB/token at Scout width (§0.5). The pre-quantized
   `SequentialLlama4TextExperts` loops over experts with two E × C × H buffers. Routed MoE (Mixtral in
-  5.x, grouped_mm) processes the C × top_k routed rows at once.
+  5.x, grouped_mm) processes the S = C × top_k routed rows at once: S·(H + 4I), or 4·S·H after the
+  down projection, whichever is larger.
 - bitsandbytes: a 4-bit matmul with more than one token dequantizes the whole weight to the compute dtype.
 - logits: `logits_to_keep=1` (what niah passes) keeps one row; otherwise C × vocab in fp32.
 """
@@ -72,7 +74,9 @@ def attention_transient(s: Shapes, attn: str, layer: KvLayer, context: int, chun
     out = 2 * chunk * s.heads * s.head_dim * b  # attention output + its transposed copy
     extra = 0
     if attn == "eager":
-        extra = 2 * kv_len * s.heads * s.head_dim * b + chunk * s.heads * kv_len * (2 * b + 4)
+        # scores in the compute dtype + softmax(dtype=float32): an fp32 copy of the input and the fp32
+        # output are alive together (measured: 10 B per score element in bf16)
+        extra = 2 * kv_len * s.heads * s.head_dim * b + chunk * s.heads * kv_len * (b + 8)
     elif attn == "sdpa" and needs_dense_mask(attn, layer, context, chunk):
         gqa_expand = 2 * kv_len * s.heads * s.head_dim * b if s.kv_heads < s.heads else 0
         # repeat_kv + one more C × kv_len byte mask inside sdpa (measured: the bool mask is copied once, not
@@ -93,9 +97,12 @@ def mlp_transient(s: Shapes, moe: Mapping[str, Any], is_moe_layer: bool, chunk: 
         return s.num_experts * chunk * (s.hidden + 4 * s.expert_intermediate) * b
     # Routed MoE: transformers 5.x's default experts implementation on GPU (grouped_mm) gathers all
     # S = C·top_k (token, expert) rows at once: hidden S·H + gate_up S·2I + act and product S·I each.
+    # After the down projection the gathered input, the output, the weighted output and its re-ordered
+    # copy (S·H each) are alive at once, which dominates when H > 4I (fine-grained experts, Qwen3-MoE).
     routed = chunk * s.top_k
     one_hot = routed * (s.num_experts + 1) * 8  # int64 routing masks / sort indices
-    return chunk * s.hidden * b + routed * (s.hidden + 4 * s.expert_intermediate) * b + one_hot
+    rows = max(s.hidden + 4 * s.expert_intermediate, 4 * s.hidden)
+    return chunk * s.hidden * b + routed * rows * b + one_hot
 
 
 def forward_persistent(s: Shapes, attn: str, layers: list[KvLayer], context: int, chunk: int, b: int,

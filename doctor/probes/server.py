@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
 import time
 import urllib.error
 from dataclasses import dataclass
@@ -66,7 +65,7 @@ def server_probe(target: object) -> ServerFacts | Unavailable:
         status, error = exc.code, f"HTTP {exc.code} {exc.reason}"
     except urllib.error.URLError as exc:
         error = f"{exc.reason}"
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:  # socket.timeout is an alias of it since Python 3.10
         error = f"no answer within {timeout_s:g} s"
     except (OSError, http.client.HTTPException, ValueError) as exc:  # a reply cut short, or not JSON
         error = f"{type(exc).__name__}: {exc}"

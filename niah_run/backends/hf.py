@@ -13,8 +13,8 @@ import time
 from importlib import metadata
 from typing import Any
 
-from niah_run.backends.base import BackendOOM, Generation
 from niah_run import prefill as pf
+from niah_run.backends.base import BackendOOM, Generation
 
 # Without an estimate from the doctor: 4k-token chunks keep sdpa's materialized chunk x context mask
 # and repeat_kv transients small enough for 1M tokens of a Scout-shaped model on one 80 GB card
@@ -115,9 +115,10 @@ class HFBackend:
         failure: str | None = None
         try:
             return self._generate(list(input_ids), max_new_tokens, reusable_prefix_len)
-        except Exception as error:  # noqa: BLE001 - only OOM is handled; the rest re-raises
+        except Exception as error:
             if not is_oom(error):
                 self._drop_cache()
+                self._free()  # e.g. a failed torch.compile can leave tensors behind; free what we can
                 raise
             failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         # Outside the except block the traceback (and the activations its frames hold) is gone.

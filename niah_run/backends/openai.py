@@ -106,7 +106,8 @@ def request_json(method: str, url: str, *, body: Any = None, api_key: str | None
 
 def list_models(base_url: str, *, api_key: str | None = None, timeout_s: float = 5.0) -> list[ServerModel]:
     """GET /v1/models. Raises like request_json."""
-    _, doc = request_json("GET", normalize_base_url(base_url) + "/v1/models", api_key=api_key, timeout_s=timeout_s)
+    url = normalize_base_url(base_url) + "/v1/models"
+    _, doc = request_json("GET", url, api_key=api_key, timeout_s=timeout_s)
     entries = doc.get("data", []) if isinstance(doc, dict) else []
     out = []
     for entry in entries:
@@ -199,7 +200,8 @@ class OpenAIBackend:
 
     # -- the protocol ---------------------------------------------------------------------------
 
-    def generate(self, input_ids: list[int], *, max_new_tokens: int, reusable_prefix_len: int = 0) -> Generation:
+    def generate(self, input_ids: list[int], *, max_new_tokens: int,
+                 reusable_prefix_len: int = 0) -> Generation:
         """One greedy completion. `reusable_prefix_len` is ignored: vLLM/SGLang cache prefixes
         themselves (automatic prefix caching), and greedy output does not depend on it."""
         del reusable_prefix_len
@@ -244,7 +246,8 @@ class OpenAIBackend:
                             result = exc
                         nxt = next(queue, None)
                         if nxt is not None:
-                            pending[pool.submit(self.generate, nxt[1], max_new_tokens=max_new_tokens)] = nxt[0]
+                            future = pool.submit(self.generate, nxt[1], max_new_tokens=max_new_tokens)
+                            pending[future] = nxt[0]
                         yield index, result
             finally:
                 for future in pending:
@@ -260,14 +263,17 @@ class OpenAIBackend:
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                return request_json("POST", url, body=body, api_key=self.__api_key, timeout_s=self.timeout_s)[1]
+                _, doc = request_json("POST", url, body=body, api_key=self.__api_key,
+                                      timeout_s=self.timeout_s)
+                return doc
             except urllib.error.HTTPError as exc:
                 status = exc.code
                 message = self._describe_failure(exc)
                 retryable = status in _RETRY_STATUS
                 retry_after = _retry_after_seconds(exc)
             except (OSError, http.client.HTTPException, ValueError) as exc:
-                # OSError: refused, reset, DNS, timeout; HTTPException: a reply cut short; ValueError: not JSON
+                # OSError: refused, reset, DNS, timeout. HTTPException: a reply cut short.
+                # ValueError: the reply is not JSON (not retried: the server answered, just wrongly).
                 status = None
                 message = self._describe_failure(exc)
                 retryable = not isinstance(exc, ValueError)
@@ -320,8 +326,8 @@ class OpenAIBackend:
             # The server did not take our ids as they are (it re-tokenized or truncated): the trial's
             # length would be wrong, so it must not be scored.
             raise ServerRequestError(
-                f"{self.url} counted {prompt_tokens} prompt tokens, we sent {len(prompt)}: the server does not "
-                "accept token-id prompts as they are (use vLLM, SGLang or `niah serve`)")
+                f"{self.url} counted {prompt_tokens} prompt tokens, we sent {len(prompt)}: the server does "
+                "not accept token-id prompts as they are (use vLLM, SGLang or `niah serve`)")
         server_ids = choice.get("token_ids")
         if isinstance(server_ids, list) and all(isinstance(t, int) for t in server_ids):
             output_ids = tuple(server_ids)

@@ -12,9 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from niah_run.backends.base import BackendOOM  # noqa: E402
-from niah_run.backends.hf import HFBackend, eos_ids_of  # noqa: E402
-from niah_run import prefill as pf  # noqa: E402
+from niah_run import prefill as pf
+from niah_run.backends.base import BackendOOM
+from niah_run.backends.hf import HFBackend, eos_ids_of
 
 VOCAB = 300
 EOS = 2

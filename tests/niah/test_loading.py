@@ -125,8 +125,7 @@ def test_demo_converts_once_then_loads_from_the_safetensors_cache(demo_cache: Pa
 
 
 def passkey_prompt(tokenizer, passkey: str, filler_sentences: int, depth: float) -> list[int]:
-    filler = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
-              "There and back again. ").split(". ")
+    filler = ["The grass is green", "The sky is blue", "The sun is yellow", "Here we go", "There and back again", ""]
     sentences = [filler[i % len(filler)].strip() + "." for i in range(filler_sentences)]
     at = int(len(sentences) * depth)
     sentences.insert(at, f"The pass key is {passkey}. Remember it. {passkey} is the pass key.")
@@ -165,3 +164,14 @@ def test_demo_prefix_reuse_matches_a_fresh_prefill(demo_backends) -> None:
     fresh = backend.generate(late, max_new_tokens=8)
     assert reused.reused_prefix_tokens == shared > 0
     assert reused.output_ids == fresh.output_ids
+
+
+def test_flex_attention_warning_for_non_power_of_two_heads() -> None:
+    transformers = pytest.importorskip("transformers")
+    scout_like = transformers.Llama4TextConfig(hidden_size=5120, num_attention_heads=40, num_key_value_heads=8,
+                                               head_dim=128)
+    (warning,) = loading.attention_warnings(scout_like, "flex_attention")
+    assert "40 query heads" in warning and "419430 tokens" in warning
+    assert loading.attention_warnings(scout_like, "sdpa") == []
+    assert loading.attention_warnings(transformers.LlamaConfig(num_attention_heads=32, num_key_value_heads=8),
+                                      "flex_attention") == []

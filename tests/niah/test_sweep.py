@@ -132,6 +132,26 @@ def test_preflight_failure_stops_with_cause_and_fix(tmp_path, monkeypatch) -> No
     assert not backend.calls
 
 
+def test_memory_fit_failure_skips_only_the_lengths_that_do_not_fit(tmp_path, monkeypatch) -> None:
+    import doctor.cli
+    from doctor.report.model import CheckResult, Report, Status, ToolInfo
+
+    def report(limit):
+        check = CheckResult("memory-fit", "t", "memory", Status.FAIL, f"does not fit; longest that fits {limit}")
+        return Report(tool=ToolInfo("niah-doctor", "0", ()), created_at="now", target={}, checks=(check,),
+                      attachments={"estimate": {"max_context_tokens": limit}})
+
+    monkeypatch.setattr(doctor.cli, "run_doctor", lambda target, **kw: report(800))
+    backend = FakeBackend()
+    _sweep(tmp_path / "a", backend, skip_preflight=False, trials=1, out=str(tmp_path / "a"))
+    rows = _rows(tmp_path / "a")
+    assert {r["context_tokens"] for r in rows if r["status"] == "skipped"} == {1024}
+    assert all(r["status"] == "ok" for r in rows if r["context_tokens"] == 512)
+    monkeypatch.setattr(doctor.cli, "run_doctor", lambda target, **kw: report(300))  # nothing fits: stop
+    with pytest.raises(RunFailed, match="memory-fit"):
+        _sweep(tmp_path / "b", FakeBackend(), skip_preflight=False, out=str(tmp_path / "b"))
+
+
 def test_length_above_max_positions_is_refused(tmp_path) -> None:
     with pytest.raises(UsageError, match="max_position_embeddings"):
         _sweep(tmp_path, FakeBackend(max_position_embeddings=1000))
