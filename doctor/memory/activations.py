@@ -10,7 +10,8 @@ forward (masks, the residual stream, the chunk's embeddings). Terms and where th
   (vram-anchors.md §3.5).
 - eager: repeat_kv always, plus the C × heads × kv_len score matrix (compute dtype, plus the fp32
   copy and fp32 output of softmax(dtype=float32)).
-- flash_attention_2 / flex_attention: no dense mask, no GQA expansion (kernel-side masking / enable_gqa).
+- flash_attention_2 / flex_attention: no dense mask, no GQA expansion (kernel-side masking / enable_gqa),
+  except flex with a query head count that is not a power of two (see flex_repeats_kv).
 - DynamicCache update: `torch.cat(past, new)` holds old and new copies at once.
 - MoE: transformers' Llama 4 sends every token to every expert (`hidden_states.repeat(num_experts, 1)`,
   then bmm): E × C × (H + 4I) elements; measured 1.23 MiB/token at Scout width (§0.5). The pre-quantized
@@ -82,7 +83,23 @@ def attention_transient(s: Shapes, attn: str, layer: KvLayer, context: int, chun
         # repeat_kv + one more C × kv_len byte mask inside sdpa (measured: the bool mask is copied once, not
         # turned into a compute-dtype additive mask; docs/estimator-accuracy.md)
         extra = gqa_expand + chunk * kv_len
+    elif attn == "flex_attention" and flex_repeats_kv(s):
+        extra = 2 * kv_len * s.heads * s.head_dim * b
     return projections + cat_copy + out + extra
+
+
+def flex_repeats_kv(s: Shapes) -> bool:
+    """transformers' flex integration (integrations/flex_attention.py, 5.17–5.24) passes enable_gqa only when
+    the query head count is a power of two; otherwise it repeat_kv's K and V to every query head. Scout's
+    40 heads hit this: measured on an H200, the repeated global-layer K/V fails Inductor's flex kernel past
+    ~419k tokens (more than 2^31 elements) and runs out of memory at 2M (docs/benchmarks.md)."""
+    return s.kv_heads < s.heads and (s.heads & (s.heads - 1)) != 0
+
+
+def flex_index_overflow(s: Shapes, context: int) -> bool:
+    """The repeated K of one layer holds heads × head_dim × context elements; past 2^31 the compiled flex
+    kernel fails to build (32-bit indexing), whatever the free memory."""
+    return flex_repeats_kv(s) and s.heads * s.head_dim * context >= 2**31
 
 
 def mlp_transient(s: Shapes, moe: Mapping[str, Any], is_moe_layer: bool, chunk: int, b: int) -> int:

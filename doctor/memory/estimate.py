@@ -18,6 +18,8 @@ from doctor.memory.activations import (
     Shapes,
     attention_transient,
     dequant_transient,
+    flex_index_overflow,
+    flex_repeats_kv,
     forward_persistent,
     mlp_transient,
 )
@@ -331,6 +333,16 @@ def _notes(sizing: Mapping[str, Any], s: Settings, fused: list[str]) -> list[str
     if not (sizing.get("kv_layout") or {}).get("layers"):
         notes.append("KV: every layer counted at full length (this transformers' DynamicCache does not cap "
                      "sliding/chunked layers, or the layout is unknown).")
+    if s.attn == "flex_attention" and sizing.get("text_config"):
+        shapes = Shapes.from_config(sizing["text_config"], sizing.get("moe") or {})
+        if flex_index_overflow(shapes, s.context):
+            notes.append(f"flex_attention with {shapes.heads} query heads (not a power of two): transformers repeats "
+                         f"K/V to every head, and past 2^31 elements per layer (~{2**31 // (shapes.heads * shapes.head_dim):,} "
+                         "tokens) the compiled flex kernel fails to build (measured). Use --attn sdpa with a "
+                         "4k prefill chunk at this length.")
+        elif flex_repeats_kv(shapes):
+            notes.append(f"flex_attention with {shapes.heads} query heads repeats K/V to every head "
+                         "(transformers' flex integration): counted in the prefill peak.")
     notes.append("Prefill peak assumes logits_to_keep=1 (what niah passes); full-prompt logits cost "
                  "chunk × vocab × 6 bytes more.")
     return notes
