@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from doctor.errors import UsageError
+from doctor.sizes import parse_max_memory
 from doctor.target import ATTN_CHOICES, DTYPE_CHOICES, QUANT_CHOICES, parse_token_count
 from niah_run.needles import NEEDLE_KINDS
 
@@ -143,6 +144,8 @@ def _coerce(key: str, value: Any) -> Any:
         raise UsageError(f"config key {key!r} must be a string, got {type(value).__name__} {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise UsageError(f"config key {key!r}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+    if key == "max_memory":
+        parse_max_memory(value)  # the loader's own parser, run now: a typo fails before the run directory is made
     return value
 
 
