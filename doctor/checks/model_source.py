@@ -162,3 +162,33 @@ def _format_summary(res: ModelResolution, trust_remote_code: bool) -> str:
     if res.has_remote_code:
         parts.append("remote code allowed (--trust-remote-code)" if trust_remote_code else "remote code")
     return ", ".join(parts)
+
+
+def _max_positions(config: dict) -> int | None:
+    """max_position_embeddings of the text model (Llama 4 and other multimodal configs nest it)."""
+    for cfg in (config.get("text_config") or {}, config):
+        value = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+@check("context-within-model-limit", title="Requested context within the model's position limit",
+       section=SECTION, needs=("model",))
+def context_within_model_limit(ctx: DoctorContext) -> Outcome:
+    res: ModelResolution = ctx.probe("model")
+    if not res.found or ctx.target.context is None:
+        return Outcome.skip("needs a resolved --model and a --context")
+    limit = _max_positions(dict(res.config))
+    evidence = [Evidence("config.max_position_embeddings", limit, "config.json"),
+                Evidence("target.context", ctx.target.context, "flags")]
+    if limit is None:
+        return Outcome.skip("the config names no max_position_embeddings", evidence)
+    if ctx.target.context > limit:
+        # Positions past the trained/extended range are extrapolation: retrieval numbers there say little,
+        # and `niah run` refuses such lengths outright.
+        return Outcome.fail(f"--context {ctx.target.context:,} exceeds the model's max_position_embeddings "
+                            f"{limit:,}", evidence,
+                            Fix(f"Test at most {limit:,} tokens (niah run refuses longer lengths)",
+                                (f"doctor --model {res.requested} --context {limit}",)))
+    return Outcome.ok(f"--context {ctx.target.context:,} ≤ max_position_embeddings {limit:,}", evidence)
