@@ -193,7 +193,12 @@ def resolve_config(flags: dict[str, Any], config_path: str | None = None) -> Run
         layers.update(load_toml(Path(config_path).expanduser()))
     layers.update(_check_keys(given, "the command line"))
     values = {key: _coerce(key, value) for key, value in layers.items()}
-    return RunConfig(**values)
+    config = RunConfig(**values)
+    if config.concurrency > 1 and config.backend != "openai":
+        # One local model on one set of GPUs runs one prompt at a time; parallel prefill would only OOM.
+        raise UsageError("--concurrency applies to --backend openai (a server); the local backend runs one trial "
+                         "at a time", hint="Drop --concurrency, or serve the model (vLLM, SGLang, `niah serve`).")
+    return config
 
 
 def render_config(config: RunConfig) -> str:

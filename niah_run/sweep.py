@@ -19,6 +19,8 @@ import re
 import sys
 import time
 import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Any
 from doctor import __version__
 from doctor.errors import RunFailed, UsageError
 from doctor.report.redact import Redactor
-from niah_run.backends.base import Backend, BackendOOM
+from niah_run.backends.base import Backend, BackendOOM, Generation
 from niah_run.config import CONFIG_FILE, RunConfig
 from niah_run.haystack import load_haystack, validate_haystack_spec
 from niah_run.needles import NeedleSet, make_needles
@@ -131,6 +133,29 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+@dataclass
+class _Prepared:
+    """A trial whose prompt is built and whose row is filled up to the generation."""
+
+    spec: TrialSpec
+    row: dict[str, Any]
+    needles: NeedleSet
+    prompt: BuiltPrompt
+    reusable: int
+    started: float
+
+
+def _call(backend: Backend, trial: _Prepared, max_new_tokens: int) -> Generation | BaseException:
+    """The backend call, with its exception returned as a value (so a worker thread can hand it back)."""
+    try:
+        return backend.generate(trial.prompt.input_ids, max_new_tokens=max_new_tokens,
+                                reusable_prefix_len=trial.reusable)
+    except (KeyboardInterrupt, RunFailed, UsageError):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - recorded per trial by Sweep._finish
+        return exc
+
+
 class Sweep:
     """One `niah run`: preflight, load, build prompts, generate, score, record."""
 
@@ -232,31 +257,57 @@ class Sweep:
         oom_floor: dict[float, int] = {}  # depth -> shortest length that ran out of memory
         previous_ids: list[int] | None = None
         consecutive_errors = 0
-        with _progress(len(specs), quiet=self.quiet) as progress:
-            for spec in specs:
-                key = trial_key(identity, spec)
-                if key in done:
-                    counts["already_done"] += 1
-                    progress.advance(f"{spec.length} tok, done earlier")
-                    continue
-                if spec.length in preflight.too_long:
-                    row = self._skipped(spec, key, "estimate", preflight.max_context_tokens)
-                elif spec.depth is not None and spec.depth in oom_floor and spec.length > oom_floor[spec.depth]:
-                    row = self._skipped(spec, key, "after_oom", oom_floor[spec.depth])
-                else:
-                    row = self._run_trial(backend, builder, spec, key, previous_ids)
-                    previous_ids = row.pop("_ids", None)
-                self.store.append(row)
-                status = row["status"]
-                counts["ran" if status == "ok" else "skipped" if status == "skipped" else
-                       "oom" if status == "oom" else "errors"] += 1
-                if status == "oom" and spec.depth is not None:
-                    oom_floor[spec.depth] = min(spec.length, oom_floor.get(spec.depth, spec.length))
-                consecutive_errors = consecutive_errors + 1 if status == "error" else 0
-                progress.advance(_describe_row(row))
-                if consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
-                    raise RunFailed(f"{consecutive_errors} trials in a row failed; last: {row.get('error')}",
-                                    hint="Fix the cause (rerun with --debug for details), then --resume.")
+        in_flight: deque[tuple[_Prepared, Future[Generation | BaseException]]] = deque()
+        pool = ThreadPoolExecutor(max_workers=self.config.concurrency) if self.config.concurrency > 1 else None
+
+        def record(row: dict[str, Any]) -> None:
+            nonlocal consecutive_errors
+            self.store.append(row)
+            status = row["status"]
+            counts["ran" if status == "ok" else "skipped" if status == "skipped" else
+                   "oom" if status == "oom" else "errors"] += 1
+            if status == "oom" and row["depth_percent"] is not None:
+                depth = row["depth_percent"]
+                oom_floor[depth] = min(row["context_tokens"], oom_floor.get(depth, row["context_tokens"]))
+            consecutive_errors = consecutive_errors + 1 if status == "error" else 0
+            progress.advance(_describe_row(row))
+            if consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
+                raise RunFailed(f"{consecutive_errors} trials in a row failed; last: {row.get('error')}",
+                                hint="Fix the cause (rerun with --debug for details), then --resume.")
+
+        def drain(keep: int) -> None:
+            while len(in_flight) > keep:
+                trial, future = in_flight.popleft()
+                row = self._finish(backend, trial, future.result())
+                row.pop("_ids", None)
+                record(row)
+
+        try:
+            with _progress(len(specs), quiet=self.quiet) as progress:
+                for spec in specs:
+                    key = trial_key(identity, spec)
+                    if key in done:
+                        counts["already_done"] += 1
+                        progress.advance(f"{spec.length} tok, done earlier")
+                        continue
+                    if spec.length in preflight.too_long:
+                        record(self._skipped(spec, key, "estimate", preflight.max_context_tokens))
+                    elif spec.depth is not None and spec.depth in oom_floor and spec.length > oom_floor[spec.depth]:
+                        record(self._skipped(spec, key, "after_oom", oom_floor[spec.depth]))
+                    elif pool is None:
+                        row = self._run_trial(backend, builder, spec, key, previous_ids)
+                        previous_ids = row.pop("_ids", None)
+                        record(row)
+                    else:
+                        # Server backends: keep `concurrency` requests in flight; rows are finalized and
+                        # appended in plan order as their answers arrive. No prefix reuse across requests.
+                        trial = self._prepare(builder, spec, key, None)
+                        in_flight.append((trial, pool.submit(_call, backend, trial, self.config.max_new_tokens)))
+                        drain(self.config.concurrency - 1)
+                drain(0)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         return counts
 
     def _base_row(self, spec: TrialSpec, key: str) -> dict[str, Any]:
@@ -288,6 +339,11 @@ class Sweep:
 
     def _run_trial(self, backend: Backend, builder: PromptBuilder, spec: TrialSpec, key: str,
                    previous_ids: list[int] | None) -> dict[str, Any]:
+        trial = self._prepare(builder, spec, key, previous_ids)
+        return self._finish(backend, trial, _call(backend, trial, self.config.max_new_tokens))
+
+    def _prepare(self, builder: PromptBuilder, spec: TrialSpec, key: str,
+                 previous_ids: list[int] | None) -> _Prepared:
         row = self._base_row(spec, key)
         started = time.monotonic()
         needles, prompt = self._build(builder, spec, row["seed"])
@@ -298,24 +354,26 @@ class Sweep:
                    haystack_tokens=prompt.haystack_tokens, needle_token_index=prompt.needle_index,
                    snap_tokens=prompt.snap_tokens, input_ids_sha256=prompt.input_ids_sha256,
                    reusable_prefix_tokens=reusable)
-        try:
-            generation = backend.generate(ids, max_new_tokens=self.config.max_new_tokens,
-                                          reusable_prefix_len=reusable)
-        except BackendOOM as exc:
-            row.update(status="oom", failure_class="oom", memory=exc.memory, error=str(exc),
+        return _Prepared(spec, row, needles, prompt, reusable, started)
+
+    def _finish(self, backend: Backend, trial: _Prepared, outcome: Generation | BaseException) -> dict[str, Any]:
+        row, needles, prompt, started = trial.row, trial.needles, trial.prompt, trial.started
+        if isinstance(outcome, BackendOOM):
+            row.update(status="oom", failure_class="oom", memory=outcome.memory, error=str(outcome),
                        seconds=round(time.monotonic() - started, 3))
             return row
-        except (KeyboardInterrupt, RunFailed, UsageError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - one broken trial is recorded and retried on --resume
-            row.update(status="error", failure_class="other", error=f"{type(exc).__name__}: {exc}",
+        if isinstance(outcome, (KeyboardInterrupt, RunFailed, UsageError)):
+            raise outcome
+        if isinstance(outcome, BaseException):  # one broken trial is recorded and retried on --resume
+            row.update(status="error", failure_class="other", error=f"{type(outcome).__name__}: {outcome}",
                        seconds=round(time.monotonic() - started, 3))
             return row
+        generation = outcome
         output_ids = list(generation.output_ids)
         text = backend.tokenizer.decode(output_ids, skip_special_tokens=True)
         score = score_output(text, value_type=needles.value_type, gold=needles.gold_values,
                              distractors=needles.distractor_values, prompt_text=prompt.body_text,
-                             stopped_at_eos=generation.stopped_at_eos, control=spec.control,
+                             stopped_at_eos=generation.stopped_at_eos, control=trial.spec.control,
                              prompt_words_cache=prompt_words(prompt.body_text))
         row.update(status="ok", correct=score.correct, failure_class=score.failure_class, lenient=score.lenient,
                    recall=score.recall, found_distractors=list(score.found_distractors),
@@ -324,7 +382,7 @@ class Sweep:
                    prefill_seconds=round(generation.prefill_seconds, 4),
                    decode_seconds=round(generation.decode_seconds, 4),
                    reused_prefix_tokens=generation.reused_prefix_tokens, memory=dict(generation.memory),
-                   seconds=round(time.monotonic() - started, 3), _ids=ids)
+                   seconds=round(time.monotonic() - started, 3), _ids=prompt.input_ids)
         return row
 
 
