@@ -76,6 +76,12 @@ class ModelResolution:
         return tuple(f for f in self.weight_files if f.endswith(PICKLE_SUFFIXES))
 
 
+def text_config_of(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The language model's part of a config: multimodal configs (Llama 4) nest it under text_config."""
+    text = config.get("text_config")
+    return text if isinstance(text, Mapping) else config
+
+
 def resolve_model(spec: str, *, online: bool = False, revision: str | None = None) -> ModelResolution:
     """Resolve `spec` (hub id, local folder, or 'demo'). Never raises for a bad model; returns a status."""
     try:

@@ -30,7 +30,7 @@ from typing import Any
 import click
 
 from doctor.errors import UsageError
-from niah_run.backends.base import BackendOOM
+from niah_run.backends.base import BackendOOM, max_positions
 
 log = logging.getLogger(__name__)
 _DEFAULT_MAX_TOKENS = 16  # the OpenAI completions default
@@ -46,14 +46,11 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> An
 
 def max_model_len_of(backend: Any) -> int | None:
     """The longest sequence the backend's model takes, from what the backend or tokenizer says."""
-    facts = backend.describe()
-    for key in ("max_model_len", "max_position_embeddings", "context_length"):
-        value = facts.get(key)
-        if isinstance(value, int) and value > 0:
-            return value
-    config = getattr(getattr(backend, "model", None), "config", None)  # HFBackend keeps the model
-    value = getattr(config, "max_position_embeddings", None)
+    value = backend.describe().get("max_model_len")
     if isinstance(value, int) and value > 0:
+        return value
+    value = max_positions(backend)
+    if value is not None:
         return value
     length = getattr(backend.tokenizer, "model_max_length", None)
     # Tokenizers without a limit report a huge sentinel (int(1e30)): that is not a real length.

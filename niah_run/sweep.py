@@ -29,7 +29,7 @@ from typing import Any
 from doctor import __version__
 from doctor.errors import RunFailed, UsageError
 from doctor.report.redact import Redactor
-from niah_run.backends.base import Backend, BackendOOM, Generation
+from niah_run.backends.base import Backend, BackendOOM, Generation, max_positions
 from niah_run.config import CONFIG_FILE, RunConfig
 from niah_run.haystack import load_haystack, validate_haystack_spec
 from niah_run.needles import NeedleSet, make_needles
@@ -115,14 +115,6 @@ def _lcp(a: list[int] | None, b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-def _max_positions(backend: Backend) -> int | None:
-    value = backend.describe().get("max_position_embeddings")
-    if value is None:
-        config = getattr(getattr(backend, "model", None), "config", None)
-        value = getattr(config, "max_position_embeddings", None)
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -238,7 +230,7 @@ class Sweep:
 
     def _run_loaded(self, backend: Backend, preflight: PreflightResult, done: dict[str, Any]) -> dict[str, Any]:
         tokenizer = backend.tokenizer
-        limit = _max_positions(backend)
+        limit = max_positions(backend)
         over = [n for n in self.config.lengths if limit is not None and n > limit]
         if over:
             raise UsageError(f"length(s) {', '.join(map(str, over))} exceed the model's max_position_embeddings "

@@ -19,10 +19,9 @@ from pathlib import Path
 from doctor.context import DoctorContext
 from doctor.probes.git import GitFacts, ScriptFacts
 from doctor.registry import Outcome, check
-from doctor.report.model import Evidence, Fix, Status
+from doctor.report.model import Evidence, Fix, Status, worst_status
 
 SECTION = "git"
-_RANK = {Status.PASS: 0, Status.SKIP: 1, Status.WARN: 2, Status.ERROR: 3, Status.FAIL: 4}
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ def _commits(n: int | None) -> str:
 
 def _aggregate(findings: Sequence[Finding], ok_summary: str) -> Outcome:
     """Worst status wins; the summary lists the non-passing scripts (all of them when all pass)."""
-    worst = max((f.status for f in findings), key=_RANK.__getitem__, default=Status.SKIP)
+    worst = worst_status((f.status for f in findings), default=Status.SKIP)
     shown = [f for f in findings if f.status is not Status.PASS] or list(findings)
     summary = "; ".join(f.line for f in shown) or ok_summary
     evidence = tuple(e for f in findings for e in f.evidence)

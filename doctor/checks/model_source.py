@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 
 from doctor.context import DoctorContext
-from doctor.model_config import EMBEDDED_DIR, ModelResolution
+from doctor.model_config import EMBEDDED_DIR, ModelResolution, text_config_of
 from doctor.probes.hub import HubFacts
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
@@ -166,8 +166,8 @@ def _format_summary(res: ModelResolution, trust_remote_code: bool) -> str:
 
 def _max_positions(config: dict) -> int | None:
     """max_position_embeddings of the text model (Llama 4 and other multimodal configs nest it)."""
-    for cfg in (config.get("text_config") or {}, config):
-        value = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
+    for cfg in (text_config_of(config), config):
+        value = cfg.get("max_position_embeddings")
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None

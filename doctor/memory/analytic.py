@@ -10,11 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from doctor.memory.storage import bytes_4bit, bytes_int8, dtype_bytes
-
-
-def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    text = config.get("text_config")
-    return text if isinstance(text, Mapping) else config
+from doctor.model_config import text_config_of
 
 
 def _moe_layers(cfg: Mapping[str, Any], n_layers: int) -> list[bool]:
@@ -29,7 +25,7 @@ def _moe_layers(cfg: Mapping[str, Any], n_layers: int) -> list[bool]:
 
 
 def size_analytic(args: dict[str, Any]) -> dict[str, Any]:
-    cfg = _text_config(args["config"])
+    cfg = text_config_of(args["config"])
     quant = args.get("quant", "none")
     dq = bool(args.get("double_quant", True))
     prequantized = bool(args.get("prequantized"))

@@ -27,6 +27,7 @@ from doctor.memory.gpus import GpuSpec, assumed_flops
 from doctor.memory.kv import KvLayer, kv_bytes_per_layer, kv_layers
 from doctor.memory.placement import CPU, decoder_layer_gpus, place_blocks
 from doctor.memory.storage import dtype_bytes
+from doctor.model_config import text_config_of
 
 GIB = 1 << 30
 # Per-GPU overhead outside the tensors torch allocates (vram-anchors.md §5, §7):
@@ -391,7 +392,7 @@ def settings_for(target: Any, config: Mapping[str, Any], quantization_config: Ma
     quant = target.quant
     if is_bnb and prequantized:
         quant = "bnb-8bit" if qc.get("load_in_8bit") else "bnb-4bit"
-    text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else config
+    text = text_config_of(config)
     dtype = target.dtype
     if dtype == "auto":
         dtype = str(config.get("torch_dtype") or config.get("dtype") or text.get("torch_dtype") or "bfloat16")

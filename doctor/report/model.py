@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -31,6 +31,11 @@ class Status(str, Enum):
 
 # Worst first; "error" (the doctor could not tell) ranks below "fail" (it could, and it is bad).
 _RANK = {Status.FAIL: 4, Status.ERROR: 3, Status.WARN: 2, Status.SKIP: 1, Status.PASS: 0}
+
+
+def worst_status(statuses: Iterable[Status], default: Status = Status.PASS) -> Status:
+    """The most serious status: fail > error > warn > skip > pass."""
+    return max(statuses, key=_RANK.__getitem__, default=default)
 
 
 def is_kebab_case(text: str) -> bool:
@@ -92,7 +97,7 @@ class Report:
 
     @property
     def worst(self) -> Status:
-        return max((c.status for c in self.checks), key=_RANK.__getitem__, default=Status.PASS)
+        return worst_status(c.status for c in self.checks)
 
     def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in Status}

@@ -47,3 +47,12 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Free the model and accelerator memory."""
+
+
+def max_positions(backend: Any) -> int | None:
+    """The model's position limit, from what the backend says or, for a local model, its config."""
+    value = backend.describe().get("max_position_embeddings")
+    if value is None:
+        config = getattr(getattr(backend, "model", None), "config", None)  # HFBackend keeps the model
+        value = getattr(config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
