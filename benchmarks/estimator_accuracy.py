@@ -1,21 +1,30 @@
-"""Estimator accuracy on a real GPU: real-shaped random-weight models, loaded as niah loads them,
-prefilled at several lengths, compared with `doctor.memory`'s estimate for the same config.
+"""Estimator accuracy on a real GPU, out of sample: weights, KV and prefill peak, per architecture.
 
-    python benchmarks/estimator_accuracy.py --out results.json            # on an H100/H200
-    python benchmarks/estimator_accuracy.py --device cpu --tiny           # smoke test, no GPU
+    python benchmarks/estimator_accuracy.py --set calibration --out cal.json    # on an H100/H200
+    python benchmarks/estimator_accuracy.py --set evaluation --out eval.json
+    python benchmarks/estimator_accuracy.py --device cpu --tiny                  # smoke test, no GPU
 
-Each case: build the model (full width, real vocab, few layers), save it with save_pretrained under
-/tmp, load it with from_pretrained (bf16, and bnb nf4 + double quant on the fly), then prefill T tokens
-(chunked by C with a DynamicCache(config), logits_to_keep=1) and read torch.cuda.max_memory_allocated.
-"Pre-quantized" Llama 4 is built in place: the meta model prepared by transformers' quantizer with
-pre_quantized=True (un-fused SequentialLlama4TextExperts of Linear4bit), weights quantized by
-Params4bit.to("cuda") — the layout a bnb-community checkpoint loads into.
-Targets: weights within 2 %, peak within 10 %.
+Two disjoint sets of real-shaped, layer-reduced models (full width, real vocab, 2–6 decoder layers) built
+from transformers' own config classes: the **calibration** set is what the estimator may be adjusted
+on; the **evaluation** set is held out (no change to the estimator is made from its numbers).
+
+Per case: bf16 models are built directly on the GPU (`from_config(dtype=bfloat16)` under
+`torch.device("cuda")`, requested attention implementation); nf4 models are saved and re-loaded with
+`from_pretrained(quantization_config=BitsAndBytesConfig(nf4, double quant, bf16 compute))`, as `niah`
+loads them. Then T random tokens are prefilled in chunks of C through `DynamicCache(config)` with
+`logits_to_keep=1`, and compared with `doctor.memory`'s estimate computed in the same process:
+
+- weights: `torch.cuda.memory_allocated()` after the load vs `weights_bytes`;
+- KV: bytes of the storages the cache holds after the prefill vs `kv_bytes`;
+- peak: `torch.cuda.max_memory_allocated()` during the prefill vs weights + KV + activation peak
+  (`workspace` = what stays allocated after a 16-token warm-up forward, e.g. cuBLAS workspaces, is
+  reported separately and is part of the measured peak).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -29,79 +38,130 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 GIB = 1 << 30
+_BF16 = {"torch_dtype": "bfloat16", "tie_word_embeddings": False}
+
+LLAMA3_8B = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 4, "num_attention_heads": 32,
+             "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
+             "max_position_embeddings": 131072, "rope_theta": 500000.0, **_BF16}
+MISTRAL_7B = {"model_type": "mistral", "hidden_size": 4096, "num_hidden_layers": 4, "num_attention_heads": 32,
+              "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 32000, "sliding_window": 4096,
+              "max_position_embeddings": 32768, **_BF16}
+MIXTRAL = {"model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 2, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "intermediate_size": 14336, "num_local_experts": 8, "num_experts_per_tok": 2,
+           "vocab_size": 32000, "max_position_embeddings": 32768, "rope_theta": 1e6, **_BF16}
+
+QWEN3_8B = {"model_type": "qwen3", "hidden_size": 4096, "num_hidden_layers": 4, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 12288, "vocab_size": 151936,
+            "max_position_embeddings": 131072, **_BF16}
+GEMMA2_9B = {"model_type": "gemma2", "hidden_size": 3584, "num_hidden_layers": 4, "num_attention_heads": 16,
+             "num_key_value_heads": 8, "head_dim": 256, "intermediate_size": 14336, "vocab_size": 256000,
+             "sliding_window": 4096, "max_position_embeddings": 32768, "torch_dtype": "bfloat16",
+             "tie_word_embeddings": True}
+GEMMA3_1B = {"model_type": "gemma3_text", "hidden_size": 1152, "num_hidden_layers": 6, "num_attention_heads": 4,
+             "num_key_value_heads": 1, "head_dim": 256, "intermediate_size": 6912, "vocab_size": 262144,
+             "sliding_window": 512, "max_position_embeddings": 32768, "torch_dtype": "bfloat16",
+             "tie_word_embeddings": True}
+QWEN3_MOE = {"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 2, "num_attention_heads": 32,
+             "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 6144, "moe_intermediate_size": 768,
+             "num_experts": 128, "num_experts_per_tok": 8, "vocab_size": 151936, "decoder_sparse_step": 1,
+             "max_position_embeddings": 40960, **_BF16}
+DEEPSEEK_V2_LITE = {"model_type": "deepseek_v2", "hidden_size": 2048, "num_hidden_layers": 4,
+                    "num_attention_heads": 16, "num_key_value_heads": 16, "q_lora_rank": None, "kv_lora_rank": 512,
+                    "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "intermediate_size": 10944,
+                    "moe_intermediate_size": 1408, "n_routed_experts": 64, "n_shared_experts": 2,
+                    "num_experts_per_tok": 6, "first_k_dense_replace": 1, "vocab_size": 102400,
+                    "max_position_embeddings": 163840, **_BF16}
+DEEPSEEK_V3 = {"model_type": "deepseek_v3", "hidden_size": 7168, "num_hidden_layers": 2, "num_attention_heads": 128,
+               "num_key_value_heads": 128, "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128,
+               "qk_rope_head_dim": 64, "v_head_dim": 128, "intermediate_size": 18432, "moe_intermediate_size": 2048,
+               "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8, "n_group": 8,
+               "topk_group": 4, "first_k_dense_replace": 1, "vocab_size": 129280,
+               "max_position_embeddings": 163840, **_BF16}
+PHI3_MINI = {"model_type": "phi3", "hidden_size": 3072, "num_hidden_layers": 4, "num_attention_heads": 32,
+             "num_key_value_heads": 32, "intermediate_size": 8192, "vocab_size": 32064,
+             "max_position_embeddings": 131072, "pad_token_id": 32000, **_BF16}
+NEOX_7B = {"model_type": "gpt_neox", "hidden_size": 4096, "num_hidden_layers": 4, "num_attention_heads": 32,
+           "intermediate_size": 16384, "vocab_size": 50432, "rotary_pct": 0.25, "max_position_embeddings": 32768,
+           **_BF16}
+FALCON_7B = {"model_type": "falcon", "hidden_size": 4544, "num_hidden_layers": 4, "num_attention_heads": 71,
+             "multi_query": True, "new_decoder_architecture": False, "parallel_attn": True, "bias": False,
+             "alibi": False, "vocab_size": 65024, "max_position_embeddings": 32768, **_BF16}
+COHERE_35B = {"model_type": "cohere", "hidden_size": 8192, "num_hidden_layers": 2, "num_attention_heads": 64,
+              "num_key_value_heads": 64, "intermediate_size": 22528, "vocab_size": 256000,
+              "max_position_embeddings": 131072, "torch_dtype": "bfloat16", "tie_word_embeddings": True}
+OLMO2_7B = {"model_type": "olmo2", "hidden_size": 4096, "num_hidden_layers": 4, "num_attention_heads": 32,
+            "num_key_value_heads": 32, "intermediate_size": 11008, "vocab_size": 100352,
+            "max_position_embeddings": 131072, **_BF16}
+STARCODER2_7B = {"model_type": "starcoder2", "hidden_size": 4608, "num_hidden_layers": 4, "num_attention_heads": 36,
+                 "num_key_value_heads": 4, "intermediate_size": 18432, "vocab_size": 49152, "sliding_window": 4096,
+                 "max_position_embeddings": 32768, **_BF16}
+
+ONE_SHOT = [(2048, 2048), (8192, 8192)]
+CHUNKED = [(32768, 8192), (32768, 4096)]
 
 
 def _cases(tiny: bool) -> list[dict[str, Any]]:
     if tiny:
+        def small(cfg: dict[str, Any], **over: Any) -> dict[str, Any]:
+            out = {**cfg, "num_hidden_layers": 2, "vocab_size": 1000, "max_position_embeddings": 4096, **over}
+            out.pop("pad_token_id", None)
+            return out
         return [
-            {"name": "llama4-tiny", "config": {"model_type": "llama4_text", "hidden_size": 256, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 128,
-             "intermediate_size_mlp": 256, "num_local_experts": 4, "num_experts_per_tok": 1, "vocab_size": 1000,
-             "attention_chunk_size": 64, "no_rope_layers": [1, 0], "interleave_moe_layer_step": 1,
-             "max_position_embeddings": 4096, "torch_dtype": "bfloat16"},
-             "modes": ["bf16", "nf4-dq", "nf4-dq-prequantized"], "prefill": [(128, 128), (256, 64)]},
-            {"name": "mistral-tiny", "config": {"model_type": "mistral", "hidden_size": 256, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000,
-             "sliding_window": 64, "max_position_embeddings": 4096, "torch_dtype": "bfloat16"},
-             "modes": ["bf16"], "prefill": [(256, 64)]},
+            {"set": "calibration", "name": "llama-tiny", "config": small(LLAMA3_8B, hidden_size=256, num_attention_heads=4,
+             num_key_value_heads=2, intermediate_size=512), "modes": ["bf16"], "prefill": [(256, 256), (512, 128)]},
+            {"set": "evaluation", "name": "gemma3-tiny", "config": small(GEMMA3_1B, hidden_size=256, head_dim=64,
+             intermediate_size=512, sliding_window=64), "modes": ["bf16"], "prefill": [(512, 128)]},
+            {"set": "evaluation", "name": "dsv2-tiny", "config": small(DEEPSEEK_V2_LITE, hidden_size=256,
+             num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16,
+             v_head_dim=32, intermediate_size=512, moe_intermediate_size=64, n_routed_experts=8, num_experts_per_tok=2),
+             "modes": ["bf16"], "prefill": [(512, 128)]},
         ]
-    scout = {"model_type": "llama4_text", "hidden_size": 5120, "num_hidden_layers": 2, "num_attention_heads": 40,
-             "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 8192, "intermediate_size_mlp": 16384,
-             "num_local_experts": 16, "num_experts_per_tok": 1, "vocab_size": 202048, "attention_chunk_size": 8192,
-             "no_rope_layers": [1, 0], "interleave_moe_layer_step": 1, "use_qk_norm": True,
-             "max_position_embeddings": 10485760, "rope_theta": 500000.0, "torch_dtype": "bfloat16",
-             "tie_word_embeddings": False}
-    llama = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 4, "num_attention_heads": 32,
-             "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
-             "max_position_embeddings": 131072, "rope_theta": 500000.0, "torch_dtype": "bfloat16",
-             "tie_word_embeddings": False}
-    mistral = {"model_type": "mistral", "hidden_size": 4096, "num_hidden_layers": 4, "num_attention_heads": 32,
-               "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 32000, "sliding_window": 4096,
-               "max_position_embeddings": 32768, "torch_dtype": "bfloat16", "tie_word_embeddings": False}
-    mixtral = {"model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 2, "num_attention_heads": 32,
-               "num_key_value_heads": 8, "intermediate_size": 14336, "num_local_experts": 8, "num_experts_per_tok": 2,
-               "vocab_size": 32000, "max_position_embeddings": 32768, "rope_theta": 1e6, "torch_dtype": "bfloat16",
-               "tie_word_embeddings": False}
-    gemma3 = {"model_type": "gemma3_text", "hidden_size": 1152, "num_hidden_layers": 6, "num_attention_heads": 4,
-              "num_key_value_heads": 1, "head_dim": 256, "intermediate_size": 6912, "vocab_size": 262144,
-              "sliding_window": 512, "max_position_embeddings": 32768, "torch_dtype": "bfloat16",
-              "tie_word_embeddings": True}
-    qwen3_moe = {"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 2, "num_attention_heads": 32,
-                 "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 6144, "moe_intermediate_size": 768,
-                 "num_experts": 128, "num_experts_per_tok": 8, "vocab_size": 151936, "decoder_sparse_step": 1,
-                 "max_position_embeddings": 40960, "torch_dtype": "bfloat16", "tie_word_embeddings": False}
-    extra = [
-        {"name": "llama3-8B-4L-eager", "config": llama, "attn": "eager", "modes": ["bf16"],
+    calibration = [
+        {"name": "llama3-8B-4L", "config": LLAMA3_8B, "modes": ["bf16", "nf4-dq"],
+         "prefill": [(8192, 8192), (32768, 8192)]},
+        {"name": "llama3-8B-4L-eager", "config": LLAMA3_8B, "attn": "eager", "modes": ["bf16"],
          "prefill": [(4096, 4096), (8192, 4096)]},
-        {"name": "llama3-8B-4L-int8", "config": llama, "modes": ["int8"], "prefill": [(8192, 8192)]},
-        {"name": "gemma3-sw512-6L", "config": gemma3, "modes": ["bf16", "nf4-dq"], "prefill": [(8192, 8192), (16384, 4096)]},
-        {"name": "qwen3moe-2L", "config": qwen3_moe, "modes": ["bf16", "nf4-dq"], "prefill": [(8192, 8192), (16384, 8192)]},
+        {"name": "mistral-sw4096-4L", "config": MISTRAL_7B, "modes": ["bf16"], "prefill": [(4096, 4096), (16384, 4096)]},
+        {"name": "mixtral-2L", "config": MIXTRAL, "modes": ["bf16"], "prefill": [(8192, 8192), (16384, 8192)]},
     ]
-    return extra if os.environ.get("ESTIMATOR_EXTRA_ONLY") else [
-        {"name": "scout-2L", "config": scout, "modes": ["bf16", "nf4-dq", "nf4-dq-prequantized"],
-         "prefill": [(4096, 4096), (16384, 8192), (32768, 8192), (65536, 8192)]},
-        {"name": "llama3-8B-4L", "config": llama, "modes": ["bf16", "nf4-dq"], "prefill": [(8192, 8192), (32768, 8192)]},
-        {"name": "mistral-sw4096-4L", "config": mistral, "modes": ["bf16"], "prefill": [(4096, 4096), (16384, 4096)]},
-        {"name": "mixtral-2L", "config": mixtral, "modes": ["bf16", "nf4-dq"], "prefill": [(8192, 8192), (16384, 8192)]},
-        *extra,
+    evaluation = [
+        {"name": "qwen3-8B-4L", "config": QWEN3_8B, "modes": ["bf16", "nf4-dq"],
+         "prefill": [*ONE_SHOT, *CHUNKED, (131072, 8192)]},
+        {"name": "gemma2-9B-4L", "config": GEMMA2_9B, "modes": ["bf16"], "prefill": [*ONE_SHOT, (32768, 4096)]},
+        {"name": "gemma3-1B-6L", "config": GEMMA3_1B, "modes": ["bf16"], "prefill": [*ONE_SHOT, *CHUNKED]},
+        {"name": "qwen3moe-2L", "config": QWEN3_MOE, "modes": ["bf16"], "prefill": [*ONE_SHOT, (32768, 8192)]},
+        {"name": "deepseekv2lite-4L", "config": DEEPSEEK_V2_LITE, "modes": ["bf16", "nf4-dq"],
+         "prefill": [*ONE_SHOT, *CHUNKED]},
+        {"name": "deepseekv3-2L", "config": DEEPSEEK_V3, "modes": ["bf16"], "prefill": [(8192, 8192), (32768, 8192)]},
+        {"name": "phi3mini-4L", "config": PHI3_MINI, "modes": ["bf16", "nf4-dq"], "prefill": [*ONE_SHOT, (32768, 8192)]},
+        {"name": "neox7B-4L", "config": NEOX_7B, "modes": ["bf16"], "prefill": [*ONE_SHOT, (32768, 8192)]},
+        {"name": "falcon7B-4L", "config": FALCON_7B, "modes": ["bf16"], "prefill": [*ONE_SHOT, (32768, 8192)]},
+        {"name": "cohere35B-2L", "config": COHERE_35B, "modes": ["bf16"], "prefill": [*ONE_SHOT, (32768, 8192)]},
+        {"name": "olmo2-7B-4L", "config": OLMO2_7B, "modes": ["bf16"], "prefill": [*ONE_SHOT, *CHUNKED, (131072, 8192)]},
+        {"name": "starcoder2-7B-4L", "config": STARCODER2_7B, "modes": ["bf16"], "prefill": [*ONE_SHOT, (32768, 8192)]},
     ]
+    return [{"set": "calibration", **c} for c in calibration] + [{"set": "evaluation", **c} for c in evaluation]
 
 
 def _quant(mode: str) -> str:
     return {"bf16": "none", "int8": "bnb-8bit"}.get(mode, "bnb-4bit")
 
 
-def _estimate(config: dict[str, Any], mode: str, context: int, chunk: int, gpu_name: str, capacity: int,
-              attn: str = "sdpa") -> dict:
-    from doctor.memory import Settings, compute_estimate, sizing_args
-    from doctor.memory.gpus import GpuSpec
+def _sizing(config: dict[str, Any], mode: str, attn: str) -> dict[str, Any]:
+    from doctor.memory import Settings, sizing_args
     from doctor.memory.skeleton import size_model
 
-    s = Settings(context=context, quant=_quant(mode), prequantized=mode.endswith("prequantized"), prefill_chunk=chunk,
-                 attn=attn)
-    sizing = size_model(sizing_args(s, config, None))
-    e = compute_estimate(sizing, s, [GpuSpec(0, gpu_name, capacity, "bench")])
-    return e.to_dict()
+    s = Settings(context=8192, quant=_quant(mode), attn=attn)
+    return size_model(sizing_args(s, config, None))
+
+
+def _estimate(sizing: dict[str, Any], mode: str, context: int, chunk: int, gpu_name: str, capacity: int,
+              attn: str) -> dict[str, Any]:
+    from doctor.memory import Settings, compute_estimate
+    from doctor.memory.gpus import GpuSpec
+
+    s = Settings(context=context, quant=_quant(mode), prefill_chunk=chunk, attn=attn)
+    return compute_estimate(sizing, s, [GpuSpec(0, gpu_name, capacity, "bench")]).to_dict()
 
 
 def _bnb(torch: Any, transformers: Any) -> Any:
@@ -109,55 +169,59 @@ def _bnb(torch: Any, transformers: Any) -> Any:
                                            bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def _build_prequantized(torch: Any, transformers: Any, config: Any, src: Any, device: str) -> Any:
-    """The pre-quantized Llama 4 layout: quantizer(pre_quantized=True) on a meta model, then every weight
-    copied from `src` (un-fusing the experts) and Linear4bit weights quantized by Params4bit.to(device)."""
-    import bitsandbytes as bnb
-    from transformers.quantizers.auto import AutoHfQuantizer
-
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    quantizer = AutoHfQuantizer.from_config(_bnb(torch, transformers), pre_quantized=True)
-    quantizer.preprocess_model(model, device_map=None, keep_in_fp32_modules=[], dtype=torch.bfloat16)
-    source = dict(src.named_parameters())
-    inter = config.intermediate_size
-    for name, module in list(model.named_modules()):
-        for p_name, _ in list(module.named_parameters(recurse=False)):
-            full = f"{name}.{p_name}"
-            if ".experts." in full:  # model.layers.L.feed_forward.experts.E.gate_proj.weight
-                prefix, rest = full.split(".experts.")
-                e, proj = int(rest.split(".")[0]), rest.split(".")[1]
-                if proj == "down_proj":
-                    value = source[f"{prefix}.experts.down_proj"][e].t()
-                else:
-                    gate_up = source[f"{prefix}.experts.gate_up_proj"][e]
-                    value = (gate_up[:, :inter] if proj == "gate_proj" else gate_up[:, inter:]).t()
-            else:
-                value = source[full]
-            value = value.detach().to("cpu").contiguous()
-            if type(module).__name__ == "Linear4bit" and p_name == "weight":
-                new = bnb.nn.Params4bit(value, requires_grad=False, quant_type="nf4", compress_statistics=True,
-                                        blocksize=64).to(device)
-            else:
-                new = torch.nn.Parameter(value.to(device), requires_grad=False)
-            setattr(module, p_name, new)
-            del value
-    for name, buf in list(model.named_buffers()):
-        mod_name, _, b_name = name.rpartition(".")
-        module = model.get_submodule(mod_name)
-        src_buf = dict(src.named_buffers()).get(name)
-        module._buffers[b_name] = (src_buf.to(device) if src_buf is not None
-                                   else torch.zeros(buf.shape, dtype=buf.dtype, device=device))
-    return model.eval()
+def _cache_bytes(torch: Any, cache: Any) -> int:
+    seen: set[int] = set()
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor) and t.numel():
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total += storage.nbytes()
+    return total
 
 
-def _prefill(torch: Any, transformers: Any, model: Any, context: int, chunk: int, device: str, vocab: int) -> None:
+def _prefill(torch: Any, transformers: Any, model: Any, context: int, chunk: int, device: str, vocab: int) -> int:
+    """Prefill; returns the bytes the cache holds at the end."""
     cache = transformers.DynamicCache(config=model.config)
     ids = torch.randint(0, vocab, (1, context), device=device)
     with torch.no_grad():
         for start in range(0, context, chunk):
             model(input_ids=ids[:, start:start + chunk], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    kv = _cache_bytes(torch, cache)
     del cache, ids
+    return kv
+
+
+def _load(torch: Any, transformers: Any, case: dict[str, Any], mode: str, config: Any, device: str,
+          workdir: str) -> Any:
+    attn = case.get("attn", "sdpa")
+    if mode == "bf16":
+        with torch.device(device):
+            try:
+                return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16,
+                                                                     attn_implementation=attn).eval()
+            except ValueError:  # this model refuses the requested attention: what the default gives
+                config = copy.deepcopy(config)
+                config._attn_implementation_internal = None
+                return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    path = os.path.join(workdir, case["name"])
+    if not os.path.isdir(path):
+        with torch.device(device):
+            src = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        src.save_pretrained(path)
+        del src
+        gc.collect()
+        torch.cuda.empty_cache()
+    qc = transformers.BitsAndBytesConfig(load_in_8bit=True) if mode == "int8" else _bnb(torch, transformers)
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, device_map={"": 0},
+                                                             attn_implementation=attn, quantization_config=qc).eval()
+
+
+def _pct(est: float, meas: float | None) -> float | None:
+    return round(100 * (est / meas - 1), 2) if meas else None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -169,82 +233,80 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gpu_name = torch.cuda.get_device_name(0) if cuda else "cpu"
     capacity = torch.cuda.mem_get_info()[1] if cuda else 80 * GIB
     rows: list[dict[str, Any]] = []
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "gpu": gpu_name,
-            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+    meta: dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "gpu": gpu_name,
+                            "torch": torch.__version__, "transformers": transformers.__version__,
+                            "python": platform.python_version()}
     try:
         import bitsandbytes
 
         meta["bitsandbytes"] = bitsandbytes.__version__
     except ImportError:
         meta["bitsandbytes"] = None
-    if cuda:
-        torch.zeros(1, device="cuda")
-        free, total = torch.cuda.mem_get_info()
-        meta["context_after_init_bytes"] = total - free - torch.cuda.memory_reserved()
+    deadline = time.time() + args.budget_s
     for case in _cases(args.tiny):
-        if args.only and case["name"] not in args.only:
+        if (args.set != "all" and case["set"] != args.set) or (args.only and case["name"] not in args.only):
             continue
-        cfg_dict = case["config"]
-        config = transformers.AutoConfig.for_model(**cfg_dict)
-        path = os.path.join(args.workdir, case["name"])
-        t0 = time.time()
-        with torch.device(device):
-            src = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        src.save_pretrained(path)
-        src = src.to("cpu")  # keep the GPU clean for the measured loads
-        print(f"[{case['name']}] built+saved in {time.time() - t0:.1f}s", flush=True)
+        if time.time() > deadline:
+            rows.append({"set": case["set"], "case": case["name"], "error": "skipped: time budget"})
+            continue
+        config = transformers.AutoConfig.for_model(**case["config"])
+        attn = case.get("attn", "sdpa")
         for mode in case["modes"]:
-            if (mode != "bf16" and meta["bitsandbytes"] is None) or (mode == "int8" and not cuda):
+            if mode != "bf16" and (meta["bitsandbytes"] is None or not cuda or args.quick):
                 continue
-            src_cpu = src
             gc.collect()
             if cuda:
                 torch.cuda.empty_cache()
                 base = torch.cuda.memory_allocated()
             t0 = time.time()
             try:
-                if mode.endswith("prequantized"):
-                    model = _build_prequantized(torch, transformers, config, src_cpu, device)
-                else:
-                    kwargs: dict[str, Any] = {"attn_implementation": case.get("attn", "sdpa")}
-                    if mode == "int8":
-                        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(load_in_8bit=True)
-                    elif mode != "bf16":
-                        kwargs["quantization_config"] = _bnb(torch, transformers)
-                    model = transformers.AutoModelForCausalLM.from_pretrained(
-                        path, dtype=torch.bfloat16, device_map={"": 0} if cuda else None, **kwargs).eval()
+                sizing = _sizing(case["config"], mode, attn)
+                t_est = time.time() - t0
+                model = _load(torch, transformers, case, mode, config, device, args.workdir)
             except Exception as exc:  # noqa: BLE001 - report the case, keep going
-                rows.append({"case": case["name"], "mode": mode, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                rows.append({"set": case["set"], "case": case["name"], "mode": mode,
+                             "error": f"{type(exc).__name__}: {exc}"[:400]})
                 print(rows[-1], flush=True)
                 continue
             weights = (torch.cuda.memory_allocated() - base) if cuda else None
-            print(f"[{case['name']}/{mode}] loaded in {time.time() - t0:.1f}s", flush=True)
-            for context, chunk in case["prefill"]:
-                est = _estimate(cfg_dict, mode, context, chunk, gpu_name, capacity, case.get("attn", "sdpa"))
-                row = {"case": case["name"], "mode": mode, "attn": case.get("attn", "sdpa"), "context": context, "chunk": chunk,
-                       "est_weights": est["weights_bytes"], "meas_weights": weights,
-                       "est_kv": est["kv_bytes"], "est_act": est["activation_peak_bytes"],
-                       "est_peak": est["weights_bytes"] + est["kv_bytes"] + est["activation_peak_bytes"]}
+            dispatched = getattr(model.config, "_attn_implementation", None)
+            workspace = None
+            if cuda:  # what a first forward leaves allocated for good (library workspaces)
+                _prefill(torch, transformers, model, 16, 16, device, case["config"]["vocab_size"])
+                torch.cuda.synchronize()
+                workspace = torch.cuda.memory_allocated() - base - weights
+            trace = sizing.get("trace") or {}
+            print(f"[{case['name']}/{mode}] sized in {t_est:.1f}s, loaded in {time.time() - t0 - t_est:.1f}s; "
+                  f"attn {attn} -> gpu {dispatched}, trace {trace.get('attn_implementation')}; "
+                  f"{trace.get('activations_error') or trace.get('kv_error') or 'traced'}", flush=True)
+            for context, chunk in case["prefill"][:1] if args.quick else case["prefill"]:
+                est = _estimate(sizing, mode, context, chunk, gpu_name, capacity, attn)
+                row: dict[str, Any] = {
+                    "set": case["set"], "case": case["name"], "mode": mode, "attn": attn, "attn_gpu": dispatched,
+                    "attn_estimate": trace.get("attn_implementation"), "context": context, "chunk": chunk,
+                    "method": est["method"], "confidence": est["confidence"],
+                    "est_weights": est["weights_bytes"], "meas_weights": weights, "workspace": workspace,
+                    "est_kv": est["kv_bytes"], "est_act": est["activation_peak_bytes"],
+                    "est_peak": est["weights_bytes"] + est["kv_bytes"] + est["activation_peak_bytes"]}
                 try:
                     if cuda:
                         torch.cuda.synchronize()
                         torch.cuda.reset_peak_memory_stats()
-                    _prefill(torch, transformers, model, context, chunk, device, cfg_dict["vocab_size"])
+                    row["meas_kv"] = _prefill(torch, transformers, model, context, chunk, device,
+                                              case["config"]["vocab_size"])
                     if cuda:
                         torch.cuda.synchronize()
                         row["meas_peak"] = torch.cuda.max_memory_allocated() - base
-                        free, total = torch.cuda.mem_get_info()
-                        row["non_torch_bytes"] = total - free - torch.cuda.memory_reserved()
-                        row["reserved_bytes"] = torch.cuda.memory_reserved()
                 except Exception as exc:  # noqa: BLE001 - an OOM or bug is a result row
                     row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                if row.get("meas_weights"):
-                    row["err_weights_pct"] = round(100 * (row["est_weights"] / row["meas_weights"] - 1), 2)
-                if row.get("meas_peak"):
-                    row["err_peak_pct"] = round(100 * (row["est_peak"] / row["meas_peak"] - 1), 2)
-                    above = row["meas_peak"] - row["meas_weights"]
-                    row["meas_above_weights"] = above
-                    row["est_above_weights"] = est["kv_bytes"] + est["activation_peak_bytes"]
+                row["err_weights_pct"] = _pct(row["est_weights"], row.get("meas_weights"))
+                row["err_kv_pct"] = _pct(row["est_kv"], row.get("meas_kv"))
+                row["err_peak_pct"] = _pct(row["est_peak"], row.get("meas_peak"))
+                if row.get("meas_peak") and weights is not None:
+                    row["err_peak_gib"] = round((row["est_peak"] - row["meas_peak"]) / GIB, 3)
+                    row["meas_act"] = row["meas_peak"] - weights - (row.get("meas_kv") or 0)
+                    # the library workspace is a term of the estimate's per-GPU overhead, not of the peak
+                    row["err_peak_ex_workspace_pct"] = _pct(row["est_peak"], row["meas_peak"] - (workspace or 0))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if args.out:  # partial results survive a timeout
@@ -254,39 +316,60 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     torch.cuda.empty_cache()
             del model
             gc.collect()
-        del src
-        gc.collect()
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(os.path.join(args.workdir, case["name"]), ignore_errors=True)
     return {"meta": meta, "rows": rows}
 
 
 def _table(result: dict[str, Any]) -> str:
-    lines = ["| case | mode | T / chunk | weights est / meas (GiB) | err | peak est / meas (GiB) | err | above-weights est / meas (GiB) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    g = lambda v: f"{v / GIB:.3f}" if isinstance(v, (int, float)) else "—"  # noqa: E731
+    p = lambda v: "—" if v is None else f"{v:+.2f}%"  # noqa: E731
+    lines = ["| set | case | mode | attn (gpu) | T / chunk | weights est / meas (GiB) | err | KV est / meas (GiB) | err | "
+             "peak est / meas (GiB) | err | method |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
         if "context" not in r:
-            lines.append(f"| {r['case']} | {r['mode']} | — | error: {r.get('error')} | | | | |")
+            lines.append(f"| {r['set']} | {r['case']} | {r.get('mode', '')} | | | error: {r.get('error')} | | | | | | |")
             continue
-        g = lambda v: f"{v / GIB:.3f}" if isinstance(v, (int, float)) else "—"
-        lines.append(f"| {r['case']} | {r['mode']} | {r['context']} / {r['chunk']} | {g(r['est_weights'])} / "
-                     f"{g(r.get('meas_weights'))} | {r.get('err_weights_pct', '—')}% | {g(r['est_peak'])} / "
-                     f"{g(r.get('meas_peak'))} | {r.get('err_peak_pct', '—')}% | {g(r.get('est_above_weights'))} / "
-                     f"{g(r.get('meas_above_weights'))} |" + (f" error: {r['error']}" if r.get("error") else ""))
+        lines.append(f"| {r['set']} | {r['case']} | {r['mode']} | {r['attn']} ({r.get('attn_gpu')}) | "
+                     f"{r['context']} / {r['chunk']} | {g(r['est_weights'])} / {g(r.get('meas_weights'))} | "
+                     f"{p(r.get('err_weights_pct'))} | {g(r['est_kv'])} / {g(r.get('meas_kv'))} | {p(r.get('err_kv_pct'))} | "
+                     f"{g(r['est_peak'])} / {g(r.get('meas_peak'))} | {p(r.get('err_peak_pct'))} | {r['method']} |"
+                     + (f" error: {r['error']}" if r.get("error") else ""))
     return "\n".join(lines)
+
+
+def summary(result: dict[str, Any], which: str = "evaluation") -> dict[str, Any]:
+    """Worst errors of one set, against the targets (weights/KV ±1 %, peak ±5 % or ±0.5 GiB, ≥ −3 %)."""
+    rows = [r for r in result["rows"] if r.get("set") == which and r.get("meas_peak")]
+    out: dict[str, Any] = {"set": which, "measurements": len(rows)}
+    for key in ("weights", "kv", "peak"):
+        errs = [r[f"err_{key}_pct"] for r in rows if r.get(f"err_{key}_pct") is not None]
+        out[f"{key}_worst_under_pct"] = min(errs, default=None)
+        out[f"{key}_worst_over_pct"] = max(errs, default=None)
+    out["peak_outside_target"] = [
+        f"{r['case']}/{r['mode']} {r['context']}/{r['chunk']}: {r['err_peak_pct']:+.2f}%"
+        for r in rows if r["err_peak_pct"] < -3
+        or (abs(r["err_peak_pct"]) > 5 and abs(r.get("err_peak_gib") or 0) > 0.5)]
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--tiny", action="store_true", help="small shapes (CPU smoke test)")
+    parser.add_argument("--set", default="all", choices=("all", "calibration", "evaluation"))
     parser.add_argument("--only", nargs="*", help="case names to run")
+    parser.add_argument("--quick", action="store_true", help="bf16 and the first prefill point only (smoke)")
     parser.add_argument("--workdir", default="/tmp/estimator-accuracy")
+    parser.add_argument("--budget-s", type=float, default=480.0, help="start no new case after this many seconds")
     parser.add_argument("--out", default=None, help="write the JSON result here")
     args = parser.parse_args()
     result = run(args)
     table = _table(result)
+    result["summary"] = [summary(result, "calibration"), summary(result, "evaluation")]
     print(json.dumps(result["meta"]))
     print(table)
+    print(json.dumps(result["summary"], indent=1))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({**result, "table": table}, fh, indent=1)

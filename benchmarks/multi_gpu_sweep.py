@@ -224,16 +224,16 @@ class SharedBackend:
 def run_case(backend: SharedBackend, length: int, depths: tuple[float, ...], args: argparse.Namespace,
              out: Path) -> dict[str, Any]:
     """One length × depths through niah_run's Sweep; returns its rows and per-GPU peaks."""
-    from niah_run.config import RunConfig
-    from niah_run.sweep import Sweep, finish
+    from niah_run.sweep import RunFolder, Sweep, finish
+    from run_plan.spec import RunSpec
 
     run_dir = out / "runs" / f"len-{length}"
-    config = RunConfig(model=MODEL_NAME, dtype="bfloat16", device_map="auto", max_memory=args.max_memory,
-                       lengths=(length,), depths=depths, trials=1, max_new_tokens=args.max_new_tokens,
-                       prefill_chunk=args.prefill_chunk, skip_preflight=True, out=str(run_dir), seed=args.seed)
+    spec = RunSpec(model=MODEL_NAME, dtype="bfloat16", attn="sdpa", device_map="auto", max_memory=args.max_memory,
+                   lengths=(length,), depths=depths, trials=1, max_new_tokens=args.max_new_tokens,
+                   prefill_chunk=args.prefill_chunk, seed=args.seed)
     started = time.monotonic()
-    counts = Sweep(config, run_dir, argv=("multi_gpu_sweep", str(length)), backend_factory=lambda _: backend,
-                   quiet=True).run()
+    counts = Sweep(spec, RunFolder(run_dir, skip_preflight=True, quiet=True), argv=("multi_gpu_sweep", str(length)),
+                   backend_factory=lambda _: backend).run()
     finish(run_dir, title=f"{MODEL_NAME} · multi-GPU")
     rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line.strip()]
     peaks: dict[str, int] = {}
@@ -255,12 +255,18 @@ def run_case(backend: SharedBackend, length: int, depths: tuple[float, ...], arg
 
 def doctor_gpus(args: argparse.Namespace) -> list[Any]:
     """The GPUs the doctor sizes for: --gpus, else what NVML (the doctor's default path) sees."""
-    from doctor.memory.estimate import DRIVER_RESERVED, _nvml_gpus
-    from doctor.memory.gpus import GpuSpec, parse_gpus
+    from doctor.memory.gpus import GpuSpec, gpus_from_nvml, parse_gpus
+    from doctor.memory.placement import DRIVER_RESERVED
 
     if args.gpus:
         return parse_gpus(args.gpus)
-    gpus = _nvml_gpus()
+    try:
+        from doctor.probes import load_probes
+        from doctor.target import Target
+
+        gpus = gpus_from_nvml(load_probes()["nvml"](Target()))
+    except Exception:  # noqa: BLE001 - no NVML here: ask torch
+        gpus = []
     if gpus:
         return gpus
     import torch
@@ -283,15 +289,14 @@ def doctor_estimate(config_dict: dict[str, Any], sizing: dict[str, Any], gpus: l
 
 def doctor_layers_per_gpu(sizing: dict[str, Any], estimate: dict[str, Any], args: argparse.Namespace,
                           gpus: list[Any]) -> dict[str, str]:
-    """Decoder layers per GPU as the doctor places them (same budgets as its estimate)."""
-    from doctor.memory.estimate import OVERHEAD_PER_GPU, gpu_budgets
-    from doctor.memory.placement import place_blocks
+    """Decoder layers per GPU as the doctor places them (the placement its estimate uses)."""
+    from doctor.memory.estimate import gpu_budgets
+    from doctor.memory.placement import place_like_transformers
     from niah_run.backends.hf import _ranges
 
     user = dict(gpu_budgets(args.max_memory))
-    budgets = [user.get(g.index, 0) for g in gpus] if user else [g.capacity_bytes - OVERHEAD_PER_GPU for g in gpus]
     blocks = sizing["blocks"]
-    placement = place_blocks([b["bytes"] for b in blocks], budgets)
+    placement = place_like_transformers(sizing, [(g.index, g.capacity_bytes) for g in gpus], user or None, "none")
     out: dict[str, list[int]] = {}
     for block, gpu in zip(blocks, placement):
         match = re.search(r"\.(\d+)$", block["name"])
@@ -394,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
 def _sweep(args: argparse.Namespace, doc: dict[str, Any], save: Any, result_path: Path) -> int:
     import torch
 
-    from doctor.memory import Settings, size_weights, sizing_args
+    from doctor.memory import Settings, sizing_args
+    from doctor.probes.memory import size_weights
     from doctor.memory.estimate import OVERHEAD_PER_GPU
     from niah_run.backends.hf import HFBackend, layers_per_device
 

@@ -130,7 +130,8 @@ def doctor_prediction(config: Any, tokens: int, attn: str, chunk: int | None,
     from types import SimpleNamespace
 
     try:
-        from doctor.memory import estimate_for, settings_for, size_weights, sizing_args
+        from doctor.memory import estimate_for, settings_for, sizing_args
+        from doctor.probes.memory import size_weights
         from doctor.memory.gpus import parse_gpus
         from doctor.target import Target
     except Exception as error:  # noqa: BLE001 - the estimator may not exist in this checkout

@@ -12,78 +12,25 @@ from pathlib import Path
 import click
 
 from doctor import __version__
-from doctor.boundary import exit_with
+from doctor.boundary import exit_with, run_cli
 from doctor.errors import UsageError
-from doctor.target import ATTN_CHOICES, DTYPE_CHOICES, QUANT_CHOICES, Target, parse_token_count
+from run_plan.options import DOCTOR, Layer, build_spec, click_options, flag_layer, load_toml
+from run_plan.spec import RunSpec
 
 
-def _tokens(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    # UsageError (not click.BadParameter): the boundary prints one "error:" line plus a hint, no usage block.
-    return parse_token_count(value, what=f"--{param.name.replace('_', '-')}")
+def spec_from_flags(given: dict[str, object], config_path: str | None = None) -> RunSpec:
+    """The planned run: what the --script files pass to the libraries < a TOML file < the flags typed."""
+    layers = [Layer(config_path, load_toml(Path(config_path).expanduser()), "toml")] if config_path else []
+    scripts = tuple(given.get("scripts") or ())
+    if scripts:  # what the run scripts pass to transformers is the plan too, under TOML and flags
+        from doctor.script_reader import script_layer
+
+        layers.insert(0, script_layer(scripts))
+    return build_spec([*layers, flag_layer(given)])
 
 
-def _max_memory(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Reject what accelerate would reject, before any work (doctor.sizes replicates its rules)."""
-    if value is not None:
-        from doctor.sizes import parse_max_memory
-
-        parse_max_memory(value)  # raises UsageError: one line naming the bad key, exit 2
-    return value
-
-
-def target_options(fn):  # noqa: ANN001, ANN201 - a stack of click decorators
-    """Flags that describe the planned run; `niah run` reuses the same names."""
-    options = [
-        click.option("--model", help="Hub id, local folder, or 'demo' (SmolLM2-135M-Instruct)."),
-        click.option("--context", callback=_tokens, help="Longest input the run will feed (e.g. 131072, 128k, 1M)."),
-        click.option("--quant", type=click.Choice(QUANT_CHOICES), default="none", show_default=True),
-        click.option("--bnb-4bit-type", type=click.Choice(["nf4", "fp4"]), default="nf4", show_default=True),
-        click.option("--no-double-quant", is_flag=True, help="4-bit without double quantization of the scales."),
-        click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True),
-        click.option("--prequantized/--not-prequantized", default=None,
-                     help="Checkpoint is already bnb-quantized (default: detect from its config)."),
-        click.option("--gpus", help="GPUs to plan for, e.g. 1xH100-80GB or 2x80GiB (default: what NVML sees)."),
-        click.option("--attn", type=click.Choice(ATTN_CHOICES), default="sdpa", show_default=True),
-        click.option("--prefill-chunk", callback=_tokens, help="Tokens per prefill chunk (default: what niah picks)."),
-        click.option("--kv-dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32", "float8_e4m3fn"]),
-                     default="auto", show_default=True),
-        click.option("--max-memory", callback=_max_memory, help="As accelerate takes it: 0=70GiB,1=70GiB,cpu=200GiB."),
-        click.option("--device-map", help="auto, balanced, sequential, or a single device like cuda:0."),
-        click.option("--script", "scripts", multiple=True, type=click.Path(),
-                     help="A file the run executes; its git freshness is checked. Repeatable."),
-        click.option("--fetch", is_flag=True, help="git fetch the upstream before comparing (network)."),
-        click.option("--online", is_flag=True, help="Allow network calls (hub lookups). Default: offline."),
-        click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code (off by default)."),
-        click.option("--live/--no-live", default=None,
-                     help="Import torch/bitsandbytes/triton in child processes and test the GPU "
-                          "(default: only when an NVIDIA GPU is visible)."),
-        click.option("--base-url", help="OpenAI-compatible server (vLLM, SGLang, niah serve) serving --model; "
-                                        "checks it answers and takes --context. Contacts only that server."),
-        click.option("--timeout", "probe_timeout_s", type=float, default=60.0, show_default=True,
-                     help="Seconds before a hung probe child is killed."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def target_from_options(opts: dict) -> Target:
-    return Target(
-        model=opts.get("model"), context=opts.get("context"), quant=opts.get("quant", "none"),
-        bnb_4bit_type=opts.get("bnb_4bit_type", "nf4"), double_quant=not opts.get("no_double_quant", False),
-        dtype=opts.get("dtype", "auto"), prequantized=opts.get("prequantized"), gpus=opts.get("gpus"),
-        attn=opts.get("attn", "sdpa"), prefill_chunk=opts.get("prefill_chunk"),
-        kv_dtype=None if opts.get("kv_dtype") in (None, "auto") else opts["kv_dtype"],
-        max_memory=opts.get("max_memory"), device_map=opts.get("device_map"),
-        scripts=tuple(opts.get("scripts") or ()), fetch=bool(opts.get("fetch")), online=bool(opts.get("online")),
-        trust_remote_code=bool(opts.get("trust_remote_code")), live=opts.get("live"),
-        probe_timeout_s=float(opts.get("probe_timeout_s") or 60.0), base_url=opts.get("base_url") or None,
-    )
-
-
-def _render(report, fmt: str, *, verbose: bool, strict: bool, color: bool | None) -> str:  # noqa: ANN001
+def _render(report, fmt: str, *, verbose: bool, strict: bool, color: bool | None,  # noqa: ANN001
+            facts: bool = False) -> str:
     if fmt == "json":
         from doctor.report.render_json import render_json
 
@@ -91,7 +38,7 @@ def _render(report, fmt: str, *, verbose: bool, strict: bool, color: bool | None
     if fmt == "markdown":
         from doctor.report.render_markdown import render_markdown
 
-        return render_markdown(report, strict=strict)
+        return render_markdown(report, strict=strict, facts=facts)
     from doctor.report.render_text import render_text
 
     return render_text(report, verbose=verbose, strict=strict, color=color)
@@ -105,7 +52,11 @@ def _list_checks() -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@target_options
+@click_options(DOCTOR)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="A TOML file describing the run (the same file `niah run --config` takes; flags win).")
+@click.option("--plan-out", type=click.Path(dir_okay=False),
+              help="Write the resolved plan (every auto decided) to FILE for `niah run --plan FILE`.")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report to FILE instead of stdout.")
 @click.option("--strict", is_flag=True, help="Warnings and errors fail too (exit 1).")
@@ -113,24 +64,39 @@ def _list_checks() -> str:
 @click.option("--skip", multiple=True, help="Skip these check ids or sections. Repeatable or comma-separated.")
 @click.option("--list", "list_only", is_flag=True, help="List the checks and exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Show evidence for passing checks too.")
+@click.option("--facts", "with_facts", is_flag=True,
+              help="Markdown: append the raw probe facts (cut to fit a ticket; JSON always has them all).")
 @click.option("--color/--no-color", default=None, help="Colour the text report (default: when stdout is a terminal).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(__version__, prog_name="niah-doctor")
 def doctor_command(fmt: str, output: str | None, strict: bool, only: tuple[str, ...], skip: tuple[str, ...],
-                   list_only: bool, verbose: bool, color: bool | None, debug: bool, **target_opts: object) -> int:
+                   list_only: bool, verbose: bool, color: bool | None, debug: bool, config_path: str | None,
+                   plan_out: str | None, with_facts: bool = False, **target_opts: object) -> int:
     """Check this machine and the planned long-context run; say what will fail, why, and the fix.
 
     \b
     Exit codes: 0 no failures (warnings allowed), 1 a check failed, 2 usage error, 3 the doctor broke.
+    Compare two saved reports (a machine where the job works, one where it fails):
+      doctor diff works.json fails.json [--format text|markdown|json]
     """
     if list_only:
         click.echo(_list_checks(), nl=False)
         return 0
-    target = target_from_options(target_opts)
-    report = run_doctor(target, only=_split(only), skip=_split(skip), debug=debug)
+    from doctor.api import judge
+
+    spec = spec_from_flags(target_opts, config_path)
+    if spec.gpus:  # an unreadable --gpus is a usage error (exit 2), not an ERROR row in the memory section
+        from doctor.memory.gpus import parse_gpus
+
+        parse_gpus(spec.gpus)
+    judgement = judge(spec, only=_split(only), skip=_split(skip), debug=debug)
+    report = judgement.report
+    if plan_out:
+        judgement.plan.write(Path(plan_out))
+        click.echo(f"plan written to {plan_out} (run it with: niah run --plan {plan_out})", err=True)
     if color is None:
         color = output is None and sys.stdout.isatty()
-    text = _render(report, fmt, verbose=verbose, strict=strict, color=color)
+    text = _render(report, fmt, verbose=verbose, strict=strict, color=color, facts=with_facts)
     if output:
         _write_report(Path(output), text)
         click.echo(f"report written to {output}: {report.verdict(strict=strict)}", err=True)
@@ -153,16 +119,13 @@ def _write_report(path: Path, text: str) -> None:
         raise UsageError(f"cannot write the report to {path}: {exc.strerror or exc}") from None
 
 
-def run_doctor(target: Target, *, only: tuple[str, ...] = (), skip: tuple[str, ...] = (), debug: bool = False,
-               argv: tuple[str, ...] | None = None):  # noqa: ANN201 - returns doctor.report.Report
-    """Run the selected checks for `target` and return the redacted Report (used by `niah run` too)."""
-    from doctor.context import DoctorContext
-    from doctor.registry import load_checks, select
-    from doctor.runner import build_report
-
-    specs = select(load_checks(), only, skip)
-    ctx = DoctorContext(target)
-    return build_report(specs, ctx, argv or ("doctor", *sys.argv[1:]), debug=debug)
+_doctor_main = exit_with(doctor_command, "doctor")
 
 
-main = exit_with(doctor_command, "doctor")
+def main() -> None:
+    """`doctor [flags]` checks this machine; `doctor diff A.json B.json` compares two saved reports."""
+    if sys.argv[1:2] == ["diff"]:
+        from doctor.diff import diff_command
+
+        sys.exit(run_cli(diff_command, sys.argv[2:], prog_name="doctor diff"))
+    _doctor_main()

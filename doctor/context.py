@@ -64,6 +64,12 @@ class DoctorContext:
         pending = [n for n in dict.fromkeys(names) if n not in self._cache]
         if self._frozen or not pending:
             return
+        # Probes that share a child process (the live tier) learn up front who else will ask, so the
+        # first of them starts one child for all.
+        for fn in {id(f): f for f in (self._probes.get(n) for n in pending) if f is not None}.values():
+            announce = getattr(fn, "announce", None)
+            if announce is not None:
+                announce(self.target, pending)
         with ThreadPoolExecutor(max_workers=min(8, len(pending))) as pool:
             list(pool.map(self.probe, pending))
 

@@ -149,13 +149,55 @@ def read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return data, None
 
 
+# The fields the memory estimate and the context checks read. Each must be a positive integer when
+# present; a wrong one (negative, zero, "thirty", 4096.5, Infinity, 10**400) makes the config invalid,
+# because an estimate built on it (or on the default that replaces it) would be confident nonsense.
+ESTIMATE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                   "intermediate_size", "vocab_size", "max_position_embeddings", "head_dim",
+                   "moe_intermediate_size", "num_local_experts", "num_experts", "num_experts_per_tok",
+                   "sliding_window")
+# Fields without which the estimate has nothing to stand on (with the names other model types use).
+REQUIRED_FIELDS = {"hidden_size": ("n_embd", "d_model"), "num_hidden_layers": ("n_layer", "num_layers"),
+                   "num_attention_heads": ("n_head", "num_heads")}
+_LARGEST_SANE = 2**40  # beyond any real width, depth or vocabulary
+
+
+def _field_problem(name: str, value: Any) -> str | None:
+    if value is None:
+        return None  # `null` means "not set" in HF configs (e.g. sliding_window, head_dim)
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = value if isinstance(value, (int, float)) else repr(value)[:40]
+        return f"{name} is {shown}, not a positive integer"
+    if not 0 < value < _LARGEST_SANE:
+        return f"{name} is {value if abs(value) < 10**20 else 'a number with ' + str(len(str(value))) + ' digits'}, " \
+               "not a positive integer in range"
+    return None
+
+
+def config_field_problems(config: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the fields the estimate uses (empty when nothing is). Looks where the
+    language model's settings live (`text_config` for multimodal configs)."""
+    text = text_config_of(config)
+    problems = [p for name in ESTIMATE_FIELDS if name in text for p in [_field_problem(name, text[name])] if p]
+    for name, aliases in REQUIRED_FIELDS.items():
+        if text.get(name) is None and not any(text.get(alias) is not None for alias in aliases):
+            problems.append(f"{name} is missing")
+    return problems
+
+
 def from_config(base: ModelResolution, config: Mapping[str, Any]) -> ModelResolution:
-    """Fill the derived fields from a raw config; no model_type -> invalid (transformers needs it)."""
+    """Fill the derived fields from a raw config; no model_type -> invalid (transformers needs it);
+    a field the estimate uses that is missing or not a positive integer -> invalid, naming the field."""
     clean = {k: v for k, v in config.items() if not str(k).startswith("_")}
     model_type = clean.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         return replace(base, status="invalid", config={},
                        message=f"config.json has no model_type, so transformers cannot pick a model class ({base.path})")
+    problems = config_field_problems(clean)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return replace(base, status="invalid", config={}, model_type=model_type,
+                       message=f"config.json: {problems[0]}{more}; the memory estimate needs it ({base.path})")
     architectures = clean.get("architectures") or ()
     quant = clean.get("quantization_config")
     return replace(

@@ -1,16 +1,6 @@
-"""Human-readable sizes. Binary units everywhere (GiB = 2^30), as torch and nvidia-smi report."""
+"""Moved to run_plan.units (the shared lowest layer); this alias keeps old imports working."""
+import sys
 
-from __future__ import annotations
+import run_plan.units as _moved
 
-GIB = 1 << 30
-MIB = 1 << 20
-
-
-def gib(n_bytes: float | int | None) -> str:
-    if n_bytes is None:
-        return "unknown"
-    if abs(n_bytes) >= GIB:
-        return f"{n_bytes / GIB:.1f} GiB"
-    if abs(n_bytes) >= MIB:
-        return f"{n_bytes / MIB:.0f} MiB"
-    return f"{int(n_bytes)} B"
+sys.modules[__name__] = _moved

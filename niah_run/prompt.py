@@ -10,6 +10,10 @@ boundaries) + outro/question + template suffix.
 - Body pieces are encoded with add_special_tokens=False; the haystack is encoded once per run.
 - The haystack slice length is chosen in closed form so len(input_ids) == the requested length.
 - Nothing is ever decoded and re-encoded. Decoding happens only to *verify* (gold value exactly once).
+- Depth honesty: the needle snaps to the nearest sentence boundary. When that moves it by more than
+  `snap_tolerance_tokens` (2 % of the haystack, at least 64 tokens; a haystack with few sentence ends,
+  such as code), the prompt says so (`depth_snapped`), the builder warns once, and the summary labels
+  the cell by the depth actually tested.
 """
 
 from __future__ import annotations
@@ -17,14 +21,18 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from doctor.errors import UsageError
 from niah_run.haystack import HaystackText
 from niah_run.needles import NeedleSet
+from run_plan.errors import UsageError
 
 PROMPT_VERSION = "v1"
+SNAP_TOLERANCE_SHARE = 0.02  # a needle moved by more than this share of the haystack is at another depth
+SNAP_TOLERANCE_MIN_TOKENS = 64  # …but a short haystack may always move it this far (about one long sentence)
 INTRO = "Read the document below and answer the question that follows it.\n\n<document>\n"
 OUTRO = "\n</document>\n\n"
 PLAIN_ANSWER_CUE = "\n\nAnswer:"
@@ -39,6 +47,18 @@ class TemplateNotSplittable(UsageError):
 
 class PromptTooShort(UsageError):
     """The requested length cannot hold the template, needle and question."""
+
+
+class DepthSnapWarning(UserWarning):
+    """A needle landed far from the requested depth (the haystack has few sentence boundaries there)."""
+
+
+def _warn_depth_snap(message: str) -> None:
+    warnings.warn(message, DepthSnapWarning, stacklevel=3)
+
+
+def snap_tolerance_tokens(haystack_tokens: int) -> float:
+    return max(SNAP_TOLERANCE_SHARE * haystack_tokens, float(SNAP_TOLERANCE_MIN_TOKENS))
 
 
 class ValueCollision(Exception):
@@ -94,15 +114,15 @@ def chat_frame(tokenizer: Any) -> ChatFrame:
             "the chat template does not contain the user message exactly once, so the prompt cannot be "
             "framed exactly", hint="Report the model; a template that rewrites the user message is not supported.")
     prefix_text, suffix_text = rendered.split(SENTINEL)
-    prefix, suffix = encode(tokenizer, prefix_text), encode(tokenizer, suffix_text)
+    prefix_ids, suffix_ids = encode(tokenizer, prefix_text), encode(tokenizer, suffix_text)
     reference = _as_ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
-    if prefix + encode(tokenizer, SENTINEL) + suffix != reference:
+    if prefix_ids + encode(tokenizer, SENTINEL) + suffix_ids != reference:
         raise TemplateNotSplittable(
             "the chat template's token ids are not template-prefix + message + template-suffix for this "
             "tokenizer (the message merges with the template text)",
             hint="Report the model; exact framing needs a template whose message tokens stand alone.")
-    digest = hashlib.sha256(f"{template}\x00{prefix}\x00{suffix}".encode()).hexdigest()
-    return ChatFrame(tuple(prefix), tuple(suffix), "chat", digest)
+    digest = hashlib.sha256(f"{template}\x00{prefix_ids}\x00{suffix_ids}".encode()).hexdigest()  # lists: as before
+    return ChatFrame(tuple(prefix_ids), tuple(suffix_ids), "chat", digest)
 
 
 @dataclass(frozen=True)
@@ -125,9 +145,12 @@ def tokenize_haystack(tokenizer: Any, haystack: HaystackText) -> TokenizedHaysta
 
     Token i is a cut point when token i-1 ends at or before the sentence end and token i starts
     between the sentence end and the next sentence's first letter: no token spans the boundary, so
-    splicing needle ids there splits no word and no multi-byte character (pitfalls 8 and 9).
+    splicing needle ids there splits no word and no multi-byte character.
     """
-    encoded = tokenizer(haystack.text, add_special_tokens=False, return_offsets_mapping=True)
+    # split_special_tokens: a haystack is data. Text such as "<|im_end|>" in the user's files must be
+    # tokenized as the characters it is, never as the control token that would end the turn.
+    encoded = tokenizer(haystack.text, add_special_tokens=False, return_offsets_mapping=True,
+                        split_special_tokens=True)
     ids = list(encoded["input_ids"])
     offsets = encoded["offset_mapping"]
     starts = [int(o[0]) for o in offsets]
@@ -148,6 +171,8 @@ class BuiltPrompt:
     needle_index: int | None  # haystack tokens before the gold needle
     actual_depth_percent: float | None
     snap_tokens: float | None  # actual minus requested needle position, in tokens
+    snap_tolerance_tokens: float | None  # the largest snap that still counts as the requested depth
+    depth_snapped: bool  # |snap| > tolerance: the cell tested another depth than its label says
     needle_positions: tuple[int, ...]  # haystack-token position of every needle, in needle order
     body_text: str  # decoded body, for verification and the echo check only (never re-encoded)
     input_ids_sha256: str
@@ -162,6 +187,9 @@ class PromptBuilder:
         self.haystack = haystack
         self.intro_ids = encode(tokenizer, INTRO)
         self.special_ids = frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", []) or [])
+        self.depth_warned = False  # one warning per run is enough; every row records its own snap
+        # How the one depth warning is delivered; a CLI may replace it (e.g. print "warning: …" to stderr).
+        self.warn: Callable[[str], None] = _warn_depth_snap
 
     def fixed_tokens(self, needles: NeedleSet) -> int:
         """Everything but the haystack: template, intro, needles, outro/question."""
@@ -203,21 +231,34 @@ class PromptBuilder:
             positions = [gold] + [rng.choice(others) for _ in needles.needles[1:]]
         body = self._splice(window, needle_ids, positions)
         ids = list(self.frame.prefix_ids) + self.intro_ids + body + outro_ids + list(self.frame.suffix_ids)
-        # Exactness is the product's promise (pitfall 28): fail loudly rather than test less than asked.
+        # Exactness is the product's promise: fail loudly rather than test less than asked.
         assert len(ids) == length, (len(ids), length)
         body_start = len(self.frame.prefix_ids)
         body_end = len(ids) - len(self.frame.suffix_ids)
         inside = set(ids[body_start:body_end]) & self.special_ids
         if inside:
-            raise AssertionError(f"special token ids {sorted(inside)} inside the prompt body")
+            raise UsageError(f"special token ids {sorted(inside)} inside the prompt body (the haystack text "
+                             "tokenizes to the model's control tokens)",
+                             hint="Remove chat-template markers such as <|im_end|> from the haystack files.")
         body_text = self.tokenizer.decode(ids[body_start:body_end])
         self._check_values(body_text, needles)
         gold_index = positions[0] if positions else None
+        snap = None if gold_index is None or requested is None else round(gold_index - requested, 3)
+        tolerance = None if snap is None else round(snap_tolerance_tokens(span), 3)
+        snapped = snap is not None and tolerance is not None and abs(snap) > tolerance
+        actual = None if gold_index is None else round(100.0 * gold_index / span, 3)
+        if snapped and not self.depth_warned:
+            self.depth_warned = True
+            self.warn(
+                f"the haystack has few sentence boundaries: the needle for depth {depth_percent:g}% at {length} "
+                f"tokens landed at {actual:g}% ({snap:+g} tokens, more than the {tolerance:g}-token tolerance); "
+                "such cells are recorded with depth_snapped=true and labelled by their actual depth. Use a "
+                "haystack with more sentence ends (prose, or text with blank lines between blocks) to test "
+                "the requested depths")
         return BuiltPrompt(
             input_ids=ids, body_start=body_start, body_end=body_end, haystack_tokens=span,
-            needle_index=gold_index,
-            actual_depth_percent=None if gold_index is None else round(100.0 * gold_index / span, 3),
-            snap_tokens=None if gold_index is None else round(gold_index - requested, 3),
+            needle_index=gold_index, actual_depth_percent=actual, snap_tokens=snap,
+            snap_tolerance_tokens=tolerance, depth_snapped=snapped,
             needle_positions=tuple(positions), body_text=body_text, input_ids_sha256=ids_sha256(ids))
 
     def _relative_cuts(self, start: int, span: int) -> list[int]:
@@ -245,7 +286,9 @@ class PromptBuilder:
     def _check_values(body_text: str, needles: NeedleSet) -> None:
         from niah_run.scoring import count_value
 
-        for value in (*needles.gold_values, *needles.distractor_values):
-            found = count_value(body_text, value, needles.value_type)
-            if found != 1:
-                raise ValueCollision(f"value {value!r} occurs {found} times in the prompt body")
+        for value, value_type, in_document in needles.prompt_audit():
+            # the body also holds the question, which may name the value itself (counting, association)
+            expected = in_document + count_value(needles.question, value, value_type)
+            found = count_value(body_text, value, value_type)
+            if found != expected:
+                raise ValueCollision(f"value {value!r} occurs {found} times in the prompt body, {expected} expected")

@@ -5,6 +5,10 @@ Survives the faults a long sweep meets:
 - disk full (ENOSPC) → the partial line is truncated away, a clear RunFailed is raised, the file
   stays valid JSON lines;
 - Ctrl-C during a write → the SIGINT is held until the line is complete.
+- a row that is valid JSON but not a result row (wrong types, a hand edit, a row from something
+  else) → skipped with a warning naming the line and field; it never reaches the summary;
+- a symlink planted as results.jsonl → refused (O_NOFOLLOW), never appended through.
+Every row is scrubbed of secrets before it is written (a server may echo the API key into its text).
 Resume: the latest row per `trial_key` wins; rows with status ok/skipped are done, oom/error (and
 skips caused by an earlier OOM) are retried.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import signal
 import threading
@@ -23,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from doctor.errors import RunFailed
+from doctor.report.redact import Redactor
+from run_plan import safe_files
 
 RESULTS_FILE = "results.jsonl"
 RETRY_STATUSES = frozenset({"oom", "error"})
+STATUSES = frozenset({"ok", "oom", "error", "skipped"})
 
 
 class TornResultsWarning(UserWarning):
@@ -48,12 +56,46 @@ def _sigint_held() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def row_problem(row: dict[str, Any]) -> str | None:
+    """Why `row` is not a result row the summary can use (None when it is). Checks the fields that
+    resume, the summary and the heatmap read."""
+    if not isinstance(row.get("trial_key"), str) or not row["trial_key"]:
+        return "trial_key is not a string"
+    if row.get("status") not in STATUSES:
+        return f"status {str(row.get('status'))[:40]!r} is not one of {', '.join(sorted(STATUSES))}"
+    length = row.get("context_tokens")
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 < length < 2**40:
+        return "context_tokens is not a positive integer"
+    control = row.get("control", False)
+    if not isinstance(control, bool):
+        return "control is not true/false"
+    depth = row.get("depth_percent")
+    if not control and not (_is_number(depth) and 0 <= depth <= 100):
+        return "depth_percent is not a number in 0-100"
+    if not isinstance(row.get("correct", False), bool):
+        return "correct is not true/false"
+    if row.get("failure_class") is not None and not isinstance(row["failure_class"], str):
+        return "failure_class is not a string"
+    if row.get("seconds") is not None and not _is_number(row["seconds"]):
+        return "seconds is not a number"
+    if row.get("trial") is not None and (isinstance(row["trial"], bool) or not isinstance(row["trial"], int)):
+        return "trial is not an integer"
+    return None
+
+
 def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """All complete rows. A torn or unparsable LAST line is dropped with a warning (and cut from the file
-    when `repair`); an unparsable line elsewhere is skipped with a warning."""
-    if not path.exists():
+    """All complete, well-formed rows. A torn or unparsable LAST line is dropped with a warning (and cut
+    from the file when `repair`); an unparsable or malformed line elsewhere is skipped with a warning."""
+    if not path.exists() and not safe_files.is_symlink(path):
         return []
-    data = path.read_bytes()
+    try:
+        data = safe_files.read_bytes(path)
+    except OSError as exc:
+        raise RunFailed(f"cannot read {path}: {exc.strerror or exc}") from None
     rows: list[dict[str, Any]] = []
     good_end = 0
     position = 0
@@ -66,9 +108,14 @@ def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
                 row = json.loads(raw)
                 if not isinstance(row, dict) or is_last:  # a last line without "\n" was never finished
                     raise ValueError("incomplete line")
-                rows.append(row)
+                problem = row_problem(row)
+                if problem is None:
+                    rows.append(row)
+                else:
+                    warnings.warn(f"{path}: skipped line {index + 1}, not a result row ({problem})",
+                                  TornResultsWarning, stacklevel=2)
                 good_end = line_end
-            except ValueError:
+            except (ValueError, RecursionError):
                 if is_last or all(not rest.strip() for rest in lines[index + 1:]):
                     warnings.warn(f"{path}: dropped a torn last line ({len(raw)} bytes) left by an interrupted run",
                                   TornResultsWarning, stacklevel=2)
@@ -105,14 +152,22 @@ class ResultsStore:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / RESULTS_FILE
+        self._redactor: Redactor | None = None  # built on the first append (it reads the environment)
 
     def load(self, *, repair: bool = True) -> list[dict[str, Any]]:
         return read_rows(self.path, repair=repair)
 
     def append(self, row: dict[str, Any]) -> None:
-        line = (json.dumps(row, ensure_ascii=False, sort_keys=False, allow_nan=False) + "\n").encode("utf-8")
+        if self._redactor is None:
+            self._redactor = Redactor()
+        line = (json.dumps(self._redactor.apply(row), ensure_ascii=False, sort_keys=False, allow_nan=False)
+                + "\n").encode("utf-8")
         with _sigint_held():
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                fd = safe_files.open_append(self.path)
+            except OSError as exc:
+                raise RunFailed(f"cannot write {self.path}: {exc.strerror or exc}",
+                                hint="Fix the problem, then rerun the same command with --resume.") from None
             try:
                 before = os.fstat(fd).st_size
                 try:

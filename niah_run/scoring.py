@@ -1,24 +1,46 @@
 """Scoring of the generated tokens only: typed, boundary-aware matching and one failure class per miss.
 
-Rules (docs/niah.md, after niah-anchors §d): normalise (NFKC, control characters → newline, drop
-<think>…</think>); numbers match with digit boundaries after removing thousands separators; UUIDs
-case-insensitively with hex/hyphen boundaries; words case-insensitively on word boundaries.
-`correct` is strict: every gold value found and no distractor value found.
+Rules (docs/niah.md): thousands separators inside numbers are removed first (on the raw text, so the
+non-breaking and narrow no-break spaces that NFKC would turn into plain spaces are still seen as
+separators), then NFKC, control characters → newline, <think>…</think> dropped. Numbers match with
+digit boundaries; UUIDs case-insensitively with hex/hyphen boundaries; words case-insensitively on
+word boundaries.
+
+`correct` is strict: every gold value found, no distractor, and no other value of the asked type
+(an answer that lists twenty numbers, one of them right, is not a retrieval). Control trials (no
+needle) are correct only when the answer gives no value of the asked type, refusal or not.
+
+Each needle kind has its scorer (`score_trial` dispatches): literal kinds use `score_output`;
+`ordered` also needs the values in document order; `counting` reads one count.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from niah_run.needles import NeedleSet
+
+# Recorded in every scored row: rows scored by different rules must not be pooled silently.
+# 2 = extra values break strict, separators before NFKC, controls not excused by a refusal, new kinds.
+SCORING_VERSION = 2
 FAILURE_CLASSES: tuple[str, ...] = (
-    "oom", "skipped_too_long", "empty", "truncated", "echo", "refusal", "distractor", "hallucinated", "other",
+    "oom", "skipped_too_long", "empty", "truncated", "echo", "refusal", "distractor", "hallucinated",
+    "extra_values", "wrong_order", "wrong_count", "other",
 )
 ECHO_WORDS = 6  # an output with this many consecutive words copied from the prompt is an echo
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-_SEPARATOR = re.compile(r"(?<=\d)[,'\u00a0\u202f_](?=\d{3}(?!\d))")
+# A grouped number: 1-3 digits, then groups of exactly three, all with the SAME separator (comma,
+# apostrophe or right single quote, underscore, no-break / narrow no-break / thin / figure space,
+# full-width comma). The plain space and the period are not separators: "123 456" may be two
+# values and "1.234" a decimal. `\d` also matches full-width digits, so this runs before NFKC.
+_GROUPED = re.compile(r"(?<!\d)\d{1,3}(?:([,'\u2019_\u00a0\u202f\u2009\u2007\uff0c])\d{3})(?:\1\d{3})*(?!\d|\1\d)")
+_GROUP_SEPARATORS = ",'\u2019_\u00a0\u202f\u2009\u2007\uff0c"
 _REFUSAL = re.compile(
     r"not mentioned|no information|cannot find|can't find|could not find|couldn't find|does not contain|"
     r"doesn't contain|not provided|not specified|i'm sorry|i am sorry|unable to|there is no|does not mention|"
@@ -30,18 +52,32 @@ _ANY_VALUE = {
                        re.IGNORECASE),
 }
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*", re.IGNORECASE)
+_INTEGER = re.compile(r"(?<![\d.])\d+(?![\d.]\d)")
+_NUMBER_WORDS = {w: i for i, w in enumerate((
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"))}
+_NUMBER_WORDS.update(once=1, twice=2, thrice=3)
+# "one of the …" is a phrase, not a count
+_NUMBER_WORD = re.compile(r"\b(" + "|".join(_NUMBER_WORDS) + r")\b(?!\s+of\b)", re.IGNORECASE)
+_NONE_COUNT = re.compile(r"\b(?:never|none|not (?:once|at all)|no times?)\b", re.IGNORECASE)
+
+
+def _ungroup(match: re.Match[str]) -> str:
+    return "".join(ch for ch in match.group(0) if ch not in _GROUP_SEPARATORS)
 
 
 def normalize(text: str) -> str:
+    # Separators first: NFKC maps U+00A0/U+202F/U+2007 to a plain space, which is not a separator.
+    text = _GROUPED.sub(_ungroup, text)
     text = unicodedata.normalize("NFKC", text)
     text = _THINK.sub("", text)
     text = _CONTROL.sub("\n", text)
-    return _SEPARATOR.sub("", text).strip()
+    return text.strip()
 
 
 def value_pattern(value: str, value_type: str) -> re.Pattern[str]:
     escaped = re.escape(value)
-    if value_type == "number":
+    if value_type in ("number", "count"):
         return re.compile(rf"(?<!\d){escaped}(?!\d)")
     if value_type == "uuid":
         return re.compile(rf"(?<![0-9a-f-]){escaped}(?![0-9a-f-])", re.IGNORECASE)
@@ -60,11 +96,12 @@ def hit(text: str, value: str, value_type: str) -> bool:
 @dataclass(frozen=True)
 class Score:
     correct: bool  # strict
-    lenient: bool  # every gold value found, distractors allowed
+    lenient: bool  # every gold value found, distractors and extra values allowed
     recall: float  # share of gold values found
     failure_class: str | None  # None when correct
     found_distractors: tuple[str, ...] = ()
-    hallucinated_values: tuple[str, ...] = field(default_factory=tuple)
+    hallucinated_values: tuple[str, ...] = field(default_factory=tuple)  # values of the type given INSTEAD of gold
+    extra_values: tuple[str, ...] = field(default_factory=tuple)  # values of the type given BESIDE all gold
 
 
 def _echo(text: str, prompt_words: str) -> bool:
@@ -77,40 +114,147 @@ def prompt_words(prompt_text: str) -> str:
     return " " + " ".join(w.lower() for w in _WORD.findall(prompt_text)) + " "
 
 
+def _values_of_type(text: str, value_type: str, vocabulary: Sequence[str]) -> list[str]:
+    """Every value of the asked type in the text, in order (duplicates kept)."""
+    pattern = _ANY_VALUE.get(value_type)
+    if pattern is not None:
+        return pattern.findall(text)
+    if vocabulary:  # a closed word list: any of its words counts as a value of the type
+        found = [(m.start(), word) for word in vocabulary for m in value_pattern(word, "word").finditer(text)]
+        return [word for _, word in sorted(found)]
+    return []
+
+
+def _strays(values: list[str], known: Sequence[str]) -> tuple[str, ...]:
+    lowered = {k.lower() for k in known}
+    out: list[str] = []
+    for value in values:
+        if value.lower() not in lowered and value not in out:
+            out.append(value)
+    return tuple(out)
+
+
+def _miss_class(text: str, *, prompt_text: str, prompt_words_cache: str | None, refusal: bool,
+                stopped_at_eos: bool) -> str:
+    words = prompt_words_cache if prompt_words_cache is not None else prompt_words(prompt_text)
+    if _echo(text, words):
+        return "echo"
+    if refusal:
+        return "refusal"
+    if not stopped_at_eos:
+        return "truncated"
+    return "other"
+
+
 def score_output(output_text: str, *, value_type: str, gold: tuple[str, ...], distractors: tuple[str, ...],
                  prompt_text: str, stopped_at_eos: bool, control: bool = False,
-                 prompt_words_cache: str | None = None) -> Score:
-    """Score one generation. Failure precedence: empty, distractor, hallucinated, echo, refusal, truncated, other."""
+                 prompt_words_cache: str | None = None, vocabulary: Sequence[str] = ()) -> Score:
+    """Score one generation. Failure precedence: empty, distractor, hallucinated, extra_values, echo,
+    refusal, truncated, other. `vocabulary`: the closed word list values of a word type come from
+    (lets the scorer see an invented or extra word value)."""
     text = normalize(output_text)
     if not text:
         return Score(False, False, 0.0, "empty")
     found_gold = [g for g in gold if hit(text, g, value_type)]
     found_distractors = tuple(d for d in distractors if hit(text, d, value_type))
-    known = set(gold) | set(distractors)
-    pattern = _ANY_VALUE.get(value_type)
-    strays = tuple(v for v in (pattern.findall(text) if pattern else []) if v not in known and v.lower() not in known)
+    typed = _values_of_type(text, value_type, vocabulary)
+    strays = _strays(typed, (*gold, *distractors))
     refusal = bool(_REFUSAL.search(text))
-    if control:  # the right answer is "it is not there": no value of the asked type, or a refusal
-        if strays and not refusal:
+    if control:
+        # The right answer is "it is not there". Any value of the asked type is invented, and a
+        # refusal next to it does not excuse it ("I cannot find it, maybe 5555555" is a guess).
+        if strays:
             return Score(False, False, 0.0, "hallucinated", (), strays)
-        if pattern is None and not refusal:
-            return Score(False, False, 0.0, "other")
+        if value_type not in _ANY_VALUE and not vocabulary and not refusal:
+            return Score(False, False, 0.0, "other")  # no way to see an invented value: demand a refusal
         return Score(True, True, 1.0, None)
+    if strays:
+        # A value that the prompt itself holds (a number in the user's haystack) was read, not
+        # invented: it counts as a distractor. Only normalised when needed (prompts can be megabytes).
+        prompt_norm = normalize(prompt_text)
+        from_prompt = tuple(v for v in strays if hit(prompt_norm, v, value_type))
+        found_distractors += from_prompt
+        strays = tuple(v for v in strays if v not in from_prompt)
     recall = len(found_gold) / len(gold) if gold else 0.0
     lenient = bool(gold) and len(found_gold) == len(gold)
-    if lenient and not found_distractors:
+    hallucinated, extra = ((), strays) if lenient else (strays, ())
+    if lenient and not found_distractors and not extra:
         return Score(True, True, 1.0, None)
-    words = prompt_words_cache if prompt_words_cache is not None else prompt_words(prompt_text)
     if found_distractors:
         failure = "distractor"
-    elif strays:
+    elif hallucinated:
         failure = "hallucinated"
-    elif _echo(text, words):
-        failure = "echo"
-    elif refusal:
-        failure = "refusal"
-    elif not stopped_at_eos:
-        failure = "truncated"
+    elif extra:
+        failure = "extra_values"
     else:
-        failure = "other"
-    return Score(False, lenient, recall, failure, found_distractors, strays)
+        failure = _miss_class(text, prompt_text=prompt_text, prompt_words_cache=prompt_words_cache,
+                              refusal=refusal, stopped_at_eos=stopped_at_eos)
+    return Score(False, lenient, recall, failure, found_distractors, hallucinated, extra)
+
+
+def score_ordered(output_text: str, *, gold_in_order: tuple[str, ...], distractors: tuple[str, ...],
+                  prompt_text: str, stopped_at_eos: bool, prompt_words_cache: str | None = None) -> Score:
+    """Several numbers to be returned in document order: strict = all of them, in that order, nothing else."""
+    base = score_output(output_text, value_type="number", gold=gold_in_order, distractors=distractors,
+                        prompt_text=prompt_text, stopped_at_eos=stopped_at_eos,
+                        prompt_words_cache=prompt_words_cache)
+    if not base.correct:
+        return base
+    text = normalize(output_text)
+    firsts = [value_pattern(g, "number").search(text).start() for g in gold_in_order]  # type: ignore[union-attr]
+    if firsts != sorted(firsts):
+        return Score(False, True, 1.0, "wrong_order")
+    return base
+
+
+def read_count(text: str) -> tuple[int, ...]:
+    """Every count the answer states, in order: digits, number words (zero … twenty), "never"/"none" as 0."""
+    found = [(m.start(), int(m.group(0))) for m in _INTEGER.finditer(text)]
+    found += [(m.start(), _NUMBER_WORDS[m.group(1).lower()]) for m in _NUMBER_WORD.finditer(text)]
+    found += [(m.start(), 0) for m in _NONE_COUNT.finditer(text)]
+    return tuple(value for _, value in sorted(found))
+
+
+def score_count(output_text: str, *, gold_count: int, prompt_text: str, stopped_at_eos: bool,
+                control: bool = False, prompt_words_cache: str | None = None) -> Score:
+    """How many times something occurs: strict = exactly one count stated (repeats allowed) and it is right.
+
+    A control (nothing hidden) is right with 0, "never", "none" or a refusal that states no count."""
+    text = normalize(output_text)
+    if not text:
+        return Score(False, False, 0.0, "empty")
+    counts = read_count(text)
+    distinct = tuple(dict.fromkeys(counts))
+    stated = tuple(str(c) for c in distinct)
+    refusal = bool(_REFUSAL.search(text))
+    if control:
+        if not distinct or distinct == (0,):
+            return Score(True, True, 1.0, None) if (distinct or refusal) else Score(False, False, 0.0, "other")
+        return Score(False, False, 0.0, "hallucinated", (), tuple(s for s in stated if s != "0"))
+    lenient = gold_count in distinct
+    if lenient and len(distinct) == 1:
+        return Score(True, True, 1.0, None)
+    if lenient:
+        return Score(False, True, 1.0, "extra_values", (), (), tuple(s for s in stated if s != str(gold_count)))
+    if distinct:
+        return Score(False, False, 0.0, "wrong_count", (), stated)
+    failure = _miss_class(text, prompt_text=prompt_text, prompt_words_cache=prompt_words_cache,
+                          refusal=refusal, stopped_at_eos=stopped_at_eos)
+    return Score(False, False, 0.0, failure)
+
+
+def score_trial(output_text: str, needles: NeedleSet, *, prompt_text: str, stopped_at_eos: bool,
+                needle_positions: Sequence[int] = (), prompt_words_cache: str | None = None) -> Score:
+    """The scorer of this trial's needle kind (what the sweep calls)."""
+    if needles.kind == "counting":
+        gold = int(needles.gold_values[0]) if needles.gold_values else 0
+        return score_count(output_text, gold_count=gold, control=needles.control, prompt_text=prompt_text,
+                           stopped_at_eos=stopped_at_eos, prompt_words_cache=prompt_words_cache)
+    if needles.kind == "ordered" and not needles.control:
+        return score_ordered(output_text, gold_in_order=needles.values_in_document_order(needle_positions),
+                             distractors=needles.distractor_values, prompt_text=prompt_text,
+                             stopped_at_eos=stopped_at_eos, prompt_words_cache=prompt_words_cache)
+    return score_output(output_text, value_type=needles.value_type, gold=needles.gold_values,
+                        distractors=needles.distractor_values, control=needles.control,
+                        vocabulary=needles.vocabulary, prompt_text=prompt_text, stopped_at_eos=stopped_at_eos,
+                        prompt_words_cache=prompt_words_cache)

@@ -30,10 +30,10 @@ from doctor import __version__
 from doctor.errors import RunFailed, UsageError
 from doctor.report.redact import Redactor
 from niah_run.backends.base import Backend, BackendOOM, Generation, max_positions
-from niah_run.config import CONFIG_FILE, RunConfig
+from niah_run.config import CONFIG_FILE
 from niah_run.haystack import load_haystack, validate_haystack_spec
 from niah_run.needles import NeedleSet, make_needles
-from niah_run.preflight import PreflightResult, run_preflight
+from niah_run.preflight import run_preflight, unjudged_plan
 from niah_run.prompt import (
     PROMPT_VERSION,
     BuiltPrompt,
@@ -45,7 +45,9 @@ from niah_run.prompt import (
     tokenizer_sha256,
 )
 from niah_run.results import ResultsStore, is_done, latest_by_key
-from niah_run.scoring import prompt_words, score_output
+from run_plan.resolved import ResolvedPlan
+from run_plan.spec import RunSpec, identity_diff
+from niah_run.scoring import SCORING_VERSION, prompt_words, score_trial
 
 HARNESS_VERSION = f"niah-doctor {__version__} prompt-{PROMPT_VERSION}"
 MAX_CONSECUTIVE_ERRORS = 3
@@ -72,7 +74,7 @@ def _stable_int(*parts: object) -> int:
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:16], 16)
 
 
-def plan_trials(config: RunConfig) -> list[TrialSpec]:
+def plan_trials(config: RunSpec) -> list[TrialSpec]:
     specs = []
     for length in sorted(config.lengths):
         for trial in range(config.trials):
@@ -85,10 +87,8 @@ def trial_key(identity_sha256: str, spec: TrialSpec) -> str:
     return hashlib.sha256(f"{identity_sha256}:{json.dumps(spec.cell, sort_keys=True)}".encode()).hexdigest()
 
 
-def make_backend(config: RunConfig) -> Backend:
-    """Load the model (helper module niah_run.loading). Tests replace this function with a fake."""
-    import dataclasses
-
+def make_backend(config: RunSpec) -> Backend:
+    """Load the model the plan names (niah_run.loading). Tests replace this function with a fake."""
     if config.backend == "openai":
         from niah_run.backends.openai import make_openai_backend
 
@@ -99,12 +99,11 @@ def make_backend(config: RunConfig) -> Backend:
                                    concurrency=config.concurrency, online=config.online)
 
     try:
-        from niah_run.loading import LoadOptions, load_backend
+        from niah_run.loading import load_backend
     except ImportError as exc:  # pragma: no cover - only when the optional extras are missing
         raise RunFailed(f"the local model backend is not available: {exc}",
                         hint="Install the extras: pip install 'niah-doctor[niah]'.") from None
-    wanted = {f.name for f in dataclasses.fields(LoadOptions)}
-    return load_backend(LoadOptions(**{k: v for k, v in config.to_dict().items() if k in wanted}))
+    return load_backend(config)
 
 
 def _lcp(a: list[int] | None, b: list[int]) -> int:
@@ -118,7 +117,11 @@ def _lcp(a: list[int] | None, b: list[int]) -> int:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    path.write_text(json.dumps(Redactor().apply(doc), indent=2, default=str) + "\n", encoding="utf-8")
+    # Atomic (a full disk leaves the old config.json, never a 0-byte one), never through a planted
+    # symlink, secrets scrubbed, always valid JSON: niah_run.run_folder is the one writer.
+    from niah_run import run_folder
+
+    run_folder.write_json(path, doc)
 
 
 def _now() -> str:
@@ -151,16 +154,18 @@ def _call(backend: Backend, trial: _Prepared, max_new_tokens: int) -> Generation
 class Sweep:
     """One `niah run`: preflight, load, build prompts, generate, score, record."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, *, argv: tuple[str, ...] = (),
-                 backend_factory: Callable[[RunConfig], Backend] | None = None, quiet: bool = False) -> None:
-        self.config = config
-        self.run_dir = run_dir
+    def __init__(self, spec: RunSpec, folder: RunFolder, *, plan: ResolvedPlan | None = None,
+                 argv: tuple[str, ...] = (), backend_factory: Callable[[RunSpec], Backend] | None = None) -> None:
+        self.config = plan.spec if plan is not None else spec  # the plan's spec once judged (see run)
+        self.plan = plan
+        self.folder = folder
+        self.run_dir = folder.path
         self.argv = argv
         self.backend_factory = backend_factory or make_backend
-        self.store = ResultsStore(run_dir)
-        self.quiet = quiet
+        self.store = ResultsStore(folder.path)
+        self.quiet = folder.quiet
         self.doc: dict[str, Any] = {"harness_version": HARNESS_VERSION, "created_at": _now(), "argv": list(argv),
-                                    "config": config.to_dict()}
+                                    "config": self.config.to_dict(), "plan_identity": self.config.identity()}
 
     # -- set-up ------------------------------------------------------------------------------------
 
@@ -186,7 +191,7 @@ class Sweep:
         facts = backend.describe()
         identity = {
             "harness": HARNESS_VERSION,
-            "config": self.config.key_fields(),
+            "config": self.config.identity(),
             "backend": {k: facts[k] for k in _IDENTITY_FIELDS if k in facts},
             "tokenizer_sha256": tokenizer_sha256(tokenizer),
             "template_sha256": frame.template_sha256,
@@ -199,19 +204,14 @@ class Sweep:
 
     def run(self) -> dict[str, Any]:
         validate_haystack_spec(self.config.haystack)  # before anything slow is loaded
+        saved = self._saved_doc_checked()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if saved is not None:
+            self.doc["created_at"] = saved.get("created_at", self.doc["created_at"])
         self._save_config()
-        self._note("preflight: running the doctor for this target…" if not self.config.skip_preflight
-                   else "preflight: skipped (--skip-preflight; recorded in config.json)")
-        preflight = run_preflight(self.config, self.run_dir)
-        if preflight.ran:
-            limit = preflight.max_context_tokens
-            self._note(f"preflight: {preflight.verdict}" + (f"; estimated max context {limit} tokens" if limit else "")
-                       + (f"; will skip {', '.join(map(str, preflight.too_long))}" if preflight.too_long else ""))
-        self.doc["preflight"] = {"ran": preflight.ran, "verdict": preflight.verdict,
-                                 "skipped_by_user": self.config.skip_preflight,
-                                 "max_context_tokens": preflight.max_context_tokens,
-                                 "too_long": list(preflight.too_long)}
+        plan = self._judged_plan()
+        self.plan, self.config = plan, plan.spec
+        self.doc.update(config=plan.spec.to_dict(), plan=plan.to_dict(), plan_identity=plan.spec.identity())
         self._save_config()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -224,11 +224,50 @@ class Sweep:
         backend = self.backend_factory(self.config)
         self.doc["load_seconds"] = round(time.monotonic() - started, 2)
         try:
-            return self._run_loaded(backend, preflight, done)
+            return self._run_loaded(backend, plan, done, saved)
         finally:
             backend.close()
 
-    def _run_loaded(self, backend: Backend, preflight: PreflightResult, done: dict[str, Any]) -> dict[str, Any]:
+    def _saved_doc_checked(self) -> dict[str, Any] | None:
+        """On --resume, the earlier run's config.json — refused when this plan computes different trials."""
+        from niah_run.config import read_saved_doc
+
+        if not self.folder.resume:
+            return None
+        saved = read_saved_doc(self.run_dir)
+        if saved is None:
+            raise UsageError(f"--resume: {self.run_dir} holds no earlier run (no config.json)",
+                             hint="Check the --out folder, or drop --resume to start a new run there.")
+        before = saved.get("plan_identity")
+        if isinstance(before, dict):
+            from doctor.plan import settle_static_choices
+
+            _refuse_changed_identity(before, settle_static_choices(self.config)[0].identity(), self.run_dir)
+        return saved
+
+    def _judged_plan(self) -> ResolvedPlan:
+        """The plan this run executes: given (--plan), or judged now by the doctor, in-process."""
+        if self.plan is not None:
+            self._note(f"plan: executing {self.plan.verdict or 'a saved plan'} as written")
+            self.doc["preflight"] = {"ran": False, "verdict": self.plan.verdict, "plan_source": "file"}
+            return self.plan
+        if self.folder.skip_preflight:
+            self._note("preflight: skipped (--skip-preflight; recorded in config.json)")
+            self.doc["preflight"] = {"ran": False, "verdict": "skipped by --skip-preflight", "skipped_by_user": True}
+            return unjudged_plan(self.config)
+        self._note("preflight: the doctor judges this plan…")
+        plan = run_preflight(self.config, self.run_dir)
+        limit = plan.max_context_tokens
+        too_long = plan.too_long()
+        self._note(f"preflight: {plan.verdict}" + (f"; longest context that fits ≈ {limit:,} tokens" if limit else "")
+                   + (f"; will skip {', '.join(map(str, too_long))} (too long for the plan)" if too_long else ""))
+        self.doc["preflight"] = {"ran": True, "verdict": plan.verdict, "skipped_by_user": False,
+                                 "max_context_tokens": limit, "too_long": list(too_long),
+                                 "failing_checks": list(plan.failing_checks)}
+        return plan
+
+    def _run_loaded(self, backend: Backend, plan: ResolvedPlan, done: dict[str, Any],
+                    saved: dict[str, Any] | None) -> dict[str, Any]:
         tokenizer = backend.tokenizer
         limit = max_positions(backend)
         over = [n for n in self.config.lengths if limit is not None and n > limit]
@@ -239,7 +278,11 @@ class Sweep:
         frame = chat_frame(tokenizer)
         haystack = self._prepare_haystack(tokenizer)
         builder = PromptBuilder(tokenizer, frame, haystack)
+        builder.warn = lambda message: echo_err(f"warning: {message}")
         identity = self._identity(backend, tokenizer, frame, haystack)
+        if saved is not None and isinstance(saved.get("identity"), dict):
+            _refuse_changed_identity(saved["identity"], self.doc["identity"], self.run_dir)
+        self.identity_sha256 = identity
         self.doc.update({"identity_sha256": identity, "template_mode": frame.mode,
                          "haystack": {"source": haystack.source, "sha256": haystack.sha256,
                                       "tokens_available": len(haystack.ids), "repetitions": haystack.repetitions}})
@@ -282,8 +325,8 @@ class Sweep:
                         counts["already_done"] += 1
                         progress.advance(f"{spec.length} tok, done earlier")
                         continue
-                    if spec.length in preflight.too_long:
-                        record(self._skipped(spec, key, "estimate", preflight.max_context_tokens))
+                    if spec.length in plan.too_long():
+                        record(self._skipped(spec, key, "estimate", plan.max_context_tokens))
                     elif spec.depth is not None and spec.depth in oom_floor and spec.length > oom_floor[spec.depth]:
                         record(self._skipped(spec, key, "after_oom", oom_floor[spec.depth]))
                     elif pool is None:
@@ -308,7 +351,14 @@ class Sweep:
                 "actual_depth_percent": None, "trial": spec.trial, "control": spec.control,
                 "seed": _stable_int(self.config.seed, spec.length, spec.depth, spec.trial, spec.control),
                 "needle_kind": self.config.needle_kind, "needle_value": None, "distractor_values": [],
-                "output_text": None, "seconds": 0.0, "started_at": _now()}
+                "output_text": None, "seconds": 0.0, "started_at": _now(),
+                "identity_sha256": getattr(self, "identity_sha256", None),
+                "predicted_peak_bytes": self._predicted(spec.length)}
+
+    def _predicted(self, length: int) -> dict[str, int] | None:
+        """The plan's predicted allocator peak per device at this length (None without an estimate)."""
+        length_plan = self.plan.length_plan(length) if self.plan is not None else None
+        return length_plan.predicted_by_device() if length_plan and length_plan.devices else None
 
     def _skipped(self, spec: TrialSpec, key: str, reason: str, limit: int | None) -> dict[str, Any]:
         row = self._base_row(spec, key)
@@ -350,6 +400,7 @@ class Sweep:
 
     def _finish(self, backend: Backend, trial: _Prepared, outcome: Generation | BaseException) -> dict[str, Any]:
         row, needles, prompt, started = trial.row, trial.needles, trial.prompt, trial.started
+        row.update(snap_tolerance_tokens=prompt.snap_tolerance_tokens, depth_snapped=prompt.depth_snapped)
         if isinstance(outcome, BackendOOM):
             row.update(status="oom", failure_class="oom", memory=outcome.memory, error=str(outcome),
                        seconds=round(time.monotonic() - started, 3))
@@ -363,19 +414,37 @@ class Sweep:
         generation = outcome
         output_ids = list(generation.output_ids)
         text = backend.tokenizer.decode(output_ids, skip_special_tokens=True)
-        score = score_output(text, value_type=needles.value_type, gold=needles.gold_values,
-                             distractors=needles.distractor_values, prompt_text=prompt.body_text,
-                             stopped_at_eos=generation.stopped_at_eos, control=trial.spec.control,
-                             prompt_words_cache=prompt_words(prompt.body_text))
+        score = score_trial(text, needles, prompt_text=prompt.body_text, stopped_at_eos=generation.stopped_at_eos,
+                            needle_positions=prompt.needle_positions,
+                            prompt_words_cache=prompt_words(prompt.body_text))
         row.update(status="ok", correct=score.correct, failure_class=score.failure_class, lenient=score.lenient,
                    recall=score.recall, found_distractors=list(score.found_distractors),
-                   hallucinated_values=list(score.hallucinated_values), output_text=text,
+                   hallucinated_values=list(score.hallucinated_values), extra_values=list(score.extra_values),
+                   scoring_version=SCORING_VERSION, output_text=text,
                    output_tokens=len(output_ids), stopped_at_eos=generation.stopped_at_eos,
                    prefill_seconds=round(generation.prefill_seconds, 4),
                    decode_seconds=round(generation.decode_seconds, 4),
                    reused_prefix_tokens=generation.reused_prefix_tokens, memory=dict(generation.memory),
+                   exceeded_prediction=exceeded_prediction(row.get("predicted_peak_bytes"), generation.memory),
                    seconds=round(time.monotonic() - started, 3), _ids=prompt.input_ids)
         return row
+
+
+def exceeded_prediction(predicted: dict[str, int] | None, memory: dict[str, Any]) -> bool | None:
+    """Whether any device's measured allocator peak went above the plan's prediction (None: nothing to compare)."""
+    measured = memory.get("per_gpu_peak_bytes") if isinstance(memory, dict) else None
+    if not predicted or not isinstance(measured, dict):
+        return None
+    return any(int(measured.get(device, 0)) > int(bytes_) for device, bytes_ in predicted.items())
+
+
+def _refuse_changed_identity(before: dict[str, Any], now: dict[str, Any], run_dir: Path) -> None:
+    """--resume must not mix two different tests in one folder: name what changed and stop (exit 2)."""
+    changed = identity_diff(before, now)
+    if changed:
+        raise UsageError(f"--resume: this run would compute different trials than the one in {run_dir} "
+                         f"(changed: {', '.join(changed)})",
+                         hint="Resume with the original settings, or start a new --out folder for the new test.")
 
 
 def _describe_row(row: dict[str, Any]) -> str:
@@ -418,7 +487,8 @@ class _progress:
         return self
 
     def advance(self, message: str) -> None:
-        if self._progress is None:
+        if self._progress is None:  # quiet: the one line per trial, no bar
+            print(Redactor().scrub(message), file=sys.stderr, flush=True)
             return
         self._progress.console.print(message, markup=False)
         self._progress.advance(self._task)
@@ -433,32 +503,37 @@ def default_out_dir(model: str) -> Path:
     return Path("niah-runs") / f"{slug}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+@dataclass(frozen=True)
+class RunFolder:
+    """Where one `niah run` invocation writes and how it talks: not part of the plan (never in its identity)."""
+
+    path: Path
+    resume: bool = False
+    skip_preflight: bool = False
+    quiet: bool = False
+
+
 def prepare_run_dir(out: Path, *, resume: bool) -> Path:
-    """Create/validate --out: a folder we can write; an existing results file needs --resume."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder", hint="Give a folder name for the run directory.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".niah-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"--out {out} is not writable: {exc.strerror or exc}",
-                         hint="Choose a folder you can write to.") from None
-    if (out / "results.jsonl").exists() and not resume:
-        raise UsageError(f"{out} already holds results.jsonl from an earlier run",
-                         hint="Add --resume to continue it, or choose a new --out folder.")
-    return out
+    """Create/validate/lock --out (niah_run.run_folder.prepare): a folder we can write that is new, empty
+    or a niah run; never `/` or someone else's folder; an existing results file needs --resume, and
+    --resume needs a run; one `niah run` at a time per folder."""
+    from niah_run import run_folder
+
+    return run_folder.prepare(out, resume=resume)
 
 
 def finish(run_dir: Path, title: str) -> dict[str, Any]:
     """Write summary.json, summary.md and the heatmap from whatever results exist."""
+    from niah_run import run_folder
     from niah_run.heatmap import HEATMAP_PNG, render_heatmap
     from niah_run.summary import write_summary
 
-    summary = write_summary(run_dir)
+    run_folder.refuse_planted_symlinks(run_dir)  # a received folder may hold summary.json -> ~/.bashrc
+    with run_folder.warnings_as_lines():  # malformed rows are skipped (niah_run.results.row_problem)
+        summary = write_summary(run_dir)
     if summary["cells"]:
         render_heatmap(summary, run_dir / HEATMAP_PNG, title=Redactor().scrub(title))
+    run_folder.unlock(run_dir)  # the run is over: another run may use the folder now
     return summary
 
 

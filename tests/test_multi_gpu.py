@@ -102,3 +102,36 @@ def test_multi_gpu_benchmark_smoke_on_cpu(tmp_path) -> None:
     assert doc["cases"][0]["statuses"] == ["ok", "ok"]
     saved = json.loads((tmp_path / "runs" / "len-256" / "config.json").read_text())
     assert saved["backend"]["placement"]["cpu"]["layer_count"] == 4
+
+
+def _real_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "multi_gpu_real.py"
+    spec = importlib.util.spec_from_file_location("multi_gpu_real", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_real_checkpoint_benchmark_compares_maps_and_peaks() -> None:
+    """benchmarks/multi_gpu_real.py (issue 16): hf_device_map vs the doctor's map, per-GPU peaks vs the
+    plan's predictions, read from niah's results rows (the GPU run itself needs 2 GPUs)."""
+    bench = _real_benchmark()
+    actual = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "model.norm": 1, "lm_head": 1}
+    assert bench.layers_by_device(actual) == {"cuda:0": [0], "cuda:1": [1]}
+    assert bench.normalized(actual) == bench.normalized({k: str(v) for k, v in actual.items()})
+    rows = [{"context_tokens": 8192, "status": "ok", "predicted_peak_bytes": {"cuda:0": 100, "cuda:1": 100},
+             "memory": {"per_gpu_peak_bytes": {"cuda:0": 90, "cuda:1": 101}}}]
+    table = bench.peaks_table(rows)
+    assert [(r["device"], r["within_prediction"]) for r in table] == [("cuda:0", True), ("cuda:1", True)]
+    rows[0]["memory"]["per_gpu_peak_bytes"]["cuda:1"] = 103  # more than 2 % over the prediction
+    assert bench.peaks_table(rows)[1]["within_prediction"] is False
+    doc = {"peaks": table, "placement": {"actual_layers": {"cuda:0": [0, 1]}, "doctor_layers": {"cuda:0": [0, 1]}}}
+    assert "| cuda:0 | 0-1 | 0-1 |" in bench.markdown(doc)
+    report = bench.doctor_report({"rc": 1, "stdout": '{"summary": {"verdict": "x"}, "checks": [{"id": "memory-fit", '
+                                  '"status": "fail", "summary": "no"}], "plan": {"max_context_tokens": 5}}',
+                                  "stderr_tail": ""})
+    assert report["memory_fit"]["status"] == "fail" and report["max_context_tokens"] == 5
+    assert report["failing_checks"] == ["memory-fit"]

@@ -111,7 +111,7 @@ def test_bad_toml_through_the_cli_names_the_key(tmp_path: Path, fake, capsys, bo
     config = tmp_path / "run.toml"
     config.write_text(body)
     assert niah("run", "-q", "--config", str(config), "--out", str(tmp_path / "r")) == 2
-    assert_one_clear_line(capsys.readouterr().err, repr(key))
+    assert_one_clear_line(capsys.readouterr().err, key)  # the message names the key (quoted or not)
     assert not (tmp_path / "r").exists()  # rejected before the run directory is made
 
 

@@ -22,16 +22,22 @@ pytest.importorskip("transformers")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from doctor.cli import run_doctor  # noqa: E402
+from doctor.api import judge  # noqa: E402
 from doctor.report.model import Status  # noqa: E402
 from doctor.report.redact import Redactor  # noqa: E402
 from doctor.report.render_json import render_json  # noqa: E402
 from doctor.report.render_text import render_text  # noqa: E402
-from doctor.target import Target  # noqa: E402
+from run_plan.spec import RunSpec as Target  # noqa: E402
 from niah_run.backends.base import Generation  # noqa: E402
 from niah_run.backends.hf import HFBackend  # noqa: E402
 from niah_run.backends.openai import OpenAIBackend, ServerRequestError, make_openai_backend  # noqa: E402
 from niah_run.serve import create_app, serve_app  # noqa: E402
+
+
+
+def run_doctor(target: Target, *, only: tuple[str, ...] = (), argv: tuple[str, ...] = ("doctor",)):  # noqa: ANN201
+    return judge(target, only=only, argv=argv).report
+
 
 VOCAB = 200
 EOS = 2

@@ -20,6 +20,7 @@ from doctor.context import DoctorContext
 from doctor.probes.git import GitFacts, ScriptFacts
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix, Status, worst_status
+from run_plan.shell import quote, shell_join
 
 SECTION = "git"
 
@@ -63,7 +64,7 @@ def _each(ctx: DoctorContext, judge: Callable[[ScriptFacts], Finding], ok_summar
 
 
 def _head_evidence(s: ScriptFacts) -> list[Evidence]:
-    where = f"git -C {s.repo_root}"
+    where = f"git -C {quote(s.repo_root)}"
     out = [Evidence(_key(s, "repo"), s.repo_root, "git", f"{where} rev-parse --show-toplevel")]
     if s.head:
         out.append(Evidence(_key(s, "head"), f"{s.head} {s.head_subject or ''}".strip(), "git",
@@ -90,17 +91,17 @@ def judge_committed(s: ScriptFacts) -> Finding:
     if s.untracked or not s.tracked:
         return Finding(Status.WARN, f"{_name(s)}: not committed (untracked in {s.repo_root})", tuple(evidence),
                        Fix("Commit it so the run can be traced to a version",
-                           (f"git -C {s.repo_root} add -- {s.path}", f"git -C {s.repo_root} commit -m 'add run script'")))
+                           (f"git -C {quote(s.repo_root)} add -- {quote(s.path)}", f"git -C {quote(s.repo_root)} commit -m 'add run script'")))
     if not s.dirty:
         return Finding(Status.PASS, f"{_name(s)}: matches HEAD {s.head}", tuple(evidence))
     diff = _diff_text(s)
-    evidence.append(Evidence(_key(s, "diff"), diff, "git", f"git -C {s.repo_root} diff HEAD --stat -- {s.path}"))
+    evidence.append(Evidence(_key(s, "diff"), diff, "git", f"git -C {quote(s.repo_root)} diff HEAD --stat -- {quote(s.path)}"))
     return Finding(Status.WARN, f"{_name(s)}: the file on disk differs from HEAD {s.head} ({diff}); "
                                 "the run uses the file on disk, not the commit", tuple(evidence),
                    Fix("Commit the edit (or restore the committed version) so what runs is what is recorded",
-                       (f"git -C {s.repo_root} diff -- {s.path}",
-                        f"git -C {s.repo_root} commit -m 'describe the change' -- {s.path}",
-                        f"git -C {s.repo_root} restore -- {s.path}  # to run the committed version instead")))
+                       (f"git -C {quote(s.repo_root)} diff -- {quote(s.path)}",
+                        f"git -C {quote(s.repo_root)} commit -m 'describe the change' -- {quote(s.path)}",
+                        f"git -C {quote(s.repo_root)} restore -- {quote(s.path)}  # to run the committed version instead")))
 
 
 def _diff_text(s: ScriptFacts) -> str:
@@ -125,16 +126,16 @@ def judge_upstream(s: ScriptFacts) -> Finding:
         return Finding(Status.SKIP, f"{_name(s)}: not in a git checkout")
     evidence = _head_evidence(s)
     if s.fetch and s.fetch != "fetched":
-        evidence.append(Evidence(_key(s, "fetch"), s.fetch, "git", f"git -C {s.repo_root} fetch"))
+        evidence.append(Evidence(_key(s, "fetch"), s.fetch, "git", f"git -C {quote(s.repo_root)} fetch"))
     if not s.upstream:
         return Finding(Status.WARN, f"{_name(s)}: branch {s.branch or '(detached)'} has no upstream: "
                                     "cannot tell whether a newer version exists", tuple(evidence),
                        Fix("Track the remote branch", ("git branch --set-upstream-to=origin/main",)))
-    evidence += [Evidence(_key(s, "upstream"), s.upstream, "git", f"git -C {s.repo_root} status -sb"),
+    evidence += [Evidence(_key(s, "upstream"), s.upstream, "git", f"git -C {quote(s.repo_root)} status -sb"),
                  Evidence(_key(s, "ahead_behind"), f"+{s.ahead} -{s.behind}", "git",
-                          f"git -C {s.repo_root} rev-list --left-right --count HEAD...@{{u}}")]
+                          f"git -C {quote(s.repo_root)} rev-list --left-right --count HEAD...@{{u}}")]
     if s.remote_url:
-        evidence.append(Evidence(_key(s, "remote"), s.remote_url, "git", f"git -C {s.repo_root} remote -v"))
+        evidence.append(Evidence(_key(s, "remote"), s.remote_url, "git", f"git -C {quote(s.repo_root)} remote -v"))
     age = _age_note(s)
     if age:
         evidence.append(Evidence(_key(s, "last_fetch"), age, "git", "stat .git/FETCH_HEAD"))
@@ -150,7 +151,7 @@ def _upstream_verdict(s: ScriptFacts, evidence: tuple[Evidence, ...], age: str) 
     pull = _pull_fix(s)
     if s.behind and s.upstream_changes_file:
         evidence += (Evidence(_key(s, "upstream_diff"), s.upstream_changes_file, "git",
-                              f"git -C {s.repo_root} diff --stat HEAD @{{u}} -- {s.path}"),)
+                              f"git -C {quote(s.repo_root)} diff --stat HEAD @{{u}} -- {quote(s.path)}"),)
         return Finding(Status.FAIL, f"{_name(s)}: HEAD is {_commits(s.behind)} behind {s.upstream}, and "
                                     f"{s.upstream} changes this file ({s.upstream_changes_file}): you would run the "
                                     f"old version{stale}", evidence, pull)
@@ -165,7 +166,7 @@ def _upstream_verdict(s: ScriptFacts, evidence: tuple[Evidence, ...], age: str) 
 
 
 def _pull_fix(s: ScriptFacts) -> Fix:
-    git = f"git -C {s.repo_root}"
+    git = shell_join(("git", "-C", s.repo_root))  # the path comes from disk: quoted
     if s.dirty:  # a pull refuses to overwrite local edits: park them first
         return Fix("Park your local edit, pull the upstream, then re-apply the edit",
                    (f"{git} stash", f"{git} pull --ff-only", f"{git} stash pop"))
@@ -194,10 +195,10 @@ def judge_bytecode(s: ScriptFacts) -> Finding:
     if s.pyc is None:
         return Finding(Status.SKIP, f"{_name(s)}: not checked")
     evidence = (Evidence(_key(s, "pyc"), f"{s.pyc.state}: {s.pyc.detail}", "pyc header",
-                         f"python -c \"import importlib.util; print(importlib.util.cache_from_source('{s.given}'))\""),)
+                         ("python", "-c", f"import importlib.util; print(importlib.util.cache_from_source({str(s.given)!r}))")),)
     if s.pyc.state == "stale-trusted":
         return Finding(Status.FAIL, f"{_name(s)}: {s.pyc.detail}", evidence,
-                       Fix("Delete the stale bytecode (or run with python -B)", (f"rm {s.pyc.path}",)))
+                       Fix("Delete the stale bytecode (or run with python -B)", (("rm", s.pyc.path),)))
     note = {"absent": "no cached bytecode", "fresh": "cached bytecode matches",
             "stale-rewritten": "cached bytecode is old; Python recompiles it",
             "unchecked-hash-ok": "unchecked-hash bytecode (matches today)",
@@ -217,12 +218,12 @@ def judge_shadow(s: ScriptFacts) -> Finding:
     evidence = (Evidence(_key(s, "package"), sh.package, "import system"),
                 Evidence(_key(s, "checkout_dir"), sh.checkout_dir, "os"),
                 Evidence(_key(s, "installed_origin"), sh.installed_origin or "not installed", "importlib",
-                         f"python -c \"import {sh.package}; print({sh.package}.__file__)\""))
+                         ("python", "-c", f"import importlib; print(importlib.import_module({sh.package!r}).__file__)")))
     if sh.shadows:
         return Finding(Status.WARN, f"{_name(s)}: `import {sh.package}` finds an installed copy at "
                                     f"{sh.installed_origin}, not the checkout {sh.checkout_dir}", evidence,
                        Fix("Install the checkout in editable mode (or uninstall the copy)",
-                           ("pip install -e .", f"pip uninstall {sh.package}", "export PYTHONNOUSERSITE=1")))
+                           ("pip install -e .", ("pip", "uninstall", sh.package), "export PYTHONNOUSERSITE=1")))
     return Finding(Status.PASS, f"{_name(s)}: package {sh.package} imports from the checkout"
                    if sh.installed_origin else f"{_name(s)}: package {sh.package} is not installed elsewhere",
                    evidence)

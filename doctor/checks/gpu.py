@@ -13,6 +13,7 @@ import os
 from doctor.context import DoctorContext
 from doctor.probes.libs_live import TorchLive
 from doctor.probes.nvml import GpuFacts, NvmlFacts
+from doctor.probes.nvml_health import GpuHealthFacts
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from doctor.target import Target
@@ -69,6 +70,16 @@ def _gpu_line(gpu: GpuFacts) -> str:
 def nvidia_driver(ctx: DoctorContext) -> Outcome:
     nvml: NvmlFacts = ctx.probe("nvml")
     evidence = [Evidence("nvml", nvml.reason or "ok", "nvml", "nvidia-smi"), *driver_evidence(nvml)]
+    health = ctx.probe("gpu-health")
+    if not nvml.driver_visible and isinstance(health, GpuHealthFacts) and health.driver.mismatch:
+        # The driver IS installed: an upgrade replaced its libraries under the running kernel module.
+        stack = health.driver
+        return Outcome.fail(
+            f"the NVIDIA driver is broken until a reboot: its libraries ({stack.library_driver_version or '?'}) "
+            f"do not match the loaded kernel module ({stack.kernel_module_version or '?'})",
+            evidence,
+            Fix("Reboot so the new kernel module loads (see nvidia-driver-library)", ("sudo reboot",)),
+        )
     if not nvml.driver_visible:
         need = run_needs_gpu(ctx.target)
         if need:

@@ -9,6 +9,7 @@ from doctor.probes.libs_live import TransformersLive
 from doctor.probes.packages import PackageVersions
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
+from run_plan.shell import shell_join
 
 SECTION = "libraries"
 HOW_VERSIONS = "python -m pip show transformers accelerate | grep -E '^(Name|Version)'"
@@ -94,7 +95,8 @@ def model_type_supported(ctx: DoctorContext) -> Outcome:
             f"model_type {live.model_type!r} is not built into transformers {live.version}; the "
             "checkpoint ships its own code (auto_map)",
             evidence,
-            Fix("Allow the model's code only if you trust it", ("doctor --trust-remote-code ...",)),
+            Fix("Allow the model's code only if you trust it",
+                (shell_join(["doctor", "--model", str(ctx.target.model), "--trust-remote-code"]),)),
         )
     fix = (
         _upgrade_fix(_release_text(needed))
@@ -137,7 +139,7 @@ def model_architecture_class(ctx: DoctorContext) -> Outcome:
             "missing_in_transformers",
             list(live.missing_architectures),
             "transformers (child)",
-            f"python -c 'import transformers; transformers.{live.architectures[0]}'",
+            ("python", "-c", f"import transformers; getattr(transformers, {live.architectures[0]!r})"),
         ),
     ]
     if live.missing_architectures:

@@ -12,25 +12,16 @@ from typing import Any
 from doctor.context import DoctorContext
 from doctor.errors import UsageError
 from doctor.memory.estimate import Estimate, Settings, compute_estimate, fits
-from doctor.memory.gpus import GpuSpec, gpus_from_nvml, parse_gpus
-from doctor.probes import Unavailable
+from doctor.memory.gpus import GpuSpec
+from doctor.plan import planned_gpus, resolve_plan
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from doctor.units import gib
+from run_plan.shell import quote  # every printed command quotes outside values
 
 SECTION = "memory"
 PREQUANTIZED_UNFUSED = {"llama4_text": "bnb-community/Llama-4-Scout-17B-16E-Instruct-bnb-4bit"}
 _MAX_GPUS_TRIED = 16
-
-
-def _gpus(ctx: DoctorContext) -> tuple[list[GpuSpec], str]:
-    if ctx.target.gpus:
-        return parse_gpus(ctx.target.gpus), f"--gpus {ctx.target.gpus}"
-    facts = ctx.probe("nvml")
-    if isinstance(facts, Unavailable):
-        return [], f"no --gpus and NVML unavailable ({facts.reason})"
-    gpus = gpus_from_nvml(facts)
-    return gpus, "NVML" if gpus else "NVML sees no GPU"
 
 
 def _settings(facts: dict[str, Any]) -> Settings:
@@ -38,9 +29,12 @@ def _settings(facts: dict[str, Any]) -> Settings:
 
 
 def _estimate(ctx: DoctorContext) -> tuple[Estimate, list[GpuSpec], str, dict[str, Any]]:
+    """The estimate at the plan's context and the plan's prefill chunk: the run that will happen."""
     facts = ctx.probe("memory")
-    gpus, gpu_source = _gpus(ctx)
-    return compute_estimate(facts["sizing"], _settings(facts), gpus), gpus, gpu_source, facts
+    gpus, gpu_source = planned_gpus(ctx)
+    plan = resolve_plan(ctx)
+    settings = dataclasses.replace(_settings(facts), prefill_chunk=plan.spec.prefill_chunk)
+    return compute_estimate(facts["sizing"], settings, gpus), gpus, gpu_source, facts
 
 
 def _gpus_flag(count: int, like: GpuSpec) -> str:
@@ -64,7 +58,8 @@ def _evidence(e: Estimate, gpu_source: str) -> list[Evidence]:
         Evidence("estimate.method", f"{e.method} ({e.model_class}, transformers {e.transformers_version})", "estimate"),
         Evidence("estimate.weights_bytes", e.weights_bytes, "estimate"),
         Evidence("estimate.kv_bytes", e.kv_bytes, "estimate", None),
-        Evidence("estimate.activation_peak_bytes", e.activation_peak_bytes, "estimate"),
+        *([Evidence("estimate.activation_peak_bytes", e.activation_peak_bytes, "estimate")]
+          if e.activation_peak_bytes is not None else []),
         Evidence("estimate.overhead_bytes", e.overhead_bytes, "estimate"),
         Evidence("estimate.prefill_chunk", e.prefill_chunk, "estimate"),
         Evidence("estimate.kv_layout", e.kv_layout, "estimate"),
@@ -102,7 +97,7 @@ def quantized_weights(ctx: DoctorContext) -> Outcome:
                   f"them {sizing.get('dtype')}. Load a pre-quantized checkpoint with un-fused experts"
                   + (f" ({alt})" if alt else " (if one exists for this architecture)")
                   + ", an FP8 checkpoint, or give the 16-bit weights enough GPUs",
-                  ((f"doctor --model {ctx.target.model} --quant {s.quant} --prequantized --context {s.context}"
+                  ((f"doctor --model {quote(ctx.target.model)} --quant {s.quant} --prequantized --context {s.context}"
                     "   # sizes the pre-quantized layout"),) if alt else ())
         return Outcome.warn(f"{experts / 1e9:.1f}B expert parameters stay {sizing.get('dtype')} under {s.quant}: "
                             f"weights {gib(weights)}, not the ~{gib(_naive_bytes(sizing, s))} a per-parameter "
@@ -133,8 +128,13 @@ def memory_fit(ctx: DoctorContext) -> Outcome:
     need = (f"weights {gib(e.weights_bytes)} + KV {gib(e.kv_bytes)} + prefill peak {gib(e.activation_peak_bytes)}"
             f" + overhead {gib(e.overhead_bytes)} = {gib(e.total_bytes)}")
     if not gpus:
-        return Outcome.warn(f"no GPU to compare with ({gpu_source}); {need} at {e.context} tokens", ev,
-                            Fix("Say which GPUs the run will use", ("doctor ... --gpus 1xH100-80GB",)),
+        # The prefill peak and the longest context depend on the GPUs: say what is missing, never "0 B".
+        return Outcome.warn(f"no GPU to compare with ({gpu_source}): weights {gib(e.weights_bytes)} + KV "
+                            f"{gib(e.kv_bytes)} + overhead {gib(e.overhead_bytes)} at {e.context:,} tokens; the "
+                            "prefill peak and the longest context that fits need the GPUs (--gpus)", ev,
+                            Fix("Say which GPUs the run will use: --gpus 1xH100-80GB, 4xA100-40GB, 2x80GiB",
+                                ((f"doctor --model {quote(ctx.target.model)}{_quant_flags(_settings(facts))} --context "
+                                  f"{e.context} --gpus 1xH100-80GB"),)),
                             attachments=attachments)
     speed = f"; prefill ≈ {e.prefill_seconds_estimate:.0f} s per trial (rough)" if e.prefill_seconds_estimate else ""
     if e.fits:
@@ -150,12 +150,12 @@ def memory_fit(ctx: DoctorContext) -> Outcome:
             cause += f": {', '.join(e.fused_experts_unquantized)} stay {e.dtype} ({e.quant} quantizes only nn.Linear)"
         fix = Fix(f"Use a pre-quantized checkpoint with un-fused experts, an FP8 checkpoint, or {more}"
                   if e.fused_experts_unquantized else f"Quantize (--quant bnb-4bit) or use {more}",
-                  ((f"doctor --model {ctx.target.model}{_quant_flags(settings)} --gpus {_gpus_flag(n_needed, gpus[0])} "
+                  ((f"doctor --model {quote(ctx.target.model)}{_quant_flags(settings)} --gpus {_gpus_flag(n_needed, gpus[0])} "
                     f"--context {e.context}"),)
                   if n_needed else ())
         return Outcome.fail(f"does not fit at any context: {cause}; needs {more}", ev, fix, attachments=attachments)
     fix = Fix(f"Use --context {e.max_context_tokens} or less, a smaller --prefill-chunk, --attn flex_attention, "
-              f"or {more}", ((f"doctor --model {ctx.target.model}{_quant_flags(settings)} --context "
+              f"or {more}", ((f"doctor --model {quote(ctx.target.model)}{_quant_flags(settings)} --context "
                               f"{e.max_context_tokens}"),))
     return Outcome.fail(f"does not fit at {e.context:,} tokens: {need}; longest that fits ≈ "
                         f"{e.max_context_tokens:,} tokens", ev, fix, attachments=attachments)

@@ -13,6 +13,7 @@ from doctor.model_config import EMBEDDED_DIR, ModelResolution, text_config_of
 from doctor.probes.hub import HubFacts
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
+from run_plan.shell import shell_join
 
 SECTION = "model"
 SCOUT_ID = "meta-llama/Llama-4-Scout-17B-16E-Instruct"  # the real id behind the seed's placeholder
@@ -27,7 +28,7 @@ def _model_evidence(res: ModelResolution) -> list[Evidence]:
     if res.source:
         evidence.append(Evidence("model.source", res.source, "doctor"))
     if res.path:
-        evidence.append(Evidence("model.path", res.path, res.source or "doctor", f"ls {res.path}"))
+        evidence.append(Evidence("model.path", res.path, res.source or "doctor", ("ls", res.path)))
     if res.model_type:
         evidence.append(Evidence("config.model_type", res.model_type, "config.json"))
     if res.architectures:
@@ -56,9 +57,9 @@ def _fix_for_missing(res: ModelResolution) -> Fix:
     better = suggestion(name)
     if better:
         return Fix(f"Use the real hub id: {better} (the id you gave does not exist)",
-                   (f"doctor --model {better} --online",), f"https://huggingface.co/{better}")
+                   (("doctor", "--model", better, "--online"),), f"https://huggingface.co/{better}")
     return Fix("Correct the model id or folder: a hub id is ORG/NAME exactly as on huggingface.co, "
-               "a folder must contain config.json", (f"hf download {name} config.json",),
+               "a folder must contain config.json", (("hf", "download", name, "config.json"),),
                "https://huggingface.co/models")
 
 
@@ -82,8 +83,8 @@ def model_resolves(ctx: DoctorContext) -> Outcome:
         return Outcome.warn(f"cannot verify {name} offline: not a local folder, not cached, not embedded{hint}",
                             evidence, Fix("Check it against the hub, or download its config so the doctor "
                                           "can judge it offline",
-                                          (f"doctor --model {name} --online", f"hf download {name} config.json")
-                                          + ((f"doctor --model {better}",) if better else ())))
+                                          (("doctor", "--model", name, "--online"), ("hf", "download", name, "config.json"))
+                                          + ((("doctor", "--model", better),) if better else ())))
     if res.status == "not-found" and res.source == "demo":
         # The demo model is a pip package, not a hub download: say so instead of "does not exist".
         return Outcome.fail(f"the demo model is not installed: {res.message}", evidence,
@@ -94,7 +95,7 @@ def model_resolves(ctx: DoctorContext) -> Outcome:
     return Outcome.fail(f"{name} is not a usable model: {res.message}", evidence,
                         Fix("Re-download the config (a killed download leaves truncated files), or point "
                             "--model at the folder that holds config.json",
-                            (f"hf download {name} config.json --force-download",) if "/" in name and not
+                            (("hf", "download", name, "config.json", "--force-download"),) if "/" in name and not
                             name.startswith(("/", ".", "~")) else ()))
 
 
@@ -117,7 +118,7 @@ def hf_hub_access(ctx: DoctorContext) -> Outcome:
         return Outcome.warn(f"{', '.join(hub.offline_vars)} is set and {res.resolved_id or res.requested} is not "
                             "downloaded: the run cannot fetch its weights", evidence,
                             Fix("Download the model first, or unset offline mode for the download",
-                                (f"hf download {res.resolved_id or res.requested}",)))
+                                (("hf", "download", res.resolved_id or res.requested),)))
     if res.status == "gated" and not hub.token_source:
         return Outcome.warn("gated model and no Hugging Face token (see model-resolves)", evidence,
                             Fix("Log in, then accept the licence on the model page", ("hf auth login",),
@@ -131,7 +132,7 @@ def checkpoint_format(ctx: DoctorContext) -> Outcome:
     if not res.found and not res.config:
         return Outcome.skip(f"model not resolved ({res.status})")
     evidence = [Evidence("weights.files", list(res.weight_files[:20]) or "none seen locally", res.source or "doctor",
-                         f"ls {res.path}" if res.path else None)]
+                         ("ls", res.path) if res.path else None)]
     if res.quantization_config:
         method = res.quantization_config.get("quant_method", "unknown")
         evidence.append(Evidence("config.quantization_config.quant_method", method, "config.json"))
@@ -140,7 +141,8 @@ def checkpoint_format(ctx: DoctorContext) -> Outcome:
         if not ctx.target.trust_remote_code:
             return Outcome.fail("the config needs the model's own Python code (auto_map), and remote code is off",
                                 evidence, Fix("Read the repo's modelling code first; only then opt in",
-                                              ("doctor --trust-remote-code ...",)))
+                                              (shell_join(["doctor", "--model", str(ctx.target.model),
+                                                           "--trust-remote-code"]),)))
     if res.pickle_files and not any(f.endswith(".safetensors") for f in res.weight_files):
         return Outcome.warn(f"pickle checkpoint ({', '.join(res.pickle_files[:3])}): loading it runs code "
                             "from the file and needs an explicit opt-in; it is also fully materialised in RAM",
@@ -190,5 +192,5 @@ def context_within_model_limit(ctx: DoctorContext) -> Outcome:
         return Outcome.fail(f"--context {ctx.target.context:,} exceeds the model's max_position_embeddings "
                             f"{limit:,}", evidence,
                             Fix(f"Test at most {limit:,} tokens (niah run refuses longer lengths)",
-                                (f"doctor --model {res.requested} --context {limit}",)))
+                                (("doctor", "--model", res.requested, "--context", str(limit)),)))
     return Outcome.ok(f"--context {ctx.target.context:,} ≤ max_position_embeddings {limit:,}", evidence)

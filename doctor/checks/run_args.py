@@ -8,16 +8,21 @@ guessed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from doctor.context import DoctorContext
 from doctor.errors import UsageError
 from doctor.probes import Unavailable
-from doctor.probes.run_args import RunArgFacts
+from doctor.probes.run_args import RunArgFacts, ScriptSettingsFacts
 from doctor.registry import Outcome, check
-from doctor.report.model import Evidence, Fix
+from doctor.report.model import Evidence, Fix, Status, worst_status
+from doctor.script_reader import Setting
 from doctor.sizes import is_bits, max_memory_bytes, parse_max_memory
 from doctor.units import gib
+from run_plan.shell import shell_join
 
 SECTION = "run-args"
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -239,3 +244,167 @@ def _effective_dtype(requested: str, config: dict) -> str:
         if isinstance(value, str):
             return value
     return "bfloat16"
+
+
+# ---------------------------------------------------------------- what the run script passes
+
+
+# Implementations transformers' from_pretrained knows by name; "org/repo" names are hub kernels.
+_TRANSFORMERS_ATTN = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+@dataclass(frozen=True)
+class _ScriptFinding:
+    status: Status
+    line: str
+    fix: Fix | None = None
+
+
+def _git_show(setting: Setting) -> tuple[str, ...]:
+    path = Path(setting.file)
+    return ("git", "-C", str(path.parent), "show", f"HEAD:./{path.name}")
+
+
+def _setting_evidence(setting: Setting) -> list[Evidence]:
+    name = Path(setting.file).name
+    value = setting.value if setting.determined else f"could not determine ({setting.note})"
+    out = [Evidence(f"{name}.{setting.key}", value, f"script {setting.where}",
+                    ("sed", "-n", f"{setting.line}p", setting.file) if setting.line else None)]
+    if setting.committed is not None:
+        committed = setting.committed.value if setting.committed.determined else "could not determine"
+        out.append(Evidence(f"{name}.{setting.key}.committed", committed,
+                            f"git HEAD:{name}:{setting.committed.line or '?'}", _git_show(setting)))
+    return out
+
+
+def _model_resolves(model: Any) -> bool:
+    if not isinstance(model, str):
+        return False
+    from doctor.model_config import resolve_model
+
+    return resolve_model(model).found
+
+
+def _committed_finding(setting: Setting) -> _ScriptFinding | None:
+    then = setting.committed
+    if then is None:
+        return None
+    shown_then = repr(then.value) if then.determined else "a value the reader could not determine"
+    shown_now = repr(setting.value) if setting.determined else "a value the reader could not determine"
+    line = (f"{setting.where}: the committed file (HEAD, line {then.line or '?'}) has {setting.key} {shown_then}; "
+            f"the working tree has {shown_now}")
+    path = Path(setting.file)
+    fix = Fix(f"Commit and push {path.name}, so a fresh clone, `git checkout` or `git pull` elsewhere runs what "
+              "you edited", (("git", "-C", str(path.parent), "add", path.name),
+                             ("git", "-C", str(path.parent), "commit", "-m", f"{path.name}: set {setting.key}"),
+                             ("git", "-C", str(path.parent), "push")))
+    if setting.key == "model" and not _model_resolves(then.value) and _model_resolves(setting.value):
+        return _ScriptFinding(Status.FAIL, line + ": the committed id does not resolve (placeholder?), the "
+                                                  "edited one does", fix)
+    return _ScriptFinding(Status.WARN, line, fix)
+
+
+def _quant_finding(setting: Setting) -> _ScriptFinding | None:
+    if setting.determined and setting.value == "none" and setting.note.startswith("quantization is off:"):
+        why = setting.note.removeprefix("quantization is off:").strip()
+        return _ScriptFinding(Status.WARN, f"{setting.where}: quantization is off behind a flag ({why}): the weights "
+                                           "load unquantized (memory-fit judges whether that fits)",
+                              Fix("Turn the flag on if the model must be quantized to fit; the doctor's memory "
+                                  "estimate shows both", (("doctor", "--script", setting.file, "--quant", "bnb-4bit"),)))
+    return None
+
+
+def _max_memory_finding(setting: Setting) -> _ScriptFinding | None:
+    if not setting.determined or not isinstance(setting.value, dict):
+        return None
+    try:
+        budget = parse_max_memory(setting.flag_text() or "")
+    except UsageError as exc:
+        problem = exc.message.removeprefix("--max-memory ")
+        return _ScriptFinding(Status.FAIL, f"{setting.where}: max_memory={setting.text}: {problem}",
+                              _MAX_MEMORY_FIX)
+    bits = [f"{k}={v}" for k, v in budget.items() if isinstance(v, str) and is_bits(v)]
+    if bits:
+        return _ScriptFinding(Status.WARN, f"{setting.where}: max_memory {', '.join(bits)}: a lowercase b means "
+                                           "BITS to accelerate (one eighth of what you meant)",
+                              Fix("Write bytes with a capital B: GB or GiB"))
+    return None
+
+
+def _attn_finding(ctx: DoctorContext, setting: Setting) -> _ScriptFinding | None:
+    attn = setting.value
+    if not setting.determined or not isinstance(attn, str) or "/" in attn:
+        return None
+    if attn not in _TRANSFORMERS_ATTN:
+        return _ScriptFinding(Status.FAIL, f"{setting.where}: attn_implementation={attn!r} is not an implementation "
+                                           "transformers knows: from_pretrained raises ValueError",
+                              Fix(f"Use one of {', '.join(_TRANSFORMERS_ATTN)}"))
+    facts = ctx.probe("run-args")
+    if isinstance(facts, Unavailable) or attn not in ("flash_attention_2", "flex_attention"):
+        return None
+    outcome = _flash_attention(ctx, facts, []) if attn == "flash_attention_2" else _flex_attention(facts, [])
+    if outcome.status in (Status.FAIL, Status.WARN):
+        return _ScriptFinding(outcome.status, f"{setting.where}: {outcome.summary}", outcome.fix)
+    return None
+
+
+def _undetermined_finding(ctx: DoctorContext, settings: list[Setting]) -> _ScriptFinding | None:
+    unknown = [s for s in settings if not s.determined]
+    if not unknown:
+        return None
+    shown = "; ".join(f"{s.key} at {s.where} ({s.note.removeprefix('could not determine: ')})" for s in unknown)
+    model_unknown = any(s.key == "model" for s in unknown) and not ctx.target.model
+    status = Status.WARN if model_unknown else Status.PASS
+    fix = Fix("Pass what the script decides at run time as flags, so the doctor judges the same run",
+              (shell_join(["doctor", *[a for path in ctx.target.scripts for a in ("--script", path)], "--model",
+                           "ORG/NAME", "--quant", "bnb-4bit", "--max-memory", "0=70GiB"]),)) if model_unknown else None
+    return _ScriptFinding(status, f"could not determine: {shown}", fix)
+
+
+def script_findings(ctx: DoctorContext, settings: Mapping[str, Setting]) -> list[_ScriptFinding]:
+    findings: list[_ScriptFinding | None] = [_committed_finding(s) for s in settings.values()]
+    if "quant" in settings:
+        findings.append(_quant_finding(settings["quant"]))
+    if "max_memory" in settings:
+        findings.append(_max_memory_finding(settings["max_memory"]))
+    if "attn" in settings:
+        findings.append(_attn_finding(ctx, settings["attn"]))
+    findings.append(_undetermined_finding(ctx, list(settings.values())))
+    return [f for f in findings if f is not None]
+
+
+@check("script-settings", title="What the run script passes to transformers", section=SECTION,
+       needs=("script-settings",))
+def script_settings_check(ctx: DoctorContext) -> Outcome:
+    facts: ScriptSettingsFacts = ctx.probe("script-settings")
+    findings: list[_ScriptFinding] = []
+    evidence: list[Evidence] = []
+    read: list[str] = []
+    for reading in facts.readings:
+        if reading.problem:
+            findings.append(_ScriptFinding(Status.WARN, reading.problem))
+            continue
+        if reading.committed_problem:
+            evidence.append(Evidence(f"{Path(reading.path).name}.committed", reading.committed_problem, "git"))
+        for setting in reading.settings.values():
+            evidence.extend(_setting_evidence(setting))
+        findings.extend(script_findings(ctx, reading.settings))
+        shown = ", ".join(f"{k}={s.flag_text()}" for k, s in reading.settings.items() if s.determined)
+        read.append(f"{reading.path}: {shown or 'no model-loading settings found'}")
+    worst = worst_status((f.status for f in findings), default=Status.PASS)
+    shown = [f for f in findings if f.status is not Status.PASS]
+    if worst is Status.PASS:
+        notes = [f.line for f in findings]
+        return Outcome.ok("; ".join(read + notes) + " (read with ast, not executed; flags win)", evidence)
+    return Outcome(worst, "; ".join(f.line for f in shown), tuple(evidence), _combined_fix(shown))
+
+
+def _combined_fix(findings: list[_ScriptFinding]) -> Fix | None:
+    """One row, several problems: every fix, worst first, each said once."""
+    fixes = [f.fix for f in sorted(findings, key=lambda f: f.status is not Status.FAIL) if f.fix is not None]
+    fixes = list({fix.summary: fix for fix in fixes}.values())
+    if len(fixes) <= 1:
+        return fixes[0] if fixes else None
+    commands = tuple(dict.fromkeys(c for fix in fixes for c in fix.commands))
+    link = next((fix.link for fix in fixes if fix.link), None)
+    return Fix(" — and: ".join(fix.summary for fix in fixes), commands, link)

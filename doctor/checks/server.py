@@ -7,6 +7,7 @@ from doctor.context import DoctorContext
 from doctor.probes.server import ServerFacts
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
+from run_plan.shell import quote, shell_join
 
 SECTION = "server"
 _SCALING_DOC = "docs/scaling.md"
@@ -15,12 +16,14 @@ _ANSWER_TOKENS = 64
 
 
 def _models_command(facts: ServerFacts) -> str:
+    # The header stays in double quotes so the shell expands the variable; the key is never printed.
+    # The URL came from the user: quoted, so pasting the line cannot run anything else.
     auth = f" -H \"Authorization: Bearer ${facts.api_key_env}\"" if facts.api_key_set else ""
-    return f"curl -s{auth} {facts.base_url}/v1/models"
+    return f"curl -s{auth} {quote(facts.base_url + '/v1/models')}"
 
 
 def _restart_command(model_id: str, context: int) -> str:
-    return f"vllm serve {model_id} --max-model-len {context + _ANSWER_TOKENS} ..."
+    return shell_join(("vllm", "serve", model_id, "--max-model-len", str(context + _ANSWER_TOKENS))) + " ..."
 
 
 def _served(ctx: DoctorContext) -> tuple[ServerFacts, list[Evidence]]:
@@ -45,7 +48,7 @@ def server_reachable(ctx: DoctorContext) -> Outcome:
                             Fix("Start the server, or correct --base-url (host, port, http vs https)",
                                 ("vllm serve MODEL --port 8000   # or: niah serve --model demo --port 8000",
                                  _models_command(facts)), _SCALING_DOC))
-    if facts.status != 200:
+    if facts.status != 200 or facts.error:  # an error status, a refused redirect, or a 2xx of the wrong shape
         evidence.append(Evidence("server.error", facts.error, "http"))
         return Outcome.fail(f"{facts.base_url}/v1/models answered {facts.error}", evidence,
                             Fix("Point --base-url at the server root of an OpenAI-compatible API "
@@ -57,8 +60,8 @@ def server_reachable(ctx: DoctorContext) -> Outcome:
 @check("server-model-listed", title="Server serves the requested model", section=SECTION, needs=("server",))
 def server_model_listed(ctx: DoctorContext) -> Outcome:
     facts, evidence = _served(ctx)
-    if facts.status != 200:
-        return Outcome.skip("the server did not answer (see server-reachable)", evidence)
+    if facts.status != 200 or facts.error:
+        return Outcome.skip("the server did not answer usably (see server-reachable)", evidence)
     ids = [m.id for m in facts.models]
     evidence.append(Evidence("server.models", ids, "http", _models_command(facts)))
     wanted = ctx.target.model
@@ -68,7 +71,8 @@ def server_model_listed(ctx: DoctorContext) -> Outcome:
         return Outcome.ok(f"{wanted} is served", evidence)
     return Outcome.fail(f"{wanted} is not among the served models ({', '.join(ids) or 'none'})", evidence,
                         Fix("Pass --model exactly as the server names it, or start the server with that name",
-                            (f"vllm serve {wanted}   # or: vllm serve PATH --served-model-name {wanted}",)))
+                            (shell_join(("vllm", "serve", wanted)),
+                             shell_join(("vllm", "serve", "PATH", "--served-model-name", wanted)))))
 
 
 @check("server-max-model-len", title="Server accepts the longest requested context", section=SECTION,
@@ -76,7 +80,7 @@ def server_model_listed(ctx: DoctorContext) -> Outcome:
 def server_max_model_len(ctx: DoctorContext) -> Outcome:
     facts, evidence = _served(ctx)
     model = next((m for m in facts.models if m.id == ctx.target.model), None)
-    if facts.status != 200 or model is None:
+    if facts.status != 200 or facts.error or model is None:
         return Outcome.skip("no served model to judge (see server-reachable / server-model-listed)", evidence)
     context = ctx.target.context
     evidence += [Evidence("server.max_model_len", model.max_model_len, "http", _models_command(facts)),

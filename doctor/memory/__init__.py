@@ -11,9 +11,8 @@ from doctor.memory.estimate import (
                                     estimate_for,
                                     max_context_tokens,
                                     settings_for,
-                                    size_weights,
                                     sizing_args,
 )
 
 __all__ = ["Estimate", "Settings", "choose_prefill_chunk", "compute_estimate", "embedded_config", "estimate_for",
-           "max_context_tokens", "settings_for", "size_weights", "sizing_args"]
+           "max_context_tokens", "settings_for", "sizing_args"]

@@ -147,3 +147,115 @@ def dequant_transient(quant: str, largest_quantized_linear: int, chunk: int, lar
     if quant == "bnb-8bit":
         return chunk * largest_out * 4 + largest_quantized_linear  # int32 accumulators + outlier copy
     return 0
+
+
+# ---------------------------------------------------------------- traced model (doctor.memory.trace)
+
+def _value(coeffs: list[int], chunk: int, past: int) -> int:
+    one, c, p, cp, cc = coeffs
+    return one + c * chunk + p * past + cp * chunk * past + cc * chunk * chunk
+
+
+def _regimes_for(model: Mapping[str, Any], context: int, chunk: int) -> list[Mapping[str, Any]]:
+    """The traced regime(s) covering (context, chunk); both neighbours within one token of a boundary
+    (where transformers' branch may flip), so the larger answer wins."""
+    past = context - chunk
+    kind, x = ("oneshot", chunk) if past <= 0 else ("chunked", past)
+    out = []
+    for regime in model.get("regimes") or []:
+        if regime["kind"] != kind:
+            continue
+        lo, hi = int(regime["lo"]), regime["hi"]
+        if lo - 1 <= x and (hi is None or x <= int(hi)):
+            out.append(regime)
+    return out
+
+
+def traced_activation_per_gpu(model: Mapping[str, Any], layer_gpu: list[int], kv_now: list[int],
+                              kv_before: list[int], context: int, chunk: int, per_layer_extra: int,
+                              n_gpus: int) -> list[int] | None:
+    """Peak bytes above weights + KV(context) per GPU, from the traced allocation events; None when the
+    trace does not cover this (context, chunk).
+
+    Layer i peaks at entry(i) + its worst event; at that moment the layers after it on the same GPU still
+    hold their cache from before this chunk, so their growth (counted in KV at full length) is subtracted.
+    Events outside the layers (embeddings, rotary, masks, final norm, one row of logits) land on the first
+    and the last GPU."""
+    regimes = _regimes_for(model, context, chunk)
+    signatures = model.get("layer_signatures") or []
+    if not regimes or not signatures or n_gpus == 0:
+        return None
+    past = max(context - chunk, 0)
+    best = [0] * n_gpus
+    for regime in regimes:
+        zones = regime["zones"]
+        suffix = [0] * n_gpus
+        per_gpu = [0] * n_gpus
+        for i in range(len(signatures) - 1, -1, -1):
+            gpu = layer_gpu[i] if i < len(layer_gpu) else (layer_gpu[-1] if layer_gpu else 0)
+            if gpu < 0 or gpu >= n_gpus:
+                continue
+            growth = (kv_now[i] - kv_before[i]) if i < len(kv_now) else 0
+            suffix[gpu] += growth
+            sig = signatures[i]
+            if f"entry:{sig}" not in zones:
+                return None
+            entry = max(_value(c, chunk, past) for c in zones[f"entry:{sig}"])
+            inside = max((_value(c, chunk, past) for c in zones.get(f"layer:{sig}", [])), default=0)
+            per_gpu[gpu] = max(per_gpu[gpu], entry + inside + per_layer_extra - suffix[gpu])
+        first = layer_gpu[0] if layer_gpu and 0 <= layer_gpu[0] < n_gpus else 0
+        last = layer_gpu[-1] if layer_gpu and 0 <= layer_gpu[-1] < n_gpus else n_gpus - 1
+        for zone, gpu in (("pre", first), ("post", last)):
+            peak = max((_value(c, chunk, past) for c in zones.get(zone, [])), default=0)
+            per_gpu[gpu] = max(per_gpu[gpu], peak)
+        best = [max(a, b) for a, b in zip(best, per_gpu)]
+    return [max(x, 0) for x in best]
+
+
+FALLBACK_MARGIN = 1.25  # analytic activation model (no trace): widen, it was fitted on a few architectures
+
+
+def activation_method(sizing: Mapping[str, Any]) -> str:
+    """"traced" when the model's own forward gave the activation model, else "analytic"."""
+    return "traced" if ((sizing.get("trace") or {}).get("activations") or {}).get("regimes") else "analytic"
+
+
+def traced_for_sizing(sizing: Mapping[str, Any], layers: list[KvLayer], layer_gpu: list[int], context: int,
+                      chunk: int, kv_dtype_bytes: int, per_layer_extra: int, n_gpus: int) -> list[int] | None:
+    from doctor.memory.kv import kv_bytes_per_layer
+
+    model = (sizing.get("trace") or {}).get("activations")
+    if not model:
+        return None
+    cfg = sizing.get("text_config") or {}
+    now = kv_bytes_per_layer(cfg, layers, context, chunk, kv_dtype_bytes)
+    before = kv_bytes_per_layer(cfg, layers, max(context - chunk, 0), chunk, kv_dtype_bytes)
+    return traced_activation_per_gpu(model, layer_gpu, now, before, context, chunk, per_layer_extra, n_gpus)
+
+
+def dispatched_attn(sizing: Mapping[str, Any], requested: str) -> str:
+    """The attention implementation transformers really dispatched for this model (read from
+    model.config._attn_implementation after building it with the requested one), else the request."""
+    return str((sizing.get("trace") or {}).get("attn_implementation") or requested)
+
+
+def trace_notes(sizing: Mapping[str, Any], requested_attn: str) -> list[str]:
+    trace = sizing.get("trace") or {}
+    notes: list[str] = []
+    actual = trace.get("attn_implementation")
+    if actual and actual != requested_attn:
+        notes.append(f"attention: {requested_attn} was requested but this transformers dispatches {actual} for this "
+                     "model; the prefill peak follows what really runs.")
+    if activation_method(sizing) == "traced":
+        notes.append("Prefill peak traced from the model's own forward on the meta device (one decoder layer per "
+                     "distinct structure, fused CUDA attention kernels stood in for).")
+    else:
+        why = trace.get("activations_error") or trace.get("kv_error") or "no trace"
+        notes.append(f"Prefill peak from the analytic fallback model, widened by {FALLBACK_MARGIN:.2f}× "
+                     f"(uncertain: {why}).")
+    if (sizing.get("kv_layout") or {}).get("measured"):
+        notes.append("KV bytes per token and per-layer caps measured from transformers' own DynamicCache on a meta "
+                     "forward.")
+    elif sizing.get("text_config", {}).get("kv_lora_rank"):
+        notes.append("KV of this MLA model by formula (the trace failed): the larger decompressed K/V is assumed.")
+    return notes

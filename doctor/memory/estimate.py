@@ -8,26 +8,31 @@ longest context that fits costs milliseconds.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from doctor.memory.activations import (
+    FALLBACK_MARGIN,
     Shapes,
+    activation_method,
     attention_transient,
     dequant_transient,
     flex_index_overflow,
     flex_repeats_kv,
+    dispatched_attn,
     forward_persistent,
     mlp_transient,
+    trace_notes,
+    traced_for_sizing,
 )
+from doctor.memory.embedded import CONFIG_DIR, embedded_config  # noqa: F401 - re-exported
 from doctor.memory.gpus import GpuSpec, assumed_flops
 from doctor.memory.kv import KvLayer, kv_bytes_per_layer, kv_layers
-from doctor.memory.placement import CPU, decoder_layer_gpus, place_blocks
+from doctor.memory.placement import CPU, decoder_layer_gpus, place_like_transformers
 from doctor.memory.storage import dtype_bytes
 from doctor.model_config import text_config_of
+from run_plan.spec import AUTO_ATTN
 
 GIB = 1 << 30
 # Per-GPU overhead outside the tensors torch allocates (vram-anchors.md §5, §7):
@@ -36,7 +41,6 @@ CUDA_CONTEXT = int(0.7 * GIB)  # 0.51 GiB after init, 0.67 GiB after the first b
 ALLOCATOR_RESERVE = int(1.5 * GIB)  # caching-allocator fragmentation / reserved-but-unallocated slack
 OVERHEAD_PER_GPU = DRIVER_RESERVED + CUDA_CONTEXT + ALLOCATOR_RESERVE
 CHUNK_CANDIDATES = (8192, 4096, 2048, 1024, 512, 256)
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass(frozen=True)
@@ -66,12 +70,12 @@ class Estimate:
     unquantized_bytes: int
     unquantized_modules: list[str]
     kv_bytes: int
-    activation_peak_bytes: int
+    activation_peak_bytes: int | None  # None: no GPU known, so no chunk was chosen
     overhead_bytes: int
     total_bytes: int
     per_gpu: list[dict[str, Any]]
-    fits: bool
-    max_context_tokens: int
+    fits: bool | None  # None: no GPU known (see `missing`)
+    max_context_tokens: int | None
     notes: list[str]
     confidence: str
     method: str
@@ -89,6 +93,7 @@ class Estimate:
     unquantized_detail: list[dict[str, Any]] = field(default_factory=list)
     weights_on_cpu_bytes: int = 0
     versions: dict[str, Any] = field(default_factory=dict)
+    missing: str | None = None  # what the estimate could not know, and the flag that supplies it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,33 +101,12 @@ class Estimate:
 
 # ---------------------------------------------------------------- sizing (child process or analytic)
 
-def embedded_config(model_id: str) -> dict[str, Any] | None:
-    """The config.json embedded in this package for a well-known hub id (offline), or None."""
-    path = CONFIG_DIR / (model_id.replace("/", "__") + ".json")
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
-
-
 def sizing_args(settings: Settings, config: Mapping[str, Any],
                 quantization_config: Mapping[str, Any] | None) -> dict[str, Any]:
     return {"config": dict(config), "quant": settings.quant, "prequantized": settings.prequantized,
             "double_quant": settings.double_quant, "bnb_4bit_type": settings.bnb_4bit_type,
-            "dtype": settings.dtype, "quantization_config": dict(quantization_config) if quantization_config else None}
-
-
-def size_weights(args: dict[str, Any], timeout_s: float = 240.0) -> dict[str, Any]:
-    """Weight inventory from the real transformers class in a child; analytic fallback if that fails."""
-    from doctor.probes.child import run_in_child
-
-    result = run_in_child("doctor.memory.skeleton:size_model", args, timeout_s=timeout_s)
-    if result.ok and result.data:
-        return result.data
-    from doctor.memory.analytic import size_analytic
-
-    sizing = size_analytic(args)
-    sizing["fallback_reason"] = f"meta skeleton failed: {result.error}"
-    return sizing
+            "dtype": settings.dtype, "quantization_config": dict(quantization_config) if quantization_config else None,
+            "attn": settings.attn}
 
 
 # ---------------------------------------------------------------- context-dependent part (pure)
@@ -137,6 +121,7 @@ class _Breakdown:
     kv_per_gpu: list[int]
     act_per_gpu: list[int]
     on_cpu: int
+    limit_per_gpu: list[int]
 
 
 def _layer_kinds(sizing: Mapping[str, Any]) -> list[KvLayer]:
@@ -151,15 +136,15 @@ def _breakdown(sizing: Mapping[str, Any], s: Settings, gpus: Sequence[GpuSpec], 
     b = dtype_bytes(s.dtype)
     kv_b = dtype_bytes(s.kv_dtype)
     chunk = min(chunk, s.context)
-    budgets = [max(g.capacity_bytes - OVERHEAD_PER_GPU, 0) for g in gpus]
-    if s.max_memory:  # accelerate takes the user's per-GPU budget as given; an unnamed GPU gets nothing
-        user = dict(s.max_memory)
-        budgets = [user.get(g.index, 0) for g in gpus]
-    placement = place_blocks([bl["bytes"] for bl in blocks], budgets)
+    # transformers' own device_map="auto" decision: the user's budgets (an unnamed GPU gets nothing) or each
+    # GPU's free memory, balanced, 90 % of a lone GPU's free memory, bitsandbytes' 0.9 on every budget
+    placement = place_like_transformers(sizing, [(g.index, g.capacity_bytes) for g in gpus],
+                                        dict(s.max_memory) or None, s.quant)
     layer_gpu = decoder_layer_gpus(blocks, placement, sizing.get("no_split_modules") or [])
     layer_blocks = [bl for bl in blocks if bl.get("class") in set(sizing.get("no_split_modules") or [])]
     kv = kv_bytes_per_layer(cfg, layers, s.context, chunk, kv_b)
     shapes = Shapes.from_config(cfg, sizing.get("moe") or {})
+    attn = dispatched_attn(sizing, s.attn)
     n = len(gpus)
     weights = [0] * n
     kv_gpu = [0] * n
@@ -178,30 +163,38 @@ def _breakdown(sizing: Mapping[str, Any], s: Settings, gpus: Sequence[GpuSpec], 
             continue
         kv_gpu[gpu] += kv[i]
         is_moe = bool(layer_blocks[i].get("moe")) if i < len(layer_blocks) else False
-        transient = max(attention_transient(shapes, s.attn, layer, s.context, chunk, b, kv_b),
+        transient = max(attention_transient(shapes, attn, layer, s.context, chunk, b, kv_b),
                         mlp_transient(shapes, sizing.get("moe") or {}, is_moe, chunk, b)) + dequant
         act_layer[gpu] = max(act_layer[gpu], transient)
-    persistent = forward_persistent(shapes, s.attn, layers, s.context, chunk, b, s.logits_to_keep_one)
+    persistent = forward_persistent(shapes, attn, layers, s.context, chunk, b, s.logits_to_keep_one)
     act = [act_layer[g] + persistent if (weights[g] or kv_gpu[g]) else 0 for g in range(n)]
+    traced = traced_for_sizing(sizing, layers, layer_gpu, s.context, chunk, kv_b, dequant, n)
+    if traced is not None:  # the model's own forward, traced on meta (doctor.memory.trace)
+        act = [traced[g] if (weights[g] or kv_gpu[g]) else 0 for g in range(n)]
+    else:  # analytic fallback: fitted on a few architectures, so widened
+        act = [int(a * FALLBACK_MARGIN) for a in act]
     needed = [weights[g] + kv_gpu[g] + act[g] + OVERHEAD_PER_GPU for g in range(n)]
     if on_cpu and n:  # what would not fit anywhere is still needed: charge it to the last GPU
         needed[-1] += on_cpu
-    fits = n > 0 and on_cpu == 0 and all(needed[g] <= gpus[g].capacity_bytes for g in range(n))
-    return _Breakdown(needed, sum(kv), max(act, default=0), fits, weights, kv_gpu, act, on_cpu)
+    limits = [allocator_limit(gpus[g], dict(s.max_memory).get(gpus[g].index) if s.max_memory else None)
+              for g in range(n)]
+    # A --max-memory budget bounds the whole run on that GPU (the run caps its allocator to it), so the
+    # allocator's share — everything but the driver's reserve and the CUDA context — must fit inside it.
+    fits = n > 0 and on_cpu == 0 and all(needed[g] - DRIVER_RESERVED - CUDA_CONTEXT <= limits[g] for g in range(n))
+    return _Breakdown(needed, sum(kv), max(act, default=0), fits, weights, kv_gpu, act, on_cpu, limits)
 
 
-def choose_prefill_chunk(sizing: Any, settings: Settings | None = None, gpus: Sequence[GpuSpec] | None = None,
-                         *, context: int | None = None) -> int:
+def allocator_limit(gpu: GpuSpec, budget: int | None) -> int:
+    """Bytes torch's caching allocator may use on `gpu`: the card less what the driver and the CUDA context
+    hold, or the user's --max-memory budget when that is smaller (the run enforces it as an allocator cap)."""
+    usable = max(gpu.capacity_bytes - DRIVER_RESERVED - CUDA_CONTEXT, 0)
+    return min(usable, budget) if budget is not None else usable
+
+
+def choose_prefill_chunk(sizing: Mapping[str, Any], settings: Settings, gpus: Sequence[GpuSpec]) -> int:
     """The largest prefill chunk (≤ 8192, ≤ context) whose predicted peak fits; the largest candidate
-    when none does. Bigger chunks prefill faster; smaller ones bound the activation peak.
-
-    Two forms: `choose_prefill_chunk(sizing, settings, gpus)` (pure, cheap), or
-    `choose_prefill_chunk(options, context=...)` with a Target-like object (`niah run`'s load options):
-    resolves the config, sizes the weights in a child process and uses --gpus or NVML's GPUs. Raises
-    LookupError when it cannot tell (no config, no GPU); callers then use their own default."""
-    if settings is None:
-        return _choose_for_options(sizing, context)
-    return _choose(sizing, settings, gpus or [])
+    when none does. Bigger chunks prefill faster; smaller ones bound the activation peak."""
+    return _choose(sizing, settings, gpus)
 
 
 def _choose(sizing: Mapping[str, Any], settings: Settings, gpus: Sequence[GpuSpec]) -> int:
@@ -212,29 +205,6 @@ def _choose(sizing: Mapping[str, Any], settings: Settings, gpus: Sequence[GpuSpe
         if _breakdown(sizing, settings, gpus, chunk).fits:
             return chunk
     return candidates[0]  # nothing fits: report at the fastest chunk; the verdict says why
-
-
-def _choose_for_options(options: Any, context: int | None) -> int:
-    from doctor.memory.gpus import parse_gpus
-    from doctor.probes.memory import resolve_for_memory
-    from doctor.target import Target
-
-    fields = {name: getattr(options, name) for name in ("model", "quant", "bnb_4bit_type", "double_quant", "dtype",
-                                                         "attn", "online", "trust_remote_code", "gpus", "kv_dtype", "max_memory",
-                                                         "prequantized") if getattr(options, name, None) is not None}
-    target = Target(**fields, context=context or getattr(options, "context", None))
-    resolution = resolve_for_memory(target)
-    if not resolution.found:
-        raise LookupError(f"no config for {target.model!r}: {resolution.message}")
-    config = dict(resolution.config)
-    settings = settings_for(target, config, resolution.quantization_config)
-    if not target.context:  # unknown sweep length: size for up to 128k (or the model's limit)
-        settings = Settings(**{**asdict(settings), "context": min(settings.context, 131072)})
-    gpus = parse_gpus(target.gpus) if target.gpus else _nvml_gpus()
-    if not gpus:
-        raise LookupError("no GPU known (no --gpus, NVML sees none)")
-    sizing = size_weights(sizing_args(settings, config, resolution.quantization_config))
-    return _choose(sizing, settings, gpus)
 
 
 def fits(sizing: Mapping[str, Any], settings: Settings, gpus: Sequence[GpuSpec]) -> bool:
@@ -344,6 +314,7 @@ def _notes(sizing: Mapping[str, Any], s: Settings, fused: list[str]) -> list[str
         elif flex_repeats_kv(shapes):
             notes.append(f"flex_attention with {shapes.heads} query heads repeats K/V to every head "
                          "(transformers' flex integration): counted in the prefill peak.")
+    notes.extend(trace_notes(sizing, s.attn))
     notes.append("Prefill peak assumes logits_to_keep=1 (what niah passes); full-prompt logits cost "
                  "chunk × vocab × 6 bytes more.")
     return notes
@@ -355,26 +326,35 @@ def compute_estimate(sizing: Mapping[str, Any], settings: Settings, gpus: Sequen
     fused = [g["module"] for g in sizing.get("unquantized_modules") or [] if g.get("fused_3d")]
     per_gpu = [{"index": g.index, "name": g.name, "capacity_bytes": g.capacity_bytes,
                 "needed_bytes": br.per_gpu_needed[i], "weights_bytes": br.weights_per_gpu[i],
-                "kv_bytes": br.kv_per_gpu[i], "activation_peak_bytes": br.act_per_gpu[i]}
+                "kv_bytes": br.kv_per_gpu[i], "activation_peak_bytes": br.act_per_gpu[i],
+                "predicted_peak_bytes": br.weights_per_gpu[i] + br.kv_per_gpu[i] + br.act_per_gpu[i],
+                "limit_bytes": br.limit_per_gpu[i]}
                for i, g in enumerate(gpus)]
     overhead = OVERHEAD_PER_GPU * max(len(gpus), 1)
     method = str(sizing.get("method", "meta-skeleton"))
     confidence = "high" if method == "meta-skeleton" and sizing.get("text_config") else "low"
     if method == "meta-skeleton" and (sizing.get("quantizer") or {}).get("mode", "").startswith("emulated"):
         confidence = "medium"
+    if method == "meta-skeleton" and activation_method(sizing) == "traced":
+        method = "traced"  # weights from the skeleton, KV and activation peak from the traced forward
+    elif method == "meta-skeleton" and confidence == "high":
+        confidence = "medium"  # activation peak from the analytic fallback (widened)
     return Estimate(
         weights_bytes=int(sizing["weights_bytes"]),
         quantized_params=int(sizing.get("quantized_params", 0)),
         unquantized_params=int(sizing.get("unquantized_params", 0)),
         unquantized_bytes=int(sizing.get("unquantized_bytes", 0)),
         unquantized_modules=[g["module"] for g in sizing.get("unquantized_modules") or []],
-        kv_bytes=br.kv_total, activation_peak_bytes=br.act_peak, overhead_bytes=overhead,
+        kv_bytes=br.kv_total, activation_peak_bytes=br.act_peak if gpus else None, overhead_bytes=overhead,
         total_bytes=int(sizing["weights_bytes"]) + br.kv_total + br.act_peak + overhead,
-        per_gpu=per_gpu, fits=br.fits, max_context_tokens=max_context_tokens(sizing, settings, gpus),
+        # With no GPU there is nothing to fit into: say what is missing instead of printing 0 as a figure.
+        per_gpu=per_gpu, fits=br.fits if gpus else None,
+        max_context_tokens=max_context_tokens(sizing, settings, gpus) if gpus else None,
         notes=_notes(sizing, settings, fused), confidence=confidence, method=method,
         transformers_version=(sizing.get("versions") or {}).get("transformers"), prefill_chunk=chunk,
         attn=settings.attn, kv_layout=_kv_layout_summary(sizing, settings.context, chunk),
         prefill_seconds_estimate=prefill_seconds(sizing, settings, gpus), context=settings.context,
+        missing=None if gpus else "GPU capacity: give --gpus (e.g. 1xH100-80GB)",
         quant=settings.quant, prequantized=settings.prequantized, dtype=settings.dtype,
         model_class=str(sizing.get("model_class")), fused_experts_unquantized=fused if settings.quant != "none" else [],
         unquantized_detail=list(sizing.get("unquantized_modules") or []), weights_on_cpu_bytes=br.on_cpu,
@@ -401,7 +381,8 @@ def settings_for(target: Any, config: Mapping[str, Any], quantization_config: Ma
     context = target.context or int(text.get("max_position_embeddings") or 8192)
     return Settings(context=context, quant=quant, prequantized=bool(prequantized and quant != "none"),
                     double_quant=dq, bnb_4bit_type=qtype, dtype=dtype.replace("torch.", ""),
-                    kv_dtype=(target.kv_dtype or dtype).replace("torch.", ""), attn=target.attn,
+                    kv_dtype=(target.kv_dtype or dtype).replace("torch.", ""),
+                    attn=AUTO_ATTN if target.attn == "auto" else target.attn,
                     prefill_chunk=target.prefill_chunk, max_memory=gpu_budgets(getattr(target, "max_memory", None)))
 
 
@@ -415,32 +396,12 @@ def gpu_budgets(max_memory: str | None) -> tuple[tuple[int, int], ...]:
                         if isinstance(key, int)))
 
 
-def estimate_for(target: Any, resolution: Any, gpus: Sequence[GpuSpec] | None = None,
+def estimate_for(target: Any, resolution: Any, gpus: Sequence[GpuSpec],
                  sizing: Mapping[str, Any] | None = None) -> Estimate:
-    """Full estimate for a Target and a doctor.model_config.ModelResolution (API used by `niah run`).
-    `gpus` defaults to --gpus, else NVML's list, else none (then nothing fits and max context is 0)."""
-    from doctor.memory.gpus import parse_gpus
-
+    """Full estimate for a RunSpec and a doctor.model_config.ModelResolution on these GPUs (benchmarks)."""
     config = dict(resolution.config)
     settings = settings_for(target, config, resolution.quantization_config)
-    if gpus is None:
-        gpus = parse_gpus(target.gpus) if target.gpus else _nvml_gpus()
     if sizing is None:
         args = sizing_args(settings, config, resolution.quantization_config)
         sizing = size_weights(args, timeout_s=max(float(target.probe_timeout_s), 240.0))
     return compute_estimate(sizing, settings, gpus)
-
-
-def _nvml_gpus() -> list[GpuSpec]:
-    try:
-        from doctor.probes import load_probes
-
-        probe = load_probes().get("nvml")
-        if probe is None:
-            return []
-        from doctor.memory.gpus import gpus_from_nvml
-        from doctor.target import Target
-
-        return gpus_from_nvml(probe(Target()))
-    except Exception:  # noqa: BLE001 - no NVML, no driver: the caller reports "no GPU"
-        return []

@@ -1,5 +1,11 @@
 """KV cache bytes per layer, per the layout the installed transformers really uses.
 
+Measured first: `doctor.memory.trace.measure_kv` runs a meta forward through every layer with
+`DynamicCache(config)` and reads each cache layer's stored tensors (bytes per token, whatever the
+architecture caches: grouped K/V, an MLA latent, nothing for a layer that reuses another's cache) and its
+cap (`sliding_window`). The formula `2 × kv_heads × head_dim` is only the fallback when that forward
+could not run; for MLA configs the fallback takes the larger, decompressed per-head K/V (safe side).
+
 `DynamicCache(config)` (transformers ≥ 4.57) keeps sliding-window and chunked layers (Llama 4's
 `attention_chunk_size`) as `DynamicSlidingWindowLayer`: after each update it keeps a *view* of the last
 `window − 1` tokens of `torch.cat(past, new)`, so the storage that stays alive is `window − 1 + chunk`
@@ -18,6 +24,8 @@ from typing import Any
 class KvLayer:
     kind: str  # "full" | "window" | "none" (shares another layer's cache)
     window: int | None
+    bytes_per_token: int | None = None  # measured at `measured_dtype_bytes` per element; None = formula
+    measured_dtype_bytes: int = 2
 
 
 def kv_geometry(text_config: Mapping[str, Any]) -> tuple[int, int]:
@@ -28,12 +36,28 @@ def kv_geometry(text_config: Mapping[str, Any]) -> tuple[int, int]:
     return kv_heads, int(head_dim)
 
 
+def formula_elements_per_token(text_config: Mapping[str, Any]) -> int:
+    """K + V elements per token per layer by formula (fallback). MLA (kv_lora_rank in the config): the
+    larger of the decompressed per-head K/V and the latent, since versions differ in what they cache."""
+    if text_config.get("kv_lora_rank"):
+        heads = int(text_config.get("num_attention_heads") or 1)
+        rope = int(text_config.get("qk_rope_head_dim") or 0)
+        nope = int(text_config.get("qk_nope_head_dim") or 0)
+        v_dim = int(text_config.get("v_head_dim") or nope + rope)
+        return max(heads * (nope + rope + v_dim), int(text_config["kv_lora_rank"]) + rope)
+    kv_heads, head_dim = kv_geometry(text_config)
+    return 2 * kv_heads * head_dim
+
+
 def kv_layers(text_config: Mapping[str, Any], layout: Sequence[Mapping[str, Any]] | None) -> list[KvLayer]:
     """Per-layer cache kind: from transformers' own DynamicCache(config) when the child could ask it,
     else every layer full (what DynamicCache() without a config does)."""
     n_layers = int(text_config.get("num_hidden_layers") or 0)
     if layout:
-        return [KvLayer(str(x.get("kind", "full")), x.get("window")) for x in layout]
+        from doctor.memory.storage import dtype_bytes
+
+        return [KvLayer(str(x.get("kind", "full")), x.get("window"), x.get("bytes_per_token"),
+                        dtype_bytes(str(x.get("dtype") or "bfloat16"))) for x in layout]
     return [KvLayer("full", None) for _ in range(n_layers)]
 
 
@@ -47,6 +71,11 @@ def tokens_kept(layer: KvLayer, context: int, chunk: int) -> int:
 
 def kv_bytes_per_layer(text_config: Mapping[str, Any], layers: Sequence[KvLayer], context: int, chunk: int,
                        kv_dtype_bytes: int) -> list[int]:
-    kv_heads, head_dim = kv_geometry(text_config)
-    per_token = 2 * kv_heads * head_dim * kv_dtype_bytes  # K and V
-    return [per_token * tokens_kept(layer, context, chunk) for layer in layers]
+    formula = formula_elements_per_token(text_config) * kv_dtype_bytes
+    out = []
+    for layer in layers:
+        per_token = formula
+        if layer.bytes_per_token is not None:  # measured at the model dtype; rescale to the KV dtype
+            per_token = layer.bytes_per_token * kv_dtype_bytes // max(layer.measured_dtype_bytes, 1)
+        out.append(per_token * tokens_kept(layer, context, chunk))
+    return out

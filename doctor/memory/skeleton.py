@@ -96,13 +96,23 @@ def _no_init(transformers: Any) -> Any:
     return contextlib.nullcontext()
 
 
-def _build_meta_model(torch: Any, transformers: Any, config: Any, dtype: Any) -> Any:
+def _build_meta_model(torch: Any, transformers: Any, config: Any, dtype: Any, attn: str | None = None) -> Any:
+    """The model class from_pretrained builds, on meta. With `attn`, asked for that attention implementation
+    (transformers may dispatch another one: read model.config._attn_implementation afterwards); if this
+    environment cannot build it (flash-attn not installed here), the default is built instead."""
     auto = transformers.AutoModelForCausalLM
+    extra = {"attn_implementation": attn} if attn else {}
+    import copy
+
     with torch.device("meta"), _no_init(transformers):
-        try:
-            model = auto.from_config(config, dtype=dtype)
+        try:  # on a copy: a refused implementation stays recorded in the config it was asked on
+            model = auto.from_config(copy.deepcopy(config) if extra else config, dtype=dtype, **extra)
         except TypeError:  # transformers 4.x spelled it torch_dtype
-            model = auto.from_config(config, torch_dtype=dtype)
+            model = auto.from_config(config, torch_dtype=dtype, **extra)
+        except (ImportError, ValueError):
+            if not extra:
+                raise
+            model = auto.from_config(config, dtype=dtype)
     # from_pretrained ties lm_head to the embeddings (tie_word_embeddings); do the same so the shared
     # tensor is counted once.
     if callable(getattr(model, "tie_weights", None)):
@@ -258,9 +268,20 @@ def _block_sizes(model: Any, per_param: dict[str, int]) -> list[dict[str, Any]]:
     return blocks
 
 
-def _kv_layout(config: Any) -> dict[str, Any]:
-    """Ask the installed transformers how DynamicCache(config) stores each layer (feature detection:
-    chunked/sliding layers are capped only where this transformers caps them)."""
+def _trace(torch: Any, transformers: Any, model: Any, text: Any, attn: str, args: dict[str, Any]) -> dict[str, Any]:
+    if args.get("trace") is False:
+        return {"attn_requested": attn, "attn_implementation": attn, "kv_error": "tracing disabled"}
+    from doctor.memory.trace import trace_model
+
+    return trace_model(torch, transformers, model, text, attn)
+
+
+def _kv_layout(config: Any, traced: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per-layer cache bytes per token and cap, measured on a meta forward (doctor.memory.trace); else
+    ask the installed transformers how DynamicCache(config) stores each layer (feature detection:
+    chunked/sliding layers are capped only where this transformers caps them) and count K/V by formula."""
+    if traced and traced.get("kv", {}).get("layers"):
+        return {**traced["kv"], "measured": True}
     try:
         from transformers import DynamicCache
 
@@ -303,16 +324,24 @@ def size_model(args: dict[str, Any]) -> dict[str, Any]:
     import torch
     import transformers
 
+    from doctor.memory.module_tree import safe_placement_tree
+
     dropped: list[str] = []
     config = _build_config(transformers, dict(args["config"]), dropped)
     lm_config, sized = _causal_lm_config(transformers, config)
     dtype = _torch_dtype(torch, args.get("dtype"), lm_config)
-    model = _build_meta_model(torch, transformers, lm_config, dtype)
+    attn = str(args.get("attn") or "sdpa")
+    model = _build_meta_model(torch, transformers, lm_config, dtype, attn)
+    text = lm_config.get_text_config() if hasattr(lm_config, "get_text_config") else lm_config
+    # KV layout and activation peak from the model's own forward, before bitsandbytes replaces Linears
+    # (a 4-bit matmul cannot run on meta; its dequantized weight is added by the pure estimate)
+    traced = _trace(torch, transformers, model, text, attn, args)
     quant = args.get("quant", "none")
     prequantized = bool(args.get("prequantized"))
     quantizer_info: dict[str, Any] = {"mode": "none"}
     double_quant = bool(args.get("double_quant", True))
     emulate_skip = None
+    bnb_config = None
     if quant != "none":
         bnb_config = _bnb_config(transformers, torch, args, dtype)
         double_quant = bool(getattr(bnb_config, "bnb_4bit_use_double_quant", double_quant))
@@ -321,7 +350,6 @@ def size_model(args: dict[str, Any]) -> dict[str, Any]:
             emulate_skip = quantizer_info["modules_to_not_convert"]
     counted = _count(model, quant, double_quant, emulate_skip)
     per_param = counted.pop("_per_param")
-    text = lm_config.get_text_config() if hasattr(lm_config, "get_text_config") else lm_config
     return {
         "method": "meta-skeleton",
         "model_class": type(model).__name__,
@@ -332,7 +360,10 @@ def size_model(args: dict[str, Any]) -> dict[str, Any]:
         **counted,
         "blocks": _block_sizes(model, per_param),
         "no_split_modules": sorted(getattr(model, "_no_split_modules", None) or []),
-        "kv_layout": _kv_layout(text),
+        # what transformers' own device_map="auto" reads, so the placement can replay it exactly
+        "placement_tree": safe_placement_tree(model, bnb_config, prequantized),
+        "kv_layout": _kv_layout(text, traced),
+        "trace": {k: v for k, v in traced.items() if k != "kv"},
         "moe": _moe_style(model),
         "text_config": text.to_dict(),
         "config_fields_dropped": dropped,

@@ -33,9 +33,10 @@ _PROBES: dict[str, ProbeFn] = {}
 # Modules whose import registers probes, in no particular order (probes run on demand).
 PROBE_MODULES: tuple[str, ...] = (
     "doctor.probes.host",
-    "doctor.probes.nvml", "doctor.probes.packages", "doctor.probes.libs_static", "doctor.probes.libs_live",
+    "doctor.probes.nvml", "doctor.probes.nvml_health", "doctor.probes.packages", "doctor.probes.libs_static", "doctor.probes.libs_live",
     "doctor.probes.server",
     "doctor.probes.model",
+    "doctor.probes.config_load",
     "doctor.probes.hub",
     "doctor.probes.git",
     "doctor.probes.run_args",

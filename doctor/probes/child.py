@@ -22,6 +22,11 @@ from typing import Any
 from doctor.probes import Unavailable
 
 RESULT_MARKER = "@@niah-doctor-result@@"
+STAGES_ARG = "--stages"  # _child_main's batch mode: preload, then fork one worker per stage
+# Set by _child_main in batch mode: what preloading (e.g. `import torch`) warned and how long it took,
+# so a stage that finds the module already imported can still report them.
+PRELOAD_WARNINGS: list[str] = []
+PRELOAD_SECONDS: dict[str, float] = {}
 _ALLOWED_PREFIXES = ("doctor.", "niah_run.")
 
 
@@ -52,6 +57,55 @@ def run_in_child(function: str, args: dict[str, Any] | None = None, *, timeout_s
     module = function.split(":", 1)[0]
     if not module.startswith(_ALLOWED_PREFIXES):
         raise ValueError(f"child functions must live in this project, not {module!r}")
+    return _run_raw([function], args or {}, timeout_s=timeout_s, env=env, shown_timeout=timeout_s)
+
+
+def run_stages_in_child(stages: dict[str, tuple[str, dict[str, Any]]], *, timeout_s: float = 60.0,
+                        preload: tuple[str, ...] = (), env: dict[str, str] | None = None) -> dict[str, ChildResult]:
+    """Run several `module:function(args)` stages in ONE child that imports `preload` once, then forks a
+    worker per stage (concurrently; each pays only its own work, not another `import torch`).
+
+    Every stage gets its own ChildResult: a stage that hangs past `timeout_s` or crashes is that stage's
+    error, and the others still answer. If the child itself dies (a preload that segfaults or hangs),
+    every stage gets that error. Where `os.fork` does not exist the stages run one after another.
+    """
+    for function in (f for f, _ in stages.values()):
+        if not function.split(":", 1)[0].startswith(_ALLOWED_PREFIXES):
+            raise ValueError(f"child functions must live in this project, not {function!r}")
+    request = {"stages": {name: [fn, args] for name, (fn, args) in stages.items()},
+               "preload": list(preload), "timeout_s": timeout_s}
+    # The child stops waiting for its stages at timeout_s and reports; the grace covers its own start-up.
+    batch = _run_raw([STAGES_ARG], request, timeout_s=timeout_s + 2.0, env=env, shown_timeout=timeout_s)
+    out: dict[str, ChildResult] = {}
+    for name in stages:
+        if not batch.ok or batch.data is None:
+            out[name] = batch
+            continue
+        entry = (batch.data.get("stages") or {}).get(name)
+        if not isinstance(entry, dict):
+            out[name] = ChildResult(False, None, "the stage returned nothing", batch.returncode,
+                                    batch.stderr_tail, batch.seconds)
+            continue
+        seconds = float(entry.get("seconds") or batch.seconds)
+        if entry.get("timeout"):
+            out[name] = ChildResult(False, None, f"did not finish within {timeout_s:g} s (hung; killed)", None,
+                                    batch.stderr_tail, seconds)
+        elif entry.get("signal"):
+            out[name] = ChildResult(False, None, f"crashed with {_signal_name(-int(entry['signal']))}",
+                                    -int(entry["signal"]), batch.stderr_tail, seconds)
+        elif not isinstance(entry.get("result"), dict):
+            out[name] = ChildResult(False, None, f"exited with status {entry.get('status')} and no result",
+                                    entry.get("status"), batch.stderr_tail, seconds)
+        elif "__error__" in entry["result"]:
+            out[name] = ChildResult(False, entry["result"], str(entry["result"]["__error__"]), 0,
+                                    batch.stderr_tail, seconds)
+        else:
+            out[name] = ChildResult(True, entry["result"], None, 0, batch.stderr_tail, seconds)
+    return out
+
+
+def _run_raw(argv: list[str], payload: dict[str, Any], *, timeout_s: float, env: dict[str, str] | None,
+             shown_timeout: float) -> ChildResult:
     child_env = dict(os.environ if env is None else env)
     # The child must import *this* doctor even when it runs from a source tree that is not installed.
     project_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -63,30 +117,30 @@ def run_in_child(function: str, args: dict[str, Any] | None = None, *, timeout_s
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "doctor.probes._child_main", function],
+            [sys.executable, "-m", "doctor.probes._child_main", *argv],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=child_env, text=True, start_new_session=True,  # own process group: kill it whole
         )
     except OSError as exc:
         return ChildResult(False, None, f"could not start a Python child: {exc}", -1, "", 0.0)
     try:
-        out, err = proc.communicate(json.dumps(args or {}), timeout=timeout_s)
+        out, err = proc.communicate(json.dumps(payload), timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         out, err = proc.communicate()
-        return ChildResult(False, None, f"did not finish within {timeout_s:g} s (hung; killed)", None,
+        return ChildResult(False, None, f"did not finish within {shown_timeout:g} s (hung; killed)", None,
                            _tail(err), time.monotonic() - start)
     seconds = time.monotonic() - start
-    payload = _parse_payload(out)
+    data = _parse_payload(out)
     if proc.returncode < 0:
-        return ChildResult(False, payload, f"crashed with {_signal_name(proc.returncode)}",
-                           proc.returncode, _tail(err), seconds)
-    if payload is None:
-        return ChildResult(False, None, f"exited with status {proc.returncode} and no result",
-                           proc.returncode, _tail(err), seconds)
-    if "__error__" in payload:
-        return ChildResult(False, payload, str(payload["__error__"]), proc.returncode, _tail(err), seconds)
-    return ChildResult(True, payload, None, proc.returncode, _tail(err), seconds)
+        return ChildResult(False, data, f"crashed with {_signal_name(proc.returncode)}", proc.returncode,
+                           _tail(err), seconds)
+    if data is None:
+        return ChildResult(False, None, f"exited with status {proc.returncode} and no result", proc.returncode,
+                           _tail(err), seconds)
+    if "__error__" in data:
+        return ChildResult(False, data, str(data["__error__"]), proc.returncode, _tail(err), seconds)
+    return ChildResult(True, data, None, proc.returncode, _tail(err), seconds)
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
@@ -111,3 +165,16 @@ def _tail(text: str | None, lines: int = 12) -> str:
     if not text:
         return ""
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def selftest_child(args: dict[str, Any]) -> dict[str, Any]:
+    """A stage that sleeps, dies by a signal or answers, as told: proves the child machinery itself
+    (`doctor` cannot tell a hung torch from a hung child runner otherwise)."""
+    if args.get("sleep_s"):
+        time.sleep(float(args["sleep_s"]))
+    if args.get("signal"):
+        os.kill(os.getpid(), int(args["signal"]))
+    if args.get("raise"):
+        raise RuntimeError(str(args["raise"]))
+    return {"echo": args.get("echo"), "pid": os.getpid(),
+            "preloaded": sorted(m for m in args.get("expect_preloaded", ()) if m in sys.modules)}

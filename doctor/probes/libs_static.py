@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -291,3 +292,143 @@ def triton_dist_facts() -> TritonDist:
 @probe("triton-dist")
 def triton_dist_probe(target: object) -> TritonDist:
     return triton_dist_facts()
+
+
+# ---------------------------------------------------------------- what `import X` will really load
+
+# Import name -> distributions that ship it (the first one installed is the expected owner).
+SHADOW_WATCH: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "triton": ("triton", "pytorch-triton"),
+    "bitsandbytes": ("bitsandbytes",),
+    "transformers": ("transformers",),
+}
+
+
+@dataclass(frozen=True)
+class ImportOrigin:
+    """Where `import name` resolves, compared with the installed distribution's own files."""
+
+    name: str
+    dist: str | None  # "torch 2.7.0" or None when no distribution ships it
+    expected: str | None  # the distribution's own file, e.g. .../site-packages/torch/__init__.py
+    origin: str | None  # what this interpreter's `import name` would load (find_spec, nothing imported)
+    verdict: str  # "ok", "shadowed", "no-distribution", "not-importable", "unknown"
+    via: str = ""  # which sys.path entry wins, in words: "PYTHONPATH", "the current directory", ...
+    front_copies: tuple[str, ...] = ()  # copies a run started from the CWD / a script's folder would load
+
+
+@dataclass(frozen=True)
+class ImportOrigins:
+    modules: tuple[ImportOrigin, ...]
+    cwd: str
+    front_dirs: tuple[str, ...] = ()  # directories a run puts first on sys.path (CWD, script folders)
+
+    @property
+    def problems(self) -> tuple[ImportOrigin, ...]:
+        return tuple(
+            m for m in self.modules if m.verdict in ("shadowed", "no-distribution") or m.front_copies
+        )
+
+
+def _real(path: str | os.PathLike[str] | None) -> str | None:
+    return os.path.realpath(path) if path else None
+
+
+def _spec_origin(spec: object) -> str | None:
+    origin = getattr(spec, "origin", None)
+    return origin if origin and origin not in ("namespace", "built-in", "frozen") else None
+
+
+def _path_entry_words(path: str, entries: list[str], pythonpath: list[str], cwd: str) -> str:
+    owner = next((e for e in entries if path.startswith(os.path.join(_real(e or cwd) or "", ""))), None)
+    if owner is None:
+        return "a custom import hook"
+    real = _real(owner or cwd)
+    if owner in ("", ".") or real == _real(cwd):
+        return "the current directory"
+    if any(_real(p) == real for p in pythonpath):
+        return f"PYTHONPATH ({owner})"
+    return f"sys.path entry {owner}"
+
+
+def _editable_root(dist: object) -> str | None:
+    from doctor.probes.packages import _direct_url
+
+    url = _direct_url(dist) or ""  # type: ignore[arg-type]
+    if url.startswith("editable file://"):
+        return _real(url[len("editable file://") :])
+    return None
+
+
+def import_origin(
+    name: str,
+    search_path: list[str] | None = None,
+    front_dirs: tuple[str, ...] = (),
+    environ: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> ImportOrigin:
+    """Compare `importlib.util.find_spec(name)` (nothing is imported) with the distribution's files."""
+    import importlib.machinery
+    import importlib.util
+
+    env = os.environ if environ is None else environ
+    cwd = cwd or os.getcwd()
+    entries = list(sys.path if search_path is None else search_path)
+    dist = next((d for d in (find_dist(n) for n in SHADOW_WATCH.get(name, (name,))) if d is not None), None)
+    expected_path = Path(str(dist.locate_file(f"{name}/__init__.py"))) if dist is not None else None
+    expected = _real(expected_path) if expected_path is not None and expected_path.exists() else None
+    try:
+        if search_path is None:
+            spec = importlib.util.find_spec(name)
+        else:
+            spec = importlib.machinery.PathFinder.find_spec(name, entries)
+    except (ImportError, ValueError):
+        spec = None
+    origin = _real(_spec_origin(spec))
+    label = f"{dist.metadata['Name'] or name} {dist.version}" if dist is not None else None
+    pythonpath = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    fronts = []
+    for folder in front_dirs:
+        front = importlib.machinery.PathFinder.find_spec(name, [folder])
+        front_origin = _real(_spec_origin(front))  # a bare folder (namespace package) never wins
+        if front_origin and front_origin != expected and front_origin != origin:
+            fronts.append(front_origin)
+    common = {
+        "name": name,
+        "dist": label,
+        "expected": expected,
+        "origin": origin,
+        "front_copies": tuple(fronts),
+    }
+    if spec is None:
+        return ImportOrigin(**common, verdict="not-importable" if dist is not None else "ok")
+    if dist is None:
+        via = _path_entry_words(origin or "", entries, pythonpath, cwd) if origin else "a namespace folder"
+        return ImportOrigin(**common, verdict="no-distribution", via=via)
+    if expected is None:  # an editable / develop install: its files live in the source tree
+        root = _editable_root(dist)
+        same = bool(root and origin and origin.startswith(os.path.join(root, "")))
+        return ImportOrigin(**common, verdict="ok" if same else "unknown")
+    if origin == expected:
+        return ImportOrigin(**common, verdict="ok")
+    via = _path_entry_words(origin or "", entries, pythonpath, cwd) if origin else "a namespace folder"
+    return ImportOrigin(**common, verdict="shadowed", via=via)
+
+
+def import_origins_facts(
+    scripts: tuple[str, ...] = (),
+    search_path: list[str] | None = None,
+    environ: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> ImportOrigins:
+    cwd = cwd or os.getcwd()
+    # `python -m x` / `python -c` put the CWD first; `python script.py` puts the script's folder first.
+    fronts = tuple(dict.fromkeys([cwd, *(os.path.dirname(os.path.abspath(s)) for s in scripts)]))
+    modules = tuple(import_origin(name, search_path, fronts, environ, cwd) for name in SHADOW_WATCH)
+    return ImportOrigins(modules=modules, cwd=cwd, front_dirs=fronts)
+
+
+@probe("import-origins")
+def import_origins_probe(target: object) -> ImportOrigins:
+    return import_origins_facts(tuple(getattr(target, "scripts", ()) or ()))

@@ -35,7 +35,7 @@ def resolve_for_memory(target: Any) -> Any:
         return ModelResolution(target.model, "found", "local folder", source="local-folder", path=str(folder),
                                config=config, model_type=config.get("model_type"),
                                quantization_config=config.get("quantization_config"))
-    from doctor.memory.estimate import embedded_config
+    from doctor.memory.embedded import embedded_config
 
     config = embedded_config(spec)
     if config is None:
@@ -46,6 +46,20 @@ def resolve_for_memory(target: Any) -> Any:
                            embedded_source=config.get("_source"))
 
 
+def size_weights(args: dict[str, Any], timeout_s: float = 240.0) -> dict[str, Any]:
+    """Weight inventory from the real transformers class in a child; analytic fallback if that fails."""
+    from doctor.probes.child import run_in_child
+
+    result = run_in_child("doctor.memory.skeleton:size_model", args, timeout_s=timeout_s)
+    if result.ok and result.data:
+        return result.data
+    from doctor.memory.analytic import size_analytic
+
+    sizing = size_analytic(args)
+    sizing["fallback_reason"] = f"meta skeleton failed: {result.error}"
+    return sizing
+
+
 @probe("memory")
 def memory_probe(target: Any) -> dict[str, Any] | Unavailable:
     if not target.model:
@@ -53,7 +67,7 @@ def memory_probe(target: Any) -> dict[str, Any] | Unavailable:
     resolution = resolve_for_memory(target)
     if not resolution.found:
         return Unavailable(f"model config unavailable: {resolution.message}", "missing")
-    from doctor.memory.estimate import settings_for, size_weights, sizing_args
+    from doctor.memory.estimate import settings_for, sizing_args
 
     settings = settings_for(target, resolution.config, resolution.quantization_config)
     args = sizing_args(settings, resolution.config, resolution.quantization_config)

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from doctor.probes import probe
+from doctor.probes import Unavailable, probe
 
 NO_GPU_REASON = "no NVIDIA driver/GPU visible"
 
@@ -111,6 +111,8 @@ def _safe(fn: Any, *args: Any) -> Any:
     """NVML raises NVMLError_NotSupported for fields some GPUs/containers lack: that field is None."""
     import pynvml
 
+    if fn is None:  # a function this nvidia-ml-py does not have
+        return None
     try:
         return fn(*args)
     except pynvml.NVMLError:
@@ -135,8 +137,10 @@ def _processes(handle: Any) -> tuple[GpuProcess, ...]:
     return tuple(out)
 
 
-def _gpu(index: int) -> tuple[GpuFacts, str]:
+def _gpu(index: int) -> tuple[GpuFacts, str, Any]:
     import pynvml
+
+    from doctor.probes.nvml_health import read_device_health
 
     handle = pynvml.nvmlDeviceGetHandleByIndex(index)
     mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
@@ -155,27 +159,40 @@ def _gpu(index: int) -> tuple[GpuFacts, str]:
         processes=_processes(handle),
         pci_bus_id=_text(pci.busId) if pci is not None else None,
     )
-    return facts, _text(
-        uuid
-    ) if uuid else ""  # UUIDs only serve CUDA_VISIBLE_DEVICES matching; never reported
+    health = read_device_health(pynvml, handle, index, facts.name, facts.pci_bus_id)
+    # UUIDs only serve CUDA_VISIBLE_DEVICES matching; never reported
+    return facts, _text(uuid) if uuid else "", health
 
 
-def _gpu_or_placeholder(index: int) -> tuple[GpuFacts, str]:
+def _gpu_or_placeholder(index: int) -> tuple[GpuFacts, str, Any]:
     """A GPU that NVML cannot query (fallen off the bus, Xid errors) is itself a finding, not a crash."""
     import pynvml
+
+    from doctor.probes.nvml_health import lost_gpu_health
 
     try:
         return _gpu(index)
     except pynvml.NVMLError as exc:
-        return GpuFacts(
-            index=index,
-            name=f"GPU {index} (NVML error: {exc})",
-            memory_total_bytes=0,
-            memory_free_bytes=0,
-            memory_used_bytes=0,
-            compute_capability=None,
-            mig_enabled=None,
-        ), ""
+        return (
+            GpuFacts(
+                index=index,
+                name=f"GPU {index} (NVML error: {exc})",
+                memory_total_bytes=0,
+                memory_free_bytes=0,
+                memory_used_bytes=0,
+                compute_capability=None,
+                mig_enabled=None,
+            ),
+            "",
+            lost_gpu_health(index, str(exc)),
+        )
+
+
+@dataclass(frozen=True)
+class _NvmlRead:
+    facts: NvmlFacts
+    uuids: tuple[str, ...]
+    health: Any  # doctor.probes.nvml_health.GpuHealthFacts
 
 
 _READ_LOCK = threading.Lock()
@@ -184,31 +201,71 @@ _READ_LOCK = threading.Lock()
 def read_nvml() -> tuple[NvmlFacts, tuple[str, ...]]:
     """Query NVML once per process: the nvml probe and the live-probe gates run in parallel threads."""
     with _READ_LOCK:
-        return _read_nvml_once()
+        read = _read_nvml_once()
+    return read.facts, read.uuids
+
+
+def read_gpu_health() -> Any:
+    """Health facts (doctor.probes.nvml_health.GpuHealthFacts) from the same single NVML session."""
+    with _READ_LOCK:
+        return _read_nvml_once().health
+
+
+def _driver_stack(
+    init_error: BaseException | None = None, driver: str | None = None, nvml_version: str | None = None
+) -> Any:
+    from doctor.probes.nvml_health import (
+        DriverStack,
+        init_error_kind,
+        kernel_module_version,
+        loaded_library_path,
+    )
+
+    return DriverStack(
+        kernel_module_version=kernel_module_version(),
+        nvml_driver_version=driver,
+        nvml_library_version=nvml_version,
+        nvml_library_path=loaded_library_path(),
+        init_error=str(init_error) if init_error is not None else None,
+        init_error_kind=init_error_kind(init_error) if init_error is not None else None,
+    )
 
 
 @functools.lru_cache(maxsize=1)
-def _read_nvml_once() -> tuple[NvmlFacts, tuple[str, ...]]:
+def _read_nvml_once() -> _NvmlRead:
+    from doctor.probes.nvml_health import GpuHealthFacts, XidLog, pci_index_map, xid_log
+
     try:
         import pynvml
     except ImportError:
-        return NvmlFacts(False, f"{NO_GPU_REASON} (nvidia-ml-py is not installed)"), ()
+        reason = f"{NO_GPU_REASON} (nvidia-ml-py is not installed)"
+        return _NvmlRead(
+            NvmlFacts(False, reason), (), Unavailable("nvidia-ml-py is not installed", "missing")
+        )
     try:
         pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        # LibraryNotFound: no driver installed (or not mounted into this container); DriverNotLoaded etc.
-        return NvmlFacts(False, f"{NO_GPU_REASON} (NVML: {exc})"), ()
-    except OSError as exc:
-        return NvmlFacts(False, f"{NO_GPU_REASON} (NVML: {exc})"), ()
+    except (pynvml.NVMLError, OSError) as exc:
+        # LibraryNotFound: no driver installed (or not mounted into this container); DriverNotLoaded;
+        # LibRmVersionMismatch: user-space libraries upgraded while the old kernel module stays loaded.
+        facts = NvmlFacts(False, f"{NO_GPU_REASON} (NVML: {exc})")
+        stack = _driver_stack(exc)
+        # With a driver present (a version mismatch, a lost GPU) the kernel log still tells what happened.
+        no_driver = stack.init_error_kind == "library-not-found"
+        xids = XidLog(False, "no NVIDIA driver installed") if no_driver else xid_log({})
+        health = GpuHealthFacts(stack, (), xids)
+        return _NvmlRead(facts, (), health)
     try:
         driver = _text(pynvml.nvmlSystemGetDriverVersion())
+        nvml_version = _safe(getattr(pynvml, "nvmlSystemGetNVMLVersion", None))
         cuda_int = _safe(pynvml.nvmlSystemGetCudaDriverVersion)
         count = int(pynvml.nvmlDeviceGetCount())
-        pairs = [_gpu_or_placeholder(i) for i in range(count)]
+        triples = [_gpu_or_placeholder(i) for i in range(count)]
+        stack = _driver_stack(None, driver, _text(nvml_version) if nvml_version else None)
     finally:
         _safe(pynvml.nvmlShutdown)
-    gpus = tuple(p[0] for p in pairs)
-    uuids = tuple(p[1] for p in pairs)
+    gpus = tuple(t[0] for t in triples)
+    uuids = tuple(t[1] for t in triples)
+    health_gpus = tuple(t[2] for t in triples)
     reason = "" if gpus else f"{NO_GPU_REASON} (driver {driver} loaded but reports 0 GPUs)"
     facts = NvmlFacts(
         driver_visible=bool(gpus),
@@ -217,7 +274,8 @@ def _read_nvml_once() -> tuple[NvmlFacts, tuple[str, ...]]:
         cuda_driver_version=cuda_version_from_int(int(cuda_int)) if cuda_int else None,
         gpus=gpus,
     )
-    return facts, uuids
+    health = GpuHealthFacts(stack, health_gpus, xid_log(pci_index_map(health_gpus)))
+    return _NvmlRead(facts, uuids, health)
 
 
 def nvml_facts(environ: dict[str, str] | None = None) -> NvmlFacts:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from doctor.probes import probe
+from doctor.probes import Unavailable, probe
 
 _SIZES_TIMEOUT_S = 60.0  # importing accelerate imports torch: seconds on a cold disk
 
@@ -44,6 +44,17 @@ def accelerate_verdicts(values: list[str], timeout_s: float) -> tuple[dict[str, 
     return dict(data.get("sizes") or {}), dict(data.get("errors") or {}), None
 
 
+def max_memory_values(text: str) -> list[str]:
+    """The size texts of a --max-memory value, in either accepted form, for accelerate to judge."""
+    from run_plan.errors import UsageError
+    from run_plan.sizes import max_memory_pairs
+
+    try:
+        return [value.strip() for _, value in max_memory_pairs(text)]
+    except UsageError:
+        return []  # the check reports the parse error itself
+
+
 @probe("run-args")
 def run_args_probe(target: Any) -> RunArgFacts:
     versions = {n: _version(n) for n in ("torch", "accelerate", "triton", "flash-attn", "transformers")}
@@ -51,6 +62,23 @@ def run_args_probe(target: Any) -> RunArgFacts:
     text = getattr(target, "max_memory", None)
     if not text:
         return facts
-    values = [item.partition("=")[2].strip() for item in str(text).split(",") if "=" in item]
+    values = max_memory_values(str(text))
     sizes, errors, problem = accelerate_verdicts(values, min(_SIZES_TIMEOUT_S, target.probe_timeout_s))
     return RunArgFacts(versions, facts.flash_attn_importable, sizes, errors, problem)
+
+
+@dataclass(frozen=True)
+class ScriptSettingsFacts:
+    """What each `--script` passes to transformers/accelerate, read with ast (doctor.script_reader)."""
+
+    readings: tuple[Any, ...]  # ScriptReading, one per --script, in the order given
+
+
+@probe("script-settings")
+def script_settings_probe(target: Any) -> Any:  # ScriptSettingsFacts | Unavailable
+    scripts = tuple(getattr(target, "scripts", ()) or ())
+    if not scripts:
+        return Unavailable("no --script given: no run script to read", "not-applicable")
+    from doctor.script_reader import read_script
+
+    return ScriptSettingsFacts(tuple(read_script(path) for path in scripts))

@@ -8,13 +8,14 @@ read from OPENAI_API_KEY, sent only in the Authorization header, and never part 
 
 from __future__ import annotations
 
-import http.client
 import os
 import time
-import urllib.error
 from dataclasses import dataclass
 
 from doctor.probes import Unavailable, probe
+from doctor.report.redact import Redactor
+from run_plan.http import HttpFailure
+from run_plan.openai_http import BadBaseUrl, list_models, normalize_base_url, public_url
 
 API_KEY_ENV = "OPENAI_API_KEY"
 _MAX_TIMEOUT_S = 5.0  # a healthy server answers /v1/models in milliseconds
@@ -43,15 +44,19 @@ def server_probe(target: object) -> ServerFacts | Unavailable:
     base_url = getattr(target, "base_url", None)
     if not base_url:
         return Unavailable("no --base-url given: no server to check", "not-applicable")
-    # Lazy: the HTTP helpers live with the server backend (stdlib only, no heavy imports).
-    from niah_run.backends.openai import list_models, normalize_base_url, public_url
-
-    timeout_s = min(_MAX_TIMEOUT_S, float(getattr(target, "probe_timeout_s", _MAX_TIMEOUT_S)))
+    # The shared client (run_plan.http): one total deadline, a size cap, no cross-origin redirects.
+    try:
+        timeout_s = min(_MAX_TIMEOUT_S, float(getattr(target, "probe_timeout_s", _MAX_TIMEOUT_S)))
+    except (TypeError, ValueError):
+        timeout_s = _MAX_TIMEOUT_S
+    if not timeout_s > 0:
+        timeout_s = _MAX_TIMEOUT_S
     api_key = os.environ.get(API_KEY_ENV) or None
+    redactor = Redactor(extra_secrets=[(API_KEY_ENV, api_key)] if api_key else ())
     try:
         url = normalize_base_url(base_url)
-    except Exception as exc:  # a UsageError: report it as a fact, the check says what to fix
-        return ServerFacts(str(base_url), False, None, str(getattr(exc, "message", exc)), (), API_KEY_ENV,
+    except BadBaseUrl as exc:  # reported as a fact; the check says what to fix
+        return ServerFacts(public_url(str(base_url)), False, None, redactor.scrub(str(exc)), (), API_KEY_ENV,
                            api_key is not None, 0)
     start = time.monotonic()
     status: int | None = None
@@ -61,18 +66,13 @@ def server_probe(target: object) -> ServerFacts | Unavailable:
         models = tuple(ServedModel(m.id, m.max_model_len)
                        for m in list_models(url, api_key=api_key, timeout_s=timeout_s))
         status = 200
-    except urllib.error.HTTPError as exc:
-        status, error = exc.code, f"HTTP {exc.code} {exc.reason}"
-    except urllib.error.URLError as exc:
-        error = f"{exc.reason}"
-    except TimeoutError:  # socket.timeout is an alias of it since Python 3.10
-        error = f"no answer within {timeout_s:g} s"
-    except (OSError, http.client.HTTPException, ValueError) as exc:  # a reply cut short, or not JSON
-        error = f"{type(exc).__name__}: {exc}"
-    if error and api_key:
-        error = error.replace(api_key, f"<redacted:{API_KEY_ENV}>")
+    except HttpFailure as exc:
+        # An HTTP status (401, 404, 500) means the server answered; a bad 2xx reply is "answered wrongly".
+        status = exc.status
+        error = exc.message if exc.kind != "status" else f"HTTP {exc.status}: {exc.body[:120] or 'no detail'}"
     return ServerFacts(
-        base_url=public_url(url), reachable=status is not None, status=status, error=error, models=models,
+        base_url=public_url(url), reachable=status is not None, status=status,
+        error=redactor.scrub(error) if error else None, models=models,
         api_key_env=API_KEY_ENV, api_key_set=api_key is not None,
         elapsed_ms=int((time.monotonic() - start) * 1000),
     )

@@ -7,6 +7,7 @@ Contracts: check ids (kebab-case, never renamed) and the JSON produced from this
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -14,11 +15,19 @@ from enum import Enum
 from typing import Any
 
 from doctor.errors import ExitCode
+from run_plan.shell import shell_join
 
 SCHEMA_VERSION = 1
 _KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 Scalar = str | int | float | bool | None
+# A printed command: a literal line we wrote ourselves, or an argument list that `shell_join` quotes.
+# Anything holding a value from outside (a path, a model id, a URL) must be given as an argument list.
+Command = str | tuple[str, ...] | list[str]
+
+
+def _as_command_line(command: Command) -> str:
+    return command if isinstance(command, str) else shell_join(command)
 
 
 class Status(str, Enum):
@@ -49,14 +58,27 @@ class Evidence:
     key: str  # e.g. "torch.version.cuda", "gpu[0].memory_total_bytes"
     value: Any  # a scalar or a small JSON-able structure
     source: str  # "nvml", "torch", "metadata", "config.json", "git", "env", "estimate", ...
-    how: str | None = None  # a command that shows the same fact
+    how: str | None = None  # a command that shows the same fact (an argument list is shell-quoted)
+
+    def __post_init__(self) -> None:
+        if self.how is not None and not isinstance(self.how, str):
+            object.__setattr__(self, "how", _as_command_line(self.how))
 
 
 @dataclass(frozen=True)
 class Fix:
     summary: str  # imperative sentence: "Install a CUDA build of torch"
+    # Each entry: a literal line, or an argument list (tuple/list) joined with shell quoting, so a model
+    # folder named `m; touch PWNED #` prints as one quoted word and pasting the line runs nothing else.
     commands: tuple[str, ...] = ()
     link: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.commands, (str, list)) and not isinstance(self.commands, tuple):
+            commands: tuple[Command, ...] = (self.commands,) if isinstance(self.commands, str) else tuple(self.commands)
+        else:
+            commands = tuple(self.commands)
+        object.__setattr__(self, "commands", tuple(_as_command_line(c) for c in commands))
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,11 @@ class ToolInfo:
     name: str
     version: str
     argv: tuple[str, ...]
+
+    @property
+    def command_line(self) -> str:
+        """The invocation as a shell-quoted line (what markdown and JSON print)."""
+        return shell_join(self.argv)
 
 
 @dataclass(frozen=True)
@@ -131,6 +158,9 @@ def to_jsonable(obj: Any) -> Any:
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
         return [to_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        # JSON has no Infinity/NaN: json.dumps would write them anyway and produce an invalid document.
+        return str(obj)
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return str(obj)
@@ -141,7 +171,7 @@ def report_to_json_dict(report: Report) -> dict[str, Any]:
     counts = report.counts()
     doc: dict[str, Any] = {
         "schema_version": report.schema_version,
-        "tool": to_jsonable(report.tool),
+        "tool": {**to_jsonable(report.tool), "command": report.tool.command_line},
         "created_at": report.created_at,
         "target": to_jsonable(report.target),
         "summary": {**counts, "verdict": report.verdict(), "exit_code": int(report.exit_code())},

@@ -16,12 +16,6 @@ from typing import Any
 from niah_run import prefill as pf
 from niah_run.backends.base import BackendOOM, Generation
 
-# Without an estimate from the doctor: 4k-token chunks keep sdpa's materialized chunk x context mask
-# and repeat_kv transients small enough for 1M tokens of a Scout-shaped model on one 80 GB card
-# (docs/benchmarks.md); flex_attention builds no dense mask, so 8k chunks are cheaper per token.
-DEFAULT_GPU_PREFILL_CHUNK = 4096
-DEFAULT_FLEX_PREFILL_CHUNK = 8192
-
 
 def is_oom(error: BaseException) -> bool:
     import torch
@@ -76,12 +70,6 @@ def eos_ids_of(model: Any, tokenizer: Any) -> tuple[int, ...]:
     elif value is not None:
         ids.extend(int(v) for v in value)
     return tuple(dict.fromkeys(ids))
-
-
-def default_prefill_chunk(attn: str, on_cuda: bool) -> int | None:
-    if not on_cuda:
-        return None  # CPU runs are short (demo model, <= 8k tokens): one forward is fastest
-    return DEFAULT_FLEX_PREFILL_CHUNK if attn == "flex_attention" else DEFAULT_GPU_PREFILL_CHUNK
 
 
 class HFBackend:

@@ -8,32 +8,35 @@ Generated ids come from the server when it returns them (`return_token_ids`, vLL
 SGLang); otherwise only the generated *text* is re-encoded with our tokenizer, which is enough
 because the scorer only ever scores the generated text.
 
-Only the standard library is used for HTTP (urllib), so this module stays importable everywhere.
+HTTP goes through run_plan.http (shared with the doctor's server probe): a total deadline per request
+(a dripping body cannot outlast --request-timeout), a size cap, no redirect to another origin (the
+Authorization header would follow it), strict JSON. Every reply is shape-checked (run_plan.openai_http)
+before use, so a broken server is a trial error naming what was wrong, never a crash.
 The API key is read from an environment variable, sent only in the Authorization header, and never
 stored in describe(), exceptions or logs.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import logging
 import os
 import random
-import socket
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import Any
 
 from doctor.errors import UsageError
 from doctor.report.redact import Redactor
 from niah_run.backends.base import Generation
+from run_plan import http as _http
+from run_plan.http import HttpFailure
+from run_plan.openai_http import BadBaseUrl, BadReply, ServerModel, parse_models, public_url, token_ids_of
+from run_plan.openai_http import normalize_base_url as _normalize_base_url
+
+__all__ = ["OpenAIBackend", "ServerModel", "ServerRequestError", "list_models", "make_openai_backend",
+           "normalize_base_url", "public_url", "request_json"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,6 @@ DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_TIMEOUT_S = 1800.0
 DEFAULT_RETRIES = 3
 _MAX_BACKOFF_S = 60.0
-_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _BODY_SNIPPET = 300  # characters of an error body worth quoting
 
 
@@ -60,61 +62,25 @@ class ServerRequestError(RuntimeError):
         self.attempts = attempts
 
 
-@dataclass(frozen=True)
-class ServerModel:
-    """One entry of GET /v1/models."""
-
-    id: str
-    max_model_len: int | None  # vLLM and SGLang report it; other servers may not
-
-
 def normalize_base_url(base_url: str) -> str:
-    """`http://host:8000`, `http://host:8000/` and `http://host:8000/v1` all mean the same server."""
-    url = base_url.strip().rstrip("/")
-    if not urllib.parse.urlsplit(url).scheme:
-        raise UsageError(f"--base-url {base_url!r} has no scheme", hint="Use e.g. http://127.0.0.1:8000")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
-
-
-def public_url(base_url: str) -> str:
-    """The URL without any `user:password@` part: safe to print and to store."""
-    parts = urllib.parse.urlsplit(base_url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def _auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    """`http://host:8000`, `…/` and `…/v1` mean the same server; a URL that names none is a usage error."""
+    try:
+        return _normalize_base_url(base_url)
+    except BadBaseUrl as exc:
+        raise UsageError(str(exc), hint="Use e.g. http://127.0.0.1:8000") from None
 
 
 def request_json(method: str, url: str, *, body: Any = None, api_key: str | None = None,
                  timeout_s: float) -> tuple[int, Any]:
-    """One HTTP request; returns (status, parsed JSON). Raises urllib.error.HTTPError on non-2xx,
-    OSError (URLError, timeout, refused, reset) when the server cannot be reached."""
-    data = None if body is None else json.dumps(body).encode("utf-8")
-    headers = {"Accept": "application/json", **_auth_headers(api_key)}
-    if data is not None:
-        headers["Content-Type"] = "application/json"
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - the user's own server URL
-        raw = resp.read()
-        return resp.status, json.loads(raw.decode("utf-8")) if raw else None
+    """One JSON request through the shared client; returns (status, parsed JSON), raises HttpFailure."""
+    reply = _http.request_json(method, url, body=body, bearer=api_key, timeout_s=timeout_s)
+    return reply.status, reply.doc
 
 
 def list_models(base_url: str, *, api_key: str | None = None, timeout_s: float = 5.0) -> list[ServerModel]:
-    """GET /v1/models. Raises like request_json."""
-    url = normalize_base_url(base_url) + "/v1/models"
-    _, doc = request_json("GET", url, api_key=api_key, timeout_s=timeout_s)
-    entries = doc.get("data", []) if isinstance(doc, dict) else []
-    out = []
-    for entry in entries:
-        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-            length = entry.get("max_model_len")
-            out.append(ServerModel(entry["id"], int(length) if isinstance(length, (int, float)) else None))
-    return out
+    """GET /v1/models. Raises HttpFailure (BadReply when the body has the wrong shape)."""
+    _, doc = request_json("GET", normalize_base_url(base_url) + "/v1/models", api_key=api_key, timeout_s=timeout_s)
+    return parse_models(doc)
 
 
 class OpenAIBackend:
@@ -195,8 +161,9 @@ class OpenAIBackend:
         """GET /v1/models with this backend's key (for preflight: model listed, max_model_len)."""
         try:
             return list_models(self._base_url, api_key=self.__api_key, timeout_s=timeout_s)
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            raise ServerRequestError(self._describe_failure(exc), retryable=True) from None
+        except HttpFailure as exc:
+            raise ServerRequestError(self._describe_failure(exc), status=exc.status,
+                                     retryable=exc.retryable) from None
 
     # -- the protocol ---------------------------------------------------------------------------
 
@@ -266,18 +233,13 @@ class OpenAIBackend:
                 _, doc = request_json("POST", url, body=body, api_key=self.__api_key,
                                       timeout_s=self.timeout_s)
                 return doc
-            except urllib.error.HTTPError as exc:
-                status = exc.code
+            except HttpFailure as exc:
+                # Retried: refused/reset connections, timeouts, 408/429/5xx. Not retried: other 4xx, a
+                # refused redirect, a reply that is not JSON or too large (the server answered, wrongly).
+                status = exc.status
                 message = self._describe_failure(exc)
-                retryable = status in _RETRY_STATUS
-                retry_after = _retry_after_seconds(exc)
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                # OSError: refused, reset, DNS, timeout. HTTPException: a reply cut short.
-                # ValueError: the reply is not JSON (not retried: the server answered, just wrongly).
-                status = None
-                message = self._describe_failure(exc)
-                retryable = not isinstance(exc, ValueError)
-                retry_after = None
+                retryable = exc.retryable
+                retry_after = exc.retry_after
             if not retryable or attempt == attempts:
                 raise ServerRequestError(f"{message} (after {attempt} attempt{'s' if attempt > 1 else ''})",
                                          status=status, retryable=retryable, attempts=attempt)
@@ -291,49 +253,48 @@ class OpenAIBackend:
         base = min(_MAX_BACKOFF_S, self.backoff_s * (2 ** (attempt - 1)))
         return base * (0.5 + random.random() / 2)
 
-    def _describe_failure(self, exc: BaseException) -> str:
-        where = public_url(self._base_url)
-        if isinstance(exc, urllib.error.HTTPError):
-            try:
-                detail = exc.read().decode("utf-8", "replace")[:_BODY_SNIPPET]
-            except Exception:  # the body is only a courtesy
-                detail = ""
-            text = f"HTTP {exc.code} from {where}: {detail.strip() or exc.reason}"
-            if exc.code in (400, 422) and "prompt" in detail and "string" in detail:
-                # e.g. `transformers serve` (5.x): "prompt must be a string." Sending text instead would
-                # make the server re-tokenize and lengths inexact, so we do not fall back.
-                text += " — this server does not take token-id prompts; use vLLM, SGLang or `niah serve`"
-        elif isinstance(exc, urllib.error.URLError):
-            text = f"cannot reach {where}: {exc.reason}"
-        elif isinstance(exc, (TimeoutError, socket.timeout)):
-            text = f"no answer from {where} within {self.timeout_s:g} s"
-        elif isinstance(exc, ValueError):
-            text = f"{where} answered with something that is not JSON: {exc}"
-        else:
-            text = f"cannot reach {where}: {type(exc).__name__}: {exc}"
+    def _describe_failure(self, exc: HttpFailure) -> str:
+        text = exc.message
+        detail = exc.body
+        if exc.status in (400, 422) and "prompt" in detail and "string" in detail:
+            # e.g. `transformers serve` (5.x): "prompt must be a string." Sending text instead would
+            # make the server re-tokenize and lengths inexact, so we do not fall back.
+            text += " — this server does not take token-id prompts; use vLLM, SGLang or `niah serve`"
         return self._redactor.scrub(text)  # a server may echo what we sent
 
     # -- reading the reply ----------------------------------------------------------------------
 
     def _generation_from(self, doc: Any, prompt: list[int], seconds: float) -> Generation:
         try:
-            choice = doc["choices"][0]
-        except (KeyError, IndexError, TypeError):
-            raise ServerRequestError(f"{self.url} returned no choices: {str(doc)[:_BODY_SNIPPET]}") from None
-        usage = doc.get("usage") or {}
-        prompt_tokens = usage.get("prompt_tokens")
-        if isinstance(prompt_tokens, int) and prompt_tokens != len(prompt):
+            return self._read_completion(doc, prompt, seconds)
+        except BadReply as exc:  # the server answered 2xx with the wrong shape: a permanent trial error
+            raise ServerRequestError(self._redactor.scrub(f"{self.url} sent a bad reply: {exc.message}")) from None
+
+    def _read_completion(self, doc: Any, prompt: list[int], seconds: float) -> Generation:
+        choices = doc.get("choices") if isinstance(doc, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise BadReply(f"no choices: {str(doc)[:_BODY_SNIPPET]}")
+        choice = choices[0]
+        usage = doc.get("usage")
+        prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        if isinstance(prompt_tokens, int) and not isinstance(prompt_tokens, bool) and prompt_tokens != len(prompt):
             # The server did not take our ids as they are (it re-tokenized or truncated): the trial's
             # length would be wrong, so it must not be scored.
             raise ServerRequestError(
-                f"{self.url} counted {prompt_tokens} prompt tokens, we sent {len(prompt)}: the server does "
-                "not accept token-id prompts as they are (use vLLM, SGLang or `niah serve`)")
-        server_ids = choice.get("token_ids")
-        if isinstance(server_ids, list) and all(isinstance(t, int) for t in server_ids):
-            output_ids = tuple(server_ids)
+                f"{self.url} counted {str(prompt_tokens)[:40]} prompt tokens, we sent {len(prompt)}: the server "
+                "does not accept token-id prompts as they are (use vLLM, SGLang or `niah serve`)")
+        server_ids = token_ids_of(choice.get("token_ids"))
+        vocab = _vocab_size(self._tokenizer)
+        if server_ids and vocab and max(server_ids) >= vocab:
+            raise BadReply(f"token id {max(server_ids)} is outside the tokenizer's vocabulary ({vocab} ids): "
+                           "the server runs a different tokenizer or sent garbage")
+        if server_ids is not None:
+            output_ids = server_ids
             self._server_ids_seen.set()
         else:
-            text = choice.get("text") or ""
+            text = choice.get("text")
+            if text is not None and not isinstance(text, str):
+                raise BadReply(f"choices[0].text is a {type(text).__name__}, not a string")
             output_ids = tuple(self._tokenizer.encode(text, add_special_tokens=False)) if text else ()
         return Generation(
             output_ids=output_ids,
@@ -345,12 +306,12 @@ class OpenAIBackend:
         )
 
 
-def _retry_after_seconds(exc: urllib.error.HTTPError) -> float | None:
-    value = exc.headers.get("Retry-After") if exc.headers else None
+def _vocab_size(tokenizer: Any) -> int | None:
     try:
-        return min(_MAX_BACKOFF_S, max(0.0, float(value))) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
+        size = len(tokenizer)
+    except Exception:  # a tokenizer without __len__: the id range check is skipped
+        return None
+    return size if isinstance(size, int) and size > 0 else None
 
 
 # -- construction -------------------------------------------------------------------------------

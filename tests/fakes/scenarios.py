@@ -17,6 +17,7 @@ from doctor.probes.libs_live import (
     NOT_LIVE_REASON,
     BnbLive,
     BnbRoundTrip,
+    GemmResult,
     TorchDevice,
     TorchLive,
     TransformersLive,
@@ -24,6 +25,7 @@ from doctor.probes.libs_live import (
 )
 from doctor.probes.libs_static import BnbFiles, NativeLib, TorchBuild, TritonDist
 from doctor.probes.nvml import NO_GPU_REASON, GpuFacts, GpuProcess, NvmlFacts
+from doctor.probes.nvml_health import DriverStack, GpuHealth, GpuHealthFacts, XidEvent, XidLog
 from doctor.probes.packages import DistInfo, PackageVersions
 from doctor.target import Target
 
@@ -230,6 +232,7 @@ def torch_live_ok(
         arch_list=arches,
         warnings=warnings,
         import_seconds=1.9,
+        gemm=(GemmResult(0, True, 0.0, 0.012),),
     )
 
 
@@ -278,6 +281,74 @@ def llama4_resolution() -> ModelResolution:
     )
 
 
+def health(
+    index: int = 0,
+    name: str = "NVIDIA H100 80GB HBM3",
+    sxm: bool = True,
+    **changes: Any,
+) -> GpuHealth:
+    """A healthy data-centre GPU as NVML reports it; `sxm=False` is a PCIe card (no NVSwitch fabric)."""
+    base = GpuHealth(
+        index=index,
+        name=name,
+        pci_bus_id=f"00000000:{index + 0x18:02X}:00.0",
+        ecc_enabled=True,
+        ecc_volatile_uncorrected=0,
+        ecc_volatile_corrected=0,
+        ecc_aggregate_uncorrected=0,
+        ecc_aggregate_corrected=3,
+        remapped_rows_correctable=0,
+        remapped_rows_uncorrectable=0,
+        remap_pending=False,
+        remap_failed=False,
+        clock_event_reasons=0x1,  # gpu_idle
+        temperature_c=31,
+        utilization_gpu_percent=0,
+        pcie_gen_current=5,
+        pcie_gen_max=5,
+        pcie_gen_gpu_max=5,
+        pcie_width_current=16,
+        pcie_width_max=16,
+        fabric_state="completed" if sxm else "not-supported",
+        fabric_status="Success" if sxm else None,
+        fabric_cluster_uuid_zero=False if sxm else None,
+        fabric_clique_id=1 if sxm else None,
+        persistence_mode=True,
+    )
+    return replace(base, **changes)
+
+
+def driver_stack(driver: str = "570.124.06", library: str | None = None, **changes: Any) -> DriverStack:
+    lib = library or driver
+    base = DriverStack(
+        kernel_module_version=driver,
+        nvml_driver_version=driver,
+        nvml_library_version=f"12.{lib}",
+        nvml_library_path=f"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.{lib}",
+    )
+    return replace(base, **changes)
+
+
+def xid(code: int, text: str, index: int = 0, at: float = 5321.4) -> XidEvent:
+    return XidEvent(
+        code=code, pci=f"0000:{index + 0x18:02x}:00", gpu_index=index, seconds_since_boot=at, text=text
+    )
+
+
+def gpu_health(
+    *gpus: GpuHealth, driver: str = "570.124.06", xids: tuple[XidEvent, ...] = (), readable: bool = True
+) -> GpuHealthFacts:
+    log = (
+        XidLog(True, "", "/dev/kmsg", xids)
+        if readable
+        else XidLog(
+            False,
+            "/dev/kmsg is not readable (Operation not permitted); containers usually hide the kernel log",
+        )
+    )
+    return GpuHealthFacts(driver_stack(driver), gpus or (health(),), log)
+
+
 # ---------------------------------------------------------------- named scenarios
 
 
@@ -292,6 +363,7 @@ def healthy_h100(cuda: str = "12.6", driver_cuda: tuple[int, int] = (12, 8)) -> 
             "nvml": nvml(
                 gpu(), cuda=driver_cuda, driver="570.124.06" if driver_cuda < (13, 0) else "580.65.06"
             ),
+            "gpu-health": gpu_health(driver="570.124.06" if driver_cuda < (13, 0) else "580.65.06"),
             "packages": packages(),
             "torch-build": torch_cuda_build(version, cuda),
             "bnb-files": bnb_files(),
@@ -312,6 +384,11 @@ def no_gpu() -> Scenario:
         {
             "host": host(),
             "nvml": no_nvml(),
+            "gpu-health": GpuHealthFacts(
+                DriverStack(None, None, None, None, "NVML Shared Library Not Found", "library-not-found"),
+                (),
+                XidLog(False, "no NVIDIA driver installed"),
+            ),
             "packages": packages(torch="2.13.0+cpu"),
             "torch-build": torch_cpu_build("2.13.0+cpu", "x86_64", "the download.pytorch.org CPU index"),
             "bnb-files": bnb_files(),
@@ -457,6 +534,153 @@ def triton_missing() -> Scenario:
     )
 
 
+# ---------------------------------------------------------------- GPU incidents (the health checks)
+
+
+def xid79_fallen_off_bus() -> Scenario:
+    """Xid 79: the GPU dropped off the PCIe bus; NVML lists it but cannot query it. Only a reboot helps."""
+    lost = replace(
+        gpu(),
+        name="GPU 0 (NVML error: GPU is lost)",
+        memory_total_bytes=0,
+        memory_free_bytes=0,
+        memory_used_bytes=0,
+        compute_capability=None,
+        mig_enabled=None,
+    )
+    torch_live = TorchLive(
+        version="2.7.0+cu126",
+        cuda="12.6",
+        cuda_built=True,
+        cuda_available=False,
+        init_error="RuntimeError: CUDA driver initialization failed, you might not have a CUDA gpu.",
+        arch_list=H100_ARCHES,
+    )
+    return replace(healthy_h100(), name="xid79-fallen-off-bus").with_facts(
+        nvml=nvml(lost),
+        gpu_health=GpuHealthFacts(
+            driver_stack(),
+            (GpuHealth(0, "GPU 0", query_error="GPU is lost"),),
+            XidLog(True, "", "/dev/kmsg", (xid(79, "pid=2231, GPU has fallen off the bus."),)),
+        ),
+        torch_live=torch_live,
+    )
+
+
+def xid48_double_bit_ecc() -> Scenario:
+    """Xid 48: an uncorrectable (double-bit) ECC error; the row remap it triggers waits for a reset."""
+    hurt = health(
+        ecc_volatile_uncorrected=1,
+        ecc_aggregate_uncorrected=1,
+        remapped_rows_uncorrectable=1,
+        remap_pending=True,
+    )
+    return replace(healthy_h100(), name="xid48-double-bit-ecc").with_facts(
+        gpu_health=gpu_health(
+            hurt,
+            xids=(
+                xid(
+                    48,
+                    "An uncorrectable double bit error (DBE) has been detected "
+                    "on GPU in the framebuffer at partition 2, subpartition 0.",
+                ),
+            ),
+        ),
+    )
+
+
+def row_remap_pending() -> Scenario:
+    """A correctable-error row remap is recorded but takes effect only at the next GPU reset."""
+    pending = health(remapped_rows_correctable=1, remap_pending=True)
+    return replace(healthy_h100(), name="row-remap-pending").with_facts(gpu_health=gpu_health(pending))
+
+
+def thermal_slowdown() -> Scenario:
+    """A failed fan or blocked airflow: the GPU cuts its clocks (HW + SW thermal slowdown) at 91 °C."""
+    hot = health(clock_event_reasons=0x20 | 0x40 | 0x4, temperature_c=91, utilization_gpu_percent=97)
+    return replace(healthy_h100(), name="thermal-slowdown").with_facts(gpu_health=gpu_health(hot))
+
+
+def pcie_x8() -> Scenario:
+    """A riser problem: the x16 link trained at x8, so host-to-GPU copies run at half speed."""
+    narrow = health(pcie_width_current=8, utilization_gpu_percent=40, clock_event_reasons=0)
+    return replace(healthy_h100(), name="pcie-x16-to-x8").with_facts(gpu_health=gpu_health(narrow))
+
+
+def fabric_manager_not_started() -> Scenario:
+    """HGX H100 with nvidia-fabricmanager not running: nvidia-smi lists 8 GPUs, CUDA fails with error 802."""
+    gpus = tuple(gpu(index=i) for i in range(8))
+    waiting = tuple(
+        health(
+            i,
+            fabric_state="not-started",
+            fabric_status="Success",
+            fabric_clique_id=0,
+            fabric_cluster_uuid_zero=True,
+        )
+        for i in range(8)
+    )
+    torch_live = TorchLive(
+        version="2.7.0+cu126",
+        cuda="12.6",
+        cuda_built=True,
+        cuda_available=False,
+        init_error="RuntimeError: Unexpected error from cudaGetDeviceCount(). Did you run some cuda functions "
+        "before calling NumCudaDevices() that might have already set an error? Error 802: system "
+        "not yet initialized",
+        arch_list=H100_ARCHES,
+    )
+    return replace(healthy_h100(), name="fabric-manager-not-started").with_facts(
+        nvml=nvml(*gpus),
+        gpu_health=gpu_health(*waiting),
+        torch_live=torch_live,
+    )
+
+
+def driver_library_mismatch() -> Scenario:
+    """An unattended upgrade replaced the user-space driver (570.133.20) under the loaded module (570.124.06)."""
+    message = "RM has detected an NVML/RM version mismatch."
+    stack = DriverStack(
+        kernel_module_version="570.124.06",
+        nvml_driver_version=None,
+        nvml_library_version=None,
+        nvml_library_path="/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.570.133.20",
+        init_error=message,
+        init_error_kind="rm-version-mismatch",
+    )
+    torch_live = TorchLive(
+        version="2.7.0+cu126",
+        cuda="12.6",
+        cuda_built=True,
+        cuda_available=False,
+        init_error="RuntimeError: Unexpected error from cudaGetDeviceCount(). Error 804: "
+        "forward compatibility was attempted on non supported HW",
+        arch_list=H100_ARCHES,
+    )
+    return replace(healthy_h100(), name="driver-library-mismatch").with_facts(
+        nvml=NvmlFacts(False, f"{NO_GPU_REASON} (NVML: {message})"),
+        gpu_health=GpuHealthFacts(stack, (), XidLog(True, "", "/dev/kmsg", ())),
+        torch_live=torch_live,
+    )
+
+
+def tenant_holding_20gib() -> Scenario:
+    """Another tenant's process holds 20 GiB of the GPU this run was given."""
+    busy = gpu(used_gib=20.6, processes=(GpuProcess(31337, "python3", 20 * GIB),))
+    return replace(healthy_h100(), name="tenant-holding-20gib").with_facts(nvml=nvml(busy))
+
+
+def healthy_h100_pcie() -> Scenario:
+    """A PCIe H100 at idle: no NVSwitch fabric (NVML: not supported) and the link idling at Gen1."""
+    card = gpu("NVIDIA H100 PCIe", total_gib=79.6)
+    idle = health(name="NVIDIA H100 PCIe", sxm=False, pcie_gen_current=1, persistence_mode=False)
+    return replace(healthy_h100(), name="healthy-h100-pcie").with_facts(
+        nvml=nvml(card),
+        gpu_health=gpu_health(idle, readable=False),
+        torch_live=torch_live_ok(name=card.name),
+    )
+
+
 SCENARIOS = {
     "no-gpu": no_gpu,
     "gh200-cpu-torch": gh200_cpu_torch,
@@ -465,4 +689,13 @@ SCENARIOS = {
     "transformers-4.50-llama4": transformers_450_llama4,
     "triton-missing": triton_missing,
     "healthy-h100": healthy_h100,
+    "healthy-h100-pcie": healthy_h100_pcie,
+    "xid79-fallen-off-bus": xid79_fallen_off_bus,
+    "xid48-double-bit-ecc": xid48_double_bit_ecc,
+    "row-remap-pending": row_remap_pending,
+    "thermal-slowdown": thermal_slowdown,
+    "pcie-x16-to-x8": pcie_x8,
+    "fabric-manager-not-started": fabric_manager_not_started,
+    "driver-library-mismatch": driver_library_mismatch,
+    "tenant-holding-20gib": tenant_holding_20gib,
 }

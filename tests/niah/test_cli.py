@@ -35,11 +35,12 @@ def test_run_writes_every_output(tmp_path, fake, capsys) -> None:
     assert niah(*BASE, "--out", str(out), "--needle-kind", "multikey", "--controls", "1") == 0
     captured = capsys.readouterr()
     assert "| 10 | 100% (1/1) |" in captured.out
-    assert "resolved config" in captured.err and 'needle_kind = "multikey"' in captured.err
+    assert "niah run: model=demo" in captured.err and "needle=multikey" in captured.err
+    assert len([line for line in captured.err.splitlines() if "niah run:" in line]) == 1  # one line, not a dump
     for name in ("config.json", "results.jsonl", "summary.json", "summary.md", "heatmap.png"):
         assert (out / name).exists(), name
     config = json.loads((out / "config.json").read_text())
-    assert config["config"]["needle_kind"] == "multikey" and config["config"]["skip_preflight"] is True
+    assert config["config"]["needle_kind"] == "multikey" and config["preflight"]["skipped_by_user"] is True
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert all(len(r["distractor_values"]) == 3 for r in rows if not r["control"])
 
@@ -138,5 +139,20 @@ def test_help_lists_every_flag() -> None:
     assert proc.returncode == 0
     for flag in ("--config", "--model", "--gguf-file", "--quant", "--dtype", "--device-map", "--max-memory", "--attn",
                  "--lengths", "--depths", "--trials", "--needle-kind", "--haystack", "--prefill-chunk",
-                 "--max-new-tokens", "--out", "--resume", "--skip-preflight", "--seed"):
+                 "--max-new-tokens", "--out", "--resume", "--skip-preflight", "--seed", "--plan"):
         assert flag in proc.stdout, flag
+
+
+def test_plan_file_runs_verbatim_and_refuses_other_plan_flags(tmp_path, fake, capsys) -> None:
+    from run_plan.resolved import ResolvedPlan
+    from run_plan.spec import RunSpec
+
+    plan = ResolvedPlan(spec=RunSpec(model="demo", lengths=(512,), depths=(10.0,), attn="sdpa", prefill_chunk=256),
+                        verdict="OK")
+    plan.write(tmp_path / "plan.json")
+    assert niah("run", "--plan", str(tmp_path / "plan.json"), "--lengths", "1024", "--out", str(tmp_path / "x")) == 2
+    assert "--lengths" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert niah("run", "--plan", str(tmp_path / "plan.json"), "--out", str(out), "-q") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["plan"]["spec"]["prefill_chunk"] == 256 and config["preflight"]["plan_source"] == "file"

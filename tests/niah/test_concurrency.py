@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from doctor.errors import UsageError
-from niah_run.config import RunConfig, resolve_config
+from niah_run.config import resolve_spec
+from niah_run.sweep import RunFolder
+from run_plan.spec import RunSpec
 from niah_run.results import read_rows
 from niah_run.sweep import Sweep
 from tests.niah.fakes import FakeBackend
@@ -35,10 +37,11 @@ class CountingBackend(FakeBackend):
 
 
 def _run(tmp_path: Path, concurrency: int) -> tuple[CountingBackend, list[dict]]:
-    config = RunConfig(lengths=(512, 1024), depths=(0.0, 50.0, 100.0), trials=2, skip_preflight=True,
-                       out=str(tmp_path), backend="openai", base_url="http://127.0.0.1:9", concurrency=concurrency)
+    config = RunSpec(model="demo", lengths=(512, 1024), depths=(0.0, 50.0, 100.0), trials=2, backend="openai",
+                     base_url="http://127.0.0.1:9", concurrency=concurrency)
     backend = CountingBackend()
-    Sweep(config, tmp_path, backend_factory=lambda c: backend, quiet=True).run()
+    folder = RunFolder(tmp_path, skip_preflight=True, quiet=True)
+    Sweep(config, folder, backend_factory=lambda c: backend).run()
     return backend, read_rows(tmp_path / "results.jsonl")
 
 
@@ -58,4 +61,4 @@ def test_concurrent_run_keeps_requests_in_flight_and_matches_sequential(tmp_path
 
 def test_concurrency_is_refused_for_the_local_backend() -> None:
     with pytest.raises(UsageError, match="--concurrency applies to --backend openai"):
-        resolve_config({"concurrency": 4})
+        resolve_spec({"concurrency": 4})

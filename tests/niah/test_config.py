@@ -8,8 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from doctor.errors import UsageError
-from niah_run.config import RunConfig, parse_depths, parse_lengths, resolve_config
+from niah_run.config import read_saved_doc, resolve_spec
+from run_plan.errors import UsageError
+from run_plan.options import parse_depths, parse_lengths
+from run_plan.spec import RunSpec
+
+
+def resolve_config(flags: dict, config_path: str | None = None) -> RunSpec:
+    return resolve_spec(flags, config_path)
 
 
 def _toml(tmp_path, text: str) -> str:
@@ -20,7 +26,7 @@ def _toml(tmp_path, text: str) -> str:
 
 def test_defaults() -> None:
     config = resolve_config({})
-    assert config == RunConfig()
+    assert config == RunSpec(model="demo", lengths=(1024, 2048))
     assert config.model == "demo" and config.lengths == (1024, 2048) and config.needle_kind == "passkey"
 
 
@@ -73,11 +79,24 @@ def test_bad_lengths(lengths: str) -> None:
 
 
 def test_resume_inherits_saved_config(tmp_path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"config": {**RunConfig(model="m", trials=4).to_dict(),
-                                                                 "skip_preflight": True}}))
-    config = resolve_config({"resume": True, "out": str(tmp_path)})
-    assert config.model == "m" and config.trials == 4 and config.resume and not config.skip_preflight
-    assert resolve_config({"resume": True, "out": str(tmp_path), "trials": 2}).trials == 2
+    saved = {"config": {**RunSpec(model="m", trials=4, attn="sdpa", lengths=(1024,)).to_dict(), "skip_preflight": True}}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    doc = read_saved_doc(tmp_path)
+    config = resolve_spec({}, None, doc)
+    assert config.model == "m" and config.trials == 4 and config.source_of("trials") == "saved run"
+    assert resolve_spec({"trials": 2}, None, doc).trials == 2
+
+
+def test_toml_typo_suggests_the_key(tmp_path) -> None:
+    with pytest.raises(UsageError) as info:
+        resolve_config({}, _toml(tmp_path, "lenghts = [1024]\n"))
+    assert "lenghts" in info.value.message and "lengths" in (info.value.hint or "")
+
+
+def test_sources_say_where_each_setting_came_from(tmp_path) -> None:
+    config = resolve_config({"trials": 2}, _toml(tmp_path, 'model = "m"\n'))
+    assert config.source_of("trials") == "flag" and config.source_of("model") == "toml"
+    assert config.source_of("depths") == "default"
 
 
 @given(st.lists(st.integers(min_value=1, max_value=10_000_000), min_size=1, max_size=8))

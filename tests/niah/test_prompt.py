@@ -15,6 +15,7 @@ from niah_run.haystack import generate_haystack, load_haystack_files, validate_h
 from niah_run.needles import NEEDLE_KINDS, make_needles
 from niah_run.prompt import (
     ChatFrame,
+    DepthSnapWarning,
     PromptBuilder,
     PromptTooShort,
     TemplateNotSplittable,
@@ -93,14 +94,17 @@ def test_exact_length_needle_once_depth_recorded(builder, tokenizer, length, dep
     assert ids.count(tokenizer.bos_token_id) == 1
     # Every needle value appears exactly once; each needle's own ids are in the prompt verbatim.
     text = tokenizer.decode(body)
-    for value in needles.gold_values + needles.distractor_values:
-        assert len(re.findall(rf"(?<![0-9a-z-]){re.escape(value)}(?![0-9a-z-])", text)) == 1
+    for value, _, times in needles.prompt_audit():
+        pattern = rf"(?<![0-9a-z-]){re.escape(value)}(?![0-9a-z-])"
+        in_question = len(re.findall(pattern, needles.question, re.IGNORECASE))
+        assert len(re.findall(pattern, text, re.IGNORECASE)) == times + in_question
     for needle in needles.needles:
         needle_ids = tuple(tokenizer(" " + needle.text, add_special_tokens=False)["input_ids"])
         assert _subsequence_count(ids, needle_ids) >= 1
     # Depth = needle start / haystack tokens, recorded; the snap is bounded by sentence length.
     assert prompt.actual_depth_percent == pytest.approx(100 * prompt.needle_index / prompt.haystack_tokens, abs=1e-3)
     assert abs(prompt.snap_tokens) <= 60
+    assert not prompt.depth_snapped and prompt.snap_tolerance_tokens >= 64  # prose: the depth is honest
     assert 0 <= prompt.needle_index <= prompt.haystack_tokens
 
 
@@ -236,3 +240,50 @@ def test_exactness_with_the_demo_models_own_tokenizer() -> None:
                 assert len(prompt.input_ids) == length
                 assert prompt.input_ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3  # system, user, assistant
                 assert abs(prompt.actual_depth_percent - depth) <= 100 * 40 / prompt.haystack_tokens
+
+
+# -- depth honesty (issue 15) -------------------------------------------------------------------------
+
+def _code_haystack(tokenizer):
+    """Code-like text: no sentence ends and no blank lines, so the only cut point is the start."""
+    from niah_run.haystack import load_haystack_files
+
+    lines = [f"    total_{i % 7} = compute(values[{i % 13}], offset={i % 5}) + cache.get(key_{i % 11})"
+             for i in range(400)]
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp())
+    (folder / "module.py").write_text("def run():\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return tokenize_haystack(tokenizer, load_haystack_files(folder / "module.py", 40_000))
+
+
+def test_code_like_haystack_snaps_are_recorded_and_warned_once(tokenizer) -> None:
+    hay = _code_haystack(tokenizer)
+    assert len(hay.cut_points) < 5  # the premise: almost no sentence boundaries
+    b = PromptBuilder(tokenizer, chat_frame(tokenizer), hay)
+    with pytest.warns(DepthSnapWarning, match="few sentence boundaries") as caught:
+        prompts = [b.build(length=1500, depth_percent=depth, needles=make_needles("passkey", random.Random(depth)),
+                           window_start=0, rng=random.Random(depth)) for depth in (0, 25, 50, 75, 100)]
+    assert len([w for w in caught if issubclass(w.category, DepthSnapWarning)]) == 1  # once, not per trial
+    assert not prompts[0].depth_snapped  # depth 0 really is at 0
+    for prompt in prompts[1:]:
+        assert prompt.depth_snapped and prompt.actual_depth_percent == 0
+        assert abs(prompt.snap_tokens) > prompt.snap_tolerance_tokens
+
+
+def test_snap_tolerance_is_two_percent_or_64_tokens() -> None:
+    from niah_run.prompt import snap_tolerance_tokens
+
+    assert snap_tolerance_tokens(1000) == 64
+    assert snap_tolerance_tokens(100_000) == 2000
+
+
+def test_depth_warning_goes_through_the_builders_hook(tokenizer) -> None:
+    b = PromptBuilder(tokenizer, chat_frame(tokenizer), _code_haystack(tokenizer))
+    messages: list[str] = []
+    b.warn = messages.append  # what a CLI does to print one plain "warning:" line
+    for depth in (50, 75):
+        b.build(length=1200, depth_percent=depth, needles=make_needles("passkey", random.Random(1)), window_start=0,
+                rng=random.Random(1))
+    assert len(messages) == 1 and "depth 50%" in messages[0] and "landed at 0%" in messages[0]

@@ -1,4 +1,4 @@
-"""Scoring rules (niah-anchors §d): typed, boundary-aware, strict, one failure class per miss."""
+"""Scoring rules (docs/niah.md, Scoring): typed, boundary-aware, strict, one failure class per miss."""
 
 from __future__ import annotations
 
@@ -94,9 +94,100 @@ def test_control_trials() -> None:
 
 def test_failure_classes_are_the_documented_set() -> None:
     assert set(FAILURE_CLASSES) == {"oom", "skipped_too_long", "empty", "truncated", "echo", "refusal",
-                                    "distractor", "hallucinated", "other"}
+                                    "distractor", "hallucinated", "extra_values", "wrong_order", "wrong_count",
+                                    "other"}
 
 
 def test_normalize_and_count() -> None:
     assert normalize("\uff11\uff12\uff13") == "123"  # NFKC full-width digits
     assert count_value("a 1234567 b 1234567 c 11234567", "1234567", "number") == 2
+
+
+# -- strict means strict (issue 15) ------------------------------------------------------------------
+
+def test_twenty_numbers_including_the_gold_one_is_not_strict_correct() -> None:
+    """An answer that lists twenty 7-digit numbers, one of them right, is a guess, not a retrieval."""
+    others = [str(2_000_000 + 7919 * i) for i in range(19)]
+    answer = ", ".join(others[:10] + ["1234567"] + others[10:])
+    result = score(answer)
+    assert not result.correct and result.lenient and result.recall == 1.0
+    assert result.failure_class == "extra_values"
+    assert result.extra_values == tuple(others) and result.hallucinated_values == ()
+
+
+def test_one_extra_number_beside_the_gold_one() -> None:
+    result = score("The passkey is 1234567, or maybe 7777777.")
+    assert not result.correct and result.failure_class == "extra_values" and result.extra_values == ("7777777",)
+
+
+def test_repeating_the_gold_value_is_not_an_extra_value() -> None:
+    result = score("1234567. Again: the passkey is 1,234,567.")
+    assert result.correct and result.extra_values == ()
+
+
+def test_distractor_wins_over_extra_values() -> None:
+    result = score("1234567, 7654321, 9999999", distractors=("7654321",))
+    assert result.failure_class == "distractor" and result.extra_values == ("9999999",)
+
+
+def test_hallucinated_values_replace_the_gold_one() -> None:
+    result = score("7777777 or 8888888")
+    assert result.failure_class == "hallucinated" and result.hallucinated_values == ("7777777", "8888888")
+    assert result.extra_values == ()
+
+
+def test_extra_uuid_and_extra_word_values() -> None:
+    gold = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+    other = "ffffffff-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+    assert score(f"{gold} {other}", gold=(gold,), value_type="uuid").failure_class == "extra_values"
+    vocabulary = ("kestrel", "falcon", "heron")
+    result = score_output("kestrel, falcon or heron", value_type="word", gold=("kestrel",), distractors=(),
+                          prompt_text=PROMPT, stopped_at_eos=True, vocabulary=vocabulary)
+    assert result.failure_class == "extra_values" and result.extra_values == ("falcon", "heron")
+    alone = score_output("Kestrel.", value_type="word", gold=("kestrel",), distractors=(), prompt_text=PROMPT,
+                         stopped_at_eos=True, vocabulary=vocabulary)
+    assert alone.correct
+
+
+@pytest.mark.parametrize("separator", ["\u00a0", "\u202f", "\u2009", "\u2007", ",", "'", "\u2019", "_", "\uff0c"])
+def test_thousands_separators_are_removed_before_nfkc(separator: str) -> None:
+    """NFKC turns U+00A0 and U+202F into a plain space; the separator rule must see them first."""
+    text = f"The passkey is 1{separator}234{separator}567."
+    result = score(text)
+    assert result.correct, (separator, normalize(text))
+    assert normalize(text) == "The passkey is 1234567."
+
+
+def test_full_width_digits_with_separators() -> None:
+    assert score("\uff11,\uff12\uff13\uff14,\uff15\uff16\uff17").correct
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1 234 567", "1 234 567"),        # a plain space may separate values: left alone
+    ("1,234,56", "1,234,56"),          # not groups of three
+    ("1,234'567", "1234'567"),          # mixed separators: only the consistent run is a number
+    ("1234567,7654321", "1234567,7654321"),  # a list, not a grouped number
+    ("3.14159", "3.14159"),
+])
+def test_separator_rule_is_narrow(text: str, expected: str) -> None:
+    assert normalize(text) == expected
+
+
+def test_control_refusal_does_not_excuse_an_invented_value() -> None:
+    result = score("I cannot find the passkey in the document, but it might be 5555555.", gold=(), control=True)
+    assert not result.correct and result.failure_class == "hallucinated"
+    assert result.hallucinated_values == ("5555555",)
+    assert score("I cannot find any passkey in the document.", gold=(), control=True).correct
+
+
+def test_control_word_kind_needs_a_refusal_without_a_vocabulary() -> None:
+    assert score("Blue.", gold=(), value_type="word", control=True).failure_class == "other"
+    assert score("It is not mentioned.", gold=(), value_type="word", control=True).correct
+
+
+def test_a_value_read_from_the_prompt_is_a_distractor_not_a_hallucination() -> None:
+    prompt = PROMPT + " The invoice was 4,455,667 crowns."  # a user haystack with numbers
+    result = score_output("1234567 and 4455667", value_type="number", gold=("1234567",), distractors=(),
+                          prompt_text=prompt, stopped_at_eos=True)
+    assert result.failure_class == "distractor" and result.found_distractors == ("4455667",)
+    assert result.extra_values == () and not result.correct

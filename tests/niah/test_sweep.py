@@ -13,24 +13,24 @@ from pathlib import Path
 import pytest
 
 from doctor.errors import RunFailed, UsageError
-from niah_run.config import RunConfig
-from niah_run.preflight import PreflightResult
 from niah_run.results import read_rows
-from niah_run.sweep import Sweep, finish, plan_trials
+from niah_run.sweep import RunFolder, Sweep, finish, plan_trials
+from run_plan.resolved import DevicePrediction, LengthPlan, ResolvedPlan
+from run_plan.spec import RunSpec
 from tests.conftest import REPO
 from tests.niah.fakes import FakeBackend
 
 
-def _config(tmp_path: Path, **overrides) -> RunConfig:
-    values = {"lengths": (512, 1024), "depths": (0.0, 50.0, 100.0), "trials": 2, "skip_preflight": True,
-              "out": str(tmp_path)}
+def _config(tmp_path: Path, **overrides) -> RunSpec:
+    values = {"model": "demo", "lengths": (512, 1024), "depths": (0.0, 50.0, 100.0), "trials": 2}
     values.update(overrides)
-    return RunConfig(**values)
+    return RunSpec(**values)
 
 
-def _sweep(tmp_path: Path, backend: FakeBackend, **overrides) -> tuple[Sweep, dict]:
-    config = _config(tmp_path, **overrides)
-    sweep = Sweep(config, tmp_path, backend_factory=lambda c: backend, quiet=True)
+def _sweep(tmp_path: Path, backend: FakeBackend, *, skip_preflight: bool = True, resume: bool = False,
+           out: str | None = None, plan: ResolvedPlan | None = None, **overrides) -> tuple[Sweep, dict]:
+    folder = RunFolder(Path(out) if out else tmp_path, resume=resume, skip_preflight=skip_preflight, quiet=True)
+    sweep = Sweep(_config(tmp_path, **overrides), folder, plan=plan, backend_factory=lambda c: backend)
     return sweep, sweep.run()
 
 
@@ -105,8 +105,11 @@ def test_oom_is_recorded_and_longer_lengths_skipped(tmp_path) -> None:
 def test_preflight_too_long_lengths_are_skipped_up_front(tmp_path, monkeypatch) -> None:
     import niah_run.sweep as sweep_module
 
-    monkeypatch.setattr(sweep_module, "run_preflight", lambda config, run_dir: PreflightResult(
-        ran=True, verdict="OK", max_context_tokens=800, too_long=(1024,)))
+    def judged(spec, run_dir):
+        return ResolvedPlan(spec=spec, lengths=(LengthPlan(512, True), LengthPlan(1024, False, why_not="too long")),
+                            max_context_tokens=800, verdict="OK")
+
+    monkeypatch.setattr(sweep_module, "run_preflight", judged)
     backend = FakeBackend()
     _sweep(tmp_path, backend, skip_preflight=False, trials=1)
     rows = _rows(tmp_path)
@@ -117,13 +120,13 @@ def test_preflight_too_long_lengths_are_skipped_up_front(tmp_path, monkeypatch) 
 
 
 def test_preflight_failure_stops_with_cause_and_fix(tmp_path, monkeypatch) -> None:
-    import doctor.cli
+    import doctor.api
     from doctor.report.model import CheckResult, Fix, Report, Status, ToolInfo
 
     report = Report(tool=ToolInfo("niah-doctor", "0", ()), created_at="now", target={},
                     checks=(CheckResult("torch-cuda", "t", "libs", Status.FAIL, "torch is a CPU build",
                                         fix=Fix("Install a CUDA build of torch", ("pip install torch",))),))
-    monkeypatch.setattr(doctor.cli, "run_doctor", lambda target, **kw: report)
+    monkeypatch.setattr(doctor.api, "judge", lambda spec, **kw: doctor.api.Judgement(report, ResolvedPlan(spec)))
     backend = FakeBackend()
     with pytest.raises(RunFailed, match="torch-cuda: torch is a CPU build") as info:
         _sweep(tmp_path, backend, skip_preflight=False)
@@ -133,21 +136,26 @@ def test_preflight_failure_stops_with_cause_and_fix(tmp_path, monkeypatch) -> No
 
 
 def test_memory_fit_failure_skips_only_the_lengths_that_do_not_fit(tmp_path, monkeypatch) -> None:
-    import doctor.cli
+    import doctor.api
     from doctor.report.model import CheckResult, Report, Status, ToolInfo
 
-    def report(limit):
+    def judged(limit):
         check = CheckResult("memory-fit", "t", "memory", Status.FAIL, f"does not fit; longest that fits {limit}")
-        return Report(tool=ToolInfo("niah-doctor", "0", ()), created_at="now", target={}, checks=(check,),
-                      attachments={"estimate": {"max_context_tokens": limit}})
+        report = Report(tool=ToolInfo("niah-doctor", "0", ()), created_at="now", target={}, checks=(check,))
 
-    monkeypatch.setattr(doctor.cli, "run_doctor", lambda target, **kw: report(800))
+        def judge(spec, **kw):
+            lengths = tuple(LengthPlan(n, n <= limit) for n in spec.lengths)
+            return doctor.api.Judgement(report, ResolvedPlan(spec, lengths=lengths, max_context_tokens=limit))
+
+        return judge
+
+    monkeypatch.setattr(doctor.api, "judge", judged(800))
     backend = FakeBackend()
     _sweep(tmp_path / "a", backend, skip_preflight=False, trials=1, out=str(tmp_path / "a"))
     rows = _rows(tmp_path / "a")
     assert {r["context_tokens"] for r in rows if r["status"] == "skipped"} == {1024}
     assert all(r["status"] == "ok" for r in rows if r["context_tokens"] == 512)
-    monkeypatch.setattr(doctor.cli, "run_doctor", lambda target, **kw: report(300))  # nothing fits: stop
+    monkeypatch.setattr(doctor.api, "judge", judged(300))  # nothing fits: stop
     with pytest.raises(RunFailed, match="memory-fit"):
         _sweep(tmp_path / "b", FakeBackend(), skip_preflight=False, out=str(tmp_path / "b"))
 
@@ -169,7 +177,7 @@ def test_unexpected_trial_errors_are_recorded_then_stop(tmp_path) -> None:
 
 
 def test_plan_order_groups_depths_for_reuse() -> None:
-    specs = plan_trials(RunConfig(lengths=(1024, 2048), depths=(50.0, 0.0), trials=2, controls=1))
+    specs = plan_trials(RunSpec(lengths=(1024, 2048), depths=(0.0, 50.0), trials=2, controls=1))
     assert [(s.length, s.trial, s.depth) for s in specs[:3]] == [(1024, 0, 0.0), (1024, 0, 50.0), (1024, 1, 0.0)]
     assert specs[4].control and len(specs) == 10
 
@@ -233,3 +241,61 @@ def test_ctrl_c_flushes_and_exits_130(tmp_path) -> None:
     assert results.read_text().endswith("\n")
     assert (out / "summary.json").exists()
     assert "resume" in stderr
+
+
+# -- one plan: predictions per row, identity on resume ------------------------------------------------
+
+
+def _plan_with_predictions(spec: RunSpec, predicted: int) -> ResolvedPlan:
+    lengths = tuple(LengthPlan(n, True, (DevicePrediction("cuda:0", predicted, 80 << 30),)) for n in spec.lengths)
+    return ResolvedPlan(spec=spec, lengths=lengths, max_context_tokens=4096, verdict="OK")
+
+
+def test_every_row_records_predicted_and_measured_peak(tmp_path) -> None:
+    class Measured(FakeBackend):
+        def generate(self, input_ids, **kw):
+            generation = super().generate(input_ids, **kw)
+            peak = 1000 if len(input_ids) == 512 else 3000  # the 1024 trials go above the prediction
+            return generation.__class__(**{**generation.__dict__, "memory": {"per_gpu_peak_bytes": {"cuda:0": peak}}})
+
+    spec = _config(tmp_path, trials=1)
+    _sweep(tmp_path, Measured(), plan=_plan_with_predictions(spec, 2000), trials=1)
+    rows = _rows(tmp_path)
+    assert all(r["predicted_peak_bytes"] == {"cuda:0": 2000} for r in rows)
+    assert {r["context_tokens"]: r["exceeded_prediction"] for r in rows} == {512: False, 1024: True}
+    assert len({r["identity_sha256"] for r in rows}) == 1
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["preflight"]["plan_source"] == "file" and config["plan"]["lengths"][0]["devices"]
+
+
+def test_resume_with_a_different_test_is_refused_naming_the_keys(tmp_path) -> None:
+    _sweep(tmp_path, FakeBackend(), lengths=(512,), trials=1)
+    before = (tmp_path / "results.jsonl").read_bytes()
+    with pytest.raises(UsageError, match="needle_kind") as info:
+        _sweep(tmp_path, FakeBackend(), lengths=(512,), trials=1, resume=True, needle_kind="uuid")
+    assert info.value.exit_code == 2
+    assert (tmp_path / "results.jsonl").read_bytes() == before  # nothing appended
+
+
+def test_resume_of_a_folder_without_a_run_is_refused(tmp_path) -> None:
+    with pytest.raises(UsageError, match="no earlier run"):
+        _sweep(tmp_path / "typo", FakeBackend(), resume=True, out=str(tmp_path / "typo"))
+
+
+def test_summary_shows_prediction_vs_measured_and_never_pools_identities(tmp_path) -> None:
+    from niah_run.summary import write_summary
+
+    class Measured(FakeBackend):
+        def generate(self, input_ids, **kw):
+            generation = super().generate(input_ids, **kw)
+            return generation.__class__(**{**generation.__dict__, "memory": {"per_gpu_peak_bytes": {"cuda:0": 3000}}})
+
+    spec = _config(tmp_path, lengths=(512,), trials=1)
+    _sweep(tmp_path, Measured(), plan=_plan_with_predictions(spec, 2000), lengths=(512,), trials=1)
+    with (tmp_path / "results.jsonl").open("a") as handle:  # a row of another test, as an old run left it
+        handle.write(json.dumps({**_rows(tmp_path)[0], "trial_key": "x", "identity_sha256": "other"}) + "\n")
+    summary = write_summary(tmp_path)
+    assert summary["trials_recorded"] == 3 and summary["rows_of_other_identities"] == 1
+    assert all(r["exceeded"] for r in summary["memory_vs_plan"])
+    text = (tmp_path / "summary.md").read_text()
+    assert "prediction vs measured" in text and "⚠" in text and "another test" in text

@@ -1,0 +1,177 @@
+"""One plan, judged and executed: the doctor's longest context for a budget runs, 10 % more is skipped.
+
+1. `build DIR`: a Scout-shaped Llama 4 text model (hidden 5120, 40/8 heads, 16 fused experts, vocab
+   202048) with 4 decoder layers (3 chunked-attention layers + 1 global NoPE layer, as in every group of
+   4 of the real model), random bf16 weights, saved with save_pretrained beside a small chat tokenizer.
+2. `show DIR`: `doctor --model DIR --quant bnb-4bit --max-memory 0=BUDGET --context C --plan-out`, read
+   the plan's longest context L, then `niah run` with the same flags at lengths SHORT, L and 1.1 × L.
+   The run caps torch's allocator to BUDGET (so a bigger card behaves as a card of that size), every
+   row records the plan's predicted peak and the measured one, and 1.1 × L must be skipped before any
+   prefill. Prints one table and writes it as JSON.
+
+    python benchmarks/one_plan.py build /tmp/scout4 --tokenizer TOKENIZER_DIR
+    python benchmarks/one_plan.py show /tmp/scout4 --budget 79GiB --out $OUT/one_plan
+    python benchmarks/one_plan.py build /tmp/tiny --tiny --tokenizer DIR && \\
+        python benchmarks/one_plan.py show /tmp/tiny --tiny --out /tmp/one_plan   # CPU smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+GIB = 1 << 30
+SCOUT_TEXT: dict[str, Any] = {
+    "hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128,
+    "num_local_experts": 16, "num_experts_per_tok": 1, "intermediate_size": 8192,
+    "intermediate_size_mlp": 16384, "attention_chunk_size": 8192, "vocab_size": 202048,
+    "rms_norm_eps": 1e-5, "use_qk_norm": True, "interleave_moe_layer_step": 1, "floor_scale": 8192,
+    "attn_scale": 0.1, "max_position_embeddings": 10485760,
+}
+TINY_TEXT: dict[str, Any] = {
+    "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+    "num_local_experts": 4, "num_experts_per_tok": 1, "intermediate_size": 64, "intermediate_size_mlp": 128,
+    "attention_chunk_size": 64, "vocab_size": 49152, "max_position_embeddings": 65536, "floor_scale": 64,
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+
+
+def build(folder: Path, tokenizer: Path, tiny: bool) -> None:
+    import torch
+    from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+    token_ids = json.loads((tokenizer / "tokenizer_config.json").read_text()).get("added_tokens_decoder", {})
+    special = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2} if token_ids else {}
+    config = Llama4TextConfig(num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0], **(TINY_TEXT if tiny else SCOUT_TEXT),
+                              **special)
+    config.architectures = ["Llama4ForCausalLM"]
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_default_dtype(torch.float32 if tiny else torch.bfloat16)
+    with torch.device(device):
+        model = Llama4ForCausalLM(config)
+    started = time.monotonic()
+    model.save_pretrained(folder, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        if (tokenizer / name).is_file():
+            shutil.copy(tokenizer / name, folder / name)
+    print(f"saved {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B params to {folder} "
+          f"in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def _run(args: list[str], log: Path) -> subprocess.CompletedProcess[str]:
+    """Run a CLI with its output streamed into `log` (a killed run still leaves what it printed)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    started = time.monotonic()
+    with log.open("w") as handle:
+        handle.write(f"$ {' '.join(args)}\n")
+        handle.flush()
+        proc = subprocess.run([sys.executable, *args], stdout=handle, stderr=subprocess.STDOUT, text=True, env=env,
+                              cwd=REPO, check=False)
+        handle.write(f"\nexit {proc.returncode} in {time.monotonic() - started:.0f} s\n")
+    print(f"{' '.join(args[:3])} … exit {proc.returncode} ({time.monotonic() - started:.0f} s)", flush=True)
+    return proc
+
+
+def show(folder: Path, out: Path, budget: str, tiny: bool, short: int, ask: str) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    plan_flags = ["--model", str(folder), "--max-memory", f"0={budget}", "--max-new-tokens", "4", "--depths", "50"]
+    if not tiny:
+        plan_flags += ["--quant", "bnb-4bit"]
+    doctor_flags = [f for f in plan_flags if f not in ("--max-new-tokens", "4", "--depths", "50")]
+    gpus = ["--gpus", "1x80GiB"] if tiny else []
+    proc = _run(["-m", "doctor", *doctor_flags, *gpus, "--context", ask, "--format", "json",
+                 "--plan-out", str(out / "plan.json"), "-o", str(out / "doctor.json")], out / "doctor.log")
+    plan = json.loads((out / "plan.json").read_text())
+    longest = int(plan["max_context_tokens"] or 0)
+    above = int(longest * 1.1)
+    # On a CPU (the smoke test) the longest context is far too slow to prefill: check the mechanics only.
+    lengths = [short, 2 * short] if tiny else sorted({short, longest, above})
+    print(f"doctor: exit {proc.returncode}; longest context for {budget}: {longest:,} "
+          f"(chunk {plan['spec']['prefill_chunk']}); running {lengths}", flush=True)
+    run_dir = out / "run"
+    _run(["-m", "niah_run", "run", *plan_flags, "--lengths", ",".join(map(str, lengths)), "--out", str(run_dir),
+          "-q", *(["--skip-preflight"] if tiny else [])], out / "niah.log")
+    return table(out)
+
+
+def table(out: Path) -> dict[str, Any]:
+    """The predicted-vs-measured table of a `show` folder (also after a resumed run)."""
+    plan = json.loads((out / "plan.json").read_text())
+    run_dir = out / "run"
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line.strip()]
+    config = json.loads((run_dir / "config.json").read_text())
+    budget = (plan["spec"].get("max_memory") or "").partition("=")[2]
+    result = {"budget": budget, "doctor_longest_context": plan["max_context_tokens"],
+              "plan_chunk": config.get("plan", {}).get("spec", {}).get("prefill_chunk"),
+              "rows": [_row(r) for r in rows], "load": config.get("backend", {}), "gpu": _gpu_name()}
+    (out / "one_plan.json").write_text(json.dumps(result, indent=2))
+    _print(result)
+    return result
+
+
+def _row(r: dict[str, Any]) -> dict[str, Any]:
+    predicted = (r.get("predicted_peak_bytes") or {}).get("cuda:0")
+    measured = ((r.get("memory") or {}).get("per_gpu_peak_bytes") or {}).get("cuda:0")
+    return {"tokens": r["context_tokens"], "status": r["status"], "skip_reason": r.get("skip_reason"),
+            "predicted_gib": round(predicted / GIB, 2) if predicted else None,
+            "measured_gib": round(measured / GIB, 2) if measured else None,
+            "measured_over_predicted": round(measured / predicted, 4) if predicted and measured else None,
+            "exceeded_prediction": r.get("exceeded_prediction"), "prefill_seconds": r.get("prefill_seconds")}
+
+
+def _gpu_name() -> str | None:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        return None
+
+
+def _print(result: dict[str, Any]) -> None:
+    print(f"\nbudget {result['budget']} · doctor's longest context {result['doctor_longest_context']:,} "
+          f"· chunk {result['plan_chunk']} · {result['gpu']}")
+    print(f"{'tokens':>10} {'status':>8} {'predicted GiB':>14} {'measured GiB':>13} {'meas/pred':>10} {'prefill s':>10}")
+    for r in result["rows"]:
+        status = r["status"] + (f" ({r['skip_reason']})" if r["skip_reason"] else "")
+        print(f"{r['tokens']:>10,} {status:>8} {r['predicted_gib'] or '-':>14} {r['measured_gib'] or '-':>13} "
+              f"{r['measured_over_predicted'] or '-':>10} {r['prefill_seconds'] or '-':>10}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("folder", type=Path)
+    b.add_argument("--tokenizer", type=Path, required=True)
+    b.add_argument("--tiny", action="store_true")
+    s = sub.add_parser("show")
+    s.add_argument("folder", type=Path)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--budget", default="79GiB")
+    s.add_argument("--short", type=int, default=8192)
+    s.add_argument("--ask", default="1900k", help="the --context the doctor is first asked about")
+    s.add_argument("--tiny", action="store_true")
+    t = sub.add_parser("table")
+    t.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        build(args.folder, args.tokenizer, args.tiny)
+    elif args.command == "table":
+        table(args.out)
+    else:
+        show(args.folder, args.out, args.budget, args.tiny, args.short, args.ask)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""What other tools call: judge a RunSpec and get the report and the ResolvedPlan it judged.
+
+`niah run` calls `judge` in-process and executes the returned plan; `doctor` prints the same report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+from doctor.report.model import Report, Status
+from run_plan.resolved import ResolvedPlan
+from run_plan.spec import RunSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    report: Report
+    plan: ResolvedPlan
+
+
+def judge(spec: RunSpec, *, only: Sequence[str] = (), skip: Sequence[str] = (), debug: bool = False,
+          argv: Sequence[str] | None = None) -> Judgement:
+    """Settle the plan's choices, run the selected checks against it, and return both."""
+    from doctor.context import DoctorContext
+    from doctor.plan import remember_static_decisions, resolve_plan, settle_static_choices, with_verdict
+    from doctor.registry import load_checks, select
+    from doctor.runner import build_report
+
+    settled, decisions = settle_static_choices(spec)
+    ctx = DoctorContext(settled)
+    remember_static_decisions(ctx, decisions)
+    report = build_report(select(load_checks(), tuple(only), tuple(skip)), ctx,
+                          tuple(argv or ("doctor", *sys.argv[1:])), debug=debug)
+    plan = resolve_plan(ctx)  # the object the memory checks judged (cached on ctx), or made now
+    failing = tuple(c.id for c in report.checks if c.status is Status.FAIL)
+    plan = with_verdict(plan, report.verdict(), failing)
+    report = dataclasses.replace(report, attachments={**report.attachments, "plan": plan.to_dict()})
+    # The plan holds paths and URLs too: scrub it like the rest (build_report redacted before it was added).
+    from doctor.report.redact import redact_report
+
+    report = redact_report(report)
+    return Judgement(report, plan)

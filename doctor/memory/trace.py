@@ -1,0 +1,425 @@
+"""KV layout and prefill activation peak, measured on the model's own forward (meta device, no memory).
+
+Runs ONLY in the skeleton child (imports torch/transformers). Two measurements, both on the meta-device
+model `doctor.memory.skeleton` built with the requested attention implementation:
+
+1. **KV cache from the library.** One forward of a few tokens through every layer with
+   `DynamicCache(config)`; each cache layer's stored tensors give bytes per token (whatever transformers
+   caches: full K/V, an MLA latent, nothing for a layer that shares another's cache) and the layer's cap
+   (`sliding_window` of a sliding/chunked cache layer). KV at any context is arithmetic afterwards.
+2. **Activation peak from the forward.** A TorchDispatchMode counts live bytes: an allocation when an op
+   creates a new storage, a free when that storage dies (weakref finalizer; meta storages die like real
+   ones, by reference count). Only one decoder layer per distinct structure runs (the others pass the
+   hidden states through), over a cache already holding P tokens in the steady state of a chunked
+   prefill, for a chunk of C tokens with `logits_to_keep=1`. Every byte count in that forward is a
+   polynomial in C and P (sizes are products of C, the kept length P_t ∈ {P, window − 1} and constants),
+   so several (C, P) points per regime fit each allocation event *exactly* on the basis
+   (1, C, P, C·P, C²) — integer coefficients, checked on a spare point. The pure estimate then evaluates
+   max over events at any (context, chunk) without torch.
+
+The CUDA kernels that do not materialise intermediates on the GPU are stood in for, because on meta (or
+CPU) PyTorch would take its math path: `scaled_dot_product_attention` → output + fp32 log-sum-exp, plus the
+additive mask in the query dtype that aten makes from a boolean mask;
+flash / flex attention interfaces → the output only. Everything else (repeat_kv, masks, eager scores and
+softmax copies, rotary tables, MoE routing and grouped_mm, torch.cat in the cache update) is traced as
+transformers really runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+BASIS = ("1", "C", "P", "CP", "CC")
+_FLASH_LIKE = ("flash_attention_2", "flash_attention_3", "flex_attention", "kernels-community/flash-attn",
+               "kernels-community/vllm-flash-attn3")
+
+
+def basis(chunk: int, past: int) -> tuple[int, int, int, int, int]:
+    return 1, chunk, past, chunk * past, chunk * chunk
+
+
+# ---------------------------------------------------------------- live-byte tracking
+
+class _Tracker:
+    """State shared by the dispatch mode and the layer wrappers."""
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.seen: set[int] = set()
+        self.events: list[tuple[str, int]] = []  # (zone, live bytes) at each allocation
+        self.zone = "outside"
+        self.enabled = False
+
+    def register(self, storage: Any) -> None:
+        key = storage._cdata
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        n = int(storage.nbytes())
+        self.live += n
+
+        def free(n: int = n, key: int = key) -> None:
+            self.live -= n
+            self.seen.discard(key)
+
+        weakref.finalize(storage, free)
+
+    def mark(self, what: str) -> None:
+        if self.enabled:
+            self.events.append((what, self.live))
+
+    def record(self, extra: int = 0) -> None:
+        if self.enabled:
+            self.events.append((self.zone, self.live + extra))
+
+
+def _dispatch_mode(torch: Any, tracker: _Tracker) -> Any:
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class LiveBytes(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types_: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            # a storage shared with an input is a view or an in-place result (of a weight, a cache or an
+            # activation): not a new allocation
+            inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0]
+                      if isinstance(t, torch.Tensor)}
+            grew = False
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    if storage._cdata in inputs:
+                        continue
+                    before = tracker.live
+                    tracker.register(storage)
+                    grew = grew or tracker.live > before
+            if grew:
+                tracker.record()
+            return out
+
+    return LiveBytes()
+
+
+def _function_mode(torch: Any, tracker: _Tracker) -> Any:
+    """Stand-in for CUDA's fused sdpa kernels (flash / memory-efficient): they allocate the output and an
+    fp32 log-sum-exp (on meta PyTorch would take the math path and materialise the scores)."""
+    from torch.overrides import TorchFunctionMode
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    class FusedKernels(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types_: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            if func is sdpa:
+                query, key, value = args[:3]
+                mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+                # a boolean mask becomes an additive mask in the query dtype for the kernel
+                # (aten convert_boolean_attn_mask: where(mask, 0, -inf)), held while the kernel runs
+                held = int(mask.numel()) * query.element_size() if mask is not None and mask.dtype == torch.bool else 0
+                lse = torch.empty(*query.shape[:-1], dtype=torch.float32, device=query.device)
+                out = torch.empty((*query.shape[:-1], value.shape[-1]), dtype=query.dtype, device=query.device)
+                tracker.record(extra=held)
+                del lse
+                return out
+            return func(*args, **kwargs)
+
+    return FusedKernels()
+
+
+def _flash_stand_in(torch: Any) -> Callable[..., Any]:
+    def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, *args: Any,
+                  **kwargs: Any) -> tuple[Any, None]:
+        batch, heads, length, _ = query.shape
+        out = torch.empty(batch, length, heads, value.shape[-1], dtype=query.dtype, device=query.device)
+        return out, None
+
+    return attention
+
+
+@contextlib.contextmanager
+def _kernel_stand_ins(torch: Any, implementation: str) -> Iterator[None]:
+    """flash/flex attention cannot run on meta: register a stand-in under the same name while tracing."""
+    if implementation not in _FLASH_LIKE:
+        yield
+        return
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    mapping = ALL_ATTENTION_FUNCTIONS._global_mapping
+    had = implementation in mapping
+    old = mapping.get(implementation)
+    mapping[implementation] = _flash_stand_in(torch)
+    try:
+        yield
+    finally:
+        if had:
+            mapping[implementation] = old
+        else:
+            mapping.pop(implementation, None)
+
+
+# ---------------------------------------------------------------- model plumbing
+
+def _decoder_layers(model: Any) -> list[Any]:
+    """The decoder layers in run order: the ModuleList whose entries are the no-split modules."""
+    no_split = set(getattr(model, "_no_split_modules", None) or [])
+    best: list[Any] = []
+    for _, module in model.named_modules():
+        if type(module).__name__ == "ModuleList":
+            entries = list(module)
+            if entries and all(type(m).__name__ in no_split for m in entries) and len(entries) > len(best):
+                best = entries
+    return best
+
+
+def _signature(layer: Any, cache_layer: Any, layer_type: Any) -> str:
+    """Layers with the same structure, attributes and cache kind allocate the same bytes."""
+    parts = [repr(layer_type), type(cache_layer).__name__, repr(getattr(cache_layer, "sliding_window", None))]
+    for name, module in layer.named_modules():
+        attrs = sorted((k, v) for k, v in vars(module).items()
+                       if isinstance(v, (bool, int, float, str, type(None))) and not k.startswith("_")
+                       and "idx" not in k and "index" not in k)
+        params = [(n, tuple(p.shape), str(p.dtype)) for n, p in module.named_parameters(recurse=False)]
+        parts.append(f"{name}:{type(module).__name__}:{attrs}:{params}")
+    return "|".join(parts)
+
+
+def _hidden_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else kwargs.get("hidden_states")
+
+
+@contextlib.contextmanager
+def _only_representatives(layers: Sequence[Any], reps: dict[int, str], tracker: _Tracker) -> Iterator[None]:
+    """Run one layer per signature; the others return their input (same structure as a real layer's output)."""
+    shape_of_output: list[Any] = [None]
+
+    def real(index: int, layer: Any) -> Callable[..., Any]:
+        original = type(layer).forward
+
+        def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+            name = reps[index]
+            tracker.mark(f"enter:{name}")
+            tracker.zone = f"layer:{name}"
+            out = original(self, *args, **kwargs)
+            tracker.zone = "outside"
+            tracker.mark(f"exit:{name}")
+            shape_of_output[0] = out
+            return out
+
+        return forward
+
+    def skip(self: Any, *args: Any, **kwargs: Any) -> Any:
+        hidden = _hidden_from(args, kwargs)
+        sample = shape_of_output[0]
+        if isinstance(sample, tuple):
+            return (hidden, *([None] * (len(sample) - 1)))
+        return hidden
+
+    for i, layer in enumerate(layers):
+        layer.forward = types.MethodType(real(i, layer) if i in reps else skip, layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
+
+
+# ---------------------------------------------------------------- the two measurements
+
+def _cache(transformers: Any, config: Any) -> Any:
+    return transformers.DynamicCache(config=config)
+
+
+def _forward(torch: Any, model: Any, cache: Any, tokens: int) -> None:
+    ids = torch.zeros(1, tokens, dtype=torch.long, device="meta")
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+
+
+def _tensor_bytes(obj: Any, torch: Any) -> tuple[int, int]:
+    """(bytes of the tensors a cache layer holds, tokens they hold)."""
+    total = tokens = 0
+    for name in ("keys", "values"):
+        t = getattr(obj, name, None)
+        if isinstance(t, torch.Tensor) and t.dim() >= 2:
+            total += t.numel() * t.element_size()
+            tokens = max(tokens, int(t.shape[-2]))
+    return total, tokens
+
+
+def measure_kv(torch: Any, transformers: Any, model: Any, config: Any, probe_tokens: int = 16) -> dict[str, Any]:
+    """Bytes per cached token and cap of every cache layer, from one forward through every layer."""
+    cache = _cache(transformers, config)
+    _forward(torch, model, cache, probe_tokens)
+    out = []
+    for layer in getattr(cache, "layers", []):
+        size, tokens = _tensor_bytes(layer, torch)
+        window = getattr(layer, "sliding_window", None)
+        per_token = size // tokens if tokens else 0
+        kind = "window" if window else ("full" if per_token else "none")
+        out.append({"class": type(layer).__name__, "kind": kind, "window": int(window) if window else None,
+                    "bytes_per_token": per_token, "dtype": str(getattr(getattr(layer, "keys", None), "dtype", ""))})
+    return {"source": f"transformers {transformers.__version__}: DynamicCache(config) after a meta forward", "layers": out}
+
+
+def _regimes(windows: Sequence[int]) -> list[dict[str, Any]]:
+    """Intervals where no branch changes: P = 0 split at each window on C (sdpa skips the mask below the
+    window), P > 0 split at each window on P (the kept length stops growing). Points are inside each."""
+    bounds = sorted({w for w in windows if w and w > 8})
+    edges = [1, *bounds, None]
+    out = []
+    for kind in ("oneshot", "chunked"):
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            if hi is None:
+                vals = [lo + 256, lo + 512, lo + 1024]
+            elif hi - lo < 8:
+                continue
+            else:
+                vals = [lo + (hi - lo) * k // 4 for k in (1, 2, 3)]
+            if kind == "oneshot":
+                points = [(c, 0) for c in vals]
+            else:
+                points = [(c, p) for p in vals[:2] for c in (64, 128, 192)]
+            out.append({"kind": kind, "lo": lo, "hi": hi, "points": points})
+    return out
+
+
+def _trace_point(torch: Any, transformers: Any, model: Any, config: Any, layers: Sequence[Any],
+                 reps: dict[int, str], chunk: int, past: int) -> dict[str, list[int]]:
+    """Zone-relative byte counts at each allocation of one chunk's forward."""
+    tracker = _Tracker()
+    cache = _cache(transformers, config)
+    with _only_representatives(layers, reps, tracker):
+        # steady state of a chunked prefill: the cache was filled by a previous chunk of the same size
+        if past > chunk:
+            _forward(torch, model, cache, past - chunk)
+        if past:
+            _forward(torch, model, cache, min(chunk, past))
+        for layer in getattr(cache, "layers", []):
+            for name in ("keys", "values"):
+                t = getattr(layer, name, None)
+                if isinstance(t, torch.Tensor):
+                    tracker.register(t.untyped_storage())
+        start = tracker.live
+        tracker.enabled = True
+        with _function_mode(torch, tracker), _dispatch_mode(torch, tracker):
+            _forward(torch, model, cache, chunk)
+        tracker.enabled = False
+    return _zones(tracker.events, start)
+
+
+def _zones(events: Sequence[tuple[str, int]], start: int) -> dict[str, list[int]]:
+    """Split the allocation events: inside a layer relative to the layer's entry; outside relative to
+    the start minus what the layers that already ran left behind (their cache growth, counted as KV);
+    `entry:t` = what the forward holds when a layer of signature t starts (masks, rotary, residual)."""
+    zones: dict[str, list[int]] = {}
+    done = 0
+    entry = start
+    ran = False
+    for zone, live in events:
+        if zone.startswith("enter:"):
+            entry = live
+            zones.setdefault(f"entry:{zone[6:]}", []).append(live - start - done)
+            zones.setdefault(f"layer:{zone[6:]}", [])
+        elif zone.startswith("exit:"):
+            done += live - entry
+            ran = True
+        elif zone.startswith("layer:"):
+            zones[zone].append(live - entry)
+        else:
+            zones.setdefault("post" if ran else "pre", []).append(live - start - done)
+    return zones
+
+
+def _fit(points: Sequence[tuple[int, int]], values: Sequence[Sequence[int]]) -> list[list[int]] | None:
+    """Integer coefficients on BASIS for each event, exact at every point; None if not exact."""
+    import torch
+
+    a = torch.tensor([basis(c, p) for c, p in points], dtype=torch.float64)
+    y = torch.tensor(values, dtype=torch.float64).T  # events × points
+    # one-shot points have P = 0: only 1, C, C² are identifiable
+    cols = [0, 1, 4] if all(p == 0 for _, p in points) else list(range(len(BASIS)))
+    sub = a[:, cols]
+    sol = torch.linalg.lstsq(sub, y.T).solution.T  # events × cols
+    coeffs = []
+    for row in sol:
+        full = [0] * len(BASIS)
+        for j, col in enumerate(cols):
+            full[col] = int(round(float(row[j])))
+        coeffs.append(full)
+    for k, (c, p) in enumerate(points):
+        b = basis(c, p)
+        for e, co in enumerate(coeffs):
+            if abs(sum(x * v for x, v in zip(co, b)) - values[k][e]) > 4096:
+                return None
+    return coeffs
+
+
+def _prune(coeffs: list[list[int]]) -> list[list[int]]:
+    """Drop events that never exceed another (all basis terms are ≥ 0 for C, P ≥ 0)."""
+    unique = sorted({tuple(c) for c in coeffs}, reverse=True)
+    kept: list[tuple[int, ...]] = []
+    for c in unique:
+        if not any(all(x <= y for x, y in zip(c, k)) for k in kept):
+            kept = [k for k in kept if not all(x <= y for x, y in zip(k, c))] + [c]
+    return [list(k) for k in kept]
+
+
+def measure_activations(torch: Any, transformers: Any, model: Any, config: Any,
+                        kv_layers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    layers = _decoder_layers(model)
+    if not layers:
+        raise ValueError("no decoder-layer list found")
+    cache_layers = list(getattr(_cache(transformers, config), "layers", []))
+    layer_types = list(getattr(config, "layer_types", None) or [None] * len(layers))
+    sig_of: list[str] = []
+    names: dict[str, str] = {}
+    reps: dict[int, str] = {}
+    for i, layer in enumerate(layers):
+        cache_layer = cache_layers[i] if i < len(cache_layers) else None
+        sig = _signature(layer, cache_layer, layer_types[i] if i < len(layer_types) else None)
+        if sig not in names:
+            names[sig] = f"t{len(names)}"
+            reps[i] = names[sig]
+        sig_of.append(names[sig])
+    windows = [int(x["window"]) for x in kv_layers if x.get("window")]
+    regimes = []
+    for regime in _regimes(windows):
+        samples = [_trace_point(torch, transformers, model, config, layers, reps, c, p) for c, p in regime["points"]]
+        zones = sorted(samples[0])
+        entry: dict[str, Any] = {"kind": regime["kind"], "lo": regime["lo"], "hi": regime["hi"], "zones": {}}
+        for zone in zones:
+            lengths = {len(s.get(zone, [])) for s in samples}
+            if len(lengths) != 1:
+                raise ValueError(f"the forward's allocations differ between trace points in zone {zone}")
+            if not samples[0][zone]:
+                continue
+            coeffs = _fit(regime["points"], [s[zone] for s in samples])
+            if coeffs is None:
+                raise ValueError(f"allocations in zone {zone} are not polynomial in (chunk, past)")
+            entry["zones"][zone] = coeffs if zone.startswith("entry:") else _prune(coeffs)
+        regimes.append(entry)
+    return {"basis": list(BASIS), "layer_signatures": sig_of, "regimes": regimes,
+            "representatives": {name: i for i, name in reps.items()}}
+
+
+def trace_model(torch: Any, transformers: Any, model: Any, config: Any, requested_attn: str) -> dict[str, Any]:
+    """KV layout + activation model of the meta `model`; errors are reported, never raised."""
+    actual = str(getattr(getattr(model, "config", None), "_attn_implementation", None) or requested_attn)
+    result: dict[str, Any] = {"attn_requested": requested_attn, "attn_implementation": actual}
+    try:
+        with _kernel_stand_ins(torch, actual):
+            kv = measure_kv(torch, transformers, model, config)
+    except Exception as exc:  # noqa: BLE001 - the estimate falls back to the config formula
+        result["kv_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        return result
+    result["kv"] = kv
+    try:
+        with _kernel_stand_ins(torch, actual):
+            result["activations"] = measure_activations(torch, transformers, model, config, kv["layers"])
+    except Exception as exc:  # noqa: BLE001 - the estimate falls back to the analytic activation model
+        result["activations_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    return result

@@ -1,0 +1,131 @@
+"""`ResolvedPlan`: a RunSpec with every "auto" decided, plus what the doctor predicts for each length.
+
+The doctor builds it (doctor.plan), prints it, and writes it with `--plan-out`; `niah run` executes it
+(`--plan FILE` verbatim, or the object the in-process doctor just judged). One JSON form both ways.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from run_plan.errors import UsageError
+from run_plan.spec import RunSpec
+
+PLAN_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DevicePrediction:
+    """One device at one length: the allocator peak the run should reach, and the cap it runs under."""
+
+    device: str  # "cuda:0"
+    predicted_peak_bytes: int  # weights + KV + prefill activations: what torch.cuda.max_memory_allocated sees
+    limit_bytes: int  # what the caching allocator may use there (the --max-memory budget, or the card's usable)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "predicted_peak_bytes": self.predicted_peak_bytes,
+                "limit_bytes": self.limit_bytes}
+
+
+@dataclass(frozen=True)
+class LengthPlan:
+    tokens: int
+    fits: bool
+    devices: tuple[DevicePrediction, ...] = ()
+    why_not: str | None = None  # set when fits is False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, "fits": self.fits, "devices": [d.to_dict() for d in self.devices],
+                "why_not": self.why_not}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LengthPlan:
+        devices = tuple(DevicePrediction(str(d["device"]), int(d["predicted_peak_bytes"]), int(d["limit_bytes"]))
+                        for d in data.get("devices") or [])
+        return cls(int(data["tokens"]), bool(data["fits"]), devices, data.get("why_not"))
+
+    def predicted_by_device(self) -> dict[str, int]:
+        return {d.device: d.predicted_peak_bytes for d in self.devices}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one "auto" became, and why (shown in the report and saved with the plan)."""
+
+    name: str
+    value: Any
+    why: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "why": self.why}
+
+
+@dataclass(frozen=True)
+class ResolvedPlan:
+    spec: RunSpec  # concrete: attn, prefill_chunk are decided
+    lengths: tuple[LengthPlan, ...] = ()  # one per spec.lengths entry, when an estimate exists
+    max_context_tokens: int | None = None
+    decisions: tuple[Decision, ...] = ()
+    estimate_method: str | None = None
+    verdict: str = "not judged"
+    failing_checks: tuple[str, ...] = field(default=())
+
+    # -- questions the sweep asks ------------------------------------------------------------------
+
+    def length_plan(self, tokens: int) -> LengthPlan | None:
+        return next((lp for lp in self.lengths if lp.tokens == tokens), None)
+
+    def too_long(self) -> tuple[int, ...]:
+        """Requested lengths the plan rules out before loading (they become skipped_too_long rows)."""
+        return tuple(lp.tokens for lp in self.lengths if not lp.fits)
+
+    def allocator_caps(self) -> dict[int, int]:
+        """GPU index -> bytes the caching allocator is capped to (from --max-memory budgets)."""
+        from run_plan.sizes import parse_max_memory, size_to_bytes
+
+        if not self.spec.max_memory:
+            return {}
+        return {key: size_to_bytes(value) for key, value in parse_max_memory(self.spec.max_memory).items()
+                if isinstance(key, int)}
+
+    # -- JSON --------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": PLAN_SCHEMA_VERSION, "spec": self.spec.to_dict(),
+                "lengths": [lp.to_dict() for lp in self.lengths], "max_context_tokens": self.max_context_tokens,
+                "decisions": [d.to_dict() for d in self.decisions], "estimate_method": self.estimate_method,
+                "verdict": self.verdict, "failing_checks": list(self.failing_checks)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResolvedPlan:
+        if not isinstance(data, dict) or data.get("schema_version") != PLAN_SCHEMA_VERSION:
+            raise UsageError("not a niah-doctor plan (schema_version 1)",
+                             hint="Write one with `doctor ... --plan-out plan.json`.")
+        try:
+            return cls(spec=RunSpec.from_dict(data["spec"]),
+                       lengths=tuple(LengthPlan.from_dict(x) for x in data.get("lengths") or []),
+                       max_context_tokens=data.get("max_context_tokens"),
+                       decisions=tuple(Decision(str(d["name"]), d.get("value"), str(d.get("why", "")))
+                                       for d in data.get("decisions") or []),
+                       estimate_method=data.get("estimate_method"), verdict=str(data.get("verdict", "")),
+                       failing_checks=tuple(data.get("failing_checks") or ()))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"the plan is malformed: {type(exc).__name__}: {exc}") from None
+
+    def write(self, path: Path) -> None:
+        from run_plan.atomic import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> ResolvedPlan:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UsageError(f"--plan {path} does not exist") from None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UsageError(f"cannot read --plan {path}: {exc}") from None
+        return cls.from_dict(data)

@@ -1,0 +1,77 @@
+"""The harder needle kinds and depth honesty through a whole `niah run` (fake backend, no model)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from doctor.boundary import run_cli
+from niah_run.backends.base import Generation
+from niah_run.cli import niah_command
+from tests.niah.fakes import FakeBackend
+
+
+class SolvingBackend(FakeBackend):
+    """A test double that solves every kind by reading the prompt (a real backend never decodes)."""
+
+    def generate(self, input_ids, *, max_new_tokens, reusable_prefix_len=0):
+        prompt = self._tokenizer.decode(input_ids)
+        document, _, question = prompt.partition("</document>")
+        if "How many times" in question:
+            animal = re.search(r"is an? (\w+) mentioned", question).group(1)
+            text = str(len(re.findall(rf"\b{animal}\b", document)))
+        elif "Which character" in question:
+            match = re.search(r"Actually, (\w+) lives next to", document)
+            text = match.group(1) if match else "No character has been there."
+        elif "in the order they appear" in question:
+            text = ", ".join(re.findall(r"magic numbers for \w+ is: (\d+)", document)) or "There is none."
+        else:
+            match = re.search(r"passkey is (\d+)", document)
+            text = match.group(1) if match else "There is no passkey."
+        ids = self._tokenizer(text, add_special_tokens=False)["input_ids"][:max_new_tokens]
+        return Generation(output_ids=tuple(ids), stopped_at_eos=True, prefill_seconds=0.01, decode_seconds=0.01,
+                          reused_prefix_tokens=reusable_prefix_len)
+
+
+@pytest.fixture()
+def solver(monkeypatch):
+    import niah_run.sweep as sweep_module
+
+    backend = SolvingBackend()
+    monkeypatch.setattr(sweep_module, "make_backend", lambda config: backend)
+    return backend
+
+
+def _run(out, *args: str) -> list[dict]:
+    code = run_cli(niah_command, ["run", "--lengths", "700,1400", "--depths", "0,50,100", "--skip-preflight", "-q",
+                                  "--controls", "1", "--max-new-tokens", "80", "--out", str(out), *args], prog_name="niah")
+    assert code == 0
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kind", ["association", "ordered", "counting"])
+def test_new_kinds_score_a_perfect_reader_as_correct(tmp_path, solver, kind) -> None:
+    rows = _run(tmp_path / kind, "--needle-kind", kind)
+    assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
+    assert all(r["correct"] for r in rows), [(r["output_text"], r["needle_value"], r["failure_class"]) for r in rows]
+    assert all("extra_values" in r and r["needle_kind"] == kind for r in rows)
+    summary = json.loads((tmp_path / kind / "summary.json").read_text())
+    assert kind in summary["effective_length"]
+
+
+def test_code_like_haystack_rows_and_summary_say_where_the_needle_went(tmp_path, solver, capsys) -> None:
+    code = tmp_path / "module.py"
+    code.write_text("\n".join(f"    total_{i % 7} = compute(values[{i % 13}]) + cache.get(key_{i % 11})"
+                              for i in range(3000)) + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match="few sentence boundaries"):
+        rows = _run(tmp_path / "run", "--haystack", str(code))
+    needles = [r for r in rows if not r["control"]]
+    assert all("depth_snapped" in r and "snap_tolerance_tokens" in r for r in needles)
+    snapped = [r for r in needles if r["depth_snapped"]]
+    assert {r["depth_percent"] for r in snapped} == {50.0, 100.0}
+    assert all(r["actual_depth_percent"] < 5 for r in snapped)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["depth_snapped_cells"] == 4
+    assert "† at 0%" in (tmp_path / "run" / "summary.md").read_text()
