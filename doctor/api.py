@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from doctor.report.model import Report, Status
+from doctor.report.render_text import verdict_line
 from run_plan.resolved import ResolvedPlan
 from run_plan.spec import RunSpec
 
@@ -35,7 +36,7 @@ def judge(spec: RunSpec, *, only: Sequence[str] = (), skip: Sequence[str] = (), 
                           tuple(argv or ("doctor", *sys.argv[1:])), debug=debug)
     plan = resolve_plan(ctx)  # the object the memory checks judged (cached on ctx), or made now
     failing = tuple(c.id for c in report.checks if c.status is Status.FAIL)
-    plan = with_verdict(plan, report.verdict(), failing)
+    plan = with_verdict(plan, verdict_line(report), failing)  # names every failing and warning check
     report = dataclasses.replace(report, attachments={**report.attachments, "plan": plan.to_dict()})
     # The plan holds paths and URLs too: scrub it like the rest (build_report redacted before it was added).
     from doctor.report.redact import redact_report

@@ -79,10 +79,12 @@ def _resolve(ctx: DoctorContext, static: tuple[Decision, ...]) -> ResolvedPlan:
     if spec.prefill_chunk is None:
         decisions.append(Decision("prefill_chunk", chunk, why))
         spec = dataclasses.replace(spec, prefill_chunk=chunk)
-    at_context = compute_estimate(sizing, dataclasses.replace(settings, prefill_chunk=chunk), gpus)
+    # The longest context is what a plan for THAT length would reach: its chunk is chosen there too, unless
+    # the user fixed one. So `doctor` and a later `niah run --lengths <that>` agree on it.
+    reach = compute_estimate(sizing, settings, gpus)
     lengths = tuple(_length_plan(sizing, settings, gpus, chunk, n) for n in spec.lengths)
-    return ResolvedPlan(spec=spec, lengths=lengths, max_context_tokens=at_context.max_context_tokens,
-                        decisions=tuple(decisions), estimate_method=at_context.method)
+    return ResolvedPlan(spec=spec, lengths=lengths, max_context_tokens=reach.max_context_tokens,
+                        decisions=tuple(decisions), estimate_method=reach.method)
 
 
 def _choose_chunk(sizing: Any, settings: Settings, gpus: list[GpuSpec], given: int | None,

@@ -18,7 +18,7 @@ from run_plan.spec import DEFAULT_NIAH_LENGTHS, RunSpec
 CONFIG_FILE = "config.json"
 NIAH_DEFAULTS: dict[str, Any] = {"model": "demo", "lengths": DEFAULT_NIAH_LENGTHS}
 # Derived or per-invocation fields that a saved run never hands on to its resumption.
-_NOT_INHERITED = frozenset({"context", "sources", "live", "fetch", "scripts", "probe_timeout_s"})
+_NOT_INHERITED = frozenset({"context", "sources", "live", "deep", "fetch", "scripts", "probe_timeout_s"})
 
 
 def read_saved_doc(run_dir: Path) -> dict[str, Any] | None:

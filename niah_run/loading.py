@@ -231,6 +231,11 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
     as they are, and its --max-memory GPU budgets become caps on torch's caching allocator."""
     max_memory = validate_load(options)
     source = resolve_source(options)
+    # Long prompts allocate a few very large blocks (K/V repeated to every head: GiBs at 500k tokens); with
+    # the allocator capped to a budget, fixed-size segments fragment and a block the budget still has room
+    # for fails (measured on an H200: OOM at 35.7 of 40 GiB). Expandable segments grow in place instead.
+    # Read when CUDA first allocates, so it must be set before the model is loaded; the user's setting wins.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -303,6 +308,7 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
         "load_seconds": round(load_seconds, 2),
         "prefill_chunk_source": chunk_source,
         "allocator_caps_bytes": {f"cuda:{index}": cap for index, cap in caps.items()},
+        "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
     }
     warnings = attention_warnings(model.config, attn)
     if warnings:

@@ -74,7 +74,7 @@ def row_problem(row: dict[str, Any]) -> str | None:
     if not isinstance(control, bool):
         return "control is not true/false"
     depth = row.get("depth_percent")
-    if not control and not (_is_number(depth) and 0 <= depth <= 100):
+    if not control and not (isinstance(depth, (int, float)) and _is_number(depth) and 0 <= depth <= 100):
         return "depth_percent is not a number in 0-100"
     if not isinstance(row.get("correct", False), bool):
         return "correct is not true/false"

@@ -18,6 +18,7 @@ installed; both have the same API.
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -25,10 +26,23 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Literal
 
-try:  # pragma: no cover - which one is installed depends on huggingface_hub's version
-    import httpx2 as httpx
-except ImportError:  # pragma: no cover
-    import httpx  # type: ignore[no-redef]
+
+def _httpx() -> Any:
+    """httpx2 or httpx, imported on first use: the doctor imports this module at start-up and most runs
+    never talk to a server (the import costs ~50 ms)."""
+    try:  # pragma: no cover - which one is installed depends on huggingface_hub's version
+        import httpx2
+
+        return httpx2
+    except ImportError:  # pragma: no cover
+        pass
+    try:  # pragma: no cover
+        import httpx
+
+        return httpx
+    except ImportError:  # pragma: no cover
+        raise HttpFailure("no-client", "no HTTP client is installed: pip install httpx") from None
+
 
 __all__ = ["DEFAULT_MAX_BYTES", "HttpFailure", "JsonReply", "origin_of", "request_json"]
 
@@ -37,7 +51,8 @@ MAX_REDIRECTS = 5
 _ERROR_SNIPPET = 300  # characters of an error body worth quoting
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 
-FailureKind = Literal["connect", "timeout", "status", "redirect", "too-large", "bad-reply", "protocol", "bad-url"]
+FailureKind = Literal["connect", "timeout", "status", "redirect", "too-large", "bad-reply", "protocol", "bad-url",
+                      "no-client"]
 
 
 class HttpFailure(Exception):
@@ -45,10 +60,11 @@ class HttpFailure(Exception):
     refused/reset, timeout, 408/429/5xx); not for a wrong reply or a refused redirect."""
 
     def __init__(self, kind: FailureKind, message: str, *, status: int | None = None, retryable: bool = False,
-                 retry_after: float | None = None, body: str = "") -> None:
+                 retry_after: float | None = None, body: str = "", reason: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
-        self.message = message
+        self.message = message  # a whole sentence naming the server
+        self.reason = reason or message  # the same without the server's address (for "cannot reach X: …")
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
@@ -66,12 +82,12 @@ _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 def origin_of(url: str) -> tuple[str, str, int | None]:
     """(scheme, host, port) with default ports filled in: what "same server" means for a redirect."""
-    parts = urllib.parse.urlsplit(url)
-    scheme = (parts.scheme or "").lower()
     try:
+        parts = urllib.parse.urlsplit(url)
         port = parts.port
-    except ValueError:
-        port = None
+    except ValueError:  # "http://[::1/x", a port out of range: no origin anything can match
+        return "", "", None
+    scheme = (parts.scheme or "").lower()
     if port is None:
         port = {"http": 80, "https": 443}.get(scheme)
     return scheme, (parts.hostname or "").lower(), port
@@ -149,7 +165,7 @@ def _retry_after(value: str | None) -> float | None:
         seconds = float(value)
     except ValueError:
         return None  # an HTTP date: the caller's own backoff applies
-    return min(60.0, max(0.0, seconds)) if seconds == seconds else None  # NaN-safe
+    return min(60.0, max(0.0, seconds)) if math.isfinite(seconds) else None
 
 
 def _read_capped(response: Any, max_bytes: int, url: str) -> bytes:
@@ -173,7 +189,9 @@ def request_json(method: str, url: str, *, body: Any = None, bearer: str | None 
     raises HttpFailure for everything else (never another exception for anything the server does)."""
     if not timeout_s > 0:
         raise HttpFailure("bad-url", f"the timeout must be positive, got {timeout_s}")
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    scheme, host, _port = origin_of(url)
+    if not host:
+        raise HttpFailure("bad-url", "the URL names no server (no host, or it cannot be parsed)")
     if scheme not in ("http", "https"):
         raise HttpFailure("bad-url", f"only http:// and https:// servers are supported, got {scheme or 'no'} scheme")
     data = None if body is None else json.dumps(body, allow_nan=False).encode("utf-8")
@@ -189,7 +207,10 @@ def request_json(method: str, url: str, *, body: Any = None, bearer: str | None 
         if isinstance(reply_or_next, JsonReply):
             return reply_or_next
         status, location = reply_or_next
-        target = urllib.parse.urljoin(url, location)
+        try:
+            target = urllib.parse.urljoin(url, location)
+        except ValueError:  # an unparsable Location: no server we could name, so none we would follow to
+            target = ""
         if origin_of(target) != first_origin:
             raise HttpFailure("redirect", f"{_where(url)} redirected (HTTP {status}) to another server "
                                           f"{_where(target)}; not followed, so the API key is not sent there",
@@ -207,6 +228,7 @@ def _one_request(method: str, url: str, data: bytes | None, headers: dict[str, s
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise HttpFailure("timeout", f"no complete answer from {_where(url)} within {timeout_s:g} s", retryable=True)
+    httpx = _httpx()
     watchdog = _Watchdog(deadline)
     timeout = httpx.Timeout(remaining)
     try:
@@ -244,13 +266,16 @@ def _one_request(method: str, url: str, data: bytes | None, headers: dict[str, s
         kind: FailureKind = "connect" if isinstance(exc, httpx.ConnectError) else "protocol"
         verb = "cannot reach" if kind == "connect" else "the connection to"
         tail = "" if kind == "connect" else " broke"
-        raise HttpFailure(kind, f"{verb} {_where(url)}{tail}: {type(exc).__name__}: {_first_line(exc)}",
-                          retryable=True) from None
+        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        raise HttpFailure(kind, f"{verb} {_where(url)}{tail}: {reason}", retryable=True, reason=reason) from None
     except OSError as exc:  # a socket error httpx did not wrap
         if watchdog.fired:
             raise _timed_out(url, timeout_s) from None
-        raise HttpFailure("connect", f"cannot reach {_where(url)}: {exc.strerror or exc}", retryable=True) from None
-    except (ValueError, UnicodeError) as exc:  # httpx refusing a malformed URL or header from the server
+        raise HttpFailure("connect", f"cannot reach {_where(url)}: {exc.strerror or exc}", retryable=True,
+                          reason=str(exc.strerror or exc)) from None
+    except httpx.InvalidURL as exc:
+        raise HttpFailure("bad-url", f"{_where(url)}: not a usable URL: {_first_line(exc)}") from None
+    except (ValueError, UnicodeError, httpx.StreamError) as exc:  # a malformed header or stream from the server
         raise HttpFailure("protocol", f"{_where(url)}: {type(exc).__name__}: {_first_line(exc)}") from None
     finally:
         watchdog.cancel()
@@ -266,8 +291,9 @@ def _one_request(method: str, url: str, data: bytes | None, headers: dict[str, s
 
 
 def _timed_out(url: str, timeout_s: float) -> HttpFailure:
+    reason = f"no complete answer within {timeout_s:g} s (the whole request, body included)"
     return HttpFailure("timeout", f"no complete answer from {_where(url)} within {timeout_s:g} s "
-                                  "(the whole request, body included)", retryable=True)
+                                  "(the whole request, body included)", retryable=True, reason=reason)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -45,7 +45,10 @@ class ServerModel:
 def normalize_base_url(base_url: str) -> str:
     """`http://host:8000`, `http://host:8000/` and `http://host:8000/v1` all mean the same server."""
     url = str(base_url).strip().rstrip("/")
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. "http://[::1"
+        raise BadBaseUrl(f"--base-url cannot be parsed: {exc}") from None
     if not parts.scheme:
         raise BadBaseUrl(f"--base-url {public_url(base_url)!r} has no scheme")
     if parts.scheme.lower() not in ("http", "https"):
@@ -58,7 +61,7 @@ def normalize_base_url(base_url: str) -> str:
         raise BadBaseUrl(f"--base-url {public_url(base_url)!r} has no host")
     if parts.query or parts.fragment:
         raise BadBaseUrl("--base-url must not have a ?query or #fragment (put keys in $OPENAI_API_KEY)")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
+    return url.removesuffix("/v1")
 
 
 def public_url(base_url: str) -> str:

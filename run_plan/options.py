@@ -109,6 +109,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("fetch", "bool", "git fetch the upstream before comparing (network).", tools=frozenset({DOCTOR})),
     Option("live", "switch", "Import torch/bitsandbytes/triton in child processes and test the GPU "
            "(default: only when an NVIDIA GPU is visible).", tools=frozenset({DOCTOR})),
+    Option("deep", "bool", "Also measure pinned host<->GPU bandwidth and real peer-to-peer copies (seconds more).",
+           tools=frozenset({DOCTOR})),
     Option("probe_timeout_s", "float", "Seconds before a hung probe child is killed. [default: 60]",
            tools=frozenset({DOCTOR}), flag="--timeout"),
 )

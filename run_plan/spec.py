@@ -110,6 +110,7 @@ class RunSpec:
     scripts: tuple[str, ...] = ()  # files the run executes
     fetch: bool = False
     live: bool | None = None  # None = only when a GPU is visible
+    deep: bool = False  # slower GPU probes: pinned host<->device bandwidth, real peer-to-peer copies
     probe_timeout_s: float = 60.0
     # -- where each setting came from: ((field, "flag" | "toml" | "saved run" | "script FILE:LINE"), ...)
     sources: tuple[tuple[str, str], ...] = field(default=(), compare=False)

@@ -87,7 +87,9 @@ def test_unknown_model_type_is_a_fail_row(tmp_path: Path) -> None:
     """model-resolves accepts any model_type; transformers (asked in a child) is the judge."""
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
+    # The sizes the estimate needs are valid (a missing one is its own FAIL, tests/test_fuzz_cli.py).
+    (folder / "config.json").write_text(json.dumps({"model_type": "no-such-architecture", "hidden_size": 64,
+                                                    "num_hidden_layers": 2, "num_attention_heads": 4}))
     proc = run_module("-m", "doctor", "--model", str(folder), "--live", "--only", "model,libraries",
                       "--format", "json")
     assert "Traceback" not in proc.stderr

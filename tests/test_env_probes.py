@@ -75,8 +75,10 @@ def test_default_env_sections_import_nothing_heavy_without_gpu() -> None:
     from tests.conftest import run_module
 
     code = (
-        "import sys; from doctor.cli import run_doctor; from doctor.target import Target; "
-        "run_doctor(Target(), only=('gpu', 'torch', 'bitsandbytes', 'libraries', 'triton')); "
+        "import sys; from doctor.context import DoctorContext; from doctor.registry import load_checks, select; "
+        "from doctor.runner import build_report; from doctor.target import Target; "
+        "specs = select(load_checks(), ('gpu', 'torch', 'bitsandbytes', 'libraries', 'triton')); "
+        "build_report(specs, DoctorContext(Target()), ['doctor']); "
         "heavy = ('torch', 'bitsandbytes', 'triton', 'transformers', 'accelerate'); "
         "print([m for m in heavy if m in sys.modules])"
     )

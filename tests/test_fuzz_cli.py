@@ -24,13 +24,13 @@ from typing import Any
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from doctor.boundary import run_cli  # noqa: E402
-from doctor.cli import doctor_command  # noqa: E402
-from niah_run.cli import niah_command  # noqa: E402
-from tests.test_security_http import FakeServer, WordTokenizer, raw_route, send_bytes  # noqa: E402
+from doctor.boundary import run_cli
+from doctor.cli import doctor_command
+from niah_run.cli import niah_command
+from tests.test_security_http import FakeServer, WordTokenizer, raw_route, send_bytes
 
 ALLOWED = {0, 1, 2, 130}
 # CI: 12 fixed examples per property. NIAH_FUZZ_EXAMPLES=200 explores (random seeds) for longer.
@@ -38,7 +38,7 @@ _EXPLORE = int(os.environ.get("NIAH_FUZZ_EXAMPLES") or 0)
 FUZZ = settings(max_examples=_EXPLORE or 12, deadline=None, derandomize=not _EXPLORE, database=None,
                 print_blob=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-CHEAP_DOCTOR = ("--no-live", "--only", "run-args,platform")
+CHEAP_DOCTOR = ("--no-live", "--only", "run-args,platform,server")
 MODEL_CHECKS = ("--no-live", "--only", "model-resolves,context-within-model-limit,checkpoint-format")
 
 
@@ -88,21 +88,23 @@ odd_text = st.one_of(
     st.text(max_size=12),
     st.sampled_from(["0", "-1", "1.5", "1e400", "9" * 400, "inf", "nan", "Infinity", "1k", "2k", "4K", "1M",
                      "0x10", " 512 ", "512,", ",", "cuda:0=1GiB", "0=75Gb", "cpu=auto", "0=1e400GiB", "auto",
-                     "%", "50%", "101", "1_000", "٣", "\x00", "'; touch PWNED #", "$(id)", "--help"]),
+                     "%", "50%", "101", "1_000", "٣", "\x00", "'; touch PWNED #", "$(id)", "--help",
+                     "http://[::1", "http://127.0.0.1:1", "file:///etc/passwd", "http://u:p@127.0.0.1:1/v1"]),
 )
 small_length = st.one_of(st.integers(min_value=-3, max_value=2048).map(str), odd_text)
 
 
 @FUZZ
 @given(flags=st.dictionaries(st.sampled_from(["--context", "--prefill-chunk", "--max-memory", "--gpus",
-                                              "--device-map", "--timeout", "--model", "--only", "--skip"]),
+                                              "--device-map", "--timeout", "--model", "--only", "--skip",
+                                              "--base-url"]),
                              odd_text, max_size=4),
        fmt=st.sampled_from(["text", "markdown", "json"]))
 def test_doctor_flags(flags: dict[str, str], fmt: str) -> None:
     args = [*CHEAP_DOCTOR, "--format", fmt]
     for flag, value in flags.items():
         if flag in ("--only", "--skip"):
-            args = [a for a in args if a not in ("--only", "run-args,platform")] if flag == "--only" else args
+            args = [a for a in args if a not in ("--only", "run-args,platform,server")] if flag == "--only" else args
         args += [flag, value]
     if "--model" in flags:
         args += ["--skip", "model-config-loads,tokenizer-generation-config-load,memory"]
@@ -222,7 +224,8 @@ status_code = st.sampled_from([200, 200, 200, 201, 204, 301, 302, 307, 400, 401,
 
 @FUZZ
 @given(models_body=reply_body, models_status=status_code, completion_body=reply_body, completion_status=status_code,
-       location=st.sampled_from(["/v1/models", "http://127.0.0.2:9/x", "", "::::", "/v1/completions"]))
+       location=st.sampled_from(["/v1/models", "http://127.0.0.2:9/x", "", "::::", "/v1/completions", "http://[",
+                                  "//127.0.0.1:1/x", "https://127.0.0.1/v1/models"]))
 def test_server_replies(models_body: bytes, models_status: int, completion_body: bytes, completion_status: int,
                         location: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from niah_run.backends.base import Generation

@@ -53,7 +53,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (that is often the point of the test)
 
-    do_GET = do_POST = do_PUT = _any  # noqa: N815
+    do_GET = do_POST = do_PUT = _any
 
 
 class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
@@ -85,7 +85,7 @@ class FakeServer:
     def seen(self) -> list[Seen]:
         return self._server.seen
 
-    def __enter__(self) -> FakeServer:
+    def __enter__(self) -> FakeServer:  # noqa: PYI034 - not subclassed
         self._thread.start()
         return self
 
@@ -146,11 +146,11 @@ def endless_route(chunk: bytes = b"[" * 65536) -> Route:
 
 # ================================================================ the tests
 
-import pytest  # noqa: E402
+import pytest
 
-from niah_run.backends.openai import OpenAIBackend, ServerRequestError  # noqa: E402
-from run_plan.http import HttpFailure, request_json  # noqa: E402
-from run_plan.openai_http import BadReply, list_models, token_ids_of  # noqa: E402
+from niah_run.backends.openai import OpenAIBackend, ServerRequestError
+from run_plan.http import HttpFailure, request_json
+from run_plan.openai_http import BadReply, list_models, token_ids_of
 
 KEY = "sk-" + "K" * 40
 
@@ -308,7 +308,7 @@ def test_an_echoed_key_in_an_error_body_is_scrubbed(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://h/x", "http://", "http://h:99999", "h:8000",
-                                 "http://h:8000/?key=x"])
+                                 "http://h:8000/?key=x", "http://[::1"])
 def test_base_urls_that_name_no_http_server_are_usage_errors(url: str) -> None:
     from doctor.errors import UsageError
     from niah_run.backends.openai import normalize_base_url

@@ -35,7 +35,7 @@ from niah_run.serve import create_app, serve_app  # noqa: E402
 
 
 
-def run_doctor(target: Target, *, only: tuple[str, ...] = (), argv: tuple[str, ...] = ("doctor",)):  # noqa: ANN201
+def run_doctor(target: Target, *, only: tuple[str, ...] = (), argv: tuple[str, ...] = ("doctor",)):
     return judge(target, only=only, argv=argv).report
 
 

@@ -34,7 +34,10 @@ def _estimate(ctx: DoctorContext) -> tuple[Estimate, list[GpuSpec], str, dict[st
     gpus, gpu_source = planned_gpus(ctx)
     plan = resolve_plan(ctx)
     settings = dataclasses.replace(_settings(facts), prefill_chunk=plan.spec.prefill_chunk)
-    return compute_estimate(facts["sizing"], settings, gpus), gpus, gpu_source, facts
+    estimate = compute_estimate(facts["sizing"], settings, gpus)
+    if gpus:
+        estimate.max_context_tokens = plan.max_context_tokens  # one figure: the plan's (chunk chosen there)
+    return estimate, gpus, gpu_source, facts
 
 
 def _gpus_flag(count: int, like: GpuSpec) -> str:

@@ -38,6 +38,24 @@ _FLASH_LIKE = ("flash_attention_2", "flash_attention_3", "flex_attention", "kern
                "kernels-community/vllm-flash-attn3")
 
 
+# aten ops whose CUDA kernels allocate nothing beyond their outputs (elementwise, views, copies, factories,
+# GEMMs through cuBLAS whose workspace is a per-GPU constant, softmax, reductions, indexing, sorting, norms).
+# Any other op that allocates is charged one more output-sized temporary and named in the result
+# (`unmodelled_ops`): its CUDA implementation may hold buffers a meta kernel does not show.
+KNOWN_OPS = frozenset("""
+_grouped_mm _softmax _safe_softmax _log_softmax _to_copy _unsafe_view _reshape_alias abs add add_ addcmul addmm
+alias all amax any arange argmax argsort bernoulli_ bitwise_and bitwise_not bitwise_or bmm cat clamp clamp_ clone
+contiguous copy_ cos cumsum detach div div_ embedding empty empty_like empty_strided eq erf exp expand expand_as
+fill_ flatten floor_divide full full_like gather ge gelu gelu_ gt histc index index_add_ index_copy_ index_put_
+index_select isinf isnan le lift_fresh log logical_and logical_not logical_or lt masked_fill masked_fill_ max
+maximum mean min minimum mm mul mul_ native_dropout native_layer_norm ne neg new_empty new_full new_ones new_zeros
+ones ones_like permute polar pow reciprocal relu repeat repeat_interleave reshape rsqrt scalar_tensor scatter
+scatter_ scatter_add_ select sigmoid silu silu_ sin slice softplus sort split split_with_sizes sqrt squeeze stack
+sub sub_ sum t tanh topk transpose tril triu unbind unsqueeze view view_as_complex view_as_real where zero_
+zeros zeros_like _fused_rms_norm rms_norm
+""".split())
+
+
 def basis(chunk: int, past: int) -> tuple[int, int, int, int, int]:
     return 1, chunk, past, chunk * past, chunk * chunk
 
@@ -53,6 +71,7 @@ class _Tracker:
         self.events: list[tuple[str, int]] = []  # (zone, live bytes) at each allocation
         self.zone = "outside"
         self.enabled = False
+        self.unmodelled: set[str] = set()
 
     def register(self, storage: Any) -> None:
         key = storage._cdata
@@ -88,7 +107,7 @@ def _dispatch_mode(torch: Any, tracker: _Tracker) -> Any:
             # activation): not a new allocation
             inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0]
                       if isinstance(t, torch.Tensor)}
-            grew = False
+            grew = 0
             for t in tree_flatten(out)[0]:
                 if isinstance(t, torch.Tensor):
                     storage = t.untyped_storage()
@@ -96,17 +115,78 @@ def _dispatch_mode(torch: Any, tracker: _Tracker) -> Any:
                         continue
                     before = tracker.live
                     tracker.register(storage)
-                    grew = grew or tracker.live > before
+                    grew += tracker.live - before
             if grew:
-                tracker.record()
+                name = str(func.overloadpacket.__name__)
+                if name in KNOWN_OPS:
+                    tracker.record()
+                else:
+                    tracker.unmodelled.add(name)
+                    tracker.record(extra=grew)
             return out
 
     return LiveBytes()
 
 
+def fused_sdpa_applies(torch: Any, query: Any, key: Any, value: Any, mask: Any, enable_gqa: bool) -> bool:
+    """Whether PyTorch's CUDA dispatcher can pick a fused sdpa kernel (flash / memory-efficient) for these
+    inputs (aten sdp_utils: half/bf16/fp32, head dims multiples of 8 up to 256, query/key/value with the
+    same batch and head count — unequal heads only with enable_gqa and no mask, i.e. flash). Otherwise it
+    takes the math path, which materialises the scores: counted as such (safe side when unsure)."""
+    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
+        return False
+    if query.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return False
+    dims = (query.shape[-1], key.shape[-1], value.shape[-1])
+    if any(d % 8 or d > 256 for d in dims) or query.shape[-1] != key.shape[-1]:
+        return False
+    if query.shape[0] != key.shape[0] or key.shape[0] != value.shape[0]:
+        return False
+    heads_q, heads_k, heads_v = query.shape[1], key.shape[1], value.shape[1]
+    if heads_q == heads_k == heads_v:
+        return True
+    return bool(enable_gqa) and mask is None and heads_k == heads_v and heads_q % heads_k == 0
+
+
+def _math_sdpa_cuda(torch: Any, query: Any, key: Any, value: Any, mask: Any, bound: dict[str, Any]) -> Any:
+    """CUDA's math sdpa (aten `_scaled_dot_product_attention_math`), op by op, because on meta aten's
+    softmax is one meta kernel: half/bf16 inputs upcast to fp32 (unless low-precision math reductions are
+    allowed), q and kᵀ scaled by √scale, a boolean (or is_causal) mask made an fp32 additive mask, the full
+    score matrix, `_safe_softmax` (softmax + a boolean "row fully masked" test, zeroed in place), the
+    output and a copy of the weights in the input dtype (the math path returns both)."""
+    import math
+
+    dtype = query.dtype
+    low_precision = getattr(torch.backends.cuda, "fp16_bf16_reduction_math_sdp_allowed", lambda: False)()
+    upcast = dtype in (torch.float16, torch.bfloat16) and not low_precision
+    q, k, v = (t.float() for t in (query, key, value)) if upcast else (query, key, value)
+    length, span = q.shape[-2], k.shape[-2]
+    if mask is None and bound.get("is_causal"):
+        mask = torch.ones(length, span, dtype=torch.bool, device=q.device).tril()
+    if mask is not None and mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(mask.logical_not(), float("-inf"))
+    scale = bound.get("scale") or 1 / math.sqrt(q.shape[-1])
+    root = math.sqrt(abs(scale))
+    if bound.get("enable_gqa") and k.shape[-3] != q.shape[-3]:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], -3)
+    attn = torch.matmul(q * root, k.transpose(-2, -1) * root)
+    if mask is not None:
+        attn.add_(mask)
+    probs = torch.softmax(attn, -1)
+    masked = attn.eq(float("-inf"))
+    probs.masked_fill_(masked.all(-1, keepdim=True), 0.0)
+    del masked, attn
+    out = torch.matmul(probs, v)
+    weights = probs.to(dtype)
+    del weights, probs
+    return out.to(dtype) if upcast else out
+
+
 def _function_mode(torch: Any, tracker: _Tracker) -> Any:
     """Stand-in for CUDA's fused sdpa kernels (flash / memory-efficient): they allocate the output and an
-    fp32 log-sum-exp (on meta PyTorch would take the math path and materialise the scores)."""
+    fp32 log-sum-exp (on meta PyTorch would take the math path and materialise the scores). Inputs no
+    fused kernel accepts on CUDA take CUDA's math path instead (`_math_sdpa_cuda`)."""
     from torch.overrides import TorchFunctionMode
 
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -115,8 +195,12 @@ def _function_mode(torch: Any, tracker: _Tracker) -> Any:
         def __torch_function__(self, func: Any, types_: Any, args: Any = (), kwargs: Any = None) -> Any:
             kwargs = kwargs or {}
             if func is sdpa:
-                query, key, value = args[:3]
-                mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+                names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+                bound = {**dict(zip(names, args)), **kwargs}
+                query, key, value = bound.pop("query"), bound.pop("key"), bound.pop("value")
+                mask = bound.get("attn_mask")
+                if not fused_sdpa_applies(torch, query, key, value, mask, bool(bound.get("enable_gqa"))):
+                    return _math_sdpa_cuda(torch, query, key, value, mask, bound)
                 # a boolean mask becomes an additive mask in the query dtype for the kernel
                 # (aten convert_boolean_attn_mask: where(mask, 0, -inf)), held while the kernel runs
                 held = int(mask.numel()) * query.element_size() if mask is not None and mask.dtype == torch.bool else 0
@@ -308,7 +392,9 @@ def _trace_point(torch: Any, transformers: Any, model: Any, config: Any, layers:
         with _function_mode(torch, tracker), _dispatch_mode(torch, tracker):
             _forward(torch, model, cache, chunk)
         tracker.enabled = False
-    return _zones(tracker.events, start)
+    zones = _zones(tracker.events, start)
+    zones["_unmodelled"] = sorted(tracker.unmodelled)  # type: ignore[assignment]
+    return zones
 
 
 def _zones(events: Sequence[tuple[str, int]], start: int) -> dict[str, list[int]]:
@@ -387,8 +473,11 @@ def measure_activations(torch: Any, transformers: Any, model: Any, config: Any,
         sig_of.append(names[sig])
     windows = [int(x["window"]) for x in kv_layers if x.get("window")]
     regimes = []
+    unmodelled: set[str] = set()
     for regime in _regimes(windows):
         samples = [_trace_point(torch, transformers, model, config, layers, reps, c, p) for c, p in regime["points"]]
+        for sample in samples:
+            unmodelled.update(sample.pop("_unmodelled", []))
         zones = sorted(samples[0])
         entry: dict[str, Any] = {"kind": regime["kind"], "lo": regime["lo"], "hi": regime["hi"], "zones": {}}
         for zone in zones:
@@ -403,13 +492,40 @@ def measure_activations(torch: Any, transformers: Any, model: Any, config: Any,
             entry["zones"][zone] = coeffs if zone.startswith("entry:") else _prune(coeffs)
         regimes.append(entry)
     return {"basis": list(BASIS), "layer_signatures": sig_of, "regimes": regimes,
-            "representatives": {name: i for i, name in reps.items()}}
+            "representatives": {name: i for i, name in reps.items()}, "unmodelled_ops": sorted(unmodelled)}
+
+
+_ATTENTION_DISPATCH = ("attention_interface", "ALL_ATTENTION_FUNCTIONS", "eager_attention_forward",
+                       "scaled_dot_product_attention")
+
+
+def custom_attention_classes(model: Any) -> list[str]:
+    """Attention modules whose forward computes attention in the model's own code (no transformers
+    attention interface, no sdpa call): their score-sized CUDA ops were under-counted by the trace on the
+    GPU benchmark (BLOOM's baddbmm + ALiBi path, docs/estimator-accuracy.md), so the estimate widens them."""
+    import inspect
+
+    out = set()
+    for layer in _decoder_layers(model)[:1]:
+        for _, module in layer.named_modules():
+            name = type(module).__name__
+            if "Attention" not in name or not list(module.parameters(recurse=False)) and not list(module.children()):
+                continue
+            try:
+                source = inspect.getsource(type(module).forward)
+            except (OSError, TypeError):
+                continue
+            if "softmax" in source and not any(word in source for word in _ATTENTION_DISPATCH):
+                out.add(name)
+    return sorted(out)
 
 
 def trace_model(torch: Any, transformers: Any, model: Any, config: Any, requested_attn: str) -> dict[str, Any]:
     """KV layout + activation model of the meta `model`; errors are reported, never raised."""
     actual = str(getattr(getattr(model, "config", None), "_attn_implementation", None) or requested_attn)
-    result: dict[str, Any] = {"attn_requested": requested_attn, "attn_implementation": actual}
+    model.eval()  # niah runs inference: no dropout masks
+    result: dict[str, Any] = {"attn_requested": requested_attn, "attn_implementation": actual,
+                              "custom_attention": custom_attention_classes(model)}
     try:
         with _kernel_stand_ins(torch, actual):
             kv = measure_kv(torch, transformers, model, config)

@@ -1,8 +1,11 @@
 """LIVE tier: import torch / bitsandbytes / triton / transformers in child processes and exercise them.
 
-Each library is its own probe, so `ctx.prefetch` runs the children concurrently; each child has
-`Target.probe_timeout_s`, and a hang or a segfault comes back as an Unavailable(error|timeout)
-value that the runner turns into an ERROR row. The parent never imports these libraries.
+Each library is its own probe, but the probes a report needs share ONE child: it imports torch once
+and forks a worker per probe, which run concurrently (see "one shared child" below). Each worker has
+`Target.probe_timeout_s`, and a hang or a segfault comes back as an Unavailable(error|timeout) value
+for that probe alone, which the runner turns into an ERROR row. The parent never imports these
+libraries. The torch worker also runs a known-answer GEMM on every visible GPU (and, with
+`Target.deep`, pinned-copy bandwidth and real peer-to-peer copies).
 
 Live probes run when `--live` is given, or by default when NVML sees a GPU: on a CPU-only box,
 `import torch` (~4 s) and `import bitsandbytes` (~9 s) would blow the doctor's start-up budget
@@ -67,12 +70,20 @@ _announced: dict[Any, set[str]] = {}
 _pending: dict[tuple[Any, str], Future[dict[str, Any] | Unavailable]] = {}
 
 
+def _key(target: Any) -> Any:
+    try:
+        hash(target)
+    except TypeError:  # an unhashable target type: this object is the only one that can match
+        return id(target)
+    return target
+
+
 def announce(target: Any, names: Any) -> None:
     """The live probes this report will ask for, so the first one can start a child for all of them."""
     wanted = {n for n in names if n in _WHAT}
     if wanted:
         with _batch_lock:
-            _announced.setdefault(target, set()).update(wanted)
+            _announced.setdefault(_key(target), set()).update(wanted)
 
 
 def _request(name: str, target: Any) -> Request | Unavailable:
@@ -104,12 +115,12 @@ def _run_batch(
 def _shared(name: str, target: Any, request: Request) -> dict[str, Any] | Unavailable:
     """This probe's share of the target's one live child (started by whichever probe asks first)."""
     with _batch_lock:
-        future = _pending.pop((target, name), None)
+        future = _pending.pop((_key(target), name), None)
         if future is None:
-            others = _announced.pop(target, set()) - {name}
+            others = _announced.pop(_key(target), set()) - {name}
             batch: dict[str, Future[dict[str, Any] | Unavailable]] = {n: Future() for n in others}
             for other, fut in batch.items():
-                _pending[(target, other)] = fut
+                _pending[(_key(target), other)] = fut
     if future is not None:
         return future.result()
     requests: dict[str, Request] = {name: request}

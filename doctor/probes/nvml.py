@@ -300,3 +300,9 @@ def nvml_sees_gpu() -> bool:
 @probe("nvml")
 def nvml_probe(target: object) -> NvmlFacts:
     return nvml_facts()
+
+
+@probe("gpu-health")
+def gpu_health_probe(target: object) -> Any:
+    """Health facts (doctor.probes.nvml_health.GpuHealthFacts), read in the nvml probe's NVML session."""
+    return read_gpu_health()

@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from doctor.probes import Unavailable, probe
 
 # NVML clock-event reason bits (nvmlClocksEventReason*), stable since driver 4.304's throttle reasons.
 CLOCK_REASONS: dict[int, str] = {
@@ -406,17 +405,3 @@ def xid_log(pci_to_index: Mapping[str, int], path: str = KMSG_PATH) -> XidLog:
 
 def pci_index_map(gpus: tuple[GpuHealth, ...]) -> dict[str, int]:
     return {key: g.index for g in gpus if (key := _pci_key(g.pci_bus_id))}
-
-
-# ---------------------------------------------------------------- the probe
-
-
-def gpu_health_facts() -> GpuHealthFacts | Unavailable:
-    from doctor.probes.nvml import read_gpu_health
-
-    return read_gpu_health()
-
-
-@probe("gpu-health")
-def gpu_health_probe(target: object) -> GpuHealthFacts | Unavailable:
-    return gpu_health_facts()

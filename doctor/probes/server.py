@@ -69,7 +69,10 @@ def server_probe(target: object) -> ServerFacts | Unavailable:
     except HttpFailure as exc:
         # An HTTP status (401, 404, 500) means the server answered; a bad 2xx reply is "answered wrongly".
         status = exc.status
-        error = exc.message if exc.kind != "status" else f"HTTP {exc.status}: {exc.body[:120] or 'no detail'}"
+        if exc.kind == "status":
+            error = f"HTTP {exc.status}: {exc.body[:120] or 'no detail'}"
+        else:  # the checks say "cannot reach URL: <error>": the reason without the address again
+            error = exc.reason if exc.kind in ("connect", "timeout", "protocol") else exc.message
     return ServerFacts(
         base_url=public_url(url), reachable=status is not None, status=status,
         error=redactor.scrub(error) if error else None, models=models,

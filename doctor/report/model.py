@@ -23,7 +23,7 @@ _KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 Scalar = str | int | float | bool | None
 # A printed command: a literal line we wrote ourselves, or an argument list that `shell_join` quotes.
 # Anything holding a value from outside (a path, a model id, a URL) must be given as an argument list.
-Command = str | tuple[str, ...] | list[str]
+Command = str | tuple[object, ...] | list[object]
 
 
 def _as_command_line(command: Command) -> str:
@@ -51,34 +51,36 @@ def is_kebab_case(text: str) -> bool:
     return bool(_KEBAB.match(text))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Evidence:
     """One fact behind a verdict, where it came from, and how a human can see it too."""
 
     key: str  # e.g. "torch.version.cuda", "gpu[0].memory_total_bytes"
     value: Any  # a scalar or a small JSON-able structure
     source: str  # "nvml", "torch", "metadata", "config.json", "git", "env", "estimate", ...
-    how: str | None = None  # a command that shows the same fact (an argument list is shell-quoted)
+    how: str | None = None  # a command that shows the same fact (given as an argument list: shell-quoted)
 
-    def __post_init__(self) -> None:
-        if self.how is not None and not isinstance(self.how, str):
-            object.__setattr__(self, "how", _as_command_line(self.how))
+    def __init__(self, key: str, value: Any, source: str, how: Command | None = None) -> None:
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "value", value)
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "how", None if how is None else _as_command_line(how))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Fix:
     summary: str  # imperative sentence: "Install a CUDA build of torch"
-    # Each entry: a literal line, or an argument list (tuple/list) joined with shell quoting, so a model
-    # folder named `m; touch PWNED #` prints as one quoted word and pasting the line runs nothing else.
+    # Printed lines. Given as literal lines or as argument lists (tuple/list) that are joined with shell
+    # quoting, so a model folder named `m; touch PWNED #` prints as one quoted word and pasting the line
+    # runs nothing else. Anything holding an outside value must be given as an argument list.
     commands: tuple[str, ...] = ()
     link: str | None = None
 
-    def __post_init__(self) -> None:
-        if isinstance(self.commands, (str, list)) and not isinstance(self.commands, tuple):
-            commands: tuple[Command, ...] = (self.commands,) if isinstance(self.commands, str) else tuple(self.commands)
-        else:
-            commands = tuple(self.commands)
-        object.__setattr__(self, "commands", tuple(_as_command_line(c) for c in commands))
+    def __init__(self, summary: str, commands: str | Iterable[Command] = (), link: str | None = None) -> None:
+        given: tuple[Command, ...] = (commands,) if isinstance(commands, str) else tuple(commands)
+        object.__setattr__(self, "summary", summary)
+        object.__setattr__(self, "commands", tuple(_as_command_line(c) for c in given))
+        object.__setattr__(self, "link", link)
 
 
 @dataclass(frozen=True)

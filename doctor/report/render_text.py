@@ -127,6 +127,12 @@ def plan_line(report: Report) -> str | None:
         parts.append("lengths " + ", ".join(f"{x['tokens']:,} {'fits' if x['fits'] else 'too long'}" for x in lengths))
     if plan.get("max_context_tokens"):
         parts.append(f"longest that fits ≈ {plan['max_context_tokens']:,}")
+    sources = (plan.get("spec") or {}).get("sources") or {}
+    from_scripts: dict[str, list[str]] = {}
+    for name, source in sorted(sources.items()):
+        if str(source).startswith("script "):
+            from_scripts.setdefault(str(source).removeprefix("script "), []).append(name.replace("_", "-"))
+    parts += [f"{', '.join(names)} from {where}" for where, names in from_scripts.items()]
     return " · ".join(parts) if parts else None
 
 

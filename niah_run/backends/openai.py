@@ -309,7 +309,7 @@ class OpenAIBackend:
 def _vocab_size(tokenizer: Any) -> int | None:
     try:
         size = len(tokenizer)
-    except Exception:  # a tokenizer without __len__: the id range check is skipped
+    except Exception:  # noqa: BLE001 - a tokenizer without a working __len__: the id range check is skipped
         return None
     return size if isinstance(size, int) and size > 0 else None
 
