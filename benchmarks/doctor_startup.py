@@ -95,7 +95,7 @@ def build_section(runs: int, env_runs: int) -> str:
         "",
         (
             "Measured with `python benchmarks/doctor_startup.py --write-docs docs/benchmarks.md` "
-            "(wall clock of a fresh interpreter per run, seconds). Target: `doctor` median ≤ 1.5 s on a "
+            "(wall clock of a fresh interpreter per run, seconds). RunSpec: `doctor` median ≤ 1.5 s on a "
             "2-core CPU box with torch installed."
         ),
         "",
@@ -140,9 +140,9 @@ def probe_breakdown() -> list[str]:
     from doctor.probes import libs_live
     from doctor.registry import load_checks
     from doctor.runner import build_report
-    from doctor.target import Target
+    from run_plan.spec import RunSpec
 
-    ctx = DoctorContext(Target(live=True))
+    ctx = DoctorContext(RunSpec(live=True))
     start = time.perf_counter()
     report = build_report(load_checks(), ctx, ["doctor", "--live"])
     total = time.perf_counter() - start
@@ -170,7 +170,7 @@ def build_live_section(runs: int) -> str:
         "",
         (
             "Measured with `python benchmarks/doctor_startup.py --live --runs "
-            f"{runs}` (wall clock of a fresh interpreter per run, seconds). Target: the whole doctor with live "
+            f"{runs}` (wall clock of a fresh interpreter per run, seconds). RunSpec: the whole doctor with live "
             "probes ≤ 4 s on a 1-GPU H200."
         ),
         "",

@@ -205,7 +205,7 @@ def planned_map_on_cpu(folder: Path, args: argparse.Namespace) -> dict[str, Any]
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
     from transformers.utils.generic import ContextManagers
 
-    from doctor.sizes import parse_max_memory
+    from run_plan.sizes import parse_max_memory
 
     config = transformers.AutoConfig.from_pretrained(folder)
     cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]

@@ -262,9 +262,9 @@ def doctor_gpus(args: argparse.Namespace) -> list[Any]:
         return parse_gpus(args.gpus)
     try:
         from doctor.probes import load_probes
-        from doctor.target import Target
+        from run_plan.spec import RunSpec
 
-        gpus = gpus_from_nvml(load_probes()["nvml"](Target()))
+        gpus = gpus_from_nvml(load_probes()["nvml"](RunSpec()))
     except Exception:  # noqa: BLE001 - no NVML here: ask torch
         gpus = []
     if gpus:
@@ -278,9 +278,9 @@ def doctor_gpus(args: argparse.Namespace) -> list[Any]:
 def doctor_estimate(config_dict: dict[str, Any], sizing: dict[str, Any], gpus: list[Any], length: int,
                     args: argparse.Namespace) -> dict[str, Any]:
     from doctor.memory import estimate_for
-    from doctor.target import Target
+    from run_plan.spec import RunSpec
 
-    target = Target(model=MODEL_NAME, context=length, dtype="bfloat16", attn="sdpa",
+    target = RunSpec(model=MODEL_NAME, context=length, dtype="bfloat16", attn="sdpa",
                     prefill_chunk=args.prefill_chunk, gpus=args.gpus, max_memory=args.max_memory,
                     device_map="auto")
     resolution = SimpleNamespace(config=config_dict, quantization_config=None)
@@ -325,7 +325,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.layers = args.layers or (4 if args.tiny else 20)
     args.prefill_chunk = args.prefill_chunk or (128 if args.tiny else 4096)
-    from doctor.target import parse_token_count
+    from run_plan.spec import parse_token_count
 
     args.lengths = tuple(parse_token_count(x.strip()) for x in
                          (args.lengths or ("256,512,1024" if args.tiny else "8k,32k,128k")).split(","))
@@ -415,7 +415,7 @@ def _sweep(args: argparse.Namespace, doc: dict[str, Any], save: Any, result_path
     pool = concurrent.futures.ThreadPoolExecutor(1)
     sizing_future = pool.submit(size_weights, sizing_args(Settings(context=max(args.lengths)), config_dict, None))
 
-    from doctor.sizes import parse_max_memory
+    from run_plan.sizes import parse_max_memory
 
     max_memory = parse_max_memory(args.max_memory or "0=70GiB,1=70GiB") if not (args.tiny and not args.max_memory) \
         else None

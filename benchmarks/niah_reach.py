@@ -60,7 +60,7 @@ TINY_TEXT: dict[str, Any] = {
 
 
 def parse_tokens(text: str) -> int:
-    from doctor.target import parse_token_count
+    from run_plan.spec import parse_token_count
 
     return parse_token_count(text, what="length")
 
@@ -133,14 +133,14 @@ def doctor_prediction(config: Any, tokens: int, attn: str, chunk: int | None,
         from doctor.memory import estimate_for, settings_for, sizing_args
         from doctor.probes.memory import size_weights
         from doctor.memory.gpus import parse_gpus
-        from doctor.target import Target
+        from run_plan.spec import RunSpec
     except Exception as error:  # noqa: BLE001 - the estimator may not exist in this checkout
         return {"status": "n/a", "reason": f"doctor.memory estimator not importable ({error})"}
     # flex_gqa is this benchmark's own variant; the doctor knows only transformers' names
     doctor_attn = "flex_attention" if attn == "flex_gqa" else attn
     try:
         raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        target = Target(context=tokens, attn=doctor_attn, prefill_chunk=chunk or tokens, dtype="bfloat16",
+        target = RunSpec(context=tokens, attn=doctor_attn, prefill_chunk=chunk or tokens, dtype="bfloat16",
                         gpus=gpus)
         resolution = SimpleNamespace(config=raw, quantization_config=None)
         if "sizing" not in _SIZING:

@@ -146,9 +146,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from niah_run.backends.hf import HFBackend
-    from niah_run.config import RunConfig
     from niah_run.results import ResultsStore
-    from niah_run.sweep import Sweep, finish
+    from niah_run.sweep import RunFolder, Sweep, finish
+    from run_plan.spec import RunSpec
     from tests.niah.fakes import build_tokenizer  # a byte-level BPE trained on our haystack, no download
 
     on_cuda = args.device == "cuda"
@@ -188,12 +188,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     recorder = Recorder(backend, torch, on_cuda)
 
     run_dir = Path(tempfile.mkdtemp(prefix="niah-oom-recovery-"))
-    config = RunConfig(model="random-llama-oom-recovery", lengths=lengths, depths=DEPTHS, trials=1,
-                       max_new_tokens=args.max_new_tokens, skip_preflight=True, out=str(run_dir))
+    config = RunSpec(model="random-llama-oom-recovery", lengths=lengths, depths=DEPTHS, trials=1,
+                     max_new_tokens=args.max_new_tokens)
+    folder = RunFolder(run_dir, skip_preflight=True, quiet=True)
     sweep_error = None
     counts: dict[str, Any] | None = None
     try:
-        counts = Sweep(config, run_dir, backend_factory=lambda _config: backend, quiet=True).run()
+        counts = Sweep(config, folder, backend_factory=lambda _config: backend).run()
         finish(run_dir, title="oom recovery")
     except Exception as exc:  # noqa: BLE001 - a crash of the sweep is exactly what this benchmark reports
         sweep_error = f"{type(exc).__name__}: {exc}"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import click
 
-from doctor.errors import ExitCode, NiahDoctorError
+from run_plan.errors import ExitCode, NiahDoctorError
 from doctor.report.redact import Redactor
 
 

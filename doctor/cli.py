@@ -13,7 +13,7 @@ import click
 
 from doctor import __version__
 from doctor.boundary import exit_with, run_cli
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 from run_plan.options import DOCTOR, Layer, build_spec, click_options, flag_layer, load_toml
 from run_plan.spec import RunSpec
 

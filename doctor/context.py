@@ -15,11 +15,11 @@ from typing import Any
 
 from doctor.probes import ProbeFn, Unavailable, load_probes
 from doctor.report.model import to_jsonable
-from doctor.target import Target
+from run_plan.spec import RunSpec
 
 
 class DoctorContext:
-    def __init__(self, target: Target, probes: Mapping[str, ProbeFn] | None = None,
+    def __init__(self, target: RunSpec, probes: Mapping[str, ProbeFn] | None = None,
                  snapshot: Mapping[str, Any] | None = None) -> None:
         self.target = target
         self._probes = dict(load_probes() if probes is None else probes)
@@ -30,7 +30,7 @@ class DoctorContext:
         self.probe_seconds: dict[str, float] = {}
 
     @classmethod
-    def from_snapshot(cls, target: Target, snapshot: Mapping[str, Any]) -> DoctorContext:
+    def from_snapshot(cls, target: RunSpec, snapshot: Mapping[str, Any]) -> DoctorContext:
         return cls(target, probes={}, snapshot=snapshot)
 
     def probe(self, name: str) -> Any:

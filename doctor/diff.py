@@ -21,7 +21,7 @@ from doctor.report.environment import environment_variables, library_versions
 from doctor.report.load import read_report_json
 from doctor.report.render_markdown import md_cell
 from doctor.report.render_text import terminal_width
-from doctor.units import gib
+from run_plan.units import gib
 
 MISSING = "—"  # the key is absent from one report (an older doctor, a probe that did not run)
 
@@ -64,7 +64,7 @@ def _libraries(doc: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = dict(library_versions(doc.get("facts") or {}))
     build = _facts(doc, "torch-build")
     if build:
-        out["torch build"] = build.get("cuda") and f"CUDA {build['cuda']}" or (
+        out["torch build"] = (build.get("cuda") and f"CUDA {build['cuda']}") or (
             f"ROCm {build['hip']}" if build.get("hip") else ("CPU-only" if build.get("installed") else None))
     bnb = _facts(doc, "bnb-files")
     if "cuda_versions" in bnb:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 from doctor.report.model import Evidence, Fix, Status, is_kebab_case
 
 

@@ -14,7 +14,7 @@ import click
 
 from doctor import __version__
 from doctor.boundary import exit_with
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 from run_plan.options import NIAH, click_options
 
 

@@ -19,7 +19,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 
 GENERATED = "generated"
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 from doctor.model_config import DEMO_GGUF, DEMO_MODEL_ID, DEMO_PACKAGE, PICKLE_SUFFIXES
-from doctor.sizes import parse_max_memory
+from run_plan.sizes import parse_max_memory
 from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, RunSpec
 
 CACHE_FORMAT = 1  # bump when the cached folder's layout changes
@@ -356,8 +356,13 @@ def cap_allocator(max_memory: dict[int | str, int | str] | None) -> dict[int, in
 
 def _load_hint(options: RunSpec, source: ModelSource) -> str:
     if source.kind == "hub" and not options.online:
-        return ("The model is not in the local Hugging Face cache and the network is off: download it "
-                "first (huggingface-cli download ...) or add --online.")
-    if not options.allow_pickle:
-        return "If the checkpoint is only .bin (pickle) files and you trust it, add --allow-pickle."
-    return "Check the model id or folder."
+        return (f"The model is not in the local Hugging Face cache and the network is off: download it first "
+                f"(hf download {options.model}) or add --online.")
+    folder = Path(source.load_from)
+    if folder.is_dir():
+        names = {p.name for p in folder.iterdir()}
+        if not names & {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"}:
+            return f"{folder} has no tokenizer files (tokenizer.json / tokenizer_config.json): copy them in."
+        if not any(n.endswith(".safetensors") for n in names) and not options.allow_pickle:
+            return "If the checkpoint is only .bin (pickle) files and you trust it, add --allow-pickle."
+    return "Check the model id or folder (`doctor --model ...` explains what it finds there)."

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from doctor.errors import RunFailed
+from run_plan.errors import RunFailed
 from run_plan.resolved import Decision, ResolvedPlan
 from run_plan.spec import DEFAULT_PREFILL_CHUNK, RunSpec
 
@@ -25,14 +25,14 @@ def run_preflight(spec: RunSpec, run_dir: Path) -> ResolvedPlan:
     from doctor.report.model import Status
     from doctor.report.render_json import render_json
     from doctor.report.render_markdown import render_markdown
-    from run_plan.atomic import write_text_atomic
+    from niah_run.run_folder import write_text
 
     # A server run needs no local GPU: judge this machine's basics and the server, not local memory.
     only = ("platform", "server") if spec.backend == "openai" else ()
     judgement = judge(spec, only=only, argv=("niah", "run", "--preflight"))
     report, plan = judgement.report, judgement.plan
-    write_text_atomic(run_dir / PREFLIGHT_JSON, render_json(report))
-    write_text_atomic(run_dir / PREFLIGHT_MD, render_markdown(report))
+    write_text(run_dir / PREFLIGHT_JSON, render_json(report))
+    write_text(run_dir / PREFLIGHT_MD, render_markdown(report))
     some_fit = any(length.fits for length in plan.lengths)
     failed = [c for c in report.checks if c.status is Status.FAIL and not (c.id == MEMORY_FIT and some_fit)]
     if failed:

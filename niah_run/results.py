@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from doctor.errors import RunFailed
+from run_plan.errors import RunFailed
 from doctor.report.redact import Redactor
 from run_plan import safe_files
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from doctor.errors import RunFailed, UsageError
+from run_plan.errors import RunFailed, UsageError
 from doctor.report.redact import Redactor
 from run_plan import safe_files
 

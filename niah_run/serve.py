@@ -29,7 +29,7 @@ from typing import Any
 
 import click
 
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 from niah_run.backends.base import BackendOOM, max_positions
 
 log = logging.getLogger(__name__)

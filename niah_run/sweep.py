@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from doctor import __version__
-from doctor.errors import RunFailed, UsageError
+from run_plan.errors import RunFailed, UsageError
 from doctor.report.redact import Redactor
 from niah_run.backends.base import Backend, BackendOOM, Generation, max_positions
 from niah_run.config import CONFIG_FILE

@@ -116,9 +116,13 @@ class ResolvedPlan:
             raise UsageError(f"the plan is malformed: {type(exc).__name__}: {exc}") from None
 
     def write(self, path: Path) -> None:
-        from run_plan.atomic import write_text_atomic
+        from run_plan.safe_files import write_atomic_text
 
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        except OSError as exc:
+            raise UsageError(f"cannot write the plan to {path}: {exc.strerror or exc}") from None
 
     @classmethod
     def read(cls, path: Path) -> ResolvedPlan:

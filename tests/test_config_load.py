@@ -26,7 +26,7 @@ from doctor.probes.config_load import (
 from doctor.registry import load_checks
 from doctor.report.model import Status
 from doctor.runner import run_check
-from doctor.target import Target
+from run_plan.spec import RunSpec
 
 pytest.importorskip("transformers")
 
@@ -47,8 +47,8 @@ def _spec(check_id: str):
     return next(s for s in load_checks() if s.id == check_id)
 
 
-def _judge(check_id: str, facts: object, target: Target | None = None):
-    ctx = DoctorContext.from_snapshot(target or Target(model="m"), {"config-load": facts})
+def _judge(check_id: str, facts: object, target: RunSpec | None = None):
+    ctx = DoctorContext.from_snapshot(target or RunSpec(model="m"), {"config-load": facts})
     result, _ = run_check(_spec(check_id), ctx)
     return result
 
@@ -90,7 +90,7 @@ def test_wrong_typed_fields_fail_with_transformers_text_field_value_and_fixes(tm
     found = {r.path: (r.value, r.expected) for r in facts.rejected_fields}
     assert found == {"text_config.attn_temperature_tuning": (4, "bool"), "text_config.use_qk_norm": (1, "bool")}
 
-    result = _judge("model-config-loads", facts, Target(model=str(folder)))
+    result = _judge("model-config-loads", facts, RunSpec(model=str(folder)))
     assert result.status is Status.FAIL
     assert "expected bool, got int" in result.summary and "+1 more" in result.summary
     assert result.fix is not None
@@ -110,7 +110,7 @@ def test_unknown_or_missing_model_type_fails_with_transformers_message(tmp_path:
                                                                        fixed: str) -> None:
     folder = _folder(tmp_path, config)
     facts = _load(folder)
-    result = _judge("model-config-loads", facts, Target(model=str(folder)))
+    result = _judge("model-config-loads", facts, RunSpec(model=str(folder)))
     assert result.status is Status.FAIL
     assert said in result.summary
     assert result.fix is not None and fixed in result.fix.summary + " ".join(result.fix.commands)
@@ -143,7 +143,7 @@ def test_truncated_generation_config_warns_the_run_falls_back(tmp_path: Path) ->
 
 def test_embedded_scout_config_does_not_load_so_the_verdict_is_not_ok() -> None:
     """The issue's case: the embedded Llama 4 Scout config carries attn_temperature_tuning: 4."""
-    target = Target(model=SCOUT)
+    target = RunSpec(model=SCOUT)
     ctx = DoctorContext(target)
     result, _ = run_check(_spec("model-config-loads"), ctx)
     from transformers import __version__

@@ -6,13 +6,13 @@ from doctor.checks.model_source import context_within_model_limit
 from doctor.context import DoctorContext
 from doctor.model_config import ModelResolution
 from doctor.report.model import Status
-from doctor.target import Target
+from run_plan.spec import RunSpec
 
 
 def _ctx(context: int | None, config: dict) -> DoctorContext:
     res = ModelResolution("org/model", "found", "test", resolved_id="org/model", source="local-folder",
                           config=config, model_type=config.get("model_type"))
-    return DoctorContext.from_snapshot(Target(model="org/model", context=context), {"model": res})
+    return DoctorContext.from_snapshot(RunSpec(model="org/model", context=context), {"model": res})
 
 
 def test_context_above_limit_fails_with_the_limit() -> None:

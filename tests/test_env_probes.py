@@ -26,7 +26,7 @@ from doctor.registry import load_checks
 from doctor.report.model import Status
 from doctor.report.render_text import render_text
 from doctor.runner import build_report
-from doctor.target import Target
+from run_plan.spec import RunSpec
 from tests.fakes import scenarios as sc
 
 
@@ -76,9 +76,9 @@ def test_default_env_sections_import_nothing_heavy_without_gpu() -> None:
 
     code = (
         "import sys; from doctor.context import DoctorContext; from doctor.registry import load_checks, select; "
-        "from doctor.runner import build_report; from doctor.target import Target; "
+        "from doctor.runner import build_report; from run_plan.spec import RunSpec; "
         "specs = select(load_checks(), ('gpu', 'torch', 'bitsandbytes', 'libraries', 'triton')); "
-        "build_report(specs, DoctorContext(Target()), ['doctor']); "
+        "build_report(specs, DoctorContext(RunSpec()), ['doctor']); "
         "heavy = ('torch', 'bitsandbytes', 'triton', 'transformers', 'accelerate'); "
         "print([m for m in heavy if m in sys.modules])"
     )
@@ -152,7 +152,7 @@ def test_triton_pin_marker_and_version() -> None:
 
 
 def test_packages_probe_reads_versions() -> None:
-    facts = packages_probe(Target())
+    facts = packages_probe(RunSpec())
     assert facts.versions["nvidia-ml-py"] == metadata.version("nvidia-ml-py")
 
 
@@ -161,16 +161,16 @@ def test_packages_probe_reads_versions() -> None:
 
 @no_gpu_here
 def test_live_probes_skip_without_gpu_unless_forced() -> None:
-    gate = live_gate(Target())
+    gate = live_gate(RunSpec())
     assert isinstance(gate, Unavailable) and gate.kind == "not-applicable" and gate.reason == NOT_LIVE_REASON
-    assert live_gate(Target(live=True)) is None
-    assert live_gate(Target(live=False)).kind == "not-applicable"
+    assert live_gate(RunSpec(live=True)) is None
+    assert live_gate(RunSpec(live=False)).kind == "not-applicable"
 
 
 @needs_torch
 @no_gpu_here
 def test_real_child_imports_torch_on_cpu() -> None:
-    facts = torch_live_facts(Target(live=True, probe_timeout_s=120))
+    facts = torch_live_facts(RunSpec(live=True, probe_timeout_s=120))
     assert isinstance(facts, TorchLive), facts
     assert facts.import_error is None and facts.version == metadata.version("torch")
     assert facts.cuda_available is False and facts.device_count == 0
@@ -182,7 +182,7 @@ def test_real_child_imports_torch_on_cpu() -> None:
 @no_gpu_here
 @pytest.mark.skipif(not installed("bitsandbytes"), reason="bitsandbytes is not installed")
 def test_real_bnb_child_loads_cpu_library_and_round_trips_on_cpu() -> None:
-    facts = bnb_live_facts(Target(live=True, probe_timeout_s=180), roundtrip_on_cpu=True)
+    facts = bnb_live_facts(RunSpec(live=True, probe_timeout_s=180), roundtrip_on_cpu=True)
     assert not isinstance(facts, Unavailable), facts
     assert facts.import_error is None and facts.library_kind == "cpu"
     assert facts.library_path and facts.library_path.endswith("libbitsandbytes_cpu.so")
@@ -194,7 +194,7 @@ def test_real_bnb_child_loads_cpu_library_and_round_trips_on_cpu() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not installed("transformers"), reason="transformers is not installed")
 def test_real_transformers_child_knows_llama4() -> None:
-    facts = transformers_live_facts(Target(model=sc.SCOUT, probe_timeout_s=180), sc.llama4_resolution())
+    facts = transformers_live_facts(RunSpec(model=sc.SCOUT, probe_timeout_s=180), sc.llama4_resolution())
     assert not isinstance(facts, Unavailable), facts
     assert facts.model_type_known is True and facts.missing_architectures == ()
 
@@ -219,7 +219,7 @@ def _report_with(live: object) -> tuple[object, str]:
 
 def test_hanging_torch_import_becomes_an_error_row(tmp_path: Path) -> None:
     env = _fake_torch(tmp_path, "import time\nwhile True:\n    time.sleep(1)\n")
-    facts = torch_live_facts(Target(live=True, probe_timeout_s=3), env=env)
+    facts = torch_live_facts(RunSpec(live=True, probe_timeout_s=3), env=env)
     assert isinstance(facts, Unavailable) and facts.kind == "timeout"
     assert "did not finish within 3 s" in facts.reason
     report, text = _report_with(facts)
@@ -230,7 +230,7 @@ def test_hanging_torch_import_becomes_an_error_row(tmp_path: Path) -> None:
 
 def test_segfaulting_torch_import_becomes_an_error_row_naming_sigsegv(tmp_path: Path) -> None:
     env = _fake_torch(tmp_path, "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
-    facts = torch_live_facts(Target(live=True, probe_timeout_s=30), env=env)
+    facts = torch_live_facts(RunSpec(live=True, probe_timeout_s=30), env=env)
     assert isinstance(facts, Unavailable) and facts.kind == "error"
     assert "SIGSEGV" in facts.reason
     report, text = _report_with(facts)
@@ -241,7 +241,7 @@ def test_segfaulting_torch_import_becomes_an_error_row_naming_sigsegv(tmp_path: 
 
 def test_broken_torch_import_is_a_finding_not_a_crash(tmp_path: Path) -> None:
     env = _fake_torch(tmp_path, "raise OSError('libcudart.so.12: cannot open shared object file')\n")
-    facts = torch_live_facts(Target(live=True, probe_timeout_s=30), env=env)
+    facts = torch_live_facts(RunSpec(live=True, probe_timeout_s=30), env=env)
     assert isinstance(facts, TorchLive) and "libcudart.so.12" in (facts.import_error or "")
     report, _ = _report_with(facts)
     row = next(c for c in report.checks if c.id == "torch-cuda-available")
@@ -338,7 +338,7 @@ needs_gpu = pytest.mark.skipif(not nvml_sees_gpu(), reason="no NVIDIA GPU visibl
 @needs_gpu
 def test_real_gpu_live_probes_and_no_false_alarm() -> None:
     """On a healthy GPU box (the H100 sample run): the live children work and no env check fails."""
-    target = Target(live=True, probe_timeout_s=300)
+    target = RunSpec(live=True, probe_timeout_s=300)
     torch_facts = torch_live_facts(target)
     assert isinstance(torch_facts, TorchLive) and torch_facts.cuda_available, torch_facts
     assert torch_facts.devices and torch_facts.devices[0].memory_free_bytes

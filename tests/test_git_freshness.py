@@ -16,7 +16,7 @@ import pytest
 from doctor.api import judge
 from doctor.probes.git import parse_status_v2, pyc_facts, script_facts, strip_url_credentials
 from doctor.report.model import Status
-from doctor.target import Target
+from run_plan.spec import RunSpec
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
@@ -47,7 +47,7 @@ def clone(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def git_rows(*scripts: Path, fetch: bool = False) -> dict[str, object]:
-    report = judge(Target(scripts=tuple(str(s) for s in scripts), fetch=fetch), only=("git",)).report
+    report = judge(RunSpec(scripts=tuple(str(s) for s in scripts), fetch=fetch), only=("git",)).report
     return {c.id: c for c in report.checks}
 
 
@@ -213,7 +213,7 @@ def test_token_in_remote_url_never_reaches_any_format(clone: tuple[Path, Path]) 
 
     _, work = clone
     sh(work, "remote", "set-url", "origin", f"https://user:{TOKEN}@example.invalid/org/repo.git")
-    report = judge(Target(scripts=(str(work / "run.py"),), fetch=True), only=("git",)).report
+    report = judge(RunSpec(scripts=(str(work / "run.py"),), fetch=True), only=("git",)).report
     remote = [e.value for c in report.checks for e in c.evidence if e.key.endswith(".remote")]
     assert remote == ["https://example.invalid/org/repo.git"]
     for text in (render_text(report, verbose=True, color=False), render_markdown(report), render_json(report),

@@ -523,7 +523,7 @@ def test_batch_child_answers_each_stage_and_isolates_a_hang_and_a_crash() -> Non
 
 def test_live_probes_announced_together_share_one_child(monkeypatch: pytest.MonkeyPatch) -> None:
     from doctor.probes import libs_live
-    from doctor.target import Target
+    from run_plan.spec import RunSpec
 
     calls: list[set[str]] = []
 
@@ -534,7 +534,7 @@ def test_live_probes_announced_together_share_one_child(monkeypatch: pytest.Monk
     monkeypatch.setattr(libs_live, "_run_batch", fake_batch)
     monkeypatch.setattr(libs_live, "live_gate", lambda target: None)
     monkeypatch.setattr(libs_live, "find_dist", lambda name: object())
-    ctx = DoctorContext(Target(live=True))
+    ctx = DoctorContext(RunSpec(live=True))
     ctx.prefetch(["torch-live", "bnb-live", "triton-live"])
     assert calls == [{"torch-live", "bnb-live", "triton-live"}]
     assert ctx.probe("bnb-live").version == "9.9" and ctx.probe("triton-live").version == "9.9"

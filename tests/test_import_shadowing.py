@@ -15,7 +15,7 @@ from doctor.probes.libs_static import import_origin, import_origins_facts
 from doctor.registry import load_checks
 from doctor.report.model import Status
 from doctor.runner import run_check
-from doctor.target import Target
+from run_plan.spec import RunSpec
 from tests.conftest import run_module
 
 
@@ -39,7 +39,7 @@ def _fake_torch(folder: Path) -> Path:
 
 def _judge(facts: object) -> object:
     spec = next(s for s in load_checks() if s.id == "import-shadowing")
-    ctx = DoctorContext.from_snapshot(Target(), {"import-origins": facts})
+    ctx = DoctorContext.from_snapshot(RunSpec(), {"import-origins": facts})
     return run_check(spec, ctx)[0]
 
 

@@ -25,8 +25,13 @@ def sizing(model: str | dict[str, Any], **settings: Any) -> tuple[dict[str, Any]
 
     config = embedded_config(model) if isinstance(model, str) else model
     s = Settings(**{"context": 8192, **settings})
-    key = (repr(sorted(config.items())) if isinstance(model, dict) else model, s.quant, s.prequantized,
-           s.double_quant, s.dtype)
+    key = (
+        repr(sorted(config.items())) if isinstance(model, dict) else model,
+        s.quant,
+        s.prequantized,
+        s.double_quant,
+        s.dtype,
+    )
     if key not in _CACHE:
         _CACHE[key] = size_model(sizing_args(s, config, None))
     return _CACHE[key], s
@@ -36,13 +41,17 @@ def test_scout_on_the_fly_4bit_keeps_fused_experts_in_bf16_and_never_fits_one_h1
     sz, s = sizing(SCOUT, quant="bnb-4bit")
     assert sz["model_class"] == "Llama4ForCausalLM"
     assert sz["weights_bytes"] / GIB == pytest.approx(188.6, rel=0.03)
-    assert any(g["fused_3d"] and g["module"].endswith("feed_forward.experts") for g in sz["unquantized_modules"])
+    assert any(
+        g["fused_3d"] and g["module"].endswith("feed_forward.experts") for g in sz["unquantized_modules"]
+    )
     e = compute_estimate(sz, s, parse_gpus("1xH100-80GB"))
     assert not e.fits and e.max_context_tokens == 0
     assert any("feed_forward.experts" in m for m in e.fused_experts_unquantized)
     assert any("pre-quantized" in n for n in e.notes)
-    three = compute_estimate(sz, s, parse_gpus("3xH100-80GB"))
-    assert three.fits  # the weights need >= 3 GPUs
+    # 188 GiB of weights: transformers' device_map (balanced, bitsandbytes' 0.9 on each budget) spills
+    # part of it to the CPU on 3 GPUs; 4 hold it
+    assert not compute_estimate(sz, s, parse_gpus("3xH100-80GB")).fits
+    assert compute_estimate(sz, s, parse_gpus("4xH100-80GB")).fits
 
 
 def test_scout_prequantized_nf4_dq_fits_one_h100_at_8k_with_a_1e5_context() -> None:
@@ -93,9 +102,18 @@ def test_smollm2_tied_embeddings_counted_once() -> None:
 
 
 def test_sliding_window_layers_are_capped_when_transformers_caps_them() -> None:
-    config = {"model_type": "mistral", "hidden_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 8,
-              "num_key_value_heads": 2, "intermediate_size": 2048, "vocab_size": 1000, "sliding_window": 4096,
-              "max_position_embeddings": 131072, "torch_dtype": "bfloat16"}
+    config = {
+        "model_type": "mistral",
+        "hidden_size": 1024,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "intermediate_size": 2048,
+        "vocab_size": 1000,
+        "sliding_window": 4096,
+        "max_position_embeddings": 131072,
+        "torch_dtype": "bfloat16",
+    }
     sz, _ = sizing(config)
     layers = sz["kv_layout"]["layers"]
     if not layers or layers[0]["kind"] != "window":

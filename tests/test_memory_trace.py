@@ -18,15 +18,36 @@ from doctor.memory import Settings, compute_estimate, sizing_args  # noqa: E402
 from doctor.memory.activations import traced_activation_per_gpu  # noqa: E402
 from doctor.memory.gpus import parse_gpus  # noqa: E402
 
-TINY = {"hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "intermediate_size": 256, "vocab_size": 512, "max_position_embeddings": 8192, "torch_dtype": "bfloat16"}
+TINY = {
+    "hidden_size": 128,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 256,
+    "vocab_size": 512,
+    "max_position_embeddings": 8192,
+    "torch_dtype": "bfloat16",
+}
 ARCHS: dict[str, dict[str, Any]] = {
     "llama": {},
-    "gemma3_text": {"head_dim": 32, "sliding_window": 48, "num_hidden_layers": 4,
-                    "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]},
-    "deepseek_v2": {"num_key_value_heads": 4, "kv_lora_rank": 32, "q_lora_rank": None, "qk_rope_head_dim": 16,
-                    "qk_nope_head_dim": 32, "v_head_dim": 32, "n_routed_experts": 4, "num_experts_per_tok": 2,
-                    "moe_intermediate_size": 64, "first_k_dense_replace": 1},
+    "gemma3_text": {
+        "head_dim": 32,
+        "sliding_window": 48,
+        "num_hidden_layers": 4,
+        "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+    },
+    "deepseek_v2": {
+        "num_key_value_heads": 4,
+        "kv_lora_rank": 32,
+        "q_lora_rank": None,
+        "qk_rope_head_dim": 16,
+        "qk_nope_head_dim": 32,
+        "v_head_dim": 32,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 64,
+        "first_k_dense_replace": 1,
+    },
 }
 _SIZED: dict[str, dict[str, Any]] = {}
 
@@ -49,14 +70,21 @@ def _real_cache_bytes(model_type: str, context: int, chunk: int) -> int:
     """Prefill a real (random-weight) CPU model and count the storages DynamicCache holds."""
     import transformers
 
-    config = transformers.AutoConfig.for_model(**{k: v for k, v in _config(model_type).items() if k != "torch_dtype"})
+    config = transformers.AutoConfig.for_model(
+        **{k: v for k, v in _config(model_type).items() if k != "torch_dtype"}
+    )
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
     cache = transformers.DynamicCache(config=model.config)
     ids = torch.randint(0, TINY["vocab_size"], (1, context))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for start in range(0, context, chunk):
-            model(input_ids=ids[:, start:start + chunk], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(
+                input_ids=ids[:, start : start + chunk],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
     seen: set[int] = set()
     total = 0
     for layer in cache.layers:
@@ -73,7 +101,9 @@ def test_kv_estimate_equals_what_dynamic_cache_really_holds(model_type: str) -> 
     sizing = _sized(model_type)
     assert sizing["kv_layout"].get("measured"), sizing["trace"]
     for context, chunk in ((160, 160), (320, 64)):
-        estimate = compute_estimate(sizing, Settings(context=context, prefill_chunk=chunk), parse_gpus("1x24GB"))
+        estimate = compute_estimate(
+            sizing, Settings(context=context, prefill_chunk=chunk), parse_gpus("1x24GB")
+        )
         assert estimate.kv_bytes == _real_cache_bytes(model_type, context, chunk)
 
 
@@ -82,7 +112,11 @@ def test_mla_caches_what_this_transformers_caches_not_a_per_head_formula() -> No
     cfg = _config("deepseek_v2")
     per_token = {layer["bytes_per_token"] for layer in sizing["kv_layout"]["layers"]}
     latent = (cfg["kv_lora_rank"] + cfg["qk_rope_head_dim"]) * 2
-    decompressed = cfg["num_attention_heads"] * (cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"] + cfg["v_head_dim"]) * 2
+    decompressed = (
+        cfg["num_attention_heads"]
+        * (cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"] + cfg["v_head_dim"])
+        * 2
+    )
     assert len(per_token) == 1 and per_token.pop() in (latent, decompressed)
 
 
@@ -103,16 +137,22 @@ def test_fitted_activation_model_reproduces_a_direct_trace_at_an_unseen_point(mo
 
     sizing = _sized(model_type)
     model_info = sizing["trace"]["activations"]
-    config = transformers.AutoConfig.for_model(**{k: v for k, v in _config(model_type).items() if k != "torch_dtype"})
+    config = transformers.AutoConfig.for_model(
+        **{k: v for k, v in _config(model_type).items() if k != "torch_dtype"}
+    )
     with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+        model = transformers.AutoModelForCausalLM.from_config(
+            config, dtype=torch.bfloat16, attn_implementation="sdpa"
+        )
     layers = trace._decoder_layers(model)
     reps = {int(i): name for name, i in model_info["representatives"].items()}
     layout = kv_layers(sizing["text_config"], sizing["kv_layout"]["layers"])
     for context, chunk in ((1000, 300), (777, 777)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            zones = trace._trace_point(torch, transformers, model, model.config, layers, reps, chunk, context - chunk)
+            zones = trace._trace_point(
+                torch, transformers, model, model.config, layers, reps, chunk, context - chunk
+            )
         # direct evaluation of the same rule on the raw zones (one GPU, all layers)
         now = kv_bytes_per_layer(sizing["text_config"], layout, context, chunk, 2)
         before = kv_bytes_per_layer(sizing["text_config"], layout, context - chunk, chunk, 2)
@@ -128,9 +168,22 @@ def test_fitted_activation_model_reproduces_a_direct_trace_at_an_unseen_point(mo
 
 
 def test_traced_peak_subtracts_cache_growth_of_later_layers_only_on_the_same_gpu() -> None:
-    model = {"layer_signatures": ["t0", "t0"], "regimes": [
-        {"kind": "chunked", "lo": 1, "hi": None,
-         "zones": {"entry:t0": [[100, 0, 0, 0, 0]], "layer:t0": [[1000, 0, 0, 0, 0]], "pre": [], "post": []}}]}
+    model = {
+        "layer_signatures": ["t0", "t0"],
+        "regimes": [
+            {
+                "kind": "chunked",
+                "lo": 1,
+                "hi": None,
+                "zones": {
+                    "entry:t0": [[100, 0, 0, 0, 0]],
+                    "layer:t0": [[1000, 0, 0, 0, 0]],
+                    "pre": [],
+                    "post": [],
+                },
+            }
+        ],
+    }
     one_gpu = traced_activation_per_gpu(model, [0, 0], [50, 50], [10, 10], 20, 10, 0, 1)
     two_gpus = traced_activation_per_gpu(model, [0, 1], [50, 50], [10, 10], 20, 10, 0, 2)
     assert one_gpu == [1100 - 40]  # the last layer peaks with only its own growth not yet in place
@@ -184,3 +237,54 @@ def test_sizing_cache_computes_once_and_keeps_only_skeleton_answers(tmp_path: An
     cached_sizing(fallback, compute, tmp_path)
     cached_sizing(fallback, compute, tmp_path)
     assert len(calls) == 3
+
+
+def test_cuda_sdpa_dispatch_rules_pick_the_math_path_where_no_fused_kernel_applies() -> None:
+    from doctor.memory.trace import fused_sdpa_applies
+
+    def t(heads: int, dim: int = 64, length: int = 16) -> Any:
+        return torch.empty(1, heads, length, dim, dtype=torch.bfloat16, device="meta")
+
+    mask = torch.empty(1, 1, 16, 16, dtype=torch.bool, device="meta")
+    assert fused_sdpa_applies(torch, t(8), t(8), t(8), mask, False)
+    assert fused_sdpa_applies(torch, t(8), t(2), t(2), None, True)  # flash with enable_gqa
+    assert not fused_sdpa_applies(torch, t(8), t(2), t(2), mask, True)  # GQA + mask: math
+    assert not fused_sdpa_applies(torch, t(71), t(1), t(1), None, False)  # Falcon's multi-query call
+    assert not fused_sdpa_applies(torch, t(8, 320), t(8, 320), t(8, 320), None, False)
+
+
+def test_math_path_materialises_the_scores_in_fp32() -> None:
+    """A multi-query sdpa call (no enable_gqa) costs about 9 bytes per score element on CUDA (measured on
+    an H200 for Falcon-7B): the trace must see a score-sized fp32 matrix, not a fused kernel's output."""
+    from doctor.memory import trace
+
+    tracker = trace._Tracker()
+    tracker.enabled = True
+    heads, length = 8, 256
+    q = torch.empty(1, heads, length, 64, dtype=torch.bfloat16, device="meta")
+    kv = torch.empty(1, 1, length, 64, dtype=torch.bfloat16, device="meta")
+    with trace._function_mode(torch, tracker), trace._dispatch_mode(torch, tracker):
+        torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True)
+    peak = max(live for _, live in tracker.events)
+    assert peak >= 9 * heads * length * length
+
+
+def test_own_attention_code_is_flagged_widened_and_said() -> None:
+    from doctor.memory.skeleton import size_model
+
+    config = {
+        "model_type": "bloom",
+        "hidden_size": 128,
+        "n_layer": 2,
+        "n_head": 4,
+        "vocab_size": 512,
+        "torch_dtype": "bfloat16",
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sizing = size_model(sizing_args(Settings(context=512), config, None))
+    if not sizing["trace"].get("custom_attention"):
+        pytest.skip("this transformers' BLOOM attention dispatches through the attention interface")
+    estimate = compute_estimate(sizing, Settings(context=512), parse_gpus("1x24GB"))
+    assert estimate.method == "traced" and estimate.confidence == "medium"
+    assert any("own attention code" in n for n in estimate.notes)

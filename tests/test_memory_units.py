@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 from doctor.memory.gpus import gpus_from_nvml, parse_gpus
 from doctor.memory.kv import KvLayer, kv_bytes_per_layer, kv_layers
 from doctor.memory.placement import CPU, place_blocks

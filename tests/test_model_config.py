@@ -17,7 +17,7 @@ from doctor.probes.hub import HubFacts, token_source
 from doctor.registry import load_checks
 from doctor.report.model import Status
 from doctor.runner import run_check
-from doctor.target import Target
+from run_plan.spec import RunSpec
 
 PLACEHOLDER = "meta-llama/Llama-4-Scout-10M-hf"  # the id the seed's script carried
 
@@ -181,7 +181,7 @@ def test_token_source_never_returns_the_token(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the model section's checks
 
 
-def run_named(check_id: str, target: Target, snapshot: dict) -> tuple[Status, str, object]:
+def run_named(check_id: str, target: RunSpec, snapshot: dict) -> tuple[Status, str, object]:
     spec = next(s for s in load_checks() if s.id == check_id)
     result, _ = run_check(spec, DoctorContext.from_snapshot(target, snapshot))
     return result.status, result.summary, result.fix
@@ -193,49 +193,49 @@ HUB = HubFacts(token_source=None, offline_vars=(), cache_dir="/cache", endpoint=
 
 def test_placeholder_warns_and_suggests_the_real_scout_id() -> None:
     res = resolve_model(PLACEHOLDER)
-    status, summary, fix = run_named("model-resolves", Target(model=PLACEHOLDER), {"model": res, "hub": HUB})
+    status, summary, fix = run_named("model-resolves", RunSpec(model=PLACEHOLDER), {"model": res, "hub": HUB})
     assert status is Status.WARN and "cannot verify" in summary and SCOUT_ID in summary
     assert any("--online" in c for c in fix.commands) and any("hf download" in c for c in fix.commands)
 
 
 def test_not_found_fails_with_the_real_scout_id() -> None:
     res = ModelResolution(PLACEHOLDER, "not-found", "the hub has no model", resolved_id=PLACEHOLDER, hub_checked=True)
-    status, summary, fix = run_named("model-resolves", Target(model=PLACEHOLDER), {"model": res})
+    status, summary, fix = run_named("model-resolves", RunSpec(model=PLACEHOLDER), {"model": res})
     assert status is Status.FAIL and "does not exist" in summary
     assert SCOUT_ID in fix.summary
 
 
 def test_gated_fails_with_login_and_licence_link() -> None:
     res = ModelResolution(SCOUT_ID, "gated", "gated", resolved_id=SCOUT_ID)
-    status, _, fix = run_named("model-resolves", Target(model=SCOUT_ID), {"model": res})
+    status, _, fix = run_named("model-resolves", RunSpec(model=SCOUT_ID), {"model": res})
     assert status is Status.FAIL
     assert "hf auth login" in fix.commands and fix.link == f"https://huggingface.co/{SCOUT_ID}"
 
 
 def test_invalid_folder_fails(tmp_path: Path) -> None:
     res = resolve_model(str(write_model(tmp_path / "m", '{"model_type": ')))
-    status, summary, _ = run_named("model-resolves", Target(model=str(tmp_path / "m")), {"model": res})
+    status, summary, _ = run_named("model-resolves", RunSpec(model=str(tmp_path / "m")), {"model": res})
     assert status is Status.FAIL and "not valid JSON" in summary
 
 
 def test_hub_access_shows_token_presence_only() -> None:
     hub = HubFacts("HF_TOKEN env", ("HF_HUB_OFFLINE",), "/cache", "https://huggingface.co", "1.0")
     res = resolve_model(SCOUT_ID)  # embedded: weights not downloaded
-    status, summary, _ = run_named("hf-hub-access", Target(model=SCOUT_ID), {"model": res, "hub": hub})
+    status, summary, _ = run_named("hf-hub-access", RunSpec(model=SCOUT_ID), {"model": res, "hub": hub})
     assert status is Status.WARN and "HF_HUB_OFFLINE" in summary  # offline + nothing downloaded
 
 
 def test_pickle_checkpoint_warns_and_remote_code_fails(tmp_path: Path) -> None:
     pickle_only = resolve_model(str(write_model(tmp_path / "p", LLAMA, ("pytorch_model.bin",))))
-    status, summary, _ = run_named("checkpoint-format", Target(model="p"), {"model": pickle_only})
+    status, summary, _ = run_named("checkpoint-format", RunSpec(model="p"), {"model": pickle_only})
     assert status is Status.WARN and "pickle" in summary
     remote = resolve_model(str(write_model(tmp_path / "r", {**LLAMA, "auto_map": {"AutoConfig": "c.C"}})))
-    assert run_named("checkpoint-format", Target(model="r"), {"model": remote})[0] is Status.FAIL
-    allowed = Target(model="r", trust_remote_code=True)
+    assert run_named("checkpoint-format", RunSpec(model="r"), {"model": remote})[0] is Status.FAIL
+    allowed = RunSpec(model="r", trust_remote_code=True)
     assert run_named("checkpoint-format", allowed, {"model": remote})[0] is Status.PASS
 
 
 def test_model_checks_skip_without_model() -> None:
     absent = Unavailable("no --model given", "not-applicable")
     for check_id in ("model-resolves", "hf-hub-access", "checkpoint-format"):
-        assert run_named(check_id, Target(), {"model": absent, "hub": absent})[0] is Status.SKIP
+        assert run_named(check_id, RunSpec(), {"model": absent, "hub": absent})[0] is Status.SKIP

@@ -68,7 +68,7 @@ def _transformers_layers(config: dict, max_memory: dict) -> dict[int, list[int]]
 def test_doctor_places_layers_like_transformers_auto(max_memory: str) -> None:
     pytest.importorskip("accelerate")
     from doctor.memory.skeleton import size_model
-    from doctor.sizes import parse_max_memory
+    from run_plan.sizes import parse_max_memory
 
     config = _scout_config(20)  # 85.9 GiB of bf16 weights: more than one 80 GB card
     sizing = size_model({"config": config, "quant": "none", "prequantized": False, "double_quant": True,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from doctor.boundary import run_cli
-from doctor.target import Target
+from run_plan.spec import RunSpec
 from niah_run.cli import niah_command
 from tests.conftest import REPO
 
@@ -143,7 +143,7 @@ def test_length_above_max_position_embeddings_is_one_line(tmp_path: Path, monkey
 
 def test_bad_max_memory_stops_the_real_loader_before_any_load(tmp_path: Path, loads_refused, capsys) -> None:
     # No fake backend: the real `make_backend` → niah_run.loading path would raise too, but the config layer
-    # (same parser, doctor.sizes.parse_max_memory) answers first.
+    # (same parser, run_plan.sizes.parse_max_memory) answers first.
     assert niah("run", "--skip-preflight", "-q", "--out", str(tmp_path / "r"), "--max-memory", "auto") == 2
     assert_one_clear_line(capsys.readouterr().err, "'auto'")
     assert loads_refused == []
@@ -273,7 +273,7 @@ def test_segfaulting_bitsandbytes_in_the_probe_function(tmp_path: Path) -> None:
     from doctor.probes.libs_live import bnb_live_facts
 
     env = env_with(fake_package(tmp_path, "bitsandbytes", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"))
-    facts = bnb_live_facts(Target(live=True, probe_timeout_s=60), env=env)
+    facts = bnb_live_facts(RunSpec(live=True, probe_timeout_s=60), env=env)
     assert isinstance(facts, Unavailable) and facts.kind == "error" and "SIGSEGV" in facts.reason
 
 

@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from doctor.context import DoctorContext
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 from doctor.model_config import ModelResolution
 from doctor.probes.run_args import RunArgFacts, run_args_probe
 from doctor.registry import load_checks
 from doctor.report.model import Status
 from doctor.runner import run_check
-from doctor.sizes import format_max_memory, max_memory_bytes, parse_max_memory, size_to_bytes
-from doctor.target import Target, parse_token_count
+from run_plan.sizes import format_max_memory, max_memory_bytes, parse_max_memory, size_to_bytes
+from run_plan.spec import RunSpec, parse_token_count
 
 # ---------------------------------------------------------------- parse_max_memory
 
@@ -135,82 +135,82 @@ def facts(sizes: dict | None = None, errors: dict | None = None, problem: str | 
     return RunArgFacts({**VERSIONS, **versions}, False, sizes, errors or {}, problem)
 
 
-def run_named(check_id: str, target: Target, snapshot: dict) -> tuple[Status, str]:
+def run_named(check_id: str, target: RunSpec, snapshot: dict) -> tuple[Status, str]:
     spec = next(s for s in load_checks() if s.id == check_id)
     result, _ = run_check(spec, DoctorContext.from_snapshot(target, snapshot))
     return result.status, result.summary
 
 
 def test_lowercase_b_warns_loudly_about_bits() -> None:
-    status, summary = run_named("max-memory-format", Target(max_memory="0=75Gb"),
+    status, summary = run_named("max-memory-format", RunSpec(max_memory="0=75Gb"),
                                 {"run-args": facts({"75Gb": 9_375_000_000}), "nvml": H100})
     assert status is Status.WARN and "BITS" in summary and "9.4 GB" in summary
 
 
 def test_budget_above_the_card_fails() -> None:
-    status, summary = run_named("max-memory-format", Target(max_memory="0=90GiB"),
+    status, summary = run_named("max-memory-format", RunSpec(max_memory="0=90GiB"),
                                 {"run-args": facts({"90GiB": 90 * 2**30}), "nvml": H100})
     assert status is Status.FAIL and "above the card's capacity" in summary
 
 
 def test_budget_above_free_memory_warns() -> None:
     busy = FakeNvml((FakeGpu("NVIDIA H100 80GB HBM3", 85_520_809_984, (9, 0), memory_free_bytes=40 * 2**30),))
-    status, summary = run_named("max-memory-format", Target(max_memory="0=70GiB"),
+    status, summary = run_named("max-memory-format", RunSpec(max_memory="0=70GiB"),
                                 {"run-args": facts({"70GiB": 70 * 2**30}), "nvml": busy})
     assert status is Status.WARN and "free memory" in summary
 
 
 def test_gb_vs_gib_note_and_confidence() -> None:
-    status, summary = run_named("max-memory-format", Target(max_memory="0=70GB,cpu=100GiB"),
+    status, summary = run_named("max-memory-format", RunSpec(max_memory="0=70GB,cpu=100GiB"),
                                 {"run-args": facts({"70GB": 70 * 10**9, "100GiB": 100 * 2**30}), "nvml": H100})
     assert status is Status.PASS and "65.2 GiB" in summary and "lower confidence" not in summary
-    status, summary = run_named("max-memory-format", Target(max_memory="0=70GiB"),
+    status, summary = run_named("max-memory-format", RunSpec(max_memory="0=70GiB"),
                                 {"run-args": facts(problem="accelerate is not installed"), "nvml": H100})
     assert status is Status.PASS and "lower confidence" in summary
 
 
 def test_accelerate_verdict_wins_and_bad_target_fails_without_cli() -> None:
-    status, summary = run_named("max-memory-format", Target(max_memory="0=70GiB"),
+    status, summary = run_named("max-memory-format", RunSpec(max_memory="0=70GiB"),
                                 {"run-args": facts({"70GiB": None}, {"70GiB": "ValueError: simulated"})})
     assert status is Status.FAIL and "accelerate rejects" in summary
-    status, summary = run_named("max-memory-format", Target(max_memory="cpu=auto"), {"run-args": facts()})
+    status, summary = run_named("max-memory-format", RunSpec(max_memory="cpu=auto"), {"run-args": facts()})
     assert status is Status.FAIL and "auto" in summary
 
 
 def test_max_memory_skips_when_absent() -> None:
-    assert run_named("max-memory-format", Target(), {"run-args": facts()})[0] is Status.SKIP
+    assert run_named("max-memory-format", RunSpec(), {"run-args": facts()})[0] is Status.SKIP
 
 
 @pytest.mark.parametrize("value, status", [("auto", Status.PASS), ("balanced_low_0", Status.WARN),
                                            ("cuda:0", Status.PASS), ("cuda:3", Status.FAIL), ("gpu", Status.FAIL)])
 def test_device_map_values(value: str, status: Status) -> None:
-    assert run_named("device-map-value", Target(device_map=value), {"nvml": H100})[0] is status
+    assert run_named("device-map-value", RunSpec(device_map=value), {"nvml": H100})[0] is status
 
 
 def test_attention_backends() -> None:
-    status, summary = run_named("attn-implementation", Target(attn="flash_attention_2"), {"run-args": facts()})
+    status, summary = run_named("attn-implementation", RunSpec(attn="flash_attention_2"), {"run-args": facts()})
     assert status is Status.FAIL and "flash-attn" in summary
-    status, summary = run_named("attn-implementation", Target(attn="flex_attention"),
+    status, summary = run_named("attn-implementation", RunSpec(attn="flex_attention"),
                                 {"run-args": facts(torch="2.4.1")})
     assert status is Status.WARN and "2.5" in summary
-    status, _ = run_named("attn-implementation", Target(attn="eager", context=131072), {"run-args": facts()})
+    status, _ = run_named("attn-implementation", RunSpec(attn="eager", context=131072), {"run-args": facts()})
     assert status is Status.WARN
-    assert run_named("attn-implementation", Target(), {"run-args": facts()})[0] is Status.PASS
+    assert run_named("attn-implementation", RunSpec(), {"run-args": facts()})[0] is Status.PASS
 
 
 def test_dtype_against_gpu_and_model() -> None:
-    status, summary = run_named("dtype-choice", Target(dtype="bfloat16"), {"nvml": T4})
+    status, summary = run_named("dtype-choice", RunSpec(dtype="bfloat16"), {"nvml": T4})
     assert status is Status.FAIL and "7.5" in summary
     llama4 = ModelResolution("m", "found", "", model_type="llama4", config={"model_type": "llama4"})
-    status, summary = run_named("dtype-choice", Target(dtype="float16"), {"model": llama4, "nvml": H100})
+    status, summary = run_named("dtype-choice", RunSpec(dtype="float16"), {"model": llama4, "nvml": H100})
     assert status is Status.WARN and "bfloat16" in summary
     auto_bf16 = ModelResolution("m", "found", "", model_type="llama", config={"torch_dtype": "bfloat16"})
-    assert run_named("dtype-choice", Target(), {"model": auto_bf16, "nvml": T4})[0] is Status.FAIL
+    assert run_named("dtype-choice", RunSpec(), {"model": auto_bf16, "nvml": T4})[0] is Status.FAIL
 
 
 @pytest.mark.slow
 def test_probe_asks_accelerate_itself_in_a_child() -> None:
-    got = run_args_probe(Target(max_memory="0=75Gb,cpu=200GiB"))
+    got = run_args_probe(RunSpec(max_memory="0=75Gb,cpu=200GiB"))
     assert got.accelerate_error is None, got.accelerate_error
     assert got.accelerate_sizes == {"75Gb": 9_375_000_000, "200GiB": 200 * 2**30}
 
@@ -269,7 +269,7 @@ def _script_result(tmp_path, text: str, *, committed: str | None = None, target_
         subprocess.run(["git", "add", script.name], cwd=tmp_path, check=True, env=env)
         subprocess.run(["git", "commit", "-q", "-m", "x"], cwd=tmp_path, check=True, env=env)
     script.write_text(text)
-    target = Target(scripts=(str(script),), model=target_model)
+    target = RunSpec(scripts=(str(script),), model=target_model)
     snapshot = {"script-settings": script_settings_probe(target), "run-args": facts(), "nvml": H100}
     spec = next(s for s in load_checks() if s.id == "script-settings")
     result, _ = run_check(spec, DoctorContext.from_snapshot(target, snapshot))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from doctor.boundary import run_cli
-from doctor.errors import RunFailed, UsageError
+from run_plan.errors import RunFailed, UsageError
 from niah_run import run_folder
 from niah_run.cli import niah_command
 from niah_run.results import ResultsStore, read_rows

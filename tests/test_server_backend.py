@@ -27,7 +27,7 @@ from doctor.report.model import Status  # noqa: E402
 from doctor.report.redact import Redactor  # noqa: E402
 from doctor.report.render_json import render_json  # noqa: E402
 from doctor.report.render_text import render_text  # noqa: E402
-from run_plan.spec import RunSpec as Target  # noqa: E402
+from run_plan.spec import RunSpec  # noqa: E402
 from niah_run.backends.base import Generation  # noqa: E402
 from niah_run.backends.hf import HFBackend  # noqa: E402
 from niah_run.backends.openai import OpenAIBackend, ServerRequestError, make_openai_backend  # noqa: E402
@@ -35,7 +35,7 @@ from niah_run.serve import create_app, serve_app  # noqa: E402
 
 
 
-def run_doctor(target: Target, *, only: tuple[str, ...] = (), argv: tuple[str, ...] = ("doctor",)):
+def run_doctor(target: RunSpec, *, only: tuple[str, ...] = (), argv: tuple[str, ...] = ("doctor",)):
     return judge(target, only=only, argv=argv).report
 
 
@@ -239,7 +239,7 @@ def test_api_key_never_in_describe(client) -> None:
 
 
 def doctor_report(url: str, context: int, model: str = MODEL_NAME):
-    return run_doctor(Target(model=model, context=context, base_url=url), only=("server",),
+    return run_doctor(RunSpec(model=model, context=context, base_url=url), only=("server",),
                       argv=("doctor", "--base-url", url))
 
 
@@ -284,7 +284,7 @@ def test_doctor_fails_when_the_model_is_not_served(server, with_key) -> None:
 
 
 def test_doctor_without_base_url_skips_the_server_section() -> None:
-    report = run_doctor(Target(model=MODEL_NAME, context=128), only=("server",), argv=("doctor",))
+    report = run_doctor(RunSpec(model=MODEL_NAME, context=128), only=("server",), argv=("doctor",))
     assert {c.status for c in report.checks} == {Status.SKIP}
 
 

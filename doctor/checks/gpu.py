@@ -4,6 +4,10 @@ CUDA_VISIBLE_DEVICES, MIG.
 No GPU on a machine where the planned run needs none (`doctor` on a CPU dev box) is a WARN once
 (`nvidia-driver`) and SKIPs elsewhere; when the run needs a GPU (bnb quantization, a long context)
 it is a FAIL. See docs/checks.md.
+
+With a server target (`--base-url`) the model runs on that server, not here: every check of this
+module SKIPs with that reason, and no local GPU is "needed" by the run (the server checks judge the
+server instead).
 """
 
 from __future__ import annotations
@@ -28,12 +32,16 @@ NO_GPU_FIX = Fix(
     ("nvidia-smi", "docker run --gpus all ...  # NVIDIA Container Toolkit"),
     "https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html",
 )
+# The SKIP reason of every local-GPU check when the run's model is served elsewhere.
+SERVER_TARGET_REASON = "the model runs on the server at --base-url"
 # Idle H100s report ~0.5 GiB "used" (driver reservations) with no process: not a busy GPU.
 _BUSY_BYTES = 2 * GIB
 
 
 def run_needs_gpu(target: Target) -> str | None:
     """Why the planned run needs a CUDA GPU, or None when a CPU-only machine is fine for it."""
+    if target.base_url:
+        return None  # the server holds the model; this machine only sends token ids
     if target.quant in ("bnb-4bit", "bnb-8bit"):
         return f"--quant {target.quant} needs a CUDA GPU"
     if target.model and target.context and target.model != "demo":
@@ -57,6 +65,13 @@ def driver_evidence(nvml: NvmlFacts) -> list[Evidence]:
     ]
 
 
+def served_elsewhere(ctx: DoctorContext) -> Outcome | None:
+    """The SKIP for a local-GPU check when --base-url points at the server that runs the model."""
+    if getattr(ctx.target, "base_url", None):
+        return Outcome.skip(SERVER_TARGET_REASON, [Evidence("target.base_url", "set", "config", "--base-url")])
+    return None
+
+
 def _gpu_line(gpu: GpuFacts) -> str:
     cc = f", {gpu.sm}" if gpu.sm else ""
     return (
@@ -68,6 +83,8 @@ def _gpu_line(gpu: GpuFacts) -> str:
     "nvidia-driver", title="NVIDIA driver and the CUDA version it supports", section=SECTION, needs=("nvml",)
 )
 def nvidia_driver(ctx: DoctorContext) -> Outcome:
+    if (elsewhere := served_elsewhere(ctx)) is not None:
+        return elsewhere
     nvml: NvmlFacts = ctx.probe("nvml")
     evidence = [Evidence("nvml", nvml.reason or "ok", "nvml", "nvidia-smi"), *driver_evidence(nvml)]
     health = ctx.probe("gpu-health")
@@ -99,6 +116,8 @@ def nvidia_driver(ctx: DoctorContext) -> Outcome:
 
 @check("gpu-devices", title="GPUs: name, memory, compute capability", section=SECTION, needs=("nvml",))
 def gpu_devices(ctx: DoctorContext) -> Outcome:
+    if (elsewhere := served_elsewhere(ctx)) is not None:
+        return elsewhere
     nvml: NvmlFacts = ctx.probe("nvml")
     if not nvml.gpus:
         return Outcome.skip(nvml.reason or "no GPUs")
@@ -129,6 +148,8 @@ def _own_process_tree() -> set[int]:
 
 @check("gpu-busy", title="Other processes holding GPU memory", section=SECTION, needs=("nvml",))
 def gpu_busy(ctx: DoctorContext) -> Outcome:
+    if (elsewhere := served_elsewhere(ctx)) is not None:
+        return elsewhere
     nvml: NvmlFacts = ctx.probe("nvml")
     if not nvml.gpus:
         return Outcome.skip(nvml.reason or "no GPUs")
@@ -166,6 +187,8 @@ def gpu_busy(ctx: DoctorContext) -> Outcome:
 
 @check("cuda-visible-devices", title="CUDA_VISIBLE_DEVICES", section=SECTION, needs=("nvml",))
 def cuda_visible_devices(ctx: DoctorContext) -> Outcome:
+    if (elsewhere := served_elsewhere(ctx)) is not None:
+        return elsewhere
     nvml: NvmlFacts = ctx.probe("nvml")
     cvd = nvml.cuda_visible_devices
     evidence = [
@@ -227,6 +250,8 @@ def cuda_visible_devices(ctx: DoctorContext) -> Outcome:
 
 @check("gpu-mig", title="MIG (Multi-Instance GPU) mode", section=SECTION, needs=("nvml",))
 def gpu_mig(ctx: DoctorContext) -> Outcome:
+    if (elsewhere := served_elsewhere(ctx)) is not None:
+        return elsewhere
     nvml: NvmlFacts = ctx.probe("nvml")
     if not nvml.gpus:
         return Outcome.skip(nvml.reason or "no GPUs")

@@ -10,13 +10,13 @@ import dataclasses
 from typing import Any
 
 from doctor.context import DoctorContext
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 from doctor.memory.estimate import Estimate, Settings, compute_estimate, fits
 from doctor.memory.gpus import GpuSpec
 from doctor.plan import planned_gpus, resolve_plan
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
-from doctor.units import gib
+from run_plan.units import gib
 from run_plan.shell import quote  # every printed command quotes outside values
 
 SECTION = "memory"

@@ -8,7 +8,7 @@ from doctor.context import DoctorContext
 from doctor.probes.host import HostFacts
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
-from doctor.units import GIB, gib
+from run_plan.units import GIB, gib
 
 SECTION = "platform"
 # Loading streams shards through host RAM; below this a big checkpoint load is likely "Killed".
@@ -40,7 +40,7 @@ def python_environment(ctx: DoctorContext) -> Outcome:
         Evidence("python.executable", host.python_executable, "python", "which python"),
         Evidence("virtualenv", host.virtualenv or "none (system interpreter)", "python", "echo $VIRTUAL_ENV"),
     ]
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 - a checkout run with an older interpreter must still explain
         return Outcome.fail(f"Python {host.python_version} is older than 3.10", evidence,
                             Fix("Use Python 3.10 or newer in a virtual environment",
                                 ("python3 -m venv .venv && . .venv/bin/activate",)))

@@ -52,9 +52,17 @@ class Shapes:
         inter = int(cfg.get("intermediate_size") or 4 * int(cfg.get("hidden_size", 0)))
         expert_inter = int(cfg.get("moe_intermediate_size") or inter)
         dense = int(cfg.get("intermediate_size_mlp") or inter)
-        return cls(int(cfg.get("hidden_size", 0)), int(cfg.get("num_attention_heads") or 1), kv_heads, head_dim,
-                   dense, expert_inter, experts, int(cfg.get("num_experts_per_tok") or 1),
-                   int(cfg.get("vocab_size") or 0))
+        return cls(
+            int(cfg.get("hidden_size", 0)),
+            int(cfg.get("num_attention_heads") or 1),
+            kv_heads,
+            head_dim,
+            dense,
+            expert_inter,
+            experts,
+            int(cfg.get("num_experts_per_tok") or 1),
+            int(cfg.get("vocab_size") or 0),
+        )
 
 
 def needs_dense_mask(attn: str, layer: KvLayer, context: int, chunk: int) -> bool:
@@ -66,7 +74,9 @@ def needs_dense_mask(attn: str, layer: KvLayer, context: int, chunk: int) -> boo
     return layer.kind == "window" and bool(layer.window) and context > layer.window
 
 
-def attention_transient(s: Shapes, attn: str, layer: KvLayer, context: int, chunk: int, b: int, kv_b: int) -> int:
+def attention_transient(
+    s: Shapes, attn: str, layer: KvLayer, context: int, chunk: int, b: int, kv_b: int
+) -> int:
     """Bytes alive inside one attention block beyond weights, persistent KV and forward-wide buffers."""
     kv_len = min(context, (layer.window - 1 + chunk) if layer.kind == "window" and layer.window else context)
     kept_before = tokens_kept(layer, max(context - chunk, 0), chunk) if layer.kind != "none" else 0
@@ -122,8 +132,15 @@ def mlp_transient(s: Shapes, moe: Mapping[str, Any], is_moe_layer: bool, chunk: 
     return chunk * s.hidden * b + routed * rows * b + one_hot
 
 
-def forward_persistent(s: Shapes, attn: str, layers: list[KvLayer], context: int, chunk: int, b: int,
-                       logits_to_keep_one: bool = True) -> int:
+def forward_persistent(
+    s: Shapes,
+    attn: str,
+    layers: list[KvLayer],
+    context: int,
+    chunk: int,
+    b: int,
+    logits_to_keep_one: bool = True,
+) -> int:
     """Buffers alive for the whole forward: the residual stream, masks per distinct layer type, logits."""
     residual = 3 * chunk * s.hidden * b
     masks = 0
@@ -134,7 +151,9 @@ def forward_persistent(s: Shapes, attn: str, layers: list[KvLayer], context: int
             continue
         seen.add(key)
         if needs_dense_mask(attn, layer, context, chunk):
-            kv_len = min(context, (layer.window - 1 + chunk) if layer.kind == "window" and layer.window else context)
+            kv_len = min(
+                context, (layer.window - 1 + chunk) if layer.kind == "window" and layer.window else context
+            )
             masks += chunk * kv_len  # bool
     rotary = 2 * chunk * s.head_dim * 4
     logits = (1 if logits_to_keep_one else chunk) * s.vocab * (4 + b)
@@ -150,6 +169,7 @@ def dequant_transient(quant: str, largest_quantized_linear: int, chunk: int, lar
 
 
 # ---------------------------------------------------------------- traced model (doctor.memory.trace)
+
 
 def _value(coeffs: list[int], chunk: int, past: int) -> int:
     one, c, p, cp, cc = coeffs
@@ -171,9 +191,16 @@ def _regimes_for(model: Mapping[str, Any], context: int, chunk: int) -> list[Map
     return out
 
 
-def traced_activation_per_gpu(model: Mapping[str, Any], layer_gpu: list[int], kv_now: list[int],
-                              kv_before: list[int], context: int, chunk: int, per_layer_extra: int,
-                              n_gpus: int) -> list[int] | None:
+def traced_activation_per_gpu(
+    model: Mapping[str, Any],
+    layer_gpu: list[int],
+    kv_now: list[int],
+    kv_before: list[int],
+    context: int,
+    chunk: int,
+    per_layer_extra: int,
+    n_gpus: int,
+) -> list[int] | None:
     """Peak bytes above weights + KV(context) per GPU, from the traced allocation events; None when the
     trace does not cover this (context, chunk).
 
@@ -224,16 +251,25 @@ def unmodelled_ops(sizing: Mapping[str, Any]) -> list[str]:
     model's own code (not transformers' attention interface or sdpa)."""
     trace = sizing.get("trace") or {}
     return list((trace.get("activations") or {}).get("unmodelled_ops") or []) + [
-        f"{name} (own attention code)" for name in trace.get("custom_attention") or []]
+        f"{name} (own attention code)" for name in trace.get("custom_attention") or []
+    ]
 
 
 def activation_method(sizing: Mapping[str, Any]) -> str:
-    """"traced" when the model's own forward gave the activation model, else "analytic"."""
+    """ "traced" when the model's own forward gave the activation model, else "analytic"."""
     return "traced" if ((sizing.get("trace") or {}).get("activations") or {}).get("regimes") else "analytic"
 
 
-def traced_for_sizing(sizing: Mapping[str, Any], layers: list[KvLayer], layer_gpu: list[int], context: int,
-                      chunk: int, kv_dtype_bytes: int, per_layer_extra: int, n_gpus: int) -> list[int] | None:
+def traced_for_sizing(
+    sizing: Mapping[str, Any],
+    layers: list[KvLayer],
+    layer_gpu: list[int],
+    context: int,
+    chunk: int,
+    kv_dtype_bytes: int,
+    per_layer_extra: int,
+    n_gpus: int,
+) -> list[int] | None:
     from doctor.memory.kv import kv_bytes_per_layer
 
     model = (sizing.get("trace") or {}).get("activations")
@@ -245,7 +281,9 @@ def traced_for_sizing(sizing: Mapping[str, Any], layers: list[KvLayer], layer_gp
     traced = traced_activation_per_gpu(model, layer_gpu, now, before, context, chunk, per_layer_extra, n_gpus)
     if traced is None:
         return None
-    if (sizing.get("trace") or {}).get("custom_attention"):  # safe side: widen what the trace cannot vouch for
+    if (sizing.get("trace") or {}).get(
+        "custom_attention"
+    ):  # safe side: widen what the trace cannot vouch for
         traced = [int(x * FALLBACK_MARGIN) for x in traced]
     return [x + KERNEL_WORKSPACE for x in traced]
 
@@ -261,23 +299,35 @@ def trace_notes(sizing: Mapping[str, Any], requested_attn: str) -> list[str]:
     notes: list[str] = []
     actual = trace.get("attn_implementation")
     if actual and actual != requested_attn:
-        notes.append(f"attention: {requested_attn} was requested but this transformers dispatches {actual} for this "
-                     "model; the prefill peak follows what really runs.")
+        notes.append(
+            f"attention: {requested_attn} was requested but this transformers dispatches {actual} for this "
+            "model; the prefill peak follows what really runs."
+        )
     if activation_method(sizing) == "traced":
-        notes.append("Prefill peak traced from the model's own forward on the meta device (one decoder layer per "
-                     "distinct structure, fused CUDA attention kernels stood in for).")
+        notes.append(
+            "Prefill peak traced from the model's own forward on the meta device (one decoder layer per "
+            "distinct structure, fused CUDA attention kernels stood in for)."
+        )
         unmodelled = unmodelled_ops(sizing)
         if unmodelled:
-            notes.append(f"Parts whose CUDA kernels may hold temporaries a meta trace cannot see ({', '.join(unmodelled)}): "
-                         "an unknown op is charged one more output-sized buffer, a model's own attention code widens "
-                         f"the peak by {FALLBACK_MARGIN:.2f}× (uncertain, confidence medium).")
+            notes.append(
+                f"Parts whose CUDA kernels may hold temporaries a meta trace cannot see ({', '.join(unmodelled)}): "
+                "an unknown op is charged one more output-sized buffer, a model's own attention code widens "
+                f"the peak by {FALLBACK_MARGIN:.2f}× (uncertain, confidence medium)."
+            )
     else:
         why = trace.get("activations_error") or trace.get("kv_error") or "no trace"
-        notes.append(f"Prefill peak from the analytic fallback model, widened by {FALLBACK_MARGIN:.2f}× "
-                     f"(uncertain: {why}).")
+        notes.append(
+            f"Prefill peak from the analytic fallback model, widened by {FALLBACK_MARGIN:.2f}× "
+            f"(uncertain: {why})."
+        )
     if (sizing.get("kv_layout") or {}).get("measured"):
-        notes.append("KV bytes per token and per-layer caps measured from transformers' own DynamicCache on a meta "
-                     "forward.")
+        notes.append(
+            "KV bytes per token and per-layer caps measured from transformers' own DynamicCache on a meta "
+            "forward."
+        )
     elif sizing.get("text_config", {}).get("kv_lora_rank"):
-        notes.append("KV of this MLA model by formula (the trace failed): the larger decompressed K/V is assumed.")
+        notes.append(
+            "KV of this MLA model by formula (the trace failed): the larger decompressed K/V is assumed."
+        )
     return notes

@@ -29,8 +29,11 @@ def size_analytic(args: dict[str, Any]) -> dict[str, Any]:
     quant = args.get("quant", "none")
     dq = bool(args.get("double_quant", True))
     prequantized = bool(args.get("prequantized"))
-    dtype_name = args.get("dtype") if args.get("dtype") not in (None, "auto") else (
-        cfg.get("torch_dtype") or cfg.get("dtype") or args["config"].get("torch_dtype") or "bfloat16")
+    dtype_name = (
+        args.get("dtype")
+        if args.get("dtype") not in (None, "auto")
+        else (cfg.get("torch_dtype") or cfg.get("dtype") or args["config"].get("torch_dtype") or "bfloat16")
+    )
     b = dtype_bytes(dtype_name)
     h = int(cfg.get("hidden_size", 0))
     heads = int(cfg.get("num_attention_heads") or 1)
@@ -43,10 +46,18 @@ def size_analytic(args: dict[str, Any]) -> dict[str, Any]:
     expert_inter = int(cfg.get("moe_intermediate_size") or inter)
     experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0)
     tied = bool(cfg.get("tie_word_embeddings", args["config"].get("tie_word_embeddings", False)))
-    shared_expert = cfg.get("model_type") in ("llama4_text",) or bool(cfg.get("shared_expert_intermediate_size"))
+    shared_expert = cfg.get("model_type") in ("llama4_text",) or bool(
+        cfg.get("shared_expert_intermediate_size")
+    )
 
-    totals = {"quantized_params": 0, "quantized_bytes": 0, "unquantized_params": 0, "unquantized_bytes": 0,
-              "largest_quantized_linear": 0, "largest_quantized_out": 0}
+    totals = {
+        "quantized_params": 0,
+        "quantized_bytes": 0,
+        "unquantized_params": 0,
+        "unquantized_bytes": 0,
+        "largest_quantized_linear": 0,
+        "largest_quantized_out": 0,
+    }
     groups: dict[str, dict[str, Any]] = {}
 
     def linear(name: str, n_in: int, n_out: int, quantizable: bool = True) -> int:
@@ -63,17 +74,29 @@ def size_analytic(args: dict[str, Any]) -> dict[str, Any]:
     def plain(name: str, n: int, fused: bool) -> int:
         totals["unquantized_params"] += n
         totals["unquantized_bytes"] += n * b
-        g = groups.setdefault(name, {"module": name, "class": "?", "params": 0, "bytes": 0, "dtype": dtype_name,
-                                     "fused_3d": fused})
+        g = groups.setdefault(
+            name,
+            {"module": name, "class": "?", "params": 0, "bytes": 0, "dtype": dtype_name, "fused_3d": fused},
+        )
         g["params"] += n
         g["bytes"] += n * b
         return n * b
 
-    blocks = [{"name": "model.embed_tokens", "class": "Embedding", "bytes": plain("model.embed_tokens", vocab * h, False),
-               "moe": False}]
+    blocks = [
+        {
+            "name": "model.embed_tokens",
+            "class": "Embedding",
+            "bytes": plain("model.embed_tokens", vocab * h, False),
+            "moe": False,
+        }
+    ]
     expert_params = linear_params = 0
     for is_moe in _moe_layers(cfg, n_layers):
-        size = linear("attn", h, heads * hd) + 2 * linear("attn", h, kv_heads * hd) + linear("attn", heads * hd, h)
+        size = (
+            linear("attn", h, heads * hd)
+            + 2 * linear("attn", h, kv_heads * hd)
+            + linear("attn", heads * hd, h)
+        )
         linear_params += h * (heads + 2 * kv_heads) * hd + heads * hd * h
         size += plain("model.layers.*.norms", 2 * h, False)
         if is_moe:
@@ -91,22 +114,46 @@ def size_analytic(args: dict[str, Any]) -> dict[str, Any]:
         else:
             size += 2 * linear("mlp", h, dense_inter) + linear("mlp", dense_inter, h)
             linear_params += 3 * h * dense_inter
-        blocks.append({"name": f"model.layers.{len(blocks) - 1}", "class": "DecoderLayer", "bytes": size, "moe": is_moe})
-    blocks.append({"name": "model.norm", "class": "RMSNorm", "bytes": plain("model.norm", h, False), "moe": False})
+        blocks.append(
+            {"name": f"model.layers.{len(blocks) - 1}", "class": "DecoderLayer", "bytes": size, "moe": is_moe}
+        )
+    blocks.append(
+        {"name": "model.norm", "class": "RMSNorm", "bytes": plain("model.norm", h, False), "moe": False}
+    )
     if not tied:
-        blocks.append({"name": "lm_head", "class": "Linear", "bytes": plain("lm_head", vocab * h, False), "moe": False})
+        blocks.append(
+            {"name": "lm_head", "class": "Linear", "bytes": plain("lm_head", vocab * h, False), "moe": False}
+        )
     weights = sum(bl["bytes"] for bl in blocks)
     return {
-        "method": "analytic", "model_class": f"{cfg.get('model_type', '?')} (analytic Llama-shaped count)",
-        "sized": "causal LM (analytic)", "dtype": dtype_name, "double_quant": dq,
+        "method": "analytic",
+        "model_class": f"{cfg.get('model_type', '?')} (analytic Llama-shaped count)",
+        "sized": "causal LM (analytic)",
+        "dtype": dtype_name,
+        "double_quant": dq,
         "quantizer": {"mode": "analytic", "modules_to_not_convert": ["lm_head"]},
-        "weights_bytes": weights, **totals, "buffer_bytes": 0,
-        "embedding_params": vocab * h, "lm_head_params": 0 if tied else vocab * h,
-        "expert_params": expert_params, "linear_params": linear_params,
+        "weights_bytes": weights,
+        **totals,
+        "buffer_bytes": 0,
+        "embedding_params": vocab * h,
+        "lm_head_params": 0 if tied else vocab * h,
+        "expert_params": expert_params,
+        "linear_params": linear_params,
         "unquantized_modules": sorted(groups.values(), key=lambda g: -g["bytes"])[:12],
-        "blocks": blocks, "no_split_modules": ["DecoderLayer"],
+        "blocks": blocks,
+        "no_split_modules": ["DecoderLayer"],
         "kv_layout": {"source": "analytic: every layer full", "layers": None},
-        "moe": ({"moe_class": "?", "experts_class": "?", "num_experts": experts,
-                 "all_tokens_to_all_experts": cfg.get("model_type") == "llama4_text"} if experts else {}),
-        "text_config": dict(cfg), "config_fields_dropped": [], "versions": {},
+        "moe": (
+            {
+                "moe_class": "?",
+                "experts_class": "?",
+                "num_experts": experts,
+                "all_tokens_to_all_experts": cfg.get("model_type") == "llama4_text",
+            }
+            if experts
+            else {}
+        ),
+        "text_config": dict(cfg),
+        "config_fields_dropped": [],
+        "versions": {},
     }

@@ -18,9 +18,9 @@ from doctor.memory.activations import (
     activation_method,
     attention_transient,
     dequant_transient,
+    dispatched_attn,
     flex_index_overflow,
     flex_repeats_kv,
-    dispatched_attn,
     forward_persistent,
     mlp_transient,
     trace_notes,
@@ -48,7 +48,7 @@ CHUNK_CANDIDATES = (8192, 4096, 2048, 1024)
 
 @dataclass(frozen=True)
 class Settings:
-    """The parts of a Target the estimate depends on (resolved: no "auto", no None)."""
+    """The parts of a RunSpec the estimate depends on (resolved: no "auto", no None)."""
 
     context: int
     quant: str = "none"
@@ -367,7 +367,7 @@ def compute_estimate(sizing: Mapping[str, Any], settings: Settings, gpus: Sequen
     )
 
 
-# ---------------------------------------------------------------- from a Target + ModelResolution
+# ---------------------------------------------------------------- from a RunSpec + ModelResolution
 
 def settings_for(target: Any, config: Mapping[str, Any], quantization_config: Mapping[str, Any] | None) -> Settings:
     """Resolve the target's "auto"/None fields against the config (what from_pretrained would do)."""
@@ -395,18 +395,14 @@ def gpu_budgets(max_memory: str | None) -> tuple[tuple[int, int], ...]:
     """The GPU entries of --max-memory ("0=70GiB,1=70GiB,cpu=200GiB") in bytes, by accelerate's rules."""
     if not max_memory:
         return ()
-    from doctor.sizes import parse_max_memory, size_to_bytes
+    from run_plan.sizes import parse_max_memory, size_to_bytes
 
     return tuple(sorted((key, size_to_bytes(value)) for key, value in parse_max_memory(max_memory).items()
                         if isinstance(key, int)))
 
 
-def estimate_for(target: Any, resolution: Any, gpus: Sequence[GpuSpec],
-                 sizing: Mapping[str, Any] | None = None) -> Estimate:
-    """Full estimate for a RunSpec and a doctor.model_config.ModelResolution on these GPUs (benchmarks)."""
-    config = dict(resolution.config)
-    settings = settings_for(target, config, resolution.quantization_config)
-    if sizing is None:
-        args = sizing_args(settings, config, resolution.quantization_config)
-        sizing = size_weights(args, timeout_s=max(float(target.probe_timeout_s), 240.0))
+def estimate_for(target: Any, resolution: Any, gpus: Sequence[GpuSpec], sizing: Mapping[str, Any]) -> Estimate:
+    """Full estimate for a RunSpec and a doctor.model_config.ModelResolution on these GPUs (benchmarks), from a
+    weight inventory sized once (doctor.probes.memory.size_weights)."""
+    settings = settings_for(target, dict(resolution.config), resolution.quantization_config)
     return compute_estimate(sizing, settings, gpus)

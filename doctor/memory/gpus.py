@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 
 MIB = 1 << 20
 GIB = 1 << 30

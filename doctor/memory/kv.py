@@ -56,8 +56,15 @@ def kv_layers(text_config: Mapping[str, Any], layout: Sequence[Mapping[str, Any]
     if layout:
         from doctor.memory.storage import dtype_bytes
 
-        return [KvLayer(str(x.get("kind", "full")), x.get("window"), x.get("bytes_per_token"),
-                        dtype_bytes(str(x.get("dtype") or "bfloat16"))) for x in layout]
+        return [
+            KvLayer(
+                str(x.get("kind", "full")),
+                x.get("window"),
+                x.get("bytes_per_token"),
+                dtype_bytes(str(x.get("dtype") or "bfloat16")),
+            )
+            for x in layout
+        ]
     return [KvLayer("full", None) for _ in range(n_layers)]
 
 
@@ -69,8 +76,9 @@ def tokens_kept(layer: KvLayer, context: int, chunk: int) -> int:
     return context
 
 
-def kv_bytes_per_layer(text_config: Mapping[str, Any], layers: Sequence[KvLayer], context: int, chunk: int,
-                       kv_dtype_bytes: int) -> list[int]:
+def kv_bytes_per_layer(
+    text_config: Mapping[str, Any], layers: Sequence[KvLayer], context: int, chunk: int, kv_dtype_bytes: int
+) -> list[int]:
     formula = formula_elements_per_token(text_config) * kv_dtype_bytes
     out = []
     for layer in layers:

@@ -45,8 +45,9 @@ def sizing_key(args: dict[str, Any]) -> str:
     return digest.hexdigest()[:32]
 
 
-def cached_sizing(args: dict[str, Any], compute: Callable[[dict[str, Any]], dict[str, Any]],
-                  directory: Path | None = None) -> dict[str, Any]:
+def cached_sizing(
+    args: dict[str, Any], compute: Callable[[dict[str, Any]], dict[str, Any]], directory: Path | None = None
+) -> dict[str, Any]:
     """`compute(args)`, remembered on disk; only complete skeleton answers are kept (a fallback caused
     by a timeout or a missing library is recomputed next time). Never fails on the cache itself."""
     directory = directory or cache_dir()

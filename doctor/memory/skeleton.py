@@ -33,7 +33,7 @@ def _version(dist: str) -> str | None:
 
 
 def _torch_dtype(torch: Any, name: str | None, config: Any) -> Any:
-    """"auto" means what from_pretrained(dtype="auto") does: the config's dtype, bf16 when it has none."""
+    """ "auto" means what from_pretrained(dtype="auto") does: the config's dtype, bf16 when it has none."""
     if name in (None, "auto"):
         name = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "bfloat16"
     if not isinstance(name, str):
@@ -130,12 +130,16 @@ def _bnb_config(transformers: Any, torch: Any, args: dict[str, Any], dtype: Any)
     if args["quant"] == "bnb-8bit":
         return transformers.BitsAndBytesConfig(load_in_8bit=True)
     return transformers.BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=args.get("bnb_4bit_type", "nf4"),
-        bnb_4bit_use_double_quant=bool(args.get("double_quant", True)), bnb_4bit_compute_dtype=dtype)
+        load_in_4bit=True,
+        bnb_4bit_quant_type=args.get("bnb_4bit_type", "nf4"),
+        bnb_4bit_use_double_quant=bool(args.get("double_quant", True)),
+        bnb_4bit_compute_dtype=dtype,
+    )
 
 
-def _apply_quantizer(torch: Any, transformers: Any, model: Any, bnb_config: Any, prequantized: bool,
-                     dtype: Any) -> dict[str, Any]:
+def _apply_quantizer(
+    torch: Any, transformers: Any, model: Any, bnb_config: Any, prequantized: bool, dtype: Any
+) -> dict[str, Any]:
     """Exactly what from_pretrained does before loading weights: the quantizer's preprocess_model
     (un-fuses Llama 4 experts only for pre-quantized checkpoints, then replace_with_bnb_linear)."""
     from transformers.quantizers.auto import AutoHfQuantizer
@@ -153,10 +157,15 @@ def _apply_quantizer(torch: Any, transformers: Any, model: Any, bnb_config: Any,
         if prequantized and hasattr(quantizer, "_convert_model_for_quantization"):
             quantizer._convert_model_for_quantization(model)
         quantizer.modules_to_not_convert = quantizer.get_modules_to_not_convert(
-            model, bnb_config.llm_int8_skip_modules, keep_fp32)
+            model, bnb_config.llm_int8_skip_modules, keep_fp32
+        )
     after = {type(m).__name__ for m in model.modules()}
-    return {"mode": mode, "modules_to_not_convert": sorted(getattr(quantizer, "modules_to_not_convert", []) or []),
-            "patched_from": sorted(before - after), "patched_to": sorted(after - before - {"Linear4bit", "Linear8bitLt"})}
+    return {
+        "mode": mode,
+        "modules_to_not_convert": sorted(getattr(quantizer, "modules_to_not_convert", []) or []),
+        "patched_from": sorted(before - after),
+        "patched_to": sorted(after - before - {"Linear4bit", "Linear8bitLt"}),
+    }
 
 
 def _would_be_replaced(module: Any, name: str, skip: list[str]) -> bool:
@@ -166,8 +175,10 @@ def _would_be_replaced(module: Any, name: str, skip: list[str]) -> bool:
     try:
         from transformers.quantizers.quantizers_utils import should_convert_module
     except ImportError:  # older transformers: plain substring match, as 4.x did
+
         def should_convert_module(full_name: str, patterns: list[str] | None = None) -> bool:
             return not any(p in full_name for p in (patterns or []))
+
     conv1d = getattr(__import__("transformers.pytorch_utils", fromlist=["Conv1D"]), "Conv1D", ())
     return (type(module) is nn.Linear or isinstance(module, conv1d)) and should_convert_module(name, skip)
 
@@ -200,16 +211,27 @@ def _count(model: Any, quant: str, double_quant: bool, emulate_skip: list[str] |
     """Bytes per parameter with bitsandbytes' storage rules; everything else at its real dtype."""
     seen: set[int] = set()
     per_param_bytes: dict[str, int] = {}
-    totals = {"weights_bytes": 0, "quantized_params": 0, "unquantized_params": 0, "unquantized_bytes": 0,
-              "quantized_bytes": 0, "buffer_bytes": 0,
-              "largest_quantized_linear": 0, "largest_quantized_out": 0}
+    totals = {
+        "weights_bytes": 0,
+        "quantized_params": 0,
+        "unquantized_params": 0,
+        "unquantized_bytes": 0,
+        "quantized_bytes": 0,
+        "buffer_bytes": 0,
+        "largest_quantized_linear": 0,
+        "largest_quantized_out": 0,
+    }
     groups: OrderedDict[str, dict[str, Any]] = OrderedDict()
     categories = {"embedding_params": 0, "lm_head_params": 0, "expert_params": 0, "linear_params": 0}
     output_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     input_emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     for mod_name, module in model.named_modules():
         cls = type(module).__name__
-        emulated = emulate_skip is not None and quant != "none" and _would_be_replaced(module, mod_name, emulate_skip)
+        emulated = (
+            emulate_skip is not None
+            and quant != "none"
+            and _would_be_replaced(module, mod_name, emulate_skip)
+        )
         for p_name, param in module.named_parameters(recurse=False):
             if id(param) in seen:
                 continue  # tied weights (lm_head = embed_tokens) are stored once
@@ -221,7 +243,11 @@ def _count(model: Any, quant: str, double_quant: bool, emulate_skip: list[str] |
                     totals["largest_quantized_linear"] = n
                     totals["largest_quantized_out"] = module.out_features
                 is_8bit = cls == "Linear8bitLt" or (emulated and quant == "bnb-8bit")
-                size = bytes_int8(module.in_features, module.out_features) if is_8bit else bytes_4bit(n, double_quant)
+                size = (
+                    bytes_int8(module.in_features, module.out_features)
+                    if is_8bit
+                    else bytes_4bit(n, double_quant)
+                )
                 totals["quantized_params"] += n
                 totals["quantized_bytes"] += size
             else:
@@ -229,9 +255,17 @@ def _count(model: Any, quant: str, double_quant: bool, emulate_skip: list[str] |
                 size = n * param.element_size()
                 totals["unquantized_params"] += n
                 totals["unquantized_bytes"] += size
-                group = groups.setdefault(_pattern(mod_name) or "(root)", {
-                    "module": _pattern(mod_name) or "(root)", "class": cls, "params": 0, "bytes": 0,
-                    "dtype": str(param.dtype).replace("torch.", ""), "fused_3d": False})
+                group = groups.setdefault(
+                    _pattern(mod_name) or "(root)",
+                    {
+                        "module": _pattern(mod_name) or "(root)",
+                        "class": cls,
+                        "params": 0,
+                        "bytes": 0,
+                        "dtype": str(param.dtype).replace("torch.", ""),
+                        "fused_3d": False,
+                    },
+                )
                 group["params"] += n
                 group["bytes"] += size
                 group["fused_3d"] = group["fused_3d"] or param.dim() == 3
@@ -241,7 +275,11 @@ def _count(model: Any, quant: str, double_quant: bool, emulate_skip: list[str] |
                 categories["embedding_params"] += n
             elif module is output_emb:
                 categories["lm_head_params"] += n
-            elif param.dim() == 3 or "expert" in mod_name.split(".")[-1].lower() or ".experts." in f".{mod_name}.":
+            elif (
+                param.dim() == 3
+                or "expert" in mod_name.split(".")[-1].lower()
+                or ".experts." in f".{mod_name}."
+            ):
                 categories["expert_params"] += n
             elif p_name == "weight" and param.dim() == 2:
                 categories["linear_params"] += n
@@ -262,13 +300,18 @@ def _block_sizes(model: Any, per_param: dict[str, int]) -> list[dict[str, Any]]:
         params = module.named_parameters(recurse=not own_only)
         size = sum(per_param.get(f"{base}.{p}" if base else p, 0) for p, _ in params)
         if size:
-            has_experts = not own_only and any(n.split(".")[-1] == "experts" for n, _ in module.named_modules())
-            blocks.append({"name": base or "(root)", "class": type(module).__name__, "bytes": size,
-                           "moe": has_experts})
+            has_experts = not own_only and any(
+                n.split(".")[-1] == "experts" for n, _ in module.named_modules()
+            )
+            blocks.append(
+                {"name": base or "(root)", "class": type(module).__name__, "bytes": size, "moe": has_experts}
+            )
     return blocks
 
 
-def _trace(torch: Any, transformers: Any, model: Any, text: Any, attn: str, args: dict[str, Any]) -> dict[str, Any]:
+def _trace(
+    torch: Any, transformers: Any, model: Any, text: Any, attn: str, args: dict[str, Any]
+) -> dict[str, Any]:
     if args.get("trace") is False:
         return {"attn_requested": attn, "attn_implementation": attn, "kv_error": "tracing disabled"}
     from doctor.memory.trace import trace_model
@@ -297,7 +340,10 @@ def _kv_layout(config: Any, traced: dict[str, Any] | None = None) -> dict[str, A
             out.append({"class": name, "kind": kind, "window": int(window) if window else None})
         return {"source": "transformers DynamicCache(config)", "layers": out}
     except Exception as exc:  # noqa: BLE001 - older transformers: DynamicCache() keeps every layer full
-        return {"source": f"DynamicCache(config) unavailable ({type(exc).__name__}): all layers full", "layers": None}
+        return {
+            "source": f"DynamicCache(config) unavailable ({type(exc).__name__}): all layers full",
+            "layers": None,
+        }
 
 
 def _moe_style(model: Any) -> dict[str, Any]:
@@ -313,8 +359,13 @@ def _moe_style(model: Any) -> dict[str, Any]:
             source = ""
         all_tokens = ".repeat(" in source and "experts" in source
         n = getattr(experts, "num_experts", None) or (len(experts) if hasattr(experts, "__len__") else None)
-        return {"moe_class": type(module).__name__, "experts_class": type(experts).__name__,
-                "num_experts": n, "all_tokens_to_all_experts": all_tokens, "example": name}
+        return {
+            "moe_class": type(module).__name__,
+            "experts_class": type(experts).__name__,
+            "num_experts": n,
+            "all_tokens_to_all_experts": all_tokens,
+            "example": name,
+        }
     return {}
 
 
@@ -367,6 +418,10 @@ def size_model(args: dict[str, Any]) -> dict[str, Any]:
         "moe": _moe_style(model),
         "text_config": text.to_dict(),
         "config_fields_dropped": dropped,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "bitsandbytes": _version("bitsandbytes"), "accelerate": _version("accelerate")},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "bitsandbytes": _version("bitsandbytes"),
+            "accelerate": _version("accelerate"),
+        },
     }

@@ -14,8 +14,16 @@ _CODE_4BIT = 16 * 4  # the nf4/fp4 16-entry fp32 code table kept in QuantState
 _DQ_CODE = 256 * 4 + 4  # double quant: 256-entry fp32 dynamic map + fp32 offset
 
 DTYPE_BYTES: dict[str, int] = {
-    "float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2,
-    "float8_e4m3fn": 1, "float8_e5m2": 1, "fp8": 1, "int8": 1, "uint8": 1,
+    "float32": 4,
+    "float": 4,
+    "bfloat16": 2,
+    "float16": 2,
+    "half": 2,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "fp8": 1,
+    "int8": 1,
+    "uint8": 1,
 }
 
 

@@ -17,32 +17,41 @@ model `doctor.memory.skeleton` built with the requested attention implementation
    (1, C, P, C·P, C²) — integer coefficients, checked on a spare point. The pure estimate then evaluates
    max over events at any (context, chunk) without torch.
 
-The CUDA kernels that do not materialise intermediates on the GPU are stood in for, because on meta (or
-CPU) PyTorch would take its math path: `scaled_dot_product_attention` → output + fp32 log-sum-exp, plus the
-additive mask in the query dtype that aten makes from a boolean mask;
-flash / flex attention interfaces → the output only. Everything else (repeat_kv, masks, eager scores and
-softmax copies, rotary tables, MoE routing and grouped_mm, torch.cat in the cache update) is traced as
-transformers really runs it.
+Where CUDA and meta differ, CUDA's behaviour is stood in for: `scaled_dot_product_attention` → when
+aten's CUDA dispatch rules allow a fused kernel, its output + fp32 log-sum-exp + the additive mask aten
+makes from a boolean mask; otherwise CUDA's math path op by op (fp32 copies, the full score matrix);
+flash / flex attention interfaces → their output. Everything else (repeat_kv, masks, eager scores and
+softmax copies, rotary tables, MoE routing and grouped_mm, MLA decompression, torch.cat in the cache
+update) is traced as transformers really runs it. What the trace cannot vouch for is named in the result:
+ops outside KNOWN_OPS (charged one more output-sized buffer) and attention written in a model's own code
+(`custom_attention`; the estimate widens it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import types
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 BASIS = ("1", "C", "P", "CP", "CC")
-_FLASH_LIKE = ("flash_attention_2", "flash_attention_3", "flex_attention", "kernels-community/flash-attn",
-               "kernels-community/vllm-flash-attn3")
+_FLASH_LIKE = (
+    "flash_attention_2",
+    "flash_attention_3",
+    "flex_attention",
+    "kernels-community/flash-attn",
+    "kernels-community/vllm-flash-attn3",
+)
 
 
 # aten ops whose CUDA kernels allocate nothing beyond their outputs (elementwise, views, copies, factories,
 # GEMMs through cuBLAS whose workspace is a per-GPU constant, softmax, reductions, indexing, sorting, norms).
 # Any other op that allocates is charged one more output-sized temporary and named in the result
 # (`unmodelled_ops`): its CUDA implementation may hold buffers a meta kernel does not show.
-KNOWN_OPS = frozenset("""
+KNOWN_OPS = frozenset(
+    """
 _grouped_mm _softmax _safe_softmax _log_softmax _to_copy _unsafe_view _reshape_alias abs add add_ addcmul addmm
 alias all amax any arange argmax argsort bernoulli_ bitwise_and bitwise_not bitwise_or bmm cat clamp clamp_ clone
 contiguous copy_ cos cumsum detach div div_ embedding empty empty_like empty_strided eq erf exp expand expand_as
@@ -53,7 +62,8 @@ ones ones_like permute polar pow reciprocal relu repeat repeat_interleave reshap
 scatter_ scatter_add_ select sigmoid silu silu_ sin slice softplus sort split split_with_sizes sqrt squeeze stack
 sub sub_ sum t tanh topk transpose tril triu unbind unsqueeze view view_as_complex view_as_real where zero_
 zeros zeros_like _fused_rms_norm rms_norm
-""".split())
+""".split()
+)
 
 
 def basis(chunk: int, past: int) -> tuple[int, int, int, int, int]:
@@ -61,6 +71,7 @@ def basis(chunk: int, past: int) -> tuple[int, int, int, int, int]:
 
 
 # ---------------------------------------------------------------- live-byte tracking
+
 
 class _Tracker:
     """State shared by the dispatch mode and the layer wrappers."""
@@ -105,8 +116,11 @@ def _dispatch_mode(torch: Any, tracker: _Tracker) -> Any:
             out = func(*args, **(kwargs or {}))
             # a storage shared with an input is a view or an in-place result (of a weight, a cache or an
             # activation): not a new allocation
-            inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0]
-                      if isinstance(t, torch.Tensor)}
+            inputs = {
+                t.untyped_storage()._cdata
+                for t in tree_flatten((args, kwargs))[0]
+                if isinstance(t, torch.Tensor)
+            }
             grew = 0
             for t in tree_flatten(out)[0]:
                 if isinstance(t, torch.Tensor):
@@ -164,7 +178,9 @@ def _math_sdpa_cuda(torch: Any, query: Any, key: Any, value: Any, mask: Any, bou
     if mask is None and bound.get("is_causal"):
         mask = torch.ones(length, span, dtype=torch.bool, device=q.device).tril()
     if mask is not None and mask.dtype == torch.bool:
-        mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(mask.logical_not(), float("-inf"))
+        mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(
+            mask.logical_not(), float("-inf")
+        )
     scale = bound.get("scale") or 1 / math.sqrt(q.shape[-1])
     root = math.sqrt(abs(scale))
     if bound.get("enable_gqa") and k.shape[-3] != q.shape[-3]:
@@ -195,7 +211,16 @@ def _function_mode(torch: Any, tracker: _Tracker) -> Any:
         def __torch_function__(self, func: Any, types_: Any, args: Any = (), kwargs: Any = None) -> Any:
             kwargs = kwargs or {}
             if func is sdpa:
-                names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+                names = (
+                    "query",
+                    "key",
+                    "value",
+                    "attn_mask",
+                    "dropout_p",
+                    "is_causal",
+                    "scale",
+                    "enable_gqa",
+                )
                 bound = {**dict(zip(names, args)), **kwargs}
                 query, key, value = bound.pop("query"), bound.pop("key"), bound.pop("value")
                 mask = bound.get("attn_mask")
@@ -203,9 +228,15 @@ def _function_mode(torch: Any, tracker: _Tracker) -> Any:
                     return _math_sdpa_cuda(torch, query, key, value, mask, bound)
                 # a boolean mask becomes an additive mask in the query dtype for the kernel
                 # (aten convert_boolean_attn_mask: where(mask, 0, -inf)), held while the kernel runs
-                held = int(mask.numel()) * query.element_size() if mask is not None and mask.dtype == torch.bool else 0
+                held = (
+                    int(mask.numel()) * query.element_size()
+                    if mask is not None and mask.dtype == torch.bool
+                    else 0
+                )
                 lse = torch.empty(*query.shape[:-1], dtype=torch.float32, device=query.device)
-                out = torch.empty((*query.shape[:-1], value.shape[-1]), dtype=query.dtype, device=query.device)
+                out = torch.empty(
+                    (*query.shape[:-1], value.shape[-1]), dtype=query.dtype, device=query.device
+                )
                 tracker.record(extra=held)
                 del lse
                 return out
@@ -215,8 +246,9 @@ def _function_mode(torch: Any, tracker: _Tracker) -> Any:
 
 
 def _flash_stand_in(torch: Any) -> Callable[..., Any]:
-    def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, *args: Any,
-                  **kwargs: Any) -> tuple[Any, None]:
+    def attention(
+        module: Any, query: Any, key: Any, value: Any, attention_mask: Any, *args: Any, **kwargs: Any
+    ) -> tuple[Any, None]:
         batch, heads, length, _ = query.shape
         out = torch.empty(batch, length, heads, value.shape[-1], dtype=query.dtype, device=query.device)
         return out, None
@@ -247,6 +279,7 @@ def _kernel_stand_ins(torch: Any, implementation: str) -> Iterator[None]:
 
 # ---------------------------------------------------------------- model plumbing
 
+
 def _decoder_layers(model: Any) -> list[Any]:
     """The decoder layers in run order: the ModuleList whose entries are the no-split modules."""
     no_split = set(getattr(model, "_no_split_modules", None) or [])
@@ -263,9 +296,14 @@ def _signature(layer: Any, cache_layer: Any, layer_type: Any) -> str:
     """Layers with the same structure, attributes and cache kind allocate the same bytes."""
     parts = [repr(layer_type), type(cache_layer).__name__, repr(getattr(cache_layer, "sliding_window", None))]
     for name, module in layer.named_modules():
-        attrs = sorted((k, v) for k, v in vars(module).items()
-                       if isinstance(v, (bool, int, float, str, type(None))) and not k.startswith("_")
-                       and "idx" not in k and "index" not in k)
+        attrs = sorted(
+            (k, v)
+            for k, v in vars(module).items()
+            if isinstance(v, (bool, int, float, str, type(None)))
+            and not k.startswith("_")
+            and "idx" not in k
+            and "index" not in k
+        )
         params = [(n, tuple(p.shape), str(p.dtype)) for n, p in module.named_parameters(recurse=False)]
         parts.append(f"{name}:{type(module).__name__}:{attrs}:{params}")
     return "|".join(parts)
@@ -313,6 +351,7 @@ def _only_representatives(layers: Sequence[Any], reps: dict[int, str], tracker: 
 
 # ---------------------------------------------------------------- the two measurements
 
+
 def _cache(transformers: Any, config: Any) -> Any:
     return transformers.DynamicCache(config=config)
 
@@ -334,7 +373,9 @@ def _tensor_bytes(obj: Any, torch: Any) -> tuple[int, int]:
     return total, tokens
 
 
-def measure_kv(torch: Any, transformers: Any, model: Any, config: Any, probe_tokens: int = 16) -> dict[str, Any]:
+def measure_kv(
+    torch: Any, transformers: Any, model: Any, config: Any, probe_tokens: int = 16
+) -> dict[str, Any]:
     """Bytes per cached token and cap of every cache layer, from one forward through every layer."""
     cache = _cache(transformers, config)
     _forward(torch, model, cache, probe_tokens)
@@ -344,9 +385,19 @@ def measure_kv(torch: Any, transformers: Any, model: Any, config: Any, probe_tok
         window = getattr(layer, "sliding_window", None)
         per_token = size // tokens if tokens else 0
         kind = "window" if window else ("full" if per_token else "none")
-        out.append({"class": type(layer).__name__, "kind": kind, "window": int(window) if window else None,
-                    "bytes_per_token": per_token, "dtype": str(getattr(getattr(layer, "keys", None), "dtype", ""))})
-    return {"source": f"transformers {transformers.__version__}: DynamicCache(config) after a meta forward", "layers": out}
+        out.append(
+            {
+                "class": type(layer).__name__,
+                "kind": kind,
+                "window": int(window) if window else None,
+                "bytes_per_token": per_token,
+                "dtype": str(getattr(getattr(layer, "keys", None), "dtype", "")),
+            }
+        )
+    return {
+        "source": f"transformers {transformers.__version__}: DynamicCache(config) after a meta forward",
+        "layers": out,
+    }
 
 
 def _regimes(windows: Sequence[int]) -> list[dict[str, Any]]:
@@ -356,7 +407,7 @@ def _regimes(windows: Sequence[int]) -> list[dict[str, Any]]:
     edges = [1, *bounds, None]
     out = []
     for kind in ("oneshot", "chunked"):
-        for lo, hi in zip(edges[:-1], edges[1:]):
+        for lo, hi in itertools.pairwise(edges):
             if hi is None:
                 vals = [lo + 256, lo + 512, lo + 1024]
             elif hi - lo < 8:
@@ -371,8 +422,16 @@ def _regimes(windows: Sequence[int]) -> list[dict[str, Any]]:
     return out
 
 
-def _trace_point(torch: Any, transformers: Any, model: Any, config: Any, layers: Sequence[Any],
-                 reps: dict[int, str], chunk: int, past: int) -> dict[str, list[int]]:
+def _trace_point(
+    torch: Any,
+    transformers: Any,
+    model: Any,
+    config: Any,
+    layers: Sequence[Any],
+    reps: dict[int, str],
+    chunk: int,
+    past: int,
+) -> dict[str, list[int]]:
     """Zone-relative byte counts at each allocation of one chunk's forward."""
     tracker = _Tracker()
     cache = _cache(transformers, config)
@@ -434,7 +493,7 @@ def _fit(points: Sequence[tuple[int, int]], values: Sequence[Sequence[int]]) -> 
     for row in sol:
         full = [0] * len(BASIS)
         for j, col in enumerate(cols):
-            full[col] = int(round(float(row[j])))
+            full[col] = round(float(row[j]))
         coeffs.append(full)
     for k, (c, p) in enumerate(points):
         b = basis(c, p)
@@ -454,8 +513,9 @@ def _prune(coeffs: list[list[int]]) -> list[list[int]]:
     return [list(k) for k in kept]
 
 
-def measure_activations(torch: Any, transformers: Any, model: Any, config: Any,
-                        kv_layers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def measure_activations(
+    torch: Any, transformers: Any, model: Any, config: Any, kv_layers: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
     layers = _decoder_layers(model)
     if not layers:
         raise ValueError("no decoder-layer list found")
@@ -475,7 +535,9 @@ def measure_activations(torch: Any, transformers: Any, model: Any, config: Any,
     regimes = []
     unmodelled: set[str] = set()
     for regime in _regimes(windows):
-        samples = [_trace_point(torch, transformers, model, config, layers, reps, c, p) for c, p in regime["points"]]
+        samples = [
+            _trace_point(torch, transformers, model, config, layers, reps, c, p) for c, p in regime["points"]
+        ]
         for sample in samples:
             unmodelled.update(sample.pop("_unmodelled", []))
         zones = sorted(samples[0])
@@ -491,12 +553,21 @@ def measure_activations(torch: Any, transformers: Any, model: Any, config: Any,
                 raise ValueError(f"allocations in zone {zone} are not polynomial in (chunk, past)")
             entry["zones"][zone] = coeffs if zone.startswith("entry:") else _prune(coeffs)
         regimes.append(entry)
-    return {"basis": list(BASIS), "layer_signatures": sig_of, "regimes": regimes,
-            "representatives": {name: i for i, name in reps.items()}, "unmodelled_ops": sorted(unmodelled)}
+    return {
+        "basis": list(BASIS),
+        "layer_signatures": sig_of,
+        "regimes": regimes,
+        "representatives": {name: i for i, name in reps.items()},
+        "unmodelled_ops": sorted(unmodelled),
+    }
 
 
-_ATTENTION_DISPATCH = ("attention_interface", "ALL_ATTENTION_FUNCTIONS", "eager_attention_forward",
-                       "scaled_dot_product_attention")
+_ATTENTION_DISPATCH = (
+    "attention_interface",
+    "ALL_ATTENTION_FUNCTIONS",
+    "eager_attention_forward",
+    "scaled_dot_product_attention",
+)
 
 
 def custom_attention_classes(model: Any) -> list[str]:
@@ -509,7 +580,9 @@ def custom_attention_classes(model: Any) -> list[str]:
     for layer in _decoder_layers(model)[:1]:
         for _, module in layer.named_modules():
             name = type(module).__name__
-            if "Attention" not in name or not list(module.parameters(recurse=False)) and not list(module.children()):
+            if "Attention" not in name or (
+                not list(module.parameters(recurse=False)) and not list(module.children())
+            ):
                 continue
             try:
                 source = inspect.getsource(type(module).forward)
@@ -520,12 +593,17 @@ def custom_attention_classes(model: Any) -> list[str]:
     return sorted(out)
 
 
-def trace_model(torch: Any, transformers: Any, model: Any, config: Any, requested_attn: str) -> dict[str, Any]:
+def trace_model(
+    torch: Any, transformers: Any, model: Any, config: Any, requested_attn: str
+) -> dict[str, Any]:
     """KV layout + activation model of the meta `model`; errors are reported, never raised."""
     actual = str(getattr(getattr(model, "config", None), "_attn_implementation", None) or requested_attn)
     model.eval()  # niah runs inference: no dropout masks
-    result: dict[str, Any] = {"attn_requested": requested_attn, "attn_implementation": actual,
-                              "custom_attention": custom_attention_classes(model)}
+    result: dict[str, Any] = {
+        "attn_requested": requested_attn,
+        "attn_implementation": actual,
+        "custom_attention": custom_attention_classes(model),
+    }
     try:
         with _kernel_stand_ins(torch, actual):
             kv = measure_kv(torch, transformers, model, config)

@@ -1,6 +1,6 @@
 """Probes gather facts; checks judge them. The probe snapshot is the one seam tests fake.
 
-A probe is a function `Target -> facts` registered with `@probe("name")`. Facts are frozen
+A probe is a function `RunSpec -> facts` registered with `@probe("name")`. Facts are frozen
 dataclasses or plain mappings (JSON-able). A probe that cannot answer returns `Unavailable`
 instead of raising: missing hardware or a missing library is a value, not an exception.
 
@@ -27,7 +27,7 @@ class Unavailable:
     detail: str | None = None  # e.g. the child's stderr tail, a traceback's last line
 
 
-ProbeFn = Callable[[Any], Any]  # Target -> facts | Unavailable
+ProbeFn = Callable[[Any], Any]  # RunSpec -> facts | Unavailable
 _PROBES: dict[str, ProbeFn] = {}
 
 # Modules whose import registers probes, in no particular order (probes run on demand).

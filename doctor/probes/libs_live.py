@@ -2,10 +2,10 @@
 
 Each library is its own probe, but the probes a report needs share ONE child: it imports torch once
 and forks a worker per probe, which run concurrently (see "one shared child" below). Each worker has
-`Target.probe_timeout_s`, and a hang or a segfault comes back as an Unavailable(error|timeout) value
+`RunSpec.probe_timeout_s`, and a hang or a segfault comes back as an Unavailable(error|timeout) value
 for that probe alone, which the runner turns into an ERROR row. The parent never imports these
 libraries. The torch worker also runs a known-answer GEMM on every visible GPU (and, with
-`Target.deep`, pinned-copy bandwidth and real peer-to-peer copies).
+`RunSpec.deep`, pinned-copy bandwidth and real peer-to-peer copies).
 
 Live probes run when `--live` is given, or by default when NVML sees a GPU: on a CPU-only box,
 `import torch` (~4 s) and `import bitsandbytes` (~9 s) would blow the doctor's start-up budget

@@ -7,6 +7,7 @@ the estimate is computed by the memory check from these facts.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,17 @@ def resolve_for_memory(target: Any) -> Any:
 
 
 def size_weights(args: dict[str, Any], timeout_s: float = 240.0) -> dict[str, Any]:
-    """Weight inventory from the real transformers class in a child; analytic fallback if that fails."""
+    """Weight inventory from the real transformers class in a child (remembered on disk, keyed by the
+    arguments, the library versions and the sizing code; NIAH_DOCTOR_SIZING_CACHE=0 turns that off);
+    analytic fallback if the child fails."""
+    if os.environ.get("NIAH_DOCTOR_SIZING_CACHE", "1") == "0":
+        return _size_in_child(args, timeout_s)
+    from doctor.memory.sizing_cache import cached_sizing
+
+    return cached_sizing(args, lambda a: _size_in_child(a, timeout_s))
+
+
+def _size_in_child(args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     from doctor.probes.child import run_in_child
 
     result = run_in_child("doctor.memory.skeleton:size_model", args, timeout_s=timeout_s)

@@ -35,7 +35,7 @@ def accelerate_verdicts(values: list[str], timeout_s: float) -> tuple[dict[str, 
                                                                      dict[str, str], str | None]:
     from doctor.probes.child import run_in_child
 
-    result = run_in_child("doctor.sizes:accelerate_sizes", {"values": values}, timeout_s=timeout_s)
+    result = run_in_child("run_plan.sizes:accelerate_sizes", {"values": values}, timeout_s=timeout_s)
     data: dict[str, Any] = result.data or {}
     if not result.ok:
         return None, {}, result.error

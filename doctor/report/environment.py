@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from doctor.units import gib
+from run_plan.units import gib
 
 LIBRARIES = ("torch", "bitsandbytes", "triton", "transformers", "accelerate", "huggingface-hub", "safetensors",
              "flash-attn", "nvidia-ml-py")

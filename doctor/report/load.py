@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 from doctor.report.model import SCHEMA_VERSION, CheckResult, Evidence, Fix, Report, Status, ToolInfo
 
 _KNOWN_TOP = {"schema_version", "tool", "created_at", "target", "summary", "checks", "facts", "redactions"}
@@ -21,7 +21,8 @@ def read_report_json(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UsageError(f"{path}: no such file", hint="Save a report with: doctor --format json -o report.json")
+        raise UsageError(f"{path}: no such file",
+                         hint="Save a report with: doctor --format json -o report.json") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
     except json.JSONDecodeError as exc:

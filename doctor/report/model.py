@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from doctor.errors import ExitCode
+from run_plan.errors import ExitCode
 from run_plan.shell import shell_join
 
 SCHEMA_VERSION = 1

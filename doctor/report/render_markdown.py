@@ -16,7 +16,7 @@ from typing import Any
 from doctor.report.environment import environment_rows
 from doctor.report.model import CheckResult, Report, Status, to_jsonable
 from doctor.report.render_text import plan_line, problems, target_line, verdict_line
-from doctor.units import gib
+from run_plan.units import gib
 
 HARD_LIMIT = 60_000  # characters; a GitHub issue body holds 65,536
 FACTS_LIMIT = 20_000  # characters of raw facts JSON; the rest is in `--format json`

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from doctor.report.model import CheckResult, Report, Status, to_jsonable
-from doctor.units import gib
+from run_plan.units import gib
 
 MIN_WIDTH, MAX_WIDTH = 40, 160  # below 40 nothing fits; beyond 160 prose lines get too long to read
 FALLBACK_WIDTH = 100  # a pipe or a file has no width
@@ -136,7 +136,7 @@ def plan_line(report: Report) -> str | None:
     return " · ".join(parts) if parts else None
 
 
-# Target values that are flags' defaults: showing them on every report hides what the user chose.
+# RunSpec values that are flags' defaults: showing them on every report hides what the user chose.
 _DEFAULTS = {("quant", "none"), ("bnb_4bit_type", "nf4"), ("double_quant", True), ("dtype", "auto"),
              ("attn", "sdpa"), ("attn", "auto"), ("probe_timeout_s", 60.0), ("kv_dtype", "auto"),
              ("backend", "transformers")}

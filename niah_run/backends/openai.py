@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 from doctor.report.redact import Redactor
 from niah_run.backends.base import Generation
 from run_plan import http as _http

@@ -27,7 +27,7 @@ from doctor.probes.libs_static import BnbFiles, NativeLib, TorchBuild, TritonDis
 from doctor.probes.nvml import NO_GPU_REASON, GpuFacts, GpuProcess, NvmlFacts
 from doctor.probes.nvml_health import DriverStack, GpuHealth, GpuHealthFacts, XidEvent, XidLog
 from doctor.probes.packages import DistInfo, PackageVersions
-from doctor.target import Target
+from run_plan.spec import RunSpec
 
 GIB = 1 << 30
 SCOUT = "meta-llama/Llama-4-Scout-17B-16E-Instruct"
@@ -39,7 +39,7 @@ TRITON_PIN = 'triton==3.3.0; platform_system == "Linux" and platform_machine == 
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    target: Target
+    target: RunSpec
     snapshot: dict[str, Any]
 
     def with_target(self, **changes: Any) -> Scenario:
@@ -357,7 +357,7 @@ def healthy_h100(cuda: str = "12.6", driver_cuda: tuple[int, int] = (12, 8)) -> 
     version = f"2.7.0+cu{cuda.replace('.', '')}"
     return Scenario(
         "healthy-h100",
-        Target(quant="bnb-4bit", attn="sdpa"),
+        RunSpec(quant="bnb-4bit", attn="sdpa"),
         {
             "host": host(),
             "nvml": nvml(
@@ -380,7 +380,7 @@ def no_gpu() -> Scenario:
     """A CPU-only dev box (like CI): torch +cpu, no driver; `doctor` alone must not FAIL."""
     return Scenario(
         "no-gpu",
-        Target(),
+        RunSpec(),
         {
             "host": host(),
             "nvml": no_nvml(),
@@ -423,7 +423,7 @@ def gh200_cpu_torch() -> Scenario:
     )
     return Scenario(
         "gh200-cpu-torch",
-        Target(quant="bnb-4bit", model=SCOUT, context=131072),
+        RunSpec(quant="bnb-4bit", model=SCOUT, context=131072),
         {
             "host": host("aarch64"),
             "nvml": nvml(gh200, driver="570.124.06", cuda=(12, 8)),

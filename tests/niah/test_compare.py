@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 from niah_run.cli import niah_command
 from niah_run.compare import compare_runs, mcnemar_exact_p, render_text
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 from niah_run.config import resolve_spec
 from niah_run.sweep import RunFolder
 from run_plan.spec import RunSpec

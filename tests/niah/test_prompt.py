@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from doctor.errors import UsageError
+from run_plan.errors import UsageError
 from niah_run.haystack import generate_haystack, load_haystack_files, validate_haystack_spec
 from niah_run.needles import NEEDLE_KINDS, make_needles
 from niah_run.prompt import (

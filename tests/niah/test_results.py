@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from doctor.errors import RunFailed
+from run_plan.errors import RunFailed
 from niah_run.results import ResultsStore, TornResultsWarning, is_done, latest_by_key, read_rows
 from niah_run.summary import render_markdown, summarize, wilson_interval
 
