@@ -173,8 +173,8 @@ def doctor_placement(folder: Path, args: argparse.Namespace, gpus: list[Any]) ->
     """The doctor's placement of this checkpoint: its sizing (the meta-skeleton child), then transformers'
     rules replayed over the module inventory (exact) or over the blocks (fallback)."""
     from doctor.memory.estimate import Settings, gpu_budgets, sizing_args
-    from doctor.probes.memory import size_weights
     from doctor.memory.placement import CPU, place_like_transformers, transformers_device_map
+    from doctor.probes.memory import size_weights
 
     config = json.loads((folder / "config.json").read_text())
     settings = Settings(context=8192, quant=args.quant, dtype="bfloat16")

@@ -400,8 +400,8 @@ def _sweep(args: argparse.Namespace, doc: dict[str, Any], save: Any, result_path
     import torch
 
     from doctor.memory import Settings, sizing_args
-    from doctor.probes.memory import size_weights
     from doctor.memory.estimate import OVERHEAD_PER_GPU
+    from doctor.probes.memory import size_weights
     from niah_run.backends.hf import HFBackend, layers_per_device
 
     cpu_only = args.device == "cpu"

@@ -131,8 +131,8 @@ def doctor_prediction(config: Any, tokens: int, attn: str, chunk: int | None,
 
     try:
         from doctor.memory import estimate_for, settings_for, sizing_args
-        from doctor.probes.memory import size_weights
         from doctor.memory.gpus import parse_gpus
+        from doctor.probes.memory import size_weights
         from run_plan.spec import RunSpec
     except Exception as error:  # noqa: BLE001 - the estimator may not exist in this checkout
         return {"status": "n/a", "reason": f"doctor.memory estimator not importable ({error})"}

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 
 import click
 
-from run_plan.errors import ExitCode, NiahDoctorError
 from doctor.report.redact import Redactor
+from run_plan.errors import ExitCode, NiahDoctorError
 
 
 def _debug_requested(argv: Sequence[str]) -> bool:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from run_plan.errors import UsageError
 from doctor.report.model import Evidence, Fix, Status, is_kebab_case
+from run_plan.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from run_plan.errors import UsageError
 from doctor.model_config import DEMO_GGUF, DEMO_MODEL_ID, DEMO_PACKAGE, PICKLE_SUFFIXES
+from run_plan.errors import UsageError
 from run_plan.sizes import parse_max_memory
 from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, RunSpec
 

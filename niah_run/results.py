@@ -27,9 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from run_plan.errors import RunFailed
 from doctor.report.redact import Redactor
 from run_plan import safe_files
+from run_plan.errors import RunFailed
 
 RESULTS_FILE = "results.jsonl"
 RETRY_STATUSES = frozenset({"oom", "error"})

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from run_plan.errors import RunFailed, UsageError
 from doctor.report.redact import Redactor
 from run_plan import safe_files
+from run_plan.errors import RunFailed, UsageError
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.jsonl"

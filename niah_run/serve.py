@@ -29,8 +29,8 @@ from typing import Any
 
 import click
 
-from run_plan.errors import UsageError
 from niah_run.backends.base import BackendOOM, max_positions
+from run_plan.errors import UsageError
 
 log = logging.getLogger(__name__)
 _DEFAULT_MAX_TOKENS = 16  # the OpenAI completions default

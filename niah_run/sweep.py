@@ -20,14 +20,13 @@ import sys
 import time
 import warnings
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from doctor import __version__
-from run_plan.errors import RunFailed, UsageError
 from doctor.report.redact import Redactor
 from niah_run.backends.base import Backend, BackendOOM, Generation, max_positions
 from niah_run.config import CONFIG_FILE
@@ -45,9 +44,10 @@ from niah_run.prompt import (
     tokenizer_sha256,
 )
 from niah_run.results import ResultsStore, is_done, latest_by_key
+from niah_run.scoring import SCORING_VERSION, prompt_words, score_trial
+from run_plan.errors import RunFailed, UsageError
 from run_plan.resolved import ResolvedPlan
 from run_plan.spec import RunSpec, identity_diff
-from niah_run.scoring import SCORING_VERSION, prompt_words, score_trial
 
 HARNESS_VERSION = f"niah-doctor {__version__} prompt-{PROMPT_VERSION}"
 MAX_CONSECUTIVE_ERRORS = 3

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from run_plan.errors import UsageError
 from doctor.memory.gpus import gpus_from_nvml, parse_gpus
 from doctor.memory.kv import KvLayer, kv_bytes_per_layer, kv_layers
 from doctor.memory.placement import CPU, place_blocks
 from doctor.memory.storage import bytes_4bit, bytes_int8, bytes_per_param_4bit
+from run_plan.errors import UsageError
 
 GIB = 1 << 30
 SCOUT_TEXT = {"num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128, "hidden_size": 5120,

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from doctor.boundary import run_cli
-from run_plan.spec import RunSpec
 from niah_run.cli import niah_command
+from run_plan.spec import RunSpec
 from tests.conftest import REPO
 
 BASE = ("run", "--skip-preflight", "-q", "--lengths", "512", "--depths", "50")

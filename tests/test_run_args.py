@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from doctor.context import DoctorContext
-from run_plan.errors import UsageError
 from doctor.model_config import ModelResolution
 from doctor.probes.run_args import RunArgFacts, run_args_probe
 from doctor.registry import load_checks
 from doctor.report.model import Status
 from doctor.runner import run_check
+from run_plan.errors import UsageError
 from run_plan.sizes import format_max_memory, max_memory_bytes, parse_max_memory, size_to_bytes
 from run_plan.spec import RunSpec, parse_token_count
 

@@ -310,8 +310,8 @@ def test_an_echoed_key_in_an_error_body_is_scrubbed(monkeypatch) -> None:
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://h/x", "http://", "http://h:99999", "h:8000",
                                  "http://h:8000/?key=x", "http://[::1"])
 def test_base_urls_that_name_no_http_server_are_usage_errors(url: str) -> None:
-    from run_plan.errors import UsageError
     from niah_run.backends.openai import normalize_base_url
+    from run_plan.errors import UsageError
 
     with pytest.raises(UsageError):
         normalize_base_url(url)

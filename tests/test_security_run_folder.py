@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from doctor.boundary import run_cli
-from run_plan.errors import RunFailed, UsageError
 from niah_run import run_folder
 from niah_run.cli import niah_command
 from niah_run.results import ResultsStore, read_rows
 from run_plan import safe_files
+from run_plan.errors import RunFailed, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = ("run", "--skip-preflight", "-q", "--lengths", "512", "--depths", "50")

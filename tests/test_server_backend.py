@@ -27,12 +27,11 @@ from doctor.report.model import Status  # noqa: E402
 from doctor.report.redact import Redactor  # noqa: E402
 from doctor.report.render_json import render_json  # noqa: E402
 from doctor.report.render_text import render_text  # noqa: E402
-from run_plan.spec import RunSpec  # noqa: E402
 from niah_run.backends.base import Generation  # noqa: E402
 from niah_run.backends.hf import HFBackend  # noqa: E402
 from niah_run.backends.openai import OpenAIBackend, ServerRequestError, make_openai_backend  # noqa: E402
 from niah_run.serve import create_app, serve_app  # noqa: E402
-
+from run_plan.spec import RunSpec  # noqa: E402
 
 
 def run_doctor(target: RunSpec, *, only: tuple[str, ...] = (), argv: tuple[str, ...] = ("doctor",)):

@@ -10,14 +10,14 @@ import dataclasses
 from typing import Any
 
 from doctor.context import DoctorContext
-from run_plan.errors import UsageError
 from doctor.memory.estimate import Estimate, Settings, compute_estimate, fits
 from doctor.memory.gpus import GpuSpec
 from doctor.plan import planned_gpus, resolve_plan
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
-from run_plan.units import gib
+from run_plan.errors import UsageError
 from run_plan.shell import quote  # every printed command quotes outside values
+from run_plan.units import gib
 
 SECTION = "memory"
 PREQUANTIZED_UNFUSED = {"llama4_text": "bnb-community/Llama-4-Scout-17B-16E-Instruct-bnb-4bit"}

@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-
 # NVML clock-event reason bits (nvmlClocksEventReason*), stable since driver 4.304's throttle reasons.
 CLOCK_REASONS: dict[int, str] = {
     0x1: "gpu_idle",

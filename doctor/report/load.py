@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from run_plan.errors import UsageError
 from doctor.report.model import SCHEMA_VERSION, CheckResult, Evidence, Fix, Report, Status, ToolInfo
+from run_plan.errors import UsageError
 
 _KNOWN_TOP = {"schema_version", "tool", "created_at", "target", "summary", "checks", "facts", "redactions"}
 

@@ -27,10 +27,10 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from run_plan.errors import UsageError
 from doctor.report.redact import Redactor
 from niah_run.backends.base import Generation
 from run_plan import http as _http
+from run_plan.errors import UsageError
 from run_plan.http import HttpFailure
 from run_plan.openai_http import BadBaseUrl, BadReply, ServerModel, parse_models, public_url, token_ids_of
 from run_plan.openai_http import normalize_base_url as _normalize_base_url

@@ -7,9 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from run_plan.errors import UsageError
 from niah_run.cli import niah_command
 from niah_run.compare import compare_runs, mcnemar_exact_p, render_text
+from run_plan.errors import UsageError
 
 
 def _row(digest: str, output: str, correct: bool, key: str | None = None, status: str = "ok", **extra):
@@ -89,7 +89,7 @@ def test_nothing_in_common_is_a_usage_error(tmp_path) -> None:
     a, b = _pair(tmp_path, [_row("h1", "x", True)], [_row("h2", "x", True)])
     with pytest.raises(UsageError, match="same prompt ids"):
         compare_runs(a, b)
-    with pytest.raises(UsageError, match="no results.jsonl"):
+    with pytest.raises(UsageError, match=r"no results\.jsonl"):
         compare_runs(a, tmp_path / "missing")
 
 

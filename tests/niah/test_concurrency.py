@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from run_plan.errors import UsageError
 from niah_run.config import resolve_spec
-from niah_run.sweep import RunFolder
-from run_plan.spec import RunSpec
 from niah_run.results import read_rows
-from niah_run.sweep import Sweep
+from niah_run.sweep import RunFolder, Sweep
+from run_plan.errors import UsageError
+from run_plan.spec import RunSpec
 from tests.niah.fakes import FakeBackend
 
 

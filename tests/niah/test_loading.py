@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from run_plan.errors import UsageError
 from niah_run import loading
 from niah_run.loading import load_backend, validate_load
+from run_plan.errors import UsageError
 from run_plan.spec import RunSpec
 
 

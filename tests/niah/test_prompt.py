@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from run_plan.errors import UsageError
 from niah_run.haystack import generate_haystack, load_haystack_files, validate_haystack_spec
 from niah_run.needles import NEEDLE_KINDS, make_needles
 from niah_run.prompt import (
@@ -23,6 +22,7 @@ from niah_run.prompt import (
     chat_frame,
     tokenize_haystack,
 )
+from run_plan.errors import UsageError
 from tests.niah.fakes import build_tokenizer
 
 

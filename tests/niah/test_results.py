@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from run_plan.errors import RunFailed
 from niah_run.results import ResultsStore, TornResultsWarning, is_done, latest_by_key, read_rows
 from niah_run.summary import render_markdown, summarize, wilson_interval
+from run_plan.errors import RunFailed
 
 
 def _row(key: str, status: str = "ok", correct: bool = True, **extra) -> dict:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from run_plan.errors import RunFailed, UsageError
 from niah_run.results import read_rows
 from niah_run.sweep import RunFolder, Sweep, finish, plan_trials
+from run_plan.errors import RunFailed, UsageError
 from run_plan.resolved import DevicePrediction, LengthPlan, ResolvedPlan
 from run_plan.spec import RunSpec
 from tests.conftest import REPO
