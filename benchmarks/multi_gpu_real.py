@@ -47,18 +47,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=None, help="decoder layers (default 20; --tiny 4)")
     parser.add_argument("--quant", default=None, help="default bnb-4bit (--tiny: none, bnb needs CUDA)")
-    parser.add_argument("--max-memory", default=None, help="default 0=60GiB,1=60GiB (--tiny: 70%% of the model each)")
+    parser.add_argument(
+        "--max-memory", default=None, help="default 0=60GiB,1=60GiB (--tiny: 70%% of the model each)"
+    )
     parser.add_argument("--context", default=None, help="the doctor's --context (default 128k; --tiny 1k)")
     parser.add_argument("--lengths", default=None, help="measured lengths (default 8k,128k; --tiny 256,512)")
-    parser.add_argument("--no-longest", action="store_true", help="do not also run the doctor's longest context")
-    parser.add_argument("--longest-cap", default="512k", help="run the longest context only up to this many tokens")
+    parser.add_argument(
+        "--no-longest", action="store_true", help="do not also run the doctor's longest context"
+    )
+    parser.add_argument(
+        "--longest-cap", default="512k", help="run the longest context only up to this many tokens"
+    )
     parser.add_argument("--gpus", default=None, help="the doctor's --gpus (default: NVML; --tiny 2x1GiB)")
     parser.add_argument("--checkpoint", default=None, help="reuse this saved checkpoint instead of step 1")
-    parser.add_argument("--tiny", action="store_true", help="tiny widths: a CPU smoke test of every code path")
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny widths: a CPU smoke test of every code path"
+    )
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--hard-limit-s", type=float, default=570.0, help="write what we have and exit")
     parser.add_argument("--step-timeout-s", type=float, default=420.0, help="per doctor / niah subprocess")
-    parser.add_argument("--out", default=os.environ.get("OUT") and os.path.join(os.environ["OUT"], "multi-gpu-real"))
+    parser.add_argument(
+        "--out", default=os.environ.get("OUT") and os.path.join(os.environ["OUT"], "multi-gpu-real")
+    )
     args = parser.parse_args(argv)
     args.layers = args.layers or (4 if args.tiny else 20)
     args.quant = args.quant or ("none" if args.tiny else "bnb-4bit")
@@ -71,6 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------- 1. checkpoint
+
 
 def save_checkpoint(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     """Random Scout-shaped weights → save_pretrained (the sweep benchmark's model and tokenizer)."""
@@ -97,9 +108,15 @@ def save_checkpoint(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     files = sorted(folder.glob("*.safetensors"))
-    return {"folder": str(folder), "layers": args.layers, "weights_bytes_bf16": weights,
-            "safetensors_files": len(files), "safetensors_bytes": sum(f.stat().st_size for f in files),
-            "seconds": round(time.monotonic() - started, 1), "materialize": facts.get("materialize_seconds")}
+    return {
+        "folder": str(folder),
+        "layers": args.layers,
+        "weights_bytes_bf16": weights,
+        "safetensors_files": len(files),
+        "safetensors_bytes": sum(f.stat().st_size for f in files),
+        "seconds": round(time.monotonic() - started, 1),
+        "materialize": facts.get("materialize_seconds"),
+    }
 
 
 def tiny_max_memory(folder: Path) -> str:
@@ -110,6 +127,7 @@ def tiny_max_memory(folder: Path) -> str:
 
 # ----------------------------------------------------------------------------------- 2-4. the tools
 
+
 def run_tool(argv: list[str], timeout: float, log: Path) -> dict[str, Any]:
     started = time.monotonic()
     try:
@@ -118,8 +136,13 @@ def run_tool(argv: list[str], timeout: float, log: Path) -> dict[str, Any]:
     except subprocess.TimeoutExpired as exc:
         rc, out, err = 124, exc.stdout or "", f"timed out after {timeout:.0f}s\n{exc.stderr or ''}"
     log.write_text(f"$ {shlex.join(argv)}\nrc={rc}\n--- stdout\n{out}\n--- stderr\n{err}\n")
-    return {"argv": shlex.join(argv), "rc": rc, "seconds": round(time.monotonic() - started, 1),
-            "stdout": out, "stderr_tail": (err or "")[-2000:]}
+    return {
+        "argv": shlex.join(argv),
+        "rc": rc,
+        "seconds": round(time.monotonic() - started, 1),
+        "stdout": out,
+        "stderr_tail": (err or "")[-2000:],
+    }
 
 
 def doctor_report(result: dict[str, Any]) -> dict[str, Any]:
@@ -132,12 +155,17 @@ def doctor_report(result: dict[str, Any]) -> dict[str, Any]:
     fit = checks.get("memory-fit") or {}
     estimate = doc.get("estimate") or {}
     plan = doc.get("plan") or {}
-    return {"verdict": (doc.get("summary") or {}).get("verdict"), "exit_code": result["rc"],
-            "memory_fit": {"status": fit.get("status"), "summary": fit.get("summary")},
-            "max_context_tokens": plan.get("max_context_tokens", estimate.get("max_context_tokens")),
-            "prefill_chunk": estimate.get("prefill_chunk"), "estimate_method": estimate.get("method"),
-            "per_gpu": estimate.get("per_gpu"), "plan_lengths": plan.get("lengths"),
-            "failing_checks": [i for i, c in checks.items() if c.get("status") == "fail"]}
+    return {
+        "verdict": (doc.get("summary") or {}).get("verdict"),
+        "exit_code": result["rc"],
+        "memory_fit": {"status": fit.get("status"), "summary": fit.get("summary")},
+        "max_context_tokens": plan.get("max_context_tokens", estimate.get("max_context_tokens")),
+        "prefill_chunk": estimate.get("prefill_chunk"),
+        "estimate_method": estimate.get("method"),
+        "per_gpu": estimate.get("per_gpu"),
+        "plan_lengths": plan.get("lengths"),
+        "failing_checks": [i for i, c in checks.items() if c.get("status") == "fail"],
+    }
 
 
 def write_toml(path: Path, settings: dict[str, Any]) -> None:
@@ -150,6 +178,7 @@ def write_toml(path: Path, settings: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------- 5. comparison
+
 
 def layers_by_device(device_map: dict[str, Any] | None) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
@@ -180,7 +209,10 @@ def doctor_placement(folder: Path, args: argparse.Namespace, gpus: list[Any]) ->
     settings = Settings(context=8192, quant=args.quant, dtype="bfloat16")
     sizing = size_weights(sizing_args(settings, config, None))
     user = dict(gpu_budgets(args.max_memory)) or None
-    out: dict[str, Any] = {"sizing_method": sizing.get("method"), "has_inventory": bool(sizing.get("placement_tree"))}
+    out: dict[str, Any] = {
+        "sizing_method": sizing.get("method"),
+        "has_inventory": bool(sizing.get("placement_tree")),
+    }
     if sizing.get("placement_tree"):
         from doctor.memory.placement import free_at_load
 
@@ -191,7 +223,9 @@ def doctor_placement(folder: Path, args: argparse.Namespace, gpus: list[Any]) ->
     for block, gpu in zip(sizing.get("blocks") or [], per_block):
         match = _LAYER.search(block["name"])
         if match and block.get("class") in (sizing.get("no_split_modules") or []):
-            layers.setdefault("cpu/disk" if gpu == CPU else f"cuda:{gpus[gpu].index}", []).append(int(match.group(1)))
+            layers.setdefault("cpu/disk" if gpu == CPU else f"cuda:{gpus[gpu].index}", []).append(
+                int(match.group(1))
+            )
     out["layers_by_device"] = {k: sorted(v) for k, v in sorted(layers.items())}
     return out
 
@@ -221,16 +255,25 @@ def peaks_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         predicted = row.get("predicted_peak_bytes") or {}
         for device in sorted(set(measured) | set(predicted)):
             m, p = measured.get(device), predicted.get(device)
-            table.append({"length": row.get("context_tokens"), "status": row.get("status"), "device": device,
-                          "predicted_peak_bytes": p, "measured_peak_bytes": m,
-                          "ratio": round(m / p, 3) if m and p else None,
-                          "within_prediction": None if m is None or p is None else m <= p * 1.02})
+            table.append(
+                {
+                    "length": row.get("context_tokens"),
+                    "status": row.get("status"),
+                    "device": device,
+                    "predicted_peak_bytes": p,
+                    "measured_peak_bytes": m,
+                    "ratio": round(m / p, 3) if m and p else None,
+                    "within_prediction": None if m is None or p is None else m <= p * 1.02,
+                }
+            )
     return table
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    lines = ["| length | GPU | predicted peak GiB | measured peak GiB | measured / predicted | status |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| length | GPU | predicted peak GiB | measured peak GiB | measured / predicted | status |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for r in doc.get("peaks") or []:
         p = "—" if r["predicted_peak_bytes"] is None else f"{r['predicted_peak_bytes'] / GIB:.2f}"
         m = "—" if r["measured_peak_bytes"] is None else f"{r['measured_peak_bytes'] / GIB:.2f}"
@@ -251,12 +294,16 @@ def _ranges(indices: list[int]) -> str:
 
 # ------------------------------------------------------------------------------------------- main
 
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     result_path = args.out / "multi_gpu_real.json"
-    doc: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                           "status": "started", "steps": {}}
+    doc: dict[str, Any] = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "status": "started",
+        "steps": {},
+    }
 
     def save() -> None:
         doc["elapsed_seconds"] = round(time.monotonic() - STARTED, 1)
@@ -295,13 +342,34 @@ def _run(args: argparse.Namespace, doc: dict[str, Any], save: Any) -> int:
     gpu_flag = ["--gpus", args.gpus] if args.gpus else []
 
     # 2. the issue's doctor command
-    first = run_tool([python, "-m", "doctor", "--model", str(folder), "--quant", args.quant, "--device-map",
-                      "auto", "--max-memory", args.max_memory, "--context", args.context, *gpu_flag,
-                      "--format", "json"], args.step_timeout_s, args.out / "doctor.log")
+    first = run_tool(
+        [
+            python,
+            "-m",
+            "doctor",
+            "--model",
+            str(folder),
+            "--quant",
+            args.quant,
+            "--device-map",
+            "auto",
+            "--max-memory",
+            args.max_memory,
+            "--context",
+            args.context,
+            *gpu_flag,
+            "--format",
+            "json",
+        ],
+        args.step_timeout_s,
+        args.out / "doctor.log",
+    )
     doc["steps"]["doctor"] = {**{k: v for k, v in first.items() if k != "stdout"}, **doctor_report(first)}
-    print(f"doctor: {doc['steps']['doctor'].get('verdict')}; memory-fit "
-          f"{doc['steps']['doctor'].get('memory_fit')}; longest {doc['steps']['doctor'].get('max_context_tokens')}",
-          flush=True)
+    print(
+        f"doctor: {doc['steps']['doctor'].get('verdict')}; memory-fit "
+        f"{doc['steps']['doctor'].get('memory_fit')}; longest {doc['steps']['doctor'].get('max_context_tokens')}",
+        flush=True,
+    )
     save()
 
     # 3. the plan for the measured lengths (+ the doctor's longest context)
@@ -310,14 +378,44 @@ def _run(args: argparse.Namespace, doc: dict[str, Any], save: Any) -> int:
     if not args.no_longest and longest and longest not in lengths:
         lengths.append(min(int(longest), parse_token_count(args.longest_cap)))
     toml = args.out / "run.toml"
-    write_toml(toml, {"model": str(folder), "quant": args.quant, "device_map": "auto",
-                      "max_memory": args.max_memory, "gpus": args.gpus, "attn": "sdpa", "lengths": lengths,
-                      "depths": [50], "trials": 1, "max_new_tokens": 4})
+    write_toml(
+        toml,
+        {
+            "model": str(folder),
+            "quant": args.quant,
+            "device_map": "auto",
+            "max_memory": args.max_memory,
+            "gpus": args.gpus,
+            "attn": "sdpa",
+            "lengths": lengths,
+            "depths": [50],
+            "trials": 1,
+            "max_new_tokens": 4,
+        },
+    )
     plan_path = args.out / "plan.json"
-    second = run_tool([python, "-m", "doctor", "--config", str(toml), "--format", "json", "--plan-out",
-                       str(plan_path), "--no-live"], args.step_timeout_s, args.out / "doctor-plan.log")
-    doc["steps"]["plan"] = {**{k: v for k, v in second.items() if k != "stdout"}, **doctor_report(second),
-                            "lengths": lengths, "written": plan_path.is_file()}
+    second = run_tool(
+        [
+            python,
+            "-m",
+            "doctor",
+            "--config",
+            str(toml),
+            "--format",
+            "json",
+            "--plan-out",
+            str(plan_path),
+            "--no-live",
+        ],
+        args.step_timeout_s,
+        args.out / "doctor-plan.log",
+    )
+    doc["steps"]["plan"] = {
+        **{k: v for k, v in second.items() if k != "stdout"},
+        **doctor_report(second),
+        "lengths": lengths,
+        "written": plan_path.is_file(),
+    }
     save()
 
     # the doctor's own placement (same code as its estimate)
@@ -328,19 +426,39 @@ def _run(args: argparse.Namespace, doc: dict[str, Any], save: Any) -> int:
     # 4. niah run: the plan verbatim on the GPUs; on the CPU the same sweep without the GPU plan
     run_dir = args.out / "run"
     if args.device == "cpu":
-        niah = [python, "-m", "niah_run", "run", "--model", str(folder), "--device-map", "cpu",
-                "--lengths", ",".join(map(str, lengths[:2])), "--depths", "50", "--max-new-tokens", "4",
-                "--skip-preflight", "--out", str(run_dir)]
+        niah = [
+            python,
+            "-m",
+            "niah_run",
+            "run",
+            "--model",
+            str(folder),
+            "--device-map",
+            "cpu",
+            "--lengths",
+            ",".join(map(str, lengths[:2])),
+            "--depths",
+            "50",
+            "--max-new-tokens",
+            "4",
+            "--skip-preflight",
+            "--out",
+            str(run_dir),
+        ]
     else:
         niah = [python, "-m", "niah_run", "run", "--plan", str(plan_path), "--out", str(run_dir)]
-    ran = run_tool(niah, max(60.0, args.hard_limit_s - (time.monotonic() - STARTED) - 20), args.out / "niah.log")
+    ran = run_tool(
+        niah, max(60.0, args.hard_limit_s - (time.monotonic() - STARTED) - 20), args.out / "niah.log"
+    )
     doc["steps"]["niah_run"] = {k: v for k, v in ran.items() if k != "stdout"}
     saved = _read_json(run_dir / "config.json") or {}
     rows = [json.loads(line) for line in _read_text(run_dir / "results.jsonl").splitlines() if line.strip()]
     actual_map = (saved.get("backend") or {}).get("device_map")
     if args.device == "cpu":  # no GPUs to load onto: transformers' planned map stands in for hf_device_map
         actual_map = planned_map_on_cpu(folder, args)
-        doc["steps"]["niah_run"]["note"] = "CPU: hf_device_map replaced by transformers' _get_device_map on meta"
+        doc["steps"]["niah_run"]["note"] = (
+            "CPU: hf_device_map replaced by transformers' _get_device_map on meta"
+        )
 
     # 5. compare
     doctor_map = doc["doctor_placement"].get("device_map")
@@ -350,20 +468,40 @@ def _run(args: argparse.Namespace, doc: dict[str, Any], save: Any) -> int:
         "actual_device_map": normalized(actual_map) if isinstance(actual_map, dict) else actual_map,
         "doctor_device_map": normalized(doctor_map) if doctor_map else None,
         "device_maps_equal": (normalized(actual_map) == normalized(doctor_map))
-        if isinstance(actual_map, dict) and doctor_map else None,
-        "actual_layers": actual_layers, "doctor_layers": doctor_layers,
-        "layers_equal": actual_layers == doctor_layers if actual_layers else None}
+        if isinstance(actual_map, dict) and doctor_map
+        else None,
+        "actual_layers": actual_layers,
+        "doctor_layers": doctor_layers,
+        "layers_equal": actual_layers == doctor_layers if actual_layers else None,
+    }
     doc["peaks"] = peaks_table(rows)
-    doc["rows"] = [{k: r.get(k) for k in ("context_tokens", "depth_percent", "status", "error", "predicted_peak_bytes",
-                                           "exceeded_prediction", "memory", "prefill_seconds")} for r in rows]
+    doc["rows"] = [
+        {
+            k: r.get(k)
+            for k in (
+                "context_tokens",
+                "depth_percent",
+                "status",
+                "error",
+                "predicted_peak_bytes",
+                "exceeded_prediction",
+                "memory",
+                "prefill_seconds",
+            )
+        }
+        for r in rows
+    ]
     doc["status"] = "done"
     doc["markdown"] = markdown(doc)
     save()
     print(doc["markdown"])
-    print(f"\nplacement equal: map {doc['placement']['device_maps_equal']}, layers {doc['placement']['layers_equal']}"
-          f"\nwrote {args.out / 'multi_gpu_real.json'} in {time.monotonic() - STARTED:.0f}s")
-    ok = doc["placement"]["layers_equal"] is not False and all(r["within_prediction"] is not False
-                                                               for r in doc["peaks"])
+    print(
+        f"\nplacement equal: map {doc['placement']['device_maps_equal']}, layers {doc['placement']['layers_equal']}"
+        f"\nwrote {args.out / 'multi_gpu_real.json'} in {time.monotonic() - STARTED:.0f}s"
+    )
+    ok = doc["placement"]["layers_equal"] is not False and all(
+        r["within_prediction"] is not False for r in doc["peaks"]
+    )
     return 0 if ok and ran["rc"] in (0, 1) else 1
 
 

@@ -43,19 +43,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 GIB = 1 << 30
 
 SCOUT_TEXT: dict[str, Any] = {
-    "hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128,
-    "num_local_experts": 16, "num_experts_per_tok": 1, "intermediate_size": 8192,
-    "intermediate_size_mlp": 16384, "attention_chunk_size": 8192, "vocab_size": 202048,
-    "rms_norm_eps": 1e-5, "use_qk_norm": True, "interleave_moe_layer_step": 1,
-    "attn_temperature_tuning": True, "floor_scale": 8192, "attn_scale": 0.1,
-    "max_position_embeddings": 10485760, "bos_token_id": 200000,
-    "eos_token_id": [200001, 200007, 200008], "pad_token_id": 200018,
+    "hidden_size": 5120,
+    "num_attention_heads": 40,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "num_local_experts": 16,
+    "num_experts_per_tok": 1,
+    "intermediate_size": 8192,
+    "intermediate_size_mlp": 16384,
+    "attention_chunk_size": 8192,
+    "vocab_size": 202048,
+    "rms_norm_eps": 1e-5,
+    "use_qk_norm": True,
+    "interleave_moe_layer_step": 1,
+    "attn_temperature_tuning": True,
+    "floor_scale": 8192,
+    "attn_scale": 0.1,
+    "max_position_embeddings": 10485760,
+    "bos_token_id": 200000,
+    "eos_token_id": [200001, 200007, 200008],
+    "pad_token_id": 200018,
 }
 TINY_TEXT: dict[str, Any] = {
-    "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
-    "num_local_experts": 4, "num_experts_per_tok": 1, "intermediate_size": 64, "intermediate_size_mlp": 128,
-    "attention_chunk_size": 64, "vocab_size": 1000, "max_position_embeddings": 65536, "floor_scale": 64,
-    "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 1,
+    "intermediate_size": 64,
+    "intermediate_size_mlp": 128,
+    "attention_chunk_size": 64,
+    "vocab_size": 1000,
+    "max_position_embeddings": 65536,
+    "floor_scale": 64,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
 }
 
 
@@ -79,8 +103,15 @@ def register_flex_gqa() -> None:
 
     compiled: dict[str, Any] = {}
 
-    def flex_gqa_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
-                         scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
+    def flex_gqa_forward(
+        module: Any,
+        query: Any,
+        key: Any,
+        value: Any,
+        attention_mask: Any,
+        scaling: float | None = None,
+        **kwargs: Any,
+    ) -> tuple[Any, None]:
         if query.device.type == "cuda":
             fn = compiled.setdefault("fn", torch.compile(flex_attention))
         else:
@@ -96,7 +127,9 @@ def model_config(tiny: bool, attn: str) -> Any:
     from transformers import Llama4TextConfig
 
     shape = TINY_TEXT if tiny else SCOUT_TEXT
-    return Llama4TextConfig(num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0], attn_implementation=attn, **shape)
+    return Llama4TextConfig(
+        num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0], attn_implementation=attn, **shape
+    )
 
 
 def build_model(tiny: bool, attn: str, device: Any) -> Any:
@@ -120,8 +153,9 @@ def build_model(tiny: bool, attn: str, device: Any) -> Any:
 _SIZING: dict[str, Any] = {}  # the weight inventory is per model, not per case: size it once
 
 
-def doctor_prediction(config: Any, tokens: int, attn: str, chunk: int | None,
-                      gpus: str = "1xH100-80GB") -> dict[str, Any]:
+def doctor_prediction(
+    config: Any, tokens: int, attn: str, chunk: int | None, gpus: str = "1xH100-80GB"
+) -> dict[str, Any]:
     """The doctor's estimate for this case (doctor.memory.estimate_for), or why there is none.
 
     `predicted_alloc_gib` (weights + KV + prefill activations) is what torch.cuda.max_memory_allocated
@@ -140,8 +174,9 @@ def doctor_prediction(config: Any, tokens: int, attn: str, chunk: int | None,
     doctor_attn = "flex_attention" if attn == "flex_gqa" else attn
     try:
         raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        target = RunSpec(context=tokens, attn=doctor_attn, prefill_chunk=chunk or tokens, dtype="bfloat16",
-                        gpus=gpus)
+        target = RunSpec(
+            context=tokens, attn=doctor_attn, prefill_chunk=chunk or tokens, dtype="bfloat16", gpus=gpus
+        )
         resolution = SimpleNamespace(config=raw, quantization_config=None)
         if "sizing" not in _SIZING:
             settings = settings_for(target, raw, None)
@@ -150,11 +185,18 @@ def doctor_prediction(config: Any, tokens: int, attn: str, chunk: int | None,
     except Exception as error:  # noqa: BLE001 - an API mismatch must not end the benchmark
         return {"status": "n/a", "reason": f"estimate_for failed: {type(error).__name__}: {error}"}
     alloc = estimate.weights_bytes + estimate.kv_bytes + estimate.activation_peak_bytes
-    return {"status": "ok", "gpus": gpus, "attn_as": doctor_attn, "chunk": estimate.prefill_chunk,
-            "predicted_alloc_gib": round(alloc / GIB, 2),
-            "predicted_total_gib": round(estimate.total_bytes / GIB, 2), "fits": estimate.fits,
-            "max_context_tokens": estimate.max_context_tokens, "method": estimate.method,
-            "confidence": estimate.confidence}
+    return {
+        "status": "ok",
+        "gpus": gpus,
+        "attn_as": doctor_attn,
+        "chunk": estimate.prefill_chunk,
+        "predicted_alloc_gib": round(alloc / GIB, 2),
+        "predicted_total_gib": round(estimate.total_bytes / GIB, 2),
+        "fits": estimate.fits,
+        "max_context_tokens": estimate.max_context_tokens,
+        "method": estimate.method,
+        "confidence": estimate.confidence,
+    }
 
 
 def add_predictions(paths: list[str]) -> None:
@@ -176,8 +218,10 @@ def gpu_facts() -> dict[str, Any]:
 
     facts: dict[str, Any] = {
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "python": platform.python_version(), "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -185,7 +229,11 @@ def gpu_facts() -> dict[str, Any]:
         try:
             facts["nvidia_smi"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20, check=False).stdout.strip()
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            ).stdout.strip()
         except Exception as error:  # noqa: BLE001
             facts["nvidia_smi"] = f"unavailable: {error}"
     else:
@@ -267,8 +315,7 @@ def run_case(kind: str, model: Any, tokens: int, chunk: int | None, device: Any)
             failure = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
     if failure is not None:  # outside the except: the traceback's tensors are released
         peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-        row.update(status="oom", detail=failure,
-                   peak_gib_at_failure=round(peak / GIB, 2) if peak else None)
+        row.update(status="oom", detail=failure, peak_gib_at_failure=round(peak / GIB, 2) if peak else None)
     if backend is not None:
         backend._drop_cache()
     del backend
@@ -291,38 +338,68 @@ def predicted_seconds(history: list[dict[str, Any]], kind: str, tokens: int) -> 
 
 def print_table(rows: list[dict[str, Any]], facts: dict[str, Any]) -> None:
     cap = f" (allocator capped at {facts['memory_cap_gib']} GiB)" if facts.get("memory_cap_gib") else ""
-    print(f"\n{facts.get('card')}{cap} | torch {facts['torch']} | transformers {facts['transformers']} | "
-          f"{facts['date_utc']} | weights {facts.get('weights_gib')} GiB")
-    header = f"{'case':<24} {'tokens':>9} {'status':<12} {'peak GiB':>9} {'+weights':>9} " \
-             f"{'prefill s':>10} {'tok/s':>8} {'predicted':>10}"
+    print(
+        f"\n{facts.get('card')}{cap} | torch {facts['torch']} | transformers {facts['transformers']} | "
+        f"{facts['date_utc']} | weights {facts.get('weights_gib')} GiB"
+    )
+    header = (
+        f"{'case':<24} {'tokens':>9} {'status':<12} {'peak GiB':>9} {'+weights':>9} "
+        f"{'prefill s':>10} {'tok/s':>8} {'predicted':>10}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         pred = r.get("prediction", {})
         pred_text = pred.get("predicted_alloc_gib", "n/a") if pred.get("status") == "ok" else "n/a"
-        print(f"{r['case']:<24} {r['tokens']:>9} {r['status']:<12} {r.get('peak_gib', '-')!s:>9} "
-              f"{r.get('above_weights_gib', '-')!s:>9} {r.get('prefill_s', r.get('seconds', '-'))!s:>10} "
-              f"{r.get('prefill_tok_s', '-')!s:>8} {pred_text!s:>10}")
+        print(
+            f"{r['case']:<24} {r['tokens']:>9} {r['status']:<12} {r.get('peak_gib', '-')!s:>9} "
+            f"{r.get('above_weights_gib', '-')!s:>9} {r.get('prefill_s', r.get('seconds', '-'))!s:>10} "
+            f"{r.get('prefill_tok_s', '-')!s:>8} {pred_text!s:>10}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny width on CPU: checks the script itself")
     parser.add_argument("--attn", default="sdpa", choices=("sdpa", "flex_attention", "flex_gqa", "eager"))
-    parser.add_argument("--chunks", default="4096", help="prefill chunk sizes for our runner, comma-separated")
+    parser.add_argument(
+        "--chunks", default="4096", help="prefill chunk sizes for our runner, comma-separated"
+    )
     parser.add_argument("--lengths", default="32k,128k,512k,1M", help="prompt lengths for our runner")
     parser.add_argument("--baseline-lengths", default="", help="lengths for plain-forward and plain-generate")
-    parser.add_argument("--extra", action="append", default=[], metavar="CHUNK:LEN,LEN",
-                        help="more cases for our runner with another chunk size, e.g. 8192:128k")
-    parser.add_argument("--cap-gib", type=float, default=79.1,
-                        help="cap the allocator at this many GiB (79.1 = what an H100 80GB exposes), "
-                             "so a bigger card answers the H100 question; 0 = no cap")
-    parser.add_argument("--warmup", default="", help="a short length run first and reported apart "
-                                                     "(flex_attention compiles on its first call)")
-    parser.add_argument("--time-budget-s", type=float, default=540.0,
-                        help="skip cases predicted to end after this many seconds from the start")
-    parser.add_argument("--predict", nargs="+", metavar="JSON",
-                        help="only add the doctor's predictions to earlier result files (CPU)")
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="CHUNK:LEN,LEN",
+        help="more cases for our runner with another chunk size, e.g. 8192:128k",
+    )
+    parser.add_argument(
+        "--cap-gib",
+        type=float,
+        default=79.1,
+        help="cap the allocator at this many GiB (79.1 = what an H100 80GB exposes), "
+        "so a bigger card answers the H100 question; 0 = no cap",
+    )
+    parser.add_argument(
+        "--warmup",
+        default="",
+        help="a short length run first and reported apart (flex_attention compiles on its first call)",
+    )
+    parser.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=540.0,
+        help="skip cases predicted to end after this many seconds from the start",
+    )
+    parser.add_argument(
+        "--predict",
+        nargs="+",
+        metavar="JSON",
+        help="only add the doctor's predictions to earlier result files (CPU)",
+    )
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for the JSON result")
     args = parser.parse_args(argv)
     if args.predict:
@@ -357,8 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         plan += [(f"ours-{args.attn}-{chunk}", parse_tokens(t), chunk) for t in args.lengths.split(",") if t]
     for extra in args.extra:
         chunk_text, _, lengths = extra.partition(":")
-        plan += [(f"ours-{args.attn}-{int(chunk_text)}", parse_tokens(t), int(chunk_text))
-                 for t in lengths.split(",") if t]
+        plan += [
+            (f"ours-{args.attn}-{int(chunk_text)}", parse_tokens(t), int(chunk_text))
+            for t in lengths.split(",")
+            if t
+        ]
 
     rows: list[dict[str, Any]] = []
     out_dir = Path(args.out)
@@ -380,8 +460,13 @@ def main(argv: list[str] | None = None) -> int:
             guess = predicted_seconds(rows, kind, tokens)
             elapsed = time.perf_counter() - start
             if guess is not None and elapsed + guess > args.time_budget_s:
-                row = {"case": kind, "tokens": tokens, "chunk": chunk, "status": "skipped_time",
-                       "detail": f"predicted {guess:.0f} s, {args.time_budget_s - elapsed:.0f} s left"}
+                row = {
+                    "case": kind,
+                    "tokens": tokens,
+                    "chunk": chunk,
+                    "status": "skipped_time",
+                    "detail": f"predicted {guess:.0f} s, {args.time_budget_s - elapsed:.0f} s left",
+                }
             else:
                 row = run_case(kind, model, tokens, chunk, device)
                 if row["status"] == "oom":

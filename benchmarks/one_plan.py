@@ -30,18 +30,43 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
 SCOUT_TEXT: dict[str, Any] = {
-    "hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128,
-    "num_local_experts": 16, "num_experts_per_tok": 1, "intermediate_size": 8192,
-    "intermediate_size_mlp": 16384, "attention_chunk_size": 8192, "vocab_size": 202048,
-    "rms_norm_eps": 1e-5, "use_qk_norm": True, "interleave_moe_layer_step": 1, "floor_scale": 8192,
-    "attn_scale": 0.1, "max_position_embeddings": 10485760,
+    "hidden_size": 5120,
+    "num_attention_heads": 40,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "num_local_experts": 16,
+    "num_experts_per_tok": 1,
+    "intermediate_size": 8192,
+    "intermediate_size_mlp": 16384,
+    "attention_chunk_size": 8192,
+    "vocab_size": 202048,
+    "rms_norm_eps": 1e-5,
+    "use_qk_norm": True,
+    "interleave_moe_layer_step": 1,
+    "floor_scale": 8192,
+    "attn_scale": 0.1,
+    "max_position_embeddings": 10485760,
 }
 TINY_TEXT: dict[str, Any] = {
-    "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
-    "num_local_experts": 4, "num_experts_per_tok": 1, "intermediate_size": 64, "intermediate_size_mlp": 128,
-    "attention_chunk_size": 64, "vocab_size": 49152, "max_position_embeddings": 65536, "floor_scale": 64,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 1,
+    "intermediate_size": 64,
+    "intermediate_size_mlp": 128,
+    "attention_chunk_size": 64,
+    "vocab_size": 49152,
+    "max_position_embeddings": 65536,
+    "floor_scale": 64,
 }
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+)
 
 
 def build(folder: Path, tokenizer: Path, tiny: bool) -> None:
@@ -50,8 +75,9 @@ def build(folder: Path, tokenizer: Path, tiny: bool) -> None:
 
     token_ids = json.loads((tokenizer / "tokenizer_config.json").read_text()).get("added_tokens_decoder", {})
     special = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2} if token_ids else {}
-    config = Llama4TextConfig(num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0], **(TINY_TEXT if tiny else SCOUT_TEXT),
-                              **special)
+    config = Llama4TextConfig(
+        num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0], **(TINY_TEXT if tiny else SCOUT_TEXT), **special
+    )
     config.architectures = ["Llama4ForCausalLM"]
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -63,8 +89,11 @@ def build(folder: Path, tokenizer: Path, tiny: bool) -> None:
     for name in TOKENIZER_FILES:
         if (tokenizer / name).is_file():
             shutil.copy(tokenizer / name, folder / name)
-    print(f"saved {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B params to {folder} "
-          f"in {time.monotonic() - started:.0f} s", flush=True)
+    print(
+        f"saved {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B params to {folder} "
+        f"in {time.monotonic() - started:.0f} s",
+        flush=True,
+    )
 
 
 def _run(args: list[str], log: Path) -> subprocess.CompletedProcess[str]:
@@ -74,8 +103,15 @@ def _run(args: list[str], log: Path) -> subprocess.CompletedProcess[str]:
     with log.open("w") as handle:
         handle.write(f"$ {' '.join(args)}\n")
         handle.flush()
-        proc = subprocess.run([sys.executable, *args], stdout=handle, stderr=subprocess.STDOUT, text=True, env=env,
-                              cwd=REPO, check=False)
+        proc = subprocess.run(
+            [sys.executable, *args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=REPO,
+            check=False,
+        )
         handle.write(f"\nexit {proc.returncode} in {time.monotonic() - started:.0f} s\n")
     print(f"{' '.join(args[:3])} … exit {proc.returncode} ({time.monotonic() - started:.0f} s)", flush=True)
     return proc
@@ -83,23 +119,63 @@ def _run(args: list[str], log: Path) -> subprocess.CompletedProcess[str]:
 
 def show(folder: Path, out: Path, budget: str, tiny: bool, short: int, ask: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    plan_flags = ["--model", str(folder), "--max-memory", f"0={budget}", "--max-new-tokens", "4", "--depths", "50"]
+    plan_flags = [
+        "--model",
+        str(folder),
+        "--max-memory",
+        f"0={budget}",
+        "--max-new-tokens",
+        "4",
+        "--depths",
+        "50",
+    ]
     if not tiny:
         plan_flags += ["--quant", "bnb-4bit"]
     doctor_flags = [f for f in plan_flags if f not in ("--max-new-tokens", "4", "--depths", "50")]
     gpus = ["--gpus", "1x80GiB"] if tiny else []
-    proc = _run(["-m", "doctor", *doctor_flags, *gpus, "--context", ask, "--format", "json",
-                 "--plan-out", str(out / "plan.json"), "-o", str(out / "doctor.json")], out / "doctor.log")
+    proc = _run(
+        [
+            "-m",
+            "doctor",
+            *doctor_flags,
+            *gpus,
+            "--context",
+            ask,
+            "--format",
+            "json",
+            "--plan-out",
+            str(out / "plan.json"),
+            "-o",
+            str(out / "doctor.json"),
+        ],
+        out / "doctor.log",
+    )
     plan = json.loads((out / "plan.json").read_text())
     longest = int(plan["max_context_tokens"] or 0)
     above = int(longest * 1.1)
     # On a CPU (the smoke test) the longest context is far too slow to prefill: check the mechanics only.
     lengths = [short, 2 * short] if tiny else sorted({short, longest, above})
-    print(f"doctor: exit {proc.returncode}; longest context for {budget}: {longest:,} "
-          f"(chunk {plan['spec']['prefill_chunk']}); running {lengths}", flush=True)
+    print(
+        f"doctor: exit {proc.returncode}; longest context for {budget}: {longest:,} "
+        f"(chunk {plan['spec']['prefill_chunk']}); running {lengths}",
+        flush=True,
+    )
     run_dir = out / "run"
-    _run(["-m", "niah_run", "run", *plan_flags, "--lengths", ",".join(map(str, lengths)), "--out", str(run_dir),
-          "-q", *(["--skip-preflight"] if tiny else [])], out / "niah.log")
+    _run(
+        [
+            "-m",
+            "niah_run",
+            "run",
+            *plan_flags,
+            "--lengths",
+            ",".join(map(str, lengths)),
+            "--out",
+            str(run_dir),
+            "-q",
+            *(["--skip-preflight"] if tiny else []),
+        ],
+        out / "niah.log",
+    )
     return table(out)
 
 
@@ -110,9 +186,14 @@ def table(out: Path) -> dict[str, Any]:
     rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line.strip()]
     config = json.loads((run_dir / "config.json").read_text())
     budget = (plan["spec"].get("max_memory") or "").partition("=")[2]
-    result = {"budget": budget, "doctor_longest_context": plan["max_context_tokens"],
-              "plan_chunk": config.get("plan", {}).get("spec", {}).get("prefill_chunk"),
-              "rows": [_row(r) for r in rows], "load": config.get("backend", {}), "gpu": _gpu_name()}
+    result = {
+        "budget": budget,
+        "doctor_longest_context": plan["max_context_tokens"],
+        "plan_chunk": config.get("plan", {}).get("spec", {}).get("prefill_chunk"),
+        "rows": [_row(r) for r in rows],
+        "load": config.get("backend", {}),
+        "gpu": _gpu_name(),
+    }
     (out / "one_plan.json").write_text(json.dumps(result, indent=2))
     _print(result)
     return result
@@ -121,11 +202,16 @@ def table(out: Path) -> dict[str, Any]:
 def _row(r: dict[str, Any]) -> dict[str, Any]:
     predicted = (r.get("predicted_peak_bytes") or {}).get("cuda:0")
     measured = ((r.get("memory") or {}).get("per_gpu_peak_bytes") or {}).get("cuda:0")
-    return {"tokens": r["context_tokens"], "status": r["status"], "skip_reason": r.get("skip_reason"),
-            "predicted_gib": round(predicted / GIB, 2) if predicted else None,
-            "measured_gib": round(measured / GIB, 2) if measured else None,
-            "measured_over_predicted": round(measured / predicted, 4) if predicted and measured else None,
-            "exceeded_prediction": r.get("exceeded_prediction"), "prefill_seconds": r.get("prefill_seconds")}
+    return {
+        "tokens": r["context_tokens"],
+        "status": r["status"],
+        "skip_reason": r.get("skip_reason"),
+        "predicted_gib": round(predicted / GIB, 2) if predicted else None,
+        "measured_gib": round(measured / GIB, 2) if measured else None,
+        "measured_over_predicted": round(measured / predicted, 4) if predicted and measured else None,
+        "exceeded_prediction": r.get("exceeded_prediction"),
+        "prefill_seconds": r.get("prefill_seconds"),
+    }
 
 
 def _gpu_name() -> str | None:
@@ -138,17 +224,25 @@ def _gpu_name() -> str | None:
 
 
 def _print(result: dict[str, Any]) -> None:
-    print(f"\nbudget {result['budget']} · doctor's longest context {result['doctor_longest_context']:,} "
-          f"· chunk {result['plan_chunk']} · {result['gpu']}")
-    print(f"{'tokens':>10} {'status':>8} {'predicted GiB':>14} {'measured GiB':>13} {'meas/pred':>10} {'prefill s':>10}")
+    print(
+        f"\nbudget {result['budget']} · doctor's longest context {result['doctor_longest_context']:,} "
+        f"· chunk {result['plan_chunk']} · {result['gpu']}"
+    )
+    print(
+        f"{'tokens':>10} {'status':>8} {'predicted GiB':>14} {'measured GiB':>13} {'meas/pred':>10} {'prefill s':>10}"
+    )
     for r in result["rows"]:
         status = r["status"] + (f" ({r['skip_reason']})" if r["skip_reason"] else "")
-        print(f"{r['tokens']:>10,} {status:>8} {r['predicted_gib'] or '-':>14} {r['measured_gib'] or '-':>13} "
-              f"{r['measured_over_predicted'] or '-':>10} {r['prefill_seconds'] or '-':>10}")
+        print(
+            f"{r['tokens']:>10,} {status:>8} {r['predicted_gib'] or '-':>14} {r['measured_gib'] or '-':>13} "
+            f"{r['measured_over_predicted'] or '-':>10} {r['prefill_seconds'] or '-':>10}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build")
     b.add_argument("folder", type=Path)

@@ -44,20 +44,35 @@ MIB = 1 << 20
 DEPTHS = (0.0, 50.0, 100.0)
 
 # cuda: big enough that activations dominate the growth from 4k to 16k tokens, small enough to build in seconds
-GPU_MODEL = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 8, "num_attention_heads": 16,
-             "num_key_value_heads": 8}
-CPU_MODEL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2}
+GPU_MODEL = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+}
+CPU_MODEL = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    parser.add_argument("--lengths", help="comma-separated, ascending (default: cuda 1024,4096,16384,32768; "
-                                          "cpu 256,512,1024,2048)")
-    parser.add_argument("--oom-length", type=int, help="the length that must run out of memory "
-                                                       "(default: the second longest)")
-    parser.add_argument("--prefill-chunk", type=int, default=None, help="HFBackend prefill chunk (default: one shot)")
+    parser.add_argument(
+        "--lengths",
+        help="comma-separated, ascending (default: cuda 1024,4096,16384,32768; cpu 256,512,1024,2048)",
+    )
+    parser.add_argument(
+        "--oom-length", type=int, help="the length that must run out of memory (default: the second longest)"
+    )
+    parser.add_argument(
+        "--prefill-chunk", type=int, default=None, help="HFBackend prefill chunk (default: one shot)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--tolerance-mib", type=float, default=8.0)
     parser.add_argument("--out", help="JSON results file (default: print only)")
@@ -75,16 +90,23 @@ class Recorder:
         def generate(input_ids: list[int], **kwargs: Any) -> Any:
             from niah_run.backends.base import BackendOOM
 
-            call: dict[str, Any] = {"n": len(input_ids), "allocated_before": self.allocated(),
-                                    "reusable_prefix_len": kwargs.get("reusable_prefix_len", 0)}
+            call: dict[str, Any] = {
+                "n": len(input_ids),
+                "allocated_before": self.allocated(),
+                "reusable_prefix_len": kwargs.get("reusable_prefix_len", 0),
+            }
             self.calls.append(call)
             try:
                 result = original(input_ids, **kwargs)
             except BackendOOM as exc:
                 call.update(status="oom", allocated_after_oom=self.allocated(), memory=exc.memory)
                 raise
-            call.update(status="ok", ids=list(input_ids), output_ids=list(result.output_ids),
-                        allocated_after=self.allocated())
+            call.update(
+                status="ok",
+                ids=list(input_ids),
+                output_ids=list(result.output_ids),
+                allocated_after=self.allocated(),
+            )
             return result
 
         backend.generate = generate
@@ -98,9 +120,15 @@ def build_model(torch: Any, tokenizer: Any, device: str, max_len: int) -> Any:
 
     torch.manual_seed(0)
     shape = GPU_MODEL if device == "cuda" else CPU_MODEL
-    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=max_len * 2,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, attn_implementation="sdpa", **shape)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max_len * 2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attn_implementation="sdpa",
+        **shape,
+    )
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with torch.device("cuda:0" if device == "cuda" else "cpu"):
         model = LlamaForCausalLM(config).to(dtype)
@@ -120,7 +148,9 @@ def simulate_oom_from(torch: Any, model: Any, threshold: int) -> None:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
         if ids is not None and past + ids.shape[-1] >= threshold:
-            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated at {past + ids.shape[-1]} positions)")
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory (simulated at {past + ids.shape[-1]} positions)"
+            )
         return original(*args, **kwargs)
 
     model.forward = forward  # the instance attribute wins over the class method in nn.Module.__call__
@@ -132,10 +162,14 @@ def peak_for(torch: Any, backend: Any, length: int, max_new_tokens: int) -> dict
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(0)
-    ids = torch.randint(10, len(backend.tokenizer), (length,), generator=torch.Generator().manual_seed(length))
+    ids = torch.randint(
+        10, len(backend.tokenizer), (length,), generator=torch.Generator().manual_seed(length)
+    )
     backend.generate(ids.tolist(), max_new_tokens=max_new_tokens)
-    peaks = {"peak_allocated": int(torch.cuda.max_memory_allocated(0)),
-             "peak_reserved": int(torch.cuda.max_memory_reserved(0))}
+    peaks = {
+        "peak_allocated": int(torch.cuda.max_memory_allocated(0)),
+        "peak_reserved": int(torch.cuda.max_memory_reserved(0)),
+    }
     backend._drop_cache()
     gc.collect()
     torch.cuda.empty_cache()
@@ -153,15 +187,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     on_cuda = args.device == "cuda"
     if on_cuda and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch.cuda.is_available() is False (use --device cpu for the smoke test)")
+        raise SystemExit(
+            "--device cuda but torch.cuda.is_available() is False (use --device cpu for the smoke test)"
+        )
     default = "1024,4096,16384,32768" if on_cuda else "256,512,1024,2048"
     lengths = tuple(int(v) for v in (args.lengths or default).split(","))
     oom_length = args.oom_length or lengths[-2]
     fits = max(n for n in lengths if n < oom_length)
-    doc: dict[str, Any] = {"benchmark": "oom_recovery", "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                           "device": args.device, "lengths": list(lengths), "depths": list(DEPTHS),
-                           "oom_length": oom_length, "prefill_chunk": args.prefill_chunk,
-                           "versions": {"python": platform.python_version(), "torch": torch.__version__}}
+    doc: dict[str, Any] = {
+        "benchmark": "oom_recovery",
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "device": args.device,
+        "lengths": list(lengths),
+        "depths": list(DEPTHS),
+        "oom_length": oom_length,
+        "prefill_chunk": args.prefill_chunk,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }
     if on_cuda:
         props = torch.cuda.get_device_properties(0)
         doc["gpu"] = {"name": props.name, "total_bytes": int(props.total_memory)}
@@ -172,7 +214,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     backend = HFBackend(model, tokenizer, prefill_chunk=args.prefill_chunk)
     cap = None
     if on_cuda:
-        doc["calibration"] = {str(n): peak_for(torch, backend, n, args.max_new_tokens) for n in (fits, oom_length)}
+        doc["calibration"] = {
+            str(n): peak_for(torch, backend, n, args.max_new_tokens) for n in (fits, oom_length)
+        }
         low = doc["calibration"][str(fits)]["peak_reserved"]
         high = doc["calibration"][str(oom_length)]["peak_allocated"]
         cap = (low + high) // 2
@@ -181,15 +225,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.set_per_process_memory_fraction(cap / doc["gpu"]["total_bytes"], 0)
         gc.collect()
         torch.cuda.empty_cache()
-        doc["baseline_allocated"] = int(torch.cuda.memory_allocated(0))  # weights only: no cache, no activations
+        doc["baseline_allocated"] = int(
+            torch.cuda.memory_allocated(0)
+        )  # weights only: no cache, no activations
     else:
         simulate_oom_from(torch, model, oom_length)
         doc["baseline_allocated"] = None
     recorder = Recorder(backend, torch, on_cuda)
 
     run_dir = Path(tempfile.mkdtemp(prefix="niah-oom-recovery-"))
-    config = RunSpec(model="random-llama-oom-recovery", lengths=lengths, depths=DEPTHS, trials=1,
-                     max_new_tokens=args.max_new_tokens)
+    config = RunSpec(
+        model="random-llama-oom-recovery",
+        lengths=lengths,
+        depths=DEPTHS,
+        trials=1,
+        max_new_tokens=args.max_new_tokens,
+    )
     folder = RunFolder(run_dir, skip_preflight=True, quiet=True)
     sweep_error = None
     counts: dict[str, Any] | None = None
@@ -202,8 +253,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     doc["counts"], doc["sweep_error"] = counts, sweep_error
     after_close = recorder.allocated()  # Sweep.run closed the backend: its cache is gone, our model remains
     rows = ResultsStore(run_dir).load(repair=False) if (run_dir / "results.jsonl").exists() else []
-    doc["rows"] = [{k: r.get(k) for k in ("context_tokens", "depth_percent", "status", "skip_reason",
-                                          "output_tokens", "memory", "error")} for r in rows]
+    doc["rows"] = [
+        {
+            k: r.get(k)
+            for k in (
+                "context_tokens",
+                "depth_percent",
+                "status",
+                "skip_reason",
+                "output_tokens",
+                "memory",
+                "error",
+            )
+        }
+        for r in rows
+    ]
 
     # still-correct-after-oom: same model, same cap, a fresh backend; no prefix reuse.
     fresh = HFBackend(model, tokenizer, prefill_chunk=args.prefill_chunk)
@@ -220,8 +284,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-def judge(doc: dict[str, Any], rows: list[dict[str, Any]], recorder: Recorder, replays: list[bool],
-          after_close: int | None, fits: int, tolerance: float, on_cuda: bool) -> list[dict[str, Any]]:
+def judge(
+    doc: dict[str, Any],
+    rows: list[dict[str, Any]],
+    recorder: Recorder,
+    replays: list[bool],
+    after_close: int | None,
+    fits: int,
+    tolerance: float,
+    on_cuda: bool,
+) -> list[dict[str, Any]]:
     oom_length = doc["oom_length"]
     at_oom = [r for r in rows if r["context_tokens"] == oom_length and not r["control"]]
     shorter = [r for r in rows if r["context_tokens"] < oom_length]
@@ -232,42 +304,69 @@ def judge(doc: dict[str, Any], rows: list[dict[str, Any]], recorder: Recorder, r
         checks.append({"check": name, "pass": ok, "detail": detail})
 
     if on_cuda:
-        add("calibration", doc["calibration_ok"], f"cap {doc['cap_bytes'] / MIB:.0f} MiB between the peaks "
-            f"{json.dumps({k: round(v['peak_reserved'] / MIB) for k, v in doc['calibration'].items()})} MiB")
-    add("sweep-finished", doc["sweep_error"] is None and len(rows) == len(DEPTHS) * len(doc["lengths"]),
-        f"{len(rows)} rows, error={doc['sweep_error']}, counts={doc['counts']}")
+        add(
+            "calibration",
+            doc["calibration_ok"],
+            f"cap {doc['cap_bytes'] / MIB:.0f} MiB between the peaks "
+            f"{json.dumps({k: round(v['peak_reserved'] / MIB) for k, v in doc['calibration'].items()})} MiB",
+        )
+    add(
+        "sweep-finished",
+        doc["sweep_error"] is None and len(rows) == len(DEPTHS) * len(doc["lengths"]),
+        f"{len(rows)} rows, error={doc['sweep_error']}, counts={doc['counts']}",
+    )
     figures = [r.get("memory") or {} for r in at_oom]
     memory_ok = all("at_failure" in m and "after_free" in m for m in figures) and (
-        not on_cuda or all("cuda:0" in m["after_free"] for m in figures))
-    add("oom-recorded", bool(at_oom) and all(r["status"] == "oom" for r in at_oom) and memory_ok,
-        f"{[r['status'] for r in at_oom]} at {oom_length} tokens; memory figures: {memory_ok}")
+        not on_cuda or all("cuda:0" in m["after_free"] for m in figures)
+    )
+    add(
+        "oom-recorded",
+        bool(at_oom) and all(r["status"] == "oom" for r in at_oom) and memory_ok,
+        f"{[r['status'] for r in at_oom]} at {oom_length} tokens; memory figures: {memory_ok}",
+    )
     ooms = [c for c in recorder.calls if c["status"] == "oom"]
     if on_cuda:
         base = doc["baseline_allocated"]
         drift = [abs(c["allocated_after_oom"] - base) for c in ooms] + [abs((after_close or 0) - base)]
-        add("memory-freed", bool(ooms) and max(drift) <= tolerance,
+        add(
+            "memory-freed",
+            bool(ooms) and max(drift) <= tolerance,
             f"baseline {base / MIB:.1f} MiB; after each OOM / after close: "
             f"{[round(c['allocated_after_oom'] / MIB, 1) for c in ooms]} / {(after_close or 0) / MIB:.1f} MiB; "
-            f"max drift {max(drift) / MIB:.2f} MiB (tolerance {tolerance / MIB:.0f})")
+            f"max drift {max(drift) / MIB:.2f} MiB (tolerance {tolerance / MIB:.0f})",
+        )
     else:
         add("memory-freed", None, "CUDA only (skipped on cpu)")
-    add("sweep-continued", len(ooms) == len(DEPTHS) and not any(r["status"] == "error" for r in rows),
+    add(
+        "sweep-continued",
+        len(ooms) == len(DEPTHS) and not any(r["status"] == "error" for r in rows),
         f"{len(ooms)} OOM trials attempted one after another (one per depth), "
-        f"{sum(r['status'] == 'error' for r in rows)} error rows")
-    add("shorter-lengths-ok", bool(shorter) and all(r["status"] == "ok" and (r.get("output_tokens") or 0) > 0
-                                                    for r in shorter),
-        f"{sum(r['status'] == 'ok' for r in shorter)}/{len(shorter)} ok below {oom_length}")
-    add("longer-skipped", bool(longer) and all(r["status"] == "skipped" and r.get("skip_reason") == "after_oom"
-                                               for r in longer),
-        f"{[(r['context_tokens'], r['status'], r.get('skip_reason')) for r in longer]}")
-    add("still-correct-after-oom", bool(replays) and all(replays),
-        f"{sum(replays)}/{len(replays)} prompts of {fits} tokens give the recorded tokens on a fresh backend")
+        f"{sum(r['status'] == 'error' for r in rows)} error rows",
+    )
+    add(
+        "shorter-lengths-ok",
+        bool(shorter) and all(r["status"] == "ok" and (r.get("output_tokens") or 0) > 0 for r in shorter),
+        f"{sum(r['status'] == 'ok' for r in shorter)}/{len(shorter)} ok below {oom_length}",
+    )
+    add(
+        "longer-skipped",
+        bool(longer)
+        and all(r["status"] == "skipped" and r.get("skip_reason") == "after_oom" for r in longer),
+        f"{[(r['context_tokens'], r['status'], r.get('skip_reason')) for r in longer]}",
+    )
+    add(
+        "still-correct-after-oom",
+        bool(replays) and all(replays),
+        f"{sum(replays)}/{len(replays)} prompts of {fits} tokens give the recorded tokens on a fresh backend",
+    )
     return checks
 
 
 def print_table(doc: dict[str, Any]) -> None:
-    print(f"oom_recovery on {doc.get('gpu', {}).get('name', doc['device'])}: lengths {doc['lengths']}, "
-          f"OOM expected at {doc['oom_length']} ({doc['seconds']} s)")
+    print(
+        f"oom_recovery on {doc.get('gpu', {}).get('name', doc['device'])}: lengths {doc['lengths']}, "
+        f"OOM expected at {doc['oom_length']} ({doc['seconds']} s)"
+    )
     width = max(len(c["check"]) for c in doc["checks"])
     for check in doc["checks"]:
         verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[check["pass"]]

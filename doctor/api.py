@@ -21,8 +21,14 @@ class Judgement:
     plan: ResolvedPlan
 
 
-def judge(spec: RunSpec, *, only: Sequence[str] = (), skip: Sequence[str] = (), debug: bool = False,
-          argv: Sequence[str] | None = None) -> Judgement:
+def judge(
+    spec: RunSpec,
+    *,
+    only: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    debug: bool = False,
+    argv: Sequence[str] | None = None,
+) -> Judgement:
     """Settle the plan's choices, run the selected checks against it, and return both."""
     from doctor.context import DoctorContext
     from doctor.plan import remember_static_decisions, resolve_plan, settle_static_choices, with_verdict
@@ -32,8 +38,12 @@ def judge(spec: RunSpec, *, only: Sequence[str] = (), skip: Sequence[str] = (), 
     settled, decisions = settle_static_choices(spec)
     ctx = DoctorContext(settled)
     remember_static_decisions(ctx, decisions)
-    report = build_report(select(load_checks(), tuple(only), tuple(skip)), ctx,
-                          tuple(argv or ("doctor", *sys.argv[1:])), debug=debug)
+    report = build_report(
+        select(load_checks(), tuple(only), tuple(skip)),
+        ctx,
+        tuple(argv or ("doctor", *sys.argv[1:])),
+        debug=debug,
+    )
     plan = resolve_plan(ctx)  # the object the memory checks judged (cached on ctx), or made now
     failing = tuple(c.id for c in report.checks if c.status is Status.FAIL)
     plan = with_verdict(plan, verdict_line(report), failing)  # names every failing and warning check

@@ -26,8 +26,21 @@ def _debug_requested(argv: Sequence[str]) -> bool:
 
 
 # OS errors that mean "the machine said no" (disk full, read-only, no permission, device gone).
-_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
-                                 errno.ENXIO, errno.EFBIG, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+_ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EIO,
+        errno.ENXIO,
+        errno.EFBIG,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+    }
+)
 
 
 def _say(message: str) -> None:

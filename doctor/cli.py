@@ -29,8 +29,15 @@ def spec_from_flags(given: dict[str, object], config_path: str | None = None) ->
     return build_spec([*layers, flag_layer(given)])
 
 
-def _render(report, fmt: str, *, verbose: bool, strict: bool, color: bool | None,  # noqa: ANN001
-            facts: bool = False) -> str:
+def _render(
+    report,
+    fmt: str,
+    *,
+    verbose: bool,
+    strict: bool,
+    color: bool | None,  # noqa: ANN001
+    facts: bool = False,
+) -> str:
     if fmt == "json":
         from doctor.report.render_json import render_json
 
@@ -53,25 +60,58 @@ def _list_checks() -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click_options(DOCTOR)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="A TOML file describing the run (the same file `niah run --config` takes; flags win).")
-@click.option("--plan-out", type=click.Path(dir_okay=False),
-              help="Write the resolved plan (every auto decided) to FILE for `niah run --plan FILE`.")
-@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report to FILE instead of stdout.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="A TOML file describing the run (the same file `niah run --config` takes; flags win).",
+)
+@click.option(
+    "--plan-out",
+    type=click.Path(dir_okay=False),
+    help="Write the resolved plan (every auto decided) to FILE for `niah run --plan FILE`.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write the report to FILE instead of stdout."
+)
 @click.option("--strict", is_flag=True, help="Warnings and errors fail too (exit 1).")
-@click.option("--only", multiple=True, help="Run only these check ids or sections. Repeatable or comma-separated.")
-@click.option("--skip", multiple=True, help="Skip these check ids or sections. Repeatable or comma-separated.")
+@click.option(
+    "--only", multiple=True, help="Run only these check ids or sections. Repeatable or comma-separated."
+)
+@click.option(
+    "--skip", multiple=True, help="Skip these check ids or sections. Repeatable or comma-separated."
+)
 @click.option("--list", "list_only", is_flag=True, help="List the checks and exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Show evidence for passing checks too.")
-@click.option("--facts", "with_facts", is_flag=True,
-              help="Markdown: append the raw probe facts (cut to fit a ticket; JSON always has them all).")
-@click.option("--color/--no-color", default=None, help="Colour the text report (default: when stdout is a terminal).")
+@click.option(
+    "--facts",
+    "with_facts",
+    is_flag=True,
+    help="Markdown: append the raw probe facts (cut to fit a ticket; JSON always has them all).",
+)
+@click.option(
+    "--color/--no-color", default=None, help="Colour the text report (default: when stdout is a terminal)."
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(__version__, prog_name="niah-doctor")
-def doctor_command(fmt: str, output: str | None, strict: bool, only: tuple[str, ...], skip: tuple[str, ...],
-                   list_only: bool, verbose: bool, color: bool | None, debug: bool, config_path: str | None,
-                   plan_out: str | None, with_facts: bool = False, **target_opts: object) -> int:
+def doctor_command(
+    fmt: str,
+    output: str | None,
+    strict: bool,
+    only: tuple[str, ...],
+    skip: tuple[str, ...],
+    list_only: bool,
+    verbose: bool,
+    color: bool | None,
+    debug: bool,
+    config_path: str | None,
+    plan_out: str | None,
+    with_facts: bool = False,
+    **target_opts: object,
+) -> int:
     """Check this machine and the planned long-context run; say what will fail, why, and the fix.
 
     \b

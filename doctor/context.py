@@ -19,8 +19,12 @@ from run_plan.spec import RunSpec
 
 
 class DoctorContext:
-    def __init__(self, target: RunSpec, probes: Mapping[str, ProbeFn] | None = None,
-                 snapshot: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        target: RunSpec,
+        probes: Mapping[str, ProbeFn] | None = None,
+        snapshot: Mapping[str, Any] | None = None,
+    ) -> None:
         self.target = target
         self._probes = dict(load_probes() if probes is None else probes)
         self._cache: dict[str, Any] = dict(snapshot or {})
@@ -54,8 +58,11 @@ class DoctorContext:
         try:
             return fn(self.target)
         except Exception as exc:  # a probe bug must not sink the report
-            return Unavailable(f"probe {name!r} failed: {type(exc).__name__}: {exc}", "error",
-                               detail=traceback.format_exc(limit=4))
+            return Unavailable(
+                f"probe {name!r} failed: {type(exc).__name__}: {exc}",
+                "error",
+                detail=traceback.format_exc(limit=4),
+            )
         finally:
             self.probe_seconds[name] = time.monotonic() - start
 

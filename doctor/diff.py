@@ -65,11 +65,12 @@ def _libraries(doc: Mapping[str, Any]) -> dict[str, Any]:
     build = _facts(doc, "torch-build")
     if build:
         out["torch build"] = (build.get("cuda") and f"CUDA {build['cuda']}") or (
-            f"ROCm {build['hip']}" if build.get("hip") else ("CPU-only" if build.get("installed") else None))
+            f"ROCm {build['hip']}" if build.get("hip") else ("CPU-only" if build.get("installed") else None)
+        )
     bnb = _facts(doc, "bnb-files")
     if "cuda_versions" in bnb:
         out["bitsandbytes CUDA libraries"] = bnb["cuda_versions"]
-    runtime = (_facts(doc, "packages").get("nvidia_runtime") or {})
+    runtime = _facts(doc, "packages").get("nvidia_runtime") or {}
     out.update({name: version for name, version in runtime.items()})
     return out
 
@@ -85,7 +86,8 @@ def _gpu(doc: Mapping[str, Any]) -> dict[str, Any]:
         i = g.get("index")
         cc = g.get("compute_capability")
         out[f"GPU {i}"] = f"{g.get('name')} ({gib(g.get('memory_total_bytes'))}" + (
-            f", sm_{''.join(str(x) for x in cc)})" if cc else ")")
+            f", sm_{''.join(str(x) for x in cc)})" if cc else ")"
+        )
         if g.get("mig_enabled") is not None:
             out[f"GPU {i} MIG"] = "on" if g["mig_enabled"] else "off"
     out["NVIDIA driver"] = nvml.get("driver_version")
@@ -118,13 +120,19 @@ _RANK = {"fail": 4, "error": 3, "warn": 2, "skip": 1, "pass": 0}
 
 def _fold_runtime_wheels(diffs: list[Difference]) -> list[Difference]:
     """NVIDIA's CUDA runtime wheels present on one side only (a CUDA vs a CPU torch): one row, not fifteen."""
-    one_sided = [d for d in diffs if d.key.startswith("nvidia-") and d.key != "nvidia-ml-py"
-                 and MISSING in (d.a, d.b)]
+    one_sided = [
+        d for d in diffs if d.key.startswith("nvidia-") and d.key != "nvidia-ml-py" and MISSING in (d.a, d.b)
+    ]
     if len(one_sided) < 2:
         return diffs
     count = lambda side: sum(getattr(d, side) != MISSING for d in one_sided)
-    folded = Difference(one_sided[0].section, "nvidia-* CUDA runtime wheels", f"{count('a')} installed",
-                        f"{count('b')} installed", ", ".join(d.key for d in one_sided))
+    folded = Difference(
+        one_sided[0].section,
+        "nvidia-* CUDA runtime wheels",
+        f"{count('a')} installed",
+        f"{count('b')} installed",
+        ", ".join(d.key for d in one_sided),
+    )
     return [d for d in diffs if d not in one_sided] + [folded]
 
 
@@ -134,8 +142,9 @@ def diff_reports(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     same = 0
     summary_a, summary_b = a.get("summary") or {}, b.get("summary") or {}
     if summary_a.get("verdict") != summary_b.get("verdict"):
-        diffs.append(Difference("verdict", "verdict", _text(summary_a.get("verdict")),
-                                _text(summary_b.get("verdict"))))
+        diffs.append(
+            Difference("verdict", "verdict", _text(summary_a.get("verdict")), _text(summary_b.get("verdict")))
+        )
     checks_a, checks_b = _checks(a), _checks(b)
     changed = []
     for check_id in [*checks_a, *(k for k in checks_b if k not in checks_a)]:
@@ -148,10 +157,13 @@ def diff_reports(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         worse = ca if _RANK.get(sa, 0) > _RANK.get(sb, 0) else cb or ca
         changed.append(Difference("checks", check_id, sa, sb, _text((worse or {}).get("summary", ""))))
     diffs += sorted(changed, key=lambda d: -max(_RANK.get(d.a, 0), _RANK.get(d.b, 0)))  # failures first
-    for section, extract in (("planned run", lambda d: d.get("target") or {}), ("libraries", _libraries),
-                             ("GPU and driver", _gpu),
-                             ("environment variables", lambda d: environment_variables(d.get("facts") or {})),
-                             ("platform", _platform)):
+    for section, extract in (
+        ("planned run", lambda d: d.get("target") or {}),
+        ("libraries", _libraries),
+        ("GPU and driver", _gpu),
+        ("environment variables", lambda d: environment_variables(d.get("facts") or {})),
+        ("platform", _platform),
+    ):
         found, n_same = _compare(section, extract(a), extract(b))
         diffs += _fold_runtime_wheels(found)
         same += n_same
@@ -167,9 +179,11 @@ def render_diff_text(result: Mapping[str, Any], a_label: str, b_label: str, widt
     width = terminal_width(width)
     diffs = result["differences"]
     lines = textwrap.wrap(f"A = {a_label}", width, subsequent_indent="    ") + textwrap.wrap(
-        f"B = {b_label}", width, subsequent_indent="    ")
-    lines.append(f"{len(diffs)} difference{'s' if len(diffs) != 1 else ''}; {result['same']} compared items "
-                 "the same.")
+        f"B = {b_label}", width, subsequent_indent="    "
+    )
+    lines.append(
+        f"{len(diffs)} difference{'s' if len(diffs) != 1 else ''}; {result['same']} compared items the same."
+    )
     section = None
     key_width = min(max((len(d["key"]) for d in diffs), default=0), 30)
     for d in diffs:
@@ -181,13 +195,24 @@ def render_diff_text(result: Mapping[str, Any], a_label: str, b_label: str, widt
             lines.append(row)
         else:
             lines.append(f"  {d['key']}")
-            lines += textwrap.wrap(f"A: {d['a']}", width, initial_indent="      ", subsequent_indent="         ",
-                                   break_on_hyphens=False)
-            lines += textwrap.wrap(f"B: {d['b']}", width, initial_indent="      ", subsequent_indent="         ",
-                                   break_on_hyphens=False)
+            lines += textwrap.wrap(
+                f"A: {d['a']}",
+                width,
+                initial_indent="      ",
+                subsequent_indent="         ",
+                break_on_hyphens=False,
+            )
+            lines += textwrap.wrap(
+                f"B: {d['b']}",
+                width,
+                initial_indent="      ",
+                subsequent_indent="         ",
+                break_on_hyphens=False,
+            )
         if d["note"]:
-            lines += textwrap.wrap(d["note"], width, initial_indent="      ", subsequent_indent="      ",
-                                   break_on_hyphens=False)
+            lines += textwrap.wrap(
+                d["note"], width, initial_indent="      ", subsequent_indent="      ", break_on_hyphens=False
+            )
     if not diffs:
         lines.append("The two reports agree on everything compared.")
     return "\n".join(lines) + "\n"
@@ -195,20 +220,30 @@ def render_diff_text(result: Mapping[str, Any], a_label: str, b_label: str, widt
 
 def render_diff_markdown(result: Mapping[str, Any], a_label: str, b_label: str) -> str:
     diffs = result["differences"]
-    lines = [f"## doctor diff: {len(diffs)} difference{'s' if len(diffs) != 1 else ''}", "",
-             f"- A: {md_cell(a_label)}", f"- B: {md_cell(b_label)}",
-             f"- {result['same']} compared items are the same", ""]
+    lines = [
+        f"## doctor diff: {len(diffs)} difference{'s' if len(diffs) != 1 else ''}",
+        "",
+        f"- A: {md_cell(a_label)}",
+        f"- B: {md_cell(b_label)}",
+        f"- {result['same']} compared items are the same",
+        "",
+    ]
     if diffs:
         lines += ["| Section | What | A | B | Note |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {md_cell(d['section'])} | {md_cell(d['key'])} | {md_cell(d['a'])} | {md_cell(d['b'])} | "
-                  f"{md_cell(d['note'])} |" for d in diffs]
+        lines += [
+            f"| {md_cell(d['section'])} | {md_cell(d['key'])} | {md_cell(d['a'])} | {md_cell(d['b'])} | "
+            f"{md_cell(d['note'])} |"
+            for d in diffs
+        ]
     return "\n".join(lines) + "\n"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("a_path", metavar="A.json")
 @click.argument("b_path", metavar="B.json")
-@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True
+)
 def diff_command(a_path: str, b_path: str, fmt: str) -> int:
     """What differs between two `doctor --format json` reports: versions, libraries, GPU, driver,
     environment variables, and the checks' verdicts.
@@ -223,8 +258,11 @@ def diff_command(a_path: str, b_path: str, fmt: str) -> int:
     a, b = read_report_json(Path(a_path)), read_report_json(Path(b_path))
     result = diff_reports(a, b)
     if fmt == "json":
-        doc = {"a": {"file": a_path, "created_at": a.get("created_at")},
-               "b": {"file": b_path, "created_at": b.get("created_at")}, **result}
+        doc = {
+            "a": {"file": a_path, "created_at": a.get("created_at")},
+            "b": {"file": b_path, "created_at": b.get("created_at")},
+            **result,
+        }
         click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
     elif fmt == "markdown":
         click.echo(render_diff_markdown(result, _label(a_path, a), _label(b_path, b)), nl=False)

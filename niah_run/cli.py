@@ -25,20 +25,40 @@ def niah_command() -> None:
 
 
 @niah_command.command("run")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="A TOML file with run settings, e.g. examples/run.toml (flags win over it).")
-@click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
-              help="Execute a plan written by `doctor --plan-out FILE`, verbatim (no other plan flags).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="A TOML file with run settings, e.g. examples/run.toml (flags win over it).",
+)
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False),
+    help="Execute a plan written by `doctor --plan-out FILE`, verbatim (no other plan flags).",
+)
 @click_options(NIAH)
 @click.option("--out", help="Run directory. [default: niah-runs/<model>-<time>]")
-@click.option("--resume", is_flag=True, default=False,
-              help="Continue the run in --out: skip done trials, retry errors/OOM. Refused if the plan changed "
-                   "what a trial computes.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    default=False,
+    help="Continue the run in --out: skip done trials, retry errors/OOM. Refused if the plan changed "
+    "what a trial computes.",
+)
 @click.option("--skip-preflight", is_flag=True, default=False, help="Do not run the doctor first (recorded).")
 @click.option("-q", "--quiet", is_flag=True, help="One line per trial; no config dump, no progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def run_command(config_path: str | None, plan_path: str | None, out: str | None, resume: bool,
-                skip_preflight: bool, quiet: bool, debug: bool, **flags: object) -> int:
+def run_command(
+    config_path: str | None,
+    plan_path: str | None,
+    out: str | None,
+    resume: bool,
+    skip_preflight: bool,
+    quiet: bool,
+    debug: bool,
+    **flags: object,
+) -> int:
     """Run a sweep: lengths × depths × trials, exact prompts, resumable results, heatmap.
 
     \b
@@ -85,8 +105,10 @@ def run_command(config_path: str | None, plan_path: str | None, out: str | None,
     from niah_run.summary import SUMMARY_MD
 
     click.echo((run_dir / SUMMARY_MD).read_text(encoding="utf-8"), nl=False)
-    echo_err(f"run directory: {run_dir} ({counts['ran']} ran, {counts['already_done']} done earlier, "
-             f"{counts['oom']} OOM, {counts['skipped']} skipped, {counts['errors']} errors)")
+    echo_err(
+        f"run directory: {run_dir} ({counts['ran']} ran, {counts['already_done']} done earlier, "
+        f"{counts['oom']} OOM, {counts['skipped']} skipped, {counts['errors']} errors)"
+    )
     return 1 if counts["errors"] else 0
 
 
@@ -97,21 +119,36 @@ def _read_plan(plan_path: str, config_path: str | None, flags: dict[str, object]
     given = sorted(k for k, v in flags.items() if v is not None and v != ())
     if config_path or given:
         names = ", ".join(["--config"] * bool(config_path) + ["--" + k.replace("_", "-") for k in given])
-        raise UsageError(f"--plan runs the plan as written; {names} would change it",
-                         hint="Change the plan with `doctor ... --plan-out FILE`, or drop --plan.")
+        raise UsageError(
+            f"--plan runs the plan as written; {names} would change it",
+            hint="Change the plan with `doctor ... --plan-out FILE`, or drop --plan.",
+        )
     return ResolvedPlan.read(Path(plan_path).expanduser())
 
 
 @niah_command.command("report")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--price-per-gpu-hour", type=click.FloatRange(min=0), default=None,
-              help="Price of one GPU-hour: adds the cost per cell and in total. [default: from config.json, else none]")
-@click.option("--effective-threshold", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
-              default=None, help="Wilson lower bound a length must reach to count as effective. [default: 0.85]")
-@click.option("--gpu-count", type=click.IntRange(min=0), default=None,
-              help="GPUs that served the run, for GPU-seconds (a server run cannot tell). [default: from config.json]")
-def report_command(run_dir: str, price_per_gpu_hour: float | None, effective_threshold: float | None,
-                   gpu_count: int | None) -> int:
+@click.option(
+    "--price-per-gpu-hour",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Price of one GPU-hour: adds the cost per cell and in total. [default: from config.json, else none]",
+)
+@click.option(
+    "--effective-threshold",
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    default=None,
+    help="Wilson lower bound a length must reach to count as effective. [default: 0.85]",
+)
+@click.option(
+    "--gpu-count",
+    type=click.IntRange(min=0),
+    default=None,
+    help="GPUs that served the run, for GPU-seconds (a server run cannot tell). [default: from config.json]",
+)
+def report_command(
+    run_dir: str, price_per_gpu_hour: float | None, effective_threshold: float | None, gpu_count: int | None
+) -> int:
     """Re-render summary.json, summary.md and heatmap.png from RUN_DIR/results.jsonl."""
     from niah_run.heatmap import HEATMAP_PNG, render_heatmap
     from niah_run.summary import write_summary
@@ -131,8 +168,9 @@ def report_command(run_dir: str, price_per_gpu_hour: float | None, effective_thr
 
     run_folder.refuse_planted_symlinks(path)  # a received folder may hold summary.json -> ~/.bashrc
     with run_folder.warnings_as_lines():  # malformed rows: one `warning:` line each, skipped
-        summary = write_summary(path, price_per_gpu_hour=price_per_gpu_hour, threshold=effective_threshold,
-                                gpu_count=gpu_count)
+        summary = write_summary(
+            path, price_per_gpu_hour=price_per_gpu_hour, threshold=effective_threshold, gpu_count=gpu_count
+        )
     if summary["cells"]:
         render_heatmap(summary, path / HEATMAP_PNG, title=title)
     click.echo((path / "summary.md").read_text(encoding="utf-8"), nl=False)
@@ -143,8 +181,13 @@ def report_command(run_dir: str, price_per_gpu_hour: float | None, effective_thr
 @click.argument("run_a", type=click.Path(file_okay=False))
 @click.argument("run_b", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--tolerance", type=click.FloatRange(min=0, max=1), default=0.05, show_default=True,
-              help="Share of matched trials whose scores may disagree before the runs count as divergent.")
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0, max=1),
+    default=0.05,
+    show_default=True,
+    help="Share of matched trials whose scores may disagree before the runs count as divergent.",
+)
 def compare_command(run_a: str, run_b: str, fmt: str, tolerance: float) -> int:
     """Do two runs agree? Match trials by prompt hash (input_ids_sha256), compare outputs and scores.
 

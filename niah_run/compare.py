@@ -77,14 +77,16 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
     return min(1.0, 2 * tail)
 
 
 def _scored_rows(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / RESULTS_FILE
     if not path.is_file():
-        raise UsageError(f"{run_dir} has no {RESULTS_FILE}", hint="Give the --out folders of two `niah run`s.")
+        raise UsageError(
+            f"{run_dir} has no {RESULTS_FILE}", hint="Give the --out folders of two `niah run`s."
+        )
     rows = latest_by_key(read_rows(path)).values()
     return [r for r in rows if r.get("status") == "ok" and isinstance(r.get("input_ids_sha256"), str)]
 
@@ -116,12 +118,15 @@ def compare_runs(run_a: Path, run_b: Path, *, tolerance: float = DEFAULT_TOLERAN
         by_hash_b[row["input_ids_sha256"]].append(row)
     pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for digest in sorted(set(by_hash_a) & set(by_hash_b)):
-        pairs += list(zip(by_hash_a[digest], by_hash_b[digest]))  # the same prompt twice in a run pairs in order
+        pairs += list(
+            zip(by_hash_a[digest], by_hash_b[digest])
+        )  # the same prompt twice in a run pairs in order
     if not pairs:
         raise UsageError(
             f"no trial of {run_a} has the same prompt ids as a trial of {run_b}",
             hint="Compare runs of the same tokenizer, chat template, haystack, seed, needle kind and lengths "
-                 "(e.g. the same `niah run` flags with --backend transformers and --backend openai).")
+            "(e.g. the same `niah run` flags with --backend transformers and --backend openai).",
+        )
     matched_a = sum(1 for r in rows_a if r["input_ids_sha256"] in by_hash_b)
     matched_b = sum(1 for r in rows_b if r["input_ids_sha256"] in by_hash_a)
     identical = sum(1 for a, b in pairs if a.get("output_text") == b.get("output_text"))
@@ -135,63 +140,104 @@ def compare_runs(run_a: Path, run_b: Path, *, tolerance: float = DEFAULT_TOLERAN
         verdict = "greedy-noise"
     else:
         verdict = "divergent"
-    differing = [PairDiff(a["input_ids_sha256"], a.get("context_tokens"), a.get("depth_percent"),
-                          bool(a.get("control")), bool(a.get("correct")), bool(b.get("correct")),
-                          str(a.get("output_text")), str(b.get("output_text")),
-                          _common_prefix(str(a.get("output_text")), str(b.get("output_text"))))
-                 for a, b in pairs if a.get("output_text") != b.get("output_text")]
+    differing = [
+        PairDiff(
+            a["input_ids_sha256"],
+            a.get("context_tokens"),
+            a.get("depth_percent"),
+            bool(a.get("control")),
+            bool(a.get("correct")),
+            bool(b.get("correct")),
+            str(a.get("output_text")),
+            str(b.get("output_text")),
+            _common_prefix(str(a.get("output_text")), str(b.get("output_text"))),
+        )
+        for a, b in pairs
+        if a.get("output_text") != b.get("output_text")
+    ]
     differing.sort(key=lambda d: (d.correct_a == d.correct_b, d.context_tokens or 0, d.depth_percent or 0))
     notes = []
     config_a, config_b = _config(run_a), _config(run_b)
     for key in ("max_new_tokens", "dtype", "quant", "attn"):
         if key in config_a and key in config_b and config_a[key] != config_b[key]:
-            notes.append(f"{key} differs: {config_a[key]!r} vs {config_b[key]!r} (outputs may differ for that reason)")
+            notes.append(
+                f"{key} differs: {config_a[key]!r} vs {config_b[key]!r} (outputs may differ for that reason)"
+            )
     return Comparison(
-        run_a=str(run_a), run_b=str(run_b), trials_a=len(rows_a), trials_b=len(rows_b), matched=len(pairs),
-        only_a=len(rows_a) - matched_a, only_b=len(rows_b) - matched_b, identical_outputs=identical,
-        same_scores=same_scores, a_only_correct=a_only, b_only_correct=b_only,
+        run_a=str(run_a),
+        run_b=str(run_b),
+        trials_a=len(rows_a),
+        trials_b=len(rows_b),
+        matched=len(pairs),
+        only_a=len(rows_a) - matched_a,
+        only_b=len(rows_b) - matched_b,
+        identical_outputs=identical,
+        same_scores=same_scores,
+        a_only_correct=a_only,
+        b_only_correct=b_only,
         accuracy_a=sum(1 for a, _ in pairs if a.get("correct")) / len(pairs),
         accuracy_b=sum(1 for _, b in pairs if b.get("correct")) / len(pairs),
-        mcnemar_p=round(p_value, 6), tolerance=tolerance, verdict=verdict, notes=notes, differing=differing)
+        mcnemar_p=round(p_value, 6),
+        tolerance=tolerance,
+        verdict=verdict,
+        notes=notes,
+        differing=differing,
+    )
 
 
 def _clip(text: str, width: int = 70) -> str:
     # model text goes to a terminal: show newlines, escape every other control character (no ANSI codes)
-    text = "".join("⏎" if ch == "\n" else f"\\x{ord(ch):02x}" if ord(ch) < 32 or ord(ch) == 127 else ch
-                   for ch in text)
-    return text if len(text) <= width else text[:width - 1] + "…"
+    text = "".join(
+        "⏎" if ch == "\n" else f"\\x{ord(ch):02x}" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in text
+    )
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def render_text(result: Comparison, *, show: int = 10) -> str:
     n = result.matched
     lines = [
         f"niah compare: {result.run_a}  vs  {result.run_b}",
-        (f"matched by prompt hash: {n} trials (A has {result.trials_a} scored, {result.only_a} unmatched; "
-        f"B has {result.trials_b} scored, {result.only_b} unmatched)"),
+        (
+            f"matched by prompt hash: {n} trials (A has {result.trials_a} scored, {result.only_a} unmatched; "
+            f"B has {result.trials_b} scored, {result.only_b} unmatched)"
+        ),
         f"identical outputs: {result.identical_outputs}/{n} ({100 * result.identical_outputs / n:.0f}%)",
-        (f"same strict score: {result.same_scores}/{n} ({100 * result.same_scores / n:.0f}%); "
-        f"A right and B wrong: {result.a_only_correct}, B right and A wrong: {result.b_only_correct} "
-        f"(exact McNemar p = {result.mcnemar_p:.3g})"),
-        (f"accuracy on the matched trials: A {100 * (result.accuracy_a or 0):.1f}%, "
-        f"B {100 * (result.accuracy_b or 0):.1f}%"),
+        (
+            f"same strict score: {result.same_scores}/{n} ({100 * result.same_scores / n:.0f}%); "
+            f"A right and B wrong: {result.a_only_correct}, B right and A wrong: {result.b_only_correct} "
+            f"(exact McNemar p = {result.mcnemar_p:.3g})"
+        ),
+        (
+            f"accuracy on the matched trials: A {100 * (result.accuracy_a or 0):.1f}%, "
+            f"B {100 * (result.accuracy_b or 0):.1f}%"
+        ),
     ]
     verdicts = {
         "identical": "IDENTICAL: every matched trial produced the same text.",
-        "greedy-noise": (f"AGREE (greedy noise): texts differ on {n - result.identical_outputs} trial(s), scores "
-                         f"disagree on at most {100 * result.tolerance:g}% with no direction."),
-        "divergent": (f"DIVERGENT: scores disagree on {result.a_only_correct + result.b_only_correct} of {n} trials "
-                      f"(tolerance {100 * result.tolerance:g}%)" + (", leaning one way" if result.mcnemar_p
-                                                                     < SIGNIFICANCE else "")
-                      + ". Check the tokenizer, chat template, dtype/quantization and sampling settings of both."),
+        "greedy-noise": (
+            f"AGREE (greedy noise): texts differ on {n - result.identical_outputs} trial(s), scores "
+            f"disagree on at most {100 * result.tolerance:g}% with no direction."
+        ),
+        "divergent": (
+            f"DIVERGENT: scores disagree on {result.a_only_correct + result.b_only_correct} of {n} trials "
+            f"(tolerance {100 * result.tolerance:g}%)"
+            + (", leaning one way" if result.mcnemar_p < SIGNIFICANCE else "")
+            + ". Check the tokenizer, chat template, dtype/quantization and sampling settings of both."
+        ),
     }
     lines.append(verdicts[result.verdict])
     lines += [f"note: {note}" for note in result.notes]
     for diff in result.differing[:show]:
         where = "control" if diff.control else f"depth {diff.depth_percent:g}%"
         marks = f"A {'✓' if diff.correct_a else '✗'} B {'✓' if diff.correct_b else '✗'}"
-        lines += [(f"- {diff.context_tokens} tok, {where}, {marks}, same for {diff.common_prefix_chars} chars "
-                  f"[{diff.input_ids_sha256[:12]}]"),
-                  f"    A: {_clip(diff.output_a)}", f"    B: {_clip(diff.output_b)}"]
+        lines += [
+            (
+                f"- {diff.context_tokens} tok, {where}, {marks}, same for {diff.common_prefix_chars} chars "
+                f"[{diff.input_ids_sha256[:12]}]"
+            ),
+            f"    A: {_clip(diff.output_a)}",
+            f"    B: {_clip(diff.output_b)}",
+        ]
     if len(result.differing) > show:
         lines.append(f"… {len(result.differing) - show} more differing trial(s) (--format json lists all)")
     return "\n".join(lines) + "\n"

@@ -29,9 +29,13 @@ def read_saved_doc(run_dir: Path) -> dict[str, Any] | None:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}", hint="Remove it or start a new --out folder.") from None
+        raise UsageError(
+            f"cannot read {path}: {exc}", hint="Remove it or start a new --out folder."
+        ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
-        raise UsageError(f"{path} is not a niah run's config", hint="Choose the --out folder of a `niah run`.")
+        raise UsageError(
+            f"{path} is not a niah run's config", hint="Choose the --out folder of a `niah run`."
+        )
     return doc
 
 
@@ -41,8 +45,9 @@ def saved_values(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in saved.items() if k in SPEC_FIELDS and k not in _NOT_INHERITED}
 
 
-def resolve_spec(flags: dict[str, Any], config_path: str | None = None,
-                 saved_doc: dict[str, Any] | None = None) -> RunSpec:
+def resolve_spec(
+    flags: dict[str, Any], config_path: str | None = None, saved_doc: dict[str, Any] | None = None
+) -> RunSpec:
     """The RunSpec of this `niah run`. `flags` holds only options the user gave (None = not given)."""
     layers: list[Layer] = []
     if saved_doc is not None:
@@ -64,16 +69,25 @@ def check_needle_kind(kind: str) -> None:
 
     if kind not in NEEDLE_KINDS:
         close = difflib.get_close_matches(kind, NEEDLE_KINDS, n=1)
-        raise UsageError(f"--needle-kind {kind!r} is not one of {', '.join(NEEDLE_KINDS)}",
-                         hint=f"Did you mean {close[0]!r}?" if close else "docs/niah.md describes each kind.")
+        raise UsageError(
+            f"--needle-kind {kind!r} is not one of {', '.join(NEEDLE_KINDS)}",
+            hint=f"Did you mean {close[0]!r}?" if close else "docs/niah.md describes each kind.",
+        )
 
 
 def render_config(spec: RunSpec) -> str:
     """One line for stderr (config.json holds the whole plan)."""
     lengths = ",".join(str(n) for n in spec.lengths)
-    parts = [f"model={spec.model}", f"quant={spec.quant}", f"attn={spec.attn}", f"lengths={lengths}",
-             f"depths={len(spec.depths)}", f"trials={spec.trials}", f"needle={spec.needle_kind}",
-             f"chunk={spec.prefill_chunk or 'auto'}"]
+    parts = [
+        f"model={spec.model}",
+        f"quant={spec.quant}",
+        f"attn={spec.attn}",
+        f"lengths={lengths}",
+        f"depths={len(spec.depths)}",
+        f"trials={spec.trials}",
+        f"needle={spec.needle_kind}",
+        f"chunk={spec.prefill_chunk or 'auto'}",
+    ]
     if spec.max_memory:
         parts.append(f"max_memory={spec.max_memory}")
     if spec.backend != "transformers":

@@ -24,36 +24,124 @@ from run_plan.errors import UsageError
 GENERATED = "generated"
 
 _SUBJECTS = (
-    "The old miller", "A young shepherd", "The harbour master", "A retired teacher", "The village baker",
-    "A quiet librarian", "The travelling tinker", "A careful gardener", "The night watchman", "A patient weaver",
-    "The ferry captain", "A curious child", "The blacksmith", "A wandering poet", "The orchard keeper",
-    "A tired porter", "The choir leader", "A stubborn mule driver", "The lighthouse keeper", "A kind midwife",
-    "The cartographer", "A nervous apprentice", "The abbey cook", "A cheerful tailor",
+    "The old miller",
+    "A young shepherd",
+    "The harbour master",
+    "A retired teacher",
+    "The village baker",
+    "A quiet librarian",
+    "The travelling tinker",
+    "A careful gardener",
+    "The night watchman",
+    "A patient weaver",
+    "The ferry captain",
+    "A curious child",
+    "The blacksmith",
+    "A wandering poet",
+    "The orchard keeper",
+    "A tired porter",
+    "The choir leader",
+    "A stubborn mule driver",
+    "The lighthouse keeper",
+    "A kind midwife",
+    "The cartographer",
+    "A nervous apprentice",
+    "The abbey cook",
+    "A cheerful tailor",
 )
 _VERBS = (
-    "carried", "painted", "repaired", "noticed", "described", "admired", "followed", "cleaned", "measured",
-    "gathered", "remembered", "questioned", "polished", "visited", "ignored", "sketched", "mended", "praised",
+    "carried",
+    "painted",
+    "repaired",
+    "noticed",
+    "described",
+    "admired",
+    "followed",
+    "cleaned",
+    "measured",
+    "gathered",
+    "remembered",
+    "questioned",
+    "polished",
+    "visited",
+    "ignored",
+    "sketched",
+    "mended",
+    "praised",
 )
 _ADJECTIVES = (
-    "weathered", "narrow", "crooked", "silver", "dusty", "gentle", "faded", "heavy", "bright", "hollow",
-    "ancient", "muddy", "tidy", "broken", "fragrant", "distant", "humble", "restless",
+    "weathered",
+    "narrow",
+    "crooked",
+    "silver",
+    "dusty",
+    "gentle",
+    "faded",
+    "heavy",
+    "bright",
+    "hollow",
+    "ancient",
+    "muddy",
+    "tidy",
+    "broken",
+    "fragrant",
+    "distant",
+    "humble",
+    "restless",
 )
 _OBJECTS = (
-    "wooden bridge", "garden wall", "stone well", "fishing boat", "copper kettle", "linen sail", "market square",
-    "chapel bell", "willow basket", "farm gate", "river bank", "iron lantern", "woollen cloak", "barley field",
-    "clay oven", "mountain path", "orchard fence", "weaving loom", "harbour steps", "hay cart",
+    "wooden bridge",
+    "garden wall",
+    "stone well",
+    "fishing boat",
+    "copper kettle",
+    "linen sail",
+    "market square",
+    "chapel bell",
+    "willow basket",
+    "farm gate",
+    "river bank",
+    "iron lantern",
+    "woollen cloak",
+    "barley field",
+    "clay oven",
+    "mountain path",
+    "orchard fence",
+    "weaving loom",
+    "harbour steps",
+    "hay cart",
 )
 _ENDINGS = (
-    "before the rain arrived", "while the bells were ringing", "after the long winter", "at the edge of town",
-    "in the pale morning light", "without saying a word", "as the tide went out", "during the harvest fair",
-    "under a grey sky", "beside the sleeping dogs", "long after supper", "when the wind changed",
-    "on the way home", "near the empty mill", "as the lamps were lit", "beneath the old elms",
+    "before the rain arrived",
+    "while the bells were ringing",
+    "after the long winter",
+    "at the edge of town",
+    "in the pale morning light",
+    "without saying a word",
+    "as the tide went out",
+    "during the harvest fair",
+    "under a grey sky",
+    "beside the sleeping dogs",
+    "long after supper",
+    "when the wind changed",
+    "on the way home",
+    "near the empty mill",
+    "as the lamps were lit",
+    "beneath the old elms",
 )
 _ASIDES = (
-    "Nobody thought much of it.", "The neighbours talked about it for days.", "It was an ordinary afternoon.",
-    "The weather stayed mild.", "Somewhere a dog barked.", "The smell of bread drifted down the lane.",
-    "Later that evening the fire burned low.", "Few people noticed.", "Everyone seemed content.",
-    "The road was quiet again.", "Swallows circled above the roofs.", "It was the kind of day people forget.",
+    "Nobody thought much of it.",
+    "The neighbours talked about it for days.",
+    "It was an ordinary afternoon.",
+    "The weather stayed mild.",
+    "Somewhere a dog barked.",
+    "The smell of bread drifted down the lane.",
+    "Later that evening the fire burned low.",
+    "Few people noticed.",
+    "Everyone seemed content.",
+    "The road was quiet again.",
+    "Swallows circled above the roofs.",
+    "It was the kind of day people forget.",
 )
 _LINKS = ("Then", "Later", "Soon", "Meanwhile", "Afterwards", "Once again", "Eventually", "Before long")
 
@@ -119,22 +207,31 @@ def _haystack_path(spec: str) -> Path:
     """The user's haystack path. An empty spec is a usage error: Path("") is the current folder, and
     tokenizing everything under it would send the user's files to the model or server."""
     if not spec or not spec.strip():
-        raise UsageError("--haystack is empty", hint="Give 'generated', a UTF-8 text file, or a folder of them.")
+        raise UsageError(
+            "--haystack is empty", hint="Give 'generated', a UTF-8 text file, or a folder of them."
+        )
     return Path(spec).expanduser()
 
 
 def _haystack_files(path: Path) -> list[Path]:
     if not path.exists():
-        raise UsageError(f"--haystack {path} does not exist",
-                         hint="Give a text file or a folder of text files, or 'generated'.")
+        raise UsageError(
+            f"--haystack {path} does not exist",
+            hint="Give a text file or a folder of text files, or 'generated'.",
+        )
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise UsageError(f"--haystack {path} is neither a file nor a folder", hint="Give a UTF-8 text file.")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".")
-                                                                        for part in p.relative_to(path).parts))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
     if not files:
-        raise UsageError(f"--haystack {path} is an empty folder", hint="Put one or more UTF-8 .txt files in it.")
+        raise UsageError(
+            f"--haystack {path} is an empty folder", hint="Put one or more UTF-8 .txt files in it."
+        )
     return files
 
 
@@ -151,15 +248,19 @@ def _read_text_file(path: Path, limit: int | None = None) -> str:
     data = _read_bytes(path, limit)
     complete = limit is None or len(data) < limit
     if b"\x00" in data:
-        raise UsageError(f"haystack file {path} looks binary (it contains NUL bytes)",
-                         hint="Use plain UTF-8 text files only.")
+        raise UsageError(
+            f"haystack file {path} looks binary (it contains NUL bytes)",
+            hint="Use plain UTF-8 text files only.",
+        )
     try:
         # A prefix may end inside a multi-byte character: the incremental decoder holds that tail back.
         text = data.decode("utf-8") if complete else codecs.getincrementaldecoder("utf-8")().decode(data)
     except UnicodeDecodeError as exc:
-        raise UsageError(f"haystack file {path} is not UTF-8 (byte {exc.start}: {exc.reason})",
-                         hint=f"Convert it, e.g. iconv -f latin1 -t utf-8 {shlex.quote(path.name)} > "
-                              f"{shlex.quote(path.stem + '.utf8.txt')}") from None
+        raise UsageError(
+            f"haystack file {path} is not UTF-8 (byte {exc.start}: {exc.reason})",
+            hint=f"Convert it, e.g. iconv -f latin1 -t utf-8 {shlex.quote(path.name)} > "
+            f"{shlex.quote(path.stem + '.utf8.txt')}",
+        ) from None
     text = text.replace("\r\n", "\n").strip()
     if not text:
         raise UsageError(f"haystack file {path} is empty", hint="Remove it or give text with some sentences.")
@@ -207,8 +308,13 @@ def load_haystack_files(path: Path, min_chars: int) -> HaystackText:
     copies = max(1, -(-min_chars // (len(corpus) + 2)))
     text = "\n\n".join([corpus] * copies)
     ends = tuple(m.end() for m in _SENTENCE_END.finditer(text)) + ((len(text),) if text[-1:] in ".!?" else ())
-    return HaystackText(text=text, sentence_ends=tuple(sorted(set(ends))), source=";".join(str(f) for f in files),
-                        sha256=digest, repetitions=max(1.0, min_chars / max(1, len(corpus))))
+    return HaystackText(
+        text=text,
+        sentence_ends=tuple(sorted(set(ends))),
+        source=";".join(str(f) for f in files),
+        sha256=digest,
+        repetitions=max(1.0, min_chars / max(1, len(corpus))),
+    )
 
 
 def load_haystack(spec: str, seed: int, min_chars: int) -> HaystackText:

@@ -16,17 +16,32 @@ HEATMAP_PNG = "heatmap.png"
 COLORMAP = "cividis"  # blue → yellow, uniform lightness steps, safe for the common colour-vision deficiencies
 # One glyph per failure class (all in matplotlib's bundled DejaVu Sans). Order = legend order.
 FAILURE_GLYPHS: dict[str, str] = {
-    "oom": "▲", "skipped_too_long": "⊘", "empty": "□", "truncated": "…", "echo": "≡", "refusal": "∅",
-    "distractor": "◆", "hallucinated": "✱", "extra_values": "+", "wrong_order": "⇄", "wrong_count": "#",
+    "oom": "▲",
+    "skipped_too_long": "⊘",
+    "empty": "□",
+    "truncated": "…",
+    "echo": "≡",
+    "refusal": "∅",
+    "distractor": "◆",
+    "hallucinated": "✱",
+    "extra_values": "+",
+    "wrong_order": "⇄",
+    "wrong_count": "#",
     "other": "?",
 }
 
 
 def _glyphs(cell: dict[str, Any]) -> str:
     classes = cell.get("failure_classes") or {}
-    parts = [f"{FAILURE_GLYPHS.get(name, '?')}{count}" for name, count in
-             sorted(classes.items(), key=lambda kv: list(FAILURE_GLYPHS).index(kv[0])
-                    if kv[0] in FAILURE_GLYPHS else len(FAILURE_GLYPHS))]
+    parts = [
+        f"{FAILURE_GLYPHS.get(name, '?')}{count}"
+        for name, count in sorted(
+            classes.items(),
+            key=lambda kv: (
+                list(FAILURE_GLYPHS).index(kv[0]) if kv[0] in FAILURE_GLYPHS else len(FAILURE_GLYPHS)
+            ),
+        )
+    ]
     return " ".join(parts)
 
 
@@ -40,8 +55,16 @@ def heatmap_title(summary: dict[str, Any], fallback: str) -> str:
     quant = run.get("quant")
     dtype = run.get("dtype_loaded") or run.get("dtype")
     created = str(run.get("created_at") or "")[:10] or f"rendered {_dt.date.today().isoformat()}"
-    second = " · ".join(p for p in (f"quant {quant or 'none'}", f"dtype {dtype}" if dtype else "",
-                                    str(run.get("backend") or ""), created) if p)
+    second = " · ".join(
+        p
+        for p in (
+            f"quant {quant or 'none'}",
+            f"dtype {dtype}" if dtype else "",
+            str(run.get("backend") or ""),
+            created,
+        )
+        if p
+    )
     from doctor.report.redact import Redactor  # a model path or URL in the title must not leak a token
 
     return Redactor().scrub(f"{first}\n{second}")
@@ -65,15 +88,18 @@ def render_heatmap(summary: dict[str, Any], path: Path, title: str = "Needle in 
     height = max(4.0, 0.7 * len(depths) + 2.6)
     fig, ax = plt.subplots(figsize=(width, height), dpi=120)
     cmap = matplotlib.colormaps[COLORMAP].with_extremes(bad="#d9d9d9")
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", origin="upper")
+    image = ax.imshow(
+        np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", origin="upper"
+    )
     used: set[str] = set()
     snapped_any = False
     for (length, depth), cell in by_cell.items():
         x, y = lengths.index(length), depths.index(depth)
         if cell["n"] == 0:
             label = "OOM" if cell["oom"] else ("skipped" if cell["skipped"] else "error")
-            ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#555555",
-                                   linewidth=0))
+            ax.add_patch(
+                Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#555555", linewidth=0)
+            )
         else:
             label = f"{cell['accuracy']:.2f}  n={cell['n']}"
         glyphs = _glyphs(cell)
@@ -103,7 +129,9 @@ def render_heatmap(summary: dict[str, Any], path: Path, title: str = "Needle in 
     if legend:
         notes.append("misses: " + "   ".join(legend))
     if snapped_any:
-        notes.append("† needle could not be placed near the requested depth; the depth actually tested is shown")
+        notes.append(
+            "† needle could not be placed near the requested depth; the depth actually tested is shown"
+        )
     if notes:
         fig.text(0.01, 0.01, "\n".join(notes), fontsize=7, ha="left", va="bottom")
     fig.tight_layout(rect=(0, 0.03 * (len(notes) + 1) if notes else 0, 1, 1))

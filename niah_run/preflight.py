@@ -40,8 +40,10 @@ def run_preflight(spec: RunSpec, run_dir: Path) -> ResolvedPlan:
         fix = first.fix.summary if first.fix else "see the report"
         commands = "; ".join(first.fix.commands) if first.fix and first.fix.commands else ""
         more = f" (also failing: {', '.join(c.id for c in failed[1:])})" if len(failed) > 1 else ""
-        raise RunFailed(f"preflight: {first.id}: {first.summary}{more}. Report: {run_dir / PREFLIGHT_MD}",
-                        hint=f"{fix}{' — ' + commands if commands else ''}. Or rerun with --skip-preflight.")
+        raise RunFailed(
+            f"preflight: {first.id}: {first.summary}{more}. Report: {run_dir / PREFLIGHT_MD}",
+            hint=f"{fix}{' — ' + commands if commands else ''}. Or rerun with --skip-preflight.",
+        )
     return plan
 
 
@@ -52,6 +54,8 @@ def unjudged_plan(spec: RunSpec) -> ResolvedPlan:
     settled, decisions = settle_static_choices(spec)
     if settled.prefill_chunk is None:
         settled = dataclasses.replace(settled, prefill_chunk=DEFAULT_PREFILL_CHUNK)
-        decisions = (*decisions, Decision("prefill_chunk", DEFAULT_PREFILL_CHUNK, "default: preflight skipped"))
+        decisions = (
+            *decisions,
+            Decision("prefill_chunk", DEFAULT_PREFILL_CHUNK, "default: preflight skipped"),
+        )
     return ResolvedPlan(spec=settled, decisions=decisions, verdict="not judged (--skip-preflight)")
-

@@ -112,7 +112,9 @@ def chat_frame(tokenizer: Any) -> ChatFrame:
     if not isinstance(rendered, str) or rendered.count(SENTINEL) != 1:
         raise TemplateNotSplittable(
             "the chat template does not contain the user message exactly once, so the prompt cannot be "
-            "framed exactly", hint="Report the model; a template that rewrites the user message is not supported.")
+            "framed exactly",
+            hint="Report the model; a template that rewrites the user message is not supported.",
+        )
     prefix_text, suffix_text = rendered.split(SENTINEL)
     prefix_ids, suffix_ids = encode(tokenizer, prefix_text), encode(tokenizer, suffix_text)
     reference = _as_ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
@@ -120,8 +122,11 @@ def chat_frame(tokenizer: Any) -> ChatFrame:
         raise TemplateNotSplittable(
             "the chat template's token ids are not template-prefix + message + template-suffix for this "
             "tokenizer (the message merges with the template text)",
-            hint="Report the model; exact framing needs a template whose message tokens stand alone.")
-    digest = hashlib.sha256(f"{template}\x00{prefix_ids}\x00{suffix_ids}".encode()).hexdigest()  # lists: as before
+            hint="Report the model; exact framing needs a template whose message tokens stand alone.",
+        )
+    digest = hashlib.sha256(
+        f"{template}\x00{prefix_ids}\x00{suffix_ids}".encode()
+    ).hexdigest()  # lists: as before
     return ChatFrame(tuple(prefix_ids), tuple(suffix_ids), "chat", digest)
 
 
@@ -149,8 +154,9 @@ def tokenize_haystack(tokenizer: Any, haystack: HaystackText) -> TokenizedHaysta
     """
     # split_special_tokens: a haystack is data. Text such as "<|im_end|>" in the user's files must be
     # tokenized as the characters it is, never as the control token that would end the turn.
-    encoded = tokenizer(haystack.text, add_special_tokens=False, return_offsets_mapping=True,
-                        split_special_tokens=True)
+    encoded = tokenizer(
+        haystack.text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
+    )
     ids = list(encoded["input_ids"])
     offsets = encoded["offset_mapping"]
     starts = [int(o[0]) for o in offsets]
@@ -193,8 +199,13 @@ class PromptBuilder:
 
     def fixed_tokens(self, needles: NeedleSet) -> int:
         """Everything but the haystack: template, intro, needles, outro/question."""
-        return (len(self.frame.prefix_ids) + len(self.intro_ids) + len(encode(self.tokenizer, OUTRO + needles.question))
-                + sum(len(self._needle_ids(n.text)) for n in needles.needles) + len(self.frame.suffix_ids))
+        return (
+            len(self.frame.prefix_ids)
+            + len(self.intro_ids)
+            + len(encode(self.tokenizer, OUTRO + needles.question))
+            + sum(len(self._needle_ids(n.text)) for n in needles.needles)
+            + len(self.frame.suffix_ids)
+        )
 
     def _needle_ids(self, sentence: str) -> list[int]:
         # Leading space: the needle sits after a sentence's final punctuation, like any other sentence.
@@ -207,20 +218,36 @@ class PromptBuilder:
         not change when a longer length in the same run makes the haystack longer."""
         return [c for c in self.haystack.cut_points if c <= length // 4]
 
-    def build(self, *, length: int, depth_percent: float | None, needles: NeedleSet, window_start: int,
-              rng: random.Random) -> BuiltPrompt:
+    def build(
+        self,
+        *,
+        length: int,
+        depth_percent: float | None,
+        needles: NeedleSet,
+        window_start: int,
+        rng: random.Random,
+    ) -> BuiltPrompt:
         needle_ids = [self._needle_ids(n.text) for n in needles.needles]
         outro_ids = encode(self.tokenizer, OUTRO + needles.question)
-        fixed = (len(self.frame.prefix_ids) + len(self.intro_ids) + sum(map(len, needle_ids)) + len(outro_ids)
-                 + len(self.frame.suffix_ids))
+        fixed = (
+            len(self.frame.prefix_ids)
+            + len(self.intro_ids)
+            + sum(map(len, needle_ids))
+            + len(outro_ids)
+            + len(self.frame.suffix_ids)
+        )
         span = length - fixed  # closed form: the haystack fills exactly what the rest leaves
         if span < 1:
-            raise PromptTooShort(f"{length} tokens cannot hold the prompt frame, needle and question ({fixed} tokens)",
-                                 hint=f"Use lengths above {fixed}.")
-        window = self.haystack.ids[window_start:window_start + span]
+            raise PromptTooShort(
+                f"{length} tokens cannot hold the prompt frame, needle and question ({fixed} tokens)",
+                hint=f"Use lengths above {fixed}.",
+            )
+        window = self.haystack.ids[window_start : window_start + span]
         if len(window) != span:
-            raise PromptTooShort(f"the haystack has only {len(self.haystack.ids) - window_start} tokens after "
-                                 f"position {window_start}, {span} needed")
+            raise PromptTooShort(
+                f"the haystack has only {len(self.haystack.ids) - window_start} tokens after "
+                f"position {window_start}, {span} needed"
+            )
         cuts = self._relative_cuts(window_start, span)
         positions: list[int] = []
         requested = None
@@ -237,9 +264,11 @@ class PromptBuilder:
         body_end = len(ids) - len(self.frame.suffix_ids)
         inside = set(ids[body_start:body_end]) & self.special_ids
         if inside:
-            raise UsageError(f"special token ids {sorted(inside)} inside the prompt body (the haystack text "
-                             "tokenizes to the model's control tokens)",
-                             hint="Remove chat-template markers such as <|im_end|> from the haystack files.")
+            raise UsageError(
+                f"special token ids {sorted(inside)} inside the prompt body (the haystack text "
+                "tokenizes to the model's control tokens)",
+                hint="Remove chat-template markers such as <|im_end|> from the haystack files.",
+            )
         body_text = self.tokenizer.decode(ids[body_start:body_end])
         self._check_values(body_text, needles)
         gold_index = positions[0] if positions else None
@@ -254,12 +283,22 @@ class PromptBuilder:
                 f"tokens landed at {actual:g}% ({snap:+g} tokens, more than the {tolerance:g}-token tolerance); "
                 "such cells are recorded with depth_snapped=true and labelled by their actual depth. Use a "
                 "haystack with more sentence ends (prose, or text with blank lines between blocks) to test "
-                "the requested depths")
+                "the requested depths"
+            )
         return BuiltPrompt(
-            input_ids=ids, body_start=body_start, body_end=body_end, haystack_tokens=span,
-            needle_index=gold_index, actual_depth_percent=actual, snap_tokens=snap,
-            snap_tolerance_tokens=tolerance, depth_snapped=snapped,
-            needle_positions=tuple(positions), body_text=body_text, input_ids_sha256=ids_sha256(ids))
+            input_ids=ids,
+            body_start=body_start,
+            body_end=body_end,
+            haystack_tokens=span,
+            needle_index=gold_index,
+            actual_depth_percent=actual,
+            snap_tokens=snap,
+            snap_tolerance_tokens=tolerance,
+            depth_snapped=snapped,
+            needle_positions=tuple(positions),
+            body_text=body_text,
+            input_ids_sha256=ids_sha256(ids),
+        )
 
     def _relative_cuts(self, start: int, span: int) -> list[int]:
         cuts = self.haystack.cut_points
@@ -268,7 +307,7 @@ class PromptBuilder:
         # The window start is a cut point by construction (0 or a chosen sentence start); the end is
         # only a cut point if a sentence really ends there, so depth 100 snaps to the last full sentence.
         rel = [c - start for c in cuts[lo:hi]]
-        if start + span in cuts[hi:hi + 1]:
+        if start + span in cuts[hi : hi + 1]:
             rel.append(span)
         return rel if rel and rel[0] == 0 else [0, *rel]
 
@@ -277,7 +316,7 @@ class PromptBuilder:
         order = sorted(range(len(positions)), key=lambda i: (positions[i], i))
         body, last = [], 0
         for i in order:
-            body += window[last:positions[i]]
+            body += window[last : positions[i]]
             body += needle_ids[i]
             last = positions[i]
         return body + window[last:]
@@ -291,4 +330,6 @@ class PromptBuilder:
             expected = in_document + count_value(needles.question, value, value_type)
             found = count_value(body_text, value, value_type)
             if found != expected:
-                raise ValueCollision(f"value {value!r} occurs {found} times in the prompt body, {expected} expected")
+                raise ValueCollision(
+                    f"value {value!r} occurs {found} times in the prompt body, {expected} expected"
+                )

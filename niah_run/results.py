@@ -112,19 +112,27 @@ def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
                 if problem is None:
                     rows.append(row)
                 else:
-                    warnings.warn(f"{path}: skipped line {index + 1}, not a result row ({problem})",
-                                  TornResultsWarning, stacklevel=2)
+                    warnings.warn(
+                        f"{path}: skipped line {index + 1}, not a result row ({problem})",
+                        TornResultsWarning,
+                        stacklevel=2,
+                    )
                 good_end = line_end
             except (ValueError, RecursionError):
-                if is_last or all(not rest.strip() for rest in lines[index + 1:]):
-                    warnings.warn(f"{path}: dropped a torn last line ({len(raw)} bytes) left by an interrupted run",
-                                  TornResultsWarning, stacklevel=2)
+                if is_last or all(not rest.strip() for rest in lines[index + 1 :]):
+                    warnings.warn(
+                        f"{path}: dropped a torn last line ({len(raw)} bytes) left by an interrupted run",
+                        TornResultsWarning,
+                        stacklevel=2,
+                    )
                     if repair:
                         with open(path, "r+b") as handle:
                             handle.truncate(good_end)
                             os.fsync(handle.fileno())
                     break
-                warnings.warn(f"{path}: skipped unreadable line {index + 1}", TornResultsWarning, stacklevel=2)
+                warnings.warn(
+                    f"{path}: skipped unreadable line {index + 1}", TornResultsWarning, stacklevel=2
+                )
                 good_end = line_end
         else:
             good_end = line_end if not is_last else good_end
@@ -160,14 +168,17 @@ class ResultsStore:
     def append(self, row: dict[str, Any]) -> None:
         if self._redactor is None:
             self._redactor = Redactor()
-        line = (json.dumps(self._redactor.apply(row), ensure_ascii=False, sort_keys=False, allow_nan=False)
-                + "\n").encode("utf-8")
+        line = (
+            json.dumps(self._redactor.apply(row), ensure_ascii=False, sort_keys=False, allow_nan=False) + "\n"
+        ).encode("utf-8")
         with _sigint_held():
             try:
                 fd = safe_files.open_append(self.path)
             except OSError as exc:
-                raise RunFailed(f"cannot write {self.path}: {exc.strerror or exc}",
-                                hint="Fix the problem, then rerun the same command with --resume.") from None
+                raise RunFailed(
+                    f"cannot write {self.path}: {exc.strerror or exc}",
+                    hint="Fix the problem, then rerun the same command with --resume.",
+                ) from None
             try:
                 before = os.fstat(fd).st_size
                 try:
@@ -181,9 +192,13 @@ class ResultsStore:
                     with contextlib.suppress(OSError):
                         os.ftruncate(fd, before)
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise RunFailed(f"disk full while writing {self.path}; every finished trial is saved",
-                                        hint="Free some space, then rerun the same command with --resume.") from None
-                    raise RunFailed(f"cannot write {self.path}: {exc.strerror or exc}",
-                                    hint="Fix the problem, then rerun the same command with --resume.") from None
+                        raise RunFailed(
+                            f"disk full while writing {self.path}; every finished trial is saved",
+                            hint="Free some space, then rerun the same command with --resume.",
+                        ) from None
+                    raise RunFailed(
+                        f"cannot write {self.path}: {exc.strerror or exc}",
+                        hint="Fix the problem, then rerun the same command with --resume.",
+                    ) from None
             finally:
                 os.close(fd)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from run_plan.errors import UsageError
 
 __all__ = ["ServerFinish", "classify_server_finish", "output_ids_source", "refuse_lengths_without_room",
-           "room_for_answer"]
+           "room_for_answer", "server_room_summary"]
 
 
 def room_for_answer(length: int, max_new_tokens: int, server_max_model_len: int | None) -> str | None:
@@ -74,6 +74,21 @@ def refuse_lengths_without_room(lengths: Iterable[int], max_new_tokens: int,
     raise UsageError(f"{_what_happens(short[0], max_new_tokens, server_max_model_len)}{others}; such cells "
                      "would not be measurements, so the run refuses them before it starts",
                      hint="Fix: " + "; or ".join(_fixes(short[-1], max_new_tokens, server_max_model_len)) + ".")
+
+
+def server_room_summary(max_model_len: int, context: int) -> str:
+    """The doctor's `server-max-model-len` WARN text when few tokens are left for the answer.
+
+    What servers do with a larger max_tokens (measured on vLLM 0.32): shorten it to what is left,
+    silently (finish_reason "length"), or reject the request when nothing is left (HTTP 400)."""
+    room = max_model_len - context
+    if room <= 0:
+        what = 'requests are rejected (vLLM: HTTP 400, "max_tokens must be at least 1")'
+    else:
+        what = (f"the server shortens longer answers to {room} token{'s' if room != 1 else ''} without an error "
+                '(vLLM 0.32: finish_reason "length"; other servers reject them)')
+    return (f"max_model_len {max_model_len:,} leaves {max(room, 0)} tokens for the answer after {context:,} "
+            f"prompt tokens: {what}; `niah run` refuses lengths without room for --max-new-tokens")
 
 
 @dataclass(frozen=True)

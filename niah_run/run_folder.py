@@ -31,8 +31,16 @@ CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.jsonl"
 LOCK_FILE = ".niah.lock"
 # Every name a run writes. A symlink under one of them is refused (we would write through it).
-RUN_FILES = (CONFIG_FILE, RESULTS_FILE, "preflight.json", "preflight.md", "summary.json", "summary.md",
-             "heatmap.png", LOCK_FILE)
+RUN_FILES = (
+    CONFIG_FILE,
+    RESULTS_FILE,
+    "preflight.json",
+    "preflight.md",
+    "summary.json",
+    "summary.md",
+    "heatmap.png",
+    LOCK_FILE,
+)
 _WRITE_PROBE = ".niah-write-test"
 
 # Locks this process holds, by resolved folder: a second run in the same process (tests, an API
@@ -58,8 +66,10 @@ def refuse_planted_symlinks(folder: Path) -> None:
     """A received run folder may hold `summary.json -> ~/.bashrc`: never write through such a link."""
     for name in RUN_FILES:
         if safe_files.is_symlink(folder / name):
-            raise UsageError(f"{folder / name} is a symbolic link; refusing to write through it",
-                             hint="Remove the link (a run folder holds only regular files), then rerun.")
+            raise UsageError(
+                f"{folder / name} is a symbolic link; refusing to write through it",
+                hint="Remove the link (a run folder holds only regular files), then rerun.",
+            )
 
 
 def _is_root(folder: Path) -> bool:
@@ -75,9 +85,13 @@ def prepare(out: Path, *, resume: bool) -> Path:
     if not str(out).strip():
         raise UsageError("--out is empty", hint="Give a folder name for the run directory.")
     if _is_root(out):
-        raise UsageError(f"--out {out} is the filesystem root", hint="Give a new folder, e.g. --out runs/first.")
+        raise UsageError(
+            f"--out {out} is the filesystem root", hint="Give a new folder, e.g. --out runs/first."
+        )
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder", hint="Give a folder name for the run directory.")
+        raise UsageError(
+            f"--out {out} is a file, not a folder", hint="Give a folder name for the run directory."
+        )
     is_run = out.is_dir() and holds_a_run(out)
     if out.is_dir() and not is_run:
         try:
@@ -86,17 +100,26 @@ def prepare(out: Path, *, resume: bool) -> Path:
             raise UsageError(f"--out {out} cannot be listed: {exc.strerror or exc}") from None
         if others:
             if resume:
-                raise UsageError(f"--resume: {out} holds no niah run (no results.jsonl or niah config.json)",
-                                 hint="Check the folder name; --out must be the folder of the earlier run.")
+                raise UsageError(
+                    f"--resume: {out} holds no niah run (no results.jsonl or niah config.json)",
+                    hint="Check the folder name; --out must be the folder of the earlier run.",
+                )
             shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
-            raise UsageError(f"--out {out} already holds other files ({shown}) and is not a niah run folder; "
-                             "refusing to write into it", hint="Give a new or empty folder for the run.")
+            raise UsageError(
+                f"--out {out} already holds other files ({shown}) and is not a niah run folder; "
+                "refusing to write into it",
+                hint="Give a new or empty folder for the run.",
+            )
     if resume and not is_run:
-        raise UsageError(f"--resume: {out} holds no niah run to continue",
-                         hint="Check the folder name, or drop --resume to start a new run there.")
+        raise UsageError(
+            f"--resume: {out} holds no niah run to continue",
+            hint="Check the folder name, or drop --resume to start a new run there.",
+        )
     if is_run and not resume and (out / RESULTS_FILE).exists():
-        raise UsageError(f"{out} already holds results.jsonl from an earlier run",
-                         hint="Add --resume to continue it, or choose a new --out folder.")
+        raise UsageError(
+            f"{out} already holds results.jsonl from an earlier run",
+            hint="Add --resume to continue it, or choose a new --out folder.",
+        )
     if out.is_dir():
         refuse_planted_symlinks(out)
     try:
@@ -106,8 +129,9 @@ def prepare(out: Path, *, resume: bool) -> Path:
         os.close(fd)
         probe.unlink()
     except OSError as exc:
-        raise UsageError(f"--out {out} is not writable: {exc.strerror or exc}",
-                         hint="Choose a folder you can write to.") from None
+        raise UsageError(
+            f"--out {out} is not writable: {exc.strerror or exc}", hint="Choose a folder you can write to."
+        ) from None
     lock(out)
     return out
 
@@ -128,8 +152,10 @@ def lock(folder: Path) -> None:
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise RunFailed(f"another niah run is writing to {folder} right now",
-                            hint="Wait for it to finish (or stop it), or give this run its own --out.") from None
+            raise RunFailed(
+                f"another niah run is writing to {folder} right now",
+                hint="Wait for it to finish (or stop it), or give this run its own --out.",
+            ) from None
         raise RunFailed(f"cannot lock {folder / LOCK_FILE}: {exc.strerror or exc}") from None
     os.set_inheritable(fd, False)
     _HELD[key] = fd
@@ -149,8 +175,10 @@ def write_text(path: Path, text: str) -> None:
     try:
         safe_files.write_atomic_text(path, Redactor().scrub(text))
     except OSError as exc:
-        raise RunFailed(f"cannot write {path}: {exc.strerror or exc}",
-                        hint="Free some space or fix the folder's permissions, then rerun with --resume.") from None
+        raise RunFailed(
+            f"cannot write {path}: {exc.strerror or exc}",
+            hint="Free some space or fix the folder's permissions, then rerun with --resume.",
+        ) from None
 
 
 def write_json(path: Path, doc: Any) -> None:
@@ -159,8 +187,10 @@ def write_json(path: Path, doc: Any) -> None:
     try:
         safe_files.write_atomic_text(path, text)
     except OSError as exc:
-        raise RunFailed(f"cannot write {path}: {exc.strerror or exc}",
-                        hint="Free some space or fix the folder's permissions, then rerun with --resume.") from None
+        raise RunFailed(
+            f"cannot write {path}: {exc.strerror or exc}",
+            hint="Free some space or fix the folder's permissions, then rerun with --resume.",
+        ) from None
 
 
 def _finite(obj: Any) -> Any:

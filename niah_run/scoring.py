@@ -29,8 +29,18 @@ if TYPE_CHECKING:
 # 2 = extra values break strict, separators before NFKC, controls not excused by a refusal, new kinds.
 SCORING_VERSION = 2
 FAILURE_CLASSES: tuple[str, ...] = (
-    "oom", "skipped_too_long", "empty", "truncated", "echo", "refusal", "distractor", "hallucinated",
-    "extra_values", "wrong_order", "wrong_count", "other",
+    "oom",
+    "skipped_too_long",
+    "empty",
+    "truncated",
+    "echo",
+    "refusal",
+    "distractor",
+    "hallucinated",
+    "extra_values",
+    "wrong_order",
+    "wrong_count",
+    "other",
 )
 ECHO_WORDS = 6  # an output with this many consecutive words copied from the prompt is an echo
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
@@ -39,23 +49,53 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # apostrophe or right single quote, underscore, no-break / narrow no-break / thin / figure space,
 # full-width comma). The plain space and the period are not separators: "123 456" may be two
 # values and "1.234" a decimal. `\d` also matches full-width digits, so this runs before NFKC.
-_GROUPED = re.compile(r"(?<!\d)\d{1,3}(?:([,'\u2019_\u00a0\u202f\u2009\u2007\uff0c])\d{3})(?:\1\d{3})*(?!\d|\1\d)")
+_GROUPED = re.compile(
+    r"(?<!\d)\d{1,3}(?:([,'\u2019_\u00a0\u202f\u2009\u2007\uff0c])\d{3})(?:\1\d{3})*(?!\d|\1\d)"
+)
 _GROUP_SEPARATORS = ",'\u2019_\u00a0\u202f\u2009\u2007\uff0c"
 _REFUSAL = re.compile(
     r"not mentioned|no information|cannot find|can't find|could not find|couldn't find|does not contain|"
     r"doesn't contain|not provided|not specified|i'm sorry|i am sorry|unable to|there is no|does not mention|"
     r"doesn't mention|no (?:secret |special )?(?:passkey|code|number|word)|not (?:present|found|included)",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _ANY_VALUE = {
     "number": re.compile(r"(?<!\d)\d{3,}(?!\d)"),
-    "uuid": re.compile(r"(?<![0-9a-f-])[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?![0-9a-f-])",
-                       re.IGNORECASE),
+    "uuid": re.compile(
+        r"(?<![0-9a-f-])[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?![0-9a-f-])",
+        re.IGNORECASE,
+    ),
 }
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*", re.IGNORECASE)
 _INTEGER = re.compile(r"(?<![\d.])\d+(?![\d.]\d)")
-_NUMBER_WORDS = {w: i for i, w in enumerate((
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"))}
+_NUMBER_WORDS = {
+    w: i
+    for i, w in enumerate(
+        (
+            "zero",
+            "one",
+            "two",
+            "three",
+            "four",
+            "five",
+            "six",
+            "seven",
+            "eight",
+            "nine",
+            "ten",
+            "eleven",
+            "twelve",
+            "thirteen",
+            "fourteen",
+            "fifteen",
+            "sixteen",
+            "seventeen",
+            "eighteen",
+            "nineteen",
+            "twenty",
+        )
+    )
+}
 _NUMBER_WORDS.update(once=1, twice=2, thrice=3)
 # "one of the …" is a phrase, not a count
 _NUMBER_WORD = re.compile(r"\b(" + "|".join(_NUMBER_WORDS) + r")\b(?!\s+of\b)", re.IGNORECASE)
@@ -100,13 +140,17 @@ class Score:
     recall: float  # share of gold values found
     failure_class: str | None  # None when correct
     found_distractors: tuple[str, ...] = ()
-    hallucinated_values: tuple[str, ...] = field(default_factory=tuple)  # values of the type given INSTEAD of gold
+    hallucinated_values: tuple[str, ...] = field(
+        default_factory=tuple
+    )  # values of the type given INSTEAD of gold
     extra_values: tuple[str, ...] = field(default_factory=tuple)  # values of the type given BESIDE all gold
 
 
 def _echo(text: str, prompt_words: str) -> bool:
     words = [w.lower() for w in _WORD.findall(text)]
-    return any(" ".join(words[i:i + ECHO_WORDS]) in prompt_words for i in range(len(words) - ECHO_WORDS + 1))
+    return any(
+        " ".join(words[i : i + ECHO_WORDS]) in prompt_words for i in range(len(words) - ECHO_WORDS + 1)
+    )
 
 
 def prompt_words(prompt_text: str) -> str:
@@ -134,8 +178,9 @@ def _strays(values: list[str], known: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _miss_class(text: str, *, prompt_text: str, prompt_words_cache: str | None, refusal: bool,
-                stopped_at_eos: bool) -> str:
+def _miss_class(
+    text: str, *, prompt_text: str, prompt_words_cache: str | None, refusal: bool, stopped_at_eos: bool
+) -> str:
     words = prompt_words_cache if prompt_words_cache is not None else prompt_words(prompt_text)
     if _echo(text, words):
         return "echo"
@@ -146,9 +191,18 @@ def _miss_class(text: str, *, prompt_text: str, prompt_words_cache: str | None, 
     return "other"
 
 
-def score_output(output_text: str, *, value_type: str, gold: tuple[str, ...], distractors: tuple[str, ...],
-                 prompt_text: str, stopped_at_eos: bool, control: bool = False,
-                 prompt_words_cache: str | None = None, vocabulary: Sequence[str] = ()) -> Score:
+def score_output(
+    output_text: str,
+    *,
+    value_type: str,
+    gold: tuple[str, ...],
+    distractors: tuple[str, ...],
+    prompt_text: str,
+    stopped_at_eos: bool,
+    control: bool = False,
+    prompt_words_cache: str | None = None,
+    vocabulary: Sequence[str] = (),
+) -> Score:
     """Score one generation. Failure precedence: empty, distractor, hallucinated, extra_values, echo,
     refusal, truncated, other. `vocabulary`: the closed word list values of a word type come from
     (lets the scorer see an invented or extra word value)."""
@@ -187,17 +241,35 @@ def score_output(output_text: str, *, value_type: str, gold: tuple[str, ...], di
     elif extra:
         failure = "extra_values"
     else:
-        failure = _miss_class(text, prompt_text=prompt_text, prompt_words_cache=prompt_words_cache,
-                              refusal=refusal, stopped_at_eos=stopped_at_eos)
+        failure = _miss_class(
+            text,
+            prompt_text=prompt_text,
+            prompt_words_cache=prompt_words_cache,
+            refusal=refusal,
+            stopped_at_eos=stopped_at_eos,
+        )
     return Score(False, lenient, recall, failure, found_distractors, hallucinated, extra)
 
 
-def score_ordered(output_text: str, *, gold_in_order: tuple[str, ...], distractors: tuple[str, ...],
-                  prompt_text: str, stopped_at_eos: bool, prompt_words_cache: str | None = None) -> Score:
+def score_ordered(
+    output_text: str,
+    *,
+    gold_in_order: tuple[str, ...],
+    distractors: tuple[str, ...],
+    prompt_text: str,
+    stopped_at_eos: bool,
+    prompt_words_cache: str | None = None,
+) -> Score:
     """Several numbers to be returned in document order: strict = all of them, in that order, nothing else."""
-    base = score_output(output_text, value_type="number", gold=gold_in_order, distractors=distractors,
-                        prompt_text=prompt_text, stopped_at_eos=stopped_at_eos,
-                        prompt_words_cache=prompt_words_cache)
+    base = score_output(
+        output_text,
+        value_type="number",
+        gold=gold_in_order,
+        distractors=distractors,
+        prompt_text=prompt_text,
+        stopped_at_eos=stopped_at_eos,
+        prompt_words_cache=prompt_words_cache,
+    )
     if not base.correct:
         return base
     text = normalize(output_text)
@@ -215,8 +287,15 @@ def read_count(text: str) -> tuple[int, ...]:
     return tuple(value for _, value in sorted(found))
 
 
-def score_count(output_text: str, *, gold_count: int, prompt_text: str, stopped_at_eos: bool,
-                control: bool = False, prompt_words_cache: str | None = None) -> Score:
+def score_count(
+    output_text: str,
+    *,
+    gold_count: int,
+    prompt_text: str,
+    stopped_at_eos: bool,
+    control: bool = False,
+    prompt_words_cache: str | None = None,
+) -> Score:
     """How many times something occurs: strict = exactly one count stated (repeats allowed) and it is right.
 
     A control (nothing hidden) is right with 0, "never", "none" or a refusal that states no count."""
@@ -229,32 +308,66 @@ def score_count(output_text: str, *, gold_count: int, prompt_text: str, stopped_
     refusal = bool(_REFUSAL.search(text))
     if control:
         if not distinct or distinct == (0,):
-            return Score(True, True, 1.0, None) if (distinct or refusal) else Score(False, False, 0.0, "other")
+            return (
+                Score(True, True, 1.0, None) if (distinct or refusal) else Score(False, False, 0.0, "other")
+            )
         return Score(False, False, 0.0, "hallucinated", (), tuple(s for s in stated if s != "0"))
     lenient = gold_count in distinct
     if lenient and len(distinct) == 1:
         return Score(True, True, 1.0, None)
     if lenient:
-        return Score(False, True, 1.0, "extra_values", (), (), tuple(s for s in stated if s != str(gold_count)))
+        return Score(
+            False, True, 1.0, "extra_values", (), (), tuple(s for s in stated if s != str(gold_count))
+        )
     if distinct:
         return Score(False, False, 0.0, "wrong_count", (), stated)
-    failure = _miss_class(text, prompt_text=prompt_text, prompt_words_cache=prompt_words_cache,
-                          refusal=refusal, stopped_at_eos=stopped_at_eos)
+    failure = _miss_class(
+        text,
+        prompt_text=prompt_text,
+        prompt_words_cache=prompt_words_cache,
+        refusal=refusal,
+        stopped_at_eos=stopped_at_eos,
+    )
     return Score(False, False, 0.0, failure)
 
 
-def score_trial(output_text: str, needles: NeedleSet, *, prompt_text: str, stopped_at_eos: bool,
-                needle_positions: Sequence[int] = (), prompt_words_cache: str | None = None) -> Score:
+def score_trial(
+    output_text: str,
+    needles: NeedleSet,
+    *,
+    prompt_text: str,
+    stopped_at_eos: bool,
+    needle_positions: Sequence[int] = (),
+    prompt_words_cache: str | None = None,
+) -> Score:
     """The scorer of this trial's needle kind (what the sweep calls)."""
     if needles.kind == "counting":
         gold = int(needles.gold_values[0]) if needles.gold_values else 0
-        return score_count(output_text, gold_count=gold, control=needles.control, prompt_text=prompt_text,
-                           stopped_at_eos=stopped_at_eos, prompt_words_cache=prompt_words_cache)
+        return score_count(
+            output_text,
+            gold_count=gold,
+            control=needles.control,
+            prompt_text=prompt_text,
+            stopped_at_eos=stopped_at_eos,
+            prompt_words_cache=prompt_words_cache,
+        )
     if needles.kind == "ordered" and not needles.control:
-        return score_ordered(output_text, gold_in_order=needles.values_in_document_order(needle_positions),
-                             distractors=needles.distractor_values, prompt_text=prompt_text,
-                             stopped_at_eos=stopped_at_eos, prompt_words_cache=prompt_words_cache)
-    return score_output(output_text, value_type=needles.value_type, gold=needles.gold_values,
-                        distractors=needles.distractor_values, control=needles.control,
-                        vocabulary=needles.vocabulary, prompt_text=prompt_text, stopped_at_eos=stopped_at_eos,
-                        prompt_words_cache=prompt_words_cache)
+        return score_ordered(
+            output_text,
+            gold_in_order=needles.values_in_document_order(needle_positions),
+            distractors=needles.distractor_values,
+            prompt_text=prompt_text,
+            stopped_at_eos=stopped_at_eos,
+            prompt_words_cache=prompt_words_cache,
+        )
+    return score_output(
+        output_text,
+        value_type=needles.value_type,
+        gold=needles.gold_values,
+        distractors=needles.distractor_values,
+        control=needles.control,
+        vocabulary=needles.vocabulary,
+        prompt_text=prompt_text,
+        stopped_at_eos=stopped_at_eos,
+        prompt_words_cache=prompt_words_cache,
+    )

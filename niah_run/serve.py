@@ -57,8 +57,9 @@ def max_model_len_of(backend: Any) -> int | None:
     return length if isinstance(length, int) and 0 < length < 10**9 else None
 
 
-def create_app(backend: Any, *, model_name: str, max_model_len: int | None = None,
-               api_key: str | None = None) -> Any:
+def create_app(
+    backend: Any, *, model_name: str, max_model_len: int | None = None, api_key: str | None = None
+) -> Any:
     """The ASGI app. `backend` follows niah_run.backends.base.Backend; its generate() is blocking and
     not re-entrant, so requests take turns on one lock in a worker thread."""
     from starlette.applications import Starlette
@@ -83,8 +84,14 @@ def create_app(backend: Any, *, model_name: str, max_model_len: int | None = Non
     async def models(request: Request) -> Any:
         if not authorized(request):
             return _error(401, "missing or wrong API key", "authentication_error")
-        card = {"id": model_name, "object": "model", "created": created, "owned_by": "niah-doctor",
-                "root": model_name, "max_model_len": max_model_len}
+        card = {
+            "id": model_name,
+            "object": "model",
+            "created": created,
+            "owned_by": "niah-doctor",
+            "root": model_name,
+            "max_model_len": max_model_len,
+        }
         return JSONResponse({"object": "list", "data": [card]})
 
     async def completions(request: Request) -> Any:
@@ -112,9 +119,12 @@ def create_app(backend: Any, *, model_name: str, max_model_len: int | None = Non
             return _error(400, f"max_tokens must be a positive integer, got {max_tokens!r}")
         if max_model_len is not None and len(prompt_ids) + max_tokens > max_model_len:
             # vLLM's wording, so clients and people recognise it.
-            return _error(400, f"This model's maximum context length is {max_model_len} tokens. However, you "
-                               f"requested {len(prompt_ids) + max_tokens} tokens ({len(prompt_ids)} in the "
-                               f"messages, {max_tokens} in the completion).")
+            return _error(
+                400,
+                f"This model's maximum context length is {max_model_len} tokens. However, you "
+                f"requested {len(prompt_ids) + max_tokens} tokens ({len(prompt_ids)} in the "
+                f"messages, {max_tokens} in the completion).",
+            )
 
         def run() -> Any:
             with turn:
@@ -135,16 +145,26 @@ def create_app(backend: Any, *, model_name: str, max_model_len: int | None = Non
         if body.get("return_token_ids"):
             choice["token_ids"] = output_ids
             choice["prompt_token_ids"] = prompt_ids
-        return JSONResponse({
-            "id": f"cmpl-{secrets.token_hex(8)}", "object": "text_completion", "created": int(time.time()),
-            "model": model_name, "choices": [choice],
-            "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": len(output_ids),
-                      "total_tokens": len(prompt_ids) + len(output_ids)},
-        })
+        return JSONResponse(
+            {
+                "id": f"cmpl-{secrets.token_hex(8)}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": model_name,
+                "choices": [choice],
+                "usage": {
+                    "prompt_tokens": len(prompt_ids),
+                    "completion_tokens": len(output_ids),
+                    "total_tokens": len(prompt_ids) + len(output_ids),
+                },
+            }
+        )
 
-    routes = [Route("/health", health, methods=["GET"]),
-              Route("/v1/models", models, methods=["GET"]),
-              Route("/v1/completions", completions, methods=["POST"])]
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ]
     return Starlette(routes=routes)
 
 
@@ -162,8 +182,10 @@ def _prompt_ids(prompt: Any, tokenizer: Any) -> tuple[list[int], str | None]:
         if bad is not None:
             return [], f"token id {bad} is outside the vocabulary (0..{vocab - 1})"
         return prompt, None
-    return [], ("prompt must be a non-empty string or a list of token ids "
-                "(batches of more than one are not supported)")
+    return [], (
+        "prompt must be a non-empty string or a list of token ids "
+        "(batches of more than one are not supported)"
+    )
 
 
 @dataclass
@@ -216,28 +238,37 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                         hint="Pick another --port (0 = any free port).") from None
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="Pick another --port (0 = any free port).",
+        ) from None
     return sock
 
 
 def _uvicorn_server(app: Any, log_level: str) -> Any:
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "info"),
-                            lifespan="off", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=log_level in ("debug", "info"),
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
     return uvicorn.Server(config)
 
 
-def serve_app(app: Any, *, host: str = "127.0.0.1", port: int = 0,
-              log_level: str = "warning") -> RunningServer:
+def serve_app(
+    app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+) -> RunningServer:
     """Start `app` on a background thread; returns once it accepts connections. Port 0 = any free
     port (read it back from `.port`)."""
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     server = _uvicorn_server(app, log_level)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"niah-serve-{bound_port}",
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"niah-serve-{bound_port}", daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + _START_TIMEOUT_S
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
@@ -249,13 +280,21 @@ def serve_app(app: Any, *, host: str = "127.0.0.1", port: int = 0,
     return RunningServer(host, bound_port, server, thread)
 
 
-def serve(backend: Any, host: str = "127.0.0.1", port: int = 0, *, model_name: str | None = None,
-          max_model_len: int | None = None, api_key: str | None = None,
-          log_level: str = "warning") -> RunningServer:
+def serve(
+    backend: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    model_name: str | None = None,
+    max_model_len: int | None = None,
+    api_key: str | None = None,
+    log_level: str = "warning",
+) -> RunningServer:
     """Serve a loaded backend in the background; `.port` is the bound port, `.stop()` ends it."""
     name = model_name or str(backend.describe().get("model") or "model")
-    app = create_app(backend, model_name=name, max_model_len=max_model_len or max_model_len_of(backend),
-                     api_key=api_key)
+    app = create_app(
+        backend, model_name=name, max_model_len=max_model_len or max_model_len_of(backend), api_key=api_key
+    )
     return serve_app(app, host=host, port=port, log_level=log_level)
 
 
@@ -268,37 +307,68 @@ def _load_local_backend(model: str, opts: dict[str, Any]) -> Any:
 
 
 @click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", required=True,
-              help="Hub id, local folder, or 'demo'; loaded with the local backend.")
+@click.option(
+    "--model", required=True, help="Hub id, local folder, or 'demo'; loaded with the local backend."
+)
 @click.option("--gguf-file", help="GGUF file name inside the --model folder/repo.")
 @click.option("--quant", type=click.Choice(["none", "bnb-8bit", "bnb-4bit"]), help="As `niah run --quant`.")
-@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
-              help="As `niah run --dtype`.")
+@click.option(
+    "--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), help="As `niah run --dtype`."
+)
 @click.option("--device-map", help="As `niah run --device-map` (auto, cpu, cuda:0, ...).")
 @click.option("--served-model-name", help="Name clients send as `model` (default: --model).")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. Anything but loopback exposes the model to the network.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Anything but loopback exposes the model to the network.",
+)
 @click.option("--port", type=int, default=8000, show_default=True, help="0 = any free port.")
-@click.option("--max-model-len", type=int,
-              help="Longest prompt + completion accepted (default: the model's).")
-@click.option("--api-key-env", default="NIAH_SERVE_API_KEY", show_default=True,
-              help="If this environment variable is set, clients must send its value as a Bearer token.")
-@click.option("--log-level", type=click.Choice(["warning", "info", "debug"]), default="info",
-              show_default=True)
-def serve_command(model: str, gguf_file: str | None, quant: str | None, dtype: str | None,
-                  device_map: str | None, served_model_name: str | None, host: str, port: int,
-                  max_model_len: int | None, api_key_env: str, log_level: str) -> int:
+@click.option(
+    "--max-model-len", type=int, help="Longest prompt + completion accepted (default: the model's)."
+)
+@click.option(
+    "--api-key-env",
+    default="NIAH_SERVE_API_KEY",
+    show_default=True,
+    help="If this environment variable is set, clients must send its value as a Bearer token.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["warning", "info", "debug"]), default="info", show_default=True
+)
+def serve_command(
+    model: str,
+    gguf_file: str | None,
+    quant: str | None,
+    dtype: str | None,
+    device_map: str | None,
+    served_model_name: str | None,
+    host: str,
+    port: int,
+    max_model_len: int | None,
+    api_key_env: str,
+    log_level: str,
+) -> int:
     """Serve a local model over an OpenAI-compatible API (greedy, one request at a time)."""
     import os
 
     if not _is_loopback(host):
         advice = "" if os.environ.get(api_key_env) else f" (set {api_key_env} to require a key)"
-        click.echo(f"warning: listening on {host}: anyone who can reach it can use the model{advice}",
-                   err=True)
-    backend = _load_local_backend(model, {"gguf_file": gguf_file, "quant": quant, "dtype": dtype,
-                                          "device_map": device_map})
-    running = serve(backend, host, port, model_name=served_model_name or model, max_model_len=max_model_len,
-                    api_key=os.environ.get(api_key_env) or None, log_level=log_level)
+        click.echo(
+            f"warning: listening on {host}: anyone who can reach it can use the model{advice}", err=True
+        )
+    backend = _load_local_backend(
+        model, {"gguf_file": gguf_file, "quant": quant, "dtype": dtype, "device_map": device_map}
+    )
+    running = serve(
+        backend,
+        host,
+        port,
+        model_name=served_model_name or model,
+        max_model_len=max_model_len,
+        api_key=os.environ.get(api_key_env) or None,
+        log_level=log_level,
+    )
     click.echo(f"serving {served_model_name or model} on {running.url}/v1 (Ctrl-C to stop)", err=True)
     try:
         while running.running:
@@ -309,4 +379,3 @@ def serve_command(model: str, gguf_file: str | None, quant: str | None, dtype: s
         running.stop()
         backend.close()
     return 0
-

@@ -25,7 +25,7 @@ from niah_run.results import latest_by_key, read_rows
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 DEFAULT_EFFECTIVE_THRESHOLD = 0.85
-GIB = 1024 ** 3
+GIB = 1024**3
 _GPU_KEY = re.compile(r"^(cuda|gpu|rocm|xpu):?\d+$|^\d+$", re.IGNORECASE)
 
 
@@ -51,6 +51,7 @@ def trials_needed(threshold: float, limit: int = 10_000) -> int | None:
 
 
 # -- per-row facts ------------------------------------------------------------------------------------
+
 
 def peak_memory(memory: Any) -> dict[str, int]:
     """Peak bytes per device from a row's `memory` dict, whatever its shape.
@@ -117,12 +118,15 @@ def _performance(rows: list[dict[str, Any]], gpu_count: int | None, price: float
         "peak_memory_bytes": max(max(p.values()) for p in peaks) if peaks else None,  # largest one device
         "peak_memory_total_bytes": max(sum(p.values()) for p in peaks) if peaks else None,  # all devices
         "gpu_seconds": _round(gpu_seconds, 3) if ran else 0.0,
-        "cost": (_round(gpu_seconds / 3600.0 * price, 6) if gpu_seconds is not None and price is not None
-                 else None),
+        "cost": (
+            _round(gpu_seconds / 3600.0 * price, 6) if gpu_seconds is not None and price is not None else None
+        ),
     }
 
 
-def _cell(rows: list[dict[str, Any]], gpu_count: int | None = None, price: float | None = None) -> dict[str, Any]:
+def _cell(
+    rows: list[dict[str, Any]], gpu_count: int | None = None, price: float | None = None
+) -> dict[str, Any]:
     scored = [r for r in rows if r.get("status") == "ok"]
     correct = sum(1 for r in scored if r.get("correct"))
     low, high = wilson_interval(correct, len(scored))
@@ -137,8 +141,12 @@ def _cell(rows: list[dict[str, Any]], gpu_count: int | None = None, price: float
         "oom": statuses.get("oom", 0),
         "skipped": statuses.get("skipped", 0),
         "errors": statuses.get("error", 0),
-        "failure_classes": dict(sorted(Counter(r["failure_class"] for r in rows if r.get("failure_class")).items())),
-        "mean_seconds": round(sum(r.get("seconds") or 0 for r in scored) / len(scored), 3) if scored else None,
+        "failure_classes": dict(
+            sorted(Counter(r["failure_class"] for r in rows if r.get("failure_class")).items())
+        ),
+        "mean_seconds": round(sum(r.get("seconds") or 0 for r in scored) / len(scored), 3)
+        if scored
+        else None,
         "actual_depth_percent": round(sum(actual) / len(actual), 2) if actual else None,
         "actual_depth_range": [round(min(actual), 2), round(max(actual), 2)] if actual else None,
         "depth_snapped": sum(1 for r in rows if _depth_snapped(r)),
@@ -170,15 +178,23 @@ def _effective_lengths(grid_rows: list[dict[str, Any]], threshold: float) -> dic
         out[kind] = {
             "threshold": threshold,
             "tokens": effective_length(cells, threshold),
-            "per_length": [{"context_tokens": length, "n": c["n"], "correct": c["correct"],
-                            "wilson_low": c["wilson_low"], "passes": c["n"] > 0 and c["wilson_low"] >= threshold}
-                           for length, c in sorted(cells.items())],
+            "per_length": [
+                {
+                    "context_tokens": length,
+                    "n": c["n"],
+                    "correct": c["correct"],
+                    "wilson_low": c["wilson_low"],
+                    "passes": c["n"] > 0 and c["wilson_low"] >= threshold,
+                }
+                for length, c in sorted(cells.items())
+            ],
             "trials_needed_per_length": trials_needed(threshold),
         }
     return out
 
 
 # -- run facts (from config.json) --------------------------------------------------------------------
+
 
 def gpu_count_from_facts(backend: dict[str, Any] | None) -> int | None:
     """GPUs holding the model, from the backend facts in config.json (None when unknown, e.g. a server)."""
@@ -216,14 +232,23 @@ def run_info(run_dir: Path) -> dict[str, Any]:
 
 # -- the summary --------------------------------------------------------------------------------------
 
-def summarize(rows: list[dict[str, Any]], *, threshold: float = DEFAULT_EFFECTIVE_THRESHOLD,
-              price_per_gpu_hour: float | None = None, gpu_count: int | None = None,
-              run: dict[str, Any] | None = None) -> dict[str, Any]:
+
+def summarize(
+    rows: list[dict[str, Any]],
+    *,
+    threshold: float = DEFAULT_EFFECTIVE_THRESHOLD,
+    price_per_gpu_hour: float | None = None,
+    gpu_count: int | None = None,
+    run: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     identity = (run or {}).get("identity_sha256")
     # One summary is one test: rows written under another identity (an older plan) are never pooled in.
     other = [r for r in rows if identity and r.get("identity_sha256") not in (None, identity)]
-    latest = [r for r in latest_by_key(rows).values()
-              if not identity or r.get("identity_sha256") in (None, identity)]
+    latest = [
+        r
+        for r in latest_by_key(rows).values()
+        if not identity or r.get("identity_sha256") in (None, identity)
+    ]
     grid: dict[tuple[int, float], list[dict[str, Any]]] = defaultdict(list)
     controls: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in latest:
@@ -235,23 +260,34 @@ def summarize(rows: list[dict[str, Any]], *, threshold: float = DEFAULT_EFFECTIV
     def cell(group: list[dict[str, Any]]) -> dict[str, Any]:
         return _cell(group, gpu_count, price_per_gpu_hour)
 
-    cells = [{"context_tokens": length, "depth_percent": depth, **cell(cell_rows)}
-             for (length, depth), cell_rows in sorted(grid.items())]
+    cells = [
+        {"context_tokens": length, "depth_percent": depth, **cell(cell_rows)}
+        for (length, depth), cell_rows in sorted(grid.items())
+    ]
     everything = [r for group in grid.values() for r in group]
     total = cell(latest)
     return {
-        "run": {**(run or {}), "effective_threshold": threshold, "price_per_gpu_hour": price_per_gpu_hour,
-                "gpu_count": gpu_count},
+        "run": {
+            **(run or {}),
+            "effective_threshold": threshold,
+            "price_per_gpu_hour": price_per_gpu_hour,
+            "gpu_count": gpu_count,
+        },
         "lengths": sorted({length for length, _ in grid} | set(controls)),
         "depths": sorted({depth for _, depth in grid}),
         "overall": cell(everything),
-        "per_length": {str(length): cell([r for (n, _), g in grid.items() if n == length for r in g])
-                       for length in sorted({n for n, _ in grid})},
+        "per_length": {
+            str(length): cell([r for (n, _), g in grid.items() if n == length for r in g])
+            for length in sorted({n for n, _ in grid})
+        },
         "cells": cells,
         "controls": {str(length): cell(group) for length, group in sorted(controls.items())},
         "effective_length": _effective_lengths(everything, threshold),
-        "cost": {"gpu_seconds": total["gpu_seconds"], "money": total["cost"],
-                 "note": "trial wall time × GPUs (model loading not included)"},
+        "cost": {
+            "gpu_seconds": total["gpu_seconds"],
+            "money": total["cost"],
+            "note": "trial wall time × GPUs (model loading not included)",
+        },
         "depth_snapped_cells": sum(1 for c in cells if c["depth_snapped"]),
         "trials_recorded": len(latest),
         "rows_of_other_identities": len(other),
@@ -262,15 +298,24 @@ def summarize(rows: list[dict[str, Any]], *, threshold: float = DEFAULT_EFFECTIV
 def memory_vs_plan(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per trial that ran (or ran out of memory): the plan's predicted peak per GPU and the measured one."""
     out = []
-    for row in sorted(rows, key=lambda r: (r["context_tokens"], r.get("depth_percent") or 0, r.get("trial", 0))):
+    for row in sorted(
+        rows, key=lambda r: (r["context_tokens"], r.get("depth_percent") or 0, r.get("trial", 0))
+    ):
         predicted = row.get("predicted_peak_bytes")
         if not isinstance(predicted, dict) or row.get("status") not in ("ok", "oom"):
             continue
         measured = peak_memory(row.get("memory"))
-        out.append({"context_tokens": row["context_tokens"], "depth_percent": row.get("depth_percent"),
-                    "trial": row.get("trial"), "status": row["status"], "predicted_bytes": predicted,
-                    "measured_bytes": measured, "exceeded": bool(row.get("exceeded_prediction"))
-                    or row["status"] == "oom"})
+        out.append(
+            {
+                "context_tokens": row["context_tokens"],
+                "depth_percent": row.get("depth_percent"),
+                "trial": row.get("trial"),
+                "status": row["status"],
+                "predicted_bytes": predicted,
+                "measured_bytes": measured,
+                "exceeded": bool(row.get("exceeded_prediction")) or row["status"] == "oom",
+            }
+        )
     return out
 
 
@@ -297,28 +342,43 @@ def _cell_text(cell: dict[str, Any] | None) -> str:
 def _performance_lines(summary: dict[str, Any]) -> list[str]:
     price = summary.get("run", {}).get("price_per_gpu_hour")
     header = "| tokens | depth % | prefill tok/s | TTFT s (mean/max) | peak GiB (1 GPU / all) | GPU-s |"
-    lines = ["", "Per cell: prefill throughput, time to first token (= prefill), peak memory, GPU time"
-             + (f", cost at {price:g} per GPU-hour" if price is not None else "") + ".", "",
-             header + (" cost |" if price is not None else ""),
-             "|---|---|---|---|---|---|" + ("---|" if price is not None else "")]
+    lines = [
+        "",
+        "Per cell: prefill throughput, time to first token (= prefill), peak memory, GPU time"
+        + (f", cost at {price:g} per GPU-hour" if price is not None else "")
+        + ".",
+        "",
+        header + (" cost |" if price is not None else ""),
+        "|---|---|---|---|---|---|" + ("---|" if price is not None else ""),
+    ]
     for cell in summary["cells"]:
         peak = cell.get("peak_memory_bytes")
         total = cell.get("peak_memory_total_bytes")
         memory = "—" if peak is None else f"{peak / GIB:.2f} / {total / GIB:.2f}"
-        row = (f"| {cell['context_tokens']} | {cell['depth_percent']:g} | {_num(cell.get('prefill_tokens_per_s'), ',.0f')}"
-               f" | {_num(cell.get('ttft_seconds'), '.3f')} / {_num(cell.get('ttft_seconds_max'), '.3f')} | {memory}"
-               f" | {_num(cell.get('gpu_seconds'), ',.1f')} |")
+        row = (
+            f"| {cell['context_tokens']} | {cell['depth_percent']:g} | {_num(cell.get('prefill_tokens_per_s'), ',.0f')}"
+            f" | {_num(cell.get('ttft_seconds'), '.3f')} / {_num(cell.get('ttft_seconds_max'), '.3f')} | {memory}"
+            f" | {_num(cell.get('gpu_seconds'), ',.1f')} |"
+        )
         if price is not None:
             row += f" {_num(cell.get('cost'), ',.4f')} |"
         lines.append(row)
     cost = summary.get("cost") or {}
     if cost.get("gpu_seconds") is not None:
-        lines += ["", f"Total: {cost['gpu_seconds']:,.1f} GPU-seconds"
-                  + (f", cost {cost['money']:,.4f}" if cost.get("money") is not None else "")
-                  + " (trial time only; model loading not included)."]
+        lines += [
+            "",
+            f"Total: {cost['gpu_seconds']:,.1f} GPU-seconds"
+            + (f", cost {cost['money']:,.4f}" if cost.get("money") is not None else "")
+            + " (trial time only; model loading not included).",
+        ]
     else:
-        lines += ["", ("GPU-seconds unknown: config.json does not say how many GPUs ran the model "
-                      "(e.g. a server backend); `niah report RUN --gpu-count N` sets it.")]
+        lines += [
+            "",
+            (
+                "GPU-seconds unknown: config.json does not say how many GPUs ran the model "
+                "(e.g. a server backend); `niah report RUN --gpu-count N` sets it."
+            ),
+        ]
     return lines
 
 
@@ -326,33 +386,56 @@ def render_markdown(summary: dict[str, Any], title: str = "NIAH sweep") -> str:
     lengths, depths = summary["lengths"], summary["depths"]
     by_cell = {(c["context_tokens"], c["depth_percent"]): c for c in summary["cells"]}
     overall = summary["overall"]
-    lines = [f"# {title}", "",
-             (f"Overall strict accuracy: {_pct(overall['accuracy'])} ({overall['correct']}/{overall['n']}, "
-              f"Wilson 95% {overall['wilson_low']:.2f}–{overall['wilson_high']:.2f}); "
-              f"OOM {overall['oom']}, skipped {overall['skipped']}, errors {overall['errors']}."), "",
-             "Accuracy per cell (correct/n); rows = depth %, columns = context tokens.", "",
-             "| depth % | " + " | ".join(str(n) for n in lengths) + " |",
-             "|---|" + "---|" * len(lengths)]
+    lines = [
+        f"# {title}",
+        "",
+        (
+            f"Overall strict accuracy: {_pct(overall['accuracy'])} ({overall['correct']}/{overall['n']}, "
+            f"Wilson 95% {overall['wilson_low']:.2f}–{overall['wilson_high']:.2f}); "
+            f"OOM {overall['oom']}, skipped {overall['skipped']}, errors {overall['errors']}."
+        ),
+        "",
+        "Accuracy per cell (correct/n); rows = depth %, columns = context tokens.",
+        "",
+        "| depth % | " + " | ".join(str(n) for n in lengths) + " |",
+        "|---|" + "---|" * len(lengths),
+    ]
     for depth in depths:
-        lines.append(f"| {depth:g} | " + " | ".join(_cell_text(by_cell.get((n, depth))) for n in lengths) + " |")
+        lines.append(
+            f"| {depth:g} | " + " | ".join(_cell_text(by_cell.get((n, depth))) for n in lengths) + " |"
+        )
     if summary.get("depth_snapped_cells"):
-        lines += ["", (f"† {summary['depth_snapped_cells']} cell(s) could not put the needle near the requested "
-                      "depth (the haystack has few sentence boundaries there); the depth actually tested is shown. "
-                      "Compare those cells by their actual depth, not their row.")]
+        lines += [
+            "",
+            (
+                f"† {summary['depth_snapped_cells']} cell(s) could not put the needle near the requested "
+                "depth (the haystack has few sentence boundaries there); the depth actually tested is shown. "
+                "Compare those cells by their actual depth, not their row."
+            ),
+        ]
     classes: Counter[str] = Counter()
     for cell in summary["cells"]:
         classes.update(cell["failure_classes"])
     if classes:
         lines += ["", "Failure classes: " + ", ".join(f"{k} {v}" for k, v in sorted(classes.items()))]
     for kind, eff in (summary.get("effective_length") or {}).items():
-        passing = ", ".join(f"{p['context_tokens']}: {p['correct']}/{p['n']} (low {p['wilson_low']:.2f})"
-                            for p in eff["per_length"])
-        verdict = (f"{eff['tokens']:,} tokens" if eff["tokens"] is not None
-                   else "below the shortest length tested")
-        lines += ["", f"Effective context length ({kind}, Wilson 95% lower bound ≥ {eff['threshold']:g}): "
-                      f"{verdict}. Per length: {passing}."
-                      + (f" (All-correct needs ≥ {eff['trials_needed_per_length']} scored trials per length "
-                         "to pass.)" if eff["tokens"] is None and eff.get("trials_needed_per_length") else "")]
+        passing = ", ".join(
+            f"{p['context_tokens']}: {p['correct']}/{p['n']} (low {p['wilson_low']:.2f})"
+            for p in eff["per_length"]
+        )
+        verdict = (
+            f"{eff['tokens']:,} tokens" if eff["tokens"] is not None else "below the shortest length tested"
+        )
+        lines += [
+            "",
+            f"Effective context length ({kind}, Wilson 95% lower bound ≥ {eff['threshold']:g}): "
+            f"{verdict}. Per length: {passing}."
+            + (
+                f" (All-correct needs ≥ {eff['trials_needed_per_length']} scored trials per length to pass.)"
+                if eff["tokens"] is None and eff.get("trials_needed_per_length")
+                else ""
+            ),
+        ]
     if summary["controls"]:
         lines += ["", "No-needle controls (correct = says it is not there, invents no value):"]
         for length, cell in summary["controls"].items():
@@ -361,8 +444,11 @@ def render_markdown(summary: dict[str, Any], title: str = "NIAH sweep") -> str:
         lines += _performance_lines(summary)
     lines += _memory_vs_plan_lines(summary)
     if summary.get("rows_of_other_identities"):
-        lines += ["", f"{summary['rows_of_other_identities']} row(s) in results.jsonl belong to another test "
-                      "(a different plan identity) and are not counted here."]
+        lines += [
+            "",
+            f"{summary['rows_of_other_identities']} row(s) in results.jsonl belong to another test "
+            "(a different plan identity) and are not counted here.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -370,20 +456,30 @@ def _memory_vs_plan_lines(summary: dict[str, Any]) -> list[str]:
     rows = summary.get("memory_vs_plan") or []
     if not rows:
         return []
-    lines = ["", "Peak GPU memory, the plan's prediction vs measured (GiB; ⚠ = above the prediction):", "",
-             "| tokens | depth % | device | predicted | measured | measured / predicted |", "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "Peak GPU memory, the plan's prediction vs measured (GiB; ⚠ = above the prediction):",
+        "",
+        "| tokens | depth % | device | predicted | measured | measured / predicted |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
         for device, predicted in sorted(row["predicted_bytes"].items()):
             measured = row["measured_bytes"].get(device)
             ratio = f"{measured / predicted:.3f}" if measured and predicted else "—"
             flag = " ⚠" if row["exceeded"] else ""
             depth = "control" if row["depth_percent"] is None else f"{row['depth_percent']:g}"
-            lines.append(f"| {row['context_tokens']} | {depth} | {device} | {predicted / GIB:.2f} | "
-                         f"{_gib_or_status(measured, row['status'])}{flag} | {ratio} |")
+            lines.append(
+                f"| {row['context_tokens']} | {depth} | {device} | {predicted / GIB:.2f} | "
+                f"{_gib_or_status(measured, row['status'])}{flag} | {ratio} |"
+            )
     exceeded = sum(1 for r in rows if r["exceeded"])
     if exceeded:
-        lines += ["", f"⚠ {exceeded} trial(s) went above the plan's predicted peak: please report it with this "
-                      "summary and config.json."]
+        lines += [
+            "",
+            f"⚠ {exceeded} trial(s) went above the plan's predicted peak: please report it with this "
+            "summary and config.json.",
+        ]
     return lines
 
 
@@ -391,8 +487,13 @@ def _gib_or_status(measured: int | None, status: str) -> str:
     return "OOM" if status == "oom" else "—" if measured is None else f"{measured / GIB:.2f}"
 
 
-def write_summary(run_dir: Path, *, price_per_gpu_hour: float | None = None, threshold: float | None = None,
-                  gpu_count: int | None = None) -> dict[str, Any]:
+def write_summary(
+    run_dir: Path,
+    *,
+    price_per_gpu_hour: float | None = None,
+    threshold: float | None = None,
+    gpu_count: int | None = None,
+) -> dict[str, Any]:
     """Summarize a run directory. Settings not given come from its config.json (when the run saved them)."""
     info = run_info(run_dir)
     price = price_per_gpu_hour if price_per_gpu_hour is not None else info.pop("price_per_gpu_hour", None)
@@ -401,8 +502,13 @@ def write_summary(run_dir: Path, *, price_per_gpu_hour: float | None = None, thr
     info.pop("effective_threshold", None)
     gpus = gpu_count if gpu_count is not None else info.pop("gpu_count", None)
     info.pop("gpu_count", None)
-    summary = summarize(read_rows(run_dir / "results.jsonl"), threshold=bar, price_per_gpu_hour=price,
-                        gpu_count=gpus, run=info)
+    summary = summarize(
+        read_rows(run_dir / "results.jsonl"),
+        threshold=bar,
+        price_per_gpu_hour=price,
+        gpu_count=gpus,
+        run=info,
+    )
     from niah_run import run_folder  # atomic, never through a symlink, secrets scrubbed
 
     run_folder.write_json(run_dir / SUMMARY_JSON, summary)

@@ -53,8 +53,21 @@ HARNESS_VERSION = f"niah-doctor {__version__} prompt-{PROMPT_VERSION}"
 MAX_CONSECUTIVE_ERRORS = 3
 CHARS_PER_TOKEN_GUESS = 6  # generous: the generated prose is ~4.5 chars per token in BPE vocabularies
 # describe() fields that decide what the model computes (volatile ones like memory are left out of keys)
-_IDENTITY_FIELDS = ("backend", "model", "model_id", "source", "path", "revision", "commit_hash", "gguf_file",
-                    "model_class", "dtype", "quantization_config", "attn_implementation", "base_url")
+_IDENTITY_FIELDS = (
+    "backend",
+    "model",
+    "model_id",
+    "source",
+    "path",
+    "revision",
+    "commit_hash",
+    "gguf_file",
+    "model_class",
+    "dtype",
+    "quantization_config",
+    "attn_implementation",
+    "base_url",
+)
 
 
 @dataclass(frozen=True)
@@ -66,8 +79,12 @@ class TrialSpec:
 
     @property
     def cell(self) -> dict[str, Any]:
-        return {"context_tokens": self.length, "depth_percent": self.depth, "trial": self.trial,
-                "control": self.control}
+        return {
+            "context_tokens": self.length,
+            "depth_percent": self.depth,
+            "trial": self.trial,
+            "control": self.control,
+        }
 
 
 def _stable_int(*parts: object) -> int:
@@ -93,16 +110,26 @@ def make_backend(config: RunSpec) -> Backend:
         from niah_run.backends.openai import make_openai_backend
 
         if not config.base_url:
-            raise UsageError("--backend openai needs --base-url", hint="e.g. --base-url http://127.0.0.1:8000")
-        return make_openai_backend(config.base_url, config.model, config.tokenizer,
-                                   timeout_s=config.request_timeout, retries=config.retries,
-                                   concurrency=config.concurrency, online=config.online)
+            raise UsageError(
+                "--backend openai needs --base-url", hint="e.g. --base-url http://127.0.0.1:8000"
+            )
+        return make_openai_backend(
+            config.base_url,
+            config.model,
+            config.tokenizer,
+            timeout_s=config.request_timeout,
+            retries=config.retries,
+            concurrency=config.concurrency,
+            online=config.online,
+        )
 
     try:
         from niah_run.loading import load_backend
     except ImportError as exc:  # pragma: no cover - only when the optional extras are missing
-        raise RunFailed(f"the local model backend is not available: {exc}",
-                        hint="Install the extras: pip install 'niah-doctor[niah]'.") from None
+        raise RunFailed(
+            f"the local model backend is not available: {exc}",
+            hint="Install the extras: pip install 'niah-doctor[niah]'.",
+        ) from None
     return load_backend(config)
 
 
@@ -143,8 +170,9 @@ class _Prepared:
 def _call(backend: Backend, trial: _Prepared, max_new_tokens: int) -> Generation | BaseException:
     """The backend call, with its exception returned as a value (so a worker thread can hand it back)."""
     try:
-        return backend.generate(trial.prompt.input_ids, max_new_tokens=max_new_tokens,
-                                reusable_prefix_len=trial.reusable)
+        return backend.generate(
+            trial.prompt.input_ids, max_new_tokens=max_new_tokens, reusable_prefix_len=trial.reusable
+        )
     except (KeyboardInterrupt, RunFailed, UsageError):
         raise
     except BaseException as exc:  # noqa: BLE001 - recorded per trial by Sweep._finish
@@ -154,8 +182,15 @@ def _call(backend: Backend, trial: _Prepared, max_new_tokens: int) -> Generation
 class Sweep:
     """One `niah run`: preflight, load, build prompts, generate, score, record."""
 
-    def __init__(self, spec: RunSpec, folder: RunFolder, *, plan: ResolvedPlan | None = None,
-                 argv: tuple[str, ...] = (), backend_factory: Callable[[RunSpec], Backend] | None = None) -> None:
+    def __init__(
+        self,
+        spec: RunSpec,
+        folder: RunFolder,
+        *,
+        plan: ResolvedPlan | None = None,
+        argv: tuple[str, ...] = (),
+        backend_factory: Callable[[RunSpec], Backend] | None = None,
+    ) -> None:
         self.config = plan.spec if plan is not None else spec  # the plan's spec once judged (see run)
         self.plan = plan
         self.folder = folder
@@ -164,8 +199,13 @@ class Sweep:
         self.backend_factory = backend_factory or make_backend
         self.store = ResultsStore(folder.path)
         self.quiet = folder.quiet
-        self.doc: dict[str, Any] = {"harness_version": HARNESS_VERSION, "created_at": _now(), "argv": list(argv),
-                                    "config": self.config.to_dict(), "plan_identity": self.config.identity()}
+        self.doc: dict[str, Any] = {
+            "harness_version": HARNESS_VERSION,
+            "created_at": _now(),
+            "argv": list(argv),
+            "config": self.config.to_dict(),
+            "plan_identity": self.config.identity(),
+        }
 
     # -- set-up ------------------------------------------------------------------------------------
 
@@ -181,7 +221,9 @@ class Sweep:
         needed = longest + (longest // 4 + 64 if self.config.trials > 1 else 64)
         chars = needed * CHARS_PER_TOKEN_GUESS
         for _ in range(6):
-            haystack = tokenize_haystack(tokenizer, load_haystack(self.config.haystack, self.config.seed, chars))
+            haystack = tokenize_haystack(
+                tokenizer, load_haystack(self.config.haystack, self.config.seed, chars)
+            )
             if len(haystack.ids) >= needed:
                 return haystack
             chars = int(chars * max(1.5, 1.2 * needed / max(1, len(haystack.ids))))
@@ -236,8 +278,10 @@ class Sweep:
             return None
         saved = read_saved_doc(self.run_dir)
         if saved is None:
-            raise UsageError(f"--resume: {self.run_dir} holds no earlier run (no config.json)",
-                             hint="Check the --out folder, or drop --resume to start a new run there.")
+            raise UsageError(
+                f"--resume: {self.run_dir} holds no earlier run (no config.json)",
+                hint="Check the --out folder, or drop --resume to start a new run there.",
+            )
         before = saved.get("plan_identity")
         if isinstance(before, dict):
             from doctor.plan import settle_static_choices
@@ -253,28 +297,43 @@ class Sweep:
             return self.plan
         if self.folder.skip_preflight:
             self._note("preflight: skipped (--skip-preflight; recorded in config.json)")
-            self.doc["preflight"] = {"ran": False, "verdict": "skipped by --skip-preflight", "skipped_by_user": True}
+            self.doc["preflight"] = {
+                "ran": False,
+                "verdict": "skipped by --skip-preflight",
+                "skipped_by_user": True,
+            }
             return unjudged_plan(self.config)
         self._note("preflight: the doctor judges this plan…")
         plan = run_preflight(self.config, self.run_dir)
         limit = plan.max_context_tokens
         too_long = plan.too_long()
-        self._note(f"preflight: {plan.verdict}" + (f"; longest context that fits ≈ {limit:,} tokens" if limit else "")
-                   + (f"; will skip {', '.join(map(str, too_long))} (too long for the plan)" if too_long else ""))
-        self.doc["preflight"] = {"ran": True, "verdict": plan.verdict, "skipped_by_user": False,
-                                 "max_context_tokens": limit, "too_long": list(too_long),
-                                 "failing_checks": list(plan.failing_checks)}
+        self._note(
+            f"preflight: {plan.verdict}"
+            + (f"; longest context that fits ≈ {limit:,} tokens" if limit else "")
+            + (f"; will skip {', '.join(map(str, too_long))} (too long for the plan)" if too_long else "")
+        )
+        self.doc["preflight"] = {
+            "ran": True,
+            "verdict": plan.verdict,
+            "skipped_by_user": False,
+            "max_context_tokens": limit,
+            "too_long": list(too_long),
+            "failing_checks": list(plan.failing_checks),
+        }
         return plan
 
-    def _run_loaded(self, backend: Backend, plan: ResolvedPlan, done: dict[str, Any],
-                    saved: dict[str, Any] | None) -> dict[str, Any]:
+    def _run_loaded(
+        self, backend: Backend, plan: ResolvedPlan, done: dict[str, Any], saved: dict[str, Any] | None
+    ) -> dict[str, Any]:
         tokenizer = backend.tokenizer
         limit = max_positions(backend)
         over = [n for n in self.config.lengths if limit is not None and n > limit]
         if over:
-            raise UsageError(f"length(s) {', '.join(map(str, over))} exceed the model's max_position_embeddings "
-                             f"({limit}); positions beyond it were never trained and results would be noise",
-                             hint=f"Use --lengths up to {limit} (or a model with a longer context).")
+            raise UsageError(
+                f"length(s) {', '.join(map(str, over))} exceed the model's max_position_embeddings "
+                f"({limit}); positions beyond it were never trained and results would be noise",
+                hint=f"Use --lengths up to {limit} (or a model with a longer context).",
+            )
         frame = chat_frame(tokenizer)
         haystack = self._prepare_haystack(tokenizer)
         builder = PromptBuilder(tokenizer, frame, haystack)
@@ -283,9 +342,18 @@ class Sweep:
         if saved is not None and isinstance(saved.get("identity"), dict):
             _refuse_changed_identity(saved["identity"], self.doc["identity"], self.run_dir)
         self.identity_sha256 = identity
-        self.doc.update({"identity_sha256": identity, "template_mode": frame.mode,
-                         "haystack": {"source": haystack.source, "sha256": haystack.sha256,
-                                      "tokens_available": len(haystack.ids), "repetitions": haystack.repetitions}})
+        self.doc.update(
+            {
+                "identity_sha256": identity,
+                "template_mode": frame.mode,
+                "haystack": {
+                    "source": haystack.source,
+                    "sha256": haystack.sha256,
+                    "tokens_available": len(haystack.ids),
+                    "repetitions": haystack.repetitions,
+                },
+            }
+        )
         self._save_config()
         specs = plan_trials(self.config)
         counts = {"planned": len(specs), "already_done": 0, "ran": 0, "oom": 0, "errors": 0, "skipped": 0}
@@ -293,22 +361,33 @@ class Sweep:
         previous_ids: list[int] | None = None
         consecutive_errors = 0
         in_flight: deque[tuple[_Prepared, Future[Generation | BaseException]]] = deque()
-        pool = ThreadPoolExecutor(max_workers=self.config.concurrency) if self.config.concurrency > 1 else None
+        pool = (
+            ThreadPoolExecutor(max_workers=self.config.concurrency) if self.config.concurrency > 1 else None
+        )
 
         def record(row: dict[str, Any]) -> None:
             nonlocal consecutive_errors
             self.store.append(row)
             status = row["status"]
-            counts["ran" if status == "ok" else "skipped" if status == "skipped" else
-                   "oom" if status == "oom" else "errors"] += 1
+            counts[
+                "ran"
+                if status == "ok"
+                else "skipped"
+                if status == "skipped"
+                else "oom"
+                if status == "oom"
+                else "errors"
+            ] += 1
             if status == "oom" and row["depth_percent"] is not None:
                 depth = row["depth_percent"]
                 oom_floor[depth] = min(row["context_tokens"], oom_floor.get(depth, row["context_tokens"]))
             consecutive_errors = consecutive_errors + 1 if status == "error" else 0
             progress.advance(_describe_row(row))
             if consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
-                raise RunFailed(f"{consecutive_errors} trials in a row failed; last: {row.get('error')}",
-                                hint="Fix the cause (rerun with --debug for details), then --resume.")
+                raise RunFailed(
+                    f"{consecutive_errors} trials in a row failed; last: {row.get('error')}",
+                    hint="Fix the cause (rerun with --debug for details), then --resume.",
+                )
 
         def drain(keep: int) -> None:
             while len(in_flight) > keep:
@@ -327,7 +406,11 @@ class Sweep:
                         continue
                     if spec.length in plan.too_long():
                         record(self._skipped(spec, key, "estimate", plan.max_context_tokens))
-                    elif spec.depth is not None and spec.depth in oom_floor and spec.length > oom_floor[spec.depth]:
+                    elif (
+                        spec.depth is not None
+                        and spec.depth in oom_floor
+                        and spec.length > oom_floor[spec.depth]
+                    ):
                         record(self._skipped(spec, key, "after_oom", oom_floor[spec.depth]))
                     elif pool is None:
                         row = self._run_trial(backend, builder, spec, key, previous_ids)
@@ -337,7 +420,9 @@ class Sweep:
                         # Server backends: keep `concurrency` requests in flight; rows are finalized and
                         # appended in plan order as their answers arrive. No prefix reuse across requests.
                         trial = self._prepare(builder, spec, key, None)
-                        in_flight.append((trial, pool.submit(_call, backend, trial, self.config.max_new_tokens)))
+                        in_flight.append(
+                            (trial, pool.submit(_call, backend, trial, self.config.max_new_tokens))
+                        )
                         drain(self.config.concurrency - 1)
                 drain(0)
         finally:
@@ -346,14 +431,27 @@ class Sweep:
         return counts
 
     def _base_row(self, spec: TrialSpec, key: str) -> dict[str, Any]:
-        return {"trial_key": key, "status": None, "correct": False, "failure_class": None,
-                "context_tokens": spec.length, "input_tokens": None, "depth_percent": spec.depth,
-                "actual_depth_percent": None, "trial": spec.trial, "control": spec.control,
-                "seed": _stable_int(self.config.seed, spec.length, spec.depth, spec.trial, spec.control),
-                "needle_kind": self.config.needle_kind, "needle_value": None, "distractor_values": [],
-                "output_text": None, "seconds": 0.0, "started_at": _now(),
-                "identity_sha256": getattr(self, "identity_sha256", None),
-                "predicted_peak_bytes": self._predicted(spec.length)}
+        return {
+            "trial_key": key,
+            "status": None,
+            "correct": False,
+            "failure_class": None,
+            "context_tokens": spec.length,
+            "input_tokens": None,
+            "depth_percent": spec.depth,
+            "actual_depth_percent": None,
+            "trial": spec.trial,
+            "control": spec.control,
+            "seed": _stable_int(self.config.seed, spec.length, spec.depth, spec.trial, spec.control),
+            "needle_kind": self.config.needle_kind,
+            "needle_value": None,
+            "distractor_values": [],
+            "output_text": None,
+            "seconds": 0.0,
+            "started_at": _now(),
+            "identity_sha256": getattr(self, "identity_sha256", None),
+            "predicted_peak_bytes": self._predicted(spec.length),
+        }
 
     def _predicted(self, length: int) -> dict[str, int] | None:
         """The plan's predicted allocator peak per device at this length (None without an estimate)."""
@@ -373,60 +471,105 @@ class Sweep:
         for _ in range(10):  # a value that also occurs in a user haystack is redrawn (pitfall 13)
             needles = make_needles(self.config.needle_kind, rng, control=spec.control)
             try:
-                return needles, builder.build(length=spec.length, depth_percent=spec.depth, needles=needles,
-                                              window_start=window_start, rng=rng)
+                return needles, builder.build(
+                    length=spec.length,
+                    depth_percent=spec.depth,
+                    needles=needles,
+                    window_start=window_start,
+                    rng=rng,
+                )
             except ValueCollision:
                 continue
         raise RunFailed("could not draw needle values that occur exactly once in the haystack")
 
-    def _run_trial(self, backend: Backend, builder: PromptBuilder, spec: TrialSpec, key: str,
-                   previous_ids: list[int] | None) -> dict[str, Any]:
+    def _run_trial(
+        self,
+        backend: Backend,
+        builder: PromptBuilder,
+        spec: TrialSpec,
+        key: str,
+        previous_ids: list[int] | None,
+    ) -> dict[str, Any]:
         trial = self._prepare(builder, spec, key, previous_ids)
         return self._finish(backend, trial, _call(backend, trial, self.config.max_new_tokens))
 
-    def _prepare(self, builder: PromptBuilder, spec: TrialSpec, key: str,
-                 previous_ids: list[int] | None) -> _Prepared:
+    def _prepare(
+        self, builder: PromptBuilder, spec: TrialSpec, key: str, previous_ids: list[int] | None
+    ) -> _Prepared:
         row = self._base_row(spec, key)
         started = time.monotonic()
         needles, prompt = self._build(builder, spec, row["seed"])
         ids = prompt.input_ids
         reusable = _lcp(previous_ids, ids)
-        row.update(input_tokens=len(ids), actual_depth_percent=prompt.actual_depth_percent,
-                   needle_value=needles.needle_value, distractor_values=list(needles.distractor_values),
-                   haystack_tokens=prompt.haystack_tokens, needle_token_index=prompt.needle_index,
-                   snap_tokens=prompt.snap_tokens, input_ids_sha256=prompt.input_ids_sha256,
-                   reusable_prefix_tokens=reusable)
+        row.update(
+            input_tokens=len(ids),
+            actual_depth_percent=prompt.actual_depth_percent,
+            needle_value=needles.needle_value,
+            distractor_values=list(needles.distractor_values),
+            haystack_tokens=prompt.haystack_tokens,
+            needle_token_index=prompt.needle_index,
+            snap_tokens=prompt.snap_tokens,
+            input_ids_sha256=prompt.input_ids_sha256,
+            reusable_prefix_tokens=reusable,
+        )
         return _Prepared(spec, row, needles, prompt, reusable, started)
 
-    def _finish(self, backend: Backend, trial: _Prepared, outcome: Generation | BaseException) -> dict[str, Any]:
+    def _finish(
+        self, backend: Backend, trial: _Prepared, outcome: Generation | BaseException
+    ) -> dict[str, Any]:
         row, needles, prompt, started = trial.row, trial.needles, trial.prompt, trial.started
         row.update(snap_tolerance_tokens=prompt.snap_tolerance_tokens, depth_snapped=prompt.depth_snapped)
         if isinstance(outcome, BackendOOM):
-            row.update(status="oom", failure_class="oom", memory=outcome.memory, error=str(outcome),
-                       seconds=round(time.monotonic() - started, 3))
+            row.update(
+                status="oom",
+                failure_class="oom",
+                memory=outcome.memory,
+                error=str(outcome),
+                seconds=round(time.monotonic() - started, 3),
+            )
             return row
         if isinstance(outcome, (KeyboardInterrupt, RunFailed, UsageError)):
             raise outcome
         if isinstance(outcome, BaseException):  # one broken trial is recorded and retried on --resume
-            row.update(status="error", failure_class="other", error=f"{type(outcome).__name__}: {outcome}",
-                       seconds=round(time.monotonic() - started, 3))
+            row.update(
+                status="error",
+                failure_class="other",
+                error=f"{type(outcome).__name__}: {outcome}",
+                seconds=round(time.monotonic() - started, 3),
+            )
             return row
         generation = outcome
         output_ids = list(generation.output_ids)
         text = backend.tokenizer.decode(output_ids, skip_special_tokens=True)
-        score = score_trial(text, needles, prompt_text=prompt.body_text, stopped_at_eos=generation.stopped_at_eos,
-                            needle_positions=prompt.needle_positions,
-                            prompt_words_cache=prompt_words(prompt.body_text))
-        row.update(status="ok", correct=score.correct, failure_class=score.failure_class, lenient=score.lenient,
-                   recall=score.recall, found_distractors=list(score.found_distractors),
-                   hallucinated_values=list(score.hallucinated_values), extra_values=list(score.extra_values),
-                   scoring_version=SCORING_VERSION, output_text=text,
-                   output_tokens=len(output_ids), stopped_at_eos=generation.stopped_at_eos,
-                   prefill_seconds=round(generation.prefill_seconds, 4),
-                   decode_seconds=round(generation.decode_seconds, 4),
-                   reused_prefix_tokens=generation.reused_prefix_tokens, memory=dict(generation.memory),
-                   exceeded_prediction=exceeded_prediction(row.get("predicted_peak_bytes"), generation.memory),
-                   seconds=round(time.monotonic() - started, 3), _ids=prompt.input_ids)
+        score = score_trial(
+            text,
+            needles,
+            prompt_text=prompt.body_text,
+            stopped_at_eos=generation.stopped_at_eos,
+            needle_positions=prompt.needle_positions,
+            prompt_words_cache=prompt_words(prompt.body_text),
+        )
+        row.update(
+            status="ok",
+            correct=score.correct,
+            failure_class=score.failure_class,
+            lenient=score.lenient,
+            recall=score.recall,
+            found_distractors=list(score.found_distractors),
+            hallucinated_values=list(score.hallucinated_values),
+            extra_values=list(score.extra_values),
+            scoring_version=SCORING_VERSION,
+            output_text=text,
+            output_tokens=len(output_ids),
+            stopped_at_eos=generation.stopped_at_eos,
+            prefill_seconds=round(generation.prefill_seconds, 4),
+            decode_seconds=round(generation.decode_seconds, 4),
+            reused_prefix_tokens=generation.reused_prefix_tokens,
+            memory=dict(generation.memory),
+            exceeded_prediction=exceeded_prediction(row.get("predicted_peak_bytes"), generation.memory),
+            seconds=round(time.monotonic() - started, 3),
+            _ids=prompt.input_ids,
+        )
         return row
 
 
@@ -442,9 +585,11 @@ def _refuse_changed_identity(before: dict[str, Any], now: dict[str, Any], run_di
     """--resume must not mix two different tests in one folder: name what changed and stop (exit 2)."""
     changed = identity_diff(before, now)
     if changed:
-        raise UsageError(f"--resume: this run would compute different trials than the one in {run_dir} "
-                         f"(changed: {', '.join(changed)})",
-                         hint="Resume with the original settings, or start a new --out folder for the new test.")
+        raise UsageError(
+            f"--resume: this run would compute different trials than the one in {run_dir} "
+            f"(changed: {', '.join(changed)})",
+            hint="Resume with the original settings, or start a new --out folder for the new test.",
+        )
 
 
 def _describe_row(row: dict[str, Any]) -> str:
@@ -479,9 +624,17 @@ class _progress:
         )
 
         console = Console(stderr=True, highlight=False)
-        self._progress = Progress(TextColumn("niah"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                  TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
-                                  console=console, transient=False)
+        self._progress = Progress(
+            TextColumn("niah"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+            console=console,
+            transient=False,
+        )
         self._progress.start()
         self._task = self._progress.add_task("", total=self.total)
         return self

@@ -51,16 +51,26 @@ MAX_REDIRECTS = 5
 _ERROR_SNIPPET = 300  # characters of an error body worth quoting
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 
-FailureKind = Literal["connect", "timeout", "status", "redirect", "too-large", "bad-reply", "protocol", "bad-url",
-                      "no-client"]
+FailureKind = Literal[
+    "connect", "timeout", "status", "redirect", "too-large", "bad-reply", "protocol", "bad-url", "no-client"
+]
 
 
 class HttpFailure(Exception):
     """A request that did not give a usable JSON reply. `retryable`: a retry could help (connection
     refused/reset, timeout, 408/429/5xx); not for a wrong reply or a refused redirect."""
 
-    def __init__(self, kind: FailureKind, message: str, *, status: int | None = None, retryable: bool = False,
-                 retry_after: float | None = None, body: str = "", reason: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: FailureKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        body: str = "",
+        reason: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message  # a whole sentence naming the server
@@ -171,20 +181,32 @@ def _retry_after(value: str | None) -> float | None:
 def _read_capped(response: Any, max_bytes: int, url: str) -> bytes:
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise HttpFailure("too-large", f"{_where(url)} announced a {int(declared):,}-byte reply, over the "
-                                       f"{max_bytes:,}-byte limit")
+        raise HttpFailure(
+            "too-large",
+            f"{_where(url)} announced a {int(declared):,}-byte reply, over the {max_bytes:,}-byte limit",
+        )
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_bytes():
         size += len(chunk)
         if size > max_bytes:
-            raise HttpFailure("too-large", f"{_where(url)} sent more than {max_bytes:,} bytes; stopped reading")
+            raise HttpFailure(
+                "too-large", f"{_where(url)} sent more than {max_bytes:,} bytes; stopped reading"
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def request_json(method: str, url: str, *, body: Any = None, bearer: str | None = None, timeout_s: float,
-                 max_bytes: int = DEFAULT_MAX_BYTES, max_redirects: int = MAX_REDIRECTS) -> JsonReply:
+def request_json(
+    method: str,
+    url: str,
+    *,
+    body: Any = None,
+    bearer: str | None = None,
+    timeout_s: float,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_redirects: int = MAX_REDIRECTS,
+) -> JsonReply:
     """One JSON request under a total deadline of `timeout_s` seconds. Returns the parsed 2xx reply;
     raises HttpFailure for everything else (never another exception for anything the server does)."""
     if not timeout_s > 0:
@@ -193,7 +215,9 @@ def request_json(method: str, url: str, *, body: Any = None, bearer: str | None 
     if not host:
         raise HttpFailure("bad-url", "the URL names no server (no host, or it cannot be parsed)")
     if scheme not in ("http", "https"):
-        raise HttpFailure("bad-url", f"only http:// and https:// servers are supported, got {scheme or 'no'} scheme")
+        raise HttpFailure(
+            "bad-url", f"only http:// and https:// servers are supported, got {scheme or 'no'} scheme"
+        )
     data = None if body is None else json.dumps(body, allow_nan=False).encode("utf-8")
     headers = {"Accept": "application/json", "Accept-Encoding": "gzip, deflate"}
     if data is not None:
@@ -212,29 +236,46 @@ def request_json(method: str, url: str, *, body: Any = None, bearer: str | None 
         except ValueError:  # an unparsable Location: no server we could name, so none we would follow to
             target = ""
         if origin_of(target) != first_origin:
-            raise HttpFailure("redirect", f"{_where(url)} redirected (HTTP {status}) to another server "
-                                          f"{_where(target)}; not followed, so the API key is not sent there",
-                              status=status)
+            raise HttpFailure(
+                "redirect",
+                f"{_where(url)} redirected (HTTP {status}) to another server "
+                f"{_where(target)}; not followed, so the API key is not sent there",
+                status=status,
+            )
         if method.upper() != "GET" and status in (301, 302, 303):
-            raise HttpFailure("redirect", f"{_where(url)} redirected the {method.upper()} with HTTP {status}, "
-                                          "which would turn it into a GET without its body; not followed "
-                                          "(point --base-url at the final address)", status=status)
+            raise HttpFailure(
+                "redirect",
+                f"{_where(url)} redirected the {method.upper()} with HTTP {status}, "
+                "which would turn it into a GET without its body; not followed "
+                "(point --base-url at the final address)",
+                status=status,
+            )
         url = target
     raise HttpFailure("redirect", f"{_where(url)} redirected more than {max_redirects} times; stopped")
 
 
-def _one_request(method: str, url: str, data: bytes | None, headers: dict[str, str], deadline: float,
-                 timeout_s: float, max_bytes: int) -> JsonReply | tuple[int, str]:
+def _one_request(
+    method: str,
+    url: str,
+    data: bytes | None,
+    headers: dict[str, str],
+    deadline: float,
+    timeout_s: float,
+    max_bytes: int,
+) -> JsonReply | tuple[int, str]:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise HttpFailure("timeout", f"no complete answer from {_where(url)} within {timeout_s:g} s", retryable=True)
+        raise HttpFailure(
+            "timeout", f"no complete answer from {_where(url)} within {timeout_s:g} s", retryable=True
+        )
     httpx = _httpx()
     watchdog = _Watchdog(deadline)
     timeout = httpx.Timeout(remaining)
     try:
         with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-            request = client.build_request(method, url, content=data, headers=headers,
-                                           extensions={"trace": watchdog.trace})
+            request = client.build_request(
+                method, url, content=data, headers=headers, extensions={"trace": watchdog.trace}
+            )
             response = client.send(request, stream=True)
             try:
                 if response.status_code in _REDIRECT_CODES and response.headers.get("location"):
@@ -244,12 +285,16 @@ def _one_request(method: str, url: str, data: bytes | None, headers: dict[str, s
                         raw = _read_capped(response, min(max_bytes, 64 << 10), url)
                     except (HttpFailure, httpx.HTTPError):
                         raw = b""  # the body of an error is only a courtesy
-                    snippet = raw[:_ERROR_SNIPPET * 4].decode("utf-8", "replace")[:_ERROR_SNIPPET].strip()
+                    snippet = raw[: _ERROR_SNIPPET * 4].decode("utf-8", "replace")[:_ERROR_SNIPPET].strip()
                     status = response.status_code
-                    raise HttpFailure("status", f"HTTP {status} from {_where(url)}: "
-                                                f"{snippet or response.reason_phrase}",
-                                      status=status, retryable=status in _RETRY_STATUS,
-                                      retry_after=_retry_after(response.headers.get("retry-after")), body=snippet)
+                    raise HttpFailure(
+                        "status",
+                        f"HTTP {status} from {_where(url)}: {snippet or response.reason_phrase}",
+                        status=status,
+                        retryable=status in _RETRY_STATUS,
+                        retry_after=_retry_after(response.headers.get("retry-after")),
+                        body=snippet,
+                    )
                 raw = _read_capped(response, max_bytes, url)
                 status = response.status_code
             finally:
@@ -267,33 +312,50 @@ def _one_request(method: str, url: str, data: bytes | None, headers: dict[str, s
         verb = "cannot reach" if kind == "connect" else "the connection to"
         tail = "" if kind == "connect" else " broke"
         reason = f"{type(exc).__name__}: {_first_line(exc)}"
-        raise HttpFailure(kind, f"{verb} {_where(url)}{tail}: {reason}", retryable=True, reason=reason) from None
+        raise HttpFailure(
+            kind, f"{verb} {_where(url)}{tail}: {reason}", retryable=True, reason=reason
+        ) from None
     except OSError as exc:  # a socket error httpx did not wrap
         if watchdog.fired:
             raise _timed_out(url, timeout_s) from None
-        raise HttpFailure("connect", f"cannot reach {_where(url)}: {exc.strerror or exc}", retryable=True,
-                          reason=str(exc.strerror or exc)) from None
+        raise HttpFailure(
+            "connect",
+            f"cannot reach {_where(url)}: {exc.strerror or exc}",
+            retryable=True,
+            reason=str(exc.strerror or exc),
+        ) from None
     except httpx.InvalidURL as exc:
         raise HttpFailure("bad-url", f"{_where(url)}: not a usable URL: {_first_line(exc)}") from None
-    except (ValueError, UnicodeError, httpx.StreamError) as exc:  # a malformed header or stream from the server
+    except (
+        ValueError,
+        UnicodeError,
+        httpx.StreamError,
+    ) as exc:  # a malformed header or stream from the server
         raise HttpFailure("protocol", f"{_where(url)}: {type(exc).__name__}: {_first_line(exc)}") from None
     finally:
         watchdog.cancel()
     if watchdog.fired:
         raise _timed_out(url, timeout_s)
     if not raw.strip():
-        raise HttpFailure("bad-reply", f"{_where(url)} answered HTTP {status} with an empty body", status=status)
+        raise HttpFailure(
+            "bad-reply", f"{_where(url)} answered HTTP {status} with an empty body", status=status
+        )
     try:
         return JsonReply(status, parse_json_strict(raw))
     except ValueError as exc:
-        raise HttpFailure("bad-reply", f"{_where(url)} answered with something that is not valid JSON: {exc}",
-                          status=status) from None
+        raise HttpFailure(
+            "bad-reply", f"{_where(url)} answered with something that is not valid JSON: {exc}", status=status
+        ) from None
 
 
 def _timed_out(url: str, timeout_s: float) -> HttpFailure:
     reason = f"no complete answer within {timeout_s:g} s (the whole request, body included)"
-    return HttpFailure("timeout", f"no complete answer from {_where(url)} within {timeout_s:g} s "
-                                  "(the whole request, body included)", retryable=True, reason=reason)
+    return HttpFailure(
+        "timeout",
+        f"no complete answer from {_where(url)} within {timeout_s:g} s (the whole request, body included)",
+        retryable=True,
+        reason=reason,
+    )
 
 
 def _first_line(exc: BaseException) -> str:

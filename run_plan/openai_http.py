@@ -13,8 +13,17 @@ from typing import Any
 
 from run_plan.http import HttpFailure, request_json
 
-__all__ = ["MAX_TOKEN_ID", "BadBaseUrl", "BadReply", "ServerModel", "list_models", "normalize_base_url",
-           "parse_models", "public_url", "token_ids_of"]
+__all__ = [
+    "MAX_TOKEN_ID",
+    "BadBaseUrl",
+    "BadReply",
+    "ServerModel",
+    "list_models",
+    "normalize_base_url",
+    "parse_models",
+    "public_url",
+    "token_ids_of",
+]
 
 # Far above any real vocabulary (the largest are ~10^6) and below what a tokenizer's C++/Rust side
 # overflows on: a server answering token id 2**70 is broken, and we say so.
@@ -87,11 +96,13 @@ def _int_or_none(value: Any, upper: int) -> int | None:
 def parse_models(doc: Any) -> list[ServerModel]:
     """GET /v1/models' body -> models. Raises BadReply when it is not `{"data": [...]}`."""
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise BadReply(f"/v1/models did not answer with {{\"data\": [...]}}: {str(doc)[:200]}")
+        raise BadReply(f'/v1/models did not answer with {{"data": [...]}}: {str(doc)[:200]}')
     out = []
     for entry in doc["data"]:
         if isinstance(entry, dict) and isinstance(entry.get("id"), str) and entry["id"]:
-            out.append(ServerModel(entry["id"][:500], _int_or_none(entry.get("max_model_len"), MAX_SEQUENCE_LEN)))
+            out.append(
+                ServerModel(entry["id"][:500], _int_or_none(entry.get("max_model_len"), MAX_SEQUENCE_LEN))
+            )
     return out
 
 

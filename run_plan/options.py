@@ -57,68 +57,155 @@ OPTIONS: tuple[Option, ...] = (
     Option("model", "str", "Hub id, local folder, or 'demo' (SmolLM2-135M-Instruct, CPU-friendly)."),
     Option("revision", "str", "Hub revision (branch, tag or commit) of --model."),
     Option("gguf_file", "str", "A GGUF file name inside the --model folder/repo."),
-    Option("context", "tokens", "Longest input the run will feed (e.g. 131072, 128k, 1M). "
-           "Default: the longest of --lengths."),
+    Option(
+        "context",
+        "tokens",
+        "Longest input the run will feed (e.g. 131072, 128k, 1M). Default: the longest of --lengths.",
+    ),
     Option("lengths", "lengths", "Context lengths in the model's tokens: 1024,2048 or 1k,2k (k = 1024)."),
     Option("quant", "choice", "Load-time quantization.", QUANT_CHOICES),
     Option("bnb_4bit_type", "choice", "4-bit storage type.", BNB_4BIT_TYPES),
     Option("double_quant", "switch", "4-bit double quantization of the scales (default on)."),
     Option("dtype", "choice", "Weights dtype (auto = the checkpoint's).", DTYPE_CHOICES),
-    Option("prequantized", "switch", "Checkpoint is already bnb-quantized (default: detect from its config)."),
+    Option(
+        "prequantized", "switch", "Checkpoint is already bnb-quantized (default: detect from its config)."
+    ),
     Option("gpus", "str", "GPUs to plan for, e.g. 1xH100-80GB or 2x80GiB (default: what NVML sees)."),
-    Option("attn", "choice", "Attention implementation (auto = one that works at the planned length).",
-           ATTN_CHOICES),
+    Option(
+        "attn",
+        "choice",
+        "Attention implementation (auto = one that works at the planned length).",
+        ATTN_CHOICES,
+    ),
     Option("prefill_chunk", "tokens", "Tokens per prefill chunk (default: the largest whose peak fits)."),
     Option("kv_dtype", "choice", "KV-cache dtype (auto = the model dtype).", KV_DTYPE_CHOICES),
-    Option("max_memory", "max_memory", "Per-device budgets for the whole run, as accelerate takes them: "
-           "0=70GiB,1=70GiB,cpu=200GiB (or a JSON dict). The run's allocator is capped to them."),
+    Option(
+        "max_memory",
+        "max_memory",
+        "Per-device budgets for the whole run, as accelerate takes them: "
+        "0=70GiB,1=70GiB,cpu=200GiB (or a JSON dict). The run's allocator is capped to them.",
+    ),
     Option("device_map", "str", "auto, balanced, sequential, cpu or cuda:0."),
     Option("trust_remote_code", "bool", "Allow the model's own Python code (off by default)."),
     Option("online", "bool", "Allow network calls (hub lookups and downloads). Default: offline."),
-    Option("allow_pickle", "bool", "Allow .bin (pickle) checkpoints; off by default.", tools=frozenset({NIAH})),
-    Option("depths", "depths", "Needle depths in percent of the haystack. [default: 0,25,50,75,100]",
-           tools=frozenset({NIAH})),
+    Option(
+        "allow_pickle", "bool", "Allow .bin (pickle) checkpoints; off by default.", tools=frozenset({NIAH})
+    ),
+    Option(
+        "depths",
+        "depths",
+        "Needle depths in percent of the haystack. [default: 0,25,50,75,100]",
+        tools=frozenset({NIAH}),
+    ),
     Option("trials", "int", "Trials (seeds) per cell. [default: 1]", tools=frozenset({NIAH})),
-    Option("needle_kind", "str", "What is hidden: passkey, uuid, word, multikey, multivalue, association, ordered, "
-           "counting (docs/niah.md). [default: passkey]",
-           tools=frozenset({NIAH})),
-    Option("controls", "int", "No-needle control trials per length. [default: 0]", tools=frozenset({NIAH}),
-           minimum=0),
-    Option("haystack", "str", "'generated' (seeded prose) or a text file / folder of UTF-8 text files.",
-           tools=frozenset({NIAH})),
+    Option(
+        "needle_kind",
+        "str",
+        "What is hidden: passkey, uuid, word, multikey, multivalue, association, ordered, "
+        "counting (docs/niah.md). [default: passkey]",
+        tools=frozenset({NIAH}),
+    ),
+    Option(
+        "controls",
+        "int",
+        "No-needle control trials per length. [default: 0]",
+        tools=frozenset({NIAH}),
+        minimum=0,
+    ),
+    Option(
+        "haystack",
+        "str",
+        "'generated' (seeded prose) or a text file / folder of UTF-8 text files.",
+        tools=frozenset({NIAH}),
+    ),
     Option("max_new_tokens", "int", "Generated tokens per trial. [default: 32]", tools=frozenset({NIAH})),
-    Option("seed", "int", "Run seed (haystack, needle values, windows). [default: 0]", tools=frozenset({NIAH}),
-           minimum=0),
-    Option("effective_threshold", "fraction", "Wilson lower bound a length must keep to count as effective. "
-           "[default: 0.85]", tools=frozenset({NIAH})),
-    Option("price_per_gpu_hour", "float", "Price of one GPU-hour: the summary adds money per cell.",
-           tools=frozenset({NIAH})),
-    Option("backend", "choice", "Local transformers model, or an OpenAI-compatible server.", BACKEND_CHOICES,
-           tools=frozenset({NIAH})),
-    Option("base_url", "str", "OpenAI-compatible server (vLLM, SGLang, niah serve) serving --model "
-           "(API key from $OPENAI_API_KEY)."),
-    Option("tokenizer", "str", "openai backend: hub id, folder or 'demo'. [default: --model]",
-           tools=frozenset({NIAH})),
+    Option(
+        "seed",
+        "int",
+        "Run seed (haystack, needle values, windows). [default: 0]",
+        tools=frozenset({NIAH}),
+        minimum=0,
+    ),
+    Option(
+        "effective_threshold",
+        "fraction",
+        "Wilson lower bound a length must keep to count as effective. [default: 0.85]",
+        tools=frozenset({NIAH}),
+    ),
+    Option(
+        "price_per_gpu_hour",
+        "float",
+        "Price of one GPU-hour: the summary adds money per cell.",
+        tools=frozenset({NIAH}),
+    ),
+    Option(
+        "backend",
+        "choice",
+        "Local transformers model, or an OpenAI-compatible server.",
+        BACKEND_CHOICES,
+        tools=frozenset({NIAH}),
+    ),
+    Option(
+        "base_url",
+        "str",
+        "OpenAI-compatible server (vLLM, SGLang, niah serve) serving --model (API key from $OPENAI_API_KEY).",
+    ),
+    Option(
+        "tokenizer",
+        "str",
+        "openai backend: hub id, folder or 'demo'. [default: --model]",
+        tools=frozenset({NIAH}),
+    ),
     Option("concurrency", "int", "openai backend: requests in flight. [default: 1]", tools=frozenset({NIAH})),
-    Option("request_timeout", "int", "openai backend: seconds per request. [default: 1800]",
-           tools=frozenset({NIAH})),
-    Option("retries", "int", "openai backend: retries with backoff. [default: 3]", tools=frozenset({NIAH}),
-           minimum=0),
-    Option("scripts", "paths", "A file the run executes: its git freshness and the settings it passes to "
-           "transformers are checked. Repeatable.", tools=frozenset({DOCTOR}), flag="--script"),
+    Option(
+        "request_timeout",
+        "int",
+        "openai backend: seconds per request. [default: 1800]",
+        tools=frozenset({NIAH}),
+    ),
+    Option(
+        "retries",
+        "int",
+        "openai backend: retries with backoff. [default: 3]",
+        tools=frozenset({NIAH}),
+        minimum=0,
+    ),
+    Option(
+        "scripts",
+        "paths",
+        "A file the run executes: its git freshness and the settings it passes to "
+        "transformers are checked. Repeatable.",
+        tools=frozenset({DOCTOR}),
+        flag="--script",
+    ),
     Option("fetch", "bool", "git fetch the upstream before comparing (network).", tools=frozenset({DOCTOR})),
-    Option("live", "switch", "Import torch/bitsandbytes/triton in child processes and test the GPU "
-           "(default: only when an NVIDIA GPU is visible).", tools=frozenset({DOCTOR})),
-    Option("deep", "bool", "Also measure pinned host<->GPU bandwidth and real peer-to-peer copies (seconds more).",
-           tools=frozenset({DOCTOR})),
-    Option("probe_timeout_s", "float", "Seconds before a hung probe child is killed. [default: 60]",
-           tools=frozenset({DOCTOR}), flag="--timeout"),
+    Option(
+        "live",
+        "switch",
+        "Import torch/bitsandbytes/triton in child processes and test the GPU "
+        "(default: only when an NVIDIA GPU is visible).",
+        tools=frozenset({DOCTOR}),
+    ),
+    Option(
+        "deep",
+        "bool",
+        "Also measure pinned host<->GPU bandwidth and real peer-to-peer copies (seconds more).",
+        tools=frozenset({DOCTOR}),
+    ),
+    Option(
+        "probe_timeout_s",
+        "float",
+        "Seconds before a hung probe child is killed. [default: 60]",
+        tools=frozenset({DOCTOR}),
+        flag="--timeout",
+    ),
 )
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 SPEC_FIELDS = frozenset(f.name for f in dataclasses.fields(RunSpec)) - {"sources"}
 
 
 # -- checking one value ----------------------------------------------------------------------------
+
 
 def _list(value: Any, key: str) -> list[Any]:
     if isinstance(value, str):
@@ -155,7 +242,9 @@ def parse_depths(value: Any, key: str = "depths") -> tuple[float, ...]:
         except ValueError:
             raise UsageError(f"{key!r}: {item!r} is not a number (depth in percent)") from None
         if not 0.0 <= depth <= 100.0:  # also refuses NaN
-            raise UsageError(f"depth {item} is outside 0-100", hint="Depths are percent of the haystack: 0 … 100.")
+            raise UsageError(
+                f"depth {item} is outside 0-100", hint="Depths are percent of the haystack: 0 … 100."
+            )
         depths.append(depth)
     return tuple(sorted(set(depths)))
 
@@ -170,7 +259,9 @@ def canonical_max_memory(value: Any) -> str:
 
 def _dict_text(value: Any) -> str:
     if not isinstance(value, Mapping):
-        raise UsageError(f"max_memory must be text like 0=70GiB,cpu=200GiB or a table, got {type(value).__name__}")
+        raise UsageError(
+            f"max_memory must be text like 0=70GiB,cpu=200GiB or a table, got {type(value).__name__}"
+        )
     return ",".join(f"{k}={v}" for k, v in value.items())
 
 
@@ -214,7 +305,12 @@ def _check(kind: str, value: Any, label: str, option: Option | None) -> Any:
             raise UsageError(f"{label} {value} is out of range")
         return value
     if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             raise UsageError(f"{label} must be a positive number, got {value!r}")
         return float(value)
     if kind == "fraction":
@@ -235,7 +331,10 @@ def _check(kind: str, value: Any, label: str, option: Option | None) -> Any:
 
 # -- layers ----------------------------------------------------------------------------------------
 
-def known_keys(values: Mapping[str, Any], where: str, allowed: frozenset[str] = SPEC_FIELDS) -> dict[str, Any]:
+
+def known_keys(
+    values: Mapping[str, Any], where: str, allowed: frozenset[str] = SPEC_FIELDS
+) -> dict[str, Any]:
     """Keys normalised to field names; an unknown key fails with the closest known one."""
     out: dict[str, Any] = {}
     for key, value in values.items():
@@ -262,7 +361,9 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"--config {path} is not valid TOML: {exc}") from None
     if set(data) == {"run"}:
         if not isinstance(data["run"], dict):
-            raise UsageError(f"--config {path}: 'run' must be a table ([run]), got {type(data['run']).__name__}")
+            raise UsageError(
+                f"--config {path}: 'run' must be a table ([run]), got {type(data['run']).__name__}"
+            )
         data = data["run"]
     return known_keys(data, str(path))
 
@@ -296,6 +397,7 @@ def build_spec(layers: list[Layer], defaults: Mapping[str, Any] | None = None) -
 
 # -- click -----------------------------------------------------------------------------------------
 
+
 def click_options(tool: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The plan's flags for one CLI, every default None (so "given" is known and layers can merge)."""
     import click
@@ -312,12 +414,16 @@ def _click_option(click: Any, option: Option) -> Any:
     flag = option.cli_flag
     if option.kind == "switch":
         stem = flag[2:]
-        negative = {"double-quant": "--no-double-quant", "prequantized": "--not-prequantized"}.get(stem, f"--no-{stem}")
+        negative = {"double-quant": "--no-double-quant", "prequantized": "--not-prequantized"}.get(
+            stem, f"--no-{stem}"
+        )
         return click.option(f"{flag}/{negative}", option.name, default=None, help=option.help)
     if option.kind == "bool":
         return click.option(flag, option.name, is_flag=True, default=None, help=option.help)
     if option.kind == "choice":
-        return click.option(flag, option.name, type=click.Choice(option.choices), default=None, help=option.help)
+        return click.option(
+            flag, option.name, type=click.Choice(option.choices), default=None, help=option.help
+        )
     if option.kind == "int":
         return click.option(flag, option.name, type=int, default=None, help=option.help)
     if option.kind in ("float", "fraction"):

@@ -23,11 +23,16 @@ class DevicePrediction:
 
     device: str  # "cuda:0"
     predicted_peak_bytes: int  # weights + KV + prefill activations: what torch.cuda.max_memory_allocated sees
-    limit_bytes: int  # what the caching allocator may use there (the --max-memory budget, or the card's usable)
+    limit_bytes: (
+        int  # what the caching allocator may use there (the --max-memory budget, or the card's usable)
+    )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "predicted_peak_bytes": self.predicted_peak_bytes,
-                "limit_bytes": self.limit_bytes}
+        return {
+            "device": self.device,
+            "predicted_peak_bytes": self.predicted_peak_bytes,
+            "limit_bytes": self.limit_bytes,
+        }
 
 
 @dataclass(frozen=True)
@@ -38,13 +43,19 @@ class LengthPlan:
     why_not: str | None = None  # set when fits is False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "fits": self.fits, "devices": [d.to_dict() for d in self.devices],
-                "why_not": self.why_not}
+        return {
+            "tokens": self.tokens,
+            "fits": self.fits,
+            "devices": [d.to_dict() for d in self.devices],
+            "why_not": self.why_not,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LengthPlan:
-        devices = tuple(DevicePrediction(str(d["device"]), int(d["predicted_peak_bytes"]), int(d["limit_bytes"]))
-                        for d in data.get("devices") or [])
+        devices = tuple(
+            DevicePrediction(str(d["device"]), int(d["predicted_peak_bytes"]), int(d["limit_bytes"]))
+            for d in data.get("devices") or []
+        )
         return cls(int(data["tokens"]), bool(data["fits"]), devices, data.get("why_not"))
 
     def predicted_by_device(self) -> dict[str, int]:
@@ -88,30 +99,46 @@ class ResolvedPlan:
 
         if not self.spec.max_memory:
             return {}
-        return {key: size_to_bytes(value) for key, value in parse_max_memory(self.spec.max_memory).items()
-                if isinstance(key, int)}
+        return {
+            key: size_to_bytes(value)
+            for key, value in parse_max_memory(self.spec.max_memory).items()
+            if isinstance(key, int)
+        }
 
     # -- JSON --------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": PLAN_SCHEMA_VERSION, "spec": self.spec.to_dict(),
-                "lengths": [lp.to_dict() for lp in self.lengths], "max_context_tokens": self.max_context_tokens,
-                "decisions": [d.to_dict() for d in self.decisions], "estimate_method": self.estimate_method,
-                "verdict": self.verdict, "failing_checks": list(self.failing_checks)}
+        return {
+            "schema_version": PLAN_SCHEMA_VERSION,
+            "spec": self.spec.to_dict(),
+            "lengths": [lp.to_dict() for lp in self.lengths],
+            "max_context_tokens": self.max_context_tokens,
+            "decisions": [d.to_dict() for d in self.decisions],
+            "estimate_method": self.estimate_method,
+            "verdict": self.verdict,
+            "failing_checks": list(self.failing_checks),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResolvedPlan:
         if not isinstance(data, dict) or data.get("schema_version") != PLAN_SCHEMA_VERSION:
-            raise UsageError("not a niah-doctor plan (schema_version 1)",
-                             hint="Write one with `doctor ... --plan-out plan.json`.")
+            raise UsageError(
+                "not a niah-doctor plan (schema_version 1)",
+                hint="Write one with `doctor ... --plan-out plan.json`.",
+            )
         try:
-            return cls(spec=RunSpec.from_dict(data["spec"]),
-                       lengths=tuple(LengthPlan.from_dict(x) for x in data.get("lengths") or []),
-                       max_context_tokens=data.get("max_context_tokens"),
-                       decisions=tuple(Decision(str(d["name"]), d.get("value"), str(d.get("why", "")))
-                                       for d in data.get("decisions") or []),
-                       estimate_method=data.get("estimate_method"), verdict=str(data.get("verdict", "")),
-                       failing_checks=tuple(data.get("failing_checks") or ()))
+            return cls(
+                spec=RunSpec.from_dict(data["spec"]),
+                lengths=tuple(LengthPlan.from_dict(x) for x in data.get("lengths") or []),
+                max_context_tokens=data.get("max_context_tokens"),
+                decisions=tuple(
+                    Decision(str(d["name"]), d.get("value"), str(d.get("why", "")))
+                    for d in data.get("decisions") or []
+                ),
+                estimate_method=data.get("estimate_method"),
+                verdict=str(data.get("verdict", "")),
+                failing_checks=tuple(data.get("failing_checks") or ()),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"the plan is malformed: {type(exc).__name__}: {exc}") from None
 

@@ -56,7 +56,7 @@ def write_atomic(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fchmod(fd, mode & ~_umask())
             os.fsync(fd)
         finally:

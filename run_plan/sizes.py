@@ -24,7 +24,12 @@ MaxMemory = dict[int | str, int | str]
 # Non-GPU keys accelerate's get_max_memory accepts; everything else must be a GPU index (int).
 NAMED_DEVICES: tuple[str, ...] = ("cpu", "disk", "mps")
 _UNITS: tuple[tuple[str, int], ...] = (
-    ("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3),
+    ("GIB", 2**30),
+    ("MIB", 2**20),
+    ("KIB", 2**10),
+    ("GB", 10**9),
+    ("MB", 10**6),
+    ("KB", 10**3),
 )
 _CUDA_KEY = re.compile(r"^(?:cuda|gpu)\s*:?\s*(\d+)$", re.IGNORECASE)
 _ASCII_INT = re.compile(r"[0-9]+")
@@ -48,15 +53,18 @@ def size_to_bytes(value: str | int) -> int:
     for unit, scale in _UNITS:
         if text.upper().endswith(unit):
             return _scaled(text, text[: -len(unit)], scale)
-    raise UsageError(f"size {text!r} is not in a valid format (accelerate would raise ValueError)", hint=_HINT)
+    raise UsageError(
+        f"size {text!r} is not in a valid format (accelerate would raise ValueError)", hint=_HINT
+    )
 
 
 def _scaled(text: str, number: str, scale: int) -> int:
     try:
         amount = float(number)
     except ValueError:
-        raise UsageError(f"size {text!r} is not in a valid format (accelerate would raise ValueError)",
-                         hint=_HINT) from None
+        raise UsageError(
+            f"size {text!r} is not in a valid format (accelerate would raise ValueError)", hint=_HINT
+        ) from None
     if not math.isfinite(amount):
         raise UsageError(f"size {text!r} is not a finite number", hint=_HINT)
     size = int(amount * scale)
@@ -76,10 +84,16 @@ def parse_device_key(key: str) -> int | str:
         return name.lower()
     cuda = _CUDA_KEY.match(name)
     if cuda:
-        raise UsageError(f"--max-memory key {name!r} is not valid for accelerate: use {cuda.group(1)} "
-                         f"(GPUs are plain integers)", hint=_HINT)
-    raise UsageError(f"--max-memory key {name!r} is not a device accelerate knows "
-                     f"(integers for GPUs, 'cpu', 'disk', 'mps')", hint=_HINT)
+        raise UsageError(
+            f"--max-memory key {name!r} is not valid for accelerate: use {cuda.group(1)} "
+            f"(GPUs are plain integers)",
+            hint=_HINT,
+        )
+    raise UsageError(
+        f"--max-memory key {name!r} is not a device accelerate knows "
+        f"(integers for GPUs, 'cpu', 'disk', 'mps')",
+        hint=_HINT,
+    )
 
 
 def max_memory_pairs(text: str) -> list[tuple[str, str]]:
@@ -93,8 +107,11 @@ def max_memory_pairs(text: str) -> list[tuple[str, str]]:
         try:
             mapping = ast.literal_eval(stripped)
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            raise UsageError(f"--max-memory {stripped[:80]!r} is not a dict of literals "
-                             "(expected {0: \"70GiB\", \"cpu\": \"200GiB\"})", hint=_HINT) from None
+            raise UsageError(
+                f"--max-memory {stripped[:80]!r} is not a dict of literals "
+                '(expected {0: "70GiB", "cpu": "200GiB"})',
+                hint=_HINT,
+            ) from None
         if not isinstance(mapping, dict):
             raise UsageError("--max-memory must be a dict of device to size", hint=_HINT)
         return [(str(key), str(value)) for key, value in mapping.items()]

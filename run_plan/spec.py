@@ -22,8 +22,16 @@ DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
 KV_DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32", "float8_e4m3fn")
 BACKEND_CHOICES: tuple[str, ...] = ("transformers", "openai")
 # The same names as niah_run.needles.NEEDLE_KINDS (tests/test_fuzz_cli.py checks they agree).
-NEEDLE_KIND_CHOICES: tuple[str, ...] = ("passkey", "uuid", "word", "multikey", "multivalue", "association",
-                                        "ordered", "counting")
+NEEDLE_KIND_CHOICES: tuple[str, ...] = (
+    "passkey",
+    "uuid",
+    "word",
+    "multikey",
+    "multivalue",
+    "association",
+    "ordered",
+    "counting",
+)
 BNB_4BIT_TYPES: tuple[str, ...] = ("nf4", "fp4")
 
 # The one prefill chunk both tools use when no estimate can choose one (no model config, no GPU known).
@@ -46,8 +54,10 @@ def parse_token_count(text: str | int, *, what: str = "context") -> int:
     else:
         match = _TOKENS.match(str(text))
         if not match:
-            raise UsageError(f"{what} {str(text)[:40]!r} is not a token count",
-                             hint="Use an integer like 131072, or 128k / 1M (k = 1024, M = 1048576).")
+            raise UsageError(
+                f"{what} {str(text)[:40]!r} is not a token count",
+                hint="Use an integer like 131072, or 128k / 1M (k = 1024, M = 1048576).",
+            )
         number, unit = match.groups()
         scaled = float(number) * _TOKEN_UNITS[unit.lower()]
         if scaled != int(scaled):
@@ -124,7 +134,9 @@ class RunSpec:
         # niah_run.needles.NEEDLE_KINDS (run_plan cannot import niah_run); an unknown kind was exit 3.
         _check_choice("needle-kind", self.needle_kind, NEEDLE_KIND_CHOICES)
         if not str(self.haystack).strip():  # Path("") is the current folder: never tokenize the user's files
-            raise UsageError("--haystack is empty", hint="Give 'generated', a UTF-8 text file, or a folder of them.")
+            raise UsageError(
+                "--haystack is empty", hint="Give 'generated', a UTF-8 text file, or a folder of them."
+            )
         if self.kv_dtype is not None:
             _check_choice("kv-dtype", self.kv_dtype, KV_DTYPE_CHOICES)
         if self.prefill_chunk is not None and self.prefill_chunk <= 0:
@@ -133,9 +145,11 @@ class RunSpec:
             raise UsageError("--timeout must be positive")
         if self.concurrency > 1 and self.backend != "openai":
             # One local model on one set of GPUs runs one prompt at a time; parallel prefill would only OOM.
-            raise UsageError("--concurrency applies to --backend openai (a server); the local backend runs one "
-                             "trial at a time", hint="Drop --concurrency, or serve the model (vLLM, SGLang, "
-                             "`niah serve`).")
+            raise UsageError(
+                "--concurrency applies to --backend openai (a server); the local backend runs one "
+                "trial at a time",
+                hint="Drop --concurrency, or serve the model (vLLM, SGLang, `niah serve`).",
+            )
         if self.context is not None and self.context <= 0:
             raise UsageError(f"--context must be a positive number of tokens, got {self.context}")
         if self.lengths and self.context is None:
@@ -143,8 +157,10 @@ class RunSpec:
         elif self.context is not None and not self.lengths:
             object.__setattr__(self, "lengths", (self.context,))
         elif self.lengths and self.context is not None and max(self.lengths) > self.context:
-            raise UsageError(f"--lengths reach {max(self.lengths)} tokens, beyond --context {self.context}",
-                             hint="Drop --context (it defaults to the longest length) or raise it.")
+            raise UsageError(
+                f"--lengths reach {max(self.lengths)} tokens, beyond --context {self.context}",
+                hint="Drop --context (it defaults to the longest length) or raise it.",
+            )
 
     # -- views -------------------------------------------------------------------------------------
 
@@ -161,7 +177,9 @@ class RunSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise UsageError(f"unknown plan field {unknown[0]!r}", hint="Was the plan written by a newer version?")
+            raise UsageError(
+                f"unknown plan field {unknown[0]!r}", hint="Was the plan written by a newer version?"
+            )
         values = dict(data)
         for key in ("lengths", "depths", "scripts"):
             if key in values:
@@ -182,9 +200,25 @@ class RunSpec:
         Sweep shape (lengths, depths, trials, controls) picks WHICH trials run, and placement/chunk/budgets
         change how fast or where, not what a greedy decode returns — those stay out, so a resumed run
         can add lengths or move to a bigger card without repeating what is done."""
-        keep = ("model", "revision", "gguf_file", "quant", "bnb_4bit_type", "double_quant", "prequantized",
-                "dtype", "attn", "kv_dtype", "needle_kind", "haystack", "max_new_tokens", "seed", "backend",
-                "tokenizer", "trust_remote_code")
+        keep = (
+            "model",
+            "revision",
+            "gguf_file",
+            "quant",
+            "bnb_4bit_type",
+            "double_quant",
+            "prequantized",
+            "dtype",
+            "attn",
+            "kv_dtype",
+            "needle_kind",
+            "haystack",
+            "max_new_tokens",
+            "seed",
+            "backend",
+            "tokenizer",
+            "trust_remote_code",
+        )
         return {name: getattr(self, name) for name in keep}
 
     def describe(self) -> dict[str, object]:
@@ -193,8 +227,16 @@ class RunSpec:
         if self.quant == "bnb-4bit":
             out["bnb_4bit_type"] = self.bnb_4bit_type
             out["double_quant"] = self.double_quant
-        for name in ("dtype", "prequantized", "gpus", "attn", "prefill_chunk", "kv_dtype",
-                     "max_memory", "device_map"):
+        for name in (
+            "dtype",
+            "prequantized",
+            "gpus",
+            "attn",
+            "prefill_chunk",
+            "kv_dtype",
+            "max_memory",
+            "device_map",
+        ):
             out[name] = getattr(self, name)
         if len(self.lengths) > 1:
             out["lengths"] = list(self.lengths)
@@ -212,4 +254,8 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 def identity_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Names of identity settings that differ (for refusing a --resume that would mix two tests)."""
     names = sorted(set(saved) | set(current))
-    return [n for n in names if json.dumps(saved.get(n), sort_keys=True) != json.dumps(current.get(n), sort_keys=True)]
+    return [
+        n
+        for n in names
+        if json.dumps(saved.get(n), sort_keys=True) != json.dumps(current.get(n), sort_keys=True)
+    ]

@@ -28,8 +28,15 @@ def run_module(*args: str, env: dict[str, str] | None = None, timeout: float = 1
     import subprocess
 
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=full_env,
-                          timeout=timeout, cwd=REPO, check=False)
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
 
 
 # -- the demo model, loaded once per test session ----------------------------------------------------
@@ -87,8 +94,12 @@ def shared_demo_model(demo_backend, monkeypatch: pytest.MonkeyPatch):
     real = sweep.make_backend
 
     def lend(config):
-        if (config.model == "demo" and not config.base_url and config.quant == "none"
-                and config.dtype == DEMO_DTYPE):
+        if (
+            config.model == "demo"
+            and not config.base_url
+            and config.quant == "none"
+            and config.dtype == DEMO_DTYPE
+        ):
             return _LentBackend(demo_backend, config.prefill_chunk)
         return real(config)
 

@@ -46,16 +46,24 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_no_import_runs_back_up_a_layer() -> None:
-    upward = [(src, dst) for src, targets in _graph().items() for dst in targets
-              if LAYERS[dst.split(".")[0]] > LAYERS[src.split(".")[0]]]
+    upward = [
+        (src, dst)
+        for src, targets in _graph().items()
+        for dst in targets
+        if LAYERS[dst.split(".")[0]] > LAYERS[src.split(".")[0]]
+    ]
     assert upward == []
 
 
 def test_neither_tool_imports_the_other_tools_cli() -> None:
     graph = _graph()
     assert not any("doctor.cli" in targets for src, targets in graph.items() if src.startswith("niah_run"))
-    assert not any(t.startswith("niah_run") for src, targets in graph.items() if src.startswith("doctor")
-                   for t in targets)
+    assert not any(
+        t.startswith("niah_run")
+        for src, targets in graph.items()
+        if src.startswith("doctor")
+        for t in targets
+    )
 
 
 def test_no_import_circle_between_modules() -> None:

@@ -28,18 +28,23 @@ def assert_one_line_usage_error(code: int, out: str, err: str, words: str) -> No
     assert words in lines[0], err
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--context", "0"], "positive"),
-    (["--context", "-5"], "not a token count"),
-    (["--context", "abc"], "not a token count"),
-    (["--context", "1.5"], "whole number"),
-    (["--prefill-chunk", "0"], "positive"),
-    (["--max-memory", "cpu=auto"], "'auto' is not in a valid format"),
-    (["--max-memory", "cuda:0=70GiB"], "use 0"),
-    (["--max-memory", "0=75G"], "not in a valid format"),
-    (["--max-memory", ""], "empty"),
-])
-def test_bad_flag_value_is_one_line_and_exit_2(argv: list[str], words: str, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--context", "0"], "positive"),
+        (["--context", "-5"], "not a token count"),
+        (["--context", "abc"], "not a token count"),
+        (["--context", "1.5"], "whole number"),
+        (["--prefill-chunk", "0"], "positive"),
+        (["--max-memory", "cpu=auto"], "'auto' is not in a valid format"),
+        (["--max-memory", "cuda:0=70GiB"], "use 0"),
+        (["--max-memory", "0=75G"], "not in a valid format"),
+        (["--max-memory", ""], "empty"),
+    ],
+)
+def test_bad_flag_value_is_one_line_and_exit_2(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture
+) -> None:
     code = run_cli(doctor_command, [*argv, "--only", "platform"])
     captured = capsys.readouterr()
     assert_one_line_usage_error(code, captured.out, captured.err, words)
@@ -67,10 +72,13 @@ def test_missing_script_is_a_fail_row(tmp_path: Path) -> None:
     assert row["status"] == "fail" and "file not found" in row["summary"]
 
 
-@pytest.mark.parametrize("config, words", [
-    (None, "no config.json"),
-    ('{"model_type": "llama", "hidden_si', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        (None, "no config.json"),
+        ('{"model_type": "llama", "hidden_si', "not valid JSON"),
+    ],
+)
 def test_bad_model_folder_is_a_fail_row(tmp_path: Path, config: str | None, words: str) -> None:
     folder = tmp_path / "model"
     folder.mkdir()
@@ -88,10 +96,19 @@ def test_unknown_model_type_is_a_fail_row(tmp_path: Path) -> None:
     folder = tmp_path / "model"
     folder.mkdir()
     # The sizes the estimate needs are valid (a missing one is its own FAIL, tests/test_fuzz_cli.py).
-    (folder / "config.json").write_text(json.dumps({"model_type": "no-such-architecture", "hidden_size": 64,
-                                                    "num_hidden_layers": 2, "num_attention_heads": 4}))
-    proc = run_module("-m", "doctor", "--model", str(folder), "--live", "--only", "model,libraries",
-                      "--format", "json")
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "no-such-architecture",
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+            }
+        )
+    )
+    proc = run_module(
+        "-m", "doctor", "--model", str(folder), "--live", "--only", "model,libraries", "--format", "json"
+    )
     assert "Traceback" not in proc.stderr
     doc = json.loads(proc.stdout)
     assert proc.returncode == 1

@@ -55,7 +55,9 @@ def test_unreadable_gpus_is_usage_error_listing_accepted_forms(capsys) -> None:
 
 def test_doctor_diff_subcommand_dispatches(tmp_path) -> None:
     golden = REPO / "tests" / "golden"
-    proc = run_module("-m", "doctor", "diff", str(golden / "h100-healthy.json"), str(golden / "scout-cpu.json"))
+    proc = run_module(
+        "-m", "doctor", "diff", str(golden / "h100-healthy.json"), str(golden / "scout-cpu.json")
+    )
     assert proc.returncode == 0, proc.stderr
     assert "nvidia-driver" in proc.stdout and "pass → fail" in proc.stdout
     assert run_module("-m", "doctor", "diff", str(tmp_path / "none.json"), "x.json").returncode == 2

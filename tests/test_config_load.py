@@ -31,15 +31,33 @@ from run_plan.spec import RunSpec
 pytest.importorskip("transformers")
 
 SCOUT = "meta-llama/Llama-4-Scout-17B-16E-Instruct"
-LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
-         "num_key_value_heads": 4, "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 5,
-         "transformers_version": "4.45.0"}
+LLAMA = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "vocab_size": 5,
+    "transformers_version": "4.45.0",
+}
 # A small Llama 4 config written the way the published April 2025 configs are: two int flags the
 # class now declares as bool.
 LLAMA4_AS_PUBLISHED = {
-    "model_type": "llama4", "architectures": ["Llama4ForConditionalGeneration"], "transformers_version": "4.51.0.dev0",
-    "text_config": {"model_type": "llama4_text", "attn_temperature_tuning": 4, "use_qk_norm": 1, "hidden_size": 64,
-                    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "num_hidden_layers": 2},
+    "model_type": "llama4",
+    "architectures": ["Llama4ForConditionalGeneration"],
+    "transformers_version": "4.51.0.dev0",
+    "text_config": {
+        "model_type": "llama4_text",
+        "attn_temperature_tuning": 4,
+        "use_qk_norm": 1,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "num_hidden_layers": 2,
+    },
 }
 
 
@@ -73,8 +91,9 @@ def _save_tokenizer(folder: Path) -> None:
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "hello": 3, "world": 4}
     raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", bos_token="<s>",
-                            eos_token="</s>").save_pretrained(str(folder))
+    PreTrainedTokenizerFast(
+        tokenizer_object=raw, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    ).save_pretrained(str(folder))
 
 
 # ---------------------------------------------------------------- real transformers, real files
@@ -88,7 +107,10 @@ def test_wrong_typed_fields_fail_with_transformers_text_field_value_and_fixes(tm
     assert config.error_type == "StrictDataclassFieldValidationError"
     # Every refused field is listed (transformers stops at the first), located inside text_config.
     found = {r.path: (r.value, r.expected) for r in facts.rejected_fields}
-    assert found == {"text_config.attn_temperature_tuning": (4, "bool"), "text_config.use_qk_norm": (1, "bool")}
+    assert found == {
+        "text_config.attn_temperature_tuning": (4, "bool"),
+        "text_config.use_qk_norm": (1, "bool"),
+    }
 
     result = _judge("model-config-loads", facts, RunSpec(model=str(folder)))
     assert result.status is Status.FAIL
@@ -96,18 +118,31 @@ def test_wrong_typed_fields_fail_with_transformers_text_field_value_and_fixes(tm
     assert result.fix is not None
     commands = "\n".join(result.fix.commands)
     # a corrected value in the user's own file...
-    assert ".text_config.attn_temperature_tuning = true" in commands and str(folder / "config.json") in commands
+    assert (
+        ".text_config.attn_temperature_tuning = true" in commands and str(folder / "config.json") in commands
+    )
     # ...or the releases that accept the file as published (llama4 exists since 4.51.0; strict since 5.4.0)
     assert "transformers>=4.51.0,<5.4.0" in commands
 
 
-@pytest.mark.parametrize("config, said, fixed", [
-    ({"model_type": "llama-from-the-future", "architectures": ["FutureForCausalLM"], "transformers_version": "9.1.0"},
-     "does not recognize this architecture", "transformers>=9.1.0"),
-    ({"architectures": ["LlamaForCausalLM"], "hidden_size": 64}, "model_type", "names no model_type"),
-])
-def test_unknown_or_missing_model_type_fails_with_transformers_message(tmp_path: Path, config: dict, said: str,
-                                                                       fixed: str) -> None:
+@pytest.mark.parametrize(
+    "config, said, fixed",
+    [
+        (
+            {
+                "model_type": "llama-from-the-future",
+                "architectures": ["FutureForCausalLM"],
+                "transformers_version": "9.1.0",
+            },
+            "does not recognize this architecture",
+            "transformers>=9.1.0",
+        ),
+        ({"architectures": ["LlamaForCausalLM"], "hidden_size": 64}, "model_type", "names no model_type"),
+    ],
+)
+def test_unknown_or_missing_model_type_fails_with_transformers_message(
+    tmp_path: Path, config: dict, said: str, fixed: str
+) -> None:
     folder = _folder(tmp_path, config)
     facts = _load(folder)
     result = _judge("model-config-loads", facts, RunSpec(model=str(folder)))
@@ -163,18 +198,34 @@ def test_embedded_scout_config_does_not_load_so_the_verdict_is_not_ok() -> None:
 
 
 def test_locate_rejection_finds_the_nested_field_of_the_reported_type() -> None:
-    message = ("Validation error for field 'attn_temperature_tuning':\n"
-               "    TypeError: Field 'attn_temperature_tuning' expected bool, got int (value: 4)")
+    message = (
+        "Validation error for field 'attn_temperature_tuning':\n"
+        "    TypeError: Field 'attn_temperature_tuning' expected bool, got int (value: 4)"
+    )
     config = {"attn_temperature_tuning": True, "text_config": {"attn_temperature_tuning": 4}}
     found = locate_rejection(message, config)
-    assert (found.path, found.value, found.expected, found.got) == ("text_config.attn_temperature_tuning", 4,
-                                                                      "bool", "int")
+    assert (found.path, found.value, found.expected, found.got) == (
+        "text_config.attn_temperature_tuning",
+        4,
+        "bool",
+        "int",
+    )
 
 
-@pytest.mark.parametrize("value, expected, fixed", [
-    (4, "bool", True), (0, "bool", False), (2.0, "int", 2), (3, "float", 3.0), ("12", "int", 12),
-    ("sure", "bool", None), (2.5, "int", None),
-])
-def test_corrected_value_only_when_the_meaning_is_unambiguous(value: object, expected: str, fixed: object) -> None:
+@pytest.mark.parametrize(
+    "value, expected, fixed",
+    [
+        (4, "bool", True),
+        (0, "bool", False),
+        (2.0, "int", 2),
+        (3, "float", 3.0),
+        ("12", "int", 12),
+        ("sure", "bool", None),
+        (2.5, "int", None),
+    ],
+)
+def test_corrected_value_only_when_the_meaning_is_unambiguous(
+    value: object, expected: str, fixed: object
+) -> None:
     rejection = FieldRejection("f", "f", value, expected, type(value).__name__, "")
     assert corrected_value(rejection) == fixed and type(corrected_value(rejection)) is type(fixed)

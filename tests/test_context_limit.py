@@ -10,13 +10,22 @@ from run_plan.spec import RunSpec
 
 
 def _ctx(context: int | None, config: dict) -> DoctorContext:
-    res = ModelResolution("org/model", "found", "test", resolved_id="org/model", source="local-folder",
-                          config=config, model_type=config.get("model_type"))
+    res = ModelResolution(
+        "org/model",
+        "found",
+        "test",
+        resolved_id="org/model",
+        source="local-folder",
+        config=config,
+        model_type=config.get("model_type"),
+    )
     return DoctorContext.from_snapshot(RunSpec(model="org/model", context=context), {"model": res})
 
 
 def test_context_above_limit_fails_with_the_limit() -> None:
-    out = context_within_model_limit(_ctx(1 << 20, {"model_type": "llama", "max_position_embeddings": 131072}))
+    out = context_within_model_limit(
+        _ctx(1 << 20, {"model_type": "llama", "max_position_embeddings": 131072})
+    )
     assert out.status is Status.FAIL
     assert "131,072" in out.summary and "--context 131072" in out.fix.commands[0]
 

@@ -25,11 +25,16 @@ def _by_key(result: dict) -> dict[tuple[str, str], dict]:
 
 def test_names_versions_gpu_driver_and_verdicts() -> None:
     diffs = _by_key(diff_reports(_doc(GOOD), _doc(BAD)))
-    assert diffs[("libraries", "torch")]["a"] == "2.11.0" and diffs[("libraries", "torch")]["b"] == "2.13.0+cpu"
+    assert (
+        diffs[("libraries", "torch")]["a"] == "2.11.0" and diffs[("libraries", "torch")]["b"] == "2.13.0+cpu"
+    )
     assert diffs[("libraries", "torch build")]["b"] == "CPU-only"
     assert diffs[("GPU and driver", "NVIDIA driver")]["a"] == "580.159.04"
     assert "H100" in diffs[("GPU and driver", "GPU 0")]["a"]
-    assert diffs[("checks", "nvidia-driver")]["a"] == "pass" and diffs[("checks", "nvidia-driver")]["b"] == "fail"
+    assert (
+        diffs[("checks", "nvidia-driver")]["a"] == "pass"
+        and diffs[("checks", "nvidia-driver")]["b"] == "fail"
+    )
     assert "no NVIDIA driver" in diffs[("checks", "nvidia-driver")]["note"]  # why it fails on B
     assert ("verdict", "verdict") in diffs
     assert diffs[("platform", "python_version")]["b"] == "3.11.7"
@@ -41,8 +46,11 @@ def test_failures_come_first_and_runtime_wheels_fold() -> None:
     ranks = {"fail": 4, "error": 3, "warn": 2, "skip": 1, "pass": 0}
     worst = [max(ranks.get(d["a"], 0), ranks.get(d["b"], 0)) for d in checks]
     assert worst == sorted(worst, reverse=True)
-    wheels = [d for d in result["differences"] if d["section"] == "libraries" and d["key"].startswith("nvidia-")
-              and d["key"] != "nvidia-ml-py"]
+    wheels = [
+        d
+        for d in result["differences"]
+        if d["section"] == "libraries" and d["key"].startswith("nvidia-") and d["key"] != "nvidia-ml-py"
+    ]
     assert len(wheels) == 1 and wheels[0]["a"] == "15 installed"
 
 
@@ -50,8 +58,15 @@ def test_environment_variables_differ() -> None:
     a, b = _doc(GOOD), copy.deepcopy(_doc(GOOD))
     b["facts"]["nvml"]["cuda_visible_devices"] = "1"
     diffs = diff_reports(a, b)["differences"]
-    assert diffs == [{"section": "environment variables", "key": "CUDA_VISIBLE_DEVICES", "a": "unset", "b": "1",
-                      "note": ""}]
+    assert diffs == [
+        {
+            "section": "environment variables",
+            "key": "CUDA_VISIBLE_DEVICES",
+            "a": "unset",
+            "b": "1",
+            "note": "",
+        }
+    ]
 
 
 def test_same_report_has_no_differences() -> None:

@@ -35,9 +35,14 @@ from tests.test_security_http import FakeServer, WordTokenizer, raw_route, send_
 ALLOWED = {0, 1, 2, 130}
 # CI: 12 fixed examples per property. NIAH_FUZZ_EXAMPLES=200 explores (random seeds) for longer.
 _EXPLORE = int(os.environ.get("NIAH_FUZZ_EXAMPLES") or 0)
-FUZZ = settings(max_examples=_EXPLORE or 12, deadline=None, derandomize=not _EXPLORE, database=None,
-                print_blob=False,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=_EXPLORE or 12,
+    deadline=None,
+    derandomize=not _EXPLORE,
+    database=None,
+    print_blob=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 CHEAP_DOCTOR = ("--no-live", "--only", "run-args,platform,server")
 MODEL_CHECKS = ("--no-live", "--only", "model-resolves,context-within-model-limit,checkpoint-format")
 
@@ -57,6 +62,7 @@ def assert_clean(code: int, err: str, args: Any) -> None:
 def strict_json(text: str) -> Any:
     def refuse(name: str) -> Any:
         raise AssertionError(f"{name} in the JSON report")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -78,33 +84,88 @@ def fake_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.niah.fakes import FakeBackend, build_tokenizer
 
     tokenizer = build_tokenizer()
-    monkeypatch.setattr(sweep_module, "make_backend",
-                        lambda config: FakeBackend(tokenizer, max_position_embeddings=4096))
+    monkeypatch.setattr(
+        sweep_module, "make_backend", lambda config: FakeBackend(tokenizer, max_position_embeddings=4096)
+    )
 
 
 # ---------------------------------------------------------------- values
 
 odd_text = st.one_of(
     st.text(max_size=12),
-    st.sampled_from(["0", "-1", "1.5", "1e400", "9" * 400, "inf", "nan", "Infinity", "1k", "2k", "4K", "1M",
-                     "0x10", " 512 ", "512,", ",", "cuda:0=1GiB", "0=75Gb", "cpu=auto", "0=1e400GiB", "auto",
-                     "%", "50%", "101", "1_000", "٣", "\x00", "'; touch PWNED #", "$(id)", "--help",
-                     "http://[::1", "http://127.0.0.1:1", "file:///etc/passwd", "http://u:p@127.0.0.1:1/v1"]),
+    st.sampled_from(
+        [
+            "0",
+            "-1",
+            "1.5",
+            "1e400",
+            "9" * 400,
+            "inf",
+            "nan",
+            "Infinity",
+            "1k",
+            "2k",
+            "4K",
+            "1M",
+            "0x10",
+            " 512 ",
+            "512,",
+            ",",
+            "cuda:0=1GiB",
+            "0=75Gb",
+            "cpu=auto",
+            "0=1e400GiB",
+            "auto",
+            "%",
+            "50%",
+            "101",
+            "1_000",
+            "٣",
+            "\x00",
+            "'; touch PWNED #",
+            "$(id)",
+            "--help",
+            "http://[::1",
+            "http://127.0.0.1:1",
+            "file:///etc/passwd",
+            "http://u:p@127.0.0.1:1/v1",
+        ]
+    ),
 )
 small_length = st.one_of(st.integers(min_value=-3, max_value=2048).map(str), odd_text)
 
 
 @FUZZ
-@given(flags=st.dictionaries(st.sampled_from(["--context", "--prefill-chunk", "--max-memory", "--gpus",
-                                              "--device-map", "--timeout", "--model", "--only", "--skip",
-                                              "--base-url"]),
-                             odd_text, max_size=4),
-       fmt=st.sampled_from(["text", "markdown", "json"]))
+@given(
+    flags=st.dictionaries(
+        st.sampled_from(
+            [
+                "--context",
+                "--prefill-chunk",
+                "--max-memory",
+                "--gpus",
+                "--device-map",
+                "--timeout",
+                "--model",
+                "--only",
+                "--skip",
+                "--base-url",
+            ]
+        ),
+        odd_text,
+        max_size=4,
+    ),
+    fmt=st.sampled_from(["text", "markdown", "json"]),
+)
 def test_doctor_flags(flags: dict[str, str], fmt: str) -> None:
     args = [*CHEAP_DOCTOR, "--format", fmt]
     for flag, value in flags.items():
         if flag in ("--only", "--skip"):
-            args = [a for a in args if a not in ("--only", "run-args,platform,server")] if flag == "--only" else args
+            args = (
+                [a for a in args if a not in ("--only", "run-args,platform,server")]
+                if flag == "--only"
+                else args
+            )
         args += [flag, value]
     if "--model" in flags:
         args += ["--skip", "model-config-loads,tokenizer-generation-config-load,memory"]
@@ -115,11 +176,30 @@ def test_doctor_flags(flags: dict[str, str], fmt: str) -> None:
 
 
 @FUZZ
-@given(flags=st.dictionaries(
-    st.sampled_from(["--lengths", "--depths", "--trials", "--controls", "--max-new-tokens", "--seed",
-                     "--needle-kind", "--max-memory", "--prefill-chunk", "--concurrency", "--request-timeout",
-                     "--retries", "--haystack", "--out"]),
-    small_length, max_size=4))
+@given(
+    flags=st.dictionaries(
+        st.sampled_from(
+            [
+                "--lengths",
+                "--depths",
+                "--trials",
+                "--controls",
+                "--max-new-tokens",
+                "--seed",
+                "--needle-kind",
+                "--max-memory",
+                "--prefill-chunk",
+                "--concurrency",
+                "--request-timeout",
+                "--retries",
+                "--haystack",
+                "--out",
+            ]
+        ),
+        small_length,
+        max_size=4,
+    )
+)
 def test_niah_run_flags(flags: dict[str, str], fake_backend: None) -> None:
     with scratch() as folder:
         flags = dict(flags)
@@ -136,20 +216,50 @@ def test_niah_run_flags(flags: dict[str, str], fake_backend: None) -> None:
 # ---------------------------------------------------------------- documents
 
 toml_scalar = st.one_of(
-    st.integers(min_value=-(2**63), max_value=2**63 - 1), st.booleans(), st.text(max_size=8),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["1k", "generated", "demo", "passkey", ""]),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.booleans(),
+    st.text(max_size=8),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["1k", "generated", "demo", "passkey", ""]),
 )
 toml_value = st.one_of(toml_scalar, st.lists(toml_scalar, max_size=3))
-run_keys = st.sampled_from(["lengths", "depths", "trials", "controls", "needle_kind", "haystack", "seed", "model",
-                            "max_new_tokens", "max_memory", "prefill_chunk", "quant", "backend", "retries",
-                            "skip_preflight", "resume", "out", "concurrency", "nonsense", "run"])
+run_keys = st.sampled_from(
+    [
+        "lengths",
+        "depths",
+        "trials",
+        "controls",
+        "needle_kind",
+        "haystack",
+        "seed",
+        "model",
+        "max_new_tokens",
+        "max_memory",
+        "prefill_chunk",
+        "quant",
+        "backend",
+        "retries",
+        "skip_preflight",
+        "resume",
+        "out",
+        "concurrency",
+        "nonsense",
+        "run",
+    ]
+)
 
 
 def toml_literal(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+        return (
+            "nan"
+            if math.isnan(value)
+            else ("inf" if value > 0 else "-inf")
+            if math.isinf(value)
+            else repr(value)
+        )
     if isinstance(value, int):
         return str(value)
     if isinstance(value, list):
@@ -158,36 +268,80 @@ def toml_literal(value: Any) -> str:
 
 
 @FUZZ
-@given(table=st.booleans(), entries=st.dictionaries(run_keys, toml_value, max_size=5),
-       garbage=st.one_of(st.none(), st.text(max_size=30)))
-def test_niah_run_toml_documents(table: bool, entries: dict[str, Any], garbage: str | None,
-                                 fake_backend: None) -> None:
+@given(
+    table=st.booleans(),
+    entries=st.dictionaries(run_keys, toml_value, max_size=5),
+    garbage=st.one_of(st.none(), st.text(max_size=30)),
+)
+def test_niah_run_toml_documents(
+    table: bool, entries: dict[str, Any], garbage: str | None, fake_backend: None
+) -> None:
     with scratch() as folder:
-        entries = {k: v for k, v in entries.items() if k not in ("out", "haystack") or isinstance(v, (int, bool))}
+        entries = {
+            k: v for k, v in entries.items() if k not in ("out", "haystack") or isinstance(v, (int, bool))
+        }
         body = "\n".join(f"{k} = {toml_literal(v)}" for k, v in entries.items())
         text = garbage if garbage is not None else (("[run]\n" if table else "") + body + "\n")
         config = folder / "run.toml"
         config.write_text(text, encoding="utf-8")
-        args = ["run", "--skip-preflight", "-q", "--config", str(config), "--out", str(folder / "out"),
-                "--lengths", "512", "--depths", "50"]
+        args = [
+            "run",
+            "--skip-preflight",
+            "-q",
+            "--config",
+            str(config),
+            "--out",
+            str(folder / "out"),
+            "--lengths",
+            "512",
+            "--depths",
+            "50",
+        ]
         code, _, err = call(niah_command, args, "niah")
         assert_clean(code, err, args)
 
 
-config_number = st.one_of(st.integers(min_value=-(10**30), max_value=10**30), st.floats(allow_nan=True),
-                          st.sampled_from(["thirty", "", None, True, [], {}]))
+config_number = st.one_of(
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True),
+    st.sampled_from(["thirty", "", None, True, [], {}]),
+)
 
 
 @FUZZ
-@given(fields=st.dictionaries(st.sampled_from(["hidden_size", "num_hidden_layers", "num_attention_heads",
-                                               "num_key_value_heads", "intermediate_size", "vocab_size",
-                                               "max_position_embeddings", "head_dim", "model_type",
-                                               "text_config", "quantization_config", "architectures"]),
-                              config_number, max_size=8),
-       raw=st.one_of(st.none(), st.binary(max_size=40)), context=st.sampled_from(["1k", "128k", "1M"]))
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(
+            [
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "intermediate_size",
+                "vocab_size",
+                "max_position_embeddings",
+                "head_dim",
+                "model_type",
+                "text_config",
+                "quantization_config",
+                "architectures",
+            ]
+        ),
+        config_number,
+        max_size=8,
+    ),
+    raw=st.one_of(st.none(), st.binary(max_size=40)),
+    context=st.sampled_from(["1k", "128k", "1M"]),
+)
 def test_doctor_on_config_json_documents(fields: dict[str, Any], raw: bytes | None, context: str) -> None:
-    base = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "vocab_size": 100, "max_position_embeddings": 4096}
+    base = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "vocab_size": 100,
+        "max_position_embeddings": 4096,
+    }
     with scratch() as folder:
         model = folder / "model"
         model.mkdir()
@@ -200,8 +354,13 @@ def test_doctor_on_config_json_documents(fields: dict[str, Any], raw: bytes | No
         code, out, err = call(doctor_command, args, "doctor")
         assert_clean(code, err, (fields, raw))
         doc = strict_json(out)
-        bad = [f for f, v in fields.items() if f in base and f != "model_type" and
-               (isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v >= 2**40)]
+        bad = [
+            f
+            for f, v in fields.items()
+            if f in base
+            and f != "model_type"
+            and (isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v >= 2**40)
+        ]
         if bad and raw is None:  # never a verdict built on a wrong field: the model does not resolve
             resolves = next(c for c in doc["checks"] if c["id"] == "model-resolves")
             assert resolves["status"] == "fail", (fields, resolves)
@@ -210,24 +369,76 @@ def test_doctor_on_config_json_documents(fields: dict[str, Any], raw: bytes | No
 # ---------------------------------------------------------------- servers
 
 json_doc = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**80), max_value=2**80), st.floats(), st.text(max_size=6)),
-    lambda children: st.one_of(st.lists(children, max_size=3),
-                               st.dictionaries(st.sampled_from(["data", "id", "max_model_len", "choices", "text",
-                                                                "token_ids", "usage", "prompt_tokens",
-                                                                "finish_reason", "object"]), children, max_size=4)),
-    max_leaves=12)
-reply_body = st.one_of(json_doc.map(lambda d: json.dumps(d).encode()), st.binary(max_size=60),
-                       st.sampled_from([b'{"data": [{"id": "m", "max_model_len": Infinity}]}',
-                                        b'{"choices": [{"token_ids": [1180591620717411303424]}]}']))
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**80), max_value=2**80),
+        st.floats(),
+        st.text(max_size=6),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "data",
+                    "id",
+                    "max_model_len",
+                    "choices",
+                    "text",
+                    "token_ids",
+                    "usage",
+                    "prompt_tokens",
+                    "finish_reason",
+                    "object",
+                ]
+            ),
+            children,
+            max_size=4,
+        ),
+    ),
+    max_leaves=12,
+)
+reply_body = st.one_of(
+    json_doc.map(lambda d: json.dumps(d).encode()),
+    st.binary(max_size=60),
+    st.sampled_from(
+        [
+            b'{"data": [{"id": "m", "max_model_len": Infinity}]}',
+            b'{"choices": [{"token_ids": [1180591620717411303424]}]}',
+        ]
+    ),
+)
 status_code = st.sampled_from([200, 200, 200, 201, 204, 301, 302, 307, 400, 401, 404, 429, 500, 503])
 
 
 @FUZZ
-@given(models_body=reply_body, models_status=status_code, completion_body=reply_body, completion_status=status_code,
-       location=st.sampled_from(["/v1/models", "http://127.0.0.2:9/x", "", "::::", "/v1/completions", "http://[",
-                                  "//127.0.0.1:1/x", "https://127.0.0.1/v1/models"]))
-def test_server_replies(models_body: bytes, models_status: int, completion_body: bytes, completion_status: int,
-                        location: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@given(
+    models_body=reply_body,
+    models_status=status_code,
+    completion_body=reply_body,
+    completion_status=status_code,
+    location=st.sampled_from(
+        [
+            "/v1/models",
+            "http://127.0.0.2:9/x",
+            "",
+            "::::",
+            "/v1/completions",
+            "http://[",
+            "//127.0.0.1:1/x",
+            "https://127.0.0.1/v1/models",
+        ]
+    ),
+)
+def test_server_replies(
+    models_body: bytes,
+    models_status: int,
+    completion_body: bytes,
+    completion_status: int,
+    location: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from niah_run.backends.base import Generation
     from niah_run.backends.openai import OpenAIBackend, ServerRequestError
 
@@ -236,10 +447,27 @@ def test_server_replies(models_body: bytes, models_status: int, completion_body:
         return lambda handler, _: send_bytes(handler, body, status=status, headers=headers)
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-" + "F" * 40)
-    with FakeServer({"/v1/models": route(models_body, models_status),
-                     "/v1/completions": route(completion_body, completion_status)}) as server:
-        args = ["--base-url", server.url, "--model", "m", "--context", "100", "--no-live", "--only", "server",
-                "--format", "json", "--timeout", "5"]
+    with FakeServer(
+        {
+            "/v1/models": route(models_body, models_status),
+            "/v1/completions": route(completion_body, completion_status),
+        }
+    ) as server:
+        args = [
+            "--base-url",
+            server.url,
+            "--model",
+            "m",
+            "--context",
+            "100",
+            "--no-live",
+            "--only",
+            "server",
+            "--format",
+            "json",
+            "--timeout",
+            "5",
+        ]
         code, out, err = call(doctor_command, args, "doctor")
         assert_clean(code, err, (models_body, models_status))
         assert "F" * 40 not in out + err

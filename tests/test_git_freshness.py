@@ -18,8 +18,14 @@ from doctor.probes.git import parse_status_v2, pyc_facts, script_facts, strip_ur
 from doctor.report.model import Status
 from run_plan.spec import RunSpec
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
 TOKEN = "hf_" + "Q" * 34
 
 
@@ -161,7 +167,9 @@ def test_stale_timestamp_pyc_that_python_trusts(tmp_path: Path) -> None:
 def test_unchecked_hash_pyc(tmp_path: Path) -> None:
     src = tmp_path / "mod.py"
     src.write_text("VALUE = 1\n")
-    py_compile.compile(str(src), doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    py_compile.compile(
+        str(src), doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+    )
     assert pyc_facts(src).state == "unchecked-hash-ok"
     src.write_text("VALUE = 22\n")
     assert pyc_facts(src).state == "stale-trusted"
@@ -216,14 +224,25 @@ def test_token_in_remote_url_never_reaches_any_format(clone: tuple[Path, Path]) 
     report = judge(RunSpec(scripts=(str(work / "run.py"),), fetch=True), only=("git",)).report
     remote = [e.value for c in report.checks for e in c.evidence if e.key.endswith(".remote")]
     assert remote == ["https://example.invalid/org/repo.git"]
-    for text in (render_text(report, verbose=True, color=False), render_markdown(report), render_json(report),
-                 json.dumps(report.facts, default=str)):
+    for text in (
+        render_text(report, verbose=True, color=False),
+        render_markdown(report),
+        render_json(report),
+        json.dumps(report.facts, default=str),
+    ):
         assert TOKEN not in text and f"user:{TOKEN[:8]}" not in text
 
 
 def test_parse_status_v2() -> None:
-    text = ("# branch.oid abc\n# branch.head main\n# branch.upstream origin/main\n# branch.ab +2 -3\n"
-            "1 .M N... 100644 100644 100644 a b run.py\n")
+    text = (
+        "# branch.oid abc\n# branch.head main\n# branch.upstream origin/main\n# branch.ab +2 -3\n"
+        "1 .M N... 100644 100644 100644 a b run.py\n"
+    )
     parsed = parse_status_v2(text)
-    assert (parsed["branch"], parsed["upstream"], parsed["ahead"], parsed["behind"]) == ("main", "origin/main", 2, 3)
+    assert (parsed["branch"], parsed["upstream"], parsed["ahead"], parsed["behind"]) == (
+        "main",
+        "origin/main",
+        2,
+        3,
+    )
     assert parse_status_v2("# branch.head (detached)\n")["branch"] is None

@@ -11,11 +11,18 @@ from doctor.memory.storage import bytes_4bit, bytes_int8, bytes_per_param_4bit
 from run_plan.errors import UsageError
 
 GIB = 1 << 30
-SCOUT_TEXT = {"num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128, "hidden_size": 5120,
-              "num_hidden_layers": 48}
-# Llama 4 Scout: every 4th layer is global (NoPE), the other 36 are chunked at 8192 (vram-anchors.md §4.1).
-SCOUT_LAYOUT = [{"kind": "full" if (i + 1) % 4 == 0 else "window", "window": None if (i + 1) % 4 == 0 else 8192}
-                for i in range(48)]
+SCOUT_TEXT = {
+    "num_attention_heads": 40,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "hidden_size": 5120,
+    "num_hidden_layers": 48,
+}
+# Llama 4 Scout: every 4th layer is global (NoPE), the other 36 are chunked at 8192 (Llama 4 config: no_rope_layers).
+SCOUT_LAYOUT = [
+    {"kind": "full" if (i + 1) % 4 == 0 else "window", "window": None if (i + 1) % 4 == 0 else 8192}
+    for i in range(48)
+]
 
 
 def test_4bit_bytes_per_param_match_bitsandbytes() -> None:
@@ -30,10 +37,16 @@ def test_int8_is_one_byte_plus_a_scale_per_row() -> None:
     assert bytes_int8(5120, 1024) == 5120 * 1024 + 4 * 1024
 
 
-@pytest.mark.parametrize(("spec", "count", "each"), [
-    ("1xH100-80GB", 1, 81559 << 20), ("2x80GiB", 2, 80 * GIB), ("H200", 1, 143771 << 20),
-    ("4xA100-40GB", 4, 40960 << 20), ("1x24GB", 1, 24 * 10**9),
-])
+@pytest.mark.parametrize(
+    ("spec", "count", "each"),
+    [
+        ("1xH100-80GB", 1, 81559 << 20),
+        ("2x80GiB", 2, 80 * GIB),
+        ("H200", 1, 143771 << 20),
+        ("4xA100-40GB", 4, 40960 << 20),
+        ("1x24GB", 1, 24 * 10**9),
+    ],
+)
 def test_parse_gpus(spec: str, count: int, each: int) -> None:
     cards = parse_gpus(spec)
     assert len(cards) == count
@@ -41,13 +54,31 @@ def test_parse_gpus(spec: str, count: int, each: int) -> None:
     assert [c.index for c in cards] == list(range(count))
 
 
-@pytest.mark.parametrize(("spec", "mib"), [
-    # NVML memory.total (MiB) of the cards people rent, under the names they type
-    ("1xA10G", 23028), ("1xL4", 23034), ("1xL40S", 46068), ("1xA100-40GB", 40960), ("1xA100-80GB", 81920),
-    ("1xH100-PCIe", 81559), ("1xH100-SXM", 81559), ("1xH100-NVL", 95830), ("1xH200", 143771), ("1xGH200", 97871),
-    ("1xB200", 183359), ("1xRTX-4090", 24564), ("1xRTX5090", 32607), ("1xA6000", 49140), ("1xRTX-A6000", 49140),
-    ("1xH100-80G", 81559), ("1xH100 80GB HBM3", 81559), ("NVIDIA H100 80GB HBM3", 81559), ("1x4090", 24564),
-])
+@pytest.mark.parametrize(
+    ("spec", "mib"),
+    [
+        # NVML memory.total (MiB) of the cards people rent, under the names they type
+        ("1xA10G", 23028),
+        ("1xL4", 23034),
+        ("1xL40S", 46068),
+        ("1xA100-40GB", 40960),
+        ("1xA100-80GB", 81920),
+        ("1xH100-PCIe", 81559),
+        ("1xH100-SXM", 81559),
+        ("1xH100-NVL", 95830),
+        ("1xH200", 143771),
+        ("1xGH200", 97871),
+        ("1xB200", 183359),
+        ("1xRTX-4090", 24564),
+        ("1xRTX5090", 32607),
+        ("1xA6000", 49140),
+        ("1xRTX-A6000", 49140),
+        ("1xH100-80G", 81559),
+        ("1xH100 80GB HBM3", 81559),
+        ("NVIDIA H100 80GB HBM3", 81559),
+        ("1x4090", 24564),
+    ],
+)
 def test_gpu_table_and_aliases(spec: str, mib: int) -> None:
     assert parse_gpus(spec)[0].capacity_bytes == mib << 20
 
@@ -58,7 +89,9 @@ def test_bare_size_is_gib_and_sizes_in_gb_are_decimal() -> None:
     assert len(parse_gpus("1xH100-80GB,2xA100-40GB")) == 3
 
 
-@pytest.mark.parametrize("spec", ["", "0xH100", "1xWarpDrive", "abc", "2xfoo", "1xH100-40GB", "1x5000", "65xH100"])
+@pytest.mark.parametrize(
+    "spec", ["", "0xH100", "1xWarpDrive", "abc", "2xfoo", "1xH100-40GB", "1x5000", "65xH100"]
+)
 def test_bad_gpu_spec_is_a_usage_error(spec: str) -> None:
     with pytest.raises(UsageError) as info:
         parse_gpus(spec)

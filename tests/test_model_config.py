@@ -33,9 +33,15 @@ def write_model(folder: Path, config: dict | str | None, files: tuple[str, ...] 
 
 
 # The three sizes the memory estimate cannot do without (doctor.model_config.REQUIRED_FIELDS).
-LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "transformers_version": "4.45.0",
-         "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "torch_dtype": "bfloat16"}
+LLAMA = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "transformers_version": "4.45.0",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "torch_dtype": "bfloat16",
+}
 
 
 # ---------------------------------------------------------------- local folders
@@ -55,11 +61,14 @@ def test_folder_without_config_is_invalid(tmp_path: Path) -> None:
     assert res.status == "invalid" and "no config.json" in res.message
 
 
-@pytest.mark.parametrize("text, words", [
-    ('{"model_type": "llama", "hidden_', "not valid JSON"),  # a killed download
-    ("", "empty"),
-    ("[1, 2]", "not an object"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ('{"model_type": "llama", "hidden_', "not valid JSON"),  # a killed download
+        ("", "empty"),
+        ("[1, 2]", "not an object"),
+    ],
+)
 def test_malformed_config_is_invalid(tmp_path: Path, text: str, words: str) -> None:
     res = resolve_model(str(write_model(tmp_path / "m", text)))
     assert res.status == "invalid" and words in res.message
@@ -77,8 +86,11 @@ def test_gguf_only_folder_is_found(tmp_path: Path) -> None:
 
 
 def test_weights_quantization_and_remote_code_detected(tmp_path: Path) -> None:
-    config = {**LLAMA, "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True},
-              "auto_map": {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}}
+    config = {
+        **LLAMA,
+        "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True},
+        "auto_map": {"AutoModelForCausalLM": "modeling_x.XForCausalLM"},
+    }
     res = resolve_model(str(write_model(tmp_path / "m", config, ("pytorch_model.bin", "training_args.bin"))))
     assert res.pickle_files == ("pytorch_model.bin",)  # training state is not a checkpoint
     assert res.quantization_config == config["quantization_config"]
@@ -144,9 +156,14 @@ def _hub_error(cls: type[Exception]) -> Exception:
     return err
 
 
-@pytest.mark.parametrize("error_name, status", [("RepositoryNotFoundError", "not-found"),
-                                                ("GatedRepoError", "gated"),
-                                                ("RemoteEntryNotFoundError", "invalid")])
+@pytest.mark.parametrize(
+    "error_name, status",
+    [
+        ("RepositoryNotFoundError", "not-found"),
+        ("GatedRepoError", "gated"),
+        ("RemoteEntryNotFoundError", "invalid"),
+    ],
+)
 def test_online_hub_answers(monkeypatch: pytest.MonkeyPatch, error_name: str, status: str) -> None:
     import huggingface_hub
     from huggingface_hub import errors
@@ -187,8 +204,13 @@ def run_named(check_id: str, target: RunSpec, snapshot: dict) -> tuple[Status, s
     return result.status, result.summary, result.fix
 
 
-HUB = HubFacts(token_source=None, offline_vars=(), cache_dir="/cache", endpoint="https://huggingface.co",
-               hub_version="1.0")
+HUB = HubFacts(
+    token_source=None,
+    offline_vars=(),
+    cache_dir="/cache",
+    endpoint="https://huggingface.co",
+    hub_version="1.0",
+)
 
 
 def test_placeholder_warns_and_suggests_the_real_scout_id() -> None:
@@ -199,7 +221,9 @@ def test_placeholder_warns_and_suggests_the_real_scout_id() -> None:
 
 
 def test_not_found_fails_with_the_real_scout_id() -> None:
-    res = ModelResolution(PLACEHOLDER, "not-found", "the hub has no model", resolved_id=PLACEHOLDER, hub_checked=True)
+    res = ModelResolution(
+        PLACEHOLDER, "not-found", "the hub has no model", resolved_id=PLACEHOLDER, hub_checked=True
+    )
     status, summary, fix = run_named("model-resolves", RunSpec(model=PLACEHOLDER), {"model": res})
     assert status is Status.FAIL and "does not exist" in summary
     assert SCOUT_ID in fix.summary

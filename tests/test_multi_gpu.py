@@ -25,10 +25,20 @@ def test_a_gpu_missing_from_max_memory_gets_nothing() -> None:
 
 
 def test_layers_per_device_summarizes_the_map() -> None:
-    summary = layers_per_device({"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 0,
-                                 "model.layers.2": 1, "model.norm": 1, "lm_head": 1})
-    assert summary == {"cuda:0": {"other": ["model.embed_tokens"], "layer_count": 2, "layers": "0-1"},
-                       "cuda:1": {"other": ["model.norm", "lm_head"], "layer_count": 1, "layers": "2"}}
+    summary = layers_per_device(
+        {
+            "model.embed_tokens": 0,
+            "model.layers.0": 0,
+            "model.layers.1": 0,
+            "model.layers.2": 1,
+            "model.norm": 1,
+            "lm_head": 1,
+        }
+    )
+    assert summary == {
+        "cuda:0": {"other": ["model.embed_tokens"], "layer_count": 2, "layers": "0-1"},
+        "cuda:1": {"other": ["model.norm", "lm_head"], "layer_count": 1, "layers": "2"},
+    }
     assert layers_per_device(None) is None
 
 
@@ -36,10 +46,21 @@ def _scout_config(layers: int) -> dict:
     from transformers import Llama4TextConfig
 
     return Llama4TextConfig(
-        hidden_size=5120, num_attention_heads=40, num_key_value_heads=8, head_dim=128, num_local_experts=16,
-        intermediate_size=8192, intermediate_size_mlp=16384, attention_chunk_size=8192, vocab_size=202048,
-        num_hidden_layers=layers, no_rope_layers=[0 if (i + 1) % 4 == 0 else 1 for i in range(layers)],
-        interleave_moe_layer_step=1, tie_word_embeddings=False, dtype="bfloat16").to_dict()
+        hidden_size=5120,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        head_dim=128,
+        num_local_experts=16,
+        intermediate_size=8192,
+        intermediate_size_mlp=16384,
+        attention_chunk_size=8192,
+        vocab_size=202048,
+        num_hidden_layers=layers,
+        no_rope_layers=[0 if (i + 1) % 4 == 0 else 1 for i in range(layers)],
+        interleave_moe_layer_step=1,
+        tie_word_embeddings=False,
+        dtype="bfloat16",
+    ).to_dict()
 
 
 def _transformers_layers(config: dict, max_memory: dict) -> dict[int, list[int]]:
@@ -71,8 +92,17 @@ def test_doctor_places_layers_like_transformers_auto(max_memory: str) -> None:
     from run_plan.sizes import parse_max_memory
 
     config = _scout_config(20)  # 85.9 GiB of bf16 weights: more than one 80 GB card
-    sizing = size_model({"config": config, "quant": "none", "prequantized": False, "double_quant": True,
-                         "bnb_4bit_type": "nf4", "dtype": "bfloat16", "quantization_config": None})
+    sizing = size_model(
+        {
+            "config": config,
+            "quant": "none",
+            "prequantized": False,
+            "double_quant": True,
+            "bnb_4bit_type": "nf4",
+            "dtype": "bfloat16",
+            "quantization_config": None,
+        }
+    )
     budgets = gpu_budgets(max_memory)
     placement = place_blocks([b["bytes"] for b in sizing["blocks"]], [b for _, b in budgets])
     doctor: dict[int, list[int]] = {}
@@ -119,19 +149,39 @@ def test_real_checkpoint_benchmark_compares_maps_and_peaks() -> None:
     """benchmarks/multi_gpu_real.py (issue 16): hf_device_map vs the doctor's map, per-GPU peaks vs the
     plan's predictions, read from niah's results rows (the GPU run itself needs 2 GPUs)."""
     bench = _real_benchmark()
-    actual = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "model.norm": 1, "lm_head": 1}
+    actual = {
+        "model.embed_tokens": 0,
+        "model.layers.0": 0,
+        "model.layers.1": 1,
+        "model.norm": 1,
+        "lm_head": 1,
+    }
     assert bench.layers_by_device(actual) == {"cuda:0": [0], "cuda:1": [1]}
     assert bench.normalized(actual) == bench.normalized({k: str(v) for k, v in actual.items()})
-    rows = [{"context_tokens": 8192, "status": "ok", "predicted_peak_bytes": {"cuda:0": 100, "cuda:1": 100},
-             "memory": {"per_gpu_peak_bytes": {"cuda:0": 90, "cuda:1": 101}}}]
+    rows = [
+        {
+            "context_tokens": 8192,
+            "status": "ok",
+            "predicted_peak_bytes": {"cuda:0": 100, "cuda:1": 100},
+            "memory": {"per_gpu_peak_bytes": {"cuda:0": 90, "cuda:1": 101}},
+        }
+    ]
     table = bench.peaks_table(rows)
     assert [(r["device"], r["within_prediction"]) for r in table] == [("cuda:0", True), ("cuda:1", True)]
     rows[0]["memory"]["per_gpu_peak_bytes"]["cuda:1"] = 103  # more than 2 % over the prediction
     assert bench.peaks_table(rows)[1]["within_prediction"] is False
-    doc = {"peaks": table, "placement": {"actual_layers": {"cuda:0": [0, 1]}, "doctor_layers": {"cuda:0": [0, 1]}}}
+    doc = {
+        "peaks": table,
+        "placement": {"actual_layers": {"cuda:0": [0, 1]}, "doctor_layers": {"cuda:0": [0, 1]}},
+    }
     assert "| cuda:0 | 0-1 | 0-1 |" in bench.markdown(doc)
-    report = bench.doctor_report({"rc": 1, "stdout": '{"summary": {"verdict": "x"}, "checks": [{"id": "memory-fit", '
-                                  '"status": "fail", "summary": "no"}], "plan": {"max_context_tokens": 5}}',
-                                  "stderr_tail": ""})
+    report = bench.doctor_report(
+        {
+            "rc": 1,
+            "stdout": '{"summary": {"verdict": "x"}, "checks": [{"id": "memory-fit", '
+            '"status": "fail", "summary": "no"}], "plan": {"max_context_tokens": 5}}',
+            "stderr_tail": "",
+        }
+    )
     assert report["memory_fit"]["status"] == "fail" and report["max_context_tokens"] == 5
     assert report["failing_checks"] == ["memory-fit"]

@@ -42,7 +42,11 @@ CPU_RAM = 64 * GIB  # the "available RAM" transformers sees when no max_memory i
 
 def _raw_config(name: str, **overrides: Any) -> dict[str, Any]:
     raw = json.loads((CONFIGS / f"{name}.json").read_text())
-    raw = {k: v for k, v in raw.items() if k not in ("_source", "quantization_config", "auto_map", "_name_or_path")}
+    raw = {
+        k: v
+        for k, v in raw.items()
+        if k not in ("_source", "quantization_config", "auto_map", "_name_or_path")
+    }
     if "text_config" in raw and overrides:
         raw["text_config"] = {**raw["text_config"], **overrides}
         if "num_hidden_layers" in overrides:  # Llama 4 lists per-layer kinds; keep them as long as the model
@@ -60,8 +64,12 @@ def _bnb_config(quant: str) -> Any:
 
     if quant == "bnb-8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
 
 
 @cache
@@ -75,19 +83,34 @@ def _transformers_model(name: str, quant: str, overrides: tuple = ()) -> tuple[A
 
     from doctor.memory.skeleton import _build_config, _causal_lm_config
 
-    config, _ = _causal_lm_config(transformers, _build_config(transformers, _raw_config(name, **dict(overrides)), []))
+    config, _ = _causal_lm_config(
+        transformers, _build_config(transformers, _raw_config(name, **dict(overrides)), [])
+    )
     cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
-    quantizer = AutoHfQuantizer.from_config(_bnb_config(quant), pre_quantized=False) if quant != "none" else None
-    with ContextManagers(cls.get_init_context(torch.bfloat16, quantizer is not None, False, False)), torch.device("meta"):
+    quantizer = (
+        AutoHfQuantizer.from_config(_bnb_config(quant), pre_quantized=False) if quant != "none" else None
+    )
+    with (
+        ContextManagers(cls.get_init_context(torch.bfloat16, quantizer is not None, False, False)),
+        torch.device("meta"),
+    ):
         model = cls(config)
         if quantizer is not None:
-            quantizer.preprocess_model(model=model, dtype=torch.bfloat16, device_map="auto", checkpoint_files=None,
-                                       use_kernels=False)
+            quantizer.preprocess_model(
+                model=model, dtype=torch.bfloat16, device_map="auto", checkpoint_files=None, use_kernels=False
+            )
     return model, quantizer
 
 
-def _theirs(name: str, quant: str, overrides: tuple, max_memory: dict | None, gpu_free: dict | None,
-            monkeypatch: pytest.MonkeyPatch, strategy: str = "auto") -> tuple[dict, str | None]:
+def _theirs(
+    name: str,
+    quant: str,
+    overrides: tuple,
+    max_memory: dict | None,
+    gpu_free: dict | None,
+    monkeypatch: pytest.MonkeyPatch,
+    strategy: str = "auto",
+) -> tuple[dict, str | None]:
     """transformers' _get_device_map; also whether it refuses the map (bitsandbytes + offload)."""
     import transformers.integrations.accelerate as hf_accelerate
 
@@ -104,11 +127,15 @@ def _theirs(name: str, quant: str, overrides: tuple, max_memory: dict | None, gp
     refused = None
     if quantizer is not None:
         try:
-            hf_accelerate._get_device_map(model, strategy, dict(max_memory) if max_memory else None, quantizer)
+            hf_accelerate._get_device_map(
+                model, strategy, dict(max_memory) if max_memory else None, quantizer
+            )
         except ValueError as error:  # "Some modules are dispatched on the CPU or the disk"
             refused = str(error).split(".")[0]
         monkeypatch.setattr(quantizer, "validate_environment", lambda *a, **k: None)
-    device_map = hf_accelerate._get_device_map(model, strategy, dict(max_memory) if max_memory else None, quantizer)
+    device_map = hf_accelerate._get_device_map(
+        model, strategy, dict(max_memory) if max_memory else None, quantizer
+    )
     return dict(device_map), refused
 
 
@@ -117,8 +144,15 @@ def _doctor_sizing(name: str, quant: str, overrides: tuple = ()) -> dict[str, An
     """The doctor's own inventory: the meta skeleton's sizing (what the estimator works from)."""
     from doctor.memory.skeleton import size_model
 
-    args = {"config": _raw_config(name, **dict(overrides)), "quant": quant, "prequantized": False,
-            "double_quant": True, "bnb_4bit_type": "nf4", "dtype": "bfloat16", "quantization_config": None}
+    args = {
+        "config": _raw_config(name, **dict(overrides)),
+        "quant": quant,
+        "prequantized": False,
+        "double_quant": True,
+        "bnb_4bit_type": "nf4",
+        "dtype": "bfloat16",
+        "quantization_config": None,
+    }
     sizing = size_model(args)
     if "placement_tree" not in sizing:
         sizing["placement_tree"] = _skeleton_tree(args)
@@ -133,7 +167,9 @@ def _skeleton_tree(args: dict[str, Any]) -> dict[str, Any]:
     from doctor.memory import skeleton
     from doctor.memory.module_tree import placement_tree
 
-    config, _ = skeleton._causal_lm_config(transformers, skeleton._build_config(transformers, dict(args["config"]), []))
+    config, _ = skeleton._causal_lm_config(
+        transformers, skeleton._build_config(transformers, dict(args["config"]), [])
+    )
     dtype = skeleton._torch_dtype(torch, args["dtype"], config)
     model = skeleton._build_meta_model(torch, transformers, config, dtype)
     bnb = None
@@ -181,7 +217,9 @@ CASES: list[tuple[str, tuple, str, dict | None, list[int] | None]] = [
 
 def _case_id(case: tuple) -> str:
     name, overrides, quant, max_memory, gpus = case
-    where = ",".join(f"{k}={v / GIB:g}G" for k, v in max_memory.items()) if max_memory else f"{len(gpus)}gpu-free"
+    where = (
+        ",".join(f"{k}={v / GIB:g}G" for k, v in max_memory.items()) if max_memory else f"{len(gpus)}gpu-free"
+    )
     return f"{name.split('__')[-1][:14]}{'-8L' if overrides else ''}-{quant}-{where}"
 
 
@@ -191,13 +229,20 @@ def test_doctor_places_every_module_like_transformers(case: tuple, monkeypatch: 
     gpu_free = {i: free_at_load(c) for i, c in enumerate(capacities)} if capacities else None
     theirs, refused = _theirs(name, quant, overrides, max_memory, gpu_free, monkeypatch, strategy="auto")
     sizing = _doctor_sizing(name, quant, overrides)
-    ours = transformers_device_map(sizing["placement_tree"], max_memory, gpu_free=gpu_free,
-                                   cpu_free=CPU_RAM if max_memory is None else None)
+    ours = transformers_device_map(
+        sizing["placement_tree"],
+        max_memory,
+        gpu_free=gpu_free,
+        cpu_free=CPU_RAM if max_memory is None else None,
+    )
     assert ours == theirs
 
     # the estimator's view: one GPU (or CPU) per block, off-GPU exactly where transformers offloads
-    gpus = [(i, c) for i, c in enumerate(capacities)] if capacities else \
-        [(i, 80 * GIB) for i in sorted(k for k in max_memory if isinstance(k, int))]
+    gpus = (
+        [(i, c) for i, c in enumerate(capacities)]
+        if capacities
+        else [(i, 80 * GIB) for i in sorted(k for k in max_memory if isinstance(k, int))]
+    )
     gpu_max = {k: v for k, v in max_memory.items() if isinstance(k, int)} if max_memory else None
     per_block = place_like_transformers(sizing, gpus, gpu_max, quant)
     offloaded = any(not isinstance(d, int) for d in theirs.values())

@@ -19,8 +19,13 @@ OPENAI_KEY = "sk-" + "plantedOpenAIkey" * 2
 HIDDEN_HF = "hf_" + "HiddenInsideValue" * 2  # inside a variable whose NAME looks harmless
 REMOTE_TOKEN = "hf_" + "RemoteUrlSecret" * 2
 SECRETS = (HF_TOKEN, OPENAI_KEY, HIDDEN_HF, REMOTE_TOKEN)
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_NOSYSTEM": "1"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
 
 
 @pytest.fixture()
@@ -28,17 +33,30 @@ def planted(tmp_path: Path) -> tuple[Path, dict[str, str], list[str]]:
     home = tmp_path / "home" / "alice-private"
     project = home / "project"
     project.mkdir(parents=True)
-    env = {**os.environ, **GIT_ENV, "HOME": str(home), "GIT_CONFIG_GLOBAL": os.devnull,
-           "HF_TOKEN": HF_TOKEN, "OPENAI_API_KEY": OPENAI_KEY, "EXTRA_ARGS": f"--flag {HIDDEN_HF} --x"}
-    for args in (["init", "-q", "-b", "main"], ["remote", "add", "origin",
-                                                  f"https://alice:{REMOTE_TOKEN}@example.invalid/o/r.git"]):
+    env = {
+        **os.environ,
+        **GIT_ENV,
+        "HOME": str(home),
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "HF_TOKEN": HF_TOKEN,
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "EXTRA_ARGS": f"--flag {HIDDEN_HF} --x",
+    }
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["remote", "add", "origin", f"https://alice:{REMOTE_TOKEN}@example.invalid/o/r.git"],
+    ):
         subprocess.run(["git", *args], cwd=project, env=env, check=True, capture_output=True)
     (project / "run.py").write_text("print('hi')\n")
     subprocess.run(["git", "add", "run.py"], cwd=project, env=env, check=True)
     subprocess.run(["git", "commit", "-q", "-m", "c"], cwd=project, env=env, check=True)
     # a tracking ref, so the remote URL is part of the evidence
-    subprocess.run(["git", "update-ref", "refs/remotes/origin/main", "HEAD"], cwd=project, env=env, check=True)
-    subprocess.run(["git", "branch", "-u", "origin/main"], cwd=project, env=env, check=True, capture_output=True)
+    subprocess.run(
+        ["git", "update-ref", "refs/remotes/origin/main", "HEAD"], cwd=project, env=env, check=True
+    )
+    subprocess.run(
+        ["git", "branch", "-u", "origin/main"], cwd=project, env=env, check=True, capture_output=True
+    )
     (project / "run.py").write_text("print('edited')\n")
     model = home / "models" / "tiny"
     model.mkdir(parents=True)
@@ -48,8 +66,9 @@ def planted(tmp_path: Path) -> tuple[Path, dict[str, str], list[str]]:
 
 
 @pytest.mark.parametrize("fmt", ["text", "markdown", "json"])
-def test_no_secret_or_home_in_any_format(planted: tuple[Path, dict[str, str], list[str]], fmt: str,
-                                         tmp_path: Path) -> None:
+def test_no_secret_or_home_in_any_format(
+    planted: tuple[Path, dict[str, str], list[str]], fmt: str, tmp_path: Path
+) -> None:
     """One full run per format (every check), the report written with -o; stderr checked too."""
     home, env, argv = planted
     out = tmp_path / f"report.{fmt}"

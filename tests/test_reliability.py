@@ -101,12 +101,15 @@ def test_binary_haystack_file_is_one_line(tmp_path: Path, fake, capsys) -> None:
     assert_one_clear_line(capsys.readouterr().err, "binary")
 
 
-@pytest.mark.parametrize("body, key", [
-    ('modle = "demo"\n', "modle"),  # unknown key
-    ('trials = "three"\n', "trials"),  # wrong type
-    ("[run]\nlengths = 3.5\n", "lengths"),  # wrong type inside the [run] table
-    ("skip_preflight = 1\n", "skip_preflight"),  # an int is not a bool
-])
+@pytest.mark.parametrize(
+    "body, key",
+    [
+        ('modle = "demo"\n', "modle"),  # unknown key
+        ('trials = "three"\n', "trials"),  # wrong type
+        ("[run]\nlengths = 3.5\n", "lengths"),  # wrong type inside the [run] table
+        ("skip_preflight = 1\n", "skip_preflight"),  # an int is not a bool
+    ],
+)
 def test_bad_toml_through_the_cli_names_the_key(tmp_path: Path, fake, capsys, body: str, key: str) -> None:
     config = tmp_path / "run.toml"
     config.write_text(body)
@@ -115,16 +118,21 @@ def test_bad_toml_through_the_cli_names_the_key(tmp_path: Path, fake, capsys, bo
     assert not (tmp_path / "r").exists()  # rejected before the run directory is made
 
 
-@pytest.mark.parametrize("args, expected", [
-    (("--depths", "101"), "outside 0-100"),
-    (("--depths", "-0.5"), "outside 0-100"),
-    (("--lengths", "0"), "positive"),
-    (("--lengths", "abc"), "not a token count"),
-    (("--max-memory", "auto"), "has no '='"),
-    (("--max-memory", "cuda:0=70GiB"), "use 0 (GPUs are plain integers)"),
-    (("--max-memory", "0=70GiB,cpu=auto"), "size 'auto' is not in a valid format"),
-])
-def test_bad_flag_is_one_line_before_anything_is_written(tmp_path: Path, fake, capsys, args, expected) -> None:
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (("--depths", "101"), "outside 0-100"),
+        (("--depths", "-0.5"), "outside 0-100"),
+        (("--lengths", "0"), "positive"),
+        (("--lengths", "abc"), "not a token count"),
+        (("--max-memory", "auto"), "has no '='"),
+        (("--max-memory", "cuda:0=70GiB"), "use 0 (GPUs are plain integers)"),
+        (("--max-memory", "0=70GiB,cpu=auto"), "size 'auto' is not in a valid format"),
+    ],
+)
+def test_bad_flag_is_one_line_before_anything_is_written(
+    tmp_path: Path, fake, capsys, args, expected
+) -> None:
     out = tmp_path / "r"
     assert niah("run", "--skip-preflight", "-q", "--out", str(out), *args) == 2
     captured = capsys.readouterr()
@@ -136,7 +144,9 @@ def test_length_above_max_position_embeddings_is_one_line(tmp_path: Path, monkey
     import niah_run.sweep as sweep_module
     from tests.niah.fakes import FakeBackend
 
-    monkeypatch.setattr(sweep_module, "make_backend", lambda config: FakeBackend(max_position_embeddings=1000))
+    monkeypatch.setattr(
+        sweep_module, "make_backend", lambda config: FakeBackend(max_position_embeddings=1000)
+    )
     assert niah(*BASE[:-4], "--lengths", "512,2048", "--depths", "50", "--out", str(tmp_path / "r")) == 2
     assert_one_clear_line(capsys.readouterr().err, "exceed the model's max_position_embeddings (1000)")
 
@@ -158,8 +168,10 @@ def test_out_unwritable_folder(tmp_path: Path, fake, capsys) -> None:
         try:
             probe.write_text("x")
             probe.unlink()
-            pytest.skip("running as root: chmod 0o500 does not stop writes (the path-under-a-file case "
-                        "tests/niah/test_cli.py::test_out_is_a_file_or_unwritable still covers it)")
+            pytest.skip(
+                "running as root: chmod 0o500 does not stop writes (the path-under-a-file case "
+                "tests/niah/test_cli.py::test_out_is_a_file_or_unwritable still covers it)"
+            )
         except PermissionError:
             pass
         assert niah(*BASE, "--out", str(locked / "run")) == 2
@@ -190,8 +202,15 @@ def fake_package(root: Path, name: str, body: str) -> Path:
 
 
 def doctor_process(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "doctor", "--no-color", *args], check=False, capture_output=True,
-                          text=True, env=env, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "doctor", "--no-color", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def env_with(*paths: Path, **extra: str) -> dict[str, str]:
@@ -209,8 +228,9 @@ NVML_FAULTS = {
     # the nvidia-ml-py wheel is there but libnvidia-ml.so is not (no driver / not mounted into the container)
     "import-fails": 'raise ImportError("libnvidia-ml.so.1: cannot open shared object file")\n',
     # the library loads, the driver does not answer
-    "init-raises-nvml-error": ("class NVMLError(Exception):\n    pass\n"
-                               "def nvmlInit():\n    raise NVMLError('Driver Not Loaded')\n"),
+    "init-raises-nvml-error": (
+        "class NVMLError(Exception):\n    pass\ndef nvmlInit():\n    raise NVMLError('Driver Not Loaded')\n"
+    ),
 }
 
 
@@ -232,7 +252,9 @@ def test_nvml_raising_something_unexpected_becomes_error_rows(tmp_path: Path) ->
     proc = doctor_process("--format", "json", "--only", "gpu", env=env)
     assert proc.returncode == 0, proc.stderr  # ERROR rows do not fail without --strict (documented)
     checks = rows(proc)
-    assert checks["nvidia-driver"]["status"] == "error" and "something odd" in checks["nvidia-driver"]["summary"]
+    assert (
+        checks["nvidia-driver"]["status"] == "error" and "something odd" in checks["nvidia-driver"]["summary"]
+    )
     assert doctor_process("--format", "json", "--only", "gpu", "--strict", env=env).returncode == 1
 
 
@@ -250,20 +272,25 @@ def test_nvidia_smi_absent_or_broken_changes_nothing(tmp_path: Path) -> None:
     smi = trap_bin / "nvidia-smi"
     smi.write_text(f"#!/bin/sh\ntouch {marker}\nsleep 600\n")  # would hang the doctor if it were run
     smi.chmod(0o755)
-    trapped = doctor_process("--format", "json", env={**env_with(), "PATH": f"{trap_bin}{os.pathsep}{empty_bin}"})
+    trapped = doctor_process(
+        "--format", "json", env={**env_with(), "PATH": f"{trap_bin}{os.pathsep}{empty_bin}"}
+    )
     assert not marker.exists()
     assert rows(trapped).keys() == rows(absent).keys()
 
 
 def test_segfaulting_bitsandbytes_import_is_an_error_row_and_the_report_prints(tmp_path: Path) -> None:
-    env = env_with(fake_package(tmp_path, "bitsandbytes", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"))
+    env = env_with(
+        fake_package(tmp_path, "bitsandbytes", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    )
     proc = doctor_process("--live", "--timeout", "60", "--only", "bitsandbytes", env=env)
     assert proc.returncode == 0, proc.stderr  # ERROR rows: exit 0 unless --strict
     assert "bnb-native-library" in proc.stdout and "crashed with SIGSEGV" in proc.stdout
     assert "bnb-installed" in proc.stdout  # the static rows still ran
     assert "Traceback" not in proc.stdout + proc.stderr
-    strict = doctor_process("--live", "--timeout", "60", "--only", "bitsandbytes", "--strict", "--format", "json",
-                            env=env)
+    strict = doctor_process(
+        "--live", "--timeout", "60", "--only", "bitsandbytes", "--strict", "--format", "json", env=env
+    )
     assert strict.returncode == 1
     assert rows(strict)["bnb-4bit-roundtrip"]["status"] == "error"
 
@@ -272,7 +299,9 @@ def test_segfaulting_bitsandbytes_in_the_probe_function(tmp_path: Path) -> None:
     from doctor.probes import Unavailable
     from doctor.probes.libs_live import bnb_live_facts
 
-    env = env_with(fake_package(tmp_path, "bitsandbytes", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"))
+    env = env_with(
+        fake_package(tmp_path, "bitsandbytes", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    )
     facts = bnb_live_facts(RunSpec(live=True, probe_timeout_s=60), env=env)
     assert isinstance(facts, Unavailable) and facts.kind == "error" and "SIGSEGV" in facts.reason
 
@@ -282,8 +311,9 @@ def test_hanging_torch_import_is_bounded_by_timeout_in_the_whole_report(tmp_path
     # report (all sections) still renders as JSON. (The subprocess timeout is only a guard for a real hang.)
     env = env_with(fake_package(tmp_path, "torch", "import time\nwhile True:\n    time.sleep(1)\n"))
     # import-shadowing rightly FAILs on the planted package (it shadows the real torch): judged elsewhere.
-    proc = doctor_process("--live", "--timeout", "3", "--format", "json", "--skip", "import-shadowing", env=env,
-                          timeout=300)
+    proc = doctor_process(
+        "--live", "--timeout", "3", "--format", "json", "--skip", "import-shadowing", env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     checks = rows(proc)
     row = checks["torch-cuda-available"]
@@ -312,17 +342,44 @@ def test_no_secret_in_any_file_of_the_run_directory_or_output(tmp_path: Path) ->
 
     # The preflight asks the server (it stops a run whose server does not answer); the sweep itself runs on
     # the fake backend, so the URL only has to reach a server that lists the model.
-    with FakeServer({"/v1/models": json_route({"data": [{"id": "demo", "max_model_len": 1 << 20}]})}) as server:
+    with FakeServer(
+        {"/v1/models": json_route({"data": [{"id": "demo", "max_model_len": 1 << 20}]})}
+    ) as server:
         port = server.url.rsplit(":", 1)[1]
-        argv = ["run", "--lengths", "512", "--depths", "10,90", "--controls", "1", "--out", str(out),
-                "--base-url", f"http://user:{SECRETS['HF_TOKEN']}@127.0.0.1:{port}/v1"]
-        proc = subprocess.run([sys.executable, "-c", code, *argv], check=False, capture_output=True, text=True,
-                              env=env, timeout=300, cwd=REPO)
+        argv = [
+            "run",
+            "--lengths",
+            "512",
+            "--depths",
+            "10,90",
+            "--controls",
+            "1",
+            "--out",
+            str(out),
+            "--base-url",
+            f"http://user:{SECRETS['HF_TOKEN']}@127.0.0.1:{port}/v1",
+        ]
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *argv],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            cwd=REPO,
+        )
     assert proc.returncode == 0, proc.stderr
     files = sorted(p for p in out.rglob("*") if p.is_file())
     names = {p.name for p in files}
-    assert {"config.json", "preflight.json", "preflight.md", "results.jsonl", "summary.json", "summary.md",
-            "heatmap.png"} <= names
+    assert {
+        "config.json",
+        "preflight.json",
+        "preflight.md",
+        "results.jsonl",
+        "summary.json",
+        "summary.md",
+        "heatmap.png",
+    } <= names
     for path in files:
         data = path.read_bytes()
         for needle in NEEDLES:
@@ -365,16 +422,28 @@ def _local_model(folder: Path, weights: str) -> Path:
     return folder
 
 
-def test_real_loader_gets_trust_remote_code_false_and_safetensors_only(tmp_path: Path, loads_refused,
-                                                                         capsys) -> None:
+def test_real_loader_gets_trust_remote_code_false_and_safetensors_only(
+    tmp_path: Path, loads_refused, capsys
+) -> None:
     model = _local_model(tmp_path / "m", "model.safetensors")
     assert niah("run", "--skip-preflight", "-q", "--model", str(model), "--out", str(tmp_path / "r")) == 2
     assert_one_clear_line(capsys.readouterr().err, "cannot load")
     assert {c["what"] for c in loads_refused} == {"tokenizer", "model"}
     assert all(call["trust_remote_code"] is False for call in loads_refused)
     assert loads_refused[-1]["use_safetensors"] is True
-    assert niah("run", "--skip-preflight", "-q", "--model", str(model), "--out", str(tmp_path / "r2"),
-                "--trust-remote-code") == 2
+    assert (
+        niah(
+            "run",
+            "--skip-preflight",
+            "-q",
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "r2"),
+            "--trust-remote-code",
+        )
+        == 2
+    )
     assert all(call["trust_remote_code"] is True for call in loads_refused[2:])
 
 
@@ -385,8 +454,19 @@ def test_pickle_only_checkpoint_is_refused_through_the_cli(tmp_path: Path, loads
     assert_one_clear_line(err, "pickle")
     assert "--allow-pickle" in err and loads_refused == []  # refused before any load
     # with the flag the loader goes on to transformers (stopped here by the fixture), pickle allowed
-    assert niah("run", "--skip-preflight", "-q", "--model", str(model), "--out", str(tmp_path / "r2"),
-                "--allow-pickle") == 2
+    assert (
+        niah(
+            "run",
+            "--skip-preflight",
+            "-q",
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "r2"),
+            "--allow-pickle",
+        )
+        == 2
+    )
     model_call = [c for c in loads_refused if c["what"] == "model"][-1]  # the guard let it through
     assert model_call["use_safetensors"] is None and model_call["trust_remote_code"] is False
 
@@ -407,6 +487,12 @@ def test_oom_recovery_benchmark_cpu_smoke(tmp_path: Path) -> None:
     assert module.main(["--device", "cpu", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     verdicts = {c["check"]: c["pass"] for c in doc["checks"]}
-    assert verdicts == {"sweep-finished": True, "oom-recorded": True, "memory-freed": None,
-                        "sweep-continued": True, "shorter-lengths-ok": True, "longer-skipped": True,
-                        "still-correct-after-oom": True}
+    assert verdicts == {
+        "sweep-finished": True,
+        "oom-recorded": True,
+        "memory-freed": None,
+        "sweep-continued": True,
+        "shorter-lengths-ok": True,
+        "longer-skipped": True,
+        "still-correct-after-oom": True,
+    }

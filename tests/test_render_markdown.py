@@ -15,8 +15,18 @@ from tests.conftest import run_module
 
 GOLDEN = Path(__file__).parent / "golden"
 TYPICAL_LIMIT = 15_000
-SCOUT_ARGS = ("--model", "meta-llama/Llama-4-Scout-17B-16E-Instruct", "--quant", "bnb-4bit", "--gpus",
-              "1xH100-80GB", "--context", "1M", "--format", "markdown")
+SCOUT_ARGS = (
+    "--model",
+    "meta-llama/Llama-4-Scout-17B-16E-Instruct",
+    "--quant",
+    "bnb-4bit",
+    "--gpus",
+    "1xH100-80GB",
+    "--context",
+    "1M",
+    "--format",
+    "markdown",
+)
 
 
 def load(name: str) -> Report:
@@ -31,7 +41,7 @@ def to_html(text: str) -> str:
 def _section(text: str, title: str) -> str:
     start = text.index(f"### {title}")
     end = text.find("\n### ", start + 1)
-    return text[start:end if end > 0 else None]
+    return text[start : end if end > 0 else None]
 
 
 def test_problems_on_top_environment_short_skips_one_line() -> None:
@@ -54,16 +64,25 @@ def test_facts_only_when_asked_and_cut_with_a_note() -> None:
     text = render_markdown(report, facts=True)
     assert "<summary>Raw facts</summary>" in text
     assert len(text) <= HARD_LIMIT
-    assert "Raw facts cut at" in text and f"{FACTS_LIMIT:,}" in text  # the Scout facts are larger than the cut
+    assert (
+        "Raw facts cut at" in text and f"{FACTS_LIMIT:,}" in text
+    )  # the Scout facts are larger than the cut
 
 
 def test_never_above_the_hard_limit_even_with_huge_facts_and_evidence() -> None:
     report = load("scout-cpu")
-    huge_check = CheckResult("huge-evidence", "Lots of evidence", "test", Status.FAIL, "x" * 5_000,
-                             tuple(Evidence(f"k{i}", "v" * 1_000, "test") for i in range(500)),
-                             Fix("do it", ("echo " + "y" * 10_000,)))
-    big = dataclasses.replace(report, checks=(*report.checks, huge_check),
-                              facts={**report.facts, "blob": "z" * 500_000})
+    huge_check = CheckResult(
+        "huge-evidence",
+        "Lots of evidence",
+        "test",
+        Status.FAIL,
+        "x" * 5_000,
+        tuple(Evidence(f"k{i}", "v" * 1_000, "test") for i in range(500)),
+        Fix("do it", ("echo " + "y" * 10_000,)),
+    )
+    big = dataclasses.replace(
+        report, checks=(*report.checks, huge_check), facts={**report.facts, "blob": "z" * 500_000}
+    )
     for facts in (False, True):
         assert len(render_markdown(big, facts=facts)) <= HARD_LIMIT
 
@@ -77,8 +96,10 @@ def test_renders_with_a_real_markdown_renderer() -> None:
         if check.status is Status.FAIL:
             assert f"<code>{check.id}</code>" in html
             for cmd in check.fix.commands if check.fix else ():
-                assert cmd.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace(
-                    '"', "&quot;") in html
+                assert (
+                    cmd.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+                    in html
+                )
     # "model.layers.*.feed_forward.experts" must not turn into emphasis
     assert "model.layers.*.feed_forward.experts" in html
     assert not re.search(r"<(em|strong)>[^<]*(layers|feed_forward|x86)", html)

@@ -53,8 +53,9 @@ def _is_unbreakable(line: str) -> bool:
 def test_prose_fits_and_commands_are_never_wrapped(cols: int) -> None:
     report = load("scout-cpu")
     lines = render_text(report, color=False, width=cols).splitlines()
-    assert all(len(line) <= cols or _is_unbreakable(line) for line in lines), \
-        [line for line in lines if len(line) > cols and not _is_unbreakable(line)]
+    assert all(len(line) <= cols or _is_unbreakable(line) for line in lines), [
+        line for line in lines if len(line) > cols and not _is_unbreakable(line)
+    ]
     commands = [cmd for c in report.checks if c.fix for cmd in c.fix.commands]
     assert commands
     for cmd in commands:
@@ -68,7 +69,7 @@ def test_problems_first_then_compact_rest_and_a_verdict_naming_the_failures() ->
     assert text.index("Problems (") < text.index("Other checks")
     for check_id in failing:  # each failure's block comes before the table
         assert text.index(f"FAIL {check_id}") < text.index("Other checks")
-    verdict = text[text.index("PROBLEMS FOUND"):].split("\n--verbose")[0].replace("\n  ", " ")
+    verdict = text[text.index("PROBLEMS FOUND") :].split("\n--verbose")[0].replace("\n  ", " ")
     assert all(check_id in verdict for check_id in failing)
     # every skipped check is named, but skips take one entry per section, and none gets a detail block
     skips = [c for c in report.checks if c.status is Status.SKIP]
@@ -104,8 +105,16 @@ def test_verbose_shows_passing_evidence_and_every_skip() -> None:
 
 
 def test_target_line_shows_what_was_given_including_lists() -> None:
-    report = dataclasses.replace(load("h100-healthy"), target={
-        "model": "demo", "lengths": [512, 1024], "context": 131072, "quant": "none", "max_memory": {"0": "70GiB"}})
+    report = dataclasses.replace(
+        load("h100-healthy"),
+        target={
+            "model": "demo",
+            "lengths": [512, 1024],
+            "context": 131072,
+            "quant": "none",
+            "max_memory": {"0": "70GiB"},
+        },
+    )
     text = render_text(report, color=False, width=100)
     assert "target: model demo · lengths 512, 1024 · context 131,072 · max-memory" in text
     assert "quant" not in text.splitlines()[1]  # a default says nothing

@@ -29,19 +29,22 @@ def test_parses_the_documented_example() -> None:
     assert size_to_bytes("80GB") == 80 * 10**9 and size_to_bytes("80GiB") == 80 * 2**30
 
 
-@pytest.mark.parametrize("text, words", [
-    ("cpu=auto", "'auto' is not in a valid format"),  # the seed's ValueError
-    ("cuda:0=70GiB", "use 0"),
-    ("gpu0=70GiB", "use 0"),
-    ("0=75G", "not in a valid format"),
-    ("0=75 gigs", "not in a valid format"),
-    ("nvme=10GiB", "not a device accelerate knows"),
-    ("0=70GiB,0=60GiB", "given twice"),
-    ("0:70GiB", "no '='"),
-    ("", "empty"),
-    ("0=-5GB", "negative"),
-    ("0=infGB", "finite"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("cpu=auto", "'auto' is not in a valid format"),  # the seed's ValueError
+        ("cuda:0=70GiB", "use 0"),
+        ("gpu0=70GiB", "use 0"),
+        ("0=75G", "not in a valid format"),
+        ("0=75 gigs", "not in a valid format"),
+        ("nvme=10GiB", "not a device accelerate knows"),
+        ("0=70GiB,0=60GiB", "given twice"),
+        ("0:70GiB", "no '='"),
+        ("", "empty"),
+        ("0=-5GB", "negative"),
+        ("0=infGB", "finite"),
+    ],
+)
 def test_bad_values_name_the_problem(text: str, words: str) -> None:
     with pytest.raises(UsageError) as info:
         parse_max_memory(text)
@@ -73,7 +76,9 @@ def test_replica_agrees_with_accelerate(text: str) -> None:
 
 
 KEYS = st.one_of(st.integers(0, 15), st.sampled_from(["cpu", "disk", "mps"]))
-SIZES = st.builds(lambda n, u: f"{n}{u}", st.integers(0, 10**4), st.sampled_from(["GiB", "MiB", "KiB", "GB", "MB", "KB"]))
+SIZES = st.builds(
+    lambda n, u: f"{n}{u}", st.integers(0, 10**4), st.sampled_from(["GiB", "MiB", "KiB", "GB", "MB", "KB"])
+)
 
 
 @given(st.dictionaries(KEYS, st.one_of(SIZES, st.integers(0, 10**12)), min_size=1, max_size=6))
@@ -127,11 +132,18 @@ class FakeNvml:
 
 H100 = FakeNvml((FakeGpu("NVIDIA H100 80GB HBM3", 85_520_809_984, (9, 0)),))
 T4 = FakeNvml((FakeGpu("Tesla T4", 16_106_127_360, (7, 5)),))
-VERSIONS = {"torch": "2.6.0", "accelerate": "1.6.0", "triton": "3.2.0", "flash-attn": None, "transformers": "4.52.4"}
+VERSIONS = {
+    "torch": "2.6.0",
+    "accelerate": "1.6.0",
+    "triton": "3.2.0",
+    "flash-attn": None,
+    "transformers": "4.52.4",
+}
 
 
-def facts(sizes: dict | None = None, errors: dict | None = None, problem: str | None = None,
-          **versions: str | None) -> RunArgFacts:
+def facts(
+    sizes: dict | None = None, errors: dict | None = None, problem: str | None = None, **versions: str | None
+) -> RunArgFacts:
     return RunArgFacts({**VERSIONS, **versions}, False, sizes, errors or {}, problem)
 
 
@@ -142,36 +154,54 @@ def run_named(check_id: str, target: RunSpec, snapshot: dict) -> tuple[Status, s
 
 
 def test_lowercase_b_warns_loudly_about_bits() -> None:
-    status, summary = run_named("max-memory-format", RunSpec(max_memory="0=75Gb"),
-                                {"run-args": facts({"75Gb": 9_375_000_000}), "nvml": H100})
+    status, summary = run_named(
+        "max-memory-format",
+        RunSpec(max_memory="0=75Gb"),
+        {"run-args": facts({"75Gb": 9_375_000_000}), "nvml": H100},
+    )
     assert status is Status.WARN and "BITS" in summary and "9.4 GB" in summary
 
 
 def test_budget_above_the_card_fails() -> None:
-    status, summary = run_named("max-memory-format", RunSpec(max_memory="0=90GiB"),
-                                {"run-args": facts({"90GiB": 90 * 2**30}), "nvml": H100})
+    status, summary = run_named(
+        "max-memory-format",
+        RunSpec(max_memory="0=90GiB"),
+        {"run-args": facts({"90GiB": 90 * 2**30}), "nvml": H100},
+    )
     assert status is Status.FAIL and "above the card's capacity" in summary
 
 
 def test_budget_above_free_memory_warns() -> None:
     busy = FakeNvml((FakeGpu("NVIDIA H100 80GB HBM3", 85_520_809_984, (9, 0), memory_free_bytes=40 * 2**30),))
-    status, summary = run_named("max-memory-format", RunSpec(max_memory="0=70GiB"),
-                                {"run-args": facts({"70GiB": 70 * 2**30}), "nvml": busy})
+    status, summary = run_named(
+        "max-memory-format",
+        RunSpec(max_memory="0=70GiB"),
+        {"run-args": facts({"70GiB": 70 * 2**30}), "nvml": busy},
+    )
     assert status is Status.WARN and "free memory" in summary
 
 
 def test_gb_vs_gib_note_and_confidence() -> None:
-    status, summary = run_named("max-memory-format", RunSpec(max_memory="0=70GB,cpu=100GiB"),
-                                {"run-args": facts({"70GB": 70 * 10**9, "100GiB": 100 * 2**30}), "nvml": H100})
+    status, summary = run_named(
+        "max-memory-format",
+        RunSpec(max_memory="0=70GB,cpu=100GiB"),
+        {"run-args": facts({"70GB": 70 * 10**9, "100GiB": 100 * 2**30}), "nvml": H100},
+    )
     assert status is Status.PASS and "65.2 GiB" in summary and "lower confidence" not in summary
-    status, summary = run_named("max-memory-format", RunSpec(max_memory="0=70GiB"),
-                                {"run-args": facts(problem="accelerate is not installed"), "nvml": H100})
+    status, summary = run_named(
+        "max-memory-format",
+        RunSpec(max_memory="0=70GiB"),
+        {"run-args": facts(problem="accelerate is not installed"), "nvml": H100},
+    )
     assert status is Status.PASS and "lower confidence" in summary
 
 
 def test_accelerate_verdict_wins_and_bad_target_fails_without_cli() -> None:
-    status, summary = run_named("max-memory-format", RunSpec(max_memory="0=70GiB"),
-                                {"run-args": facts({"70GiB": None}, {"70GiB": "ValueError: simulated"})})
+    status, summary = run_named(
+        "max-memory-format",
+        RunSpec(max_memory="0=70GiB"),
+        {"run-args": facts({"70GiB": None}, {"70GiB": "ValueError: simulated"})},
+    )
     assert status is Status.FAIL and "accelerate rejects" in summary
     status, summary = run_named("max-memory-format", RunSpec(max_memory="cpu=auto"), {"run-args": facts()})
     assert status is Status.FAIL and "auto" in summary
@@ -181,17 +211,28 @@ def test_max_memory_skips_when_absent() -> None:
     assert run_named("max-memory-format", RunSpec(), {"run-args": facts()})[0] is Status.SKIP
 
 
-@pytest.mark.parametrize("value, status", [("auto", Status.PASS), ("balanced_low_0", Status.WARN),
-                                           ("cuda:0", Status.PASS), ("cuda:3", Status.FAIL), ("gpu", Status.FAIL)])
+@pytest.mark.parametrize(
+    "value, status",
+    [
+        ("auto", Status.PASS),
+        ("balanced_low_0", Status.WARN),
+        ("cuda:0", Status.PASS),
+        ("cuda:3", Status.FAIL),
+        ("gpu", Status.FAIL),
+    ],
+)
 def test_device_map_values(value: str, status: Status) -> None:
     assert run_named("device-map-value", RunSpec(device_map=value), {"nvml": H100})[0] is status
 
 
 def test_attention_backends() -> None:
-    status, summary = run_named("attn-implementation", RunSpec(attn="flash_attention_2"), {"run-args": facts()})
+    status, summary = run_named(
+        "attn-implementation", RunSpec(attn="flash_attention_2"), {"run-args": facts()}
+    )
     assert status is Status.FAIL and "flash-attn" in summary
-    status, summary = run_named("attn-implementation", RunSpec(attn="flex_attention"),
-                                {"run-args": facts(torch="2.4.1")})
+    status, summary = run_named(
+        "attn-implementation", RunSpec(attn="flex_attention"), {"run-args": facts(torch="2.4.1")}
+    )
     assert status is Status.WARN and "2.5" in summary
     status, _ = run_named("attn-implementation", RunSpec(attn="eager", context=131072), {"run-args": facts()})
     assert status is Status.WARN
@@ -223,13 +264,19 @@ def test_max_memory_accepts_the_python_and_json_dict_forms() -> None:
     assert parse_max_memory('{"0": "75GiB", "1": 80000000000}') == {0: "75GiB", 1: 80000000000}
 
 
-@pytest.mark.parametrize("text, words", [
-    ('{"0": "75GiB", "cpu": "auto"}', "'auto' is not in a valid format"),  # the seed's ValueError, dict form
-    ('{0: "70GiB", "0": "60GiB"}', "given twice"),
-    ('{"cuda:0": "70GiB"}', "use 0"),
-    ("{0: GPU_BUDGET}", "not a dict of literals"),  # a name: never evaluated
-    ('{"a", "b"}', "must be a dict"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (
+            '{"0": "75GiB", "cpu": "auto"}',
+            "'auto' is not in a valid format",
+        ),  # the seed's ValueError, dict form
+        ('{0: "70GiB", "0": "60GiB"}', "given twice"),
+        ('{"cuda:0": "70GiB"}', "use 0"),
+        ("{0: GPU_BUDGET}", "not a dict of literals"),  # a name: never evaluated
+        ('{"a", "b"}', "must be a dict"),
+    ],
+)
 def test_bad_dict_forms_name_the_problem(text: str, words: str) -> None:
     with pytest.raises(UsageError) as info:
         parse_max_memory(text)
@@ -238,7 +285,7 @@ def test_bad_dict_forms_name_the_problem(text: str, words: str) -> None:
 
 # ---------------------------------------------------------------- script-settings: what the run script passes
 
-STORY_SCRIPT = '''\
+STORY_SCRIPT = """\
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -251,7 +298,7 @@ def load():
         quantization_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
     return AutoModelForCausalLM.from_pretrained(MODEL_ID, device_map="auto", max_memory={{0: "75GiB", "cpu": "auto"}},
                                                 attn_implementation="{attn}", quantization_config=quantization_config)
-'''
+"""
 
 
 def _script_result(tmp_path, text: str, *, committed: str | None = None, target_model: str | None = None):
@@ -260,8 +307,15 @@ def _script_result(tmp_path, text: str, *, committed: str | None = None, target_
 
     from doctor.probes.run_args import script_settings_probe
 
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
     script = tmp_path / "long_context_test.py"
     if committed is not None:
         subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, env=env)
@@ -278,20 +332,28 @@ def _script_result(tmp_path, text: str, *, committed: str | None = None, target_
 
 def test_script_story_findings_cite_file_and_line(tmp_path) -> None:
     real = "meta-llama/Llama-4-Scout-17B-16E-Instruct"
-    result = _script_result(tmp_path, STORY_SCRIPT.format(model=real, attn="sdpa"),
-                            committed=STORY_SCRIPT.format(model="meta-llama/Llama-4-Scout-10M-hf", attn="sdpa"))
+    result = _script_result(
+        tmp_path,
+        STORY_SCRIPT.format(model=real, attn="sdpa"),
+        committed=STORY_SCRIPT.format(model="meta-llama/Llama-4-Scout-10M-hf", attn="sdpa"),
+    )
     assert result.status is Status.FAIL
     summary = result.summary
     # the placeholder committed, the real id only in the working tree: one line, with the line number
-    assert "long_context_test.py:4: the committed file (HEAD, line 4) has model 'meta-llama/Llama-4-Scout-10M-hf'" \
-        in summary and f"the working tree has '{real}'" in summary
+    assert (
+        "long_context_test.py:4: the committed file (HEAD, line 4) has model 'meta-llama/Llama-4-Scout-10M-hf'"
+        in summary
+        and f"the working tree has '{real}'" in summary
+    )
     assert "quantization is off behind a flag" in summary and "USE_4BIT_QUANTIZATION = False at" in summary
     assert "long_context_test.py:11: max_memory=" in summary and "'auto' is not in a valid format" in summary
     assert any(e.key == "long_context_test.py.model.committed" for e in result.evidence)
 
 
 def test_script_attention_that_will_fail(tmp_path) -> None:
-    text = STORY_SCRIPT.format(model="org/model", attn="flash_attention_2").replace('"cpu": "auto"', '"cpu": "9GiB"')
+    text = STORY_SCRIPT.format(model="org/model", attn="flash_attention_2").replace(
+        '"cpu": "auto"', '"cpu": "9GiB"'
+    )
     result = _script_result(tmp_path, text)
     assert result.status is Status.FAIL and "flash-attn package" in result.summary
     text = STORY_SCRIPT.format(model="org/model", attn="flash_attn").replace('"cpu": "auto"', '"cpu": "9GiB"')
@@ -299,8 +361,10 @@ def test_script_attention_that_will_fail(tmp_path) -> None:
 
 
 def test_script_too_dynamic_warns_only_when_no_flag_names_the_model(tmp_path) -> None:
-    text = ("import sys\nfrom transformers import AutoModelForCausalLM\n"
-            "model = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n")
+    text = (
+        "import sys\nfrom transformers import AutoModelForCausalLM\n"
+        "model = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+    )
     result = _script_result(tmp_path, text)
     assert result.status is Status.WARN and "could not determine: model at" in result.summary
     assert _script_result(tmp_path, text, target_model="org/model").status is Status.PASS

@@ -11,12 +11,18 @@ from pathlib import Path
 
 from doctor.script_reader import SETTING_KEYS, read_script, read_source, script_settings
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
 PLACEHOLDER = "meta-llama/Llama-4-Scout-10M-hf"
 REAL = "meta-llama/Llama-4-Scout-17B-16E-Instruct"
 
-STORY = '''\
+STORY = """\
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -47,9 +53,9 @@ def load_model():
         trust_remote_code=False,
     )
     return tokenizer, model
-'''
+"""
 
-DYNAMIC = '''\
+DYNAMIC = """\
 import argparse, json, os
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -61,7 +67,7 @@ def main(config_path):
     quant = BitsAndBytesConfig(load_in_4bit=True) if os.environ.get("QUANT") == "4bit" else None
     return AutoModelForCausalLM.from_pretrained(args.model, quantization_config=quant,
                                                 max_memory=cfg["max_memory"], torch_dtype=os.getenv("DTYPE"))
-'''
+"""
 
 
 def sh(cwd: Path, *args: str) -> None:
@@ -76,7 +82,9 @@ def test_the_story_script_is_read_without_running_it(tmp_path: Path) -> None:
     assert reading.problem is None and set(s) <= set(SETTING_KEYS)
     assert s["model"].value == REAL and s["model"].line == 5  # the f-string constant, cited where it is set
     assert s["quant"].value == "none" and s["quant"].determined
-    assert "USE_4BIT_QUANTIZATION = False" in s["quant"].note and ":13" in s["quant"].note  # the guarding `if`
+    assert (
+        "USE_4BIT_QUANTIZATION = False" in s["quant"].note and ":13" in s["quant"].note
+    )  # the guarding `if`
     assert s["max_memory"].value == {0: "75GiB", "cpu": "auto"}
     assert s["max_memory"].flag_text() == "0=75GiB,cpu=auto" and s["max_memory"].line == 24
     assert (s["attn"].value, s["dtype"].value, s["device_map"].value) == ("sdpa", "bfloat16", "auto")
@@ -85,7 +93,9 @@ def test_the_story_script_is_read_without_running_it(tmp_path: Path) -> None:
 
 
 def test_the_flag_on_turns_4bit_on_with_its_options(tmp_path: Path) -> None:
-    settings, _ = read_source(STORY.replace("USE_4BIT_QUANTIZATION = False", "USE_4BIT_QUANTIZATION = True"), "r.py")
+    settings, _ = read_source(
+        STORY.replace("USE_4BIT_QUANTIZATION = False", "USE_4BIT_QUANTIZATION = True"), "r.py"
+    )
     quant = settings["quant"]
     assert quant.value == "bnb-4bit" and quant.line == 14
     assert dict(quant.extra) == {"bnb_4bit_type": "nf4", "double_quant": True}
@@ -120,21 +130,23 @@ def test_a_script_too_dynamic_to_read_says_could_not_determine(tmp_path: Path) -
     script.write_text(DYNAMIC)
     s = read_script(script).settings
     for key in ("model", "quant", "max_memory", "dtype"):
-        assert not s[key].determined and s[key].value is None and s[key].note.startswith("could not determine")
+        assert (
+            not s[key].determined and s[key].value is None and s[key].note.startswith("could not determine")
+        )
     assert "argparse default" in s["model"].note and "meta-llama/Llama-3.1-8B-Instruct" in s["model"].note
     assert "environment variable QUANT" in s["quant"].note
     assert "environment variable DTYPE" in s["dtype"].note
 
 
 def test_kwargs_dict_built_in_the_file_is_followed() -> None:
-    text = '''
+    text = """
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 QUANTIZE = False
 kwargs = {"device_map": "auto", "attn_implementation": "eager"}
 if QUANTIZE:
     kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
 model = AutoModelForCausalLM.from_pretrained("org/model", **kwargs)
-'''
+"""
     settings, _ = read_source(text, "k.py")
     assert settings["attn"].value == "eager" and settings["device_map"].value == "auto"
     assert settings["quant"].value == "none"
@@ -157,11 +169,17 @@ def test_script_settings_merges_files_first_determined_wins(tmp_path: Path) -> N
 
 
 def test_odd_files_never_raise_and_reassignment_chains_stay_cheap() -> None:
-    chain = "X = 1\n" + "X = X + X\n" * 60 + "from transformers import AutoModelForCausalLM\n" \
+    chain = (
+        "X = 1\n" + "X = X + X\n" * 60 + "from transformers import AutoModelForCausalLM\n"
         "m = AutoModelForCausalLM.from_pretrained('org/m', max_memory={0: X})\n"
+    )
     settings, problem = read_source(chain, "chain.py")
-    assert problem is None and settings["max_memory"].value == {0: 2 ** 60}
-    for text in ("MODEL_ID = MODEL_ID\n", "a\0b = 1\n", "x = " + "(" * 300 + "1" + ")" * 300 + "\n",
-                 "MODEL_ID = lambda: 'org/m'\nMAX_TOKENS = 2 ** 10 ** 10\n"):
+    assert problem is None and settings["max_memory"].value == {0: 2**60}
+    for text in (
+        "MODEL_ID = MODEL_ID\n",
+        "a\0b = 1\n",
+        "x = " + "(" * 300 + "1" + ")" * 300 + "\n",
+        "MODEL_ID = lambda: 'org/m'\nMAX_TOKENS = 2 ** 10 ** 10\n",
+    ):
         settings, problem = read_source(text, "odd.py")
         assert problem is not None or all(not s.determined or s.value is not None for s in settings.values())

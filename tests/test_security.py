@@ -34,7 +34,9 @@ STUBBED = ("doctor", "hf", "git", "rm", "ls", "pip", "python", "vllm", "curl", "
 # ---------------------------------------------------------------- the quoting helper and the model
 
 
-@pytest.mark.parametrize("value", [HOSTILE, "a b", "$(touch X)", "`touch X`", "it's", "x\ny", "--flag", "", "~/m"])
+@pytest.mark.parametrize(
+    "value", [HOSTILE, "a b", "$(touch X)", "`touch X`", "it's", "x\ny", "--flag", "", "~/m"]
+)
 def test_shell_join_round_trips_through_a_real_shell(value: str, tmp_path: Path) -> None:
     line = shell_join(["printf", "%s", value])
     out = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, check=True)
@@ -47,7 +49,10 @@ def test_fix_and_evidence_quote_argument_lists_and_keep_literal_lines() -> None:
     fix = Fix("do it", (("doctor", "--model", HOSTILE), "nvidia-smi -L"))
     assert fix.commands == (f"doctor --model {quote(HOSTILE)}", "nvidia-smi -L")
     assert Evidence("k", 1, "os", ("ls", HOSTILE)).how == f"ls {quote(HOSTILE)}"
-    assert ToolInfo("doctor", "0", ("doctor", "--model", HOSTILE)).command_line == f"doctor --model {quote(HOSTILE)}"
+    assert (
+        ToolInfo("doctor", "0", ("doctor", "--model", HOSTILE)).command_line
+        == f"doctor --model {quote(HOSTILE)}"
+    )
 
 
 # ---------------------------------------------------------------- a real doctor run, pasted into bash
@@ -57,8 +62,10 @@ def _stub_bin(folder: Path, log: Path) -> Path:
     folder.mkdir()
     for name in STUBBED:
         stub = folder / name
-        stub.write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\0" "$a"; done >> {quote(str(log))}\n'
-                        f'printf "\\n" >> {quote(str(log))}\n')
+        stub.write_text(
+            f'#!/bin/sh\nfor a in "$@"; do printf "%s\\0" "$a"; done >> {quote(str(log))}\n'
+            f'printf "\\n" >> {quote(str(log))}\n'
+        )
         stub.chmod(0o755)
     return folder
 
@@ -70,7 +77,9 @@ def _hostile_model(root: Path) -> Path:
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     # Secrets in less common shapes inside the config: they must not be echoed by any format.
     config["hub_token"] = "not-a-known-shape-but-a-secret-field"
-    config["note"] = f"pushed with {GITHUB_TOKEN} from https://gitlab.example/x.git?private_token={GITLAB_TOKEN}"
+    config["note"] = (
+        f"pushed with {GITHUB_TOKEN} from https://gitlab.example/x.git?private_token={GITLAB_TOKEN}"
+    )
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
@@ -78,8 +87,14 @@ def _hostile_model(root: Path) -> Path:
 def _hostile_script(root: Path) -> Path:
     repo = root / "proj"
     repo.mkdir()
-    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     subprocess.run(["git", "init", "-q", str(repo)], check=True, env=env)
     (repo / "README").write_text("x\n")
     subprocess.run(["git", "-C", str(repo), "add", "README"], check=True, env=env)
@@ -99,8 +114,12 @@ def _commands_of(fmt: str, text: str) -> list[str]:
         return out
     if fmt == "markdown":
         out = re.findall(r"^- Command: `+ ?(.*?) ?`+$", text, flags=re.MULTILINE)
-        out += [line for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
-                for line in block.splitlines() if line.strip()]
+        out += [
+            line
+            for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
+            for line in block.splitlines()
+            if line.strip()
+        ]
         return out
     return [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("$ ")]
 
@@ -111,13 +130,43 @@ def test_pasting_any_printed_command_runs_nothing_else(fmt: str, tmp_path: Path)
     model = _hostile_model(tmp_path)
     script = _hostile_script(tmp_path)
     out = tmp_path / f"report.{fmt}"
-    env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1", "GIT_CONFIG_GLOBAL": os.devnull,
-           "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "COLUMNS": "400",
+        "NO_COLOR": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "PYTHONPATH": str(REPO),
+    }
     assert model.parent == tmp_path  # given relative, as users type it: `--model 'm4; touch PWNED #'`
-    proc = subprocess.run([sys.executable, "-m", "doctor", "--model", model.name, "--gpus", "1x24GiB",
-                           "--context", "1M", "--script", str(script), "--only", "memory,model,git", "--no-live",
-                           "-v", "--format", fmt, "-o", str(out)],
-                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "doctor",
+            "--model",
+            model.name,
+            "--gpus",
+            "1x24GiB",
+            "--context",
+            "1M",
+            "--script",
+            str(script),
+            "--only",
+            "memory,model,git",
+            "--no-live",
+            "-v",
+            "--format",
+            fmt,
+            "-o",
+            str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode in (0, 1), proc.stderr
     text = out.read_text(encoding="utf-8")
     assert GITHUB_TOKEN not in text and GITLAB_TOKEN not in text and "not-a-known-shape" not in text
@@ -131,8 +180,14 @@ def test_pasting_any_printed_command_runs_nothing_else(fmt: str, tmp_path: Path)
     paste_dir = tmp_path / "paste"
     paste_dir.mkdir()
     for command in commands:
-        subprocess.run(["bash", "-c", command], cwd=paste_dir, capture_output=True, timeout=30, check=False,
-                       env={"PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(tmp_path)})
+        subprocess.run(
+            ["bash", "-c", command],
+            cwd=paste_dir,
+            capture_output=True,
+            timeout=30,
+            check=False,
+            env={"PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(tmp_path)},
+        )
     assert not list(paste_dir.rglob("PWNED*")) and not list(tmp_path.glob("PWNED*"))
     # ... and the stubs saw the hostile name as ONE argument.
     received = [line.split("\0") for line in log.read_text().splitlines()] if log.exists() else []
@@ -164,20 +219,25 @@ def test_every_token_shape_is_scrubbed_wherever_it_appears(name: str) -> None:
         assert secret not in redactor.scrub(text)
 
 
-@pytest.mark.parametrize("url, secret", [
-    ("https://gitlab.com/g/p.git?private_token=s3cr3tvalue&ref=main", "s3cr3tvalue"),
-    ("http://h:8000/v1?token=abcdef123", "abcdef123"),
-    ("https://api.example/x?key=AIzaSyD-xyz123&alt=json", "AIzaSyD-xyz123"),
-    ("https://bucket.s3/obj?X-Amz-Signature=deadbeef42&X-Amz-Credential=AKIDXYZ", "deadbeef42"),
-    ("https://user:pa55word@host/repo.git", "pa55word"),
-])
+@pytest.mark.parametrize(
+    "url, secret",
+    [
+        ("https://gitlab.com/g/p.git?private_token=s3cr3tvalue&ref=main", "s3cr3tvalue"),
+        ("http://h:8000/v1?token=abcdef123", "abcdef123"),
+        ("https://api.example/x?key=AIzaSyD-xyz123&alt=json", "AIzaSyD-xyz123"),
+        ("https://bucket.s3/obj?X-Amz-Signature=deadbeef42&X-Amz-Credential=AKIDXYZ", "deadbeef42"),
+        ("https://user:pa55word@host/repo.git", "pa55word"),
+    ],
+)
 def test_secret_url_parts_are_scrubbed_and_the_rest_kept(url: str, secret: str) -> None:
     scrubbed = Redactor(environ={}, home="/home/u").scrub(f"remote {url} here")
     assert secret not in scrubbed
     assert scrubbed.startswith("remote http") and scrubbed.endswith(" here")
 
 
-@pytest.mark.parametrize("name", ["GITHUB_PAT", "GITLAB_PAT", "MY_SERVICE_TOKEN", "DEPLOY_KEY", "DB_PASSWORD"])
+@pytest.mark.parametrize(
+    "name", ["GITHUB_PAT", "GITLAB_PAT", "MY_SERVICE_TOKEN", "DEPLOY_KEY", "DB_PASSWORD"]
+)
 def test_secret_named_variables_are_scrubbed_by_value_and_by_assignment(name: str) -> None:
     value = "v4lue-of-some-secret"
     redactor = Redactor(environ={name: value}, home="/home/u")
@@ -186,9 +246,16 @@ def test_secret_named_variables_are_scrubbed_by_value_and_by_assignment(name: st
 
 
 def test_secret_named_fields_are_scrubbed_and_data_fields_kept() -> None:
-    doc = {"hub_token": "anything-at-all", "api_key": "k3y-value-x", "password": "hunter2hunter2",
-           "tokenizer": "HuggingFaceTB/SmolLM2-135M-Instruct", "trial_key": "ab" * 32,
-           "api_key_env": "OPENAI_API_KEY", "max_new_tokens": 32, "nested": [{"client_secret": "zzzzzzzz"}]}
+    doc = {
+        "hub_token": "anything-at-all",
+        "api_key": "k3y-value-x",
+        "password": "hunter2hunter2",
+        "tokenizer": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "trial_key": "ab" * 32,
+        "api_key_env": "OPENAI_API_KEY",
+        "max_new_tokens": 32,
+        "nested": [{"client_secret": "zzzzzzzz"}],
+    }
     out = Redactor(environ={}, home="/home/u").apply(doc)
     assert "anything-at-all" not in json.dumps(out) and "k3y-value-x" not in json.dumps(out)
     assert "hunter2hunter2" not in json.dumps(out) and "zzzzzzzz" not in json.dumps(out)
@@ -207,8 +274,17 @@ def test_server_echoing_the_key_never_reaches_results_jsonl(tmp_path: Path, monk
     key = "sk-" + "Q" * 40
     monkeypatch.setenv("OPENAI_API_KEY", key)
     store = ResultsStore(tmp_path)
-    store.append({"trial_key": "k", "status": "ok", "context_tokens": 10, "depth_percent": 0.0, "control": False,
-                  "correct": False, "output_text": f"Bearer {key} / {SHAPES['github classic']}"})
+    store.append(
+        {
+            "trial_key": "k",
+            "status": "ok",
+            "context_tokens": 10,
+            "depth_percent": 0.0,
+            "control": False,
+            "correct": False,
+            "output_text": f"Bearer {key} / {SHAPES['github classic']}",
+        }
+    )
     text = (tmp_path / "results.jsonl").read_text()
     assert key not in text and SHAPES["github classic"] not in text and "<redacted" in text
 
@@ -220,8 +296,13 @@ def test_the_doctor_never_imports_niah_run() -> None:
     offenders = []
     for path in sorted((REPO / "doctor").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] == "niah_run"]
     assert offenders == []
 
@@ -231,5 +312,7 @@ def test_run_plan_modules_of_this_issue_import_neither_tool() -> None:
         tree = ast.parse((REPO / "run_plan" / f"{name}.py").read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                modules = (
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                )
                 assert not any(m.split(".")[0] in ("doctor", "niah_run") for m in modules), (name, modules)

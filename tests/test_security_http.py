@@ -43,7 +43,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
         server: _Server = self.server  # type: ignore[assignment]
-        server.seen.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+        server.seen.append(
+            Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        )
         route = server.routes.get(f"{self.command} {self.path}") or server.routes.get(self.path)
         try:
             if route is None:
@@ -94,8 +96,13 @@ class FakeServer:
         self._server.server_close()
 
 
-def send_bytes(handler: http.server.BaseHTTPRequestHandler, body: bytes, *, status: int = 200,
-               headers: dict[str, str] | None = None) -> None:
+def send_bytes(
+    handler: http.server.BaseHTTPRequestHandler,
+    body: bytes,
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> None:
     handler.send_response(status)
     for key, value in (headers or {}).items():
         handler.send_header(key, value)
@@ -113,7 +120,9 @@ def json_route(doc: Any, status: int = 200) -> Route:
 
 
 def raw_route(body: bytes, status: int = 200) -> Route:
-    return lambda handler, _: send_bytes(handler, body, status=status, headers={"Content-Type": "application/json"})
+    return lambda handler, _: send_bytes(
+        handler, body, status=status, headers={"Content-Type": "application/json"}
+    )
 
 
 def redirect_route(location: str, status: int = 302) -> Route:
@@ -122,6 +131,7 @@ def redirect_route(location: str, status: int = 302) -> Route:
 
 def drip_route(total: int = 10_000, every_s: float = 0.2) -> Route:
     """A 200 whose body arrives one byte every `every_s` seconds (a slowloris server)."""
+
     def route(handler: http.server.BaseHTTPRequestHandler, _: bytes) -> None:
         handler.send_response(200)
         handler.send_header("Content-Length", str(total))
@@ -130,17 +140,20 @@ def drip_route(total: int = 10_000, every_s: float = 0.2) -> Route:
             handler.wfile.write(b" ")
             handler.wfile.flush()
             time.sleep(every_s)
+
     return route
 
 
 def endless_route(chunk: bytes = b"[" * 65536) -> Route:
     """A 200 without Content-Length whose body never ends (until the client hangs up)."""
+
     def route(handler: http.server.BaseHTTPRequestHandler, _: bytes) -> None:
         handler.send_response(200)
         handler.send_header("Connection", "close")
         handler.end_headers()
         while True:
             handler.wfile.write(chunk)
+
     return route
 
 
@@ -165,7 +178,9 @@ class WordTokenizer:
         return [len(word) % 100 for word in text.split()]
 
 
-def backend(url: str, monkeypatch: pytest.MonkeyPatch, *, timeout_s: float = 5, retries: int = 0) -> OpenAIBackend:
+def backend(
+    url: str, monkeypatch: pytest.MonkeyPatch, *, timeout_s: float = 5, retries: int = 0
+) -> OpenAIBackend:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     return OpenAIBackend(url, "m", WordTokenizer(), timeout_s=timeout_s, retries=retries, backoff_s=0.0)
 
@@ -252,16 +267,19 @@ def test_a_never_ending_body_stops_at_the_size_cap() -> None:
         assert info.value.kind == "too-large" and not info.value.retryable
 
 
-@pytest.mark.parametrize("reply, why", [
-    (b'{"data": [{"id": "m", "max_model_len": Infinity}]}', "Infinity"),
-    (b'{"data": [{"id": "m", "max_model_len": NaN}]}', "NaN"),
-    (b"<html>oops</html>", "not valid JSON"),
-    (b"\xff\xfe{}", "UTF-8"),
-    (b"[" * 100_000 + b"]" * 100_000, "JSON"),
-    (b'{"data": 5}', "data"),
-    (b"[]", "data"),
-    (b"", "empty"),
-])
+@pytest.mark.parametrize(
+    "reply, why",
+    [
+        (b'{"data": [{"id": "m", "max_model_len": Infinity}]}', "Infinity"),
+        (b'{"data": [{"id": "m", "max_model_len": NaN}]}', "NaN"),
+        (b"<html>oops</html>", "not valid JSON"),
+        (b"\xff\xfe{}", "UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "JSON"),
+        (b'{"data": 5}', "data"),
+        (b"[]", "data"),
+        (b"", "empty"),
+    ],
+)
 def test_bad_model_lists_are_bad_replies(reply: bytes, why: str) -> None:
     with FakeServer({"/v1/models": raw_route(reply)}) as server:
         with pytest.raises(HttpFailure, match=why) as info:
@@ -270,20 +288,40 @@ def test_bad_model_lists_are_bad_replies(reply: bytes, why: str) -> None:
 
 
 def test_odd_max_model_len_values_mean_unknown() -> None:
-    doc = {"data": [{"id": "a", "max_model_len": 2**70}, {"id": "b", "max_model_len": "big"},
-                    {"id": "c", "max_model_len": -1}, {"id": "d", "max_model_len": True}, {"id": 5},
-                    {"id": "e", "max_model_len": 4096}]}
+    doc = {
+        "data": [
+            {"id": "a", "max_model_len": 2**70},
+            {"id": "b", "max_model_len": "big"},
+            {"id": "c", "max_model_len": -1},
+            {"id": "d", "max_model_len": True},
+            {"id": 5},
+            {"id": "e", "max_model_len": 4096},
+        ]
+    }
     with FakeServer({"/v1/models": json_route(doc)}) as server:
         models = {m.id: m.max_model_len for m in list_models(server.url, timeout_s=10)}
     assert models == {"a": None, "b": None, "c": None, "d": None, "e": 4096}
 
 
-@pytest.mark.parametrize("reply", [
-    completion(ids=[2**70]), completion(ids=[-1]), completion(ids=[100]), completion(ids=["7"]),
-    completion(ids=[True]), {"choices": "x"}, {"choices": []}, {"choices": [5]}, [], None, "text",
-    {"choices": [{"text": 5}]}, {"choices": [{"token_ids": {"a": 1}}]},
-    {"choices": [{"text": "x"}], "usage": {"prompt_tokens": 10**400}},
-])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        completion(ids=[2**70]),
+        completion(ids=[-1]),
+        completion(ids=[100]),
+        completion(ids=["7"]),
+        completion(ids=[True]),
+        {"choices": "x"},
+        {"choices": []},
+        {"choices": [5]},
+        [],
+        None,
+        "text",
+        {"choices": [{"text": 5}]},
+        {"choices": [{"token_ids": {"a": 1}}]},
+        {"choices": [{"text": "x"}], "usage": {"prompt_tokens": 10**400}},
+    ],
+)
 def test_bad_completions_are_trial_errors_never_crashes(reply: Any, monkeypatch) -> None:
     with FakeServer({"/v1/completions": json_route(reply)}) as server:
         with pytest.raises(ServerRequestError) as info:
@@ -301,14 +339,25 @@ def test_token_ids_are_checked() -> None:
 def test_an_echoed_key_in_an_error_body_is_scrubbed(monkeypatch) -> None:
     with FakeServer() as server:
         server.routes["/v1/completions"] = lambda handler, body: send_json(
-            handler, {"error": f"bad key {handler.headers.get('authorization')}"}, status=401)
+            handler, {"error": f"bad key {handler.headers.get('authorization')}"}, status=401
+        )
         with pytest.raises(ServerRequestError) as info:
             backend(server.url, monkeypatch).generate([1, 2, 3], max_new_tokens=2)
         assert info.value.status == 401 and KEY not in str(info.value)
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://h/x", "http://", "http://h:99999", "h:8000",
-                                 "http://h:8000/?key=x", "http://[::1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://h/x",
+        "http://",
+        "http://h:99999",
+        "h:8000",
+        "http://h:8000/?key=x",
+        "http://[::1",
+    ],
+)
 def test_base_urls_that_name_no_http_server_are_usage_errors(url: str) -> None:
     from niah_run.backends.openai import normalize_base_url
     from run_plan.errors import UsageError

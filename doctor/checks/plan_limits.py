@@ -20,21 +20,36 @@ def _flex_limit_tokens(shapes: Shapes) -> int:
     return (2**31 - 1) // max(shapes.heads * shapes.head_dim, 1)
 
 
-@check("attention-limit", title="The attention kernel runs at the planned length", section=SECTION,
-       needs=("memory",))
+@check(
+    "attention-limit",
+    title="The attention kernel runs at the planned length",
+    section=SECTION,
+    needs=("memory",),
+)
 def attention_limit(ctx: DoctorContext) -> Outcome:
     sizing = ctx.probe("memory")["sizing"]
     spec = resolve_plan(ctx).spec
     shapes = Shapes.from_config(sizing["text_config"], sizing.get("moe") or {})
     context = int(spec.context or 0)
-    ev = [Evidence("attn", spec.attn, "plan", spec.source_of("attn")),
-          Evidence("heads", f"{shapes.heads} query / {shapes.kv_heads} key-value, head_dim {shapes.head_dim}",
-                   "config")]
+    ev = [
+        Evidence("attn", spec.attn, "plan", spec.source_of("attn")),
+        Evidence(
+            "heads",
+            f"{shapes.heads} query / {shapes.kv_heads} key-value, head_dim {shapes.head_dim}",
+            "config",
+        ),
+    ]
     if spec.attn != "flex_attention" or not flex_repeats_kv(shapes):
         return Outcome.ok(f"{spec.attn} has no known length limit for this model", ev)
     limit = _flex_limit_tokens(shapes)
-    ev.append(Evidence("flex_limit_tokens", limit, "estimate",
-                       "K/V repeated to every query head; 2^31 elements per layer"))
+    ev.append(
+        Evidence(
+            "flex_limit_tokens",
+            limit,
+            "estimate",
+            "K/V repeated to every query head; 2^31 elements per layer",
+        )
+    )
     if not flex_index_overflow(shapes, context):
         return Outcome.ok(f"flex_attention at {context:,} tokens is under its ~{limit:,}-token limit", ev)
     argv = _rerun_argv(ctx, attn="sdpa")
@@ -42,8 +57,12 @@ def attention_limit(ctx: DoctorContext) -> Outcome:
         f"flex_attention fails past ~{limit:,} tokens for {shapes.heads} query heads (planned {context:,}): "
         "transformers repeats K/V to every head when the head count is not a power of two, and the compiled "
         "kernel cannot index more than 2^31 elements per layer",
-        ev, Fix("Use --attn sdpa (or leave --attn on auto): chunked sdpa prefill has no such limit",
-                (shell_join(argv),)))
+        ev,
+        Fix(
+            "Use --attn sdpa (or leave --attn on auto): chunked sdpa prefill has no such limit",
+            (shell_join(argv),),
+        ),
+    )
 
 
 @check("bnb-cpu-offload", title="Quantized weights stay on the GPUs", section=SECTION, needs=("memory",))
@@ -52,7 +71,10 @@ def bnb_cpu_offload(ctx: DoctorContext) -> Outcome:
     from doctor.checks.memory import _estimate
 
     e, gpus, _source, _facts = _estimate(ctx)
-    ev = [Evidence("quant", e.quant, "plan"), Evidence("weights_on_cpu_bytes", e.weights_on_cpu_bytes, "estimate")]
+    ev = [
+        Evidence("quant", e.quant, "plan"),
+        Evidence("weights_on_cpu_bytes", e.weights_on_cpu_bytes, "estimate"),
+    ]
     if e.quant == "none" or not gpus:
         return Outcome.ok("no bitsandbytes quantization" if e.quant == "none" else "no GPU planned", ev)
     if not e.weights_on_cpu_bytes:
@@ -61,16 +83,26 @@ def bnb_cpu_offload(ctx: DoctorContext) -> Outcome:
         f"{e.quant} with weights placed on the CPU/disk: transformers refuses to dispatch bitsandbytes modules "
         "off the GPU (ValueError in from_pretrained) unless fp32 CPU offload is enabled, which runs those "
         "layers unquantized and slowly",
-        ev, Fix("Give the GPUs room for every layer: more or larger GPUs, larger --max-memory budgets, or a "
-                "smaller model/quantization", (shell_join(_rerun_argv(ctx, max_memory=None)),)
-                if spec.max_memory else ()))
+        ev,
+        Fix(
+            "Give the GPUs room for every layer: more or larger GPUs, larger --max-memory budgets, or a "
+            "smaller model/quantization",
+            (shell_join(_rerun_argv(ctx, max_memory=None)),) if spec.max_memory else (),
+        ),
+    )
 
 
 def _rerun_argv(ctx: DoctorContext, **changes: object) -> list[str]:
     """`doctor` with the plan's model flags and `changes` applied: a command to paste, complete."""
     spec = resolve_plan(ctx).spec
-    values = {"model": spec.model, "quant": spec.quant if spec.quant != "none" else None,
-              "context": spec.context, "gpus": spec.gpus, "max_memory": spec.max_memory, "attn": spec.attn}
+    values = {
+        "model": spec.model,
+        "quant": spec.quant if spec.quant != "none" else None,
+        "context": spec.context,
+        "gpus": spec.gpus,
+        "max_memory": spec.max_memory,
+        "attn": spec.attn,
+    }
     values.update(changes)
     argv = ["doctor"]
     for name, value in values.items():

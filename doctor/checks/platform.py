@@ -28,11 +28,14 @@ def cpu_architecture(ctx: DoctorContext) -> Outcome:
     if host.machine in ("aarch64", "arm64") and host.system == "Linux":
         # PyPI's aarch64 torch wheels were CPU-only for years (pytorch/pytorch#160162): say it up front.
         note = "; aarch64: CUDA torch must come from download.pytorch.org, not PyPI"
-    return Outcome.ok(f"{host.machine}, {host.system} {host.os_release}, {host.libc or 'libc unknown'}{note}",
-                      evidence)
+    return Outcome.ok(
+        f"{host.machine}, {host.system} {host.os_release}, {host.libc or 'libc unknown'}{note}", evidence
+    )
 
 
-@check("python-environment", title="Python interpreter and virtual environment", section=SECTION, needs=("host",))
+@check(
+    "python-environment", title="Python interpreter and virtual environment", section=SECTION, needs=("host",)
+)
 def python_environment(ctx: DoctorContext) -> Outcome:
     host: HostFacts = ctx.probe("host")
     evidence = [
@@ -41,9 +44,14 @@ def python_environment(ctx: DoctorContext) -> Outcome:
         Evidence("virtualenv", host.virtualenv or "none (system interpreter)", "python", "echo $VIRTUAL_ENV"),
     ]
     if sys.version_info < (3, 10):  # noqa: UP036 - a checkout run with an older interpreter must still explain
-        return Outcome.fail(f"Python {host.python_version} is older than 3.10", evidence,
-                            Fix("Use Python 3.10 or newer in a virtual environment",
-                                ("python3 -m venv .venv && . .venv/bin/activate",)))
+        return Outcome.fail(
+            f"Python {host.python_version} is older than 3.10",
+            evidence,
+            Fix(
+                "Use Python 3.10 or newer in a virtual environment",
+                ("python3 -m venv .venv && . .venv/bin/activate",),
+            ),
+        )
     where = f"venv {host.virtualenv}" if host.virtualenv else "system interpreter (no virtualenv)"
     return Outcome.ok(f"Python {host.python_version}, {where}", evidence)
 
@@ -62,13 +70,20 @@ def host_memory(ctx: DoctorContext) -> Outcome:
     if limit:
         summary += f" (container limit {gib(limit)})"
     if usable < _LOW_RAM_BYTES:
-        return Outcome.warn(summary + "; loading large checkpoints may be killed (exit 137)", evidence,
-                            Fix("Use safetensors checkpoints with a device_map so weights stream to the GPU, "
-                                "or raise the container's memory limit"))
+        return Outcome.warn(
+            summary + "; loading large checkpoints may be killed (exit 137)",
+            evidence,
+            Fix(
+                "Use safetensors checkpoints with a device_map so weights stream to the GPU, "
+                "or raise the container's memory limit"
+            ),
+        )
     return Outcome.ok(summary, evidence)
 
 
-@check("hf-cache-disk", title="Free disk where the Hugging Face cache lives", section=SECTION, needs=("host",))
+@check(
+    "hf-cache-disk", title="Free disk where the Hugging Face cache lives", section=SECTION, needs=("host",)
+)
 def hf_cache_disk(ctx: DoctorContext) -> Outcome:
     host: HostFacts = ctx.probe("host")
     evidence = [
@@ -79,6 +94,9 @@ def hf_cache_disk(ctx: DoctorContext) -> Outcome:
     if free is None:
         return Outcome.warn("could not measure free space of the cache disk", evidence)
     if free < _LOW_DISK_BYTES:
-        return Outcome.warn(f"only {gib(free)} free under {host.hf_cache_dir}", evidence,
-                            Fix("Point the cache at a bigger disk", ("export HF_HOME=/path/on/big/disk/huggingface",)))
+        return Outcome.warn(
+            f"only {gib(free)} free under {host.hf_cache_dir}",
+            evidence,
+            Fix("Point the cache at a bigger disk", ("export HF_HOME=/path/on/big/disk/huggingface",)),
+        )
     return Outcome.ok(f"{gib(free)} free under {host.hf_cache_dir}", evidence)

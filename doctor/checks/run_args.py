@@ -1,4 +1,4 @@
-"""Run arguments, checked against the libraries' real rules before anything loads (doctor-anchors F12,
+"""Run arguments, checked against the libraries' real rules before anything loads (
 F13): `max_memory` as accelerate parses it, `device_map` values, the attention implementation's
 requirements, and the dtype against the model and the GPU.
 
@@ -27,9 +27,11 @@ from run_plan.units import gib
 SECTION = "run-args"
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 _EAGER_CONTEXT_LIMIT = 16384  # eager attention materialises heads x n² scores: 40 x 16k² fp32 ≈ 40 GiB
-_MAX_MEMORY_FIX = Fix("Give accelerate integer GPU keys and sizes with units", ('--max-memory "0=74GiB,cpu=200GiB"',
-                      'from_pretrained(..., max_memory={0: "74GiB", "cpu": "200GiB"})'),
-                      "https://huggingface.co/docs/accelerate/usage_guides/big_modeling")
+_MAX_MEMORY_FIX = Fix(
+    "Give accelerate integer GPU keys and sizes with units",
+    ('--max-memory "0=74GiB,cpu=200GiB"', 'from_pretrained(..., max_memory={0: "74GiB", "cpu": "200GiB"})'),
+    "https://huggingface.co/docs/accelerate/usage_guides/big_modeling",
+)
 
 
 def gpu_list(ctx: DoctorContext) -> tuple[Any, ...]:
@@ -43,8 +45,9 @@ def gpu_list(ctx: DoctorContext) -> tuple[Any, ...]:
 # ---------------------------------------------------------------- max_memory
 
 
-@check("max-memory-format", title="--max-memory as accelerate will read it", section=SECTION,
-       needs=("run-args",))
+@check(
+    "max-memory-format", title="--max-memory as accelerate will read it", section=SECTION, needs=("run-args",)
+)
 def max_memory_format(ctx: DoctorContext) -> Outcome:
     text = ctx.target.max_memory
     if not text:
@@ -58,40 +61,69 @@ def max_memory_format(ctx: DoctorContext) -> Outcome:
     if facts.accelerate_errors:  # accelerate's own verdict beats our replica
         value, message = next(iter(facts.accelerate_errors.items()))
         return Outcome.fail(f"accelerate rejects {value!r}: {message}", evidence, _MAX_MEMORY_FIX)
-    sizes = max_memory_bytes(budget) if facts.accelerate_sizes is None else {
-        k: int(facts.accelerate_sizes.get(str(v)) or 0) for k, v in budget.items()}
+    sizes = (
+        max_memory_bytes(budget)
+        if facts.accelerate_sizes is None
+        else {k: int(facts.accelerate_sizes.get(str(v)) or 0) for k, v in budget.items()}
+    )
     evidence.append(Evidence("max_memory.bytes", {str(k): v for k, v in sizes.items()}, "accelerate"))
-    return _judge_budget(budget, sizes, gpu_list(ctx), evidence, lower_confidence=facts.accelerate_sizes is None)
+    return _judge_budget(
+        budget, sizes, gpu_list(ctx), evidence, lower_confidence=facts.accelerate_sizes is None
+    )
 
 
 def _confidence(facts: RunArgFacts) -> Evidence:
     if facts.accelerate_sizes is not None:
         version = facts.versions.get("accelerate")
-        return Evidence("checked_by", f"accelerate {version} convert_file_size_to_int (child process)", "accelerate")
-    return Evidence("checked_by", f"niah-doctor's replica of accelerate's rules, lower confidence "
-                                  f"({facts.accelerate_error or 'accelerate not asked'})", "doctor")
+        return Evidence(
+            "checked_by", f"accelerate {version} convert_file_size_to_int (child process)", "accelerate"
+        )
+    return Evidence(
+        "checked_by",
+        f"niah-doctor's replica of accelerate's rules, lower confidence "
+        f"({facts.accelerate_error or 'accelerate not asked'})",
+        "doctor",
+    )
 
 
-def _judge_budget(budget: dict, sizes: dict, gpus: tuple, evidence: list[Evidence], *,
-                  lower_confidence: bool) -> Outcome:
+def _judge_budget(
+    budget: dict, sizes: dict, gpus: tuple, evidence: list[Evidence], *, lower_confidence: bool
+) -> Outcome:
     bits = [(k, v) for k, v in budget.items() if isinstance(v, str) and is_bits(v)]
     if bits:
         shown = ", ".join(f"{k}={v} = {sizes[k] / 1e9:.1f} GB" for k, v in bits)
-        return Outcome.warn(f"LOWERCASE b MEANS BITS to accelerate: {shown} (one eighth of what you meant)",
-                            evidence, Fix("Write bytes with a capital B: GB or GiB", ('--max-memory "0=75GiB"',)))
+        return Outcome.warn(
+            f"LOWERCASE b MEANS BITS to accelerate: {shown} (one eighth of what you meant)",
+            evidence,
+            Fix("Write bytes with a capital B: GB or GiB", ('--max-memory "0=75GiB"',)),
+        )
     over = _over_capacity(sizes, gpus)
     if over:
-        return Outcome.fail(over, evidence, Fix("Leave headroom below the card's total (CUDA context, activations, "
-                                                "KV cache need it)", ('--max-memory "0=70GiB,cpu=200GiB"',)))
+        return Outcome.fail(
+            over,
+            evidence,
+            Fix(
+                "Leave headroom below the card's total (CUDA context, activations, KV cache need it)",
+                ('--max-memory "0=70GiB,cpu=200GiB"',),
+            ),
+        )
     busy = _over_free(sizes, gpus)
     if busy:
-        return Outcome.warn(busy, evidence, Fix("Free the GPU (see gpu-busy) or lower the budget", ("nvidia-smi",)))
+        return Outcome.warn(
+            busy, evidence, Fix("Free the GPU (see gpu-busy) or lower the budget", ("nvidia-smi",))
+        )
     missing = [k for k in sizes if isinstance(k, int) and gpus and k >= len(gpus)]
     if missing:
-        return Outcome.warn(f"GPU {missing[0]} does not exist here ({len(gpus)} visible); accelerate only warns "
-                            "and ignores it", evidence)
-    notes = [f"{k}={v} is {sizes[k] / 2**30:.1f} GiB (GB = 10^9, GiB = 2^30)"
-             for k, v in budget.items() if isinstance(v, str) and v.upper().endswith("GB")]
+        return Outcome.warn(
+            f"GPU {missing[0]} does not exist here ({len(gpus)} visible); accelerate only warns "
+            "and ignores it",
+            evidence,
+        )
+    notes = [
+        f"{k}={v} is {sizes[k] / 2**30:.1f} GiB (GB = 10^9, GiB = 2^30)"
+        for k, v in budget.items()
+        if isinstance(v, str) and v.upper().endswith("GB")
+    ]
     summary = "valid for accelerate: " + ", ".join(f"{k}={gib(b)}" for k, b in sizes.items())
     if notes:
         summary += "; note " + "; ".join(notes)
@@ -105,9 +137,11 @@ def _over_capacity(sizes: dict, gpus: tuple) -> str | None:
         if isinstance(key, int) and key < len(gpus):
             total = int(getattr(gpus[key], "memory_total_bytes", 0) or 0)
             if total and size > total:
-                return (f"budget for GPU {key} ({gib(size)}) is above the card's capacity ({gib(total)}, "
-                        f"{getattr(gpus[key], 'name', 'GPU')}): accelerate will plan more than fits and the load "
-                        "runs out of memory")
+                return (
+                    f"budget for GPU {key} ({gib(size)}) is above the card's capacity ({gib(total)}, "
+                    f"{getattr(gpus[key], 'name', 'GPU')}): accelerate will plan more than fits and the load "
+                    "runs out of memory"
+                )
     return None
 
 
@@ -117,8 +151,10 @@ def _over_free(sizes: dict, gpus: tuple) -> str | None:
         if isinstance(key, int) and key < len(gpus):
             free = getattr(gpus[key], "memory_free_bytes", None)
             if free is not None and size > free:
-                return (f"budget for GPU {key} ({gib(size)}) is above its free memory right now ({gib(free)}): "
-                        "other processes hold the rest")
+                return (
+                    f"budget for GPU {key} ({gib(size)}) is above its free memory right now ({gib(free)}): "
+                    "other processes hold the rest"
+                )
     return None
 
 
@@ -136,14 +172,23 @@ def device_map_value(ctx: DoctorContext) -> Outcome:
         return _strategy_note(value, ctx, evidence)
     index = _device_index(value)
     if index is None and value not in ("cpu", "cuda", "mps", "disk", "meta"):
-        return Outcome.fail(f"{value!r} is not a device_map transformers accepts", evidence,
-                            Fix(f"Use one of {', '.join(DEVICE_MAP_STRATEGIES)}, or one device: cuda:0, cpu"))
+        return Outcome.fail(
+            f"{value!r} is not a device_map transformers accepts",
+            evidence,
+            Fix(f"Use one of {', '.join(DEVICE_MAP_STRATEGIES)}, or one device: cuda:0, cpu"),
+        )
     if index is not None and gpus and index >= len(gpus):
-        return Outcome.fail(f"{value}: there are only {len(gpus)} GPUs here", evidence,
-                            Fix("Pick an existing GPU index", ("nvidia-smi -L",)))
+        return Outcome.fail(
+            f"{value}: there are only {len(gpus)} GPUs here",
+            evidence,
+            Fix("Pick an existing GPU index", ("nvidia-smi -L",)),
+        )
     if ctx.target.max_memory:
-        return Outcome.warn(f"device_map={value} puts everything on one device: --max-memory is ignored", evidence,
-                            Fix("Use device_map=auto for max_memory to take effect"))
+        return Outcome.warn(
+            f"device_map={value} puts everything on one device: --max-memory is ignored",
+            evidence,
+            Fix("Use device_map=auto for max_memory to take effect"),
+        )
     return Outcome.ok(f"everything on {value}", evidence)
 
 
@@ -154,54 +199,84 @@ def _device_index(value: str) -> int | None:
 
 def _strategy_note(value: str, ctx: DoctorContext, evidence: list[Evidence]) -> Outcome:
     if value == "balanced_low_0" and len(gpu_list(ctx)) == 1:
-        return Outcome.warn("balanced_low_0 keeps GPU 0 nearly empty; with one GPU most weights go to CPU",
-                            evidence, Fix("Use device_map=auto on a single GPU"))
+        return Outcome.warn(
+            "balanced_low_0 keeps GPU 0 nearly empty; with one GPU most weights go to CPU",
+            evidence,
+            Fix("Use device_map=auto on a single GPU"),
+        )
     return Outcome.ok(f"{value}: accelerate plans the placement", evidence)
 
 
 # ---------------------------------------------------------------- attention implementation
 
 
-@check("attn-implementation", title="Attention implementation is available", section=SECTION, needs=("run-args",))
+@check(
+    "attn-implementation", title="Attention implementation is available", section=SECTION, needs=("run-args",)
+)
 def attn_implementation(ctx: DoctorContext) -> Outcome:
     attn = ctx.target.attn
     facts: RunArgFacts = ctx.probe("run-args")
-    evidence = [Evidence("attn_implementation", attn, "command line"),
-                Evidence("versions", {k: v for k, v in facts.versions.items() if k != "transformers"}, "metadata",
-                         "pip list")]
+    evidence = [
+        Evidence("attn_implementation", attn, "command line"),
+        Evidence(
+            "versions",
+            {k: v for k, v in facts.versions.items() if k != "transformers"},
+            "metadata",
+            "pip list",
+        ),
+    ]
     if attn == "flash_attention_2":
         return _flash_attention(ctx, facts, evidence)
     if attn == "flex_attention":
         return _flex_attention(facts, evidence)
     if attn == "eager" and (ctx.target.context or 0) > _EAGER_CONTEXT_LIMIT:
-        return Outcome.warn(f"eager attention materialises the full n² score matrix: at {ctx.target.context} "
-                            "tokens that alone exceeds any GPU", evidence,
-                            Fix("Use sdpa (default) or flex_attention", ("--attn sdpa",)))
+        return Outcome.warn(
+            f"eager attention materialises the full n² score matrix: at {ctx.target.context} "
+            "tokens that alone exceeds any GPU",
+            evidence,
+            Fix("Use sdpa (default) or flex_attention", ("--attn sdpa",)),
+        )
     return Outcome.ok(f"{attn} (built into torch)" if attn == "sdpa" else attn, evidence)
 
 
 def _flash_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evidence]) -> Outcome:
     if not facts.flash_attn_importable:
-        return Outcome.fail("flash_attention_2 needs the flash-attn package, which is not installed", evidence,
-                            Fix("Install it (needs a matching CUDA toolkit), or use sdpa",
-                                ("pip install flash-attn --no-build-isolation", "--attn sdpa")))
+        return Outcome.fail(
+            "flash_attention_2 needs the flash-attn package, which is not installed",
+            evidence,
+            Fix(
+                "Install it (needs a matching CUDA toolkit), or use sdpa",
+                ("pip install flash-attn --no-build-isolation", "--attn sdpa"),
+            ),
+        )
     old = [g for g in gpu_list(ctx) if (getattr(g, "compute_capability", None) or (9, 0)) < (8, 0)]
     if old:
-        return Outcome.fail(f"flash_attention_2 needs compute capability ≥ 8.0; {old[0].name} has "
-                            f"{old[0].compute_capability[0]}.{old[0].compute_capability[1]}", evidence,
-                            Fix("Use sdpa on this GPU", ("--attn sdpa",)))
+        return Outcome.fail(
+            f"flash_attention_2 needs compute capability ≥ 8.0; {old[0].name} has "
+            f"{old[0].compute_capability[0]}.{old[0].compute_capability[1]}",
+            evidence,
+            Fix("Use sdpa on this GPU", ("--attn sdpa",)),
+        )
     return Outcome.ok(f"flash_attention_2 (flash-attn {facts.versions.get('flash-attn')})", evidence)
 
 
 def _flex_attention(facts: RunArgFacts, evidence: list[Evidence]) -> Outcome:
     torch_version = facts.versions.get("torch")
     if torch_version is None or _major_minor(torch_version) < (2, 5):
-        return Outcome.warn(f"flex_attention needs torch ≥ 2.5 (installed: {torch_version or 'none'})", evidence,
-                            Fix("Upgrade torch or use sdpa", ("--attn sdpa",)))
+        return Outcome.warn(
+            f"flex_attention needs torch ≥ 2.5 (installed: {torch_version or 'none'})",
+            evidence,
+            Fix("Upgrade torch or use sdpa", ("--attn sdpa",)),
+        )
     if facts.versions.get("triton") is None:
-        return Outcome.warn("flex_attention compiles Triton kernels, and triton is not installed", evidence,
-                            Fix("Install the triton build that matches torch, or use sdpa", ("--attn sdpa",)))
-    return Outcome.ok(f"flex_attention (torch {torch_version}, triton {facts.versions.get('triton')})", evidence)
+        return Outcome.warn(
+            "flex_attention compiles Triton kernels, and triton is not installed",
+            evidence,
+            Fix("Install the triton build that matches torch, or use sdpa", ("--attn sdpa",)),
+        )
+    return Outcome.ok(
+        f"flex_attention (torch {torch_version}, triton {facts.versions.get('triton')})", evidence
+    )
 
 
 def _major_minor(version: str) -> tuple[int, int]:
@@ -221,15 +296,25 @@ def dtype_choice(ctx: DoctorContext) -> Outcome:
     config = {} if isinstance(model, Unavailable) else dict(getattr(model, "config", {}) or {})
     dtype = _effective_dtype(ctx.target.dtype, config)
     evidence = [Evidence("dtype", f"{ctx.target.dtype} -> {dtype}", "command line / config.json")]
-    old = [g for g in gpu_list(ctx) if getattr(g, "compute_capability", None) and tuple(g.compute_capability) < (8, 0)]
+    old = [
+        g
+        for g in gpu_list(ctx)
+        if getattr(g, "compute_capability", None) and tuple(g.compute_capability) < (8, 0)
+    ]
     if dtype == "bfloat16" and old:
         cc = old[0].compute_capability
-        return Outcome.fail(f"bfloat16 needs compute capability ≥ 8.0 (Ampere); {old[0].name} is {cc[0]}.{cc[1]}",
-                            evidence, Fix("Use float16 on this GPU, or a newer GPU", ("--dtype float16",)))
+        return Outcome.fail(
+            f"bfloat16 needs compute capability ≥ 8.0 (Ampere); {old[0].name} is {cc[0]}.{cc[1]}",
+            evidence,
+            Fix("Use float16 on this GPU, or a newer GPU", ("--dtype float16",)),
+        )
     model_type = getattr(model, "model_type", None) if not isinstance(model, Unavailable) else None
     if dtype == "float16" and model_type and model_type.startswith("llama4"):
-        return Outcome.warn("float16 with Llama 4: bfloat16 is recommended (trained in bf16; fp16 can overflow "
-                            "to inf/NaN)", evidence, Fix("Use bfloat16", ("--dtype bfloat16",)))
+        return Outcome.warn(
+            "float16 with Llama 4: bfloat16 is recommended (trained in bf16; fp16 can overflow to inf/NaN)",
+            evidence,
+            Fix("Use bfloat16", ("--dtype bfloat16",)),
+        )
     why = "" if ctx.target.dtype != "auto" else " (auto: the checkpoint's dtype, bfloat16 when it names none)"
     return Outcome.ok(f"{dtype}{why}", evidence)
 
@@ -268,12 +353,24 @@ def _git_show(setting: Setting) -> tuple[str, ...]:
 def _setting_evidence(setting: Setting) -> list[Evidence]:
     name = Path(setting.file).name
     value = setting.value if setting.determined else f"could not determine ({setting.note})"
-    out = [Evidence(f"{name}.{setting.key}", value, f"script {setting.where}",
-                    ("sed", "-n", f"{setting.line}p", setting.file) if setting.line else None)]
+    out = [
+        Evidence(
+            f"{name}.{setting.key}",
+            value,
+            f"script {setting.where}",
+            ("sed", "-n", f"{setting.line}p", setting.file) if setting.line else None,
+        )
+    ]
     if setting.committed is not None:
         committed = setting.committed.value if setting.committed.determined else "could not determine"
-        out.append(Evidence(f"{name}.{setting.key}.committed", committed,
-                            f"git HEAD:{name}:{setting.committed.line or '?'}", _git_show(setting)))
+        out.append(
+            Evidence(
+                f"{name}.{setting.key}.committed",
+                committed,
+                f"git HEAD:{name}:{setting.committed.line or '?'}",
+                _git_show(setting),
+            )
+        )
     return out
 
 
@@ -291,26 +388,40 @@ def _committed_finding(setting: Setting) -> _ScriptFinding | None:
         return None
     shown_then = repr(then.value) if then.determined else "a value the reader could not determine"
     shown_now = repr(setting.value) if setting.determined else "a value the reader could not determine"
-    line = (f"{setting.where}: the committed file (HEAD, line {then.line or '?'}) has {setting.key} {shown_then}; "
-            f"the working tree has {shown_now}")
+    line = (
+        f"{setting.where}: the committed file (HEAD, line {then.line or '?'}) has {setting.key} {shown_then}; "
+        f"the working tree has {shown_now}"
+    )
     path = Path(setting.file)
-    fix = Fix(f"Commit and push {path.name}, so a fresh clone, `git checkout` or `git pull` elsewhere runs what "
-              "you edited", (("git", "-C", str(path.parent), "add", path.name),
-                             ("git", "-C", str(path.parent), "commit", "-m", f"{path.name}: set {setting.key}"),
-                             ("git", "-C", str(path.parent), "push")))
+    fix = Fix(
+        f"Commit and push {path.name}, so a fresh clone, `git checkout` or `git pull` elsewhere runs what "
+        "you edited",
+        (
+            ("git", "-C", str(path.parent), "add", path.name),
+            ("git", "-C", str(path.parent), "commit", "-m", f"{path.name}: set {setting.key}"),
+            ("git", "-C", str(path.parent), "push"),
+        ),
+    )
     if setting.key == "model" and not _model_resolves(then.value) and _model_resolves(setting.value):
-        return _ScriptFinding(Status.FAIL, line + ": the committed id does not resolve (placeholder?), the "
-                                                  "edited one does", fix)
+        return _ScriptFinding(
+            Status.FAIL, line + ": the committed id does not resolve (placeholder?), the edited one does", fix
+        )
     return _ScriptFinding(Status.WARN, line, fix)
 
 
 def _quant_finding(setting: Setting) -> _ScriptFinding | None:
     if setting.determined and setting.value == "none" and setting.note.startswith("quantization is off:"):
         why = setting.note.removeprefix("quantization is off:").strip()
-        return _ScriptFinding(Status.WARN, f"{setting.where}: quantization is off behind a flag ({why}): the weights "
-                                           "load unquantized (memory-fit judges whether that fits)",
-                              Fix("Turn the flag on if the model must be quantized to fit; the doctor's memory "
-                                  "estimate shows both", (("doctor", "--script", setting.file, "--quant", "bnb-4bit"),)))
+        return _ScriptFinding(
+            Status.WARN,
+            f"{setting.where}: quantization is off behind a flag ({why}): the weights "
+            "load unquantized (memory-fit judges whether that fits)",
+            Fix(
+                "Turn the flag on if the model must be quantized to fit; the doctor's memory "
+                "estimate shows both",
+                (("doctor", "--script", setting.file, "--quant", "bnb-4bit"),),
+            ),
+        )
     return None
 
 
@@ -321,13 +432,17 @@ def _max_memory_finding(setting: Setting) -> _ScriptFinding | None:
         budget = parse_max_memory(setting.flag_text() or "")
     except UsageError as exc:
         problem = exc.message.removeprefix("--max-memory ")
-        return _ScriptFinding(Status.FAIL, f"{setting.where}: max_memory={setting.text}: {problem}",
-                              _MAX_MEMORY_FIX)
+        return _ScriptFinding(
+            Status.FAIL, f"{setting.where}: max_memory={setting.text}: {problem}", _MAX_MEMORY_FIX
+        )
     bits = [f"{k}={v}" for k, v in budget.items() if isinstance(v, str) and is_bits(v)]
     if bits:
-        return _ScriptFinding(Status.WARN, f"{setting.where}: max_memory {', '.join(bits)}: a lowercase b means "
-                                           "BITS to accelerate (one eighth of what you meant)",
-                              Fix("Write bytes with a capital B: GB or GiB"))
+        return _ScriptFinding(
+            Status.WARN,
+            f"{setting.where}: max_memory {', '.join(bits)}: a lowercase b means "
+            "BITS to accelerate (one eighth of what you meant)",
+            Fix("Write bytes with a capital B: GB or GiB"),
+        )
     return None
 
 
@@ -336,9 +451,12 @@ def _attn_finding(ctx: DoctorContext, setting: Setting) -> _ScriptFinding | None
     if not setting.determined or not isinstance(attn, str) or "/" in attn:
         return None
     if attn not in _TRANSFORMERS_ATTN:
-        return _ScriptFinding(Status.FAIL, f"{setting.where}: attn_implementation={attn!r} is not an implementation "
-                                           "transformers knows: from_pretrained raises ValueError",
-                              Fix(f"Use one of {', '.join(_TRANSFORMERS_ATTN)}"))
+        return _ScriptFinding(
+            Status.FAIL,
+            f"{setting.where}: attn_implementation={attn!r} is not an implementation "
+            "transformers knows: from_pretrained raises ValueError",
+            Fix(f"Use one of {', '.join(_TRANSFORMERS_ATTN)}"),
+        )
     facts = ctx.probe("run-args")
     if isinstance(facts, Unavailable) or attn not in ("flash_attention_2", "flex_attention"):
         return None
@@ -352,12 +470,32 @@ def _undetermined_finding(ctx: DoctorContext, settings: list[Setting]) -> _Scrip
     unknown = [s for s in settings if not s.determined]
     if not unknown:
         return None
-    shown = "; ".join(f"{s.key} at {s.where} ({s.note.removeprefix('could not determine: ')})" for s in unknown)
+    shown = "; ".join(
+        f"{s.key} at {s.where} ({s.note.removeprefix('could not determine: ')})" for s in unknown
+    )
     model_unknown = any(s.key == "model" for s in unknown) and not ctx.target.model
     status = Status.WARN if model_unknown else Status.PASS
-    fix = Fix("Pass what the script decides at run time as flags, so the doctor judges the same run",
-              (shell_join(["doctor", *[a for path in ctx.target.scripts for a in ("--script", path)], "--model",
-                           "ORG/NAME", "--quant", "bnb-4bit", "--max-memory", "0=70GiB"]),)) if model_unknown else None
+    fix = (
+        Fix(
+            "Pass what the script decides at run time as flags, so the doctor judges the same run",
+            (
+                shell_join(
+                    [
+                        "doctor",
+                        *[a for path in ctx.target.scripts for a in ("--script", path)],
+                        "--model",
+                        "ORG/NAME",
+                        "--quant",
+                        "bnb-4bit",
+                        "--max-memory",
+                        "0=70GiB",
+                    ]
+                ),
+            ),
+        )
+        if model_unknown
+        else None
+    )
     return _ScriptFinding(status, f"could not determine: {shown}", fix)
 
 
@@ -373,8 +511,12 @@ def script_findings(ctx: DoctorContext, settings: Mapping[str, Setting]) -> list
     return [f for f in findings if f is not None]
 
 
-@check("script-settings", title="What the run script passes to transformers", section=SECTION,
-       needs=("script-settings",))
+@check(
+    "script-settings",
+    title="What the run script passes to transformers",
+    section=SECTION,
+    needs=("script-settings",),
+)
 def script_settings_check(ctx: DoctorContext) -> Outcome:
     facts: ScriptSettingsFacts = ctx.probe("script-settings")
     findings: list[_ScriptFinding] = []
@@ -385,7 +527,9 @@ def script_settings_check(ctx: DoctorContext) -> Outcome:
             findings.append(_ScriptFinding(Status.WARN, reading.problem))
             continue
         if reading.committed_problem:
-            evidence.append(Evidence(f"{Path(reading.path).name}.committed", reading.committed_problem, "git"))
+            evidence.append(
+                Evidence(f"{Path(reading.path).name}.committed", reading.committed_problem, "git")
+            )
         for setting in reading.settings.values():
             evidence.extend(_setting_evidence(setting))
         findings.extend(script_findings(ctx, reading.settings))

@@ -7,7 +7,7 @@ forward (masks, the residual stream, the chunk's embeddings). Terms and where th
   transformers builds a bool mask [1, 1, C, kv_len] per layer type (masking_utils.sdpa_mask) that lives
   for the whole forward; sdpa holds one more C × kv_len byte copy of it (measured), and
   with a mask `use_gqa_in_sdpa` is false, so `repeat_kv` expands K and V to all query heads
-  (vram-anchors.md §3.5).
+  (transformers' attention integrations).
 - eager: repeat_kv always, plus the C × heads × kv_len score matrix (compute dtype, plus the fp32
   copy and fp32 output of softmax(dtype=float32)).
 - flash_attention_2 / flex_attention: no dense mask, no GQA expansion (kernel-side masking / enable_gqa),

@@ -36,7 +36,7 @@ from doctor.model_config import text_config_of
 from run_plan.spec import AUTO_ATTN
 
 GIB = 1 << 30
-# Per-GPU overhead outside the tensors torch allocates (vram-anchors.md §5, §7):
+# Per-GPU overhead outside the tensors torch allocates (measured on H100/H200; docs/memory.md):
 DRIVER_RESERVED = int(0.5 * GIB)  # NVML total minus what cudaMemGetInfo reports (81559 MiB vs 79.1 GiB)
 CUDA_CONTEXT = int(0.7 * GIB)  # 0.51 GiB after init, 0.67 GiB after the first bf16 GEMM (cuBLAS workspace)
 ALLOCATOR_RESERVE = int(1.5 * GIB)  # caching-allocator fragmentation / reserved-but-unallocated slack
@@ -104,15 +104,24 @@ class Estimate:
 
 # ---------------------------------------------------------------- sizing (child process or analytic)
 
-def sizing_args(settings: Settings, config: Mapping[str, Any],
-                quantization_config: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {"config": dict(config), "quant": settings.quant, "prequantized": settings.prequantized,
-            "double_quant": settings.double_quant, "bnb_4bit_type": settings.bnb_4bit_type,
-            "dtype": settings.dtype, "quantization_config": dict(quantization_config) if quantization_config else None,
-            "attn": settings.attn}
+
+def sizing_args(
+    settings: Settings, config: Mapping[str, Any], quantization_config: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "config": dict(config),
+        "quant": settings.quant,
+        "prequantized": settings.prequantized,
+        "double_quant": settings.double_quant,
+        "bnb_4bit_type": settings.bnb_4bit_type,
+        "dtype": settings.dtype,
+        "quantization_config": dict(quantization_config) if quantization_config else None,
+        "attn": settings.attn,
+    }
 
 
 # ---------------------------------------------------------------- context-dependent part (pure)
+
 
 @dataclass(frozen=True)
 class _Breakdown:
@@ -141,8 +150,9 @@ def _breakdown(sizing: Mapping[str, Any], s: Settings, gpus: Sequence[GpuSpec], 
     chunk = min(chunk, s.context)
     # transformers' own device_map="auto" decision: the user's budgets (an unnamed GPU gets nothing) or each
     # GPU's free memory, balanced, 90 % of a lone GPU's free memory, bitsandbytes' 0.9 on every budget
-    placement = place_like_transformers(sizing, [(g.index, g.capacity_bytes) for g in gpus],
-                                        dict(s.max_memory) or None, s.quant)
+    placement = place_like_transformers(
+        sizing, [(g.index, g.capacity_bytes) for g in gpus], dict(s.max_memory) or None, s.quant
+    )
     layer_gpu = decoder_layer_gpus(blocks, placement, sizing.get("no_split_modules") or [])
     layer_blocks = [bl for bl in blocks if bl.get("class") in set(sizing.get("no_split_modules") or [])]
     kv = kv_bytes_per_layer(cfg, layers, s.context, chunk, kv_b)
@@ -158,16 +168,26 @@ def _breakdown(sizing: Mapping[str, Any], s: Settings, gpus: Sequence[GpuSpec], 
             on_cpu += block["bytes"]
         else:
             weights[gpu] += block["bytes"]
-    dequant = dequant_transient(s.quant, int(sizing.get("largest_quantized_linear") or 0), chunk,
-                                int(sizing.get("largest_quantized_out") or 0), b)
+    dequant = dequant_transient(
+        s.quant,
+        int(sizing.get("largest_quantized_linear") or 0),
+        chunk,
+        int(sizing.get("largest_quantized_out") or 0),
+        b,
+    )
     for i, layer in enumerate(layers):
         gpu = layer_gpu[i] if i < len(layer_gpu) else (layer_gpu[-1] if layer_gpu else 0)
         if gpu == CPU or n == 0:
             continue
         kv_gpu[gpu] += kv[i]
         is_moe = bool(layer_blocks[i].get("moe")) if i < len(layer_blocks) else False
-        transient = max(attention_transient(shapes, attn, layer, s.context, chunk, b, kv_b),
-                        mlp_transient(shapes, sizing.get("moe") or {}, is_moe, chunk, b)) + dequant
+        transient = (
+            max(
+                attention_transient(shapes, attn, layer, s.context, chunk, b, kv_b),
+                mlp_transient(shapes, sizing.get("moe") or {}, is_moe, chunk, b),
+            )
+            + dequant
+        )
         act_layer[gpu] = max(act_layer[gpu], transient)
     persistent = forward_persistent(shapes, attn, layers, s.context, chunk, b, s.logits_to_keep_one)
     act = [act_layer[g] + persistent if (weights[g] or kv_gpu[g]) else 0 for g in range(n)]
@@ -179,11 +199,17 @@ def _breakdown(sizing: Mapping[str, Any], s: Settings, gpus: Sequence[GpuSpec], 
     needed = [weights[g] + kv_gpu[g] + act[g] + OVERHEAD_PER_GPU for g in range(n)]
     if on_cpu and n:  # what would not fit anywhere is still needed: charge it to the last GPU
         needed[-1] += on_cpu
-    limits = [allocator_limit(gpus[g], dict(s.max_memory).get(gpus[g].index) if s.max_memory else None)
-              for g in range(n)]
+    limits = [
+        allocator_limit(gpus[g], dict(s.max_memory).get(gpus[g].index) if s.max_memory else None)
+        for g in range(n)
+    ]
     # A --max-memory budget bounds the whole run on that GPU (the run caps its allocator to it), so the
     # allocator's share — everything but the driver's reserve and the CUDA context — must fit inside it.
-    fits = n > 0 and on_cpu == 0 and all(needed[g] - DRIVER_RESERVED - CUDA_CONTEXT <= limits[g] for g in range(n))
+    fits = (
+        n > 0
+        and on_cpu == 0
+        and all(needed[g] - DRIVER_RESERVED - CUDA_CONTEXT <= limits[g] for g in range(n))
+    )
     return _Breakdown(needed, sum(kv), max(act, default=0), fits, weights, kv_gpu, act, on_cpu, limits)
 
 
@@ -245,7 +271,9 @@ def prefill_seconds(sizing: Mapping[str, Any], s: Settings, gpus: Sequence[GpuSp
     moe = sizing.get("moe") or {}
     experts = int(sizing.get("expert_params") or 0)
     if experts and not moe.get("all_tokens_to_all_experts"):
-        experts = experts * int(cfg.get("num_experts_per_tok") or 1) // max(int(moe.get("num_experts") or 1), 1)
+        experts = (
+            experts * int(cfg.get("num_experts_per_tok") or 1) // max(int(moe.get("num_experts") or 1), 1)
+        )
     per_token = 2 * (int(sizing.get("linear_params") or 0) + experts)
     heads = int(cfg.get("num_attention_heads") or 1)
     head_dim = int(cfg.get("head_dim") or int(cfg.get("hidden_size", 0)) // heads)
@@ -283,43 +311,65 @@ def _notes(sizing: Mapping[str, Any], s: Settings, fused: list[str]) -> list[str
     version = (sizing.get("versions") or {}).get("transformers")
     vt = _version_tuple(version)
     if sizing.get("method") == "analytic":
-        notes.append(f"Analytic estimate (lower confidence): {sizing.get('fallback_reason', 'transformers unavailable')}.")
+        notes.append(
+            f"Analytic estimate (lower confidence): {sizing.get('fallback_reason', 'transformers unavailable')}."
+        )
     if fused and s.quant != "none":
-        notes.append(f"bitsandbytes quantizes only nn.Linear: {', '.join(fused)} are fused 3-D expert parameters and "
-                     f"stay {sizing.get('dtype')} when quantizing on the fly. Use a pre-quantized checkpoint with "
-                     "un-fused experts (e.g. bnb-community/Llama-4-Scout-17B-16E-Instruct-bnb-4bit), an FP8 "
-                     "checkpoint, or enough GPUs for the 16-bit weights.")
+        notes.append(
+            f"bitsandbytes quantizes only nn.Linear: {', '.join(fused)} are fused 3-D expert parameters and "
+            f"stay {sizing.get('dtype')} when quantizing on the fly. Use a pre-quantized checkpoint with "
+            "un-fused experts (e.g. bnb-community/Llama-4-Scout-17B-16E-Instruct-bnb-4bit), an FP8 "
+            "checkpoint, or enough GPUs for the 16-bit weights."
+        )
     if s.quant != "none" and fused and vt and vt < (5,):
-        notes.append(f"transformers {version} < 5: device_map='auto' sizes the non-Linear experts at 4-bit "
-                     "(undercount ×4) and fails with 'OOM while loading checkpoint shards'.")
+        notes.append(
+            f"transformers {version} < 5: device_map='auto' sizes the non-Linear experts at 4-bit "
+            "(undercount ×4) and fails with 'OOM while loading checkpoint shards'."
+        )
     if s.prequantized and (4, 51, 0) <= vt <= (4, 51, 1) and (sizing.get("moe") or {}).get("num_experts"):
-        notes.append(f"transformers {version} ignores pre-quantized bnb expert weights of Llama 4 (fixed in 4.51.2): "
-                     "experts load random in bf16. Upgrade transformers.")
+        notes.append(
+            f"transformers {version} ignores pre-quantized bnb expert weights of Llama 4 (fixed in 4.51.2): "
+            "experts load random in bf16. Upgrade transformers."
+        )
     if s.kv_dtype != s.dtype and dtype_bytes(s.kv_dtype) < dtype_bytes(s.dtype):
-        notes.append("transformers' DynamicCache stores K/V in the model dtype; an 8-bit KV cache needs vLLM or "
-                     "QuantizedCache (quanto/HQQ). The KV figure assumes the requested --kv-dtype.")
+        notes.append(
+            "transformers' DynamicCache stores K/V in the model dtype; an 8-bit KV cache needs vLLM or "
+            "QuantizedCache (quanto/HQQ). The KV figure assumes the requested --kv-dtype."
+        )
     if (sizing.get("quantizer") or {}).get("mode", "").startswith("emulated"):
-        notes.append("bitsandbytes is not importable here: replaced Linears were counted with transformers' own "
-                     "predicate instead of running the quantizer.")
+        notes.append(
+            "bitsandbytes is not importable here: replaced Linears were counted with transformers' own "
+            "predicate instead of running the quantizer."
+        )
     if sizing.get("config_fields_dropped"):
-        notes.append(f"config fields this transformers rejects were left at defaults: "
-                     f"{', '.join(sizing['config_fields_dropped'])} (no effect on memory).")
+        notes.append(
+            f"config fields this transformers rejects were left at defaults: "
+            f"{', '.join(sizing['config_fields_dropped'])} (no effect on memory)."
+        )
     if not (sizing.get("kv_layout") or {}).get("layers"):
-        notes.append("KV: every layer counted at full length (this transformers' DynamicCache does not cap "
-                     "sliding/chunked layers, or the layout is unknown).")
+        notes.append(
+            "KV: every layer counted at full length (this transformers' DynamicCache does not cap "
+            "sliding/chunked layers, or the layout is unknown)."
+        )
     if s.attn == "flex_attention" and sizing.get("text_config"):
         shapes = Shapes.from_config(sizing["text_config"], sizing.get("moe") or {})
         if flex_index_overflow(shapes, s.context):
-            notes.append(f"flex_attention with {shapes.heads} query heads (not a power of two): transformers repeats "
-                         f"K/V to every head, and past 2^31 elements per layer (~{2**31 // (shapes.heads * shapes.head_dim):,} "
-                         "tokens) the compiled flex kernel fails to build (measured). Use --attn sdpa with a "
-                         "4k prefill chunk at this length.")
+            notes.append(
+                f"flex_attention with {shapes.heads} query heads (not a power of two): transformers repeats "
+                f"K/V to every head, and past 2^31 elements per layer (~{2**31 // (shapes.heads * shapes.head_dim):,} "
+                "tokens) the compiled flex kernel fails to build (measured). Use --attn sdpa with a "
+                "4k prefill chunk at this length."
+            )
         elif flex_repeats_kv(shapes):
-            notes.append(f"flex_attention with {shapes.heads} query heads repeats K/V to every head "
-                         "(transformers' flex integration): counted in the prefill peak.")
+            notes.append(
+                f"flex_attention with {shapes.heads} query heads repeats K/V to every head "
+                "(transformers' flex integration): counted in the prefill peak."
+            )
     notes.extend(trace_notes(sizing, s.attn))
-    notes.append("Prefill peak assumes logits_to_keep=1 (what niah passes); full-prompt logits cost "
-                 "chunk × vocab × 6 bytes more.")
+    notes.append(
+        "Prefill peak assumes logits_to_keep=1 (what niah passes); full-prompt logits cost "
+        "chunk × vocab × 6 bytes more."
+    )
     return notes
 
 
@@ -327,12 +377,20 @@ def compute_estimate(sizing: Mapping[str, Any], settings: Settings, gpus: Sequen
     chunk = min(settings.prefill_chunk or _choose(sizing, settings, gpus), settings.context)
     br = _breakdown(sizing, settings, gpus, chunk)
     fused = [g["module"] for g in sizing.get("unquantized_modules") or [] if g.get("fused_3d")]
-    per_gpu = [{"index": g.index, "name": g.name, "capacity_bytes": g.capacity_bytes,
-                "needed_bytes": br.per_gpu_needed[i], "weights_bytes": br.weights_per_gpu[i],
-                "kv_bytes": br.kv_per_gpu[i], "activation_peak_bytes": br.act_per_gpu[i],
-                "predicted_peak_bytes": br.weights_per_gpu[i] + br.kv_per_gpu[i] + br.act_per_gpu[i],
-                "limit_bytes": br.limit_per_gpu[i]}
-               for i, g in enumerate(gpus)]
+    per_gpu = [
+        {
+            "index": g.index,
+            "name": g.name,
+            "capacity_bytes": g.capacity_bytes,
+            "needed_bytes": br.per_gpu_needed[i],
+            "weights_bytes": br.weights_per_gpu[i],
+            "kv_bytes": br.kv_per_gpu[i],
+            "activation_peak_bytes": br.act_per_gpu[i],
+            "predicted_peak_bytes": br.weights_per_gpu[i] + br.kv_per_gpu[i] + br.act_per_gpu[i],
+            "limit_bytes": br.limit_per_gpu[i],
+        }
+        for i, g in enumerate(gpus)
+    ]
     overhead = OVERHEAD_PER_GPU * max(len(gpus), 1)
     method = str(sizing.get("method", "meta-skeleton"))
     confidence = "high" if method == "meta-skeleton" and sizing.get("text_config") else "low"
@@ -350,26 +408,41 @@ def compute_estimate(sizing: Mapping[str, Any], settings: Settings, gpus: Sequen
         unquantized_params=int(sizing.get("unquantized_params", 0)),
         unquantized_bytes=int(sizing.get("unquantized_bytes", 0)),
         unquantized_modules=[g["module"] for g in sizing.get("unquantized_modules") or []],
-        kv_bytes=br.kv_total, activation_peak_bytes=br.act_peak if gpus else None, overhead_bytes=overhead,
+        kv_bytes=br.kv_total,
+        activation_peak_bytes=br.act_peak if gpus else None,
+        overhead_bytes=overhead,
         total_bytes=int(sizing["weights_bytes"]) + br.kv_total + br.act_peak + overhead,
         # With no GPU there is nothing to fit into: say what is missing instead of printing 0 as a figure.
-        per_gpu=per_gpu, fits=br.fits if gpus else None,
+        per_gpu=per_gpu,
+        fits=br.fits if gpus else None,
         max_context_tokens=max_context_tokens(sizing, settings, gpus) if gpus else None,
-        notes=_notes(sizing, settings, fused), confidence=confidence, method=method,
-        transformers_version=(sizing.get("versions") or {}).get("transformers"), prefill_chunk=chunk,
-        attn=settings.attn, kv_layout=_kv_layout_summary(sizing, settings.context, chunk),
-        prefill_seconds_estimate=prefill_seconds(sizing, settings, gpus), context=settings.context,
+        notes=_notes(sizing, settings, fused),
+        confidence=confidence,
+        method=method,
+        transformers_version=(sizing.get("versions") or {}).get("transformers"),
+        prefill_chunk=chunk,
+        attn=settings.attn,
+        kv_layout=_kv_layout_summary(sizing, settings.context, chunk),
+        prefill_seconds_estimate=prefill_seconds(sizing, settings, gpus),
+        context=settings.context,
         missing=None if gpus else "GPU capacity: give --gpus (e.g. 1xH100-80GB)",
-        quant=settings.quant, prequantized=settings.prequantized, dtype=settings.dtype,
-        model_class=str(sizing.get("model_class")), fused_experts_unquantized=fused if settings.quant != "none" else [],
-        unquantized_detail=list(sizing.get("unquantized_modules") or []), weights_on_cpu_bytes=br.on_cpu,
+        quant=settings.quant,
+        prequantized=settings.prequantized,
+        dtype=settings.dtype,
+        model_class=str(sizing.get("model_class")),
+        fused_experts_unquantized=fused if settings.quant != "none" else [],
+        unquantized_detail=list(sizing.get("unquantized_modules") or []),
+        weights_on_cpu_bytes=br.on_cpu,
         versions=dict(sizing.get("versions") or {}),
     )
 
 
 # ---------------------------------------------------------------- from a RunSpec + ModelResolution
 
-def settings_for(target: Any, config: Mapping[str, Any], quantization_config: Mapping[str, Any] | None) -> Settings:
+
+def settings_for(
+    target: Any, config: Mapping[str, Any], quantization_config: Mapping[str, Any] | None
+) -> Settings:
     """Resolve the target's "auto"/None fields against the config (what from_pretrained would do)."""
     qc = dict(quantization_config or config.get("quantization_config") or {})
     is_bnb = qc.get("quant_method") == "bitsandbytes"
@@ -384,11 +457,18 @@ def settings_for(target: Any, config: Mapping[str, Any], quantization_config: Ma
     dq = bool(qc.get("bnb_4bit_use_double_quant", target.double_quant)) if is_bnb else target.double_quant
     qtype = str(qc.get("bnb_4bit_quant_type", target.bnb_4bit_type)) if is_bnb else target.bnb_4bit_type
     context = target.context or int(text.get("max_position_embeddings") or 8192)
-    return Settings(context=context, quant=quant, prequantized=bool(prequantized and quant != "none"),
-                    double_quant=dq, bnb_4bit_type=qtype, dtype=dtype.replace("torch.", ""),
-                    kv_dtype=(target.kv_dtype or dtype).replace("torch.", ""),
-                    attn=AUTO_ATTN if target.attn == "auto" else target.attn,
-                    prefill_chunk=target.prefill_chunk, max_memory=gpu_budgets(getattr(target, "max_memory", None)))
+    return Settings(
+        context=context,
+        quant=quant,
+        prequantized=bool(prequantized and quant != "none"),
+        double_quant=dq,
+        bnb_4bit_type=qtype,
+        dtype=dtype.replace("torch.", ""),
+        kv_dtype=(target.kv_dtype or dtype).replace("torch.", ""),
+        attn=AUTO_ATTN if target.attn == "auto" else target.attn,
+        prefill_chunk=target.prefill_chunk,
+        max_memory=gpu_budgets(getattr(target, "max_memory", None)),
+    )
 
 
 def gpu_budgets(max_memory: str | None) -> tuple[tuple[int, int], ...]:
@@ -397,11 +477,18 @@ def gpu_budgets(max_memory: str | None) -> tuple[tuple[int, int], ...]:
         return ()
     from run_plan.sizes import parse_max_memory, size_to_bytes
 
-    return tuple(sorted((key, size_to_bytes(value)) for key, value in parse_max_memory(max_memory).items()
-                        if isinstance(key, int)))
+    return tuple(
+        sorted(
+            (key, size_to_bytes(value))
+            for key, value in parse_max_memory(max_memory).items()
+            if isinstance(key, int)
+        )
+    )
 
 
-def estimate_for(target: Any, resolution: Any, gpus: Sequence[GpuSpec], sizing: Mapping[str, Any]) -> Estimate:
+def estimate_for(
+    target: Any, resolution: Any, gpus: Sequence[GpuSpec], sizing: Mapping[str, Any]
+) -> Estimate:
     """Full estimate for a RunSpec and a doctor.model_config.ModelResolution on these GPUs (benchmarks), from a
     weight inventory sized once (doctor.probes.memory.size_weights)."""
     settings = settings_for(target, dict(resolution.config), resolution.quantization_config)

@@ -20,17 +20,40 @@ GIB = 1 << 30
 # Compact names: upper case, no spaces or hyphens ("RTX 4090" → RTX4090); form factors with the same
 # memory (SXM, PCIe) share a row. H100-80GB = 81559 MiB on both SXM and PCIe.
 CARDS: dict[str, dict[int, int]] = {
-    "A10G": {24: 23028}, "A10": {24: 23028}, "L4": {24: 23034}, "L40S": {48: 46068}, "L40": {48: 46068},
-    "A100": {80: 81920, 40: 40960}, "H100": {80: 81559, 94: 95830}, "H100NVL": {94: 95830},
-    "H200": {141: 143771}, "GH200": {96: 97871}, "B200": {180: 183359},
-    "RTX4090": {24: 24564}, "RTX5090": {32: 32607}, "RTXA6000": {48: 49140}, "RTX3090": {24: 24576},
-    "V100": {16: 16384, 32: 32768}, "T4": {16: 15360},
+    "A10G": {24: 23028},
+    "A10": {24: 23028},
+    "L4": {24: 23034},
+    "L40S": {48: 46068},
+    "L40": {48: 46068},
+    "A100": {80: 81920, 40: 40960},
+    "H100": {80: 81559, 94: 95830},
+    "H100NVL": {94: 95830},
+    "H200": {141: 143771},
+    "GH200": {96: 97871},
+    "B200": {180: 183359},
+    "RTX4090": {24: 24564},
+    "RTX5090": {32: 32607},
+    "RTXA6000": {48: 49140},
+    "RTX3090": {24: 24576},
+    "V100": {16: 16384, 32: 32768},
+    "T4": {16: 15360},
 }
 # Same card, other spelling (after compacting): the form factor does not change the memory.
 ALIASES: dict[str, str] = {
-    "A6000": "RTXA6000", "4090": "RTX4090", "5090": "RTX5090", "3090": "RTX3090", "H100SXM": "H100",
-    "H100SXM5": "H100", "H100PCIE": "H100", "A100SXM": "A100", "A100SXM4": "A100", "A100PCIE": "A100",
-    "H200SXM": "H200", "B200SXM": "B200", "GEFORCERTX4090": "RTX4090", "GEFORCERTX5090": "RTX5090",
+    "A6000": "RTXA6000",
+    "4090": "RTX4090",
+    "5090": "RTX5090",
+    "3090": "RTX3090",
+    "H100SXM": "H100",
+    "H100SXM5": "H100",
+    "H100PCIE": "H100",
+    "A100SXM": "A100",
+    "A100SXM4": "A100",
+    "A100PCIE": "A100",
+    "H200SXM": "H200",
+    "B200SXM": "B200",
+    "GEFORCERTX4090": "RTX4090",
+    "GEFORCERTX5090": "RTX5090",
 }
 # Words in NVML names and marketing that do not identify the card ("NVIDIA H100 80GB HBM3").
 _NOISE = {"NVIDIA", "HBM3", "HBM3E", "HBM2", "HBM2E", "TENSOR", "CORE", "GPU"}
@@ -39,17 +62,29 @@ _MAX_GIB = 1024
 _MAX_COUNT = 64
 
 # Sustained bf16 tensor throughput we assume for the rough prefill-time estimate (~40% of dense peak).
-ASSUMED_BF16_FLOPS: dict[str, float] = {"H100": 0.4 * 989e12, "H200": 0.4 * 989e12, "GH200": 0.4 * 989e12,
-                                        "B200": 0.4 * 2250e12, "A100": 0.4 * 312e12, "L40": 0.4 * 362e12,
-                                        "L4": 0.4 * 121e12, "A10": 0.4 * 125e12, "4090": 0.4 * 165e12,
-                                        "3090": 0.4 * 71e12, "5090": 0.4 * 209e12, "V100": 0.4 * 125e12,
-                                        "T4": 0.4 * 65e12}
+ASSUMED_BF16_FLOPS: dict[str, float] = {
+    "H100": 0.4 * 989e12,
+    "H200": 0.4 * 989e12,
+    "GH200": 0.4 * 989e12,
+    "B200": 0.4 * 2250e12,
+    "A100": 0.4 * 312e12,
+    "L40": 0.4 * 362e12,
+    "L4": 0.4 * 121e12,
+    "A10": 0.4 * 125e12,
+    "4090": 0.4 * 165e12,
+    "3090": 0.4 * 71e12,
+    "5090": 0.4 * 209e12,
+    "V100": 0.4 * 125e12,
+    "T4": 0.4 * 65e12,
+}
 _SPEC = re.compile(r"^\s*(?:(\d+)\s*[xX×*]\s*)?(.+?)\s*$")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(GiB|GB|G)?$", re.IGNORECASE)
 _MEMORY_TOKEN = re.compile(r"^(\d+)(GB|G|GIB)$")
 
-ACCEPTED_FORMS = ("NxNAME (1xH100-80GB, 4xA100-40GB, 1xA6000, 2xRTX-4090), NxSIZE (2x80GiB, 1x24GB; "
-                  "a bare 2x80 means GiB), or a comma-separated mix (1xH100-80GB,1xA100-40GB)")
+ACCEPTED_FORMS = (
+    "NxNAME (1xH100-80GB, 4xA100-40GB, 1xA6000, 2xRTX-4090), NxSIZE (2x80GiB, 1x24GB; "
+    "a bare 2x80 means GiB), or a comma-separated mix (1xH100-80GB,1xA100-40GB)"
+)
 
 
 @dataclass(frozen=True)
@@ -99,8 +134,11 @@ def gpu_capacity_bytes(what: str) -> int:
     if size:
         number, unit = float(size.group(1)), (size.group(2) or "GiB").lower()
         if not 0 < number <= _MAX_GIB:
-            raise _bad(what, f"{size.group(1)} is not a GPU memory size in GiB"
-                             + (f" (did you mean RTX-{size.group(1)}?)" if f"RTX{size.group(1)}" in CARDS else ""))
+            raise _bad(
+                what,
+                f"{size.group(1)} is not a GPU memory size in GiB"
+                + (f" (did you mean RTX-{size.group(1)}?)" if f"RTX{size.group(1)}" in CARDS else ""),
+            )
         return int(number * GIB) if unit in ("gib", "g") else int(number * 10**9)
     name, gb = _split_name(what)
     card = CARDS.get(name) or CARDS.get(ALIASES.get(name, ""))
@@ -115,7 +153,7 @@ def gpu_capacity_bytes(what: str) -> int:
 
 
 def _split_name(what: str) -> tuple[str, int | None]:
-    """"NVIDIA H100 80GB HBM3" → ("H100", 80); "RTX-4090" → ("RTX4090", None); "H100-80G" → ("H100", 80)."""
+    """ "NVIDIA H100 80GB HBM3" → ("H100", 80); "RTX-4090" → ("RTX4090", None); "H100-80G" → ("H100", 80)."""
     tokens = [t for t in re.split(r"[\s_\-]+", what.upper()) if t and t not in _NOISE]
     gb = None
     kept = []
@@ -133,8 +171,10 @@ def _raise_unknown(what: str, suggestion: str) -> int:
 
 
 def _bad(spec: str, problem: str) -> UsageError:
-    return UsageError(f"--gpus {spec.strip()!r}: {problem}",
-                      hint=f"Accepted: {ACCEPTED_FORMS}. Known names: {', '.join(known_gpu_names())}.")
+    return UsageError(
+        f"--gpus {spec.strip()!r}: {problem}",
+        hint=f"Accepted: {ACCEPTED_FORMS}. Known names: {', '.join(known_gpu_names())}.",
+    )
 
 
 def gpus_from_nvml(facts: Any) -> list[GpuSpec]:
@@ -146,13 +186,22 @@ def gpus_from_nvml(facts: Any) -> list[GpuSpec]:
     out = []
     for i, gpu in enumerate(items or []):
         get = gpu.get if isinstance(gpu, dict) else (lambda k, g=gpu: getattr(g, k, None))
-        total = next((get(k) for k in ("memory_total_bytes", "total_bytes", "memory_total", "total_memory_bytes")
-                      if get(k)), None)
+        total = next(
+            (
+                get(k)
+                for k in ("memory_total_bytes", "total_bytes", "memory_total", "total_memory_bytes")
+                if get(k)
+            ),
+            None,
+        )
         if not total:
             continue
         index = get("index")
-        out.append(GpuSpec(int(index) if index is not None else i, str(get("name") or f"GPU {i}"), int(total),
-                           "nvml"))
+        out.append(
+            GpuSpec(
+                int(index) if index is not None else i, str(get("name") or f"GPU {i}"), int(total), "nvml"
+            )
+        )
     return out
 
 

@@ -10,7 +10,7 @@ could not run; for MLA configs the fallback takes the larger, decompressed per-h
 `attention_chunk_size`) as `DynamicSlidingWindowLayer`: after each update it keeps a *view* of the last
 `window − 1` tokens of `torch.cat(past, new)`, so the storage that stays alive is `window − 1 + chunk`
 tokens (the view pins the whole concatenation). Full layers keep every token. Older transformers
-(`DynamicCache()`) keep all layers full (vram-anchors.md §3.5, §4.3).
+(`DynamicCache()`) keep all layers full.
 """
 
 from __future__ import annotations

@@ -84,7 +84,9 @@ def _names(node: dict[str, Any]) -> set[str]:
     return out
 
 
-def safe_placement_tree(model: Any, quantization_config: Any = None, prequantized: bool = False) -> dict[str, Any] | None:
+def safe_placement_tree(
+    model: Any, quantization_config: Any = None, prequantized: bool = False
+) -> dict[str, Any] | None:
     """`placement_tree`, or None where this transformers lacks what it reads (the estimator then places by
     blocks): it must never cost the rest of the sizing."""
     try:

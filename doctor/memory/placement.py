@@ -39,7 +39,9 @@ CONTEXT_AT_LOAD = int(0.51 * GIB)
 BALANCE_BUFFER = 1.25  # get_balanced_memory's padding factor
 SINGLE_GPU_SHARE = 0.9  # get_balanced_memory: one GPU, no user max_memory → 90 % of its free memory
 CPU_SHARE = 0.9  # transformers' get_max_memory: 90 % of the available RAM when max_memory is not given
-BNB_BUDGET_SCALE = 0.9  # bitsandbytes' adjust_max_memory (used only when the inventory lacks the quantizer's own)
+BNB_BUDGET_SCALE = (
+    0.9  # bitsandbytes' adjust_max_memory (used only when the inventory lacks the quantizer's own)
+)
 
 Device = int | str  # GPU index, "cpu" or "disk"
 
@@ -56,8 +58,9 @@ def free_at_load(capacity_bytes: int) -> int:
 # ---------------------------------------------------------------- steps 1-3: the budgets
 
 
-def _max_memory(max_memory: Mapping[Device, float] | None, gpu_free: Mapping[int, int],
-                cpu_free: int | None) -> dict[Device, float]:
+def _max_memory(
+    max_memory: Mapping[Device, float] | None, gpu_free: Mapping[int, int], cpu_free: int | None
+) -> dict[Device, float]:
     """get_max_memory: GPUs in index order, then cpu/disk; without max_memory, free memory + 90 % of RAM."""
     if max_memory is None:
         out: dict[Device, float] = {i: gpu_free[i] for i in sorted(gpu_free)}
@@ -68,8 +71,9 @@ def _max_memory(max_memory: Mapping[Device, float] | None, gpu_free: Mapping[int
     return {k: max_memory[k] for k in [*gpus, *(k for k in ("mps", "cpu", "disk") if k in max_memory)]}
 
 
-def _balanced(tree: Mapping[str, Any], budgets: dict[Device, float], user_not_set: bool,
-              low_zero: bool) -> dict[Device, float]:
+def _balanced(
+    tree: Mapping[str, Any], budgets: dict[Device, float], user_not_set: bool, low_zero: bool
+) -> dict[Device, float]:
     """get_balanced_memory, line for line."""
     num_devices = len([d for d, v in budgets.items() if d not in ("cpu", "disk") and v > 0])
     if num_devices == 0:
@@ -93,9 +97,14 @@ def _balanced(tree: Mapping[str, Any], budgets: dict[Device, float], user_not_se
     return budgets
 
 
-def effective_budgets(tree: Mapping[str, Any], max_memory: Mapping[Device, float] | None = None, *,
-                      gpu_free: Mapping[int, int] | None = None, cpu_free: int | None = None,
-                      strategy: str = "auto") -> dict[Device, float]:
+def effective_budgets(
+    tree: Mapping[str, Any],
+    max_memory: Mapping[Device, float] | None = None,
+    *,
+    gpu_free: Mapping[int, int] | None = None,
+    cpu_free: int | None = None,
+    strategy: str = "auto",
+) -> dict[Device, float]:
     """The max_memory transformers hands to infer_auto_device_map (steps 1-3 of the module doc)."""
     budgets = _max_memory(max_memory, gpu_free or {}, cpu_free)
     if strategy != "sequential":
@@ -123,8 +132,9 @@ def _split(node: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return params + [(c["name"], c) for c in node.get("children", [])]
 
 
-def _max_layer_size(items: Sequence[tuple[str, Mapping[str, Any]]], sizes: Mapping[str, float],
-                    no_split: set[str]) -> tuple[float, list[str]]:
+def _max_layer_size(
+    items: Sequence[tuple[str, Mapping[str, Any]]], sizes: Mapping[str, float], no_split: set[str]
+) -> tuple[float, list[str]]:
     """accelerate's get_max_layer_size: the biggest unsplittable unit among these (children only, not own params)."""
     max_size: float = 0
     names: list[str] = []
@@ -142,8 +152,12 @@ def _max_layer_size(items: Sequence[tuple[str, Mapping[str, Any]]], sizes: Mappi
     return max_size, names
 
 
-def _size_with_ties(tied_params: list[str], module_size: float, sizes: Mapping[str, float],
-                    todo: list[tuple[str, dict[str, Any]]]) -> tuple[float, list[str], list[dict[str, Any]]]:
+def _size_with_ties(
+    tied_params: list[str],
+    module_size: float,
+    sizes: Mapping[str, float],
+    todo: list[tuple[str, dict[str, Any]]],
+) -> tuple[float, list[str], list[dict[str, Any]]]:
     """transformers' get_module_size_with_ties (adds each partner module once, subtracts nothing)."""
     if not tied_params:
         return module_size, [], []
@@ -151,7 +165,9 @@ def _size_with_ties(tied_params: list[str], module_size: float, sizes: Mapping[s
     nodes: list[dict[str, Any]] = []
     total = module_size
     for tied_param in tied_params:
-        index = next(i for i, (n, _) in enumerate(todo) if tied_param.startswith(n + "."))  # transformers: IndexError
+        index = next(
+            i for i, (n, _) in enumerate(todo) if tied_param.startswith(n + ".")
+        )  # transformers: IndexError
         name = todo[index][0]
         if name not in names:
             names.append(name)
@@ -191,7 +207,8 @@ def infer_device_map(tree: Mapping[str, Any], budgets: Mapping[Device, float]) -
     todo: list[tuple[str, dict[str, Any]]] = (
         [(p, {"name": p, "kind": "param"}) for p in root.get("params", [])]
         + [(c["name"], c) for c in root.get("children", [])]
-        + [(b, {"name": b, "kind": "buffer"}) for b in root.get("buffers", [])])
+        + [(b, {"name": b, "kind": "buffer"}) for b in root.get("buffers", [])]
+    )
 
     device_map: OrderedDict[str, Device] = OrderedDict()
     current = 0
@@ -201,10 +218,15 @@ def infer_device_map(tree: Mapping[str, Any], budgets: Mapping[Device, float]) -
         name, node = todo.pop(0)
         max_layer_names = [n for n in max_layer_names if n != name and not n.startswith(name + ".")]
         if not max_layer_names:
-            max_layer, max_layer_names = _max_layer_size([x for x in todo if _is_module(x[1])], sizes, no_split)
+            max_layer, max_layer_names = _max_layer_size(
+                [x for x in todo if _is_module(x[1])], sizes, no_split
+            )
         module_size = sizes.get(name, 0)
-        groups = [g for g in tied_parameters
-                  if any(name + "." in k + "." for k in g) and not all(name + "." in k + "." for k in g)]
+        groups = [
+            g
+            for g in tied_parameters
+            if any(name + "." in k + "." for k in g) and not all(name + "." in k + "." for k in g)
+        ]
         tied_params = [p for g in groups for p in g if name + "." not in p + "."]
         device = devices[current]
         limit = max_memory[device] if device != "disk" else None
@@ -227,8 +249,10 @@ def infer_device_map(tree: Mapping[str, Any], budgets: Mapping[Device, float]) -
                 if _unsplittable(tied_node, no_split):
                     continue
                 index = next(i for i, (n, _) in enumerate(todo) if n == tied_name)
-                todo = [(name, node), *todo[:index], *_split(tied_node), *todo[index + 1:]]
-                max_layer, max_layer_names = _max_layer_size([x for x in todo if _is_module(x[1])], sizes, no_split)
+                todo = [(name, node), *todo[:index], *_split(tied_node), *todo[index + 1 :]]
+                max_layer, max_layer_names = _max_layer_size(
+                    [x for x in todo if _is_module(x[1])], sizes, no_split
+                )
                 split_happened = True
                 break
             if split_happened:
@@ -238,7 +262,9 @@ def infer_device_map(tree: Mapping[str, Any], budgets: Mapping[Device, float]) -
                 raise UnsupportedPlacement("a no-split module with _no_placement_params")
         else:
             todo = _split(node) + todo
-            max_layer, max_layer_names = _max_layer_size([x for x in todo if _is_module(x[1])], sizes, no_split)
+            max_layer, max_layer_names = _max_layer_size(
+                [x for x in todo if _is_module(x[1])], sizes, no_split
+            )
             continue
         used[device] += reserved
         current += 1
@@ -248,9 +274,14 @@ def infer_device_map(tree: Mapping[str, Any], budgets: Mapping[Device, float]) -
     return dict(device_map)
 
 
-def transformers_device_map(tree: Mapping[str, Any], max_memory: Mapping[Device, float] | None = None, *,
-                            gpu_free: Mapping[int, int] | None = None, cpu_free: int | None = None,
-                            strategy: str = "auto") -> dict[str, Device]:
+def transformers_device_map(
+    tree: Mapping[str, Any],
+    max_memory: Mapping[Device, float] | None = None,
+    *,
+    gpu_free: Mapping[int, int] | None = None,
+    cpu_free: int | None = None,
+    strategy: str = "auto",
+) -> dict[str, Device]:
     """What `_get_device_map(model, strategy, max_memory, quantizer)` returns, from the inventory.
 
     `max_memory` in bytes as the user passes it (None: transformers reads each GPU's free memory, given
@@ -268,7 +299,9 @@ def device_of(device_map: Mapping[str, Device], name: str) -> Device:
     the map splits, off-GPU if any part is, else the first part's GPU."""
     best: str | None = None
     for key in device_map:
-        if (key == "" or name == key or name.startswith(key + ".")) and (best is None or len(key) > len(best)):
+        if (key == "" or name == key or name.startswith(key + ".")) and (
+            best is None or len(key) > len(best)
+        ):
             best = key
     if best is not None:
         return device_map[best]
@@ -277,9 +310,13 @@ def device_of(device_map: Mapping[str, Device], name: str) -> Device:
     return off[0] if off else (parts[0] if parts else "disk")
 
 
-def place_like_transformers(sizing: Mapping[str, Any], gpus: Sequence[tuple[int, int]],
-                            max_memory: Mapping[int, int] | None, quant: str = "none",
-                            strategy: str = "auto") -> list[int]:
+def place_like_transformers(
+    sizing: Mapping[str, Any],
+    gpus: Sequence[tuple[int, int]],
+    max_memory: Mapping[int, int] | None,
+    quant: str = "none",
+    strategy: str = "auto",
+) -> list[int]:
     """Position in `gpus` ((index, NVML capacity) per GPU) of each of `sizing["blocks"]`, CPU for cpu/disk.
 
     Uses the inventory from the meta model when the sizing has it (exact); else `place_blocks` on the
@@ -304,37 +341,61 @@ def place_like_transformers(sizing: Mapping[str, Any], gpus: Sequence[tuple[int,
         budgets = [int(max_memory.get(index, 0)) for index, _ in gpus]
     else:
         budgets = [free_at_load(capacity) for _, capacity in gpus]
-    return place_blocks([bl["bytes"] for bl in blocks], budgets, user_budgets=max_memory is not None,
-                        quantized=quant.startswith("bnb"), balanced=strategy != "sequential")
+    return place_blocks(
+        [bl["bytes"] for bl in blocks],
+        budgets,
+        user_budgets=max_memory is not None,
+        quantized=quant.startswith("bnb"),
+        balanced=strategy != "sequential",
+    )
 
 
-def placement_summary(sizing: Mapping[str, Any], gpus: Sequence[tuple[int, int]],
-                      max_memory: Mapping[int, int] | None, quant: str = "none",
-                      strategy: str = "auto") -> dict[str, Any]:
+def placement_summary(
+    sizing: Mapping[str, Any],
+    gpus: Sequence[tuple[int, int]],
+    max_memory: Mapping[int, int] | None,
+    quant: str = "none",
+    strategy: str = "auto",
+) -> dict[str, Any]:
     """For the report: how the placement was decided and what transformers would put off the GPUs (with
     bitsandbytes it then refuses to load: "Some modules are dispatched on the CPU or the disk")."""
     tree = sizing.get("placement_tree")
     if tree and gpus:
         try:
             device_map = _cached_map(tree, max_memory, gpus, strategy)
-            return {"method": "transformers' device_map rules over the module inventory",
-                    "device_map": device_map,
-                    "offloaded": {k: v for k, v in device_map.items() if not isinstance(v, int)}}
+            return {
+                "method": "transformers' device_map rules over the module inventory",
+                "device_map": device_map,
+                "offloaded": {k: v for k, v in device_map.items() if not isinstance(v, int)},
+            }
         except Exception:  # noqa: BLE001, S110 - fall through to the block rules
             pass
     per_block = place_like_transformers(sizing, gpus, max_memory, quant, strategy)
-    return {"method": "transformers' device_map rules over the weight blocks (no module inventory)",
-            "device_map": None,
-            "offloaded": {b["name"]: "cpu/disk" for b, g in zip(sizing.get("blocks") or [], per_block) if g == CPU}}
+    return {
+        "method": "transformers' device_map rules over the weight blocks (no module inventory)",
+        "device_map": None,
+        "offloaded": {
+            b["name"]: "cpu/disk" for b, g in zip(sizing.get("blocks") or [], per_block) if g == CPU
+        },
+    }
 
 
 _CACHE: dict[tuple[int, Any, Any, str], tuple[Mapping[str, Any], dict[str, Device]]] = {}
 
 
-def _cached_map(tree: Mapping[str, Any], max_memory: Mapping[int, int] | None,
-                gpus: Sequence[tuple[int, int]], strategy: str = "auto") -> dict[str, Device]:
+def _cached_map(
+    tree: Mapping[str, Any],
+    max_memory: Mapping[int, int] | None,
+    gpus: Sequence[tuple[int, int]],
+    strategy: str = "auto",
+) -> dict[str, Device]:
     """The estimator asks for the same placement at every context it tries: compute it once."""
-    key = (id(tree), tuple(sorted(max_memory.items())) if max_memory is not None else None, tuple(gpus), strategy)
+    key = (
+        id(tree),
+        tuple(sorted(max_memory.items())) if max_memory is not None else None,
+        tuple(gpus),
+        strategy,
+    )
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is tree:
         return hit[1]
@@ -342,16 +403,23 @@ def _cached_map(tree: Mapping[str, Any], max_memory: Mapping[int, int] | None,
         user: dict[Device, float] = {k: v for k, v in max_memory.items()}
         device_map = transformers_device_map(tree, user, strategy=strategy)
     else:
-        device_map = transformers_device_map(tree, None, gpu_free={i: free_at_load(c) for i, c in gpus},
-                                             strategy=strategy)
+        device_map = transformers_device_map(
+            tree, None, gpu_free={i: free_at_load(c) for i, c in gpus}, strategy=strategy
+        )
     if len(_CACHE) > 64:
         _CACHE.clear()
     _CACHE[key] = (tree, device_map)
     return device_map
 
 
-def place_blocks(block_bytes: Sequence[int], budgets: Sequence[int], *, user_budgets: bool = True,
-                 quantized: bool = False, balanced: bool = True) -> list[int]:
+def place_blocks(
+    block_bytes: Sequence[int],
+    budgets: Sequence[int],
+    *,
+    user_budgets: bool = True,
+    quantized: bool = False,
+    balanced: bool = True,
+) -> list[int]:
     """GPU position per block (CPU = -1 for what goes to cpu/disk) by transformers' rules on a flat block list.
 
     The fallback when there is no module inventory: blocks are the no-split modules and top-level leaves in
@@ -392,8 +460,9 @@ def place_blocks(block_bytes: Sequence[int], budgets: Sequence[int], *, user_bud
     return placement
 
 
-def decoder_layer_gpus(blocks: Sequence[dict[str, Any]], placement: Sequence[int],
-                       no_split: Sequence[str]) -> list[int]:
+def decoder_layer_gpus(
+    blocks: Sequence[dict[str, Any]], placement: Sequence[int], no_split: Sequence[str]
+) -> list[int]:
     """GPU of each decoder layer, in layer order (the KV and the layer's transient live there)."""
     layer_classes = set(no_split)
     return [gpu for block, gpu in zip(blocks, placement) if block.get("class") in layer_classes]

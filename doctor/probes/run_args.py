@@ -31,8 +31,9 @@ def _version(name: str) -> str | None:
         return None
 
 
-def accelerate_verdicts(values: list[str], timeout_s: float) -> tuple[dict[str, int | None] | None,
-                                                                     dict[str, str], str | None]:
+def accelerate_verdicts(
+    values: list[str], timeout_s: float
+) -> tuple[dict[str, int | None] | None, dict[str, str], str | None]:
     from doctor.probes.child import run_in_child
 
     result = run_in_child("run_plan.sizes:accelerate_sizes", {"values": values}, timeout_s=timeout_s)
@@ -58,7 +59,9 @@ def max_memory_values(text: str) -> list[str]:
 @probe("run-args")
 def run_args_probe(target: Any) -> RunArgFacts:
     versions = {n: _version(n) for n in ("torch", "accelerate", "triton", "flash-attn", "transformers")}
-    facts = RunArgFacts(versions=versions, flash_attn_importable=importlib.util.find_spec("flash_attn") is not None)
+    facts = RunArgFacts(
+        versions=versions, flash_attn_importable=importlib.util.find_spec("flash_attn") is not None
+    )
     text = getattr(target, "max_memory", None)
     if not text:
         return facts

@@ -56,15 +56,24 @@ def server_probe(target: object) -> ServerFacts | Unavailable:
     try:
         url = normalize_base_url(base_url)
     except BadBaseUrl as exc:  # reported as a fact; the check says what to fix
-        return ServerFacts(public_url(str(base_url)), False, None, redactor.scrub(str(exc)), (), API_KEY_ENV,
-                           api_key is not None, 0)
+        return ServerFacts(
+            public_url(str(base_url)),
+            False,
+            None,
+            redactor.scrub(str(exc)),
+            (),
+            API_KEY_ENV,
+            api_key is not None,
+            0,
+        )
     start = time.monotonic()
     status: int | None = None
     error: str | None = None
     models: tuple[ServedModel, ...] = ()
     try:
-        models = tuple(ServedModel(m.id, m.max_model_len)
-                       for m in list_models(url, api_key=api_key, timeout_s=timeout_s))
+        models = tuple(
+            ServedModel(m.id, m.max_model_len) for m in list_models(url, api_key=api_key, timeout_s=timeout_s)
+        )
         status = 200
     except HttpFailure as exc:
         # An HTTP status (401, 404, 500) means the server answered; a bad 2xx reply is "answered wrongly".
@@ -74,8 +83,12 @@ def server_probe(target: object) -> ServerFacts | Unavailable:
         else:  # the checks say "cannot reach URL: <error>": the reason without the address again
             error = exc.reason if exc.kind in ("connect", "timeout", "protocol") else exc.message
     return ServerFacts(
-        base_url=public_url(url), reachable=status is not None, status=status,
-        error=redactor.scrub(error) if error else None, models=models,
-        api_key_env=API_KEY_ENV, api_key_set=api_key is not None,
+        base_url=public_url(url),
+        reachable=status is not None,
+        status=status,
+        error=redactor.scrub(error) if error else None,
+        models=models,
+        api_key_env=API_KEY_ENV,
+        api_key_set=api_key is not None,
         elapsed_ms=int((time.monotonic() - start) * 1000),
     )

@@ -12,8 +12,17 @@ from typing import Any
 
 from run_plan.units import gib
 
-LIBRARIES = ("torch", "bitsandbytes", "triton", "transformers", "accelerate", "huggingface-hub", "safetensors",
-             "flash-attn", "nvidia-ml-py")
+LIBRARIES = (
+    "torch",
+    "bitsandbytes",
+    "triton",
+    "transformers",
+    "accelerate",
+    "huggingface-hub",
+    "safetensors",
+    "flash-attn",
+    "nvidia-ml-py",
+)
 MAX_ROWS = 23  # + a 2-line table header = at most 25 lines in a ticket
 
 
@@ -26,9 +35,12 @@ def _gpu_line(nvml: dict[str, Any]) -> str:
     gpus = nvml.get("gpus") or []
     if not gpus:
         return f"none visible ({nvml['reason']})" if nvml.get("reason") else "none visible"
-    names = Counter(f"{g.get('name', '?')} ({gib(g.get('memory_total_bytes'))}"
-                    + (f", sm_{''.join(str(x) for x in g['compute_capability'])}" if g.get("compute_capability")
-                       else "") + ")" for g in gpus)
+    names = Counter(
+        f"{g.get('name', '?')} ({gib(g.get('memory_total_bytes'))}"
+        + (f", sm_{''.join(str(x) for x in g['compute_capability'])}" if g.get("compute_capability") else "")
+        + ")"
+        for g in gpus
+    )
     return ", ".join(f"{n}× {name}" for name, n in names.items())
 
 
@@ -43,8 +55,11 @@ def _driver_line(nvml: dict[str, Any]) -> str | None:
 def _torch_line(build: dict[str, Any], live: dict[str, Any]) -> str | None:
     if not build.get("installed"):
         return "not installed" if build else None
-    kind = f"CUDA {build['cuda']} build" if build.get("cuda") else (
-        f"ROCm {build['hip']} build" if build.get("hip") else "CPU-only build")
+    kind = (
+        f"CUDA {build['cuda']} build"
+        if build.get("cuda")
+        else (f"ROCm {build['hip']} build" if build.get("hip") else "CPU-only build")
+    )
     line = f"{build.get('version')}, {kind}"
     if "cuda_available" in live:
         line += f"; torch.cuda.is_available() = {live['cuda_available']}"
@@ -64,8 +79,9 @@ def environment_variables(facts: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     nvml, hub, bnb = _get(facts, "nvml"), _get(facts, "hub"), _get(facts, "bnb-files")
     if "cuda_visible_devices" in nvml:
-        out["CUDA_VISIBLE_DEVICES"] = "unset" if nvml["cuda_visible_devices"] is None else str(
-            nvml["cuda_visible_devices"])
+        out["CUDA_VISIBLE_DEVICES"] = (
+            "unset" if nvml["cuda_visible_devices"] is None else str(nvml["cuda_visible_devices"])
+        )
     for name in hub.get("offline_vars") or ():
         out[str(name)] = "on"
     if bnb.get("cuda_version_override"):
@@ -78,12 +94,24 @@ def environment_rows(facts: Mapping[str, Any]) -> list[tuple[str, str]]:
     host, nvml = _get(facts, "host"), _get(facts, "nvml")
     rows: list[tuple[str, str]] = []
     if host.get("system"):
-        rows.append(("OS", (f"{host.get('system')} {host.get('os_release', '')} {host.get('machine', '')}, "
-                            f"{host.get('libc') or 'libc ?'}, {host.get('cpu_count', '?')} CPUs, "
-                            f"{gib(host.get('ram_total_bytes'))} RAM")))
+        rows.append(
+            (
+                "OS",
+                (
+                    f"{host.get('system')} {host.get('os_release', '')} {host.get('machine', '')}, "
+                    f"{host.get('libc') or 'libc ?'}, {host.get('cpu_count', '?')} CPUs, "
+                    f"{gib(host.get('ram_total_bytes'))} RAM"
+                ),
+            )
+        )
     if host.get("python_version"):
-        rows.append(("Python", f"{host['python_version']}"
-                     + (f" (venv {host['virtualenv']})" if host.get("virtualenv") else " (no virtualenv)")))
+        rows.append(
+            (
+                "Python",
+                f"{host['python_version']}"
+                + (f" (venv {host['virtualenv']})" if host.get("virtualenv") else " (no virtualenv)"),
+            )
+        )
     if nvml:
         rows.append(("GPUs", _gpu_line(nvml)))
     driver = _driver_line(nvml)

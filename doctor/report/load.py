@@ -21,19 +21,26 @@ def read_report_json(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UsageError(f"{path}: no such file",
-                         hint="Save a report with: doctor --format json -o report.json") from None
+        raise UsageError(
+            f"{path}: no such file", hint="Save a report with: doctor --format json -o report.json"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise UsageError(f"{path} is not JSON ({exc.msg}, line {exc.lineno})",
-                         hint="Give a report saved with: doctor --format json -o report.json") from None
+        raise UsageError(
+            f"{path} is not JSON ({exc.msg}, line {exc.lineno})",
+            hint="Give a report saved with: doctor --format json -o report.json",
+        ) from None
     if not isinstance(doc, dict) or "checks" not in doc or "schema_version" not in doc:
-        raise UsageError(f"{path} is not a doctor JSON report (no schema_version/checks)",
-                         hint="Give a report saved with: doctor --format json -o report.json")
+        raise UsageError(
+            f"{path} is not a doctor JSON report (no schema_version/checks)",
+            hint="Give a report saved with: doctor --format json -o report.json",
+        )
     if int(doc["schema_version"]) > SCHEMA_VERSION:
-        raise UsageError(f"{path} has schema_version {doc['schema_version']}; this doctor reads {SCHEMA_VERSION}",
-                         hint="Upgrade niah-doctor on this machine.")
+        raise UsageError(
+            f"{path} has schema_version {doc['schema_version']}; this doctor reads {SCHEMA_VERSION}",
+            hint="Upgrade niah-doctor on this machine.",
+        )
     return doc
 
 
@@ -41,8 +48,9 @@ def report_from_json_dict(doc: dict[str, Any]) -> Report:
     """The inverse of report_to_json_dict (tuples come back as tuples, statuses as Status)."""
     tool = doc.get("tool") or {}
     return Report(
-        tool=ToolInfo(str(tool.get("name", "niah-doctor")), str(tool.get("version", "?")),
-                      tuple(tool.get("argv") or ())),
+        tool=ToolInfo(
+            str(tool.get("name", "niah-doctor")), str(tool.get("version", "?")), tuple(tool.get("argv") or ())
+        ),
         created_at=str(doc.get("created_at", "")),
         target=dict(doc.get("target") or {}),
         checks=tuple(_check(c) for c in doc.get("checks") or ()),
@@ -56,10 +64,16 @@ def report_from_json_dict(doc: dict[str, Any]) -> Report:
 def _check(c: dict[str, Any]) -> CheckResult:
     fix = c.get("fix")
     return CheckResult(
-        id=c["id"], title=c.get("title", c["id"]), section=c.get("section", "other"), status=Status(c["status"]),
+        id=c["id"],
+        title=c.get("title", c["id"]),
+        section=c.get("section", "other"),
+        status=Status(c["status"]),
         summary=c.get("summary", ""),
-        evidence=tuple(Evidence(e["key"], e.get("value"), e.get("source", ""), e.get("how"))
-                       for e in c.get("evidence") or ()),
+        evidence=tuple(
+            Evidence(e["key"], e.get("value"), e.get("source", ""), e.get("how"))
+            for e in c.get("evidence") or ()
+        ),
         fix=Fix(fix.get("summary", ""), tuple(fix.get("commands") or ()), fix.get("link")) if fix else None,
-        duration_ms=int(c.get("duration_ms") or 0), error=c.get("error"),
+        duration_ms=int(c.get("duration_ms") or 0),
+        error=c.get("error"),
     )

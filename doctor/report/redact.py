@@ -34,36 +34,55 @@ SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASSWORD|PASSWD|AUTH|CREDENTIAL|(?:^
 # as `tokenizer`, `trial_key`, `max_new_tokens` or `api_key_env` must survive. A whole final word only.
 SECRET_FIELD = re.compile(
     r"(?:^|[_\-.])(?:token|access_?token|auth_?token|private_?token|secret|client_?secret|password|passwd|pat"
-    r"|api_?key|access_?key|secret_?key|private_?key|credentials?)$", re.IGNORECASE)
+    r"|api_?key|access_?key|secret_?key|private_?key|credentials?)$",
+    re.IGNORECASE,
+)
 # Query parameters worth hiding in any URL: the name contains one of these words.
-_SECRET_QUERY = (r"[A-Za-z0-9_.\-]*(?:token|key|secret|password|passwd|auth|credential|signature|sig)"
-                 r"[A-Za-z0-9_.\-]*")
+_SECRET_QUERY = (
+    r"[A-Za-z0-9_.\-]*(?:token|key|secret|password|passwd|auth|credential|signature|sig)"
+    r"[A-Za-z0-9_.\-]*"
+)
 # Values this short are too likely to collide with ordinary text ("1", "true") to scrub blindly.
 _MIN_SECRET_LEN = 6
 _PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("hf-token", re.compile(r"hf_[A-Za-z0-9]{16,}"), "<redacted:hf-token>"),
     ("api-key", re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"), "<redacted:api-key>"),
-    ("github-token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"),
-     "<redacted:github-token>"),
+    (
+        "github-token",
+        re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"),
+        "<redacted:github-token>",
+    ),
     ("gitlab-token", re.compile(r"\bglpat-[A-Za-z0-9_\-]{16,}"), "<redacted:gitlab-token>"),
     ("slack-token", re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"), "<redacted:slack-token>"),
     ("aws-access-key", re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"), "<redacted:aws-access-key>"),
     ("jwt", re.compile(r"\beyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*"), "<redacted:jwt>"),
-    ("secret-assignment",
-     re.compile(r"\b(?P<name>[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*_(?:TOKEN|KEY|PAT|SECRET|PASSWORD|PASSWD))"
-                r"=(?P<q>[\"']?)(?!<redacted)[^\s\"'&]{6,}(?P=q)", re.IGNORECASE),
-     r"\g<name>=<redacted>"),
-    ("url-credentials", re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s:]+(?::[^/@\s]*)?@"),
-     r"\g<scheme><redacted>@"),
-    ("url-query-secret", re.compile(rf"(?P<lead>[?&;]{_SECRET_QUERY}=)(?!<redacted)[^&#\s\"'<>]+", re.IGNORECASE),
-     r"\g<lead><redacted>"),
+    (
+        "secret-assignment",
+        re.compile(
+            r"\b(?P<name>[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*_(?:TOKEN|KEY|PAT|SECRET|PASSWORD|PASSWD))"
+            r"=(?P<q>[\"']?)(?!<redacted)[^\s\"'&]{6,}(?P=q)",
+            re.IGNORECASE,
+        ),
+        r"\g<name>=<redacted>",
+    ),
+    (
+        "url-credentials",
+        re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s:]+(?::[^/@\s]*)?@"),
+        r"\g<scheme><redacted>@",
+    ),
+    (
+        "url-query-secret",
+        re.compile(rf"(?P<lead>[?&;]{_SECRET_QUERY}=)(?!<redacted)[^&#\s\"'<>]+", re.IGNORECASE),
+        r"\g<lead><redacted>",
+    ),
 )
 
 
 def _stored_hf_token() -> str | None:
     """The token `hf auth login` saved, read as a file: no import of huggingface_hub needed."""
     hf_home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
     path = os.environ.get("HF_TOKEN_PATH") or os.path.join(hf_home, "token")
     try:
         token = Path(path).read_text(encoding="utf-8").strip()
@@ -75,11 +94,18 @@ def _stored_hf_token() -> str | None:
 class Redactor:
     """Replaces secrets in strings and remembers which kinds it replaced."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None, home: str | None = None,
-                 extra_secrets: Iterable[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self,
+        environ: Mapping[str, str] | None = None,
+        home: str | None = None,
+        extra_secrets: Iterable[tuple[str, str]] = (),
+    ) -> None:
         env = os.environ if environ is None else environ
-        secrets = [(f"env:{name}", value) for name, value in env.items()
-                   if SECRET_NAME.search(name) and len(value) >= _MIN_SECRET_LEN]
+        secrets = [
+            (f"env:{name}", value)
+            for name, value in env.items()
+            if SECRET_NAME.search(name) and len(value) >= _MIN_SECRET_LEN
+        ]
         if environ is None:
             stored = _stored_hf_token()
             if stored and len(stored) >= _MIN_SECRET_LEN:
@@ -129,7 +155,9 @@ def _walk(obj: Any, fn: Any, field_fn: Any = None) -> Any:
     if isinstance(obj, str):
         return fn(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        changes = {f.name: _walk(getattr(obj, f.name), fn, field_fn) for f in dataclasses.fields(obj) if f.init}
+        changes = {
+            f.name: _walk(getattr(obj, f.name), fn, field_fn) for f in dataclasses.fields(obj) if f.init
+        }
         return dataclasses.replace(obj, **changes)
     if isinstance(obj, Mapping):
         out = {}

@@ -23,8 +23,13 @@ FACTS_LIMIT = 20_000  # characters of raw facts JSON; the rest is in `--format j
 ATTACHMENT_LIMIT = 6_000  # characters per folded attachment (e.g. the memory estimate)
 VALUE_LIMIT = 300  # characters of one evidence value
 
-_BADGE = {Status.PASS: "✅ pass", Status.WARN: "⚠️ warn", Status.FAIL: "❌ fail",
-          Status.SKIP: "⏭️ skip", Status.ERROR: "💥 error"}
+_BADGE = {
+    Status.PASS: "✅ pass",
+    Status.WARN: "⚠️ warn",
+    Status.FAIL: "❌ fail",
+    Status.SKIP: "⏭️ skip",
+    Status.ERROR: "💥 error",
+}
 # Outside code spans: characters Markdown or HTML would act on ("model.layers.*.x" italicised, "<redacted:X>"
 # swallowed as an HTML tag).
 # Intraword "_" (x86_64, max_memory) never emphasises in GFM, and "~/" (a home path) never strikes through:
@@ -69,15 +74,22 @@ def _value(value: Any, key: str = "") -> str:
 
 
 def _problem(check: CheckResult) -> list[str]:
-    lines = [f"#### {_BADGE[check.status]} `{check.id}` — {md_text(check.title)}", "", md_text(check.summary), ""]
+    lines = [
+        f"#### {_BADGE[check.status]} `{check.id}` — {md_text(check.title)}",
+        "",
+        md_text(check.summary),
+        "",
+    ]
     if check.error:
         lines += ["**Error inside the doctor:**", "", "```text", _cut(check.error, 2_000), "```", ""]
     if check.evidence:
         lines += ["| Evidence | Value | Source | See it yourself |", "| --- | --- | --- | --- |"]
         for ev in check.evidence:
             how = md_code(ev.how, cell=True) if ev.how else ""
-            lines.append(f"| {md_code(ev.key, cell=True)} | {md_cell(_value(ev.value, ev.key))} | "
-                         f"{md_cell(ev.source)} | {how} |")
+            lines.append(
+                f"| {md_code(ev.key, cell=True)} | {md_cell(_value(ev.value, ev.key))} | "
+                f"{md_cell(ev.source)} | {how} |"
+            )
         lines.append("")
     if check.fix:
         lines += [f"**Fix:** {md_text(check.fix.summary)}", ""]
@@ -92,8 +104,14 @@ def _environment(report: Report) -> list[str]:
     rows = environment_rows(to_jsonable(report.facts))
     if not rows:
         return []
-    return ["### Environment", "", "| | |", "| --- | --- |",
-            *(f"| {md_cell(label)} | {md_cell(value)} |" for label, value in rows), ""]
+    return [
+        "### Environment",
+        "",
+        "| | |",
+        "| --- | --- |",
+        *(f"| {md_cell(label)} | {md_cell(value)} |" for label, value in rows),
+        "",
+    ]
 
 
 def skipped_line(skips: Iterable[CheckResult]) -> str:
@@ -128,17 +146,30 @@ def _folded_json(title: str, value: Any, limit: int) -> list[str]:
     if len(text) > limit:
         note = [f"_{md_text(title)} cut at {limit:,} of {len(text):,} characters; {_FULL_JSON}._", ""]
         text = text[:limit].rsplit("\n", 1)[0] + "\n…"
-    return [f"<details><summary>{md_text(title)}</summary>", "", "```json", text.replace("```", "'''"), "```",
-            "", *note, "</details>", ""]
+    return [
+        f"<details><summary>{md_text(title)}</summary>",
+        "",
+        "```json",
+        text.replace("```", "'''"),
+        "```",
+        "",
+        *note,
+        "</details>",
+        "",
+    ]
 
 
 def render_markdown(report: Report, *, strict: bool = False, facts: bool = False) -> str:
     """The ticket. `facts=True` appends the raw facts, cut to keep the whole under HARD_LIMIT."""
-    lines = [f"## {report.tool.name} {report.tool.version} — {md_text(verdict_line(report, strict=strict, markup='`'))}", "",
-             f"- Command: {md_code(report.tool.command_line)}",  # shell-quoted: safe to paste
-             f"- Planned run: {md_text(target_line(report))}",
-             *([f"- Resolved plan: {md_text(resolved)}"] if (resolved := plan_line(report)) else []),
-             f"- Created: {report.created_at}", ""]
+    lines = [
+        f"## {report.tool.name} {report.tool.version} — {md_text(verdict_line(report, strict=strict, markup='`'))}",
+        "",
+        f"- Command: {md_code(report.tool.command_line)}",  # shell-quoted: safe to paste
+        f"- Planned run: {md_text(target_line(report))}",
+        *([f"- Resolved plan: {md_text(resolved)}"] if (resolved := plan_line(report)) else []),
+        f"- Created: {report.created_at}",
+        "",
+    ]
     found = problems(report)
     if found:
         lines += ["### Problems", ""]
@@ -161,6 +192,8 @@ def render_markdown(report: Report, *, strict: bool = False, facts: bool = False
     elif report.facts or report.attachments:
         body += f"\n_Raw facts not included (add `--facts`); {_FULL_JSON}._\n"
     if len(body) > HARD_LIMIT:  # only with pathological evidence: never hand over a body GitHub refuses
-        body = body[: HARD_LIMIT - 200].rsplit("\n", 1)[0] + f"\n\n_Report cut at {HARD_LIMIT:,} characters; " \
-                                                              f"{_FULL_JSON}._\n"
+        body = (
+            body[: HARD_LIMIT - 200].rsplit("\n", 1)[0] + f"\n\n_Report cut at {HARD_LIMIT:,} characters; "
+            f"{_FULL_JSON}._\n"
+        )
     return body.rstrip("\n") + "\n"

@@ -28,8 +28,13 @@ _SUMMARY_BELOW_UNDER = 28  # fewer columns than this left for a summary: put it 
 
 _GLYPH = {Status.PASS: "✓", Status.WARN: "!", Status.FAIL: "✗", Status.SKIP: "-", Status.ERROR: "?"}
 _ANSI = {"bold": "1", "dim": "2", "red": "1;31", "green": "32", "yellow": "33", "magenta": "35", "cyan": "36"}
-_STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "red", Status.SKIP: "dim",
-          Status.ERROR: "magenta"}
+_STYLE = {
+    Status.PASS: "green",
+    Status.WARN: "yellow",
+    Status.FAIL: "red",
+    Status.SKIP: "dim",
+    Status.ERROR: "magenta",
+}
 # Problems first, worst first: a failure is what blocks the run, an error is what the doctor could not tell.
 PROBLEM_ORDER = (Status.FAIL, Status.ERROR, Status.WARN)
 
@@ -63,9 +68,14 @@ class _Painter:
 
 def _wrap(text: str, width: int, indent: str, first: str | None = None) -> list[str]:
     """Wrap prose at word boundaries; never split an id or a flag at its hyphens."""
-    return textwrap.wrap(text, width=width, initial_indent=indent if first is None else first,
-                         subsequent_indent=indent, break_long_words=False, break_on_hyphens=False) or [
-        (indent if first is None else first).rstrip()]
+    return textwrap.wrap(
+        text,
+        width=width,
+        initial_indent=indent if first is None else first,
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    ) or [(indent if first is None else first).rstrip()]
 
 
 def _one_line(text: str, room: int) -> str:
@@ -104,7 +114,9 @@ def target_line(report: Report) -> str:
     """The planned run in one line: only what was given (defaults are noise)."""
     labels = []
     for key, value in report.target.items():
-        if value in (None, (), [], "", False) or (isinstance(value, (str, int, float)) and (key, value) in _DEFAULTS):
+        if value in (None, (), [], "", False) or (
+            isinstance(value, (str, int, float)) and (key, value) in _DEFAULTS
+        ):
             continue
         if key == "context" and isinstance(value, int):
             value = f"{value:,}"
@@ -120,11 +132,16 @@ def plan_line(report: Report) -> str | None:
     plan = report.attachments.get("plan") if isinstance(report.attachments, dict) else None
     if not isinstance(plan, dict):
         return None
-    parts = [f"{d['name'].replace('_', '-')} {d['value']} ({d['why'].split(':')[0]})"
-             for d in plan.get("decisions") or [] if isinstance(d, dict)]
+    parts = [
+        f"{d['name'].replace('_', '-')} {d['value']} ({d['why'].split(':')[0]})"
+        for d in plan.get("decisions") or []
+        if isinstance(d, dict)
+    ]
     lengths = [x for x in plan.get("lengths") or [] if isinstance(x, dict)]
     if lengths:
-        parts.append("lengths " + ", ".join(f"{x['tokens']:,} {'fits' if x['fits'] else 'too long'}" for x in lengths))
+        parts.append(
+            "lengths " + ", ".join(f"{x['tokens']:,} {'fits' if x['fits'] else 'too long'}" for x in lengths)
+        )
     if plan.get("max_context_tokens"):
         parts.append(f"longest that fits ≈ {plan['max_context_tokens']:,}")
     sources = (plan.get("spec") or {}).get("sources") or {}
@@ -137,15 +154,25 @@ def plan_line(report: Report) -> str | None:
 
 
 # RunSpec values that are flags' defaults: showing them on every report hides what the user chose.
-_DEFAULTS = {("quant", "none"), ("bnb_4bit_type", "nf4"), ("double_quant", True), ("dtype", "auto"),
-             ("attn", "sdpa"), ("attn", "auto"), ("probe_timeout_s", 60.0), ("kv_dtype", "auto"),
-             ("backend", "transformers")}
+_DEFAULTS = {
+    ("quant", "none"),
+    ("bnb_4bit_type", "nf4"),
+    ("double_quant", True),
+    ("dtype", "auto"),
+    ("attn", "sdpa"),
+    ("attn", "auto"),
+    ("probe_timeout_s", 60.0),
+    ("kv_dtype", "auto"),
+    ("backend", "transformers"),
+}
 
 
 def _problem_block(check: CheckResult, width: int, paint: _Painter, verbose: bool) -> list[str]:
     label = f"{_GLYPH[check.status]} {check.status.value.upper()}"
     lines = [f"{paint(label, _STYLE[check.status])} {paint(check.id, 'bold')} — {check.title}"]
-    if len(f"{label} {check.id} — {check.title}") > width:  # the title wraps under the id, never the id itself
+    if (
+        len(f"{label} {check.id} — {check.title}") > width
+    ):  # the title wraps under the id, never the id itself
         lines = [f"{paint(label, _STYLE[check.status])} {paint(check.id, 'bold')}"]
         lines += _wrap(check.title, width, "  ")
     lines += _wrap(check.summary, width, "  ")
@@ -154,7 +181,12 @@ def _problem_block(check: CheckResult, width: int, paint: _Painter, verbose: boo
     if check.evidence:
         lines.append("  " + paint("evidence:", "dim"))
     for ev in check.evidence:
-        lines += _wrap(f"{ev.key} = {_value_text(ev.value, verbose, ev.key)} [{ev.source}]", width, "      ", first="    ")
+        lines += _wrap(
+            f"{ev.key} = {_value_text(ev.value, verbose, ev.key)} [{ev.source}]",
+            width,
+            "      ",
+            first="    ",
+        )
         if ev.how:
             lines.append("      " + paint(f"see: $ {ev.how}", "dim"))  # a command: one line, never wrapped
     if check.fix:
@@ -182,8 +214,15 @@ def _row(check: CheckResult, id_width: int, width: int, paint: _Painter, verbose
         lines = [f"  {glyph} {check.id}"]
         lines += _wrap(check.summary, width, "      ")
         for ev in check.evidence:
-            lines += [paint(line, "dim") for line in _wrap(
-                f"{ev.key} = {_value_text(ev.value, True, ev.key)} [{ev.source}]", width, "          ", first="        ")]
+            lines += [
+                paint(line, "dim")
+                for line in _wrap(
+                    f"{ev.key} = {_value_text(ev.value, True, ev.key)} [{ev.source}]",
+                    width,
+                    "          ",
+                    first="        ",
+                )
+            ]
         return lines
     if room < _SUMMARY_BELOW_UNDER:
         return [f"  {glyph} {check.id}", "      " + _one_line(check.summary, width - 6)]
@@ -212,8 +251,14 @@ def _rest_table(rest: Sequence[CheckResult], width: int, paint: _Painter, verbos
     return lines
 
 
-def render_text(report: Report, *, verbose: bool = False, strict: bool = False,
-                color: bool | None = False, width: int | None = None) -> str:
+def render_text(
+    report: Report,
+    *,
+    verbose: bool = False,
+    strict: bool = False,
+    color: bool | None = False,
+    width: int | None = None,
+) -> str:
     """The report as terminal text; `color=None` means colour unless NO_COLOR is set."""
     width = terminal_width(width)
     paint = _Painter(bool(color) if color is not None else not os.environ.get("NO_COLOR"))
@@ -233,8 +278,10 @@ def render_text(report: Report, *, verbose: bool = False, strict: bool = False,
         lines += ["", paint("Other checks" if found else "Checks", "bold")]
         lines += _rest_table(rest, width, paint, verbose)
     ok = report.exit_code(strict=strict) == 0
-    lines += [""] + [paint(line, "green" if ok else "red")
-                     for line in _wrap(verdict_line(report, strict=strict), width, "  ", first="")]
+    lines += [""] + [
+        paint(line, "green" if ok else "red")
+        for line in _wrap(verdict_line(report, strict=strict), width, "  ", first="")
+    ]
     hints = []
     if not verbose:
         hints.append("--verbose shows every check's evidence; --format markdown makes a ticket.")

@@ -39,8 +39,9 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]:
         """Facts for config.json / results: model id, revision, dtype, quant, device map, attention, ..."""
 
-    def generate(self, input_ids: list[int], *, max_new_tokens: int,
-                 reusable_prefix_len: int = 0) -> Generation:
+    def generate(
+        self, input_ids: list[int], *, max_new_tokens: int, reusable_prefix_len: int = 0
+    ) -> Generation:
         """Greedy-decode after `input_ids`. `reusable_prefix_len` tokens at the start are identical to
         the previous call's and may be served from a cached KV prefix (must give the same tokens).
         Raises BackendOOM on out-of-memory (after freeing memory)."""

@@ -77,8 +77,14 @@ class HFBackend:
 
     name = "transformers"
 
-    def __init__(self, model: Any, tokenizer: Any, *, prefill_chunk: int | None = None,
-                 facts: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        prefill_chunk: int | None = None,
+        facts: dict[str, Any] | None = None,
+    ) -> None:
         self.model = model.eval()
         self._tokenizer = tokenizer
         self._sig = pf.inspect_forward(model)
@@ -94,8 +100,9 @@ class HFBackend:
 
     # -- protocol ---------------------------------------------------------------------------------
 
-    def generate(self, input_ids: list[int], *, max_new_tokens: int,
-                 reusable_prefix_len: int = 0) -> Generation:
+    def generate(
+        self, input_ids: list[int], *, max_new_tokens: int, reusable_prefix_len: int = 0
+    ) -> Generation:
         if not input_ids:
             raise ValueError("empty prompt")
         if max_new_tokens <= 0:
@@ -113,8 +120,10 @@ class HFBackend:
         peaks = cuda_memory_figures()
         self._drop_cache()
         self._free()
-        raise BackendOOM(f"out of memory at {len(input_ids)} input tokens ({failure})",
-                         memory={"at_failure": peaks, "after_free": cuda_memory_figures()})
+        raise BackendOOM(
+            f"out of memory at {len(input_ids)} input tokens ({failure})",
+            memory={"at_failure": peaks, "after_free": cuda_memory_figures()},
+        )
 
     def describe(self) -> dict[str, Any]:
         model = self.model
@@ -132,8 +141,9 @@ class HFBackend:
             "prefill_chunk": self.prefill_chunk,
             "eos_token_ids": list(self.eos_ids),
             "logits_kwarg": self._sig.logits_kw,
-            "versions": {name: _version(name) for name in ("torch", "transformers", "accelerate",
-                                                           "bitsandbytes")},
+            "versions": {
+                name: _version(name) for name in ("torch", "transformers", "accelerate", "bitsandbytes")
+            },
         }
         try:
             facts["memory_footprint_bytes"] = int(model.get_memory_footprint())
@@ -164,22 +174,37 @@ class HFBackend:
 
         _synchronize()
         t0 = time.perf_counter()
-        logits = pf.prefill(self.model, self._sig, tensor, cache, start=reused,
-                            chunk_size=self.prefill_chunk)
+        logits = pf.prefill(self.model, self._sig, tensor, cache, start=reused, chunk_size=self.prefill_chunk)
         self._cached_ids = list(ids)
         _synchronize()
         t1 = time.perf_counter()
-        tokens, stopped = pf.greedy_decode(self.model, self._sig, cache, logits, start=len(ids),
-                                           max_new_tokens=max_new_tokens, eos_ids=self.eos_ids,
-                                           fed=self._cached_ids)
+        tokens, stopped = pf.greedy_decode(
+            self.model,
+            self._sig,
+            cache,
+            logits,
+            start=len(ids),
+            max_new_tokens=max_new_tokens,
+            eos_ids=self.eos_ids,
+            fed=self._cached_ids,
+        )
         _synchronize()
         t2 = time.perf_counter()
         memory = {}
         if torch.cuda.is_available():
-            memory = {"per_gpu_peak_bytes": {f"cuda:{i}": torch.cuda.max_memory_allocated(i)
-                                             for i in range(torch.cuda.device_count())}}
-        return Generation(output_ids=tuple(tokens), stopped_at_eos=stopped, prefill_seconds=t1 - t0,
-                          decode_seconds=t2 - t1, reused_prefix_tokens=reused, memory=memory)
+            memory = {
+                "per_gpu_peak_bytes": {
+                    f"cuda:{i}": torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())
+                }
+            }
+        return Generation(
+            output_ids=tuple(tokens),
+            stopped_at_eos=stopped,
+            prefill_seconds=t1 - t0,
+            decode_seconds=t2 - t1,
+            reused_prefix_tokens=reused,
+            memory=memory,
+        )
 
     def _reuse_prefix(self, ids: list[int], reusable_prefix_len: int) -> int:
         """Tokens of `ids` served from the cached KV (0 = full prefill). Verified, never trusted."""
@@ -222,8 +247,10 @@ def _jsonable_quant(quant: Any) -> Any:
     if quant is None:
         return None
     if hasattr(quant, "to_dict"):
-        return {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None), list, dict)) else v)
-                for k, v in quant.to_dict().items()}
+        return {
+            k: (str(v) if not isinstance(v, (int, float, str, bool, type(None), list, dict)) else v)
+            for k, v in quant.to_dict().items()
+        }
     return str(quant)
 
 

@@ -35,8 +35,16 @@ from run_plan.http import HttpFailure
 from run_plan.openai_http import BadBaseUrl, BadReply, ServerModel, parse_models, public_url, token_ids_of
 from run_plan.openai_http import normalize_base_url as _normalize_base_url
 
-__all__ = ["OpenAIBackend", "ServerModel", "ServerRequestError", "list_models", "make_openai_backend",
-           "normalize_base_url", "public_url", "request_json"]
+__all__ = [
+    "OpenAIBackend",
+    "ServerModel",
+    "ServerRequestError",
+    "list_models",
+    "make_openai_backend",
+    "normalize_base_url",
+    "public_url",
+    "request_json",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +62,9 @@ class ServerRequestError(RuntimeError):
     The sweep records the trial as status "error" and retries it on resume. `retryable` says whether
     the cause looked transient (connection, timeout, 5xx, 429) or permanent (other 4xx, bad reply)."""
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,
-                 attempts: int = 1) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, retryable: bool = False, attempts: int = 1
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
@@ -70,8 +79,9 @@ def normalize_base_url(base_url: str) -> str:
         raise UsageError(str(exc), hint="Use e.g. http://127.0.0.1:8000") from None
 
 
-def request_json(method: str, url: str, *, body: Any = None, api_key: str | None = None,
-                 timeout_s: float) -> tuple[int, Any]:
+def request_json(
+    method: str, url: str, *, body: Any = None, api_key: str | None = None, timeout_s: float
+) -> tuple[int, Any]:
     """One JSON request through the shared client; returns (status, parsed JSON), raises HttpFailure."""
     reply = _http.request_json(method, url, body=body, bearer=api_key, timeout_s=timeout_s)
     return reply.status, reply.doc
@@ -79,7 +89,9 @@ def request_json(method: str, url: str, *, body: Any = None, api_key: str | None
 
 def list_models(base_url: str, *, api_key: str | None = None, timeout_s: float = 5.0) -> list[ServerModel]:
     """GET /v1/models. Raises HttpFailure (BadReply when the body has the wrong shape)."""
-    _, doc = request_json("GET", normalize_base_url(base_url) + "/v1/models", api_key=api_key, timeout_s=timeout_s)
+    _, doc = request_json(
+        "GET", normalize_base_url(base_url) + "/v1/models", api_key=api_key, timeout_s=timeout_s
+    )
     return parse_models(doc)
 
 
@@ -89,9 +101,19 @@ class OpenAIBackend:
 
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, tokenizer: Any, *, tokenizer_id: str | None = None,
-                 api_key_env: str = DEFAULT_API_KEY_ENV, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 retries: int = DEFAULT_RETRIES, concurrency: int = 1, backoff_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        tokenizer: Any,
+        *,
+        tokenizer_id: str | None = None,
+        api_key_env: str = DEFAULT_API_KEY_ENV,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+        concurrency: int = 1,
+        backoff_s: float = 1.0,
+    ) -> None:
         if timeout_s <= 0:
             raise UsageError(f"--request-timeout must be positive, got {timeout_s}")
         if retries < 0:
@@ -140,8 +162,11 @@ class OpenAIBackend:
             "decoding": "greedy (temperature 0)",
             "prompt": "token ids",
             # Until a reply shows it, we cannot know whether this server returns token ids.
-            "output_ids_from": ("server token_ids" if self._server_ids_seen.is_set()
-                                else "server token_ids if returned, else our tokenizer on the text"),
+            "output_ids_from": (
+                "server token_ids"
+                if self._server_ids_seen.is_set()
+                else "server token_ids if returned, else our tokenizer on the text"
+            ),
             # The server's cap is what limits the run's lengths (the sweep reads this key).
             "max_model_len": cap,
             "max_position_embeddings": cap,
@@ -162,13 +187,15 @@ class OpenAIBackend:
         try:
             return list_models(self._base_url, api_key=self.__api_key, timeout_s=timeout_s)
         except HttpFailure as exc:
-            raise ServerRequestError(self._describe_failure(exc), status=exc.status,
-                                     retryable=exc.retryable) from None
+            raise ServerRequestError(
+                self._describe_failure(exc), status=exc.status, retryable=exc.retryable
+            ) from None
 
     # -- the protocol ---------------------------------------------------------------------------
 
-    def generate(self, input_ids: list[int], *, max_new_tokens: int,
-                 reusable_prefix_len: int = 0) -> Generation:
+    def generate(
+        self, input_ids: list[int], *, max_new_tokens: int, reusable_prefix_len: int = 0
+    ) -> Generation:
         """One greedy completion. `reusable_prefix_len` is ignored: vLLM/SGLang cache prefixes
         themselves (automatic prefix caching), and greedy output does not depend on it."""
         del reusable_prefix_len
@@ -189,8 +216,9 @@ class OpenAIBackend:
         seconds = time.monotonic() - start
         return self._generation_from(doc, prompt, seconds)
 
-    def generate_many(self, prompts: Iterable[list[int]], *, max_new_tokens: int
-                      ) -> Iterator[tuple[int, Generation | ServerRequestError]]:
+    def generate_many(
+        self, prompts: Iterable[list[int]], *, max_new_tokens: int
+    ) -> Iterator[tuple[int, Generation | ServerRequestError]]:
         """Send up to `concurrency` trials at once; yield (index into prompts, Generation or the
         trial's ServerRequestError) in completion order, so the caller can save each as it lands.
         `prompts` may be a lazy iterable: a prompt is only built when a slot frees (10M-token prompts
@@ -230,8 +258,9 @@ class OpenAIBackend:
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                _, doc = request_json("POST", url, body=body, api_key=self.__api_key,
-                                      timeout_s=self.timeout_s)
+                _, doc = request_json(
+                    "POST", url, body=body, api_key=self.__api_key, timeout_s=self.timeout_s
+                )
                 return doc
             except HttpFailure as exc:
                 # Retried: refused/reset connections, timeouts, 408/429/5xx. Not retried: other 4xx, a
@@ -241,8 +270,12 @@ class OpenAIBackend:
                 retryable = exc.retryable
                 retry_after = exc.retry_after
             if not retryable or attempt == attempts:
-                raise ServerRequestError(f"{message} (after {attempt} attempt{'s' if attempt > 1 else ''})",
-                                         status=status, retryable=retryable, attempts=attempt)
+                raise ServerRequestError(
+                    f"{message} (after {attempt} attempt{'s' if attempt > 1 else ''})",
+                    status=status,
+                    retryable=retryable,
+                    attempts=attempt,
+                )
             delay = retry_after if retry_after is not None else self._backoff(attempt)
             log.warning("%s; retrying in %.1f s (attempt %d of %d)", message, delay, attempt + 1, attempts)
             time.sleep(delay)
@@ -268,7 +301,9 @@ class OpenAIBackend:
         try:
             return self._read_completion(doc, prompt, seconds)
         except BadReply as exc:  # the server answered 2xx with the wrong shape: a permanent trial error
-            raise ServerRequestError(self._redactor.scrub(f"{self.url} sent a bad reply: {exc.message}")) from None
+            raise ServerRequestError(
+                self._redactor.scrub(f"{self.url} sent a bad reply: {exc.message}")
+            ) from None
 
     def _read_completion(self, doc: Any, prompt: list[int], seconds: float) -> Generation:
         choices = doc.get("choices") if isinstance(doc, dict) else None
@@ -277,17 +312,24 @@ class OpenAIBackend:
         choice = choices[0]
         usage = doc.get("usage")
         prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-        if isinstance(prompt_tokens, int) and not isinstance(prompt_tokens, bool) and prompt_tokens != len(prompt):
+        if (
+            isinstance(prompt_tokens, int)
+            and not isinstance(prompt_tokens, bool)
+            and prompt_tokens != len(prompt)
+        ):
             # The server did not take our ids as they are (it re-tokenized or truncated): the trial's
             # length would be wrong, so it must not be scored.
             raise ServerRequestError(
                 f"{self.url} counted {str(prompt_tokens)[:40]} prompt tokens, we sent {len(prompt)}: the server "
-                "does not accept token-id prompts as they are (use vLLM, SGLang or `niah serve`)")
+                "does not accept token-id prompts as they are (use vLLM, SGLang or `niah serve`)"
+            )
         server_ids = token_ids_of(choice.get("token_ids"))
         vocab = _vocab_size(self._tokenizer)
         if server_ids and vocab and max(server_ids) >= vocab:
-            raise BadReply(f"token id {max(server_ids)} is outside the tokenizer's vocabulary ({vocab} ids): "
-                           "the server runs a different tokenizer or sent garbage")
+            raise BadReply(
+                f"token id {max(server_ids)} is outside the tokenizer's vocabulary ({vocab} ids): "
+                "the server runs a different tokenizer or sent garbage"
+            )
         if server_ids is not None:
             output_ids = server_ids
             self._server_ids_seen.set()
@@ -316,6 +358,7 @@ def _vocab_size(tokenizer: Any) -> int | None:
 
 # -- construction -------------------------------------------------------------------------------
 
+
 def load_tokenizer(spec: str, *, online: bool = False) -> Any:
     """The tokenizer for prompts: a hub id or local folder (offline unless `online`), or "demo"."""
     if spec == "demo":
@@ -325,10 +368,14 @@ def load_tokenizer(spec: str, *, online: bool = False) -> Any:
     try:
         return AutoTokenizer.from_pretrained(spec, local_files_only=not online)
     except (OSError, ValueError) as exc:
-        hint = ("Pass --tokenizer with a local folder or a cached hub id, or add --online to download it."
-                if not online else "Check the id (or pass --tokenizer); gated repos need `hf auth login`.")
-        raise UsageError(f"cannot load the tokenizer {spec!r}: {str(exc).splitlines()[0][:200]}",
-                         hint=hint) from None
+        hint = (
+            "Pass --tokenizer with a local folder or a cached hub id, or add --online to download it."
+            if not online
+            else "Check the id (or pass --tokenizer); gated repos need `hf auth login`."
+        )
+        raise UsageError(
+            f"cannot load the tokenizer {spec!r}: {str(exc).splitlines()[0][:200]}", hint=hint
+        ) from None
 
 
 def _demo_tokenizer() -> Any:
@@ -366,10 +413,18 @@ def demo_tokenizer_from_gguf() -> Any:
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
-def make_openai_backend(base_url: str, model: str, tokenizer: Any = None, *,
-                        api_key_env: str = DEFAULT_API_KEY_ENV, timeout_s: float = DEFAULT_TIMEOUT_S,
-                        retries: int = DEFAULT_RETRIES, concurrency: int = 1, online: bool = False,
-                        backoff_s: float = 1.0) -> OpenAIBackend:
+def make_openai_backend(
+    base_url: str,
+    model: str,
+    tokenizer: Any = None,
+    *,
+    api_key_env: str = DEFAULT_API_KEY_ENV,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    retries: int = DEFAULT_RETRIES,
+    concurrency: int = 1,
+    online: bool = False,
+    backoff_s: float = 1.0,
+) -> OpenAIBackend:
     """THE constructor `niah run --backend openai` calls.
 
     `tokenizer`: a hub id / local folder / "demo" (None = the served `model` name, which is usually the
@@ -382,5 +437,14 @@ def make_openai_backend(base_url: str, model: str, tokenizer: Any = None, *,
         tok = load_tokenizer(tokenizer_id, online=online)
     else:
         tokenizer_id, tok = getattr(tokenizer, "name_or_path", None), tokenizer
-    return OpenAIBackend(base, model, tok, tokenizer_id=tokenizer_id, api_key_env=api_key_env,
-                         timeout_s=timeout_s, retries=retries, concurrency=concurrency, backoff_s=backoff_s)
+    return OpenAIBackend(
+        base,
+        model,
+        tok,
+        tokenizer_id=tokenizer_id,
+        api_key_env=api_key_env,
+        timeout_s=timeout_s,
+        retries=retries,
+        concurrency=concurrency,
+        backoff_s=backoff_s,
+    )

@@ -2,7 +2,7 @@
 
 Each scenario is the facts the static and live probes would have gathered on that machine; the
 checks cannot tell them from the real thing. Names follow the cases in
-shared/reference/doctor-anchors.md (F1-F9, F15) and the user's own story (GH200 + CPU-only torch).
+the failure modes in docs/checks.md and the user's own story (GH200 + CPU-only torch).
 """
 
 from __future__ import annotations

@@ -27,10 +27,14 @@ def _training_text() -> list[str]:
     from niah_run.prompt import INTRO, OUTRO
 
     text = generate_haystack(seed=123, min_chars=60_000).text
-    extras = [INTRO, OUTRO, "The secret passkey is 1234567. The secret code is 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d.",
-              "What is the secret passkey mentioned in the document? Reply with the passkey only.",
-              "One of the special magic numbers for key is: 7654321. " + " ".join(_KEY_WORDS),
-              "0123456789 abcdef I cannot find it, sorry. Answer:"]
+    extras = [
+        INTRO,
+        OUTRO,
+        "The secret passkey is 1234567. The secret code is 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d.",
+        "What is the secret passkey mentioned in the document? Reply with the passkey only.",
+        "One of the special magic numbers for key is: 7654321. " + " ".join(_KEY_WORDS),
+        "0123456789 abcdef I cannot find it, sorry. Answer:",
+    ]
     return [text, *extras]
 
 
@@ -43,11 +47,20 @@ def build_tokenizer(vocab_size: int = 600, with_template: bool = True) -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_training_text(), trainer=trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|im_end|>",
-                                      pad_token="<pad>", additional_special_tokens=["<|im_start|>"])
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|bos|>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>"],
+    )
     if with_template:
         wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
@@ -65,8 +78,15 @@ class FakeBackend:
 
     name = "fake"
 
-    def __init__(self, tokenizer: Any | None = None, *, oom_from: int | None = None, sleep_s: float = 0.0,
-                 answer: str | None = None, max_position_embeddings: int | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any | None = None,
+        *,
+        oom_from: int | None = None,
+        sleep_s: float = 0.0,
+        answer: str | None = None,
+        max_position_embeddings: int | None = None,
+    ) -> None:
         self._tokenizer = tokenizer or build_tokenizer()
         self.oom_from = oom_from
         self.sleep_s = sleep_s
@@ -85,7 +105,9 @@ class FakeBackend:
             out["max_position_embeddings"] = self.max_position_embeddings
         return out
 
-    def generate(self, input_ids: list[int], *, max_new_tokens: int, reusable_prefix_len: int = 0) -> Generation:
+    def generate(
+        self, input_ids: list[int], *, max_new_tokens: int, reusable_prefix_len: int = 0
+    ) -> Generation:
         self.calls.append({"n": len(input_ids), "reusable": reusable_prefix_len})
         if self.sleep_s:
             time.sleep(self.sleep_s)
@@ -99,8 +121,13 @@ class FakeBackend:
             text = f"The answer is {match.group(1)}." if match else "There is no such value in the document."
         ids = self._tokenizer(text, add_special_tokens=False)["input_ids"][:max_new_tokens]
         eos = len(ids) < max_new_tokens
-        return Generation(output_ids=tuple(ids), stopped_at_eos=eos, prefill_seconds=0.001, decode_seconds=0.001,
-                          reused_prefix_tokens=reusable_prefix_len)
+        return Generation(
+            output_ids=tuple(ids),
+            stopped_at_eos=eos,
+            prefill_seconds=0.001,
+            decode_seconds=0.001,
+            reused_prefix_tokens=reusable_prefix_len,
+        )
 
     def close(self) -> None:
         self.closed = True
@@ -124,5 +151,7 @@ def subprocess_main() -> None:
     from niah_run.cli import niah_command
 
     oom = os.environ.get("NIAH_FAKE_OOM_FROM")
-    install_fake_backend(sleep_s=float(os.environ.get("NIAH_FAKE_SLEEP", "0")), oom_from=int(oom) if oom else None)
+    install_fake_backend(
+        sleep_s=float(os.environ.get("NIAH_FAKE_SLEEP", "0")), oom_from=int(oom) if oom else None
+    )
     sys.exit(run_cli(niah_command, sys.argv[1:], prog_name="niah"))

@@ -28,17 +28,25 @@ def word_level_tokenizer():
     vocab = {"<unk>": 0, "<s>": 1, "</s>": EOS, **{f"w{i}": i for i in range(3, VOCAB)}}
     raw = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>")
+    return PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
 def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=1, eos_token_id=EOS, attn_implementation="sdpa")
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=EOS,
+        attn_implementation="sdpa",
+    )
     return LlamaForCausalLM(config).float().eval()
 
 
@@ -47,13 +55,25 @@ def tiny_llama4(attention_chunk_size: int = ATTENTION_CHUNK):
 
     torch.manual_seed(0)
     config = Llama4TextConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=64, intermediate_size_mlp=128,
-        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        num_local_experts=4, num_experts_per_tok=1, max_position_embeddings=1024,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=64,
+        intermediate_size_mlp=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_local_experts=4,
+        num_experts_per_tok=1,
+        max_position_embeddings=1024,
         attention_chunk_size=attention_chunk_size,
         no_rope_layers=[1, 1, 1, 0],  # layers 0-2 RoPE + chunked, layer 3 NoPE + global (as Scout)
         floor_scale=4,  # so the NoPE temperature tuning varies with the absolute position here
-        bos_token_id=1, eos_token_id=EOS, pad_token_id=0, attn_implementation="sdpa")
+        bos_token_id=1,
+        eos_token_id=EOS,
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
     return Llama4ForCausalLM(config).float().eval()
 
 
@@ -109,9 +129,10 @@ def test_greedy_tokens_equal_model_generate(model) -> None:
     backend = HFBackend(model, word_level_tokenizer(), prefill_chunk=8)
     ours = backend.generate(ids, max_new_tokens=12)
     with torch.inference_mode():
-        reference = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
-                                   eos_token_id=EOS, pad_token_id=0)
-    expected = reference[0, len(ids):].tolist()
+        reference = model.generate(
+            torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=EOS, pad_token_id=0
+        )
+    expected = reference[0, len(ids) :].tolist()
     assert list(ours.output_ids) == expected
     assert ours.stopped_at_eos == (expected[-1] == EOS)
     assert ours.prefill_seconds >= 0 and ours.decode_seconds >= 0
@@ -235,8 +256,9 @@ def test_eos_ids_accept_int_or_list() -> None:
 
 
 def test_describe_reports_the_run_facts() -> None:
-    backend = HFBackend(tiny_llama(), word_level_tokenizer(), prefill_chunk=8,
-                        facts={"model": "tiny", "source": "test"})
+    backend = HFBackend(
+        tiny_llama(), word_level_tokenizer(), prefill_chunk=8, facts={"model": "tiny", "source": "test"}
+    )
     facts = backend.describe()
     assert facts["model"] == "tiny" and facts["model_class"] == "LlamaForCausalLM"
     assert facts["dtype"] == "float32" and facts["attn_implementation"] == "sdpa"

@@ -36,7 +36,9 @@ def test_run_writes_every_output(tmp_path, fake, capsys) -> None:
     captured = capsys.readouterr()
     assert "| 10 | 100% (1/1) |" in captured.out
     assert "niah run: model=demo" in captured.err and "needle=multikey" in captured.err
-    assert len([line for line in captured.err.splitlines() if "niah run:" in line]) == 1  # one line, not a dump
+    assert (
+        len([line for line in captured.err.splitlines() if "niah run:" in line]) == 1
+    )  # one line, not a dump
     for name in ("config.json", "results.jsonl", "summary.json", "summary.md", "heatmap.png"):
         assert (out / name).exists(), name
     config = json.loads((out / "config.json").read_text())
@@ -74,14 +76,17 @@ def test_out_is_a_file_or_unwritable(tmp_path, fake, capsys) -> None:
     assert "not writable" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--depths", "150"), "outside 0-100"),
-    (("--depths", "-5"), "outside 0-100"),
-    (("--lengths", "0"), "positive"),
-    (("--lengths", "lots"), "not a token count"),
-    (("--trials", "0"), "trials"),
-    (("--lengths", "16"), "cannot hold"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--depths", "150"), "outside 0-100"),
+        (("--depths", "-5"), "outside 0-100"),
+        (("--lengths", "0"), "positive"),
+        (("--lengths", "lots"), "not a token count"),
+        (("--trials", "0"), "trials"),
+        (("--lengths", "16"), "cannot hold"),
+    ],
+)
 def test_bad_flags_exit_2_without_traceback(tmp_path, fake, capsys, args, message) -> None:
     code = niah("run", "--skip-preflight", "-q", "--out", str(tmp_path / "r"), *args)
     err = capsys.readouterr().err
@@ -99,7 +104,7 @@ def test_bad_haystack_exits_2(tmp_path, fake, capsys) -> None:
 
 def test_bad_toml_exits_2(tmp_path, fake, capsys) -> None:
     config = tmp_path / "run.toml"
-    config.write_text('lenghts = [1024]\n')
+    config.write_text("lenghts = [1024]\n")
     assert niah("run", "--config", str(config), "--out", str(tmp_path / "r")) == 2
     assert "lenghts" in capsys.readouterr().err
 
@@ -137,9 +142,28 @@ def test_disk_full_during_sweep_exits_1_and_keeps_valid_lines(tmp_path, fake, mo
 def test_help_lists_every_flag() -> None:
     proc = run_module("-m", "niah_run", "run", "--help")
     assert proc.returncode == 0
-    for flag in ("--config", "--model", "--gguf-file", "--quant", "--dtype", "--device-map", "--max-memory", "--attn",
-                 "--lengths", "--depths", "--trials", "--needle-kind", "--haystack", "--prefill-chunk",
-                 "--max-new-tokens", "--out", "--resume", "--skip-preflight", "--seed", "--plan"):
+    for flag in (
+        "--config",
+        "--model",
+        "--gguf-file",
+        "--quant",
+        "--dtype",
+        "--device-map",
+        "--max-memory",
+        "--attn",
+        "--lengths",
+        "--depths",
+        "--trials",
+        "--needle-kind",
+        "--haystack",
+        "--prefill-chunk",
+        "--max-new-tokens",
+        "--out",
+        "--resume",
+        "--skip-preflight",
+        "--seed",
+        "--plan",
+    ):
         assert flag in proc.stdout, flag
 
 
@@ -147,10 +171,15 @@ def test_plan_file_runs_verbatim_and_refuses_other_plan_flags(tmp_path, fake, ca
     from run_plan.resolved import ResolvedPlan
     from run_plan.spec import RunSpec
 
-    plan = ResolvedPlan(spec=RunSpec(model="demo", lengths=(512,), depths=(10.0,), attn="sdpa", prefill_chunk=256),
-                        verdict="OK")
+    plan = ResolvedPlan(
+        spec=RunSpec(model="demo", lengths=(512,), depths=(10.0,), attn="sdpa", prefill_chunk=256),
+        verdict="OK",
+    )
     plan.write(tmp_path / "plan.json")
-    assert niah("run", "--plan", str(tmp_path / "plan.json"), "--lengths", "1024", "--out", str(tmp_path / "x")) == 2
+    assert (
+        niah("run", "--plan", str(tmp_path / "plan.json"), "--lengths", "1024", "--out", str(tmp_path / "x"))
+        == 2
+    )
     assert "--lengths" in capsys.readouterr().err
     out = tmp_path / "run"
     assert niah("run", "--plan", str(tmp_path / "plan.json"), "--out", str(out), "-q") == 0

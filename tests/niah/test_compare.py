@@ -13,14 +13,25 @@ from run_plan.errors import UsageError
 
 
 def _row(digest: str, output: str, correct: bool, key: str | None = None, status: str = "ok", **extra):
-    return {"trial_key": key or f"k-{digest}", "status": status, "correct": correct, "output_text": output,
-            "input_ids_sha256": digest, "context_tokens": 1024, "depth_percent": 50.0, "control": False, **extra}
+    return {
+        "trial_key": key or f"k-{digest}",
+        "status": status,
+        "correct": correct,
+        "output_text": output,
+        "input_ids_sha256": digest,
+        "context_tokens": 1024,
+        "depth_percent": 50.0,
+        "control": False,
+        **extra,
+    }
 
 
 def _run(path, rows, **config):
     path.mkdir()
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    (path / "config.json").write_text(json.dumps({"config": {"max_new_tokens": 32, **config}}), encoding="utf-8")
+    (path / "config.json").write_text(
+        json.dumps({"config": {"max_new_tokens": 32, **config}}), encoding="utf-8"
+    )
     return path
 
 
@@ -65,10 +76,14 @@ def test_score_flips_beyond_tolerance_are_divergent(tmp_path, monkeypatch) -> No
     runner = CliRunner()
     out = runner.invoke(niah_command, ["compare", str(a), str(b)], standalone_mode=False)
     assert out.return_value == 1 and "DIVERGENT" in out.output
-    as_json = runner.invoke(niah_command, ["compare", str(a), str(b), "--format", "json"], standalone_mode=False)
+    as_json = runner.invoke(
+        niah_command, ["compare", str(a), str(b), "--format", "json"], standalone_mode=False
+    )
     doc = json.loads(as_json.output)
     assert doc["verdict"] == "divergent" and doc["matched"] == 10 and len(doc["differing"]) == 4
-    loose = runner.invoke(niah_command, ["compare", str(a), str(b), "--tolerance", "0.5"], standalone_mode=False)
+    loose = runner.invoke(
+        niah_command, ["compare", str(a), str(b), "--tolerance", "0.5"], standalone_mode=False
+    )
     assert loose.return_value == 0 and "greedy noise" in loose.output
 
 

@@ -32,12 +32,21 @@ class CountingBackend(FakeBackend):
         time.sleep(0.05)  # a request's round trip: lets the others start
         with self._lock:
             self.active -= 1
-            return super().generate(input_ids, max_new_tokens=max_new_tokens, reusable_prefix_len=reusable_prefix_len)
+            return super().generate(
+                input_ids, max_new_tokens=max_new_tokens, reusable_prefix_len=reusable_prefix_len
+            )
 
 
 def _run(tmp_path: Path, concurrency: int) -> tuple[CountingBackend, list[dict]]:
-    config = RunSpec(model="demo", lengths=(512, 1024), depths=(0.0, 50.0, 100.0), trials=2, backend="openai",
-                     base_url="http://127.0.0.1:9", concurrency=concurrency)
+    config = RunSpec(
+        model="demo",
+        lengths=(512, 1024),
+        depths=(0.0, 50.0, 100.0),
+        trials=2,
+        backend="openai",
+        base_url="http://127.0.0.1:9",
+        concurrency=concurrency,
+    )
     backend = CountingBackend()
     folder = RunFolder(tmp_path, skip_preflight=True, quiet=True)
     Sweep(config, folder, backend_factory=lambda c: backend).run()
@@ -45,8 +54,10 @@ def _run(tmp_path: Path, concurrency: int) -> tuple[CountingBackend, list[dict]]
 
 
 def _essence(rows: list[dict]) -> list[tuple]:
-    return sorted((r["trial_key"], r["input_ids_sha256"], r["needle_value"], r["correct"], r["output_text"])
-                  for r in rows)
+    return sorted(
+        (r["trial_key"], r["input_ids_sha256"], r["needle_value"], r["correct"], r["output_text"])
+        for r in rows
+    )
 
 
 def test_concurrent_run_keeps_requests_in_flight_and_matches_sequential(tmp_path: Path) -> None:

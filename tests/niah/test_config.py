@@ -31,8 +31,11 @@ def test_defaults() -> None:
 
 
 def test_toml_then_flags_win(tmp_path) -> None:
-    path = _toml(tmp_path, 'model = "some/model"\nlengths = ["1k", 4096]\ndepths = [10, 90]\ntrials = 3\n'
-                           'needle_kind = "uuid"\nmax_new_tokens = 16\n')
+    path = _toml(
+        tmp_path,
+        'model = "some/model"\nlengths = ["1k", 4096]\ndepths = [10, 90]\ntrials = 3\n'
+        'needle_kind = "uuid"\nmax_new_tokens = 16\n',
+    )
     config = resolve_config({"lengths": "2k", "trials": None}, path)
     assert config.model == "some/model" and config.lengths == (2048,) and config.depths == (10.0, 90.0)
     assert config.trials == 3 and config.needle_kind == "uuid" and config.max_new_tokens == 16
@@ -44,16 +47,19 @@ def test_run_table_and_dashes(tmp_path) -> None:
     assert config.needle_kind == "word" and config.max_new_tokens == 8
 
 
-@pytest.mark.parametrize("body, key", [
-    ('modle = "x"\n', "modle"),
-    ('trials = "three"\n', "trials"),
-    ("trials = 0\n", "trials"),
-    ("lengths = 3.5\n", "lengths"),
-    ('quant = "int3"\n', "quant"),
-    ("resume = 1\n", "resume"),
-    ("model = 5\n", "model"),
-    ('depths = ["deep"]\n', "depths"),
-])
+@pytest.mark.parametrize(
+    "body, key",
+    [
+        ('modle = "x"\n', "modle"),
+        ('trials = "three"\n', "trials"),
+        ("trials = 0\n", "trials"),
+        ("lengths = 3.5\n", "lengths"),
+        ('quant = "int3"\n', "quant"),
+        ("resume = 1\n", "resume"),
+        ("model = 5\n", "model"),
+        ('depths = ["deep"]\n', "depths"),
+    ],
+)
 def test_bad_toml_names_the_key(tmp_path, body: str, key: str) -> None:
     with pytest.raises(UsageError, match=key):
         resolve_config({}, _toml(tmp_path, body))
@@ -79,7 +85,12 @@ def test_bad_lengths(lengths: str) -> None:
 
 
 def test_resume_inherits_saved_config(tmp_path) -> None:
-    saved = {"config": {**RunSpec(model="m", trials=4, attn="sdpa", lengths=(1024,)).to_dict(), "skip_preflight": True}}
+    saved = {
+        "config": {
+            **RunSpec(model="m", trials=4, attn="sdpa", lengths=(1024,)).to_dict(),
+            "skip_preflight": True,
+        }
+    }
     (tmp_path / "config.json").write_text(json.dumps(saved))
     doc = read_saved_doc(tmp_path)
     config = resolve_spec({}, None, doc)

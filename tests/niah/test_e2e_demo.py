@@ -29,19 +29,35 @@ def test_readme_example_sweep_runs_on_cpu(tmp_path, capsys, shared_demo_model) -
     from niah_run.cli import niah_command
 
     out = tmp_path / "example"
-    code = run_cli(niah_command, ["run", "--config", str(EXAMPLE), "--skip-preflight", "-q", "--out", str(out)],
-                   prog_name="niah")
+    code = run_cli(
+        niah_command,
+        ["run", "--config", str(EXAMPLE), "--skip-preflight", "-q", "--out", str(out)],
+        prog_name="niah",
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 4  # lengths 512,1024 × depths 10,90 × 1 trial
     assert all(r["status"] == "ok" and r["input_tokens"] == r["context_tokens"] for r in rows)
     correct = sum(r["correct"] for r in rows)
-    assert correct >= 3, [(r["context_tokens"], r["depth_percent"], r["needle_value"], r["output_text"])
-                          for r in rows]
-    assert all(r["failure_class"] in (None, "hallucinated", "echo", "other", "truncated", "refusal", "empty",
-                                    "extra_values", "distractor")
-               for r in rows)
+    assert correct >= 3, [
+        (r["context_tokens"], r["depth_percent"], r["needle_value"], r["output_text"]) for r in rows
+    ]
+    assert all(
+        r["failure_class"]
+        in (
+            None,
+            "hallucinated",
+            "echo",
+            "other",
+            "truncated",
+            "refusal",
+            "empty",
+            "extra_values",
+            "distractor",
+        )
+        for r in rows
+    )
     png = out / "heatmap.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     summary = json.loads((out / "summary.json").read_text())

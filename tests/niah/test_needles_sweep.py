@@ -31,8 +31,13 @@ class SolvingBackend(FakeBackend):
             match = re.search(r"passkey is (\d+)", document)
             text = match.group(1) if match else "There is no passkey."
         ids = self._tokenizer(text, add_special_tokens=False)["input_ids"][:max_new_tokens]
-        return Generation(output_ids=tuple(ids), stopped_at_eos=True, prefill_seconds=0.01, decode_seconds=0.01,
-                          reused_prefix_tokens=reusable_prefix_len)
+        return Generation(
+            output_ids=tuple(ids),
+            stopped_at_eos=True,
+            prefill_seconds=0.01,
+            decode_seconds=0.01,
+            reused_prefix_tokens=reusable_prefix_len,
+        )
 
 
 @pytest.fixture()
@@ -45,8 +50,26 @@ def solver(monkeypatch):
 
 
 def _run(out, *args: str) -> list[dict]:
-    code = run_cli(niah_command, ["run", "--lengths", "700,1400", "--depths", "0,50,100", "--skip-preflight", "-q",
-                                  "--controls", "1", "--max-new-tokens", "80", "--out", str(out), *args], prog_name="niah")
+    code = run_cli(
+        niah_command,
+        [
+            "run",
+            "--lengths",
+            "700,1400",
+            "--depths",
+            "0,50,100",
+            "--skip-preflight",
+            "-q",
+            "--controls",
+            "1",
+            "--max-new-tokens",
+            "80",
+            "--out",
+            str(out),
+            *args,
+        ],
+        prog_name="niah",
+    )
     assert code == 0
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
@@ -55,7 +78,9 @@ def _run(out, *args: str) -> list[dict]:
 def test_new_kinds_score_a_perfect_reader_as_correct(tmp_path, solver, kind) -> None:
     rows = _run(tmp_path / kind, "--needle-kind", kind)
     assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
-    assert all(r["correct"] for r in rows), [(r["output_text"], r["needle_value"], r["failure_class"]) for r in rows]
+    assert all(r["correct"] for r in rows), [
+        (r["output_text"], r["needle_value"], r["failure_class"]) for r in rows
+    ]
     assert all("extra_values" in r and r["needle_kind"] == kind for r in rows)
     summary = json.loads((tmp_path / kind / "summary.json").read_text())
     assert kind in summary["effective_length"]
@@ -63,8 +88,13 @@ def test_new_kinds_score_a_perfect_reader_as_correct(tmp_path, solver, kind) -> 
 
 def test_code_like_haystack_rows_and_summary_say_where_the_needle_went(tmp_path, solver, capsys) -> None:
     code = tmp_path / "module.py"
-    code.write_text("\n".join(f"    total_{i % 7} = compute(values[{i % 13}]) + cache.get(key_{i % 11})"
-                              for i in range(3000)) + "\n", encoding="utf-8")
+    code.write_text(
+        "\n".join(
+            f"    total_{i % 7} = compute(values[{i % 13}]) + cache.get(key_{i % 11})" for i in range(3000)
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     rows = _run(tmp_path / "run", "--haystack", str(code))
     err = capsys.readouterr().err
     assert err.count("few sentence boundaries") == 1 and "warning:" in err  # once, as a plain line

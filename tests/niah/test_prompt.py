@@ -39,14 +39,15 @@ def builder(tokenizer):
 
 def _subsequence_count(ids: list[int], pattern: tuple[int, ...]) -> int:
     n = len(pattern)
-    return sum(1 for i in range(len(ids) - n + 1) if tuple(ids[i:i + n]) == pattern)
+    return sum(1 for i in range(len(ids) - n + 1) if tuple(ids[i : i + n]) == pattern)
 
 
 def test_frame_matches_apply_chat_template(tokenizer) -> None:
     frame = chat_frame(tokenizer)
     body = tokenizer("Hello there. Read this.", add_special_tokens=False)["input_ids"]
-    reference = tokenizer.apply_chat_template([{"role": "user", "content": "Hello there. Read this."}],
-                                              tokenize=True, add_generation_prompt=True)
+    reference = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hello there. Read this."}], tokenize=True, add_generation_prompt=True
+    )
     if hasattr(reference, "keys"):
         reference = reference["input_ids"]
     assert list(frame.prefix_ids) + list(body) + list(frame.suffix_ids) == list(reference)
@@ -69,8 +70,12 @@ def test_no_template_uses_plain_frame() -> None:
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(length=st.integers(min_value=400, max_value=2500), depth=st.floats(min_value=0, max_value=100),
-       kind=st.sampled_from(NEEDLE_KINDS), seed=st.integers(min_value=0, max_value=10_000))
+@given(
+    length=st.integers(min_value=400, max_value=2500),
+    depth=st.floats(min_value=0, max_value=100),
+    kind=st.sampled_from(NEEDLE_KINDS),
+    seed=st.integers(min_value=0, max_value=10_000),
+)
 def test_exact_length_needle_once_depth_recorded(builder, tokenizer, length, depth, kind, seed) -> None:
     rng = random.Random(seed)
     needles = make_needles(kind, rng)
@@ -82,14 +87,14 @@ def test_exact_length_needle_once_depth_recorded(builder, tokenizer, length, dep
     assert len(ids) == length
     # The template prefix and suffix appear exactly once, at the ends.
     frame: ChatFrame = builder.frame
-    assert tuple(ids[:len(frame.prefix_ids)]) == frame.prefix_ids
-    assert tuple(ids[len(ids) - len(frame.suffix_ids):]) == frame.suffix_ids
+    assert tuple(ids[: len(frame.prefix_ids)]) == frame.prefix_ids
+    assert tuple(ids[len(ids) - len(frame.suffix_ids) :]) == frame.suffix_ids
     assert _subsequence_count(ids, frame.suffix_ids) == 1
     assert ids.count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == frame.prefix_ids.count(
-        tokenizer.convert_tokens_to_ids("<|im_start|>")) + frame.suffix_ids.count(
-        tokenizer.convert_tokens_to_ids("<|im_start|>"))
+        tokenizer.convert_tokens_to_ids("<|im_start|>")
+    ) + frame.suffix_ids.count(tokenizer.convert_tokens_to_ids("<|im_start|>"))
     # No special ids inside the body; the BOS appears once.
-    body = ids[prompt.body_start:prompt.body_end]
+    body = ids[prompt.body_start : prompt.body_end]
     assert not set(body) & set(tokenizer.all_special_ids)
     assert ids.count(tokenizer.bos_token_id) == 1
     # Every needle value appears exactly once; each needle's own ids are in the prompt verbatim.
@@ -102,7 +107,9 @@ def test_exact_length_needle_once_depth_recorded(builder, tokenizer, length, dep
         needle_ids = tuple(tokenizer(" " + needle.text, add_special_tokens=False)["input_ids"])
         assert _subsequence_count(ids, needle_ids) >= 1
     # Depth = needle start / haystack tokens, recorded; the snap is bounded by sentence length.
-    assert prompt.actual_depth_percent == pytest.approx(100 * prompt.needle_index / prompt.haystack_tokens, abs=1e-3)
+    assert prompt.actual_depth_percent == pytest.approx(
+        100 * prompt.needle_index / prompt.haystack_tokens, abs=1e-3
+    )
     assert abs(prompt.snap_tokens) <= 60
     assert not prompt.depth_snapped and prompt.snap_tolerance_tokens >= 64  # prose: the depth is honest
     assert 0 <= prompt.needle_index <= prompt.haystack_tokens
@@ -110,21 +117,24 @@ def test_exact_length_needle_once_depth_recorded(builder, tokenizer, length, dep
 
 def test_haystack_tokens_are_sliced_not_reencoded(builder, tokenizer) -> None:
     needles = make_needles("passkey", random.Random(3))
-    prompt = builder.build(length=900, depth_percent=40, needles=needles, window_start=0, rng=random.Random(3))
+    prompt = builder.build(
+        length=900, depth_percent=40, needles=needles, window_start=0, rng=random.Random(3)
+    )
     start = prompt.body_start + len(builder.intro_ids)
     k = prompt.needle_index
-    assert prompt.input_ids[start:start + k] == builder.haystack.ids[:k]
+    assert prompt.input_ids[start : start + k] == builder.haystack.ids[:k]
     needle_len = len(tokenizer(" " + needles.needles[0].text, add_special_tokens=False)["input_ids"])
-    rest = prompt.input_ids[start + k + needle_len:start + prompt.haystack_tokens + needle_len]
-    assert rest == builder.haystack.ids[k:prompt.haystack_tokens]
+    rest = prompt.input_ids[start + k + needle_len : start + prompt.haystack_tokens + needle_len]
+    assert rest == builder.haystack.ids[k : prompt.haystack_tokens]
 
 
 def test_needle_lands_on_sentence_boundaries(builder, tokenizer) -> None:
     for depth in (0, 10, 33, 50, 77, 90, 100):
         needles = make_needles("passkey", random.Random(depth))
-        prompt = builder.build(length=1200, depth_percent=depth, needles=needles, window_start=0,
-                               rng=random.Random(depth))
-        before = tokenizer.decode(builder.haystack.ids[:prompt.needle_index])
+        prompt = builder.build(
+            length=1200, depth_percent=depth, needles=needles, window_start=0, rng=random.Random(depth)
+        )
+        before = tokenizer.decode(builder.haystack.ids[: prompt.needle_index])
         assert prompt.needle_index == 0 or before.rstrip().endswith((".", "!", "?")), before[-40:]
 
 
@@ -138,9 +148,12 @@ def test_depth_zero_and_full(builder) -> None:
 
 def test_same_window_shares_prefix_across_depths(builder) -> None:
     rng = random.Random(5)
-    shallow = builder.build(length=1500, depth_percent=20, needles=make_needles("passkey", rng), window_start=0,
-                            rng=rng)
-    deep = builder.build(length=1500, depth_percent=80, needles=make_needles("passkey", rng), window_start=0, rng=rng)
+    shallow = builder.build(
+        length=1500, depth_percent=20, needles=make_needles("passkey", rng), window_start=0, rng=rng
+    )
+    deep = builder.build(
+        length=1500, depth_percent=80, needles=make_needles("passkey", rng), window_start=0, rng=rng
+    )
     common = next(i for i, (a, b) in enumerate(zip(shallow.input_ids, deep.input_ids)) if a != b)
     assert common >= shallow.body_start + len(builder.intro_ids) + shallow.needle_index
 
@@ -153,7 +166,9 @@ def test_too_short_length_is_a_usage_error(builder) -> None:
 
 def test_control_prompt_has_no_needle(builder) -> None:
     needles = make_needles("passkey", random.Random(1), control=True)
-    prompt = builder.build(length=600, depth_percent=None, needles=needles, window_start=0, rng=random.Random(1))
+    prompt = builder.build(
+        length=600, depth_percent=None, needles=needles, window_start=0, rng=random.Random(1)
+    )
     assert len(prompt.input_ids) == 600 and prompt.needle_index is None
     assert not re.search(r"\d", prompt.body_text)
 
@@ -161,7 +176,7 @@ def test_control_prompt_has_no_needle(builder) -> None:
 def test_generated_haystack_is_deterministic_and_clean() -> None:
     one, two = generate_haystack(11, 200_000), generate_haystack(11, 200_000)
     assert one.text == two.text and one.sha256 == two.sha256
-    assert generate_haystack(12, 1000).text != one.text[:len(generate_haystack(12, 1000).text)]
+    assert generate_haystack(12, 1000).text != one.text[: len(generate_haystack(12, 1000).text)]
     assert not re.search(r"\d", one.text)
     assert not re.search(r"[0-9a-f]{8}-", one.text)
     for word in ("secret", "passkey", "magic", "number", "code"):
@@ -184,9 +199,14 @@ def test_user_haystack_files(tmp_path) -> None:
     assert long.repetitions > 1
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty"), (b"\xff\xfe caf\xe9", "not UTF-8"), (b"abc\x00def", "binary"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty"),
+        (b"\xff\xfe caf\xe9", "not UTF-8"),
+        (b"abc\x00def", "binary"),
+    ],
+)
 def test_bad_haystack_files_are_usage_errors(tmp_path, content, message) -> None:
     path = tmp_path / "bad.txt"
     path.write_bytes(content)
@@ -226,8 +246,9 @@ def test_exactness_with_the_demo_models_own_tokenizer() -> None:
     pytest.importorskip("gguf")
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(spec.submodule_search_locations[0],
-                                        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    tok = AutoTokenizer.from_pretrained(
+        spec.submodule_search_locations[0], gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
     frame = chat_frame(tok)
     assert frame.mode == "chat" and tok.decode(list(frame.suffix_ids)).endswith("<|im_start|>assistant\n")
     builder = PromptBuilder(tok, frame, tokenize_haystack(tok, generate_haystack(0, 60_000)))
@@ -236,20 +257,27 @@ def test_exactness_with_the_demo_models_own_tokenizer() -> None:
             for kind in NEEDLE_KINDS:
                 rng = random.Random(length * 1000 + depth)
                 needles = make_needles(kind, rng)
-                prompt = builder.build(length=length, depth_percent=depth, needles=needles, window_start=0, rng=rng)
+                prompt = builder.build(
+                    length=length, depth_percent=depth, needles=needles, window_start=0, rng=rng
+                )
                 assert len(prompt.input_ids) == length
-                assert prompt.input_ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3  # system, user, assistant
+                assert (
+                    prompt.input_ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3
+                )  # system, user, assistant
                 assert abs(prompt.actual_depth_percent - depth) <= 100 * 40 / prompt.haystack_tokens
 
 
 # -- depth honesty (issue 15) -------------------------------------------------------------------------
 
+
 def _code_haystack(tokenizer):
     """Code-like text: no sentence ends and no blank lines, so the only cut point is the start."""
     from niah_run.haystack import load_haystack_files
 
-    lines = [f"    total_{i % 7} = compute(values[{i % 13}], offset={i % 5}) + cache.get(key_{i % 11})"
-             for i in range(400)]
+    lines = [
+        f"    total_{i % 7} = compute(values[{i % 13}], offset={i % 5}) + cache.get(key_{i % 11})"
+        for i in range(400)
+    ]
     import tempfile
     from pathlib import Path
 
@@ -263,8 +291,16 @@ def test_code_like_haystack_snaps_are_recorded_and_warned_once(tokenizer) -> Non
     assert len(hay.cut_points) < 5  # the premise: almost no sentence boundaries
     b = PromptBuilder(tokenizer, chat_frame(tokenizer), hay)
     with pytest.warns(DepthSnapWarning, match="few sentence boundaries") as caught:
-        prompts = [b.build(length=1500, depth_percent=depth, needles=make_needles("passkey", random.Random(depth)),
-                           window_start=0, rng=random.Random(depth)) for depth in (0, 25, 50, 75, 100)]
+        prompts = [
+            b.build(
+                length=1500,
+                depth_percent=depth,
+                needles=make_needles("passkey", random.Random(depth)),
+                window_start=0,
+                rng=random.Random(depth),
+            )
+            for depth in (0, 25, 50, 75, 100)
+        ]
     assert len([w for w in caught if issubclass(w.category, DepthSnapWarning)]) == 1  # once, not per trial
     assert not prompts[0].depth_snapped  # depth 0 really is at 0
     for prompt in prompts[1:]:
@@ -284,6 +320,11 @@ def test_depth_warning_goes_through_the_builders_hook(tokenizer) -> None:
     messages: list[str] = []
     b.warn = messages.append  # what a CLI does to print one plain "warning:" line
     for depth in (50, 75):
-        b.build(length=1200, depth_percent=depth, needles=make_needles("passkey", random.Random(1)), window_start=0,
-                rng=random.Random(1))
+        b.build(
+            length=1200,
+            depth_percent=depth,
+            needles=make_needles("passkey", random.Random(1)),
+            window_start=0,
+            rng=random.Random(1),
+        )
     assert len(messages) == 1 and "depth 50%" in messages[0] and "landed at 0%" in messages[0]

@@ -14,8 +14,16 @@ from run_plan.errors import RunFailed
 
 
 def _row(key: str, status: str = "ok", correct: bool = True, **extra) -> dict:
-    return {"trial_key": key, "status": status, "correct": correct, "context_tokens": 1024, "depth_percent": 50.0,
-            "failure_class": None if correct else "other", "control": False, **extra}
+    return {
+        "trial_key": key,
+        "status": status,
+        "correct": correct,
+        "context_tokens": 1024,
+        "depth_percent": 50.0,
+        "failure_class": None if correct else "other",
+        "control": False,
+        **extra,
+    }
 
 
 def test_append_fsyncs_each_line(tmp_path, monkeypatch) -> None:
@@ -77,8 +85,13 @@ def test_other_write_errors_are_clear(tmp_path, monkeypatch) -> None:
 
 
 def test_latest_row_wins_and_retry_rules() -> None:
-    rows = [_row("a", "oom"), _row("a", "ok"), _row("b", "error"), _row("c", "skipped", skip_reason="estimate"),
-            _row("d", "skipped", skip_reason="after_oom")]
+    rows = [
+        _row("a", "oom"),
+        _row("a", "ok"),
+        _row("b", "error"),
+        _row("c", "skipped", skip_reason="estimate"),
+        _row("d", "skipped", skip_reason="after_oom"),
+    ]
     latest = latest_by_key(rows)
     assert latest["a"]["status"] == "ok"
     assert {k for k, r in latest.items() if is_done(r)} == {"a", "c"}
@@ -94,8 +107,12 @@ def test_wilson_interval() -> None:
 
 
 def test_summary_cells_and_markdown() -> None:
-    rows = [_row("a"), _row("b", correct=False), _row("c", "oom", correct=False, depth_percent=75.0),
-            {**_row("d"), "control": True}]
+    rows = [
+        _row("a"),
+        _row("b", correct=False),
+        _row("c", "oom", correct=False, depth_percent=75.0),
+        {**_row("d"), "control": True},
+    ]
     rows[2]["failure_class"] = "oom"
     summary = summarize(rows)
     cells = {(c["context_tokens"], c["depth_percent"]): c for c in summary["cells"]}

@@ -8,17 +8,18 @@ import pytest
 
 from doctor.checks.gpu import SERVER_TARGET_REASON, run_needs_gpu
 from doctor.context import DoctorContext
-from run_plan.errors import UsageError
 from doctor.registry import load_checks
 from doctor.report.model import Status
 from doctor.runner import build_report
-from run_plan.spec import RunSpec
 from niah_run.room import (
     classify_server_finish,
     output_ids_source,
     refuse_lengths_without_room,
     room_for_answer,
+    server_room_summary,
 )
+from run_plan.errors import UsageError
+from run_plan.spec import RunSpec
 from tests.fakes import scenarios as sc
 
 # -- room_for_answer --------------------------------------------------------------------------------
@@ -67,6 +68,14 @@ def test_refuse_lengths_names_every_short_length_and_exits_2() -> None:
 def test_refuse_lengths_is_silent_when_everything_fits_or_the_cap_is_unknown() -> None:
     refuse_lengths_without_room([1024, 2048], 32, 8192)
     refuse_lengths_without_room([10**9], 32, None)
+
+
+def test_the_doctor_text_says_the_server_shortens_the_answer_not_that_it_rejects_it() -> None:
+    text = server_room_summary(8192, 8180)
+    assert "leaves 12 tokens" in text and "shortens longer answers to 12 tokens" in text
+    assert "rejected" not in text
+    full = server_room_summary(8192, 8192)
+    assert "leaves 0 tokens" in full and "rejected" in full and "HTTP 400" in full
 
 
 # -- classify_server_finish -------------------------------------------------------------------------

@@ -6,17 +6,35 @@ import pytest
 
 from niah_run.scoring import FAILURE_CLASSES, count_value, normalize, score_output
 
-PROMPT = ("Read the document. A careful gardener praised the hollow harbour steps long after supper. "
-          "The secret passkey is 1234567. What is the secret passkey mentioned in the document?")
+PROMPT = (
+    "Read the document. A careful gardener praised the hollow harbour steps long after supper. "
+    "The secret passkey is 1234567. What is the secret passkey mentioned in the document?"
+)
 
 
 def score(text: str, gold=("1234567",), distractors=(), value_type="number", eos=True, control=False):
-    return score_output(text, value_type=value_type, gold=tuple(gold), distractors=tuple(distractors),
-                        prompt_text=PROMPT, stopped_at_eos=eos, control=control)
+    return score_output(
+        text,
+        value_type=value_type,
+        gold=tuple(gold),
+        distractors=tuple(distractors),
+        prompt_text=PROMPT,
+        stopped_at_eos=eos,
+        control=control,
+    )
 
 
-@pytest.mark.parametrize("text", ["1234567", "The passkey is 1234567.", "1,234,567", "**1234567**",
-                                  "<think>maybe 7654321</think> 1234567", "passkey:1234567\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1234567",
+        "The passkey is 1234567.",
+        "1,234,567",
+        "**1234567**",
+        "<think>maybe 7654321</think> 1234567",
+        "passkey:1234567\n",
+    ],
+)
 def test_correct_numbers(text: str) -> None:
     result = score(text)
     assert result.correct and result.failure_class is None
@@ -57,7 +75,10 @@ def test_refusal() -> None:
 
 
 def test_truncated_without_eos() -> None:
-    assert score("Well, let me think about the whole thing carefully and", eos=False).failure_class == "truncated"
+    assert (
+        score("Well, let me think about the whole thing carefully and", eos=False).failure_class
+        == "truncated"
+    )
 
 
 def test_other() -> None:
@@ -93,9 +114,20 @@ def test_control_trials() -> None:
 
 
 def test_failure_classes_are_the_documented_set() -> None:
-    assert set(FAILURE_CLASSES) == {"oom", "skipped_too_long", "empty", "truncated", "echo", "refusal",
-                                    "distractor", "hallucinated", "extra_values", "wrong_order", "wrong_count",
-                                    "other"}
+    assert set(FAILURE_CLASSES) == {
+        "oom",
+        "skipped_too_long",
+        "empty",
+        "truncated",
+        "echo",
+        "refusal",
+        "distractor",
+        "hallucinated",
+        "extra_values",
+        "wrong_order",
+        "wrong_count",
+        "other",
+    }
 
 
 def test_normalize_and_count() -> None:
@@ -104,6 +136,7 @@ def test_normalize_and_count() -> None:
 
 
 # -- strict means strict (issue 15) ------------------------------------------------------------------
+
 
 def test_twenty_numbers_including_the_gold_one_is_not_strict_correct() -> None:
     """An answer that lists twenty 7-digit numbers, one of them right, is a guess, not a retrieval."""
@@ -117,7 +150,9 @@ def test_twenty_numbers_including_the_gold_one_is_not_strict_correct() -> None:
 
 def test_one_extra_number_beside_the_gold_one() -> None:
     result = score("The passkey is 1234567, or maybe 7777777.")
-    assert not result.correct and result.failure_class == "extra_values" and result.extra_values == ("7777777",)
+    assert (
+        not result.correct and result.failure_class == "extra_values" and result.extra_values == ("7777777",)
+    )
 
 
 def test_repeating_the_gold_value_is_not_an_extra_value() -> None:
@@ -141,15 +176,31 @@ def test_extra_uuid_and_extra_word_values() -> None:
     other = "ffffffff-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
     assert score(f"{gold} {other}", gold=(gold,), value_type="uuid").failure_class == "extra_values"
     vocabulary = ("kestrel", "falcon", "heron")
-    result = score_output("kestrel, falcon or heron", value_type="word", gold=("kestrel",), distractors=(),
-                          prompt_text=PROMPT, stopped_at_eos=True, vocabulary=vocabulary)
+    result = score_output(
+        "kestrel, falcon or heron",
+        value_type="word",
+        gold=("kestrel",),
+        distractors=(),
+        prompt_text=PROMPT,
+        stopped_at_eos=True,
+        vocabulary=vocabulary,
+    )
     assert result.failure_class == "extra_values" and result.extra_values == ("falcon", "heron")
-    alone = score_output("Kestrel.", value_type="word", gold=("kestrel",), distractors=(), prompt_text=PROMPT,
-                         stopped_at_eos=True, vocabulary=vocabulary)
+    alone = score_output(
+        "Kestrel.",
+        value_type="word",
+        gold=("kestrel",),
+        distractors=(),
+        prompt_text=PROMPT,
+        stopped_at_eos=True,
+        vocabulary=vocabulary,
+    )
     assert alone.correct
 
 
-@pytest.mark.parametrize("separator", ["\u00a0", "\u202f", "\u2009", "\u2007", ",", "'", "\u2019", "_", "\uff0c"])
+@pytest.mark.parametrize(
+    "separator", ["\u00a0", "\u202f", "\u2009", "\u2007", ",", "'", "\u2019", "_", "\uff0c"]
+)
 def test_thousands_separators_are_removed_before_nfkc(separator: str) -> None:
     """NFKC turns U+00A0 and U+202F into a plain space; the separator rule must see them first."""
     text = f"The passkey is 1{separator}234{separator}567."
@@ -162,19 +213,24 @@ def test_full_width_digits_with_separators() -> None:
     assert score("\uff11,\uff12\uff13\uff14,\uff15\uff16\uff17").correct
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("1 234 567", "1 234 567"),        # a plain space may separate values: left alone
-    ("1,234,56", "1,234,56"),          # not groups of three
-    ("1,234'567", "1234'567"),          # mixed separators: only the consistent run is a number
-    ("1234567,7654321", "1234567,7654321"),  # a list, not a grouped number
-    ("3.14159", "3.14159"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1 234 567", "1 234 567"),  # a plain space may separate values: left alone
+        ("1,234,56", "1,234,56"),  # not groups of three
+        ("1,234'567", "1234'567"),  # mixed separators: only the consistent run is a number
+        ("1234567,7654321", "1234567,7654321"),  # a list, not a grouped number
+        ("3.14159", "3.14159"),
+    ],
+)
 def test_separator_rule_is_narrow(text: str, expected: str) -> None:
     assert normalize(text) == expected
 
 
 def test_control_refusal_does_not_excuse_an_invented_value() -> None:
-    result = score("I cannot find the passkey in the document, but it might be 5555555.", gold=(), control=True)
+    result = score(
+        "I cannot find the passkey in the document, but it might be 5555555.", gold=(), control=True
+    )
     assert not result.correct and result.failure_class == "hallucinated"
     assert result.hallucinated_values == ("5555555",)
     assert score("I cannot find any passkey in the document.", gold=(), control=True).correct
@@ -187,7 +243,13 @@ def test_control_word_kind_needs_a_refusal_without_a_vocabulary() -> None:
 
 def test_a_value_read_from_the_prompt_is_a_distractor_not_a_hallucination() -> None:
     prompt = PROMPT + " The invoice was 4,455,667 crowns."  # a user haystack with numbers
-    result = score_output("1234567 and 4455667", value_type="number", gold=("1234567",), distractors=(),
-                          prompt_text=prompt, stopped_at_eos=True)
+    result = score_output(
+        "1234567 and 4455667",
+        value_type="number",
+        gold=("1234567",),
+        distractors=(),
+        prompt_text=prompt,
+        stopped_at_eos=True,
+    )
     assert result.failure_class == "distractor" and result.found_distractors == ("4455667",)
     assert result.extra_values == () and not result.correct

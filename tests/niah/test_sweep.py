@@ -27,9 +27,19 @@ def _config(tmp_path: Path, **overrides) -> RunSpec:
     return RunSpec(**values)
 
 
-def _sweep(tmp_path: Path, backend: FakeBackend, *, skip_preflight: bool = True, resume: bool = False,
-           out: str | None = None, plan: ResolvedPlan | None = None, **overrides) -> tuple[Sweep, dict]:
-    folder = RunFolder(Path(out) if out else tmp_path, resume=resume, skip_preflight=skip_preflight, quiet=True)
+def _sweep(
+    tmp_path: Path,
+    backend: FakeBackend,
+    *,
+    skip_preflight: bool = True,
+    resume: bool = False,
+    out: str | None = None,
+    plan: ResolvedPlan | None = None,
+    **overrides,
+) -> tuple[Sweep, dict]:
+    folder = RunFolder(
+        Path(out) if out else tmp_path, resume=resume, skip_preflight=skip_preflight, quiet=True
+    )
     sweep = Sweep(_config(tmp_path, **overrides), folder, plan=plan, backend_factory=lambda c: backend)
     return sweep, sweep.run()
 
@@ -51,9 +61,24 @@ def test_full_sweep_exact_lengths_and_reuse(tmp_path) -> None:
     # Consecutive depths of one (length, trial) share the prefix up to the needle: the backend is told.
     assert any(call["reusable"] > 100 for call in backend.calls)
     assert backend.closed
-    for key in ("context_tokens", "input_tokens", "depth_percent", "actual_depth_percent", "needle_value",
-                "output_text", "correct", "status", "failure_class", "seconds", "trial_key", "seed", "needle_kind",
-                "prefill_seconds", "reused_prefix_tokens", "input_ids_sha256"):
+    for key in (
+        "context_tokens",
+        "input_tokens",
+        "depth_percent",
+        "actual_depth_percent",
+        "needle_value",
+        "output_text",
+        "correct",
+        "status",
+        "failure_class",
+        "seconds",
+        "trial_key",
+        "seed",
+        "needle_kind",
+        "prefill_seconds",
+        "reused_prefix_tokens",
+        "input_ids_sha256",
+    ):
         assert key in rows[0], key
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["config"]["lengths"] == [512, 1024] and config["preflight"]["skipped_by_user"] is True
@@ -106,8 +131,12 @@ def test_preflight_too_long_lengths_are_skipped_up_front(tmp_path, monkeypatch) 
     import niah_run.sweep as sweep_module
 
     def judged(spec, run_dir):
-        return ResolvedPlan(spec=spec, lengths=(LengthPlan(512, True), LengthPlan(1024, False, why_not="too long")),
-                            max_context_tokens=800, verdict="OK")
+        return ResolvedPlan(
+            spec=spec,
+            lengths=(LengthPlan(512, True), LengthPlan(1024, False, why_not="too long")),
+            max_context_tokens=800,
+            verdict="OK",
+        )
 
     monkeypatch.setattr(sweep_module, "run_preflight", judged)
     backend = FakeBackend()
@@ -123,10 +152,24 @@ def test_preflight_failure_stops_with_cause_and_fix(tmp_path, monkeypatch) -> No
     import doctor.api
     from doctor.report.model import CheckResult, Fix, Report, Status, ToolInfo
 
-    report = Report(tool=ToolInfo("niah-doctor", "0", ()), created_at="now", target={},
-                    checks=(CheckResult("torch-cuda", "t", "libs", Status.FAIL, "torch is a CPU build",
-                                        fix=Fix("Install a CUDA build of torch", ("pip install torch",))),))
-    monkeypatch.setattr(doctor.api, "judge", lambda spec, **kw: doctor.api.Judgement(report, ResolvedPlan(spec)))
+    report = Report(
+        tool=ToolInfo("niah-doctor", "0", ()),
+        created_at="now",
+        target={},
+        checks=(
+            CheckResult(
+                "torch-cuda",
+                "t",
+                "libs",
+                Status.FAIL,
+                "torch is a CPU build",
+                fix=Fix("Install a CUDA build of torch", ("pip install torch",)),
+            ),
+        ),
+    )
+    monkeypatch.setattr(
+        doctor.api, "judge", lambda spec, **kw: doctor.api.Judgement(report, ResolvedPlan(spec))
+    )
     backend = FakeBackend()
     with pytest.raises(RunFailed, match="torch-cuda: torch is a CPU build") as info:
         _sweep(tmp_path, backend, skip_preflight=False)
@@ -140,7 +183,9 @@ def test_memory_fit_failure_skips_only_the_lengths_that_do_not_fit(tmp_path, mon
     from doctor.report.model import CheckResult, Report, Status, ToolInfo
 
     def judged(limit):
-        check = CheckResult("memory-fit", "t", "memory", Status.FAIL, f"does not fit; longest that fits {limit}")
+        check = CheckResult(
+            "memory-fit", "t", "memory", Status.FAIL, f"does not fit; longest that fits {limit}"
+        )
         report = Report(tool=ToolInfo("niah-doctor", "0", ()), created_at="now", target={}, checks=(check,))
 
         def judge(spec, **kw):
@@ -178,7 +223,11 @@ def test_unexpected_trial_errors_are_recorded_then_stop(tmp_path) -> None:
 
 def test_plan_order_groups_depths_for_reuse() -> None:
     specs = plan_trials(RunSpec(lengths=(1024, 2048), depths=(0.0, 50.0), trials=2, controls=1))
-    assert [(s.length, s.trial, s.depth) for s in specs[:3]] == [(1024, 0, 0.0), (1024, 0, 50.0), (1024, 1, 0.0)]
+    assert [(s.length, s.trial, s.depth) for s in specs[:3]] == [
+        (1024, 0, 0.0),
+        (1024, 0, 50.0),
+        (1024, 1, 0.0),
+    ]
     assert specs[4].control and len(specs) == 10
 
 
@@ -188,9 +237,30 @@ def test_plan_order_groups_depths_for_reuse() -> None:
 def _spawn(out: Path, *extra: str, sleep: float = 0.3) -> subprocess.Popen:
     code = "from tests.niah.fakes import subprocess_main; subprocess_main()"
     env = {**os.environ, "NIAH_FAKE_SLEEP": str(sleep)}
-    return subprocess.Popen([sys.executable, "-c", code, "run", "--lengths", "512,1024", "--depths", "0,50,100",
-                             "--trials", "2", "--skip-preflight", "--out", str(out), "-q", *extra],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "run",
+            "--lengths",
+            "512,1024",
+            "--depths",
+            "0,50,100",
+            "--trials",
+            "2",
+            "--skip-preflight",
+            "--out",
+            str(out),
+            "-q",
+            *extra,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -221,7 +291,7 @@ def test_sigkill_then_resume_keeps_everything_once(tmp_path) -> None:
     assert proc.returncode == 0, stderr
     assert "torn last line" in stderr
     after = results.read_text().splitlines()
-    assert after[:len(before)] == before  # nothing finished was lost or rewritten
+    assert after[: len(before)] == before  # nothing finished was lost or rewritten
     keys = [json.loads(line)["trial_key"] for line in after]
     assert len(keys) == len(set(keys)) == 12  # every trial exactly once
     assert (out / "heatmap.png").exists()
@@ -247,7 +317,9 @@ def test_ctrl_c_flushes_and_exits_130(tmp_path) -> None:
 
 
 def _plan_with_predictions(spec: RunSpec, predicted: int) -> ResolvedPlan:
-    lengths = tuple(LengthPlan(n, True, (DevicePrediction("cuda:0", predicted, 80 << 30),)) for n in spec.lengths)
+    lengths = tuple(
+        LengthPlan(n, True, (DevicePrediction("cuda:0", predicted, 80 << 30),)) for n in spec.lengths
+    )
     return ResolvedPlan(spec=spec, lengths=lengths, max_context_tokens=4096, verdict="OK")
 
 
@@ -256,7 +328,9 @@ def test_every_row_records_predicted_and_measured_peak(tmp_path) -> None:
         def generate(self, input_ids, **kw):
             generation = super().generate(input_ids, **kw)
             peak = 1000 if len(input_ids) == 512 else 3000  # the 1024 trials go above the prediction
-            return generation.__class__(**{**generation.__dict__, "memory": {"per_gpu_peak_bytes": {"cuda:0": peak}}})
+            return generation.__class__(
+                **{**generation.__dict__, "memory": {"per_gpu_peak_bytes": {"cuda:0": peak}}}
+            )
 
     spec = _config(tmp_path, trials=1)
     _sweep(tmp_path, Measured(), plan=_plan_with_predictions(spec, 2000), trials=1)
@@ -288,7 +362,9 @@ def test_summary_shows_prediction_vs_measured_and_never_pools_identities(tmp_pat
     class Measured(FakeBackend):
         def generate(self, input_ids, **kw):
             generation = super().generate(input_ids, **kw)
-            return generation.__class__(**{**generation.__dict__, "memory": {"per_gpu_peak_bytes": {"cuda:0": 3000}}})
+            return generation.__class__(
+                **{**generation.__dict__, "memory": {"per_gpu_peak_bytes": {"cuda:0": 3000}}}
+            )
 
     spec = _config(tmp_path, lengths=(512,), trials=1)
     _sweep(tmp_path, Measured(), plan=_plan_with_predictions(spec, 2000), lengths=(512,), trials=1)
