@@ -115,6 +115,14 @@ def doctor_command(
     """Check this machine and the planned long-context run; say what will fail, why, and the fix.
 
     \b
+    Examples:
+      doctor                                   # the machine alone
+      doctor --model meta-llama/Llama-4-Scout-17B-16E-Instruct --quant bnb-4bit --context 128k
+      doctor --model DIR --max-memory 0=79GiB --lengths 8k,1M --plan-out plan.json   # then: niah run --plan plan.json
+      doctor --script run.py                   # what run.py will pass to transformers, and is it committed?
+      doctor --format markdown -o report.md    # a report to paste into a ticket
+
+    \b
     Exit codes: 0 no failures (warnings allowed), 1 a check failed, 2 usage error, 3 the doctor broke.
     Compare two saved reports (a machine where the job works, one where it fails):
       doctor diff works.json fails.json [--format text|markdown|json]

@@ -6,7 +6,6 @@ defaults < saved config.json (with --resume) < --config TOML < flags, exactly as
 
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -56,23 +55,11 @@ def resolve_spec(
         layers.append(Layer(config_path, load_toml(Path(config_path).expanduser()), "toml"))
     layers.append(flag_layer(flags))
     spec = build_spec(layers, defaults=NIAH_DEFAULTS)
-    check_needle_kind(spec.needle_kind)
     if spec.gpus:
         from doctor.memory.gpus import parse_gpus
 
         parse_gpus(spec.gpus)  # exit 2 with the accepted forms, before a run folder is made
     return spec
-
-
-def check_needle_kind(kind: str) -> None:
-    from niah_run.needles import NEEDLE_KINDS
-
-    if kind not in NEEDLE_KINDS:
-        close = difflib.get_close_matches(kind, NEEDLE_KINDS, n=1)
-        raise UsageError(
-            f"--needle-kind {kind!r} is not one of {', '.join(NEEDLE_KINDS)}",
-            hint=f"Did you mean {close[0]!r}?" if close else "docs/niah.md describes each kind.",
-        )
 
 
 def render_config(spec: RunSpec) -> str:

@@ -21,15 +21,10 @@ import uuid as uuid_lib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-NEEDLE_KINDS: tuple[str, ...] = (
-    "passkey",
-    "uuid",
-    "word",
-    "multikey",
-    "multivalue",
-    "association",
-    "ordered",
-    "counting",
+from run_plan.spec import NEEDLE_KIND_CHOICES
+
+NEEDLE_KINDS = (
+    NEEDLE_KIND_CHOICES  # one list: the plan validates --needle-kind with it, this module builds each
 )
 MULTI_COUNT = 4
 COUNT_RANGE = (2, 6)  # how many times the counted word is hidden (0 is the control)

@@ -47,6 +47,7 @@ from niah_run.results import ResultsStore, is_done, latest_by_key
 from niah_run.scoring import SCORING_VERSION, prompt_words, score_trial
 from run_plan.errors import RunFailed, UsageError
 from run_plan.resolved import ResolvedPlan
+from run_plan.server_room import refuse_lengths_without_room
 from run_plan.spec import RunSpec, identity_diff
 
 HARNESS_VERSION = f"niah-doctor {__version__} prompt-{PROMPT_VERSION}"
@@ -334,6 +335,10 @@ class Sweep:
                 f"({limit}); positions beyond it were never trained and results would be noise",
                 hint=f"Use --lengths up to {limit} (or a model with a longer context).",
             )
+        # A server cuts an answer that does not fit its max_model_len: such a cell would measure nothing.
+        refuse_lengths_without_room(
+            self.config.lengths, self.config.max_new_tokens, backend.describe().get("max_model_len")
+        )
         frame = chat_frame(tokenizer)
         haystack = self._prepare_haystack(tokenizer)
         builder = PromptBuilder(tokenizer, frame, haystack)
@@ -428,7 +433,15 @@ class Sweep:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+        self._record_output_path(backend)
         return counts
+
+    def _record_output_path(self, backend: Backend) -> None:
+        """A server backend learns from the replies where output ids came from: save what really happened."""
+        source = backend.describe().get("output_ids_from")
+        if source and isinstance(self.doc.get("backend"), dict):
+            self.doc["backend"]["output_ids_from"] = source
+            self._save_config()
 
     def _base_row(self, spec: TrialSpec, key: str) -> dict[str, Any]:
         return {

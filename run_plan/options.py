@@ -22,6 +22,7 @@ from run_plan.spec import (
     BNB_4BIT_TYPES,
     DTYPE_CHOICES,
     KV_DTYPE_CHOICES,
+    NEEDLE_KIND_CHOICES,
     QUANT_CHOICES,
     RunSpec,
     parse_token_count,
@@ -100,9 +101,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("trials", "int", "Trials (seeds) per cell. [default: 1]", tools=frozenset({NIAH})),
     Option(
         "needle_kind",
-        "str",
-        "What is hidden: passkey, uuid, word, multikey, multivalue, association, ordered, "
-        "counting (docs/niah.md). [default: passkey]",
+        "choice",
+        "What is hidden (docs/niah.md describes each kind). [default: passkey]",
+        NEEDLE_KIND_CHOICES,
         tools=frozenset({NIAH}),
     ),
     Option(

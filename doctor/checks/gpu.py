@@ -20,8 +20,8 @@ from doctor.probes.nvml import GpuFacts, NvmlFacts
 from doctor.probes.nvml_health import GpuHealthFacts
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
-from doctor.target import Target
-from doctor.units import GIB, gib
+from run_plan.spec import RunSpec
+from run_plan.units import GIB, gib
 
 SECTION = "gpu"
 SMI_GPUS = "nvidia-smi --query-gpu=index,name,memory.total,memory.free,compute_cap --format=csv"
@@ -38,7 +38,7 @@ SERVER_TARGET_REASON = "the model runs on the server at --base-url"
 _BUSY_BYTES = 2 * GIB
 
 
-def run_needs_gpu(target: Target) -> str | None:
+def run_needs_gpu(target: RunSpec) -> str | None:
     """Why the planned run needs a CUDA GPU, or None when a CPU-only machine is fine for it."""
     if target.base_url:
         return None  # the server holds the model; this machine only sends token ids
@@ -68,7 +68,9 @@ def driver_evidence(nvml: NvmlFacts) -> list[Evidence]:
 def served_elsewhere(ctx: DoctorContext) -> Outcome | None:
     """The SKIP for a local-GPU check when --base-url points at the server that runs the model."""
     if getattr(ctx.target, "base_url", None):
-        return Outcome.skip(SERVER_TARGET_REASON, [Evidence("target.base_url", "set", "config", "--base-url")])
+        return Outcome.skip(
+            SERVER_TARGET_REASON, [Evidence("target.base_url", "set", "config", "--base-url")]
+        )
     return None
 
 

@@ -7,6 +7,7 @@ from doctor.context import DoctorContext
 from doctor.probes.server import ServerFacts
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
+from run_plan.server_room import server_room_summary
 from run_plan.shell import quote, shell_join
 
 SECTION = "server"
@@ -23,7 +24,7 @@ def _models_command(facts: ServerFacts) -> str:
 
 
 def _restart_command(model_id: str, context: int) -> str:
-    return shell_join(("vllm", "serve", model_id, "--max-model-len", str(context + _ANSWER_TOKENS))) + " ..."
+    return shell_join(("vllm", "serve", model_id, "--max-model-len", str(context + _ANSWER_TOKENS)))
 
 
 def _served(ctx: DoctorContext) -> tuple[ServerFacts, list[Evidence]]:
@@ -138,13 +139,15 @@ def server_max_model_len(ctx: DoctorContext) -> Outcome:
             ),
         )
     headroom = model.max_model_len - context
-    if headroom < _ANSWER_TOKENS:
-        # vLLM rejects a request whose prompt + max_tokens exceeds max_model_len (HTTP 400).
-        return Outcome.warn(
-            f"max_model_len {model.max_model_len:,} leaves {headroom} tokens for the answer "
-            f"after {context:,} prompt tokens; requests with a larger max_tokens are "
-            "rejected",
+    if headroom < ctx.target.max_new_tokens:
+        # vLLM 0.32 shortens max_tokens to what is left (finish_reason "length"); with nothing left it
+        # rejects the request (HTTP 400). Either way the answer is not measured, so `niah run` refuses it.
+        return Outcome.fail(
+            server_room_summary(model.max_model_len, context),
             evidence,
-            Fix("Give the server room for the answer", (_restart_command(model.id, context),)),
+            Fix(
+                "Give the server room for the answer, or run shorter lengths",
+                (_restart_command(model.id, context),),
+            ),
         )
     return Outcome.ok(f"max_model_len {model.max_model_len:,} ≥ {context:,} requested", evidence)

@@ -34,6 +34,7 @@ from run_plan.errors import UsageError
 from run_plan.http import HttpFailure
 from run_plan.openai_http import BadBaseUrl, BadReply, ServerModel, parse_models, public_url, token_ids_of
 from run_plan.openai_http import normalize_base_url as _normalize_base_url
+from run_plan.server_room import classify_server_finish, output_ids_source
 
 __all__ = [
     "OpenAIBackend",
@@ -132,7 +133,10 @@ class OpenAIBackend:
         self.retries = int(retries)
         self.concurrency = int(concurrency)
         self.backoff_s = float(backoff_s)
-        self._server_ids_seen = threading.Event()  # set once the server returned token ids itself
+        # Which path each reply's output ids came from (config.json says which the run really used).
+        self._ids_lock = threading.Lock()
+        self._ids_from_server = 0
+        self._ids_reencoded = 0
         self._max_model_len: int | None = None
         self._max_model_len_known = False  # asked the server successfully once
 
@@ -161,12 +165,8 @@ class OpenAIBackend:
             "concurrency": self.concurrency,
             "decoding": "greedy (temperature 0)",
             "prompt": "token ids",
-            # Until a reply shows it, we cannot know whether this server returns token ids.
-            "output_ids_from": (
-                "server token_ids"
-                if self._server_ids_seen.is_set()
-                else "server token_ids if returned, else our tokenizer on the text"
-            ),
+            # Counted per reply; the sweep saves this again after its last trial.
+            "output_ids_from": output_ids_source(self._ids_from_server, self._ids_reencoded),
             # The server's cap is what limits the run's lengths (the sweep reads this key).
             "max_model_len": cap,
             "max_position_embeddings": cap,
@@ -214,7 +214,7 @@ class OpenAIBackend:
         start = time.monotonic()
         doc = self._post_with_retries("/v1/completions", body)
         seconds = time.monotonic() - start
-        return self._generation_from(doc, prompt, seconds)
+        return self._generation_from(doc, prompt, seconds, int(max_new_tokens))
 
     def generate_many(
         self, prompts: Iterable[list[int]], *, max_new_tokens: int
@@ -297,15 +297,19 @@ class OpenAIBackend:
 
     # -- reading the reply ----------------------------------------------------------------------
 
-    def _generation_from(self, doc: Any, prompt: list[int], seconds: float) -> Generation:
+    def _generation_from(
+        self, doc: Any, prompt: list[int], seconds: float, max_new_tokens: int
+    ) -> Generation:
         try:
-            return self._read_completion(doc, prompt, seconds)
+            return self._read_completion(doc, prompt, seconds, max_new_tokens)
         except BadReply as exc:  # the server answered 2xx with the wrong shape: a permanent trial error
             raise ServerRequestError(
                 self._redactor.scrub(f"{self.url} sent a bad reply: {exc.message}")
             ) from None
 
-    def _read_completion(self, doc: Any, prompt: list[int], seconds: float) -> Generation:
+    def _read_completion(
+        self, doc: Any, prompt: list[int], seconds: float, max_new_tokens: int
+    ) -> Generation:
         choices = doc.get("choices") if isinstance(doc, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise BadReply(f"no choices: {str(doc)[:_BODY_SNIPPET]}")
@@ -332,15 +336,26 @@ class OpenAIBackend:
             )
         if server_ids is not None:
             output_ids = server_ids
-            self._server_ids_seen.set()
+            with self._ids_lock:
+                self._ids_from_server += 1
         else:
             text = choice.get("text")
             if text is not None and not isinstance(text, str):
                 raise BadReply(f"choices[0].text is a {type(text).__name__}, not a string")
             output_ids = tuple(self._tokenizer.encode(text, add_special_tokens=False)) if text else ()
+            with self._ids_lock:
+                self._ids_reencoded += 1
+        completion_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        finish = classify_server_finish(
+            choice.get("finish_reason"),
+            completion_tokens if isinstance(completion_tokens, int) else len(output_ids),
+            max_new_tokens,
+        )
+        if not finish.measured:  # cut by the server, not by the model or our limit: never scored
+            raise ServerRequestError(self._redactor.scrub(f"{self.url}: {finish.reason}"))
         return Generation(
             output_ids=output_ids,
-            stopped_at_eos=choice.get("finish_reason") == "stop",
+            stopped_at_eos=finish.stopped_at_eos,
             # The server does not split prefill from decode: the whole request's wall time is
             # reported as prefill (it dominates at long context), decode as 0.
             prefill_seconds=seconds,

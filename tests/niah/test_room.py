@@ -11,14 +11,14 @@ from doctor.context import DoctorContext
 from doctor.registry import load_checks
 from doctor.report.model import Status
 from doctor.runner import build_report
-from niah_run.room import (
+from run_plan.errors import UsageError
+from run_plan.server_room import (
     classify_server_finish,
     output_ids_source,
     refuse_lengths_without_room,
     room_for_answer,
     server_room_summary,
 )
-from run_plan.errors import UsageError
 from run_plan.spec import RunSpec
 from tests.fakes import scenarios as sc
 

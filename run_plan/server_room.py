@@ -22,8 +22,14 @@ from dataclasses import dataclass
 
 from run_plan.errors import UsageError
 
-__all__ = ["ServerFinish", "classify_server_finish", "output_ids_source", "refuse_lengths_without_room",
-           "room_for_answer", "server_room_summary"]
+__all__ = [
+    "ServerFinish",
+    "classify_server_finish",
+    "output_ids_source",
+    "refuse_lengths_without_room",
+    "room_for_answer",
+    "server_room_summary",
+]
 
 
 def room_for_answer(length: int, max_new_tokens: int, server_max_model_len: int | None) -> str | None:
@@ -33,8 +39,11 @@ def room_for_answer(length: int, max_new_tokens: int, server_max_model_len: int 
     The message names the length, the room left, what the server would do, and the fix."""
     if server_max_model_len is None or length + max_new_tokens <= server_max_model_len:
         return None
-    return f"{_what_happens(length, max_new_tokens, server_max_model_len)}. Fix: " + "; or ".join(
-        _fixes(length, max_new_tokens, server_max_model_len)) + "."
+    return (
+        f"{_what_happens(length, max_new_tokens, server_max_model_len)}. Fix: "
+        + "; or ".join(_fixes(length, max_new_tokens, server_max_model_len))
+        + "."
+    )
 
 
 def _what_happens(length: int, max_new_tokens: int, cap: int) -> str:
@@ -44,10 +53,14 @@ def _what_happens(length: int, max_new_tokens: int, cap: int) -> str:
     else:
         # vLLM 0.32 shortens max_tokens to what is left; other servers reject with HTTP 400. Either
         # way the model does not get the answer length every other cell gets.
-        what = (f"the server cuts the answer at {room} token{'s' if room != 1 else ''} (or rejects the "
-                "request), and a cut answer would score as a miss the model never made")
-    return (f"length {length:,} leaves {max(room, 0)} of --max-new-tokens {max_new_tokens} tokens for the "
-            f"answer within the server's max_model_len {cap:,}: {what}")
+        what = (
+            f"the server cuts the answer at {room} token{'s' if room != 1 else ''} (or rejects the "
+            "request), and a cut answer would score as a miss the model never made"
+        )
+    return (
+        f"length {length:,} leaves {max(room, 0)} of --max-new-tokens {max_new_tokens} tokens for the "
+        f"answer within the server's max_model_len {cap:,}: {what}"
+    )
 
 
 def _fixes(length: int, max_new_tokens: int, cap: int) -> list[str]:
@@ -60,8 +73,9 @@ def _fixes(length: int, max_new_tokens: int, cap: int) -> list[str]:
     return fixes
 
 
-def refuse_lengths_without_room(lengths: Iterable[int], max_new_tokens: int,
-                                server_max_model_len: int | None) -> None:
+def refuse_lengths_without_room(
+    lengths: Iterable[int], max_new_tokens: int, server_max_model_len: int | None
+) -> None:
     """Raise UsageError (exit 2) naming every length that leaves too little room for the answer.
 
     Call it before the first trial, next to the max_position_embeddings check in
@@ -71,9 +85,11 @@ def refuse_lengths_without_room(lengths: Iterable[int], max_new_tokens: int,
     if not short or server_max_model_len is None:
         return
     others = f" (and {', '.join(f'{n:,}' for n in short[1:])})" if len(short) > 1 else ""
-    raise UsageError(f"{_what_happens(short[0], max_new_tokens, server_max_model_len)}{others}; such cells "
-                     "would not be measurements, so the run refuses them before it starts",
-                     hint="Fix: " + "; or ".join(_fixes(short[-1], max_new_tokens, server_max_model_len)) + ".")
+    raise UsageError(
+        f"{_what_happens(short[0], max_new_tokens, server_max_model_len)}{others}; such cells "
+        "would not be measurements, so the run refuses them before it starts",
+        hint="Fix: " + "; or ".join(_fixes(short[-1], max_new_tokens, server_max_model_len)) + ".",
+    )
 
 
 def server_room_summary(max_model_len: int, context: int) -> str:
@@ -85,10 +101,14 @@ def server_room_summary(max_model_len: int, context: int) -> str:
     if room <= 0:
         what = 'requests are rejected (vLLM: HTTP 400, "max_tokens must be at least 1")'
     else:
-        what = (f"the server shortens longer answers to {room} token{'s' if room != 1 else ''} without an error "
-                '(vLLM 0.32: finish_reason "length"; other servers reject them)')
-    return (f"max_model_len {max_model_len:,} leaves {max(room, 0)} tokens for the answer after {context:,} "
-            f"prompt tokens: {what}; `niah run` refuses lengths without room for --max-new-tokens")
+        what = (
+            f"the server shortens longer answers to {room} token{'s' if room != 1 else ''} without an error "
+            '(vLLM 0.32: finish_reason "length"; other servers reject them)'
+        )
+    return (
+        f"max_model_len {max_model_len:,} leaves {max(room, 0)} tokens for the answer after {context:,} "
+        f"prompt tokens: {what}; `niah run` refuses lengths without room for --max-new-tokens"
+    )
 
 
 @dataclass(frozen=True)
@@ -108,8 +128,9 @@ _NATURAL_STOPS = frozenset({"stop", "eos", "stop_sequence", "end_turn"})
 _LIMIT = "length"
 
 
-def classify_server_finish(finish_reason: object, completion_tokens: int | None,
-                           max_new_tokens: int) -> ServerFinish:
+def classify_server_finish(
+    finish_reason: object, completion_tokens: int | None, max_new_tokens: int
+) -> ServerFinish:
     """Read a completion's `finish_reason` against the answer length we asked for.
 
     - "stop": the model ended its answer (measured, stopped at EOS);
@@ -125,8 +146,11 @@ def classify_server_finish(finish_reason: object, completion_tokens: int | None,
 
     Call it in OpenAIBackend._read_completion (it needs `max_new_tokens` passed down from generate):
     raise ServerRequestError(reason) when not `measured`, else use `stopped_at_eos`."""
-    count = completion_tokens if isinstance(completion_tokens, int) and not isinstance(completion_tokens, bool) \
+    count = (
+        completion_tokens
+        if isinstance(completion_tokens, int) and not isinstance(completion_tokens, bool)
         else None
+    )
     if finish_reason is None:
         stopped = count is not None and count < max_new_tokens
         return ServerFinish(True, stopped, "no finish_reason from the server")
@@ -136,11 +160,15 @@ def classify_server_finish(finish_reason: object, completion_tokens: int | None,
     if reason == _LIMIT:
         if count is not None and count < max_new_tokens:
             return ServerFinish(
-                False, False,
+                False,
+                False,
                 f"not measured: the server cut the answer at {count} of {max_new_tokens} tokens "
-                "(finish_reason 'length'; its max_model_len left no more room after the prompt)")
+                "(finish_reason 'length'; its max_model_len left no more room after the prompt)",
+            )
         return ServerFinish(True, False, f"finish_reason 'length' at --max-new-tokens {max_new_tokens}")
-    return ServerFinish(False, False, f"not measured: the server ended the answer with finish_reason {reason[:40]!r}")
+    return ServerFinish(
+        False, False, f"not measured: the server ended the answer with finish_reason {reason[:40]!r}"
+    )
 
 
 def output_ids_source(server_ids_replies: int, reencoded_replies: int) -> str:
@@ -150,8 +178,10 @@ def output_ids_source(server_ids_replies: int, reencoded_replies: int) -> str:
     Call it when the sweep ends (OpenAIBackend counts both paths; Sweep re-reads describe() and saves
     config.json again), so the saved value is a fact, not the guess made before the first request."""
     if server_ids_replies and reencoded_replies:
-        return (f"mixed: server token_ids on {server_ids_replies} replies, our tokenizer on the text "
-                f"on {reencoded_replies}")
+        return (
+            f"mixed: server token_ids on {server_ids_replies} replies, our tokenizer on the text "
+            f"on {reencoded_replies}"
+        )
     if server_ids_replies:
         return "server token_ids"
     if reencoded_replies:
