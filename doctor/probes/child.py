@@ -27,7 +27,7 @@ STAGES_ARG = "--stages"  # _child_main's batch mode: preload, then fork one work
 # so a stage that finds the module already imported can still report them.
 PRELOAD_WARNINGS: list[str] = []
 PRELOAD_SECONDS: dict[str, float] = {}
-_ALLOWED_PREFIXES = ("doctor.", "niah_run.")
+_ALLOWED_PREFIXES = ("doctor.", "niah_run.", "run_plan.")
 
 
 @dataclass(frozen=True)
