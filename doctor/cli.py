@@ -23,7 +23,7 @@ def spec_from_flags(given: dict[str, object], config_path: str | None = None) ->
     layers = [Layer(config_path, load_toml(Path(config_path).expanduser()), "toml")] if config_path else []
     scripts = tuple(given.get("scripts") or ())
     if scripts:  # what the run scripts pass to transformers is the plan too, under TOML and flags
-        from doctor.script_reader import script_layer
+        from doctor.probes.script_reader import script_layer
 
         layers.insert(0, script_layer(scripts))
     return build_spec([*layers, flag_layer(given)])

@@ -132,5 +132,22 @@ def _why_not(estimate: Estimate) -> str:
     return f"predicted peak exceeds the limit on {where} at chunk {estimate.prefill_chunk}"
 
 
+def estimate_at_plan(ctx: DoctorContext) -> tuple[Estimate, list[GpuSpec], str]:
+    """The estimate at the plan's context and prefill chunk — the run that will happen — with the plan's
+    longest context (its chunk chosen at that length), so every check quotes one figure."""
+    settings = memory_settings(ctx)
+    if settings is None:
+        raise LookupError("no memory facts for this plan")
+    gpus, gpu_source = planned_gpus(ctx)
+    plan = resolve_plan(ctx)
+    sizing = ctx.probe("memory")["sizing"]
+    estimate = compute_estimate(
+        sizing, dataclasses.replace(settings, prefill_chunk=plan.spec.prefill_chunk), gpus
+    )
+    if gpus:
+        estimate.max_context_tokens = plan.max_context_tokens
+    return estimate, gpus, gpu_source
+
+
 def with_verdict(plan: ResolvedPlan, verdict: str, failing: tuple[str, ...]) -> ResolvedPlan:
     return dataclasses.replace(plan, verdict=verdict, failing_checks=failing)

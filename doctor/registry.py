@@ -85,10 +85,29 @@ def check(
     return register
 
 
+# Check modules in report order. A new check module is one line here (the registry finds it by name,
+# as the probe registry finds probes: nothing below the checks imports them).
+CHECK_MODULES: tuple[str, ...] = (
+    "doctor.checks.platform",
+    "doctor.checks.gpu",
+    "doctor.checks.gpu_health",
+    "doctor.checks.torch_cuda",
+    "doctor.checks.bitsandbytes",
+    "doctor.checks.libraries",
+    "doctor.checks.import_shadowing",
+    "doctor.checks.triton",
+    "doctor.checks.model_source",
+    "doctor.checks.config_load",
+    "doctor.checks.git_freshness",
+    "doctor.checks.run_args",
+    "doctor.checks.memory",
+    "doctor.checks.plan_limits",
+    "doctor.checks.server",
+)
+
+
 def load_checks() -> list[CheckSpec]:
     """Import every check module in report order and return the specs in that order."""
-    from doctor.checks import CHECK_MODULES
-
     order: list[str] = []
     for module in CHECK_MODULES:
         before = set(_REGISTRY)

@@ -99,3 +99,10 @@ def test_no_import_circle_between_modules() -> None:
         if node not in index:
             visit(node)
     assert circles == []
+
+
+def test_every_check_id_is_indexed_in_docs_checks_md() -> None:
+    from doctor.registry import load_checks
+
+    index = (REPO / "docs" / "checks.md").read_text(encoding="utf-8")
+    assert [spec.id for spec in load_checks() if f"`{spec.id}`" not in index] == []

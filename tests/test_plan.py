@@ -106,7 +106,7 @@ def test_plan_file_round_trips_and_refuses_foreign_json(tmp_path) -> None:
 
 
 def test_script_settings_are_a_layer_under_the_flags(tmp_path) -> None:
-    from doctor.script_reader import script_layer
+    from doctor.probes.script_reader import script_layer
 
     script = tmp_path / "run.py"
     script.write_text(

@@ -1,4 +1,4 @@
-"""doctor.script_reader reads a run script's settings with ast, never executing it. The scripts are
+"""doctor.probes.script_reader reads a run script's settings with ast, never executing it. The scripts are
 shaped like the one in the story behind this tool: a `MODEL_ID` constant, `USE_4BIT_QUANTIZATION = False`
 guarding the BitsAndBytesConfig, `max_memory` with `"cpu": "auto"`, a placeholder id committed while
 the working tree has the real one — and a script too dynamic to read."""
@@ -9,7 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from doctor.script_reader import SETTING_KEYS, read_script, read_source, script_settings
+from doctor.probes.script_reader import SETTING_KEYS, read_script, read_source, script_settings
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",

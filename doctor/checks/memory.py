@@ -10,9 +10,9 @@ import dataclasses
 from typing import Any
 
 from doctor.context import DoctorContext
-from doctor.memory.estimate import Estimate, Settings, compute_estimate, fits
+from doctor.memory.estimate import Estimate, Settings, fits
 from doctor.memory.gpus import GpuSpec
-from doctor.plan import planned_gpus, resolve_plan
+from doctor.plan import estimate_at_plan
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan.errors import UsageError
@@ -29,15 +29,8 @@ def _settings(facts: dict[str, Any]) -> Settings:
 
 
 def _estimate(ctx: DoctorContext) -> tuple[Estimate, list[GpuSpec], str, dict[str, Any]]:
-    """The estimate at the plan's context and the plan's prefill chunk: the run that will happen."""
-    facts = ctx.probe("memory")
-    gpus, gpu_source = planned_gpus(ctx)
-    plan = resolve_plan(ctx)
-    settings = dataclasses.replace(_settings(facts), prefill_chunk=plan.spec.prefill_chunk)
-    estimate = compute_estimate(facts["sizing"], settings, gpus)
-    if gpus:
-        estimate.max_context_tokens = plan.max_context_tokens  # one figure: the plan's (chunk chosen there)
-    return estimate, gpus, gpu_source, facts
+    estimate, gpus, gpu_source = estimate_at_plan(ctx)
+    return estimate, gpus, gpu_source, ctx.probe("memory")
 
 
 def _gpus_flag(count: int, like: GpuSpec) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from doctor.context import DoctorContext
 from doctor.memory.activations import Shapes, flex_index_overflow, flex_repeats_kv
-from doctor.plan import resolve_plan
+from doctor.plan import estimate_at_plan, resolve_plan
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan.shell import shell_join
@@ -68,9 +68,7 @@ def attention_limit(ctx: DoctorContext) -> Outcome:
 @check("bnb-cpu-offload", title="Quantized weights stay on the GPUs", section=SECTION, needs=("memory",))
 def bnb_cpu_offload(ctx: DoctorContext) -> Outcome:
     spec = resolve_plan(ctx).spec
-    from doctor.checks.memory import _estimate
-
-    e, gpus, _source, _facts = _estimate(ctx)
+    e, gpus, _source = estimate_at_plan(ctx)
     ev = [
         Evidence("quant", e.quant, "plan"),
         Evidence("weights_on_cpu_bytes", e.weights_on_cpu_bytes, "estimate"),

@@ -72,7 +72,7 @@ def run_args_probe(target: Any) -> RunArgFacts:
 
 @dataclass(frozen=True)
 class ScriptSettingsFacts:
-    """What each `--script` passes to transformers/accelerate, read with ast (doctor.script_reader)."""
+    """What each `--script` passes to transformers/accelerate, read with ast (doctor.probes.script_reader)."""
 
     readings: tuple[Any, ...]  # ScriptReading, one per --script, in the order given
 
@@ -82,6 +82,6 @@ def script_settings_probe(target: Any) -> Any:  # ScriptSettingsFacts | Unavaila
     scripts = tuple(getattr(target, "scripts", ()) or ())
     if not scripts:
         return Unavailable("no --script given: no run script to read", "not-applicable")
-    from doctor.script_reader import read_script
+    from doctor.probes.script_reader import read_script
 
     return ScriptSettingsFacts(tuple(read_script(path) for path in scripts))
