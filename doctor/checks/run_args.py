@@ -16,9 +16,9 @@ from typing import Any
 from doctor.context import DoctorContext
 from doctor.probes import Unavailable
 from doctor.probes.run_args import RunArgFacts, ScriptSettingsFacts
+from doctor.probes.script_reader import Setting
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix, Status, worst_status
-from doctor.probes.script_reader import Setting
 from run_plan.errors import UsageError
 from run_plan.shell import shell_join
 from run_plan.sizes import is_bits, max_memory_bytes, parse_max_memory
