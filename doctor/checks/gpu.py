@@ -29,7 +29,10 @@ SMI_DRIVER = "nvidia-smi --query-gpu=driver_version --format=csv,noheader; nvidi
 SMI_PROCS = "nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv"
 NO_GPU_FIX = Fix(
     "Run on a machine with an NVIDIA GPU and driver; in a container start it with GPU access",
-    ("nvidia-smi", "docker run --gpus all ...  # NVIDIA Container Toolkit"),
+    (
+        "nvidia-smi",
+        "docker run --rm --gpus all ubuntu nvidia-smi  # the NVIDIA Container Toolkit passes the GPU in",
+    ),
     "https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html",
 )
 # The SKIP reason of every local-GPU check when the run's model is served elsewhere.

@@ -46,7 +46,9 @@ def server_reachable(ctx: DoctorContext) -> Outcome:
             Fix(
                 f"Export the server's key as {facts.api_key_env} (it is sent only in the "
                 "Authorization header and never written anywhere)",
-                (f"export {facts.api_key_env}=...",),
+                (
+                    f"read -rs {facts.api_key_env} && export {facts.api_key_env}  # type the key; it is not echoed",
+                ),
             ),
         )
     if not facts.reachable:

@@ -49,7 +49,7 @@ def _fix(dist: TritonDist) -> Fix:
     spec = _pinned_spec(dist.torch_requirement) or "triton"
     return Fix(
         "Install the Triton build torch pins (from the same index as torch), or run with --attn sdpa",
-        (f'pip install "{spec}"', "niah run ... --attn sdpa  # or run without flex_attention"),
+        (f'pip install "{spec}"', "doctor --attn sdpa  # and pass --attn sdpa to niah run: no Triton needed"),
         "https://github.com/triton-lang/triton#quick-installation",
     )
 
