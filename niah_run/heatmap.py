@@ -135,6 +135,14 @@ def render_heatmap(summary: dict[str, Any], path: Path, title: str = "Needle in 
     if notes:
         fig.text(0.01, 0.01, "\n".join(notes), fontsize=7, ha="left", va="bottom")
     fig.tight_layout(rect=(0, 0.03 * (len(notes) + 1) if notes else 0, 1, 1))
-    fig.savefig(path)
+    # Rendered in memory, then written in one step that never follows a planted symlink: a reader (or a
+    # crash) sees the old picture or the new one, never half a PNG.
+    import io
+
+    from run_plan.safe_files import write_atomic
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    write_atomic(path, buffer.getvalue())
     return path
