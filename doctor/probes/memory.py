@@ -89,6 +89,12 @@ def _size_in_child(args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 def memory_probe(target: Any) -> dict[str, Any] | Unavailable:
     if not target.model:
         return Unavailable("no --model given: nothing to size", "not-applicable")
+    if getattr(target, "base_url", None):
+        return Unavailable(
+            "the model runs on the server at --base-url: its memory is the server's "
+            "(server-max-model-len judges the length)",
+            "not-applicable",
+        )
     resolution = resolve_for_memory(target)
     if not resolution.found:
         return Unavailable(f"model config unavailable: {resolution.message}", "missing")
