@@ -29,7 +29,6 @@ import re
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -305,23 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         "steps": {},
     }
 
-    def save() -> None:
-        doc["elapsed_seconds"] = round(time.monotonic() - STARTED, 1)
-        result_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    from multi_gpu_sweep import run_under_hard_limit  # a sibling script (its folder is on sys.path)
 
-    def watchdog() -> None:  # a stuck load must not eat the device session: keep what we have
-        doc["status"] = f"killed by --hard-limit-s {args.hard_limit_s}"
-        save()
-        print(f"hard limit reached; partial results in {result_path}", flush=True)
-        os._exit(3)
-
-    timer = threading.Timer(args.hard_limit_s, watchdog)
-    timer.daemon = True
-    timer.start()
-    try:
-        return _run(args, doc, save)
-    finally:
-        timer.cancel()
+    return run_under_hard_limit(
+        doc, result_path, args.hard_limit_s, STARTED, lambda save: _run(args, doc, save)
+    )
 
 
 def _run(args: argparse.Namespace, doc: dict[str, Any], save: Any) -> int:

@@ -30,6 +30,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -494,22 +495,37 @@ def main(argv: list[str] | None = None) -> int:
         "status": "started",
     }
 
+    return run_under_hard_limit(
+        doc, result_path, args.hard_limit_s, STARTED, lambda save: _sweep(args, doc, save, result_path)
+    )
+
+
+def run_under_hard_limit(
+    doc: dict[str, Any],
+    result_path: Path,
+    hard_limit_s: float,
+    started: float,
+    body: Callable[[Callable[[], None]], int],
+) -> int:
+    """Run `body(save)`; past `hard_limit_s` save what `doc` holds and exit 3, so a stuck kernel or a slow
+    case never eats the device session and the partial results still come back. Shared by the GPU
+    benchmarks that write one JSON document as they go."""
+
     def save() -> None:
-        doc["elapsed_seconds"] = round(time.monotonic() - STARTED, 1)
+        doc["elapsed_seconds"] = round(time.monotonic() - started, 1)
         result_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
 
-    def watchdog() -> None:  # a stuck kernel or a slow case must not eat the device session
-        doc["status"] = f"killed by --hard-limit-s {args.hard_limit_s}"
+    def watchdog() -> None:
+        doc["status"] = f"killed by --hard-limit-s {hard_limit_s}"
         save()
         print(f"hard limit reached; partial results in {result_path}", flush=True)
         os._exit(3)
 
-    timer = threading.Timer(args.hard_limit_s, watchdog)
+    timer = threading.Timer(hard_limit_s, watchdog)
     timer.daemon = True
     timer.start()
-
     try:
-        return _sweep(args, doc, save, result_path)
+        return body(save)
     finally:
         timer.cancel()  # also when a step raised: the watchdog must not fire later in the caller
 

@@ -14,7 +14,15 @@ import click
 from doctor import __version__
 from doctor.boundary import exit_with, run_cli
 from run_plan.errors import UsageError
-from run_plan.options import DOCTOR, Layer, build_spec, click_options, flag_layer, load_toml
+from run_plan.options import (
+    DOCTOR,
+    Layer,
+    build_spec,
+    click_options,
+    config_file_option,
+    flag_layer,
+    load_toml,
+)
 from run_plan.spec import RunSpec
 
 
@@ -60,12 +68,7 @@ def _list_checks() -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click_options(DOCTOR)
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="A TOML file describing the run (the same file `niah run --config` takes; flags win).",
-)
+@config_file_option()
 @click.option(
     "--plan-out",
     type=click.Path(dir_okay=False),

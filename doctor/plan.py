@@ -11,10 +11,18 @@ import dataclasses
 from typing import Any
 
 from doctor.context import DoctorContext
-from doctor.memory.estimate import ALLOCATOR_RESERVE, Estimate, Settings, compute_estimate
+from doctor.memory.estimate import (
+    ALLOCATOR_RESERVE,
+    Estimate,
+    Settings,
+    choose_prefill_chunk,
+    compute_estimate,
+    fits,
+)
 from doctor.memory.gpus import GpuSpec, gpus_from_nvml, parse_gpus
 from doctor.probes import Unavailable
 from run_plan.resolved import Decision, DevicePrediction, LengthPlan, ResolvedPlan
+from run_plan.shell import shell_join
 from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, RunSpec
 
 _CACHE_ATTR = "_resolved_plan"
@@ -69,13 +77,8 @@ def _resolve(ctx: DoctorContext, static: tuple[Decision, ...]) -> ResolvedPlan:
     settings = memory_settings(ctx) if spec.model and spec.backend == "transformers" else None
     gpus, gpu_source = planned_gpus(ctx) if settings is not None else ([], "")
     if settings is None or not gpus:
-        if spec.prefill_chunk is None:
-            reason = (
-                "no memory estimate for this model" if settings is None else f"no GPU known ({gpu_source})"
-            )
-            decisions.append(Decision("prefill_chunk", DEFAULT_PREFILL_CHUNK, f"default: {reason}"))
-            spec = dataclasses.replace(spec, prefill_chunk=DEFAULT_PREFILL_CHUNK)
-        return ResolvedPlan(spec=spec, decisions=tuple(decisions))
+        reason = "no memory estimate for this model" if settings is None else f"no GPU known ({gpu_source})"
+        return plan_without_estimate(spec, tuple(decisions), reason)
     sizing = ctx.probe("memory")["sizing"]
     chunk, why = _choose_chunk(sizing, settings, gpus, spec.prefill_chunk, spec.lengths)
     if spec.prefill_chunk is None:
@@ -94,6 +97,40 @@ def _resolve(ctx: DoctorContext, static: tuple[Decision, ...]) -> ResolvedPlan:
     )
 
 
+def plan_without_estimate(
+    spec: RunSpec, decisions: tuple[Decision, ...], reason: str, verdict: str = "not judged"
+) -> ResolvedPlan:
+    """A settled spec with no memory estimate: the one default chunk, no length ruled out."""
+    if spec.prefill_chunk is None:
+        spec = dataclasses.replace(spec, prefill_chunk=DEFAULT_PREFILL_CHUNK)
+        decisions = (*decisions, Decision("prefill_chunk", DEFAULT_PREFILL_CHUNK, f"default: {reason}"))
+    return ResolvedPlan(spec=spec, decisions=decisions, verdict=verdict)
+
+
+def rerun_command(spec: RunSpec, **changes: object) -> str:
+    """`doctor` for this plan with `changes` applied: complete (model, quantization, GPUs, budgets, length,
+    and the attention or chunk the user chose) and shell-quoted, so a fix can be pasted as it is."""
+    values: dict[str, object] = {
+        "model": spec.model,
+        "quant": None if spec.quant == "none" else spec.quant,
+        "prequantized": spec.prequantized,
+        "gpus": spec.gpus,
+        "max_memory": spec.max_memory,
+        "context": spec.context,
+        "attn": None if spec.attn in ("auto", AUTO_ATTN) else spec.attn,
+        "prefill_chunk": spec.prefill_chunk if spec.source_of("prefill_chunk") != "default" else None,
+    }
+    values.update(changes)
+    argv = ["doctor"]
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not None and value is not False:
+            argv += [flag, str(value)]
+    return shell_join(argv)
+
+
 def _choose_chunk(
     sizing: Any, settings: Settings, gpus: list[GpuSpec], given: int | None, lengths: tuple[int, ...]
 ) -> tuple[int, str]:
@@ -104,12 +141,10 @@ def _choose_chunk(
     if given is not None:
         return given, "given"
     for tokens in sorted(lengths or (settings.context,), reverse=True):
-        estimate = compute_estimate(sizing, dataclasses.replace(settings, context=tokens), gpus)
-        if estimate.fits:
-            return (
-                estimate.prefill_chunk,
-                f"auto: the largest chunk whose predicted peak fits at {tokens:,} tokens",
-            )
+        at_length = dataclasses.replace(settings, context=tokens)
+        if fits(sizing, at_length, gpus):
+            chunk = choose_prefill_chunk(sizing, at_length, gpus)
+            return chunk, f"auto: the largest chunk whose predicted peak fits at {tokens:,} tokens"
     return DEFAULT_PREFILL_CHUNK, "default: no planned length fits at any chunk"
 
 

@@ -15,7 +15,7 @@ import click
 from doctor import __version__
 from doctor.boundary import exit_with
 from run_plan.errors import UsageError
-from run_plan.options import NIAH, click_options
+from run_plan.options import NIAH, click_options, config_file_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -25,12 +25,7 @@ def niah_command() -> None:
 
 
 @niah_command.command("run")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="A TOML file with run settings, e.g. examples/run.toml (flags win over it).",
-)
+@config_file_option()
 @click.option(
     "--plan",
     "plan_path",

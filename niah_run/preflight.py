@@ -8,12 +8,11 @@ except `memory-fit` when some lengths fit: those run and the rest become `skippe
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from run_plan.errors import RunFailed
-from run_plan.resolved import Decision, ResolvedPlan
-from run_plan.spec import DEFAULT_PREFILL_CHUNK, RunSpec
+from run_plan.resolved import ResolvedPlan
+from run_plan.spec import RunSpec
 
 PREFLIGHT_JSON = "preflight.json"
 PREFLIGHT_MD = "preflight.md"
@@ -49,13 +48,9 @@ def run_preflight(spec: RunSpec, run_dir: Path) -> ResolvedPlan:
 
 def unjudged_plan(spec: RunSpec) -> ResolvedPlan:
     """The plan when the user skipped the doctor: the same auto rules, no estimate (nothing skipped as too long)."""
-    from doctor.plan import settle_static_choices
+    from doctor.plan import plan_without_estimate, settle_static_choices
 
     settled, decisions = settle_static_choices(spec)
-    if settled.prefill_chunk is None:
-        settled = dataclasses.replace(settled, prefill_chunk=DEFAULT_PREFILL_CHUNK)
-        decisions = (
-            *decisions,
-            Decision("prefill_chunk", DEFAULT_PREFILL_CHUNK, "default: preflight skipped"),
-        )
-    return ResolvedPlan(spec=settled, decisions=decisions, verdict="not judged (--skip-preflight)")
+    return plan_without_estimate(
+        settled, decisions, "preflight skipped", verdict="not judged (--skip-preflight)"
+    )

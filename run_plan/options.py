@@ -411,6 +411,18 @@ def click_options(tool: str) -> Callable[[Callable[..., Any]], Callable[..., Any
     return decorate
 
 
+def config_file_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--config FILE`: the same TOML run file for both CLIs (keys are the long flag names; flags win)."""
+    import click
+
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        help="A TOML file describing the run, e.g. examples/run.toml: keys are the long flag names; flags win.",
+    )
+
+
 def _click_option(click: Any, option: Option) -> Any:
     flag = option.cli_flag
     if option.kind == "switch":

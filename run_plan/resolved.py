@@ -93,18 +93,6 @@ class ResolvedPlan:
         """Requested lengths the plan rules out before loading (they become skipped_too_long rows)."""
         return tuple(lp.tokens for lp in self.lengths if not lp.fits)
 
-    def allocator_caps(self) -> dict[int, int]:
-        """GPU index -> bytes the caching allocator is capped to (from --max-memory budgets)."""
-        from run_plan.sizes import parse_max_memory, size_to_bytes
-
-        if not self.spec.max_memory:
-            return {}
-        return {
-            key: size_to_bytes(value)
-            for key, value in parse_max_memory(self.spec.max_memory).items()
-            if isinstance(key, int)
-        }
-
     # -- JSON --------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

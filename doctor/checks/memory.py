@@ -12,11 +12,10 @@ from typing import Any
 from doctor.context import DoctorContext
 from doctor.memory.estimate import Estimate, Settings, fits
 from doctor.memory.gpus import GpuSpec
-from doctor.plan import estimate_at_plan
+from doctor.plan import estimate_at_plan, rerun_command, resolve_plan
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan.errors import UsageError
-from run_plan.shell import quote  # every printed command quotes outside values
 from run_plan.units import gib
 
 SECTION = "memory"
@@ -114,10 +113,8 @@ def quantized_weights(ctx: DoctorContext) -> Outcome:
             + (f" ({alt})" if alt else " (if one exists for this architecture)")
             + ", an FP8 checkpoint, or give the 16-bit weights enough GPUs",
             (
-                (
-                    f"doctor --model {quote(ctx.target.model)} --quant {s.quant} --prequantized --context {s.context}"
-                    "   # sizes the pre-quantized layout"
-                ),
+                rerun_command(resolve_plan(ctx).spec, prequantized=True)
+                + "   # sizes the pre-quantized layout",
             )
             if alt
             else (),
@@ -135,11 +132,6 @@ def quantized_weights(ctx: DoctorContext) -> Outcome:
         f"weights {gib(weights)}",
         ev,
     )
-
-
-def _quant_flags(s: Settings) -> str:
-    flags = f" --quant {s.quant}" if s.quant != "none" else ""
-    return flags + (" --prequantized" if s.prequantized else "")
 
 
 def _naive_bytes(sizing: dict[str, Any], s: Settings) -> int:
@@ -170,12 +162,7 @@ def memory_fit(ctx: DoctorContext) -> Outcome:
             ev,
             Fix(
                 "Say which GPUs the run will use: --gpus 1xH100-80GB, 4xA100-40GB, 2x80GiB",
-                (
-                    (
-                        f"doctor --model {quote(ctx.target.model)}{_quant_flags(_settings(facts))} --context "
-                        f"{e.context} --gpus 1xH100-80GB"
-                    ),
-                ),
+                (rerun_command(resolve_plan(ctx).spec, gpus="1xH100-80GB"),),
             ),
             attachments=attachments,
         )
@@ -203,12 +190,8 @@ def memory_fit(ctx: DoctorContext) -> Outcome:
             f"Use a pre-quantized checkpoint with un-fused experts, an FP8 checkpoint, or {more}"
             if e.fused_experts_unquantized
             else f"Quantize (--quant bnb-4bit) or use {more}",
-            (
-                (
-                    f"doctor --model {quote(ctx.target.model)}{_quant_flags(settings)} --gpus {_gpus_flag(n_needed, gpus[0])} "
-                    f"--context {e.context}"
-                ),
-            )
+            # --max-memory names today's GPUs only, so the command for more GPUs drops it (as _gpus_needed does)
+            (rerun_command(resolve_plan(ctx).spec, gpus=_gpus_flag(n_needed, gpus[0]), max_memory=None),)
             if n_needed
             else (),
         )
@@ -218,12 +201,7 @@ def memory_fit(ctx: DoctorContext) -> Outcome:
     fix = Fix(
         f"Use --context {e.max_context_tokens} or less, a smaller --prefill-chunk, --attn flex_attention, "
         f"or {more}",
-        (
-            (
-                f"doctor --model {quote(ctx.target.model)}{_quant_flags(settings)} --context "
-                f"{e.max_context_tokens}"
-            ),
-        ),
+        (rerun_command(resolve_plan(ctx).spec, context=e.max_context_tokens),),
     )
     return Outcome.fail(
         f"does not fit at {e.context:,} tokens: {need}; longest that fits ≈ {e.max_context_tokens:,} tokens",

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from doctor.context import DoctorContext
 from doctor.memory.activations import Shapes, flex_index_overflow, flex_repeats_kv
-from doctor.plan import estimate_at_plan, resolve_plan
+from doctor.plan import estimate_at_plan, rerun_command, resolve_plan
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
-from run_plan.shell import shell_join
 
 SECTION = "memory"
 
@@ -52,7 +51,6 @@ def attention_limit(ctx: DoctorContext) -> Outcome:
     )
     if not flex_index_overflow(shapes, context):
         return Outcome.ok(f"flex_attention at {context:,} tokens is under its ~{limit:,}-token limit", ev)
-    argv = _rerun_argv(ctx, attn="sdpa")
     return Outcome.fail(
         f"flex_attention fails past ~{limit:,} tokens for {shapes.heads} query heads (planned {context:,}): "
         "transformers repeats K/V to every head when the head count is not a power of two, and the compiled "
@@ -60,7 +58,7 @@ def attention_limit(ctx: DoctorContext) -> Outcome:
         ev,
         Fix(
             "Use --attn sdpa (or leave --attn on auto): chunked sdpa prefill has no such limit",
-            (shell_join(argv),),
+            (rerun_command(spec, attn="sdpa"),),
         ),
     )
 
@@ -85,25 +83,6 @@ def bnb_cpu_offload(ctx: DoctorContext) -> Outcome:
         Fix(
             "Give the GPUs room for every layer: more or larger GPUs, larger --max-memory budgets, or a "
             "smaller model/quantization",
-            (shell_join(_rerun_argv(ctx, max_memory=None)),) if spec.max_memory else (),
+            (rerun_command(spec, max_memory=None),) if spec.max_memory else (),
         ),
     )
-
-
-def _rerun_argv(ctx: DoctorContext, **changes: object) -> list[str]:
-    """`doctor` with the plan's model flags and `changes` applied: a command to paste, complete."""
-    spec = resolve_plan(ctx).spec
-    values = {
-        "model": spec.model,
-        "quant": spec.quant if spec.quant != "none" else None,
-        "context": spec.context,
-        "gpus": spec.gpus,
-        "max_memory": spec.max_memory,
-        "attn": spec.attn,
-    }
-    values.update(changes)
-    argv = ["doctor"]
-    for name, value in values.items():
-        if value is not None:
-            argv += [f"--{name.replace('_', '-')}", str(value)]
-    return argv
