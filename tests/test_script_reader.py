@@ -183,3 +183,13 @@ def test_odd_files_never_raise_and_reassignment_chains_stay_cheap() -> None:
     ):
         settings, problem = read_source(text, "odd.py")
         assert problem is not None or all(not s.determined or s.value is not None for s in settings.values())
+
+
+def test_the_shipped_example_script_is_read_as_the_readme_says() -> None:
+    from tests.conftest import REPO
+
+    settings = script_settings([str(REPO / "examples" / "long_context_test.py")])
+    assert settings["model"].value == "meta-llama/Llama-4-Scout-17B-16E-Instruct"
+    assert settings["quant"].value == "bnb-4bit" and settings["attn"].value == "sdpa"
+    assert settings["context"].value == 131072 and settings["device_map"].value == "auto"
+    assert all(settings[key].determined for key in ("model", "quant", "max_memory", "attn", "context"))

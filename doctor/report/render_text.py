@@ -130,8 +130,8 @@ def target_line(report: Report) -> str:
 def plan_line(report: Report) -> str | None:
     """What the doctor decided for the run (every "auto"), and which planned lengths fit: one line."""
     plan = report.attachments.get("plan") if isinstance(report.attachments, dict) else None
-    if not isinstance(plan, dict):
-        return None
+    if not isinstance(plan, dict) or not (plan.get("spec") or {}).get("model"):
+        return None  # machine checks only: there is no run to plan
     parts = [
         f"{d['name'].replace('_', '-')} {d['value']} ({d['why'].split(':')[0]})"
         for d in plan.get("decisions") or []
