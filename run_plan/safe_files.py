@@ -6,6 +6,7 @@
 - `open_append` / `read_bytes`: `O_NOFOLLOW`, so a symlink planted under our file name is refused
   instead of followed (a symlink to `~/.bashrc` named results.jsonl must not be appended to).
 - `is_symlink`: the check run-folder code does before anything else writes there.
+- `tool_cache_dir`: where the tools keep what they may recompute (sizing, Triton builds, bytecode).
 Errors are `OSError`s (`SymlinkRefused` for the symlink case); callers turn them into one-line messages.
 """
 
@@ -17,10 +18,24 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["SymlinkRefused", "is_symlink", "open_append", "read_bytes", "write_atomic", "write_atomic_text"]
+__all__ = [
+    "SymlinkRefused",
+    "is_symlink",
+    "open_append",
+    "read_bytes",
+    "tool_cache_dir",
+    "write_atomic",
+    "write_atomic_text",
+]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def tool_cache_dir(*parts: str) -> Path:
+    """`$XDG_CACHE_HOME/niah-doctor/<parts>` (default `~/.cache/...`): safe to delete, rebuilt on demand."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, "niah-doctor", *parts)
 
 
 class SymlinkRefused(OSError):

@@ -17,12 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from run_plan.safe_files import tool_cache_dir
+
 _PRODUCERS = ("skeleton.py", "trace.py", "storage.py", "module_tree.py")
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "niah-doctor" / "sizing"
+    return tool_cache_dir("sizing")
 
 
 def _version(dist: str) -> str | None:

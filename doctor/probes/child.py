@@ -10,16 +10,19 @@ object on stdin and prints one JSON object on its last stdout line.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from doctor.probes import Unavailable
+from run_plan.safe_files import tool_cache_dir
 
 RESULT_MARKER = "@@niah-doctor-result@@"
 STAGES_ARG = "--stages"  # _child_main's batch mode: preload, then fork one worker per stage
@@ -137,6 +140,43 @@ def run_stages_in_child(
     return out
 
 
+# Modules whose missing bytecode makes a child slow: torch alone is ~1,600 modules.
+_HEAVY_MODULES = ("torch", "transformers")
+BYTECODE_CACHE_OFF = "NIAH_DOCTOR_PYCACHE"  # "0": never give children a bytecode cache of their own
+
+
+def bytecode_cache_env(
+    env: Mapping[str, str | None], modules: tuple[str, ...] = _HEAVY_MODULES
+) -> dict[str, str | None]:
+    """Environment changes that let a child import torch from compiled bytecode ({} when none are needed).
+
+    Some images ship site-packages without `.pyc` files and set PYTHONDONTWRITEBYTECODE=1 (or keep
+    them read-only), so every `import torch` compiles all its source again: on one H200 host 2.9 s for
+    torch and 4 s more for torch._dynamo. Then the child writes its bytecode to the doctor's own
+    cache (PYTHONPYCACHEPREFIX) and reads it from there next time; site-packages is never written.
+    None as a value means "remove this variable".
+    """
+    if env.get(BYTECODE_CACHE_OFF) == "0" or env.get("PYTHONPYCACHEPREFIX"):
+        return {}
+    for name in modules:
+        try:
+            spec = importlib.util.find_spec(name)  # finds the package without importing it
+        except (ImportError, ValueError):
+            continue
+        origin = spec.origin if spec is not None else None
+        if not origin or not origin.endswith(".py"):
+            continue
+        folder = os.path.dirname(origin)
+        compiled = os.path.join(
+            folder, "__pycache__", os.path.basename(importlib.util.cache_from_source(origin))
+        )
+        if os.path.exists(compiled):
+            continue
+        if env.get("PYTHONDONTWRITEBYTECODE") or not os.access(folder, os.W_OK):
+            return {"PYTHONPYCACHEPREFIX": str(tool_cache_dir("pycache")), "PYTHONDONTWRITEBYTECODE": None}
+    return {}
+
+
 def _run_raw(
     argv: list[str],
     payload: dict[str, Any],
@@ -145,7 +185,7 @@ def _run_raw(
     env: dict[str, str] | None,
     shown_timeout: float,
 ) -> ChildResult:
-    child_env = dict(os.environ if env is None else env)
+    child_env: dict[str, str | None] = dict(os.environ if env is None else env)
     # The child must import *this* doctor even when it runs from a source tree that is not installed.
     project_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, child_env.get("PYTHONPATH")) if p)
@@ -153,6 +193,9 @@ def _run_raw(
     # Keep the child quiet and offline unless the parent explicitly allowed the network.
     child_env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    child_env.update(bytecode_cache_env(child_env))
+    for name in [k for k, v in child_env.items() if v is None]:
+        del child_env[name]
     start = time.monotonic()
     try:
         proc = subprocess.Popen(

@@ -17,9 +17,10 @@ return a JSON-able dict, and report a failing import as data (`import_error`), n
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from doctor.probes import Unavailable, probe
 from doctor.probes.child import run_stages_in_child
 from doctor.probes.nvml import nvml_sees_gpu
 from doctor.probes.packages import find_dist
+from run_plan.safe_files import tool_cache_dir
 
 NOT_LIVE_REASON = "no NVIDIA GPU visible; live CUDA probes skipped (use --live to force)"
 _MODULE = "doctor.probes.libs_live"
@@ -96,6 +98,11 @@ def _request(name: str, target: Any) -> Request | Unavailable:
     return builders[name](target)
 
 
+# `has_triton()` imports torch._dynamo and torch._inductor (1.5-4 s), while the Triton kernel itself needs
+# neither: in a batch the question goes to a worker of its own, so the two run side by side.
+_INDUCTOR_STAGE = "triton-live.inductor"
+
+
 def _run_batch(
     target: Any,
     requests: dict[str, Request],
@@ -104,12 +111,22 @@ def _run_batch(
     timeout = float(getattr(target, "probe_timeout_s", 60.0))
     preload = tuple(dict.fromkeys(m for n in requests for m in _PRELOAD.get(n, ())))
     stages = {name: (f"{_MODULE}:{fn}", args) for name, (fn, args) in requests.items()}
+    if "triton-live" in stages:
+        function, args = stages["triton-live"]
+        stages["triton-live"] = (function, {**args, "inductor_elsewhere": True})
+        stages[_INDUCTOR_STAGE] = (f"{_MODULE}:inductor_child", {})
     results = run_stages_in_child(stages, timeout_s=timeout, preload=preload, env=env)
     LAST_BATCH_SECONDS.update({name: round(r.seconds, 2) for name, r in results.items()})
-    return {
+    inductor = results.pop(_INDUCTOR_STAGE, None)
+    answers: dict[str, dict[str, Any] | Unavailable] = {
         name: (r.data if r.ok and r.data is not None else r.as_unavailable(_WHAT[name]))
         for name, r in results.items()
     }
+    triton = answers.get("triton-live")
+    if isinstance(triton, dict) and not triton.get("import_error"):
+        found = inductor.data if inductor is not None and inductor.ok and inductor.data else {}
+        triton["torch_has_triton"] = found.get("torch_has_triton")
+    return answers
 
 
 def _shared(name: str, target: Any, request: Request) -> dict[str, Any] | Unavailable:
@@ -589,6 +606,28 @@ def bnb_roundtrip(torch: Any, device: str, quant_type: str = "nf4") -> dict[str,
     return out
 
 
+@contextlib.contextmanager
+def _compile_decorators_skipped(torch: Any) -> Iterator[None]:
+    """`torch.compile` returns the function unchanged while bitsandbytes imports.
+
+    bitsandbytes' default (CPU) backend wraps its ops in `torch.compile` at import time, which imports
+    torch._dynamo and torch._inductor: 3-6 s, the longest part of the live probes. Those wrappers
+    already fall back to the plain function whenever `torch.compile` fails, and the CUDA path this
+    probe exercises (native library, nf4 quantize, Linear4bit) never runs them, so the probe's verdict
+    is the same without them. Whether Inductor itself works is the Triton probe's question.
+    """
+    real = torch.compile
+
+    def unchanged(model: Any = None, **_options: Any) -> Any:
+        return model if model is not None else (lambda fn: fn)
+
+    torch.compile = unchanged
+    try:
+        yield
+    finally:
+        torch.compile = real
+
+
 def bnb_child(args: Mapping[str, Any]) -> dict[str, Any]:
     import logging
 
@@ -602,12 +641,14 @@ def bnb_child(args: Mapping[str, Any]) -> dict[str, Any]:
     logging.getLogger().addHandler(handler)
     out: dict[str, Any] = {"version": None}
     try:
-        import bitsandbytes
+        import torch
+
+        with _compile_decorators_skipped(torch):
+            import bitsandbytes
     except Exception as exc:
         out["import_error"] = _short(exc, 1500)
         out["log_messages"] = messages
         return out
-    import torch
 
     out["version"] = getattr(bitsandbytes, "__version__", None)
     out["torch_cuda"] = torch.version.cuda
@@ -727,10 +768,7 @@ def probe_add(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 
 def triton_cache_dir() -> str:
-    import os
-
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "niah-doctor", "triton")
+    return str(tool_cache_dir("triton"))
 
 
 def _compile_and_run_kernel(torch: Any, workdir: str, n: int = 4096) -> float:
@@ -795,9 +833,9 @@ def triton_child(args: Mapping[str, Any]) -> dict[str, Any]:
         out["version"] = getattr(triton, "__version__", None)
         try:
             import torch
-            from torch.utils._triton import has_triton
 
-            out["torch_has_triton"] = bool(has_triton())
+            if not args.get("inductor_elsewhere"):
+                out.update(inductor_child({}))
         except Exception as exc:
             out["torch_has_triton"] = None
             out["kernel_error"] = f"torch unavailable: {_short(exc, 300)}"
@@ -821,6 +859,13 @@ def triton_child(args: Mapping[str, Any]) -> dict[str, Any]:
             shutil.rmtree(cache, ignore_errors=True)
         else:
             _forget_probe_kernels(cache, before)
+
+
+def inductor_child(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Whether torch.compile's Inductor will generate Triton kernels here (what `--attn flex` needs)."""
+    from torch.utils._triton import has_triton
+
+    return {"torch_has_triton": bool(has_triton())}
 
 
 def _triton_request(target: Any, env: dict[str, str] | None = None) -> Request | Unavailable:
