@@ -269,22 +269,81 @@ def test_math_path_materialises_the_scores_in_fp32() -> None:
     assert peak >= 9 * heads * length * length
 
 
-def test_own_attention_code_is_flagged_widened_and_said() -> None:
+def _tiny_sizing(config: dict[str, Any], context: int = 512) -> dict[str, Any]:
     from doctor.memory.skeleton import size_model
 
-    config = {
-        "model_type": "bloom",
-        "hidden_size": 128,
-        "n_layer": 2,
-        "n_head": 4,
-        "vocab_size": 512,
-        "torch_dtype": "bfloat16",
-    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sizing = size_model(sizing_args(Settings(context=512), config, None))
+        return size_model(sizing_args(Settings(context=context), config, None))
+
+
+TINY_BLOOM = {
+    "model_type": "bloom",
+    "hidden_size": 128,
+    "n_layer": 2,
+    "n_head": 4,
+    "vocab_size": 512,
+    "torch_dtype": "bfloat16",
+}
+
+
+def _zones(sizing: dict[str, Any]) -> set[str]:
+    regimes = sizing["trace"]["activations"]["regimes"]
+    return {zone for regime in regimes for zone in regime["zones"]}
+
+
+def test_own_attention_code_is_traced_like_any_code_and_named() -> None:
+    sizing = _tiny_sizing(TINY_BLOOM)
     if not sizing["trace"].get("custom_attention"):
         pytest.skip("this transformers' BLOOM attention dispatches through the attention interface")
     estimate = compute_estimate(sizing, Settings(context=512), parse_gpus("1x24GB"))
-    assert estimate.method == "traced" and estimate.confidence == "medium"
-    assert any("own attention code" in n for n in estimate.notes)
+    assert estimate.method == "traced" and estimate.confidence == "high"  # every op in it is known
+    assert any("own code (BloomAttention)" in n for n in estimate.notes)
+
+
+def test_outputs_a_models_loop_keeps_through_the_next_layer_are_carried() -> None:
+    """BLOOM's loop holds each block's (hidden, attention probabilities) while the next block runs."""
+    sizing = _tiny_sizing(TINY_BLOOM)
+    assert "carry:t0" in _zones(sizing)
+    heads, chunk = 4, 256
+    carry = [
+        c
+        for r in sizing["trace"]["activations"]["regimes"]
+        if r["kind"] == "oneshot"
+        for c in r["zones"]["carry:t0"]
+    ]
+    # the bf16 probabilities of one chunk: heads x C x C x 2 bytes
+    assert (
+        max(sum(x * v for x, v in zip(c, (1, chunk, 0, 0, chunk * chunk))) for c in carry)
+        == heads * chunk * chunk * 2
+    )
+
+
+def test_a_layer_that_returns_only_hidden_states_carries_nothing() -> None:
+    config = {
+        "model_type": "llama",
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 512,
+        "torch_dtype": "bfloat16",
+    }
+    assert not any(zone.startswith("carry:") for zone in _zones(_tiny_sizing(config)))
+
+
+def test_a_carry_adds_to_later_layers_on_the_same_gpu_only() -> None:
+    zones = {
+        "entry:t0": [[0, 0, 0, 0, 0]],
+        "layer:t0": [[100, 0, 0, 0, 0]],
+        "carry:t0": [[40, 0, 0, 0, 0]],
+    }
+    model = {
+        "layer_signatures": ["t0", "t0"],
+        "regimes": [{"kind": "oneshot", "lo": 1, "hi": None, "zones": zones}],
+    }
+    same = traced_activation_per_gpu(model, [0, 0], [0, 0], [0, 0], 64, 64, 0, 1)
+    split = traced_activation_per_gpu(model, [0, 1], [0, 0], [0, 0], 64, 64, 0, 2)
+    assert same == [140]  # layer 1 runs while layer 0's return value is still held
+    assert split == [100, 100]  # layer 0's return value sits on GPU 0 while layer 1 runs on GPU 1

@@ -191,6 +191,19 @@ def _regimes_for(model: Mapping[str, Any], context: int, chunk: int) -> list[Map
     return out
 
 
+def _carried_into(
+    zones: Mapping[str, Any], signatures: list[str], layer_gpu: list[int], i: int, chunk: int, past: int
+) -> int:
+    """Bytes the previous layer returned besides its hidden states that the model's loop still holds
+    while layer i runs (traced as `carry:<signature>`; e.g. BLOOM's attention probabilities), when both
+    layers are on the same GPU."""
+    if i == 0:
+        return 0
+    same_gpu = i >= len(layer_gpu) or layer_gpu[i - 1] == layer_gpu[i]
+    carry = zones.get(f"carry:{signatures[i - 1]}")
+    return max((_value(c, chunk, past) for c in carry), default=0) if carry and same_gpu else 0
+
+
 def traced_activation_per_gpu(
     model: Mapping[str, Any],
     layer_gpu: list[int],
@@ -229,7 +242,8 @@ def traced_activation_per_gpu(
                 return None
             entry = max(_value(c, chunk, past) for c in zones[f"entry:{sig}"])
             inside = max((_value(c, chunk, past) for c in zones.get(f"layer:{sig}", [])), default=0)
-            per_gpu[gpu] = max(per_gpu[gpu], entry + inside + per_layer_extra - suffix[gpu])
+            carried = _carried_into(zones, signatures, layer_gpu, i, chunk, past)
+            per_gpu[gpu] = max(per_gpu[gpu], entry + inside + carried + per_layer_extra - suffix[gpu])
         first = layer_gpu[0] if layer_gpu and 0 <= layer_gpu[0] < n_gpus else 0
         last = layer_gpu[-1] if layer_gpu and 0 <= layer_gpu[-1] < n_gpus else n_gpus - 1
         for zone, gpu in (("pre", first), ("post", last)):
@@ -247,12 +261,10 @@ KERNEL_WORKSPACE = 64 << 20
 
 
 def unmodelled_ops(sizing: Mapping[str, Any]) -> list[str]:
-    """What the trace could not vouch for: ops outside its known list, and attention computed by the
-    model's own code (not transformers' attention interface or sdpa)."""
+    """What the trace could not vouch for: ops outside its list of ops whose CUDA kernels allocate
+    nothing beyond their outputs (each was charged one more output-sized buffer)."""
     trace = sizing.get("trace") or {}
-    return list((trace.get("activations") or {}).get("unmodelled_ops") or []) + [
-        f"{name} (own attention code)" for name in trace.get("custom_attention") or []
-    ]
+    return list((trace.get("activations") or {}).get("unmodelled_ops") or [])
 
 
 def activation_method(sizing: Mapping[str, Any]) -> str:
@@ -281,10 +293,6 @@ def traced_for_sizing(
     traced = traced_activation_per_gpu(model, layer_gpu, now, before, context, chunk, per_layer_extra, n_gpus)
     if traced is None:
         return None
-    if (sizing.get("trace") or {}).get(
-        "custom_attention"
-    ):  # safe side: widen what the trace cannot vouch for
-        traced = [int(x * FALLBACK_MARGIN) for x in traced]
     return [x + KERNEL_WORKSPACE for x in traced]
 
 
@@ -308,12 +316,16 @@ def trace_notes(sizing: Mapping[str, Any], requested_attn: str) -> list[str]:
             "Prefill peak traced from the model's own forward on the meta device (one decoder layer per "
             "distinct structure, fused CUDA attention kernels stood in for)."
         )
+        own = trace.get("custom_attention") or []
+        if own:
+            notes.append(
+                f"Attention computed in the model's own code ({', '.join(own)}): traced op by op as it runs."
+            )
         unmodelled = unmodelled_ops(sizing)
         if unmodelled:
             notes.append(
-                f"Parts whose CUDA kernels may hold temporaries a meta trace cannot see ({', '.join(unmodelled)}): "
-                "an unknown op is charged one more output-sized buffer, a model's own attention code widens "
-                f"the peak by {FALLBACK_MARGIN:.2f}× (uncertain, confidence medium)."
+                f"Ops whose CUDA kernels may hold temporaries a meta trace cannot see ({', '.join(unmodelled)}): "
+                "each is charged one more output-sized buffer (uncertain, confidence medium)."
             )
     else:
         why = trace.get("activations_error") or trace.get("kv_error") or "no trace"

@@ -22,9 +22,10 @@ aten's CUDA dispatch rules allow a fused kernel, its output + fp32 log-sum-exp +
 makes from a boolean mask; otherwise CUDA's math path op by op (fp32 copies, the full score matrix);
 flash / flex attention interfaces → their output. Everything else (repeat_kv, masks, eager scores and
 softmax copies, rotary tables, MoE routing and grouped_mm, MLA decompression, torch.cat in the cache
-update) is traced as transformers really runs it. What the trace cannot vouch for is named in the result:
-ops outside KNOWN_OPS (charged one more output-sized buffer) and attention written in a model's own code
-(`custom_attention`; the estimate widens it).
+update, attention written in a model's own code) is traced as transformers really runs it. What a layer
+returns besides its hidden states and the model's loop still holds while the next layer runs (BLOOM keeps
+its attention probabilities) is measured as `carry:<signature>`. What the trace cannot vouch for is named in
+the result: ops outside KNOWN_OPS, each charged one more output-sized buffer.
 """
 
 from __future__ import annotations
@@ -50,10 +51,13 @@ _FLASH_LIKE = (
 # GEMMs through cuBLAS whose workspace is a per-GPU constant, softmax, reductions, indexing, sorting, norms).
 # Any other op that allocates is charged one more output-sized temporary and named in the result
 # (`unmodelled_ops`): its CUDA implementation may hold buffers a meta kernel does not show.
+# benchmarks/cuda_op_transients.py measures this on a GPU (docs/estimator-accuracy.md): on 21 models no op
+# here held more than 1 MiB beyond its outputs, except `_safe_softmax` inside CUDA's math sdpa, which
+# `_math_sdpa_cuda` models; `baddbmm` (BLOOM's ALiBi scores) held nothing and was added from that run.
 KNOWN_OPS = frozenset(
     """
 _grouped_mm _softmax _safe_softmax _log_softmax _to_copy _unsafe_view _reshape_alias abs add add_ addcmul addmm
-alias all amax any arange argmax argsort bernoulli_ bitwise_and bitwise_not bitwise_or bmm cat clamp clamp_ clone
+alias all amax any arange argmax argsort baddbmm bernoulli_ bitwise_and bitwise_not bitwise_or bmm cat clamp clamp_ clone
 contiguous copy_ cos cumsum detach div div_ embedding empty empty_like empty_strided eq erf exp expand expand_as
 fill_ flatten floor_divide full full_like gather ge gelu gelu_ gt histc index index_add_ index_copy_ index_put_
 index_select isinf isnan le lift_fresh log logical_and logical_not logical_or lt masked_fill masked_fill_ max
@@ -83,6 +87,26 @@ class _Tracker:
         self.zone = "outside"
         self.enabled = False
         self.unmodelled: set[str] = set()
+        # What a real layer returned besides its hidden states: (signature, storage keys, bytes). Whether
+        # the caller still holds it when the next layer starts decides if it is carried through that layer.
+        self.returned: tuple[str, set[int], int] | None = None
+        self.cache: Any = None  # the DynamicCache of the traced forward: its tensors are KV, never carried
+
+    def cache_storages(self) -> Iterator[int]:
+        for layer in getattr(self.cache, "layers", None) or ():
+            for attr in ("keys", "values"):
+                t = getattr(layer, attr, None)
+                if hasattr(t, "untyped_storage"):
+                    yield t.untyped_storage()._cdata
+
+    def check_carried(self) -> None:
+        """At a layer's start: is the previous layer's extra output still alive? Then it is carried."""
+        if self.returned is None:
+            return
+        name, keys, size = self.returned
+        self.returned = None
+        if self.enabled and size and any(key in self.seen for key in keys):
+            self.events.append((f"carry:{name}", size))
 
     def register(self, storage: Any) -> None:
         key = storage._cdata
@@ -313,6 +337,25 @@ def _hidden_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[0] if args else kwargs.get("hidden_states")
 
 
+def _extra_outputs(out: Any, tracker: _Tracker, name: str) -> tuple[str, set[int], int] | None:
+    """Storages a layer allocated and returned besides its hidden states and the cache (e.g. BLOOM's
+    attention probabilities, which its model loop keeps in `outputs` while the next block runs)."""
+    if not isinstance(out, tuple) or len(out) < 2:
+        return None
+    from torch.utils._pytree import tree_flatten
+
+    skip = set(tracker.cache_storages())
+    if hasattr(out[0], "untyped_storage"):
+        skip.add(out[0].untyped_storage()._cdata)
+    keys: dict[int, int] = {}
+    for t in tree_flatten(out[1:])[0]:
+        if hasattr(t, "untyped_storage"):
+            storage = t.untyped_storage()
+            if storage._cdata not in skip and storage._cdata in tracker.seen:
+                keys[storage._cdata] = int(storage.nbytes())
+    return (name, set(keys), sum(keys.values())) if keys else None
+
+
 @contextlib.contextmanager
 def _only_representatives(layers: Sequence[Any], reps: dict[int, str], tracker: _Tracker) -> Iterator[None]:
     """Run one layer per signature; the others return their input (same structure as a real layer's output)."""
@@ -323,17 +366,20 @@ def _only_representatives(layers: Sequence[Any], reps: dict[int, str], tracker: 
 
         def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
             name = reps[index]
+            tracker.check_carried()
             tracker.mark(f"enter:{name}")
             tracker.zone = f"layer:{name}"
             out = original(self, *args, **kwargs)
             tracker.zone = "outside"
             tracker.mark(f"exit:{name}")
+            tracker.returned = _extra_outputs(out, tracker, name)
             shape_of_output[0] = out
             return out
 
         return forward
 
     def skip(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tracker.check_carried()
         hidden = _hidden_from(args, kwargs)
         sample = shape_of_output[0]
         if isinstance(sample, tuple):
@@ -435,6 +481,7 @@ def _trace_point(
     """Zone-relative byte counts at each allocation of one chunk's forward."""
     tracker = _Tracker()
     cache = _cache(transformers, config)
+    tracker.cache = cache
     with _only_representatives(layers, reps, tracker):
         # steady state of a chunked prefill: the cache was filled by a previous chunk of the same size
         if past > chunk:
@@ -474,6 +521,8 @@ def _zones(events: Sequence[tuple[str, int]], start: int) -> dict[str, list[int]
             ran = True
         elif zone.startswith("layer:"):
             zones[zone].append(live - entry)
+        elif zone.startswith("carry:"):  # bytes a layer returned that stay alive through the next layer
+            zones.setdefault(zone, []).append(live)
         else:
             zones.setdefault("post" if ran else "pre", []).append(live - start - done)
     return zones
@@ -572,8 +621,8 @@ _ATTENTION_DISPATCH = (
 
 def custom_attention_classes(model: Any) -> list[str]:
     """Attention modules whose forward computes attention in the model's own code (no transformers
-    attention interface, no sdpa call): their score-sized CUDA ops were under-counted by the trace on the
-    GPU benchmark (BLOOM's baddbmm + ALiBi path, docs/estimator-accuracy.md), so the estimate widens them."""
+    attention interface, no sdpa call). Traced op by op like any other code; named in the estimate's notes
+    because no fused kernel stands in for them (their scores are materialised)."""
     import inspect
 
     out = set()
