@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from doctor.probes import libs_live
+from doctor.probes.bnb_import import compile_decorators_skipped
 from doctor.probes.child import ChildResult, bytecode_cache_env
 
 
@@ -69,7 +70,7 @@ def test_bitsandbytes_imports_with_compile_as_identity_and_gets_it_back() -> Non
     def op(x: int) -> int:
         return x + 1
 
-    with libs_live._compile_decorators_skipped(fake_torch):
+    with compile_decorators_skipped(fake_torch):
         assert fake_torch.compile(op) is op  # @torch.compile
         assert fake_torch.compile(dynamic=False)(op) is op  # @torch.compile(dynamic=False)
     assert fake_torch.compile is real

@@ -144,6 +144,12 @@ def _apply_quantizer(
     (un-fuses Llama 4 experts only for pre-quantized checkpoints, then replace_with_bnb_linear)."""
     from transformers.quantizers.auto import AutoHfQuantizer
 
+    from doctor.probes.bnb_import import import_bitsandbytes
+
+    try:  # the quantizer imports it anyway; first without bitsandbytes' compile wrappers (~0.7 s less)
+        import_bitsandbytes(torch)
+    except Exception:  # noqa: BLE001, S110 - the quantizer's own import reports it below
+        pass
     quantizer = AutoHfQuantizer.from_config(bnb_config, pre_quantized=prequantized)
     before = {type(m).__name__ for m in model.modules()}
     keep_fp32 = list(getattr(model, "_keep_in_fp32_modules", None) or [])

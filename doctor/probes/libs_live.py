@@ -17,15 +17,15 @@ return a JSON-able dict, and report a failing import as data (`import_error`), n
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from doctor.probes import Unavailable, probe
+from doctor.probes.bnb_import import import_bitsandbytes
 from doctor.probes.child import run_stages_in_child
 from doctor.probes.nvml import nvml_sees_gpu
 from doctor.probes.packages import find_dist
@@ -606,28 +606,6 @@ def bnb_roundtrip(torch: Any, device: str, quant_type: str = "nf4") -> dict[str,
     return out
 
 
-@contextlib.contextmanager
-def _compile_decorators_skipped(torch: Any) -> Iterator[None]:
-    """`torch.compile` returns the function unchanged while bitsandbytes imports.
-
-    bitsandbytes' default (CPU) backend wraps its ops in `torch.compile` at import time, which imports
-    torch._dynamo and torch._inductor: 3-6 s, the longest part of the live probes. Those wrappers
-    already fall back to the plain function whenever `torch.compile` fails, and the CUDA path this
-    probe exercises (native library, nf4 quantize, Linear4bit) never runs them, so the probe's verdict
-    is the same without them. Whether Inductor itself works is the Triton probe's question.
-    """
-    real = torch.compile
-
-    def unchanged(model: Any = None, **_options: Any) -> Any:
-        return model if model is not None else (lambda fn: fn)
-
-    torch.compile = unchanged
-    try:
-        yield
-    finally:
-        torch.compile = real
-
-
 def bnb_child(args: Mapping[str, Any]) -> dict[str, Any]:
     import logging
 
@@ -643,8 +621,7 @@ def bnb_child(args: Mapping[str, Any]) -> dict[str, Any]:
     try:
         import torch
 
-        with _compile_decorators_skipped(torch):
-            import bitsandbytes
+        bitsandbytes = import_bitsandbytes(torch)
     except Exception as exc:
         out["import_error"] = _short(exc, 1500)
         out["log_messages"] = messages
