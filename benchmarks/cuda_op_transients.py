@@ -1,7 +1,6 @@
 """Which aten ops hold memory on CUDA beyond their outputs? Measured per op, on the models we know.
 
-    python benchmarks/cuda_op_transients.py --out transients.json          # on an H100/H200
-    python benchmarks/cuda_op_transients.py --device cpu --tiny            # smoke test, no GPU
+    python benchmarks/cuda_op_transients.py --out transients.json   # on an NVIDIA GPU (it reads CUDA's allocator)
 
 The memory trace (`doctor/memory/trace.py`) runs a model's forward on the meta device and counts the
 bytes each op's *outputs* take. That is the whole story only for ops whose CUDA kernels allocate nothing
@@ -65,24 +64,16 @@ def _survey_mode(torch: Any, worst: dict[str, dict[str, Any]]) -> Any:
 def survey_case(
     torch: Any, transformers: Any, case: dict[str, Any], device: str, context: int, chunk: int
 ) -> dict[str, Any]:
-    from benchmarks.estimator_accuracy import _load
+    from benchmarks.estimator_accuracy import _load, _prefill
 
     config = transformers.AutoConfig.for_model(**case["config"])
     with tempfile.TemporaryDirectory() as workdir:
         model = _load(torch, transformers, case, "bf16", config, device, workdir)
     worst: dict[str, dict[str, Any]] = {}
-    cache = transformers.DynamicCache(config=model.config)
-    ids = torch.randint(0, case["config"]["vocab_size"], (1, context), device=device)
-    with torch.no_grad(), _survey_mode(torch, worst):
-        for start in range(0, context, chunk):
-            model(
-                input_ids=ids[:, start : start + chunk],
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+    with _survey_mode(torch, worst):  # the same chunked prefill the accuracy benchmark measures
+        _prefill(torch, transformers, model, context, chunk, device, case["config"]["vocab_size"])
     dispatched = getattr(model.config, "_attn_implementation", None)
-    del model, cache, ids
+    del model
     gc.collect()
     torch.cuda.empty_cache()
     return {"case": case["name"], "attn_gpu": dispatched, "ops": worst}
