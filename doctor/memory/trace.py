@@ -87,9 +87,10 @@ class _Tracker:
         self.zone = "outside"
         self.enabled = False
         self.unmodelled: set[str] = set()
-        # What a real layer returned besides its hidden states: (signature, storage keys, bytes). Whether
-        # the caller still holds it when the next layer starts decides if it is carried through that layer.
-        self.returned: tuple[str, set[int], int] | None = None
+        # What a real layer returned besides its hidden states: (signature, weak references to those
+        # storages, bytes). Whether the caller still holds them when the next layer starts decides if
+        # they are carried through that layer (weak references: a freed address may be reused).
+        self.returned: tuple[str, list[Any], int] | None = None
         self.cache: Any = None  # the DynamicCache of the traced forward: its tensors are KV, never carried
 
     def cache_storages(self) -> Iterator[int]:
@@ -103,9 +104,9 @@ class _Tracker:
         """At a layer's start: is the previous layer's extra output still alive? Then it is carried."""
         if self.returned is None:
             return
-        name, keys, size = self.returned
+        name, refs, size = self.returned
         self.returned = None
-        if self.enabled and size and any(key in self.seen for key in keys):
+        if self.enabled and size and any(ref() is not None for ref in refs):
             self.events.append((f"carry:{name}", size))
 
     def register(self, storage: Any) -> None:
@@ -337,7 +338,7 @@ def _hidden_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[0] if args else kwargs.get("hidden_states")
 
 
-def _extra_outputs(out: Any, tracker: _Tracker, name: str) -> tuple[str, set[int], int] | None:
+def _extra_outputs(out: Any, tracker: _Tracker, name: str) -> tuple[str, list[Any], int] | None:
     """Storages a layer allocated and returned besides its hidden states and the cache (e.g. BLOOM's
     attention probabilities, which its model loop keeps in `outputs` while the next block runs)."""
     if not isinstance(out, tuple) or len(out) < 2:
@@ -347,13 +348,14 @@ def _extra_outputs(out: Any, tracker: _Tracker, name: str) -> tuple[str, set[int
     skip = set(tracker.cache_storages())
     if hasattr(out[0], "untyped_storage"):
         skip.add(out[0].untyped_storage()._cdata)
-    keys: dict[int, int] = {}
+    found: dict[int, Any] = {}
     for t in tree_flatten(out[1:])[0]:
         if hasattr(t, "untyped_storage"):
             storage = t.untyped_storage()
             if storage._cdata not in skip and storage._cdata in tracker.seen:
-                keys[storage._cdata] = int(storage.nbytes())
-    return (name, set(keys), sum(keys.values())) if keys else None
+                found[storage._cdata] = storage
+    size = sum(int(storage.nbytes()) for storage in found.values())
+    return (name, [weakref.ref(storage) for storage in found.values()], size) if found else None
 
 
 @contextlib.contextmanager
