@@ -603,6 +603,11 @@ def _model_loads(reader: _Reader) -> tuple[list[ast.Call], list[ast.Call]]:
     return sorted(models, key=key), sorted(others, key=key)
 
 
+def _undetermined(reader: _Reader, key: str, node: ast.AST, text: str, unknown: _Unknown) -> Setting:
+    line = getattr(node, "lineno", 0)
+    return Setting(key, None, False, reader.filename, line, text, f"could not determine: {unknown.reason}")
+
+
 def _setting(
     reader: _Reader,
     key: str,
@@ -614,26 +619,10 @@ def _setting(
 ) -> Setting:
     text = reader.source(node)
     if isinstance(value, _Unknown):
-        return Setting(
-            key,
-            None,
-            False,
-            reader.filename,
-            getattr(node, "lineno", 0),
-            text,
-            f"could not determine: {value.reason}",
-        )
+        return _undetermined(reader, key, node, text, value)
     converted = convert(value.value) if convert else value.value
     if isinstance(converted, _Unknown):
-        return Setting(
-            key,
-            None,
-            False,
-            reader.filename,
-            getattr(node, "lineno", 0),
-            text,
-            f"could not determine: {converted.reason}",
-        )
+        return _undetermined(reader, key, node, text, converted)
     line = getattr(node, "lineno", 0)
     origin = _constant_assignment(reader, node)
     if origin is not None:  # cite the line that sets the value, and keep where it is used in the note
