@@ -195,20 +195,14 @@ def render_diff_text(result: Mapping[str, Any], a_label: str, b_label: str, widt
             lines.append(row)
         else:
             lines.append(f"  {d['key']}")
-            lines += textwrap.wrap(
-                f"A: {d['a']}",
-                width,
-                initial_indent="      ",
-                subsequent_indent="         ",
-                break_on_hyphens=False,
-            )
-            lines += textwrap.wrap(
-                f"B: {d['b']}",
-                width,
-                initial_indent="      ",
-                subsequent_indent="         ",
-                break_on_hyphens=False,
-            )
+            for side in ("a", "b"):
+                lines += textwrap.wrap(
+                    f"{side.upper()}: {d[side]}",
+                    width,
+                    initial_indent="      ",
+                    subsequent_indent="         ",
+                    break_on_hyphens=False,
+                )
         if d["note"]:
             lines += textwrap.wrap(
                 d["note"], width, initial_indent="      ", subsequent_indent="      ", break_on_hyphens=False

@@ -270,6 +270,18 @@ def _error_text(exc: BaseException, lines: int = 6) -> str:
     return "\n".join(text.splitlines()[:lines])[:1500]
 
 
+def _failed_attempt(what: str, call: str, exc: BaseException, **extra: Any) -> dict[str, Any]:
+    """One load attempt that raised: what was loaded, the call as the run makes it, and the refusal."""
+    return {
+        "what": what,
+        "call": call,
+        "status": "failed",
+        "error_type": type(exc).__name__,
+        "error": _error_text(exc),
+        **extra,
+    }
+
+
 def _is_strict(transformers: Any) -> bool | None:
     """Does this transformers validate config field types (huggingface_hub @strict)?"""
     base = getattr(transformers, "PreTrainedConfig", None) or getattr(transformers, "PretrainedConfig", None)
@@ -336,15 +348,7 @@ def load_in_child(args: dict[str, Any]) -> dict[str, Any]:
             }
         )
     except Exception as exc:  # noqa: BLE001 - the refusal is the finding
-        attempts.append(
-            {
-                "what": "config",
-                "call": "AutoConfig.from_pretrained" + spelled,
-                "status": "failed",
-                "error_type": type(exc).__name__,
-                "error": _error_text(exc),
-            }
-        )
+        attempts.append(_failed_attempt("config", "AutoConfig.from_pretrained" + spelled, exc))
         if _FIELD_NAMED.search(str(exc)):
             rejections = _further_rejections(transformers, folder, str(exc), kwargs)
     files = set(os.listdir(folder))
@@ -382,13 +386,7 @@ def _tokenizer_attempt(
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs)
     except Exception as exc:  # noqa: BLE001
-        return {
-            "what": "tokenizer",
-            "call": call,
-            "status": "failed",
-            "error_type": type(exc).__name__,
-            "error": _error_text(exc),
-        }
+        return _failed_attempt("tokenizer", call, exc)
     return {"what": "tokenizer", "call": call, "status": "loaded", "loaded_class": type(tokenizer).__name__}
 
 
@@ -404,14 +402,7 @@ def _generation_attempt(transformers: Any, folder: str, files: set[str], wanted:
     try:
         generation = transformers.GenerationConfig.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # noqa: BLE001
-        return {
-            "what": "generation_config",
-            "call": call,
-            "status": "failed",
-            "error_type": type(exc).__name__,
-            "error": _error_text(exc),
-            "run_falls_back": isinstance(exc, OSError),
-        }
+        return _failed_attempt("generation_config", call, exc, run_falls_back=isinstance(exc, OSError))
     return {
         "what": "generation_config",
         "call": call,
