@@ -160,13 +160,10 @@ def probe_breakdown() -> list[str]:
 
 def bytecode_line() -> str:
     """Whether torch's bytecode ships with the install: without it every import compiles source again."""
-    import importlib.util
+    from doctor.probes.child import bytecode_cache_env, has_shipped_bytecode, package_source
 
-    from doctor.probes.child import bytecode_cache_env
-
-    spec = importlib.util.find_spec("torch")
-    origin = spec.origin if spec is not None and spec.origin else None
-    shipped = bool(origin) and os.path.exists(importlib.util.cache_from_source(origin))
+    source = package_source("torch")
+    shipped = source is not None and has_shipped_bytecode(source)
     own_cache = bool(bytecode_cache_env(os.environ))
     return (
         f"- bytecode: torch's `.pyc` shipped: {'yes' if shipped else 'no'}; "

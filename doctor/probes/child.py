@@ -159,22 +159,29 @@ def bytecode_cache_env(
     if env.get(BYTECODE_CACHE_OFF) == "0" or env.get("PYTHONPYCACHEPREFIX"):
         return {}
     for name in modules:
-        try:
-            spec = importlib.util.find_spec(name)  # finds the package without importing it
-        except (ImportError, ValueError):
+        source = package_source(name)
+        if source is None or has_shipped_bytecode(source):
             continue
-        origin = spec.origin if spec is not None else None
-        if not origin or not origin.endswith(".py"):
-            continue
-        folder = os.path.dirname(origin)
-        compiled = os.path.join(
-            folder, "__pycache__", os.path.basename(importlib.util.cache_from_source(origin))
-        )
-        if os.path.exists(compiled):
-            continue
+        folder = os.path.dirname(source)
         if env.get("PYTHONDONTWRITEBYTECODE") or not os.access(folder, os.W_OK):
             return {"PYTHONPYCACHEPREFIX": str(tool_cache_dir("pycache")), "PYTHONDONTWRITEBYTECODE": None}
     return {}
+
+
+def package_source(name: str) -> str | None:
+    """The `__init__.py` an import of `name` would run (found without importing it), or None."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    origin = spec.origin if spec is not None else None
+    return origin if origin and origin.endswith(".py") else None
+
+
+def has_shipped_bytecode(source: str) -> bool:
+    """Is there a compiled `.pyc` for this source file beside it (in its `__pycache__`)?"""
+    compiled = os.path.basename(importlib.util.cache_from_source(source))
+    return os.path.exists(os.path.join(os.path.dirname(source), "__pycache__", compiled))
 
 
 def _run_raw(
