@@ -378,17 +378,20 @@ def _moe_style(model: Any) -> dict[str, Any]:
 def size_model(args: dict[str, Any]) -> dict[str, Any]:
     """Child-process entry: {config, quant, bnb_4bit_type, double_quant, dtype, prequantized,
     quantization_config} → weight inventory, placement blocks, KV layout, MoE style, versions."""
-    import torch
-    import transformers
+    from doctor.probes.child import cyclic_gc_paused
 
-    from doctor.memory.module_tree import safe_placement_tree
+    with cyclic_gc_paused():
+        import torch
+        import transformers
 
-    dropped: list[str] = []
-    config = _build_config(transformers, dict(args["config"]), dropped)
-    lm_config, sized = _causal_lm_config(transformers, config)
-    dtype = _torch_dtype(torch, args.get("dtype"), lm_config)
-    attn = str(args.get("attn") or "sdpa")
-    model = _build_meta_model(torch, transformers, lm_config, dtype, attn)
+        from doctor.memory.module_tree import safe_placement_tree
+
+        dropped: list[str] = []
+        config = _build_config(transformers, dict(args["config"]), dropped)
+        lm_config, sized = _causal_lm_config(transformers, config)
+        dtype = _torch_dtype(torch, args.get("dtype"), lm_config)
+        attn = str(args.get("attn") or "sdpa")
+        model = _build_meta_model(torch, transformers, lm_config, dtype, attn)
     text = lm_config.get_text_config() if hasattr(lm_config, "get_text_config") else lm_config
     # KV layout and activation peak from the model's own forward, before bitsandbytes replaces Linears
     # (a 4-bit matmul cannot run on meta; its dequantized weight is added by the pure estimate)

@@ -37,6 +37,8 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from doctor.memory.forked import map_shared
+
 BASIS = ("1", "C", "P", "CP", "CC")
 _FLASH_LIKE = (
     "flash_attention_2",
@@ -583,12 +585,18 @@ def measure_activations(
             reps[i] = names[sig]
         sig_of.append(names[sig])
     windows = [int(x["window"]) for x in kv_layers if x.get("window")]
+    planned = _regimes(windows)
+    points = [(c, p) for regime in planned for c, p in regime["points"]]
+    # every point is an independent forward: half of them run in a forked copy on the second core
+    traced = iter(
+        map_shared(
+            lambda point: _trace_point(torch, transformers, model, config, layers, reps, *point), points
+        )
+    )
     regimes = []
     unmodelled: set[str] = set()
-    for regime in _regimes(windows):
-        samples = [
-            _trace_point(torch, transformers, model, config, layers, reps, c, p) for c, p in regime["points"]
-        ]
+    for regime in planned:
+        samples = [next(traced) for _ in regime["points"]]
         for sample in samples:
             unmodelled.update(sample.pop("_unmodelled", []))
         zones = sorted(samples[0])

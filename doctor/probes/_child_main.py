@@ -42,6 +42,11 @@ def _emit(real_stdout: Any, result: dict[str, Any]) -> None:
 
 
 def _preload(modules: list[str]) -> None:
+    with child.cyclic_gc_paused():
+        _import_each(modules)
+
+
+def _import_each(modules: list[str]) -> None:
     for name in modules:
         start = time.monotonic()
         with warnings.catch_warnings(record=True) as caught:
@@ -63,7 +68,6 @@ def _fork_stage(target: str, args: dict[str, Any]) -> tuple[int, int]:
         code = 0
         try:
             result = _call(target, args)
-            result.pop("__exit_now__", None)  # this worker always leaves with os._exit
             data = json.dumps(result, default=str).encode()
             view = memoryview(data)
             while view:
@@ -126,7 +130,6 @@ def _run_in_turn(stages: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
     for name, (target, args) in stages.items():
         start = time.monotonic()
         result = _call(target, args)
-        result.pop("__exit_now__", None)
         results[name] = {"result": result, "status": 0, "seconds": round(time.monotonic() - start, 3)}
     return results
 
@@ -159,12 +162,13 @@ def main() -> None:
         sys.stderr.flush()
         os._exit(0)  # the workers are reaped; skip interpreter teardown of what the preload imported
     result = _call(target, request)
-    exit_now = bool(result.pop("__exit_now__", False))
     sys.stdout = real_stdout
     _emit(real_stdout, result)
-    if exit_now:  # e.g. a GPU thread stuck in CUDA: interpreter shutdown would wait for it forever
-        sys.stderr.flush()
-        os._exit(0)
+    sys.stderr.flush()
+    # The result is out. Interpreter teardown of torch + transformers takes about a second on two cores,
+    # and a thread stuck in CUDA (a hung GEMM) would make it wait forever: leave without it. Every
+    # function run here closes its own files and removes its own temporary folders.
+    os._exit(0)
 
 
 if __name__ == "__main__":

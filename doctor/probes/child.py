@@ -10,6 +10,8 @@ object on stdin and prints one JSON object on its last stdout line.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib.util
 import json
 import os
@@ -17,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,6 +145,26 @@ def run_stages_in_child(
 # Modules whose missing bytecode makes a child slow: torch alone is ~1,600 modules.
 _HEAVY_MODULES = ("torch", "transformers")
 BYTECODE_CACHE_OFF = "NIAH_DOCTOR_PYCACHE"  # "0": never give children a bytecode cache of their own
+
+
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """For a child's imports and model construction: no cyclic garbage collection while they run.
+
+    `import torch` + transformers + building a model allocate about a million objects and almost no
+    garbage; the collector walks all of them again and again while they pile up (about 0.5 s of a 4 s
+    import on two cores). Afterwards they are frozen (they live until the child exits), so later
+    collections skip them; reference counting frees everything as before, and collection resumes for
+    whatever runs next.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
 
 
 def bytecode_cache_env(
@@ -282,6 +304,10 @@ def selftest_child(args: dict[str, Any]) -> dict[str, Any]:
         os.kill(os.getpid(), int(args["signal"]))
     if args.get("raise"):
         raise RuntimeError(str(args["raise"]))
+    if args.get("linger_s"):  # a thread that outlives the answer, like a GEMM stuck in CUDA
+        import threading
+
+        threading.Thread(target=time.sleep, args=(float(args["linger_s"]),), daemon=False).start()
     return {
         "echo": args.get("echo"),
         "pid": os.getpid(),

@@ -75,7 +75,11 @@ def size_weights(args: dict[str, Any], timeout_s: float = 240.0) -> dict[str, An
 def _size_in_child(args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     from doctor.probes.child import run_in_child
 
-    result = run_in_child("doctor.memory.skeleton:size_model", args, timeout_s=timeout_s)
+    # transformers builds some models' masks in the order of a set of layer-type names (Llama 4), which
+    # follows Python's string hash and moves transient bytes between trace events: one fixed seed makes
+    # the estimate the same on every run and machine
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    result = run_in_child("doctor.memory.skeleton:size_model", args, timeout_s=timeout_s, env=env)
     if result.ok and result.data:
         return result.data
     from doctor.memory.analytic import size_analytic

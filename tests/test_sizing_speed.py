@@ -1,0 +1,122 @@
+"""The cold estimate's speed-ups must not change its answer: trace points shared with a forked copy give
+the plain loop's results (and its exceptions), the collector pause restores the collector, the sizing
+child runs with one hash seed, and a child leaves as soon as its answer is out."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from typing import Any
+
+import pytest
+
+from doctor.memory.forked import can_fork, map_shared
+from doctor.probes import memory as memory_probe
+from doctor.probes.child import ChildResult, cyclic_gc_paused, run_in_child
+
+# the fork is asked for explicitly: an earlier test may leave an idle worker thread behind
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def _square_and_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def test_plain_loop_when_told() -> None:
+    results = map_shared(_square_and_pid, list(range(5)), fork=False)
+    assert [r for r, _ in results] == [0, 1, 4, 9, 16]
+    assert {pid for _, pid in results} == {os.getpid()}
+
+
+@needs_fork
+def test_shared_results_come_back_in_order_from_two_processes() -> None:
+    results = map_shared(_square_and_pid, list(range(7)), fork=True)
+    assert [r for r, _ in results] == [x * x for x in range(7)]
+    assert len({pid for _, pid in results}) == 2  # every other item ran in the copy
+
+
+@needs_fork
+def test_a_failing_copy_has_its_share_computed_here() -> None:
+    parent = os.getpid()
+
+    def only_here(x: int) -> int:
+        if os.getpid() != parent:
+            raise RuntimeError("the copy fails")
+        return x + 1
+
+    assert map_shared(only_here, list(range(6)), fork=True) == [1, 2, 3, 4, 5, 6]
+
+
+@needs_fork
+def test_a_crashing_copy_has_its_share_computed_here() -> None:
+    parent = os.getpid()
+
+    def crash_in_copy(x: int) -> int:
+        if os.getpid() != parent:
+            os._exit(7)  # a segfault stands in here: no exception, no result
+        return -x
+
+    assert map_shared(crash_in_copy, list(range(4)), fork=True) == [0, -1, -2, -3]
+
+
+@needs_fork
+def test_an_exception_here_is_raised_as_the_plain_loop_raises_it() -> None:
+    def fails_on_zero(x: int) -> int:
+        if x == 0:
+            raise ValueError("not polynomial")
+        return x
+
+    with pytest.raises(ValueError, match="not polynomial"):
+        map_shared(fails_on_zero, list(range(4)), fork=True)
+
+
+def test_no_fork_while_another_thread_runs() -> None:
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait)
+    thread.start()
+    try:
+        assert not can_fork()
+        results = map_shared(_square_and_pid, [1, 2, 3])
+        assert {pid for _, pid in results} == {os.getpid()}
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_collector_paused_then_restored() -> None:
+    assert gc.isenabled()
+    with cyclic_gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    assert gc.get_freeze_count() > 0  # what the imports built is left out of later collections
+    gc.unfreeze()
+    gc.disable()
+    try:
+        with cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller's own choice is kept
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
+def test_sizing_child_runs_with_one_hash_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_child(
+        target: str, args: dict[str, Any], *, timeout_s: float, env: dict[str, str]
+    ) -> ChildResult:
+        seen.update(env)
+        return ChildResult(True, {"method": "meta-skeleton"}, None, 0, "", 0.1)
+
+    monkeypatch.setattr("doctor.probes.child.run_in_child", fake_child)
+    monkeypatch.setenv("PYTHONHASHSEED", "random")
+    assert memory_probe._size_in_child({"config": {}}, 10.0) == {"method": "meta-skeleton"}
+    assert seen["PYTHONHASHSEED"] == "0"
+
+
+def test_child_answers_without_waiting_for_a_lingering_thread() -> None:
+    result = run_in_child("doctor.probes.child:selftest_child", {"echo": 3, "linger_s": 120}, timeout_s=60)
+    assert result.ok, result.error  # interpreter teardown would wait the thread's two minutes
+    assert result.data is not None and result.data["echo"] == 3
