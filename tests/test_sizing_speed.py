@@ -7,11 +7,12 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 from typing import Any
 
 import pytest
 
-from doctor.memory.forked import can_fork, map_shared
+from doctor.memory.forked import can_fork, map_shared, start_forked
 from doctor.probes import memory as memory_probe
 from doctor.probes.child import ChildResult, cyclic_gc_paused, run_in_child
 
@@ -23,6 +24,11 @@ def _square_and_pid(x: int) -> tuple[int, int]:
     return x * x, os.getpid()
 
 
+def _slow_square_and_pid(x: int) -> tuple[int, int]:
+    time.sleep(0.05)  # long enough that the copy is running before this process empties the queue
+    return x * x, os.getpid()
+
+
 def test_plain_loop_when_told() -> None:
     results = map_shared(_square_and_pid, list(range(5)), fork=False)
     assert [r for r, _ in results] == [0, 1, 4, 9, 16]
@@ -31,9 +37,9 @@ def test_plain_loop_when_told() -> None:
 
 @needs_fork
 def test_shared_results_come_back_in_order_from_two_processes() -> None:
-    results = map_shared(_square_and_pid, list(range(7)), fork=True)
-    assert [r for r, _ in results] == [x * x for x in range(7)]
-    assert len({pid for _, pid in results}) == 2  # every other item ran in the copy
+    results = map_shared(_slow_square_and_pid, list(range(8)), fork=True)
+    assert [r for r, _ in results] == [x * x for x in range(8)]
+    assert len({pid for _, pid in results}) == 2  # both took items from the one queue
 
 
 @needs_fork
@@ -120,3 +126,99 @@ def test_child_answers_without_waiting_for_a_lingering_thread() -> None:
     result = run_in_child("doctor.probes.child:selftest_child", {"echo": 3, "linger_s": 120}, timeout_s=60)
     assert result.ok, result.error  # interpreter teardown would wait the thread's two minutes
     assert result.data is not None and result.data["echo"] == 3
+
+
+@needs_fork
+def test_a_forked_call_brings_back_its_value_or_none() -> None:
+    assert start_forked(lambda: {"pid": os.getpid()}).result() != {"pid": os.getpid()}
+
+    def fails() -> int:
+        raise RuntimeError("in the copy")
+
+    assert start_forked(fails).result() is None  # the caller computes it itself and meets the error
+    slow = start_forked(lambda: time.sleep(60))
+    slow.kill()  # returns at once: the copy is gone
+
+
+# ---------------------------------------------------------------- the trace, shared vs one after another
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from doctor.memory import Settings, sizing_args  # noqa: E402
+from doctor.memory import trace as trace_module  # noqa: E402
+
+GEMMA3_TINY = {
+    "model_type": "gemma3_text",
+    "hidden_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "intermediate_size": 256,
+    "vocab_size": 512,
+    "max_position_embeddings": 8192,
+    "sliding_window": 48,
+    "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+    "torch_dtype": "bfloat16",
+}
+
+
+def _size(monkeypatch: pytest.MonkeyPatch, *, shared: bool, quant: str = "none") -> dict[str, Any]:
+    from doctor.memory.skeleton import size_model
+
+    with monkeypatch.context() as patch:
+        if not shared:
+            patch.setattr(trace_module, "map_shared", lambda func, items: [func(item) for item in items])
+            patch.setattr("doctor.memory.forked.can_fork", lambda: False)
+        else:  # an idle thread an earlier test left behind must not turn the sharing off here
+            patch.setattr("doctor.memory.forked.threading.active_count", lambda: 1)
+            patch.setattr("doctor.memory.forked.os.cpu_count", lambda: 2)
+        return size_model(sizing_args(Settings(context=512, quant=quant), GEMMA3_TINY, None))
+
+
+@pytest.mark.filterwarnings("ignore")
+@needs_fork
+def test_shared_sizing_is_the_one_after_another_sizing(monkeypatch: pytest.MonkeyPatch) -> None:
+    for quant in ("none", "bnb-4bit"):
+        shared = _size(monkeypatch, shared=True, quant=quant)
+        assert "activations" in shared["trace"]
+        assert shared == _size(monkeypatch, shared=False, quant=quant)
+
+
+@pytest.mark.filterwarnings("ignore")
+@needs_fork
+def test_caps_known_only_after_the_kv_forward_are_traced_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = _size(monkeypatch, shared=False)
+    monkeypatch.setattr(trace_module, "_windows_before_forward", lambda transformers, config: [])
+    assert (
+        _size(monkeypatch, shared=True) == expected
+    )  # planned without the 48-token window, re-traced with it
+
+
+@pytest.mark.filterwarnings("ignore")
+@needs_fork
+def test_a_failing_point_is_reported_as_one_after_another_reports_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = trace_module._trace_point
+
+    def fails_past_zero(*args: Any) -> Any:
+        if args[-1] > 0:  # every chunked-prefill point
+            raise ValueError(f"no trace at past={args[-1]}")
+        return real(*args)
+
+    monkeypatch.setattr(trace_module, "_trace_point", fails_past_zero)
+    shared = _size(monkeypatch, shared=True)
+    assert shared["trace"]["activations_error"].startswith("ValueError: no trace at past=")
+    assert shared == _size(monkeypatch, shared=False)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_failing_kv_forward_is_reported_without_activations(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_kv(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("meta forward failed")
+
+    monkeypatch.setattr(trace_module, "measure_kv", no_kv)
+    shared = _size(monkeypatch, shared=True)
+    assert shared["trace"]["kv_error"] == "RuntimeError: meta forward failed"
+    assert "activations" not in shared["trace"] and "activations_error" not in shared["trace"]
+    assert shared == _size(monkeypatch, shared=False)

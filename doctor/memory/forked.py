@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import struct
 import threading
-from collections.abc import Callable, Sequence
-from typing import TypeVar, cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar, cast
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -29,50 +30,92 @@ def can_fork() -> bool:
     return hasattr(os, "fork") and (os.cpu_count() or 1) >= 2 and threading.active_count() == 1
 
 
+_INDEX = struct.Struct("<I")
+# A queue of up to 1024 indices is 4 KiB: it fits any pipe's buffer, so it is written whole before the fork.
+MAX_QUEUED = 1024
+
+
 def map_shared(
     func: Callable[[Item], Result], items: Sequence[Item], *, fork: bool | None = None
 ) -> list[Result]:
-    """[func(x) for x in items], with every other item computed in a forked copy of this process.
+    """[func(x) for x in items], computed by this process and a forked copy together.
 
-    `fork=None` decides by `can_fork()`; False runs the plain loop (the reference the tests compare with).
-    Results must pickle. Interleaving balances the share when the costly items sit together.
+    Both take the next item from one queue (a pipe of indices: each 4-byte read takes one, atomically),
+    so a costly item does not leave the other core idle. `fork=None` decides by `can_fork()`; False runs
+    the plain loop (the reference the tests compare with). Results must pickle.
     """
     use_fork = can_fork() if fork is None else fork and hasattr(os, "fork")
-    if not use_fork or len(items) < 2:
+    if not use_fork or not 2 <= len(items) <= MAX_QUEUED:
         return [func(item) for item in items]
-    theirs = list(range(1, len(items), 2))
-    read_fd, write_fd = os.pipe()
+    queue, queue_writer = os.pipe()
+    os.write(queue_writer, b"".join(_INDEX.pack(i) for i in range(len(items))))
+    os.close(queue_writer)  # an empty queue now reads as end-of-file in both processes
+    copy = start_forked(lambda: {i: func(items[i]) for i in _taken(queue)})
+    results: dict[int, Result] = {}
+    try:
+        for i in _taken(queue):
+            results[i] = func(items[i])
+    except BaseException:  # this process failed: the copy's answer is not needed any more
+        copy.kill()
+        raise
+    finally:
+        os.close(queue)
+    shared = copy.result()
+    if isinstance(shared, dict):
+        results.update(shared)
+    # whatever the copy took but did not bring back (it failed or died), in the plain loop's order
+    results.update((i, func(items[i])) for i in range(len(items)) if i not in results)
+    return [results[i] for i in range(len(items))]
+
+
+def _taken(queue: int) -> Iterator[int]:
+    while len(chunk := os.read(queue, _INDEX.size)) == _INDEX.size:
+        yield _INDEX.unpack(chunk)[0]
+
+
+class ForkedCall(Generic[Result]):
+    """A function running in a forked copy of this process; `result()` waits for its value."""
+
+    def __init__(self, pid: int, reader: int) -> None:
+        self._pid = pid
+        self._reader = reader
+
+    def result(self) -> Result | None:
+        """The copy's return value, or None if it raised, crashed or sent back something incomplete."""
+        received = _read_all(self._reader)
+        _, status = os.waitpid(self._pid, 0)
+        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            return None
+        try:
+            return cast("Result", pickle.loads(received))  # noqa: S301 - bytes from our own forked copy
+        except Exception:  # noqa: BLE001 - a copy that died mid-write
+            return None
+
+    def kill(self) -> None:
+        os.kill(self._pid, signal.SIGKILL)
+        os.close(self._reader)
+        os.waitpid(self._pid, 0)
+
+
+def start_forked(func: Callable[[], Result]) -> ForkedCall[Result]:
+    """Run func() in a forked copy (the caller has checked that forking is safe); the copy leaves with
+    os._exit, so nothing registered for exit runs twice."""
+    reader, writer = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the copy: compute its share, send it, leave without any teardown
-        os.close(read_fd)
+    if pid == 0:  # the copy: compute, send, leave without any teardown
+        os.close(reader)
         code = 0
         try:
-            data = pickle.dumps([func(items[i]) for i in theirs])
+            data = pickle.dumps(func())
             view = memoryview(data)
             while view:
-                view = view[os.write(write_fd, view) :]
-        except BaseException:  # the parent computes this share itself and meets the same exception
+                view = view[os.write(writer, view) :]
+        except BaseException:  # the caller computes it again itself and meets the same exception
             code = 1
         finally:
             os._exit(code)
-    os.close(write_fd)
-    results: dict[int, Result] = {}
-    try:
-        for i in range(0, len(items), 2):
-            results[i] = func(items[i])
-    except BaseException:  # this share failed: the copy's answer is not needed any more
-        os.kill(pid, signal.SIGKILL)
-        os.close(read_fd)
-        os.waitpid(pid, 0)
-        raise
-    received = _read_all(read_fd)
-    _, status = os.waitpid(pid, 0)
-    shared = _unpickle(received) if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 else None
-    if shared is not None and len(shared) == len(theirs):
-        results.update(zip(theirs, cast("list[Result]", shared)))
-    else:
-        results.update((i, func(items[i])) for i in theirs)
-    return [results[i] for i in range(len(items))]
+    os.close(writer)
+    return ForkedCall(pid, reader)
 
 
 def _read_all(fd: int) -> bytes:
@@ -83,11 +126,3 @@ def _read_all(fd: int) -> bytes:
     finally:
         os.close(fd)
     return b"".join(chunks)
-
-
-def _unpickle(data: bytes) -> list[object] | None:
-    try:
-        value = pickle.loads(data)  # noqa: S301 - bytes from our own forked copy, never from outside
-    except Exception:  # noqa: BLE001 - a copy that died mid-write: recompute its share
-        return None
-    return value if isinstance(value, list) else None

@@ -375,27 +375,13 @@ def _moe_style(model: Any) -> dict[str, Any]:
     return {}
 
 
-def size_model(args: dict[str, Any]) -> dict[str, Any]:
-    """Child-process entry: {config, quant, bnb_4bit_type, double_quant, dtype, prequantized,
-    quantization_config} → weight inventory, placement blocks, KV layout, MoE style, versions."""
-    from doctor.probes.child import cyclic_gc_paused
+def _quantized_inventory(
+    torch: Any, transformers: Any, model: Any, text: Any, dtype: Any, args: dict[str, Any]
+) -> dict[str, Any]:
+    """What the model holds once transformers' bitsandbytes preparation has replaced its Linears:
+    quantizer facts, byte counts, placement blocks and tree, MoE style (all read after the replacement)."""
+    from doctor.memory.module_tree import safe_placement_tree
 
-    with cyclic_gc_paused():
-        import torch
-        import transformers
-
-        from doctor.memory.module_tree import safe_placement_tree
-
-        dropped: list[str] = []
-        config = _build_config(transformers, dict(args["config"]), dropped)
-        lm_config, sized = _causal_lm_config(transformers, config)
-        dtype = _torch_dtype(torch, args.get("dtype"), lm_config)
-        attn = str(args.get("attn") or "sdpa")
-        model = _build_meta_model(torch, transformers, lm_config, dtype, attn)
-    text = lm_config.get_text_config() if hasattr(lm_config, "get_text_config") else lm_config
-    # KV layout and activation peak from the model's own forward, before bitsandbytes replaces Linears
-    # (a 4-bit matmul cannot run on meta; its dequantized weight is added by the pure estimate)
-    traced = _trace(torch, transformers, model, text, attn, args)
     quant = args.get("quant", "none")
     prequantized = bool(args.get("prequantized"))
     quantizer_info: dict[str, Any] = {"mode": "none"}
@@ -411,21 +397,58 @@ def size_model(args: dict[str, Any]) -> dict[str, Any]:
     counted = _count(model, quant, double_quant, emulate_skip)
     per_param = counted.pop("_per_param")
     return {
-        "method": "meta-skeleton",
-        "model_class": type(model).__name__,
-        "sized": sized,
-        "dtype": str(dtype).replace("torch.", ""),
         "double_quant": double_quant,
         "quantizer": quantizer_info,
         **counted,
         "blocks": _block_sizes(model, per_param),
-        "no_split_modules": sorted(getattr(model, "_no_split_modules", None) or []),
         # what transformers' own device_map="auto" reads, so the placement can replay it exactly
         "placement_tree": safe_placement_tree(model, bnb_config, prequantized),
-        "kv_layout": _kv_layout(text, traced),
-        "trace": {k: v for k, v in traced.items() if k != "kv"},
         "moe": _moe_style(model),
         "text_config": text.to_dict(),
+    }
+
+
+def size_model(args: dict[str, Any]) -> dict[str, Any]:
+    """Child-process entry: {config, quant, bnb_4bit_type, double_quant, dtype, prequantized,
+    quantization_config} → weight inventory, placement blocks, KV layout, MoE style, versions."""
+    from doctor.memory.forked import can_fork, start_forked
+    from doctor.probes.child import cyclic_gc_paused
+
+    with cyclic_gc_paused():
+        import torch
+        import transformers
+
+        dropped: list[str] = []
+        config = _build_config(transformers, dict(args["config"]), dropped)
+        lm_config, sized = _causal_lm_config(transformers, config)
+        dtype = _torch_dtype(torch, args.get("dtype"), lm_config)
+        attn = str(args.get("attn") or "sdpa")
+        model = _build_meta_model(torch, transformers, lm_config, dtype, attn)
+    text = lm_config.get_text_config() if hasattr(lm_config, "get_text_config") else lm_config
+
+    def weights() -> dict[str, Any]:
+        return _quantized_inventory(torch, transformers, model, text, dtype, args)
+
+    # The trace needs the model before bitsandbytes replaces its Linears (a 4-bit matmul cannot run on
+    # meta; its dequantized weight is added by the pure estimate), so the quantizer works on a forked copy
+    # of the model meanwhile, on the second core; here only if the copy failed.
+    quantizing = start_forked(weights) if can_fork() else None
+    try:
+        traced = _trace(torch, transformers, model, text, attn, args)
+    except BaseException:
+        if quantizing:
+            quantizing.kill()
+        raise
+    inventory = (quantizing.result() if quantizing else None) or weights()
+    return {
+        "method": "meta-skeleton",
+        "model_class": type(model).__name__,
+        "sized": sized,
+        "dtype": str(dtype).replace("torch.", ""),
+        **inventory,
+        "no_split_modules": sorted(getattr(model, "_no_split_modules", None) or []),
+        "kv_layout": _kv_layout(text, traced),
+        "trace": {k: v for k, v in traced.items() if k != "kv"},
         "config_fields_dropped": dropped,
         "versions": {
             "torch": torch.__version__,

@@ -31,6 +31,7 @@ the result: ops outside KNOWN_OPS, each charged one more output-sized buffer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import types
 import weakref
@@ -566,9 +567,33 @@ def _prune(coeffs: list[list[int]]) -> list[list[int]]:
     return [list(k) for k in kept]
 
 
-def measure_activations(
-    torch: Any, transformers: Any, model: Any, config: Any, kv_layers: Sequence[dict[str, Any]]
-) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _ActivationPlan:
+    """Which layers run for real (one per distinct signature) and which (C, P) points each regime traces."""
+
+    layers: list[Any]
+    representatives: dict[int, str]  # layer index -> signature name
+    layer_signatures: list[str]
+    regimes: list[dict[str, Any]]
+
+    @property
+    def points(self) -> list[tuple[int, int]]:
+        return [(c, p) for regime in self.regimes for c, p in regime["points"]]
+
+
+def _windows(kv_layers: Sequence[dict[str, Any]]) -> list[int]:
+    return [int(x["window"]) for x in kv_layers if x.get("window")]
+
+
+def _windows_before_forward(transformers: Any, config: Any) -> list[int]:
+    """The caps DynamicCache(config) gives its layers at construction: what the KV forward will report,
+    known before it runs (checked against it afterwards)."""
+    return [
+        int(w) for w in (getattr(x, "sliding_window", None) for x in _cache(transformers, config).layers) if w
+    ]
+
+
+def _activation_plan(transformers: Any, model: Any, config: Any, windows: Sequence[int]) -> _ActivationPlan:
     layers = _decoder_layers(model)
     if not layers:
         raise ValueError("no decoder-layer list found")
@@ -584,19 +609,31 @@ def measure_activations(
             names[sig] = f"t{len(names)}"
             reps[i] = names[sig]
         sig_of.append(names[sig])
-    windows = [int(x["window"]) for x in kv_layers if x.get("window")]
-    planned = _regimes(windows)
-    points = [(c, p) for regime in planned for c, p in regime["points"]]
-    # every point is an independent forward: half of them run in a forked copy on the second core
-    traced = iter(
-        map_shared(
-            lambda point: _trace_point(torch, transformers, model, config, layers, reps, *point), points
-        )
-    )
+    return _ActivationPlan(layers, reps, sig_of, _regimes(windows))
+
+
+class _PointFailed(Exception):
+    """A trace point's forward raised (in this process or the forked copy); `text` is its error."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def _fit_regimes(
+    plan: _ActivationPlan, traced: Sequence[dict[str, list[int]] | _PointFailed]
+) -> dict[str, Any]:
+    """Exact integer polynomials per zone event from the traced points (in plan.points order). Errors come
+    in the order a one-after-another run meets them: each regime's points, then its fits."""
+    samples_in_order = iter(traced)
     regimes = []
     unmodelled: set[str] = set()
-    for regime in planned:
-        samples = [next(traced) for _ in regime["points"]]
+    for regime in plan.regimes:
+        outcomes = [next(samples_in_order) for _ in regime["points"]]
+        for outcome in outcomes:
+            if isinstance(outcome, _PointFailed):
+                raise outcome
+        samples = [dict(outcome) for outcome in outcomes if not isinstance(outcome, _PointFailed)]
         for sample in samples:
             unmodelled.update(sample.pop("_unmodelled", []))
         zones = sorted(samples[0])
@@ -614,11 +651,70 @@ def measure_activations(
         regimes.append(entry)
     return {
         "basis": list(BASIS),
-        "layer_signatures": sig_of,
+        "layer_signatures": plan.layer_signatures,
         "regimes": regimes,
-        "representatives": {name: i for i, name in reps.items()},
+        "representatives": {name: i for i, name in plan.representatives.items()},
         "unmodelled_ops": sorted(unmodelled),
     }
+
+
+def measure_activations(
+    torch: Any, transformers: Any, model: Any, config: Any, kv_layers: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """The activation model alone, for a KV layout already measured."""
+    plan = _activation_plan(transformers, model, config, _windows(kv_layers))
+    traced = map_shared(
+        lambda point: _trace_point(
+            torch, transformers, model, config, plan.layers, plan.representatives, *point
+        ),
+        plan.points,
+    )
+    return _fit_regimes(plan, traced)
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _measure_both(torch: Any, transformers: Any, model: Any, config: Any, result: dict[str, Any]) -> None:
+    """The KV forward and every trace point are independent forwards: they share one queue between this
+    process and a forked copy. The regimes are planned from the caps the cache layers get at
+    construction; should the KV forward report other caps, the activations are traced again for those.
+    Errors land in `result` exactly as a one-after-another run reports them (KV first, then the plan,
+    then each regime's points and fits in order)."""
+    try:
+        plan: _ActivationPlan | str = _activation_plan(
+            transformers, model, config, _windows_before_forward(transformers, config)
+        )
+    except Exception as exc:  # noqa: BLE001 - reported after the KV forward, as the sequential order would
+        plan = _error_text(exc)
+    jobs: list[tuple[int, int] | None] = [None, *(plan.points if isinstance(plan, _ActivationPlan) else [])]
+
+    def run(job: tuple[int, int] | None) -> Any:
+        try:
+            if job is None:
+                return measure_kv(torch, transformers, model, config)
+            assert isinstance(plan, _ActivationPlan)
+            return _trace_point(torch, transformers, model, config, plan.layers, plan.representatives, *job)
+        except Exception as exc:  # noqa: BLE001 - carried back as a value, reported below in order
+            return _PointFailed(_error_text(exc))
+
+    kv, *traced = map_shared(run, jobs)
+    if isinstance(kv, _PointFailed):
+        result["kv_error"] = kv.text
+        return
+    result["kv"] = kv
+    try:
+        if isinstance(plan, str):
+            raise _PointFailed(plan)
+        if plan.regimes != _regimes(_windows(kv["layers"])):
+            result["activations"] = measure_activations(torch, transformers, model, config, kv["layers"])
+        else:
+            result["activations"] = _fit_regimes(plan, traced)
+    except _PointFailed as failed:
+        result["activations_error"] = failed.text
+    except Exception as exc:  # noqa: BLE001 - the estimate falls back to the analytic activation model
+        result["activations_error"] = _error_text(exc)
 
 
 _ATTENTION_DISPATCH = (
@@ -663,16 +759,6 @@ def trace_model(
         "attn_implementation": actual,
         "custom_attention": custom_attention_classes(model),
     }
-    try:
-        with _kernel_stand_ins(torch, actual):
-            kv = measure_kv(torch, transformers, model, config)
-    except Exception as exc:  # noqa: BLE001 - the estimate falls back to the config formula
-        result["kv_error"] = f"{type(exc).__name__}: {exc}"[:300]
-        return result
-    result["kv"] = kv
-    try:
-        with _kernel_stand_ins(torch, actual):
-            result["activations"] = measure_activations(torch, transformers, model, config, kv["layers"])
-    except Exception as exc:  # noqa: BLE001 - the estimate falls back to the analytic activation model
-        result["activations_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    with _kernel_stand_ins(torch, actual):
+        _measure_both(torch, transformers, model, config, result)
     return result
