@@ -5,7 +5,8 @@ Usage:
 
 Each run is the whole command in a fresh interpreter, wall clock:
     doctor --model M --quant bnb-4bit --gpus 1xH100-80GB --context 128k --only memory --no-live
-"cold" sets NIAH_DOCTOR_SIZING_CACHE=0 (the sizing child imports torch + transformers + bitsandbytes,
+"cold" (after one untimed run that reads the libraries' files into the page cache) sets
+NIAH_DOCTOR_SIZING_CACHE=0 (the sizing child imports torch + transformers + bitsandbytes,
 builds the model on the meta device, runs the KV forward and the traced layer forwards, prepares the
 quantizer); "cached" runs after one warming run and reads the child's answer from the sizing cache.
 The table shows median, min and max; raw seconds go to benchmarks/results/estimate_speed_<date>.json.
@@ -41,20 +42,15 @@ def embedded_models() -> list[tuple[str, int]]:
     return out
 
 
-def time_estimate(model: str, runs: int, cold: bool) -> tuple[list[float], int]:
+def time_estimate(model: str, cold: bool) -> tuple[float, int]:
     argv = [sys.executable, "-m", "doctor", "--model", model, "--quant", "bnb-4bit", "--gpus", "1xH100-80GB"]
     argv += ["--context", "128k", "--only", "memory", "--no-live"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "NIAH_DOCTOR_SIZING_CACHE": "0" if cold else "1"}
-    seconds: list[float] = []
-    code = 0
-    for _ in range(runs):
-        start = time.perf_counter()
-        proc = subprocess.run(
-            argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False
-        )
-        seconds.append(time.perf_counter() - start)
-        code = proc.returncode
-    return seconds, code
+    start = time.perf_counter()
+    proc = subprocess.run(
+        argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False
+    )
+    return time.perf_counter() - start, proc.returncode
 
 
 def spread(seconds: list[float]) -> str:
@@ -62,13 +58,35 @@ def spread(seconds: list[float]) -> str:
 
 
 def measure(runs: int, cached_runs: int) -> list[dict[str, object]]:
+    """Round-robin: every round times every model once, so a slow minute of a shared box is spread over
+    all models instead of landing on one."""
+    models = embedded_models()
+    time_estimate(models[0][0], cold=True)  # untimed: the libraries' files into the page cache first
+    cold: dict[str, list[float]] = {m: [] for m, _ in models}
+    cached: dict[str, list[float]] = {m: [] for m, _ in models}
+    codes: dict[str, int] = {}
+    for round_ in range(runs):
+        for model, _ in models:
+            seconds, codes[model] = time_estimate(model, cold=True)
+            cold[model].append(seconds)
+        print(f"cold round {round_ + 1}/{runs} done", flush=True)
+    for model, _ in models:
+        time_estimate(model, cold=False)  # warms the sizing cache
+    for _ in range(cached_runs):
+        for model, _ in models:
+            cached[model].append(time_estimate(model, cold=False)[0])
     rows: list[dict[str, object]] = []
-    for model, layers in embedded_models():
-        cold, code = time_estimate(model, runs, cold=True)
-        time_estimate(model, 1, cold=False)  # warms the sizing cache
-        cached, _ = time_estimate(model, cached_runs, cold=False)
-        rows.append({"model": model, "layers": layers, "cold_s": cold, "cached_s": cached, "exit_code": code})
-        print(f"{model:50s} {layers:3d} layers  cold {spread(cold)}  cached {spread(cached)}", flush=True)
+    for model, layers in models:
+        rows.append(
+            {
+                "model": model,
+                "layers": layers,
+                "cold_s": cold[model],
+                "cached_s": cached[model],
+                "exit_code": codes[model],
+            }
+        )
+        print(f"{model:50s} {layers:3d} layers  cold {spread(cold[model])}  cached {spread(cached[model])}")
     return rows
 
 
@@ -78,8 +96,10 @@ def section(rows: list[dict[str, object]], runs: int, loads: tuple[str, str]) ->
         "",
         "Measured with `python benchmarks/estimate_speed.py --write-docs docs/benchmarks.md`: the whole",
         "`doctor --model M --quant bnb-4bit --gpus 1xH100-80GB --context 128k --only memory --no-live` command",
-        f"in a fresh interpreter, wall clock, {runs} cold runs (`NIAH_DOCTOR_SIZING_CACHE=0`) and cached runs",
-        "after one warming run. Target: a cold estimate ≤ 5 s (median) for every embedded model.",
+        f"in a fresh interpreter, wall clock, {runs} rounds of cold runs (`NIAH_DOCTOR_SIZING_CACHE=0`; the files of",
+        "torch and transformers already in the page cache; each round times every model once) and cached",
+        "runs after one warming run.",
+        "Target: a cold estimate ≤ 5 s (median) for every embedded model.",
         "",
         f"- Machine: {os.cpu_count()} CPUs ({cpu_model()}), no GPU; load average before / after: "
         f"{loads[0]} / {loads[1]}",
