@@ -1,4 +1,4 @@
-"""Share independent CPU work between this process and one forked copy of it.
+"""Share independent CPU work between this process and forked copies of it.
 
 The sizing child's compute is meta-device forwards: every op goes through torch's Python meta kernels, one
 core at a time, while a second core sits idle (the CI box and most laptops have at least two). Forking

@@ -19,7 +19,7 @@ from typing import Any
 
 from run_plan.safe_files import tool_cache_dir
 
-_PRODUCERS = ("skeleton.py", "trace.py", "storage.py", "module_tree.py")
+_PRODUCERS = ("skeleton.py", "trace.py", "storage.py", "module_tree.py", "forked.py")
 
 
 def cache_dir() -> Path:

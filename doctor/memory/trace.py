@@ -612,8 +612,8 @@ def _activation_plan(transformers: Any, model: Any, config: Any, windows: Sequen
     return _ActivationPlan(layers, reps, sig_of, _regimes(windows))
 
 
-class _PointFailed(Exception):
-    """A trace point's forward raised (in this process or the forked copy); `text` is its error."""
+class _ForwardFailed(Exception):
+    """The KV forward or a trace point's forward raised (here or in the forked copy); `text` is its error."""
 
     def __init__(self, text: str) -> None:
         super().__init__(text)
@@ -621,7 +621,7 @@ class _PointFailed(Exception):
 
 
 def _fit_regimes(
-    plan: _ActivationPlan, traced: Sequence[dict[str, list[int]] | _PointFailed]
+    plan: _ActivationPlan, traced: Sequence[dict[str, list[int]] | _ForwardFailed]
 ) -> dict[str, Any]:
     """Exact integer polynomials per zone event from the traced points (in plan.points order). Errors come
     in the order a one-after-another run meets them: each regime's points, then its fits."""
@@ -631,9 +631,9 @@ def _fit_regimes(
     for regime in plan.regimes:
         outcomes = [next(samples_in_order) for _ in regime["points"]]
         for outcome in outcomes:
-            if isinstance(outcome, _PointFailed):
+            if isinstance(outcome, _ForwardFailed):
                 raise outcome
-        samples = [dict(outcome) for outcome in outcomes if not isinstance(outcome, _PointFailed)]
+        samples = [dict(outcome) for outcome in outcomes if not isinstance(outcome, _ForwardFailed)]
         for sample in samples:
             unmodelled.update(sample.pop("_unmodelled", []))
         zones = sorted(samples[0])
@@ -697,21 +697,21 @@ def _measure_both(torch: Any, transformers: Any, model: Any, config: Any, result
             assert isinstance(plan, _ActivationPlan)
             return _trace_point(torch, transformers, model, config, plan.layers, plan.representatives, *job)
         except Exception as exc:  # noqa: BLE001 - carried back as a value, reported below in order
-            return _PointFailed(_error_text(exc))
+            return _ForwardFailed(_error_text(exc))
 
     kv, *traced = map_shared(run, jobs)
-    if isinstance(kv, _PointFailed):
+    if isinstance(kv, _ForwardFailed):
         result["kv_error"] = kv.text
         return
     result["kv"] = kv
     try:
         if isinstance(plan, str):
-            raise _PointFailed(plan)
+            raise _ForwardFailed(plan)
         if plan.regimes != _regimes(_windows(kv["layers"])):
             result["activations"] = measure_activations(torch, transformers, model, config, kv["layers"])
         else:
             result["activations"] = _fit_regimes(plan, traced)
-    except _PointFailed as failed:
+    except _ForwardFailed as failed:
         result["activations_error"] = failed.text
     except Exception as exc:  # noqa: BLE001 - the estimate falls back to the analytic activation model
         result["activations_error"] = _error_text(exc)
