@@ -603,9 +603,8 @@ def _model_loads(reader: _Reader) -> tuple[list[ast.Call], list[ast.Call]]:
     return sorted(models, key=key), sorted(others, key=key)
 
 
-def _undetermined(reader: _Reader, key: str, node: ast.AST, text: str, unknown: _Unknown) -> Setting:
-    line = getattr(node, "lineno", 0)
-    return Setting(key, None, False, reader.filename, line, text, f"could not determine: {unknown.reason}")
+def _undetermined(reader: _Reader, key: str, line: int, text: str, reason: str) -> Setting:
+    return Setting(key, None, False, reader.filename, line, text, f"could not determine: {reason}")
 
 
 def _setting(
@@ -618,12 +617,12 @@ def _setting(
     extra: Mapping[str, Any] | None = None,
 ) -> Setting:
     text = reader.source(node)
+    line = getattr(node, "lineno", 0)
     if isinstance(value, _Unknown):
-        return _undetermined(reader, key, node, text, value)
+        return _undetermined(reader, key, line, text, value.reason)
     converted = convert(value.value) if convert else value.value
     if isinstance(converted, _Unknown):
-        return _undetermined(reader, key, node, text, converted)
-    line = getattr(node, "lineno", 0)
+        return _undetermined(reader, key, line, text, converted.reason)
     origin = _constant_assignment(reader, node)
     if origin is not None:  # cite the line that sets the value, and keep where it is used in the note
         note = f"{note} at {reader.filename}:{line}" if note else f"used at {reader.filename}:{line}"
@@ -752,15 +751,8 @@ def _quant_from_value(reader: _Reader, node: ast.AST, value: _Value) -> Setting:
     if not isinstance(config, _CallValue):
         return _setting(reader, "quant", node, _Unknown(f"quantization_config is {reader.source(node)}"))
     if config.func != "BitsAndBytesConfig":
-        return Setting(
-            "quant",
-            None,
-            False,
-            reader.filename,
-            config.line,
-            reader.source(node),
-            f"could not determine: {config.func} is not a bitsandbytes quantization the doctor models",
-        )
+        reason = f"{config.func} is not a bitsandbytes quantization the doctor models"
+        return _undetermined(reader, "quant", config.line, reader.source(node), reason)
     args = dict(config.kwargs)
     unknown = next((f"{k}: {v.reason}" for k, v in args.items() if isinstance(v, _Unknown)), None)
     flags = {k: v.value for k, v in args.items() if isinstance(v, _Known)}
@@ -769,15 +761,7 @@ def _quant_from_value(reader: _Reader, node: ast.AST, value: _Value) -> Setting:
         and ("load_in_4bit" in args or "load_in_8bit" in args)
         and not (flags.get("load_in_4bit") is True or flags.get("load_in_8bit") is True)
     ):
-        return Setting(
-            "quant",
-            None,
-            False,
-            reader.filename,
-            config.line,
-            reader.source(node),
-            f"could not determine: {unknown}",
-        )
+        return _undetermined(reader, "quant", config.line, reader.source(node), unknown)
     quant = "bnb-4bit" if flags.get("load_in_4bit") else "bnb-8bit" if flags.get("load_in_8bit") else "none"
     extra: dict[str, Any] = {}
     if quant == "bnb-4bit":
