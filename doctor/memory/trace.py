@@ -629,11 +629,12 @@ def _fit_regimes(
     regimes = []
     unmodelled: set[str] = set()
     for regime in plan.regimes:
-        outcomes = [next(samples_in_order) for _ in regime["points"]]
-        for outcome in outcomes:
+        samples = []
+        for _ in regime["points"]:
+            outcome = next(samples_in_order)
             if isinstance(outcome, _ForwardFailed):
                 raise outcome
-        samples = [dict(outcome) for outcome in outcomes if not isinstance(outcome, _ForwardFailed)]
+            samples.append(dict(outcome))
         for sample in samples:
             unmodelled.update(sample.pop("_unmodelled", []))
         zones = sorted(samples[0])
