@@ -248,7 +248,9 @@ class SharedBackend:
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 
-    def generate(self, input_ids: list[int], *, max_new_tokens: int, reusable_prefix_len: int = 0) -> Any:
+    def generate(
+        self, input_ids: list[int], *, max_new_tokens: int, reusable_prefix_len: int = 0, **hints: Any
+    ) -> Any:
         import dataclasses
 
         import torch

@@ -50,15 +50,16 @@ TOKENIZER_FILES = (
 )
 
 
-def build(folder: Path, tokenizer: Path, tiny: bool) -> None:
+def build(folder: Path, tokenizer: Path, tiny: bool, max_positions: int | None = None) -> None:
     import torch
     from transformers import Llama4ForCausalLM, Llama4TextConfig
 
     token_ids = json.loads((tokenizer / "tokenizer_config.json").read_text()).get("added_tokens_decoder", {})
     special = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2} if token_ids else {}
-    config = Llama4TextConfig(
-        num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0], **(TINY_TEXT if tiny else SCOUT_TEXT), **special
-    )
+    shape = dict(TINY_TEXT if tiny else SCOUT_TEXT)
+    if max_positions:  # a memory limit above Scout's 10M positions needs a model that admits more
+        shape["max_position_embeddings"] = max_positions
+    config = Llama4TextConfig(num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0], **shape, **special)
     config.architectures = ["Llama4ForCausalLM"]
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("folder", type=Path)
     b.add_argument("--tokenizer", type=Path, required=True)
     b.add_argument("--tiny", action="store_true")
+    b.add_argument("--max-positions", type=int, help="max_position_embeddings (default: Scout's 10,485,760)")
     s = sub.add_parser("show")
     s.add_argument("folder", type=Path)
     s.add_argument("--out", type=Path, required=True)
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "build":
-        build(args.folder, args.tokenizer, args.tiny)
+        build(args.folder, args.tokenizer, args.tiny, args.max_positions)
     elif args.command == "table":
         table(args.out)
     else:

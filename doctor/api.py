@@ -31,12 +31,19 @@ def judge(
 ) -> Judgement:
     """Settle the plan's choices, run the selected checks against it, and return both."""
     from doctor.context import DoctorContext
-    from doctor.plan import remember_static_decisions, resolve_plan, settle_static_choices, with_verdict
+    from doctor.plan import (
+        planned_gpus_or_none,
+        remember_static_decisions,
+        resolve_plan,
+        settle_static_choices,
+        with_verdict,
+    )
     from doctor.registry import load_checks, select
     from doctor.runner import build_report
 
-    settled, decisions = settle_static_choices(spec)
-    ctx = DoctorContext(settled)
+    ctx = DoctorContext(spec)
+    settled, decisions = settle_static_choices(spec, planned_gpus_or_none(ctx))
+    ctx.target = settled  # the probes that read the plan run later, on the settled spec
     remember_static_decisions(ctx, decisions)
     report = build_report(
         select(load_checks(), tuple(only), tuple(skip)),

@@ -8,6 +8,7 @@ Every "auto" becomes a value here, once: the attention implementation before any
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from doctor.context import DoctorContext
@@ -20,23 +21,73 @@ from doctor.memory.estimate import (
     fits,
 )
 from doctor.memory.gpus import GpuSpec, gpus_from_nvml, parse_gpus
+from doctor.memory.timing import prefill_time_model
 from doctor.probes import Unavailable
+from run_plan.errors import UsageError
 from run_plan.resolved import Decision, DevicePrediction, LengthPlan, ResolvedPlan
 from run_plan.shell import shell_join
-from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, RunSpec
+from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, LEAN_ATTN, RunSpec
+from run_plan.timing import PrefillTimeModel
 
 _CACHE_ATTR = "_resolved_plan"
 _STATIC_ATTR = "_static_decisions"
 
 
-def settle_static_choices(spec: RunSpec) -> tuple[RunSpec, tuple[Decision, ...]]:
-    """Choices that need no estimate. attn=auto is sdpa: with chunked prefill it runs at every length we
-    measured (1M tokens on an H100), while flex_attention's compiled kernel has a length limit for head
-    counts that are not a power of two (the `attention-limit` check)."""
+def settle_static_choices(
+    spec: RunSpec, gpus: Sequence[GpuSpec] | None = None
+) -> tuple[RunSpec, tuple[Decision, ...]]:
+    """Choices the GPUs decide before any estimate: attn=auto becomes niah_lean where a planned GPU runs the
+    flash kernel (sm80+), else sdpa. Whether the lean attention computes this model exactly is asked of
+    the model itself by the sizing child; `resolve_plan` then keeps sdpa where it does not. `gpus`: the
+    planned GPUs (None: --gpus, else what NVML sees)."""
     if spec.attn != "auto":
         return spec, ()
-    why = f"auto: {AUTO_ATTN} runs at every planned length with chunked prefill"
-    return dataclasses.replace(spec, attn=AUTO_ATTN), (Decision("attn", AUTO_ATTN, why),)
+    choice, why = _auto_attention(spec, _gpus_without_context(spec) if gpus is None else list(gpus))
+    return dataclasses.replace(spec, attn=choice), (Decision("attn", choice, why),)
+
+
+_LEAN_WHY = (
+    "auto: niah_lean — flash kernel, bottom-right causal, native GQA: no repeated K/V and no mask "
+    "(exact on full, sliding-window and chunked layers)"
+)
+
+
+def _auto_attention(spec: RunSpec, gpus: Sequence[GpuSpec]) -> tuple[str, str]:
+    if spec.backend != "transformers":
+        return AUTO_ATTN, f"auto: {AUTO_ATTN} (the server computes the attention)"
+    if not gpus:
+        return AUTO_ATTN, f"auto: {AUTO_ATTN} — no GPU planned (the lean attention runs on CUDA GPUs)"
+    capabilities = [g.compute_capability for g in gpus]
+    if any(c is None for c in capabilities):
+        return AUTO_ATTN, (
+            f"auto: {AUTO_ATTN} — the GPU model is not known (--gpus by size); name the card "
+            "(e.g. 1xH100-80GB) to plan the lean attention"
+        )
+    old = sorted({c for c in capabilities if c is not None and c < FLASH_MIN_CAPABILITY})
+    if old:
+        return AUTO_ATTN, (
+            f"auto: {AUTO_ATTN} — sm_{old[0][0]}{old[0][1]} is older than the flash kernel's sm_80"
+        )
+    return LEAN_ATTN, _LEAN_WHY
+
+
+# torch's flash attention kernel needs Ampere or newer
+FLASH_MIN_CAPABILITY = (8, 0)
+
+
+def _gpus_without_context(spec: RunSpec) -> list[GpuSpec]:
+    """The planned GPUs outside a doctor run (a saved plan's resume check, --skip-preflight)."""
+    if spec.gpus:
+        try:
+            return parse_gpus(spec.gpus)
+        except UsageError:
+            return []
+    from doctor.probes import load_probes
+
+    try:
+        return gpus_from_nvml(load_probes()["nvml"](spec))
+    except Exception:  # noqa: BLE001 - no NVML is no GPU
+        return []
 
 
 def planned_gpus(ctx: DoctorContext) -> tuple[list[GpuSpec], str]:
@@ -48,6 +99,14 @@ def planned_gpus(ctx: DoctorContext) -> tuple[list[GpuSpec], str]:
         return [], f"no --gpus and NVML unavailable ({facts.reason})"
     gpus = gpus_from_nvml(facts)
     return gpus, "NVML" if gpus else "NVML sees no GPU"
+
+
+def planned_gpus_or_none(ctx: DoctorContext) -> list[GpuSpec]:
+    """planned_gpus, or none where --gpus cannot be read (the run-args check reports that)."""
+    try:
+        return planned_gpus(ctx)[0]
+    except UsageError:
+        return []
 
 
 def memory_settings(ctx: DoctorContext) -> Settings | None:
@@ -80,6 +139,8 @@ def _resolve(ctx: DoctorContext, static: tuple[Decision, ...]) -> ResolvedPlan:
         reason = "no memory estimate for this model" if settings is None else f"no GPU known ({gpu_source})"
         return plan_without_estimate(spec, tuple(decisions), reason)
     sizing = ctx.probe("memory")["sizing"]
+    spec, decisions = _paths_from_sizing(spec, decisions, sizing)
+    settings = dataclasses.replace(settings, attn=spec.attn)
     chunk, why = _choose_chunk(sizing, settings, gpus, spec.prefill_chunk, spec.lengths)
     if spec.prefill_chunk is None:
         decisions.append(Decision("prefill_chunk", chunk, why))
@@ -87,14 +148,44 @@ def _resolve(ctx: DoctorContext, static: tuple[Decision, ...]) -> ResolvedPlan:
     # The longest context is what a plan for THAT length would reach: its chunk is chosen there too, unless
     # the user fixed one. So `doctor` and a later `niah run --lengths <that>` agree on it.
     reach = compute_estimate(sizing, settings, gpus)
-    lengths = tuple(_length_plan(sizing, settings, gpus, chunk, n) for n in spec.lengths)
+    timing = prefill_time_model(sizing, spec.attn, settings.quant, gpus, measured_rates(ctx))
+    lengths = tuple(_length_plan(sizing, settings, gpus, chunk, n, timing) for n in spec.lengths)
     return ResolvedPlan(
         spec=spec,
         lengths=lengths,
         max_context_tokens=reach.max_context_tokens,
         decisions=tuple(decisions),
         estimate_method=reach.method,
+        prefill_time=timing,
     )
+
+
+def measured_rates(ctx: DoctorContext) -> dict[str, Any] | None:
+    """The planned GPU's kernel rates from the live probe, when it ran here on that GPU."""
+    if ctx.target.gpus:  # planning for other GPUs than these: their rates were not measured here
+        return None
+    facts = ctx.probe("rates-live")
+    return facts if isinstance(facts, dict) else None
+
+
+def _paths_from_sizing(
+    spec: RunSpec, decisions: list[Decision], sizing: Any
+) -> tuple[RunSpec, list[Decision]]:
+    """What the sizing child found when it built the planned paths on the model: an auto lean attention the
+    model refuses becomes transformers' sdpa (the sizing traced that instead), and experts=auto becomes the
+    MoE forward that was put on the model."""
+    trace = sizing.get("trace") or {}
+    refused = (trace.get("attn_refused") or {}).get(LEAN_ATTN)
+    if refused and spec.attn == LEAN_ATTN and any(d.name == "attn" for d in decisions):
+        spec = dataclasses.replace(spec, attn=AUTO_ATTN)
+        why = f"auto: {AUTO_ATTN} — the lean attention cannot compute this model exactly: {refused}"
+        decisions = [d for d in decisions if d.name != "attn"] + [Decision("attn", AUTO_ATTN, why)]
+    if spec.experts == "auto":
+        path = str((sizing.get("experts_path") or {}).get("experts") or "")
+        value = "routed" if path.startswith("routed") else "transformers"
+        decisions.append(Decision("experts", value, f"auto: {path or 'no experts path reported'}"))
+        spec = dataclasses.replace(spec, experts=value)
+    return spec, decisions
 
 
 def plan_without_estimate(
@@ -148,7 +239,14 @@ def _choose_chunk(
     return DEFAULT_PREFILL_CHUNK, "default: no planned length fits at any chunk"
 
 
-def _length_plan(sizing: Any, settings: Settings, gpus: list[GpuSpec], chunk: int, tokens: int) -> LengthPlan:
+def _length_plan(
+    sizing: Any,
+    settings: Settings,
+    gpus: list[GpuSpec],
+    chunk: int,
+    tokens: int,
+    timing: PrefillTimeModel | None,
+) -> LengthPlan:
     estimate = compute_estimate(
         sizing, dataclasses.replace(settings, context=tokens, prefill_chunk=chunk), gpus
     )
@@ -156,7 +254,10 @@ def _length_plan(sizing: Any, settings: Settings, gpus: list[GpuSpec], chunk: in
         DevicePrediction(f"cuda:{g['index']}", int(g["predicted_peak_bytes"]), int(g["limit_bytes"]))
         for g in estimate.per_gpu
     )
-    return LengthPlan(tokens, estimate.fits, devices, None if estimate.fits else _why_not(estimate))
+    seconds = timing.seconds(0, tokens, min(chunk, tokens)) if timing else None
+    return LengthPlan(
+        tokens, bool(estimate.fits), devices, None if estimate.fits else _why_not(estimate), seconds
+    )
 
 
 def _why_not(estimate: Estimate) -> str:
@@ -177,10 +278,14 @@ def estimate_at_plan(ctx: DoctorContext) -> tuple[Estimate, list[GpuSpec], str]:
     plan = resolve_plan(ctx)
     sizing = ctx.probe("memory")["sizing"]
     estimate = compute_estimate(
-        sizing, dataclasses.replace(settings, prefill_chunk=plan.spec.prefill_chunk), gpus
+        sizing,
+        dataclasses.replace(settings, attn=plan.spec.attn, prefill_chunk=plan.spec.prefill_chunk),
+        gpus,
     )
     if gpus:
         estimate.max_context_tokens = plan.max_context_tokens
+        estimate.prefill_seconds_estimate = plan.predicted_prefill_seconds(0, estimate.context)
+        estimate.prefill_rates = plan.prefill_time.rates_source if plan.prefill_time else None
     return estimate, gpus, gpu_source
 
 

@@ -63,13 +63,14 @@ class CheckSpec:
     section: str
     run: CheckFn
     needs: tuple[str, ...] = ()  # probes that must have facts; else SKIP (missing) or ERROR (probe broke)
+    wants: tuple[str, ...] = ()  # probes it reads when they have facts (fetched with the others up front)
 
 
 _REGISTRY: dict[str, CheckSpec] = {}
 
 
 def check(
-    check_id: str, *, title: str, section: str, needs: Iterable[str] = ()
+    check_id: str, *, title: str, section: str, needs: Iterable[str] = (), wants: Iterable[str] = ()
 ) -> Callable[[CheckFn], CheckFn]:
     """Register a check. Raises ValueError on a non-kebab-case or duplicate id."""
     if not is_kebab_case(check_id):
@@ -79,7 +80,7 @@ def check(
         existing = _REGISTRY.get(check_id)
         if existing is not None and existing.run.__qualname__ != fn.__qualname__:
             raise ValueError(f"check id {check_id!r} registered twice")
-        _REGISTRY[check_id] = CheckSpec(check_id, title, section, fn, tuple(needs))
+        _REGISTRY[check_id] = CheckSpec(check_id, title, section, fn, tuple(needs), tuple(wants))
         return fn
 
     return register

@@ -64,7 +64,7 @@ def build_report(
     redactor: Redactor | None = None,
 ) -> Report:
     """Run the checks, gather facts and attachments, and return the *redacted* report."""
-    needed = {name for spec in specs for name in spec.needs}
+    needed = {name for spec in specs for name in (*spec.needs, *spec.wants)}
     ctx.prefetch(sorted(needed))
     results: list[CheckResult] = []
     attachments: dict[str, Any] = {}

@@ -29,7 +29,7 @@ from typing import Any
 from doctor.model_config import DEMO_GGUF, DEMO_MODEL_ID, DEMO_PACKAGE, PICKLE_SUFFIXES
 from run_plan.errors import UsageError
 from run_plan.sizes import parse_max_memory
-from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, RunSpec
+from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, LEAN_ATTN, RunSpec
 
 CACHE_FORMAT = 1  # bump when the cached folder's layout changes
 _MARKER = "niah-source.json"  # written last inside the cached folder: its presence means complete
@@ -281,6 +281,10 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
     on_cuda = torch.cuda.is_available()
     caps = cap_allocator(max_memory) if on_cuda else {}
     attn = AUTO_ATTN if options.attn == "auto" else options.attn
+    if attn == LEAN_ATTN:
+        from doctor.runtime.attention import register
+
+        register()  # niah's own attention: transformers must know the name before it builds the model
     device_map: Any = options.device_map or ("auto" if on_cuda else None)
     kwargs: dict[str, Any] = {
         "attn_implementation": attn,
@@ -321,6 +325,9 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
             hint=_load_hint(options, source),
         ) from None
     load_seconds = time.perf_counter() - started
+    from doctor.runtime.paths import apply_experts
+
+    experts = apply_experts(model, options.experts)
 
     chunk, chunk_source = options.prefill_chunk, "plan"
     if chunk is None:
@@ -341,11 +348,13 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
         "prefill_chunk_source": chunk_source,
         "allocator_caps_bytes": {f"cuda:{index}": cap for index, cap in caps.items()},
         "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+        "experts": experts["experts"],
+        "kv_cache": "preallocated full layers" if attn == LEAN_ATTN else "DynamicCache",
     }
     warnings = attention_warnings(model.config, attn)
     if warnings:
         facts["warnings"] = warnings
-    return HFBackend(model, tokenizer, prefill_chunk=chunk, facts=facts)
+    return HFBackend(model, tokenizer, prefill_chunk=chunk, facts=facts, preallocate_kv=attn == LEAN_ATTN)
 
 
 def attention_warnings(config: Any, attn: str) -> list[str]:

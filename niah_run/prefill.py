@@ -7,9 +7,11 @@ KV cache should be reused across needle depths. Each of those is a few lines her
 
 Exactness rules this module keeps:
 - positions are absolute: chunk k of a prompt gets position_ids/cache_position start..end, and the
-  cache already holds exactly `start` tokens (Llama 4's NoPE temperature tuning reads them);
-- the cache is only cropped when every layer still holds all the tokens to keep (a sliding or
-  chunked layer past its window has dropped them: those caches are rebuilt, never approximated).
+  cache already holds exactly `start` tokens (Llama 4's NoPE temperature tuning reads them); every
+  forward runs inside `query_start(start)`, which the lean attention reads;
+- chunks are cut on one absolute grid (multiples of the chunk size), whatever the prefill resumes from;
+- the cache goes back to a prefix only exactly: by cropping where every layer still holds it, or from a
+  snapshot of the windowed layers taken at that very position (doctor.runtime.cache).
 
 torch and transformers are imported inside functions: importing `niah_run.cli` must stay light.
 """
@@ -17,7 +19,8 @@ torch and transformers are imported inside functions: importing `niah_run.cli` m
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +43,16 @@ def inspect_forward(model: Any) -> ForwardSignature:
     )
 
 
-def new_cache(model: Any) -> Any:
-    """A DynamicCache shaped by the config (sliding/chunked layers keep only their window)."""
+def new_cache(model: Any, capacity: int | None = None) -> Any:
+    """The cache for one prompt: DynamicCache shaped by the config (sliding/chunked layers keep only their
+    window). With `capacity` (the lean path), its full-attention layers are preallocated for that many
+    tokens, so no chunk copies a layer's whole K/V (doctor.runtime.cache)."""
     from transformers import DynamicCache
 
+    if capacity is not None:
+        from doctor.runtime.cache import preallocated_cache
+
+        return preallocated_cache(model.config, capacity)
     try:
         return DynamicCache(config=model.config)
     except TypeError:  # transformers < 4.56 has no config argument: full-length layers everywhere
@@ -56,37 +65,11 @@ def cache_length(cache: Any) -> int:
 
 
 def can_crop_to(cache: Any, keep: int) -> bool:
-    """True when cropping the cache to its first `keep` tokens gives exactly the KV of those tokens.
+    """True when cropping the cache to its first `keep` tokens gives exactly the KV of those tokens
+    without a snapshot: every layer still holds them (doctor.runtime.cache.holds_prefix)."""
+    from doctor.runtime.cache import holds_prefix
 
-    Feature-detected per layer, never assumed: a full layer crops by slicing; a sliding/chunked layer
-    only while it still holds every token it has seen (before its window filled up)."""
-    if cache is None or not hasattr(cache, "crop"):
-        return False
-    layers = getattr(cache, "layers", None)
-    if layers is None:  # legacy cache object: we cannot see what each layer keeps
-        return False
-    seen = cache_length(cache)
-    if not 0 < keep <= seen:
-        return False
-    for layer in layers:
-        if getattr(layer, "is_croppable", True) is False:
-            return False
-        window = getattr(layer, "sliding_window", None)
-        if getattr(layer, "is_sliding", False) or window is not None:
-            layer_seen = int(layer.get_seq_length())
-            if window is None or layer_seen >= int(window) - 1:
-                return False  # older tokens were dropped: cannot roll back exactly
-    return True
-
-
-def crop_to(cache: Any, keep: int) -> None:
-    # A negative argument means "remove that many tokens" in every transformers version since 4.3x;
-    # a positive one is an absolute length in old versions and refused in new ones.
-    remove = cache_length(cache) - keep
-    if remove > 0:
-        cache.crop(-remove)
-    if cache_length(cache) != keep:
-        raise RuntimeError(f"cache crop left {cache_length(cache)} tokens, expected {keep}")
+    return holds_prefix(cache, keep)
 
 
 def forward_step(model: Any, sig: ForwardSignature, token_ids: Any, start: int, cache: Any) -> Any:
@@ -94,6 +77,8 @@ def forward_step(model: Any, sig: ForwardSignature, token_ids: Any, start: int, 
 
     Returns the float32 logits of the last position, shape [vocab]."""
     import torch
+
+    from doctor.runtime.attention import query_start
 
     n = token_ids.shape[-1]
     if cache_length(cache) != start:
@@ -109,32 +94,72 @@ def forward_step(model: Any, sig: ForwardSignature, token_ids: Any, start: int, 
         kwargs["cache_position"] = positions
     if sig.logits_kw is not None:
         kwargs[sig.logits_kw] = 1  # the prefill never needs more than the next-token logits
-    out = model(**kwargs)
+    with query_start(start):  # the lean attention reads the chunk's position here; others ignore it
+        out = model(**kwargs)
     return out.logits[0, -1].float()
 
 
-def chunk_bounds(start: int, end: int, chunk_size: int | None) -> list[tuple[int, int]]:
-    """[start, end) cut into pieces of at most `chunk_size` (None or <= 0: one piece)."""
+def chunk_bounds(
+    start: int, end: int, chunk_size: int | None, cuts: Sequence[int] = ()
+) -> list[tuple[int, int]]:
+    """[start, end) cut at every multiple of `chunk_size` (None or <= 0: no such cuts) and at `cuts`.
+
+    Cutting at absolute multiples, not every chunk_size tokens from `start`, keeps a prefill that resumes
+    from a reused prefix on the same chunk grid as a fresh one: a chunk never straddles a window or
+    attention-chunk boundary that a chunk size dividing it would not."""
     if end <= start:
         return []
-    if not chunk_size or chunk_size <= 0:
-        return [(start, end)]
-    return [(a, min(a + chunk_size, end)) for a in range(start, end, chunk_size)]
+    points = {start, end, *(c for c in cuts if start < c < end)}
+    if chunk_size and chunk_size > 0:
+        points.update(range(start - start % chunk_size + chunk_size, end, chunk_size))
+    ordered = sorted(points)
+    return list(itertools.pairwise(ordered))
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class Prefilled:
+    """What a prefill leaves: the next-token logits, and the cache snapshot taken on the way (if asked)."""
+
+    logits: Any
+    snapshot: Any = None
 
 
 def prefill(
-    model: Any, sig: ForwardSignature, input_ids: Any, cache: Any, *, start: int, chunk_size: int | None
-) -> Any:
-    """Feed input_ids[start:] (tensor [1, T]) into `cache` chunk by chunk; return the last logits."""
+    model: Any,
+    sig: ForwardSignature,
+    input_ids: Any,
+    cache: Any,
+    *,
+    start: int,
+    chunk_size: int | None,
+    snapshot_at: int | None = None,
+    on_chunk: ProgressCallback | None = None,
+) -> Prefilled:
+    """Feed input_ids[start:] (tensor [1, T]) into `cache` chunk by chunk.
+
+    With `snapshot_at` (start < snapshot_at < T), a chunk ends there and the cache is snapshotted at that
+    length (doctor.runtime.cache.take_snapshot), so a later prompt sharing those tokens can resume from it.
+    `on_chunk(tokens_done, tokens_total)` is called after each chunk, counting from `start`."""
     import torch
 
-    logits = None
+    from doctor.runtime.cache import take_snapshot
+
+    total = input_ids.shape[-1]
+    cuts = [snapshot_at] if snapshot_at is not None and start < snapshot_at < total else []
+    logits, snapshot = None, None
     with torch.inference_mode():
-        for a, b in chunk_bounds(start, input_ids.shape[-1], chunk_size):
+        for a, b in chunk_bounds(start, total, chunk_size, cuts):
             logits = forward_step(model, sig, input_ids[:, a:b], a, cache)
+            if cuts and b == cuts[0]:
+                snapshot = take_snapshot(cache)
+            if on_chunk is not None:
+                on_chunk(b - start, total - start)
     if logits is None:
         raise ValueError("nothing to prefill: the prompt is fully cached")
-    return logits
+    return Prefilled(logits, snapshot)
 
 
 def greedy_decode(

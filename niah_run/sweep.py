@@ -2,7 +2,10 @@
 
 Order: for each length (ascending), for each trial, depths ascending — consecutive prompts of one
 (length, trial) share the template, intro and haystack up to the needle, so the backend can reuse
-the KV prefix (`reusable_prefix_len` = the longest common prefix with the previous prompt).
+the KV prefix (`reusable_prefix_len` = the longest common prefix with the previous prompt). The next
+prompt is built before the current one runs, so the backend also learns where the two will diverge
+(`snapshot_at`) and can save the state of layers that cannot be cropped back (sliding / chunked windows)
+at exactly that position: every depth after the first prefills only from the previous needle on.
 
 Faults: an OOM in one trial is recorded (`status: "oom"` + memory figures) and longer lengths at
 that depth are skipped; Ctrl-C flushes (every row is already fsync'd), writes the partial summary
@@ -49,6 +52,7 @@ from run_plan.errors import RunFailed, UsageError
 from run_plan.resolved import ResolvedPlan
 from run_plan.server_room import refuse_lengths_without_room
 from run_plan.spec import RunSpec, identity_diff
+from run_plan.units import duration
 
 HARNESS_VERSION = f"niah-doctor {__version__} prompt-{PROMPT_VERSION}"
 MAX_CONSECUTIVE_ERRORS = 3
@@ -166,13 +170,29 @@ class _Prepared:
     prompt: BuiltPrompt
     reusable: int
     started: float
+    snapshot_at: int | None = None  # the next prompt shares this many tokens with this one
+
+    def begin(self) -> None:
+        """The trial starts now (it may have been built while the previous one ran)."""
+        self.started = time.monotonic()
+        self.row["started_at"] = _now()
 
 
-def _call(backend: Backend, trial: _Prepared, max_new_tokens: int) -> Generation | BaseException:
+def _call(
+    backend: Backend,
+    trial: _Prepared,
+    max_new_tokens: int,
+    on_prefill: Callable[[int, int], None] | None = None,
+) -> Generation | BaseException:
     """The backend call, with its exception returned as a value (so a worker thread can hand it back)."""
+    trial.begin()
     try:
         return backend.generate(
-            trial.prompt.input_ids, max_new_tokens=max_new_tokens, reusable_prefix_len=trial.reusable
+            trial.prompt.input_ids,
+            max_new_tokens=max_new_tokens,
+            reusable_prefix_len=trial.reusable,
+            snapshot_at=trial.snapshot_at,
+            on_prefill=on_prefill,
         )
     except (KeyboardInterrupt, RunFailed, UsageError):
         raise
@@ -285,9 +305,15 @@ class Sweep:
             )
         before = saved.get("plan_identity")
         if isinstance(before, dict):
-            from doctor.plan import settle_static_choices
-
-            _refuse_changed_identity(before, settle_static_choices(self.config)[0].identity(), self.run_dir)
+            # What this spec leaves to the doctor ("auto": attention, experts) is decided by judging the
+            # model on these GPUs; the full identity is compared once the plan is judged (_run_loaded).
+            current = self.config.identity()
+            decided_later = {name for name, value in current.items() if value == "auto"}
+            _refuse_changed_identity(
+                {k: v for k, v in before.items() if k not in decided_later},
+                {k: v for k, v in current.items() if k not in decided_later},
+                self.run_dir,
+            )
         return saved
 
     def _judged_plan(self) -> ResolvedPlan:
@@ -401,6 +427,13 @@ class Sweep:
                 row.pop("_ids", None)
                 record(row)
 
+        runnable = [
+            (spec, trial_key(identity, spec))
+            for spec in specs
+            if trial_key(identity, spec) not in done and spec.length not in plan.too_long()
+        ]
+        ahead: dict[str, _Prepared] = {}  # the next trial, built while this one ran
+        self._announce_time_plan(runnable)
         try:
             with _progress(len(specs), quiet=self.quiet) as progress:
                 for spec in specs:
@@ -418,7 +451,15 @@ class Sweep:
                     ):
                         record(self._skipped(spec, key, "after_oom", oom_floor[spec.depth]))
                     elif pool is None:
-                        row = self._run_trial(backend, builder, spec, key, previous_ids)
+                        trial = ahead.pop(key, None) or self._prepare(builder, spec, key, previous_ids)
+                        following = self._prepare_following(builder, runnable, spec, trial)
+                        ahead = {following.row["trial_key"]: following} if following else {}
+                        reporter = progress.prefill_reporter(
+                            len(trial.prompt.input_ids), plan.predicted_prefill_seconds
+                        )
+                        row = self._finish(
+                            backend, trial, _call(backend, trial, self.config.max_new_tokens, reporter)
+                        )
                         previous_ids = row.pop("_ids", None)
                         record(row)
                     else:
@@ -495,16 +536,37 @@ class Sweep:
                 continue
         raise RunFailed("could not draw needle values that occur exactly once in the haystack")
 
-    def _run_trial(
+    def _prepare_following(
         self,
-        backend: Backend,
         builder: PromptBuilder,
+        runnable: list[tuple[TrialSpec, str]],
         spec: TrialSpec,
-        key: str,
-        previous_ids: list[int] | None,
-    ) -> dict[str, Any]:
-        trial = self._prepare(builder, spec, key, previous_ids)
-        return self._finish(backend, trial, _call(backend, trial, self.config.max_new_tokens))
+        trial: _Prepared,
+    ) -> _Prepared | None:
+        """The trial after `spec` at the same length, built now: `trial` then knows how many tokens the two
+        share (its `snapshot_at`), and the backend can keep its state at exactly that position."""
+        keys = [key for _, key in runnable]
+        index = keys.index(trial.row["trial_key"]) if trial.row["trial_key"] in keys else -1
+        if index < 0 or index + 1 >= len(runnable) or runnable[index + 1][0].length != spec.length:
+            return None
+        next_spec, next_key = runnable[index + 1]
+        following = self._prepare(builder, next_spec, next_key, trial.prompt.input_ids)
+        trial.snapshot_at = following.reusable or None
+        return following
+
+    def _announce_time_plan(self, runnable: list[tuple[TrialSpec, str]]) -> None:
+        """Before the sweep: its predicted GPU time (and cost), from the plan's time model."""
+        seconds = predicted_sweep_seconds(self.plan, [spec for spec, _ in runnable])
+        if seconds is None:
+            return
+        self.doc["predicted_sweep_seconds"] = round(seconds, 1)
+        line = f"time plan: {len(runnable)} trial(s), prefill ≈ {duration(seconds)} of GPU time"
+        gpus = max(1, len(self.plan.lengths[0].devices)) if self.plan and self.plan.lengths else 1
+        price = self.config.price_per_gpu_hour
+        if price:
+            line += f" ≈ {price * gpus * seconds / 3600:.2f} at {price:g} per GPU-hour × {gpus} GPU(s)"
+        rates = self.plan.prefill_time.rates_source if self.plan and self.plan.prefill_time else ""
+        self._note(line + (f" ({rates})" if rates else ""))
 
     def _prepare(
         self, builder: PromptBuilder, spec: TrialSpec, key: str, previous_ids: list[int] | None
@@ -526,6 +588,10 @@ class Sweep:
             reusable_prefix_tokens=reusable,
         )
         return _Prepared(spec, row, needles, prompt, reusable, started)
+
+    def _predicted_prefill(self, reused: int, total: int) -> float | None:
+        seconds = self.plan.predicted_prefill_seconds(reused, total) if self.plan is not None else None
+        return round(seconds, 3) if seconds is not None else None
 
     def _finish(
         self, backend: Backend, trial: _Prepared, outcome: Generation | BaseException
@@ -578,12 +644,29 @@ class Sweep:
             prefill_seconds=round(generation.prefill_seconds, 4),
             decode_seconds=round(generation.decode_seconds, 4),
             reused_prefix_tokens=generation.reused_prefix_tokens,
+            predicted_prefill_seconds=self._predicted_prefill(
+                generation.reused_prefix_tokens, len(prompt.input_ids)
+            ),
             memory=dict(generation.memory),
             exceeded_prediction=exceeded_prediction(row.get("predicted_peak_bytes"), generation.memory),
             seconds=round(time.monotonic() - started, 3),
             _ids=prompt.input_ids,
         )
         return row
+
+
+def predicted_sweep_seconds(plan: ResolvedPlan | None, specs: list[TrialSpec]) -> float | None:
+    """The sweep's prefill GPU time by the plan's time model: each trial of a length prefills from where
+    the previous one's needle was (the prefix reuse), the first from its first token."""
+    if plan is None or plan.prefill_time is None:
+        return None
+    total, previous = 0.0, None
+    for spec in specs:
+        same_cell = previous is not None and previous.length == spec.length and previous.trial == spec.trial
+        start = int(spec.length * (previous.depth or 0) / 100) if same_cell and previous is not None else 0
+        total += plan.predicted_prefill_seconds(start, spec.length) or 0.0
+        previous = spec
+    return total
 
 
 def exceeded_prediction(predicted: dict[str, int] | None, memory: dict[str, Any]) -> bool | None:
@@ -656,12 +739,49 @@ class _progress:
         if self._progress is None:  # quiet: the one line per trial, no bar
             print(Redactor().scrub(message), file=sys.stderr, flush=True)
             return
+        self._progress.update(self._task, description="")
         self._progress.console.print(message, markup=False)
         self._progress.advance(self._task)
+
+    def prefill_reporter(
+        self, prompt_tokens: int, time_plan: Callable[[int, int], float | None] | None
+    ) -> Callable[[int, int], None] | None:
+        """A callback for one trial's prefill (chunks done, tokens/s, ETA on the bar's line), or None where
+        nobody would see it: with -q, and when stderr is not a terminal."""
+        if self._progress is None or not sys.stderr.isatty():
+            return None
+        started = time.monotonic()
+        progress, task = self._progress, self._task
+
+        def report(done: int, total: int) -> None:
+            elapsed = time.monotonic() - started
+            start = prompt_tokens - total  # the reused prefix is not prefilled
+            rate = done / elapsed if elapsed > 0 else 0.0
+            eta = _prefill_eta(time_plan, start, start + done, prompt_tokens, elapsed)
+            progress.update(
+                task,
+                description=f"prefill {done:,}/{total:,} tok · {rate / 1000:.1f}k tok/s"
+                + (f" · ETA {duration(eta)}" if eta is not None else ""),
+            )
+
+        return report
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def _prefill_eta(
+    time_plan: Callable[[int, int], float | None] | None, start: int, at: int, end: int, elapsed: float
+) -> float | None:
+    """Seconds left: the time plan's share of the rest, scaled by how this prefill kept to the plan so far
+    (a prefill slows down as the context grows: tokens/s alone would promise too early an end)."""
+    if time_plan is None or at <= start:
+        return None
+    done, rest = time_plan(start, at), time_plan(at, end)
+    if not done or rest is None:
+        return None
+    return rest * elapsed / done
 
 
 def default_out_dir(model: str) -> Path:

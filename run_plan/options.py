@@ -21,6 +21,7 @@ from run_plan.spec import (
     BACKEND_CHOICES,
     BNB_4BIT_TYPES,
     DTYPE_CHOICES,
+    EXPERTS_CHOICES,
     KV_DTYPE_CHOICES,
     NEEDLE_KIND_CHOICES,
     QUANT_CHOICES,
@@ -75,8 +76,14 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "attn",
         "choice",
-        "Attention implementation (auto = one that works at the planned length).",
+        "Attention implementation (auto = niah_lean where it is exact on this GPU, else sdpa).",
         ATTN_CHOICES,
+    ),
+    Option(
+        "experts",
+        "choice",
+        "MoE experts (auto/routed = only the experts the router chose; transformers = the model's own).",
+        EXPERTS_CHOICES,
     ),
     Option("prefill_chunk", "tokens", "Tokens per prefill chunk (default: the largest whose peak fits)."),
     Option("kv_dtype", "choice", "KV-cache dtype (auto = the model dtype).", KV_DTYPE_CHOICES),

@@ -13,6 +13,7 @@ from typing import Any
 
 from run_plan.errors import UsageError
 from run_plan.spec import RunSpec
+from run_plan.timing import PrefillTimeModel
 
 PLAN_SCHEMA_VERSION = 1
 
@@ -41,6 +42,7 @@ class LengthPlan:
     fits: bool
     devices: tuple[DevicePrediction, ...] = ()
     why_not: str | None = None  # set when fits is False
+    prefill_seconds: float | None = None  # predicted for a prefill from the first token (no reuse)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class LengthPlan:
             "fits": self.fits,
             "devices": [d.to_dict() for d in self.devices],
             "why_not": self.why_not,
+            "prefill_seconds": self.prefill_seconds,
         }
 
     @classmethod
@@ -56,7 +59,14 @@ class LengthPlan:
             DevicePrediction(str(d["device"]), int(d["predicted_peak_bytes"]), int(d["limit_bytes"]))
             for d in data.get("devices") or []
         )
-        return cls(int(data["tokens"]), bool(data["fits"]), devices, data.get("why_not"))
+        seconds = data.get("prefill_seconds")
+        return cls(
+            int(data["tokens"]),
+            bool(data["fits"]),
+            devices,
+            data.get("why_not"),
+            float(seconds) if seconds is not None else None,
+        )
 
     def predicted_by_device(self) -> dict[str, int]:
         return {d.device: d.predicted_peak_bytes for d in self.devices}
@@ -83,6 +93,13 @@ class ResolvedPlan:
     estimate_method: str | None = None
     verdict: str = "not judged"
     failing_checks: tuple[str, ...] = field(default=())
+    prefill_time: PrefillTimeModel | None = None  # how long a prefill of any token range takes
+
+    def predicted_prefill_seconds(self, start: int, end: int) -> float | None:
+        """The time plan for prefilling positions [start, end) at the plan's chunk (None: no time plan)."""
+        if self.prefill_time is None:
+            return None
+        return self.prefill_time.seconds(start, end, self.spec.prefill_chunk)
 
     # -- questions the sweep asks ------------------------------------------------------------------
 
@@ -105,6 +122,7 @@ class ResolvedPlan:
             "estimate_method": self.estimate_method,
             "verdict": self.verdict,
             "failing_checks": list(self.failing_checks),
+            "prefill_time": self.prefill_time.to_dict() if self.prefill_time else None,
         }
 
     @classmethod
@@ -126,6 +144,9 @@ class ResolvedPlan:
                 estimate_method=data.get("estimate_method"),
                 verdict=str(data.get("verdict", "")),
                 failing_checks=tuple(data.get("failing_checks") or ()),
+                prefill_time=PrefillTimeModel.from_dict(data["prefill_time"])
+                if data.get("prefill_time")
+                else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"the plan is malformed: {type(exc).__name__}: {exc}") from None

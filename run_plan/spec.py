@@ -17,8 +17,13 @@ from typing import Any
 from run_plan.errors import UsageError
 
 QUANT_CHOICES: tuple[str, ...] = ("none", "bnb-8bit", "bnb-4bit")
-# "auto" lets the doctor pick the implementation that works at the planned length (sdpa unless it cannot).
-ATTN_CHOICES: tuple[str, ...] = ("auto", "sdpa", "flex_attention", "eager", "flash_attention_2")
+# "auto" lets the doctor pick: niah_lean (niah's exact flash prefill attention, doctor/runtime/attention.py)
+# where it is exact for this model on this GPU, else sdpa. The others mean what they mean in transformers.
+LEAN_ATTN = "niah_lean"
+ATTN_CHOICES: tuple[str, ...] = ("auto", LEAN_ATTN, "sdpa", "flex_attention", "eager", "flash_attention_2")
+# MoE experts: auto/routed compute only the experts the router chose (doctor/runtime/experts.py for
+# Llama 4, transformers' grouped_mm for models on its experts interface); transformers = the model's own.
+EXPERTS_CHOICES: tuple[str, ...] = ("auto", "routed", "transformers")
 DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
 KV_DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32", "float8_e4m3fn")
 BACKEND_CHOICES: tuple[str, ...] = ("transformers", "openai")
@@ -37,7 +42,8 @@ BNB_4BIT_TYPES: tuple[str, ...] = ("nf4", "fp4")
 
 # The one prefill chunk both tools use when no estimate can choose one (no model config, no GPU known).
 DEFAULT_PREFILL_CHUNK = 4096
-# What attn=auto becomes: chunked sdpa runs at every length measured (flex has a kernel limit; doctor.plan).
+# What attn=auto becomes where the lean attention cannot run (no GPU, a model it cannot compute exactly):
+# chunked sdpa runs at every length measured (flex has a kernel limit; doctor.plan).
 AUTO_ATTN = "sdpa"
 DEFAULT_NIAH_LENGTHS: tuple[int, ...] = (1024, 2048)
 
@@ -92,6 +98,7 @@ class RunSpec:
     prequantized: bool | None = None  # None = detect from the config's quantization_config
     dtype: str = "auto"  # auto = the checkpoint's torch_dtype (bf16 if it has none)
     attn: str = "auto"
+    experts: str = "auto"
     device_map: str | None = None  # None = "auto" with CUDA
     max_memory: str | None = None  # canonical "0=70GiB,1=70GiB,cpu=200GiB": budgets for the whole run
     gpus: str | None = None  # plan for these GPUs ("1xH100-80GB"); None = what NVML sees
@@ -129,6 +136,7 @@ class RunSpec:
     def __post_init__(self) -> None:
         _check_choice("quant", self.quant, QUANT_CHOICES)
         _check_choice("attn", self.attn, ATTN_CHOICES)
+        _check_choice("experts", self.experts, EXPERTS_CHOICES)
         _check_choice("dtype", self.dtype, DTYPE_CHOICES)
         _check_choice("bnb-4bit-type", self.bnb_4bit_type, BNB_4BIT_TYPES)
         _check_choice("backend", self.backend, BACKEND_CHOICES)
@@ -211,6 +219,7 @@ class RunSpec:
             "prequantized",
             "dtype",
             "attn",
+            "experts",
             "kv_dtype",
             "needle_kind",
             "haystack",
@@ -233,6 +242,7 @@ class RunSpec:
             "prequantized",
             "gpus",
             "attn",
+            "experts",
             "prefill_chunk",
             "kv_dtype",
             "max_memory",
@@ -256,11 +266,20 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         )
 
 
+# Identity settings added after a release, with the value every run of that release had: a saved identity
+# without the key computed with that value (a dense model and Llama 4 before the routed experts: the model's
+# own forward).
+_IDENTITY_BEFORE_KEY: dict[str, Any] = {"experts": "transformers"}
+
+
 def identity_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Names of identity settings that differ (for refusing a --resume that would mix two tests)."""
-    names = sorted(set(saved) | set(current))
-    return [
-        n
-        for n in names
-        if json.dumps(saved.get(n), sort_keys=True) != json.dumps(current.get(n), sort_keys=True)
-    ]
+    """Names of identity settings that differ (for refusing a --resume that would mix two tests); nested
+    identities (a run's {"config": RunSpec.identity(), ...}) are compared key by key, as "config.attn"."""
+    changed = []
+    for name in sorted(set(saved) | set(current)):
+        before, now = (x.get(name, _IDENTITY_BEFORE_KEY.get(name)) for x in (saved, current))
+        if isinstance(before, dict) and isinstance(now, dict):
+            changed += [f"{name}.{inner}" for inner in identity_diff(before, now)]
+        elif json.dumps(before, sort_keys=True) != json.dumps(now, sort_keys=True):
+            changed.append(name)
+    return changed

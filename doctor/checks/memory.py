@@ -16,7 +16,7 @@ from doctor.plan import estimate_at_plan, rerun_command, resolve_plan
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan.errors import UsageError
-from run_plan.units import gib
+from run_plan.units import duration, gib
 
 SECTION = "memory"
 PREQUANTIZED_UNFUSED = {"llama4_text": "bnb-community/Llama-4-Scout-17B-16E-Instruct-bnb-4bit"}
@@ -140,7 +140,11 @@ def _naive_bytes(sizing: dict[str, Any], s: Settings) -> int:
 
 
 @check(
-    "memory-fit", title="Weights + KV cache + prefill peak fit the GPUs", section=SECTION, needs=("memory",)
+    "memory-fit",
+    title="Weights + KV cache + prefill peak fit the GPUs",
+    section=SECTION,
+    needs=("memory",),
+    wants=("rates-live",),  # the card's rates for the prefill time, when the live probe runs here
 )
 def memory_fit(ctx: DoctorContext) -> Outcome:
     try:
@@ -167,7 +171,8 @@ def memory_fit(ctx: DoctorContext) -> Outcome:
             attachments=attachments,
         )
     speed = (
-        f"; prefill ≈ {e.prefill_seconds_estimate:.0f} s per trial (rough)"
+        f"; prefill ≈ {duration(e.prefill_seconds_estimate)} per trial "
+        f"({(e.prefill_rates or 'rates assumed').split(' (')[0]})"
         if e.prefill_seconds_estimate
         else ""
     )

@@ -290,6 +290,10 @@ def traced_for_sizing(
     cfg = sizing.get("text_config") or {}
     now = kv_bytes_per_layer(cfg, layers, context, chunk, kv_dtype_bytes)
     before = kv_bytes_per_layer(cfg, layers, max(context - chunk, 0), chunk, kv_dtype_bytes)
+    if (sizing.get("trace") or {}).get("kv_preallocated") and context > chunk:
+        # the lean path's full layers were allocated for the whole prompt by its first chunk: a later chunk
+        # adds nothing to them (its windowed layers still grow by a torch.cat, bounded by the window)
+        before = [n if layer.kind == "full" else b for n, b, layer in zip(now, before, layers)]
     traced = traced_activation_per_gpu(model, layer_gpu, now, before, context, chunk, per_layer_extra, n_gpus)
     if traced is None:
         return None

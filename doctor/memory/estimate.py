@@ -28,7 +28,7 @@ from doctor.memory.activations import (
     unmodelled_ops,
 )
 from doctor.memory.embedded import CONFIG_DIR, embedded_config  # noqa: F401 - re-exported
-from doctor.memory.gpus import GpuSpec, assumed_flops
+from doctor.memory.gpus import GpuSpec
 from doctor.memory.kv import KvLayer, kv_bytes_per_layer, kv_layers
 from doctor.memory.placement import CPU, decoder_layer_gpus, place_like_transformers
 from doctor.memory.storage import dtype_bytes
@@ -58,6 +58,7 @@ class Settings:
     dtype: str = "bfloat16"
     kv_dtype: str = "bfloat16"
     attn: str = "sdpa"
+    experts: str = "auto"  # auto/routed: only the routed experts run (doctor.runtime.paths)
     prefill_chunk: int | None = None  # None = choose_prefill_chunk
     logits_to_keep_one: bool = True
     # --max-memory GPU budgets as ((gpu index, bytes), ...); () = accelerate's default (free memory).
@@ -97,6 +98,7 @@ class Estimate:
     weights_on_cpu_bytes: int = 0
     versions: dict[str, Any] = field(default_factory=dict)
     missing: str | None = None  # what the estimate could not know, and the flag that supplies it
+    prefill_rates: str | None = None  # where the prefill time's rates came from
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +119,7 @@ def sizing_args(
         "dtype": settings.dtype,
         "quantization_config": dict(quantization_config) if quantization_config else None,
         "attn": settings.attn,
+        "experts": settings.experts,
     }
 
 
@@ -262,27 +265,15 @@ def max_context_tokens(sizing: Mapping[str, Any], settings: Settings, gpus: Sequ
     return lo
 
 
-def prefill_seconds(sizing: Mapping[str, Any], s: Settings, gpus: Sequence[GpuSpec]) -> float | None:
-    """ROUGH: FLOPs / an assumed sustained rate (40% of the card's dense bf16 peak, halved under bnb).
-    transformers' Llama 4 runs every expert on every token, so all expert weights count as active."""
-    if not gpus:
-        return None
-    cfg = sizing["text_config"]
-    moe = sizing.get("moe") or {}
-    experts = int(sizing.get("expert_params") or 0)
-    if experts and not moe.get("all_tokens_to_all_experts"):
-        experts = (
-            experts * int(cfg.get("num_experts_per_tok") or 1) // max(int(moe.get("num_experts") or 1), 1)
-        )
-    per_token = 2 * (int(sizing.get("linear_params") or 0) + experts)
-    heads = int(cfg.get("num_attention_heads") or 1)
-    head_dim = int(cfg.get("head_dim") or int(cfg.get("hidden_size", 0)) // heads)
-    attn = 0.0
-    for layer in _layer_kinds(sizing):
-        span = min(layer.window, s.context) if layer.kind == "window" and layer.window else s.context
-        attn += 4 * heads * head_dim * min(span, s.context / 2)
-    flops = s.context * (per_token + attn)
-    return round(flops / assumed_flops(gpus[0].name, s.quant), 1)
+def prefill_seconds(
+    sizing: Mapping[str, Any], s: Settings, gpus: Sequence[GpuSpec], chunk: int
+) -> float | None:
+    """The time plan of one prefill from the first token, at rates assumed for these GPUs (the plan replaces
+    it with rates the live probe measured on the card: doctor.plan.estimate_at_plan)."""
+    from doctor.memory.timing import prefill_time_model
+
+    model = prefill_time_model(sizing, s.attn, s.quant, gpus, None)
+    return round(model.seconds(0, s.context, chunk), 1) if model else None
 
 
 def _kv_layout_summary(sizing: Mapping[str, Any], context: int, chunk: int) -> str:
@@ -423,7 +414,7 @@ def compute_estimate(sizing: Mapping[str, Any], settings: Settings, gpus: Sequen
         prefill_chunk=chunk,
         attn=settings.attn,
         kv_layout=_kv_layout_summary(sizing, settings.context, chunk),
-        prefill_seconds_estimate=prefill_seconds(sizing, settings, gpus),
+        prefill_seconds_estimate=prefill_seconds(sizing, settings, gpus, chunk),
         context=settings.context,
         missing=None if gpus else "GPU capacity: give --gpus (e.g. 1xH100-80GB)",
         quant=settings.quant,
@@ -466,6 +457,7 @@ def settings_for(
         dtype=dtype.replace("torch.", ""),
         kv_dtype=(target.kv_dtype or dtype).replace("torch.", ""),
         attn=AUTO_ATTN if target.attn == "auto" else target.attn,
+        experts=getattr(target, "experts", "auto"),
         prefill_chunk=target.prefill_chunk,
         max_memory=gpu_budgets(getattr(target, "max_memory", None)),
     )

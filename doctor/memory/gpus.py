@@ -38,6 +38,27 @@ CARDS: dict[str, dict[int, int]] = {
     "V100": {16: 16384, 32: 32768},
     "T4": {16: 15360},
 }
+# CUDA compute capability of each card in CARDS (NVIDIA's CUDA GPUs table): what the plan's kernel choice
+# needs when the card is named in --gpus rather than seen through NVML.
+CAPABILITY: dict[str, tuple[int, int]] = {
+    "A10G": (8, 6),
+    "A10": (8, 6),
+    "L4": (8, 9),
+    "L40S": (8, 9),
+    "L40": (8, 9),
+    "A100": (8, 0),
+    "H100": (9, 0),
+    "H100NVL": (9, 0),
+    "H200": (9, 0),
+    "GH200": (9, 0),
+    "B200": (10, 0),
+    "RTX4090": (8, 9),
+    "RTX5090": (12, 0),
+    "RTXA6000": (8, 6),
+    "RTX3090": (8, 6),
+    "V100": (7, 0),
+    "T4": (7, 5),
+}
 # Same card, other spelling (after compacting): the form factor does not change the memory.
 ALIASES: dict[str, str] = {
     "A6000": "RTXA6000",
@@ -93,6 +114,13 @@ class GpuSpec:
     name: str
     capacity_bytes: int  # total memory as NVML reports it
     source: str  # "--gpus" or "nvml"
+    compute_capability: tuple[int, int] | None = None  # None: a card given by its size only
+
+
+def capability_of(what: str) -> tuple[int, int] | None:
+    """The compute capability of a card named like `H100-80GB` or NVML's "NVIDIA H100 80GB HBM3"."""
+    name, _ = _split_name(what)
+    return CAPABILITY.get(name) or CAPABILITY.get(ALIASES.get(name, ""))
 
 
 def known_gpu_names() -> list[str]:
@@ -119,18 +147,23 @@ def parse_gpus(spec: str) -> list[GpuSpec]:
             capacity = gpu_capacity_bytes(what)
         except UsageError as exc:  # name the whole --gpus value, not only the part
             raise _bad(spec, exc.message.split(": ", 1)[-1]) from None
+        capability = None if _is_size(what) else capability_of(what)
         for _ in range(count):
-            cards.append(GpuSpec(len(cards), what, capacity, "--gpus"))
+            cards.append(GpuSpec(len(cards), what, capacity, "--gpus", capability))
     if not cards:
         raise _bad(spec, "names no GPU")
     return cards
 
 
+def _is_size(what: str) -> bool:
+    size = _SIZE.match(what.strip())
+    # `1x4090`: the card, not 4090 GiB
+    return bool(size) and not (size is not None and not size.group(2) and size.group(1) in ALIASES)
+
+
 def gpu_capacity_bytes(what: str) -> int:
     """NVML-total bytes of one card given as a size (`80GiB`, `24GB`, `80`) or a name (`H100-80GB`)."""
-    size = _SIZE.match(what.strip())
-    if size and not size.group(2) and size.group(1) in ALIASES:  # `1x4090`: the card, not 4090 GiB
-        size = None
+    size = _SIZE.match(what.strip()) if _is_size(what) else None
     if size:
         number, unit = float(size.group(1)), (size.group(2) or "GiB").lower()
         if not 0 < number <= _MAX_GIB:
@@ -197,9 +230,14 @@ def gpus_from_nvml(facts: Any) -> list[GpuSpec]:
         if not total:
             continue
         index = get("index")
+        capability = get("compute_capability")
         out.append(
             GpuSpec(
-                int(index) if index is not None else i, str(get("name") or f"GPU {i}"), int(total), "nvml"
+                int(index) if index is not None else i,
+                str(get("name") or f"GPU {i}"),
+                int(total),
+                "nvml",
+                (int(capability[0]), int(capability[1])) if capability else None,
             )
         )
     return out

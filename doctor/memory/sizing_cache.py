@@ -19,7 +19,18 @@ from typing import Any
 
 from run_plan.safe_files import tool_cache_dir
 
-_PRODUCERS = ("skeleton.py", "trace.py", "storage.py", "module_tree.py", "forked.py")
+_PRODUCERS = (
+    "skeleton.py",
+    "trace.py",
+    "storage.py",
+    "module_tree.py",
+    "forked.py",
+    # the paths the sizing child builds and traces (niah runs the same code)
+    "../runtime/attention.py",
+    "../runtime/cache.py",
+    "../runtime/experts.py",
+    "../runtime/paths.py",
+)
 
 
 def cache_dir() -> Path:

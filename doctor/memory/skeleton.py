@@ -321,8 +321,27 @@ def _trace(
     if args.get("trace") is False:
         return {"attn_requested": attn, "attn_implementation": attn, "kv_error": "tracing disabled"}
     from doctor.memory.trace import trace_model
+    from doctor.runtime.attention import LEAN_ATTENTION
 
+    refused = _lean_refusal(model) if attn == LEAN_ATTENTION else None
+    if refused is not None:  # transformers' own path then runs, and is what the plan must size
+        model.set_attn_implementation(FALLBACK_ATTN)
+        traced = trace_model(torch, transformers, model, text, FALLBACK_ATTN)
+        return {**traced, "attn_requested": attn, "attn_refused": {LEAN_ATTENTION: refused}}
     return trace_model(torch, transformers, model, text, attn)
+
+
+# What runs where the lean attention cannot: transformers' sdpa (it dispatches eager itself if need be).
+FALLBACK_ATTN = "sdpa"
+
+
+def _lean_refusal(model: Any) -> str | None:
+    from doctor.runtime.paths import lean_refusal
+
+    try:
+        return lean_refusal(model)
+    except Exception as exc:  # noqa: BLE001 - any failure of the lean forward keeps transformers' path
+        return f"its forward failed: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _kv_layout(config: Any, traced: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -408,6 +427,23 @@ def _quantized_inventory(
     }
 
 
+def _register_runtime_attention(attn: str) -> None:
+    """The lean attention is niah's own: make its name known to transformers before the model is built."""
+    from doctor.runtime.attention import LEAN_ATTENTION, register
+
+    if attn == LEAN_ATTENTION:
+        register()
+
+
+def _apply_experts(model: Any, experts: str) -> dict[str, Any]:
+    from doctor.runtime.paths import apply_experts
+
+    try:
+        return apply_experts(model, experts)
+    except Exception as exc:  # noqa: BLE001 - the model's own forward then runs (and is what is traced)
+        return {"experts": f"transformers' own (the planned path failed: {type(exc).__name__}: {exc})"}
+
+
 def size_model(args: dict[str, Any]) -> dict[str, Any]:
     """Child-process entry: {config, quant, bnb_4bit_type, double_quant, dtype, prequantized,
     quantization_config} → weight inventory, placement blocks, KV layout, MoE style, versions."""
@@ -423,7 +459,9 @@ def size_model(args: dict[str, Any]) -> dict[str, Any]:
         lm_config, sized = _causal_lm_config(transformers, config)
         dtype = _torch_dtype(torch, args.get("dtype"), lm_config)
         attn = str(args.get("attn") or "sdpa")
+        _register_runtime_attention(attn)
         model = _build_meta_model(torch, transformers, lm_config, dtype, attn)
+        experts = _apply_experts(model, str(args.get("experts") or "transformers"))
     text = lm_config.get_text_config() if hasattr(lm_config, "get_text_config") else lm_config
 
     def weights() -> dict[str, Any]:
@@ -449,6 +487,7 @@ def size_model(args: dict[str, Any]) -> dict[str, Any]:
         "no_split_modules": sorted(getattr(model, "_no_split_modules", None) or []),
         "kv_layout": _kv_layout(text, traced),
         "trace": {k: v for k, v in traced.items() if k != "kv"},
+        "experts_path": experts,
         "config_fields_dropped": dropped,
         "versions": {
             "torch": torch.__version__,

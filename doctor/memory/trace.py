@@ -59,10 +59,10 @@ _FLASH_LIKE = (
 # `_math_sdpa_cuda` models; `baddbmm` (BLOOM's ALiBi scores) held nothing and was added from that run.
 KNOWN_OPS = frozenset(
     """
-_grouped_mm _softmax _safe_softmax _log_softmax _to_copy _unsafe_view _reshape_alias abs add add_ addcmul addmm
+_grouped_mm _scaled_dot_product_flash_attention _softmax _safe_softmax _log_softmax _to_copy _unsafe_view _reshape_alias abs add add_ addcmul addmm
 alias all amax any arange argmax argsort baddbmm bernoulli_ bitwise_and bitwise_not bitwise_or bmm cat clamp clamp_ clone
 contiguous copy_ cos cumsum detach div div_ embedding empty empty_like empty_strided eq erf exp expand expand_as
-fill_ flatten floor_divide full full_like gather ge gelu gelu_ gt histc index index_add_ index_copy_ index_put_
+fill_ flatten flip floor_divide full full_like gather ge gelu gelu_ gt histc index index_add_ index_copy_ index_put_
 index_select isinf isnan le lift_fresh log logical_and logical_not logical_or lt masked_fill masked_fill_ max
 maximum mean min minimum mm mul mul_ native_dropout native_layer_norm ne neg new_empty new_full new_ones new_zeros
 ones ones_like permute polar pow reciprocal relu repeat repeat_interleave reshape rsqrt scalar_tensor scatter
@@ -403,13 +403,23 @@ def _only_representatives(layers: Sequence[Any], reps: dict[int, str], tracker: 
 # ---------------------------------------------------------------- the two measurements
 
 
-def _cache(transformers: Any, config: Any) -> Any:
+def _cache(transformers: Any, config: Any, capacity: int = 1) -> Any:
+    """The cache the run uses: niah's preallocated one under the lean attention (sized for the `capacity`
+    tokens a trace point holds, as a run sizes it for its prompt), else DynamicCache(config)."""
+    from doctor.runtime.attention import LEAN_ATTENTION
+
+    if getattr(config, "_attn_implementation", None) == LEAN_ATTENTION:
+        from doctor.runtime.cache import preallocated_cache
+
+        return preallocated_cache(config, capacity)
     return transformers.DynamicCache(config=config)
 
 
 def _forward(torch: Any, model: Any, cache: Any, tokens: int) -> None:
+    from doctor.runtime.attention import query_start
+
     ids = torch.zeros(1, tokens, dtype=torch.long, device="meta")
-    with torch.no_grad():
+    with torch.no_grad(), query_start(int(cache.get_seq_length())):
         model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
 
@@ -428,7 +438,7 @@ def measure_kv(
     torch: Any, transformers: Any, model: Any, config: Any, probe_tokens: int = 16
 ) -> dict[str, Any]:
     """Bytes per cached token and cap of every cache layer, from one forward through every layer."""
-    cache = _cache(transformers, config)
+    cache = _cache(transformers, config, probe_tokens)
     _forward(torch, model, cache, probe_tokens)
     out = []
     for layer in getattr(cache, "layers", []):
@@ -485,7 +495,7 @@ def _trace_point(
 ) -> dict[str, list[int]]:
     """Zone-relative byte counts at each allocation of one chunk's forward."""
     tracker = _Tracker()
-    cache = _cache(transformers, config)
+    cache = _cache(transformers, config, past + chunk)
     tracker.cache = cache
     with _only_representatives(layers, reps, tracker):
         # steady state of a chunked prefill: the cache was filled by a previous chunk of the same size
@@ -755,10 +765,14 @@ def trace_model(
     """KV layout + activation model of the meta `model`; errors are reported, never raised."""
     actual = str(getattr(getattr(model, "config", None), "_attn_implementation", None) or requested_attn)
     model.eval()  # niah runs inference: no dropout masks
+    from doctor.runtime.attention import LEAN_ATTENTION
+
     result: dict[str, Any] = {
         "attn_requested": requested_attn,
         "attn_implementation": actual,
         "custom_attention": custom_attention_classes(model),
+        # full-attention layers write into a buffer sized for the prompt: a chunk adds no KV bytes
+        "kv_preallocated": actual == LEAN_ATTENTION,
     }
     with _kernel_stand_ins(torch, actual):
         _measure_both(torch, transformers, model, config, result)

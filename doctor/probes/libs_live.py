@@ -57,9 +57,15 @@ def _short(exc: BaseException, limit: int = 800) -> str:
 # once and forks a worker per probe (doctor.probes._child_main), and the others wait for their share.
 
 Request = tuple[str, dict[str, Any]]  # (child function name in this module, its args)
-_PRELOAD = {"torch-live": ("torch",), "bnb-live": ("torch",), "triton-live": ("torch",)}
+_PRELOAD = {
+    "torch-live": ("torch",),
+    "bnb-live": ("torch",),
+    "triton-live": ("torch",),
+    "rates-live": ("torch",),
+}
 _WHAT = {
     "torch-live": "importing torch in a child process",
+    "rates-live": "timing the GPU's kernels in a child process",
     "bnb-live": "importing bitsandbytes in a child process",
     "triton-live": "importing triton in a child process",
     "transformers-live": "importing transformers in a child process",
@@ -94,6 +100,7 @@ def _request(name: str, target: Any) -> Request | Unavailable:
         "bnb-live": _bnb_request,
         "triton-live": _triton_request,
         "transformers-live": _transformers_request,
+        "rates-live": _rates_request,
     }
     return builders[name](target)
 
@@ -110,7 +117,8 @@ def _run_batch(
 ) -> dict[str, dict[str, Any] | Unavailable]:
     timeout = float(getattr(target, "probe_timeout_s", 60.0))
     preload = tuple(dict.fromkeys(m for n in requests for m in _PRELOAD.get(n, ())))
-    stages = {name: (f"{_MODULE}:{fn}", args) for name, (fn, args) in requests.items()}
+    # a request names a function of this module, or "module:function" elsewhere
+    stages = {name: (fn if ":" in fn else f"{_MODULE}:{fn}", args) for name, (fn, args) in requests.items()}
     if "triton-live" in stages:
         function, args = stages["triton-live"]
         stages["triton-live"] = (function, {**args, "inductor_elsewhere": True})
@@ -971,3 +979,29 @@ def transformers_live_probe(target: Any) -> TransformersLive | Unavailable:
 
 
 transformers_live_probe.announce = announce  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- the card's rates (prefill time plan)
+
+
+def _rates_request(target: Any, env: dict[str, str] | None = None) -> Request | Unavailable:
+    gate = live_gate(target)
+    if gate is not None:
+        return gate
+    if not getattr(target, "model", None) or getattr(target, "backend", "transformers") != "transformers":
+        return Unavailable("no local model planned: the prefill time needs no rates", "not-applicable")
+    if env is None and find_dist("torch") is None:
+        return Unavailable("torch is not installed", "missing")
+    return "doctor.probes.card_rates:rates_child", {"device": 0}
+
+
+@probe("rates-live")
+def rates_live_probe(target: Any) -> dict[str, Any] | Unavailable:
+    """The planned GPU's bf16 GEMM, flash attention, masked sdpa and copy rates (doctor.probes.card_rates)."""
+    data = _live("rates-live", target, _rates_request(target), None)
+    if isinstance(data, dict) and data.get("error"):
+        return Unavailable(f"rates not measured: {data['error']}", "missing")
+    return data
+
+
+rates_live_probe.announce = announce  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ and returns generated ids. It never decodes and re-encodes the prompt.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,11 +41,20 @@ class Backend(Protocol):
         """Facts for config.json / results: model id, revision, dtype, quant, device map, attention, ..."""
 
     def generate(
-        self, input_ids: list[int], *, max_new_tokens: int, reusable_prefix_len: int = 0
+        self,
+        input_ids: list[int],
+        *,
+        max_new_tokens: int,
+        reusable_prefix_len: int = 0,
+        snapshot_at: int | None = None,
+        on_prefill: Callable[[int, int], None] | None = None,
     ) -> Generation:
         """Greedy-decode after `input_ids`. `reusable_prefix_len` tokens at the start are identical to
         the previous call's and may be served from a cached KV prefix (must give the same tokens).
-        Raises BackendOOM on out-of-memory (after freeing memory)."""
+        `snapshot_at`: the next prompt will share this many tokens with this one, so a backend that keeps
+        state per position may save it there. `on_prefill(done, total)`: prefill progress in tokens.
+        Backends that cannot use a hint ignore it. Raises BackendOOM on out-of-memory (after freeing
+        memory)."""
 
     def close(self) -> None:
         """Free the model and accelerator memory."""

@@ -1,8 +1,10 @@
 """The local transformers backend: exact token ids in, greedy token ids out.
 
-Chunked prefill into a DynamicCache (niah_run.prefill), logits for the last position only, greedy
-decoding that stops at any EOS id, reuse of the cached KV prefix across needle depths when the cache
-can be cropped exactly, and CUDA out-of-memory turned into BackendOOM after the memory is freed.
+Chunked prefill into a DynamicCache (niah_run.prefill; with the lean attention its full layers are
+preallocated for the prompt), logits for the last position only, greedy decoding that stops at any EOS id,
+reuse of the cached KV prefix across needle depths (cropped where every layer still holds it, else restored
+from the snapshot taken where the sweep said the next prompt will diverge), and CUDA out-of-memory turned
+into BackendOOM after the memory is freed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from niah_run import prefill as pf
 from niah_run.backends.base import BackendOOM, Generation
+from niah_run.prefill import ProgressCallback
 
 
 def is_oom(error: BaseException) -> bool:
@@ -84,15 +87,19 @@ class HFBackend:
         *,
         prefill_chunk: int | None = None,
         facts: dict[str, Any] | None = None,
+        preallocate_kv: bool = False,
     ) -> None:
         self.model = model.eval()
         self._tokenizer = tokenizer
         self._sig = pf.inspect_forward(model)
         self.eos_ids = eos_ids_of(model, tokenizer)
         self.prefill_chunk = prefill_chunk
+        self.preallocate_kv = preallocate_kv
         self._facts = dict(facts or {})
         self._cache: Any = None
         self._cached_ids: list[int] = []  # exactly the ids whose KV `_cache` holds, in order
+        self._snapshot: Any = None  # the cache at an earlier length, for the next prompt's prefix
+        self._capacity = 0  # tokens the preallocated cache holds room for
 
     @property
     def tokenizer(self) -> Any:
@@ -101,7 +108,13 @@ class HFBackend:
     # -- protocol ---------------------------------------------------------------------------------
 
     def generate(
-        self, input_ids: list[int], *, max_new_tokens: int, reusable_prefix_len: int = 0
+        self,
+        input_ids: list[int],
+        *,
+        max_new_tokens: int,
+        reusable_prefix_len: int = 0,
+        snapshot_at: int | None = None,
+        on_prefill: ProgressCallback | None = None,
     ) -> Generation:
         if not input_ids:
             raise ValueError("empty prompt")
@@ -109,7 +122,9 @@ class HFBackend:
             raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
         failure: str | None = None
         try:
-            return self._generate(list(input_ids), max_new_tokens, reusable_prefix_len)
+            return self._generate(
+                list(input_ids), max_new_tokens, reusable_prefix_len, snapshot_at, on_prefill
+            )
         except Exception as error:
             if not is_oom(error):
                 self._drop_cache()
@@ -159,13 +174,25 @@ class HFBackend:
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _generate(self, ids: list[int], max_new_tokens: int, reusable_prefix_len: int) -> Generation:
+    def _generate(
+        self,
+        ids: list[int],
+        max_new_tokens: int,
+        reusable_prefix_len: int,
+        snapshot_at: int | None,
+        on_prefill: ProgressCallback | None,
+    ) -> Generation:
         import torch
 
-        reused = self._reuse_prefix(ids, reusable_prefix_len)
+        needed = len(ids) + max_new_tokens
+        # a preallocated cache too small for this prompt would grow by a copy of its whole K/V: start afresh
+        fits = not self.preallocate_kv or self._capacity >= needed
+        reused = self._reuse_prefix(ids, reusable_prefix_len) if fits else 0
+        self._snapshot = None  # served its prompt (or cannot serve this one): free it before the prefill
         if reused == 0:
             self._drop_cache()  # free the old KV before the new prefill allocates its own
-            self._cache = pf.new_cache(self.model)
+            self._capacity = needed if self.preallocate_kv else 0
+            self._cache = pf.new_cache(self.model, needed if self.preallocate_kv else None)
             self._cached_ids = []
         cache = self._cache
         device = pf._input_device(self.model, self.model.device)
@@ -174,7 +201,17 @@ class HFBackend:
 
         _synchronize()
         t0 = time.perf_counter()
-        logits = pf.prefill(self.model, self._sig, tensor, cache, start=reused, chunk_size=self.prefill_chunk)
+        done = pf.prefill(
+            self.model,
+            self._sig,
+            tensor,
+            cache,
+            start=reused,
+            chunk_size=self.prefill_chunk,
+            snapshot_at=snapshot_at,
+            on_chunk=on_prefill,
+        )
+        logits, self._snapshot = done.logits, done.snapshot
         self._cached_ids = list(ids)
         _synchronize()
         t1 = time.perf_counter()
@@ -207,22 +244,30 @@ class HFBackend:
         )
 
     def _reuse_prefix(self, ids: list[int], reusable_prefix_len: int) -> int:
-        """Tokens of `ids` served from the cached KV (0 = full prefill). Verified, never trusted."""
+        """Tokens of `ids` served from the cached KV (0 = full prefill). Verified, never trusted: the ids
+        are compared, and the cache goes back only where that is exact (a crop every layer can take, or
+        the snapshot taken at that length)."""
+        from doctor.runtime.cache import holds_prefix, restore
+
         if reusable_prefix_len <= 0 or self._cache is None:
             return 0
         # keep at least one token to prefill: its logits start the decoding
         keep = min(reusable_prefix_len, len(ids) - 1, len(self._cached_ids))
         if keep <= 0 or self._cached_ids[:keep] != ids[:keep]:
             return 0
-        if not pf.can_crop_to(self._cache, keep):
-            return 0
-        pf.crop_to(self._cache, keep)
+        if not holds_prefix(self._cache, keep):
+            snapshot = self._snapshot
+            if snapshot is None or not 0 < snapshot.length <= keep:
+                return 0
+            keep = snapshot.length
+        restore(self._cache, keep, self._snapshot)
         del self._cached_ids[keep:]
         return keep
 
     def _drop_cache(self) -> None:
         self._cache = None
         self._cached_ids = []
+        self._snapshot = None
 
     @staticmethod
     def _free() -> None:

@@ -23,7 +23,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -194,11 +194,18 @@ class OpenAIBackend:
     # -- the protocol ---------------------------------------------------------------------------
 
     def generate(
-        self, input_ids: list[int], *, max_new_tokens: int, reusable_prefix_len: int = 0
+        self,
+        input_ids: list[int],
+        *,
+        max_new_tokens: int,
+        reusable_prefix_len: int = 0,
+        snapshot_at: int | None = None,
+        on_prefill: Callable[[int, int], None] | None = None,
     ) -> Generation:
-        """One greedy completion. `reusable_prefix_len` is ignored: vLLM/SGLang cache prefixes
-        themselves (automatic prefix caching), and greedy output does not depend on it."""
-        del reusable_prefix_len
+        """One greedy completion. The prefix hints are ignored: vLLM/SGLang cache prefixes themselves
+        (automatic prefix caching), greedy output does not depend on it, and a server reports no progress
+        inside a request."""
+        del reusable_prefix_len, snapshot_at, on_prefill
         prompt = [int(t) for t in input_ids]
         body = {
             "model": self.model,

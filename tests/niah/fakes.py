@@ -106,9 +106,15 @@ class FakeBackend:
         return out
 
     def generate(
-        self, input_ids: list[int], *, max_new_tokens: int, reusable_prefix_len: int = 0
+        self,
+        input_ids: list[int],
+        *,
+        max_new_tokens: int,
+        reusable_prefix_len: int = 0,
+        snapshot_at: int | None = None,
+        on_prefill: Any = None,
     ) -> Generation:
-        self.calls.append({"n": len(input_ids), "reusable": reusable_prefix_len})
+        self.calls.append({"n": len(input_ids), "reusable": reusable_prefix_len, "snapshot_at": snapshot_at})
         if self.sleep_s:
             time.sleep(self.sleep_s)
         if self.oom_from is not None and len(input_ids) >= self.oom_from:

@@ -100,7 +100,7 @@ def test_chunked_prefill_logits_equal_one_shot(model, chunk_size: int) -> None:
     ids = prompt(61)  # 61 is prime: most chunk sizes leave a ragged last chunk
     sig = pf.inspect_forward(model)
     cache = pf.new_cache(model)
-    chunked = pf.prefill(model, sig, torch.tensor([ids]), cache, start=0, chunk_size=chunk_size)
+    chunked = pf.prefill(model, sig, torch.tensor([ids]), cache, start=0, chunk_size=chunk_size).logits
     assert pf.cache_length(cache) == len(ids)
     torch.testing.assert_close(chunked, one_shot_last_logits(model, ids), rtol=1e-4, atol=1e-4)
 
@@ -168,9 +168,10 @@ def test_prefix_reuse_gives_same_tokens_llama() -> None:
 
 @pytest.mark.parametrize("attention_chunk_size, expect_reuse", [(ATTENTION_CHUNK, False), (256, True)])
 def test_prefix_reuse_gives_same_tokens_llama4(attention_chunk_size: int, expect_reuse: bool) -> None:
-    # With a 16-token attention chunk the chunked layers' cache keeps only its window, so the 50-token
-    # prefix cannot be restored exactly: the backend must notice and prefill in full. With a 256-token
-    # chunk every layer still holds the whole prompt and cropping is exact.
+    # With a 16-token attention chunk the chunked layers' cache keeps only its window, so without a
+    # snapshot at the shared length the 50-token prefix cannot be restored exactly: the backend must
+    # notice and prefill in full. With a 256-token chunk every layer still holds the whole prompt and
+    # cropping is exact. (With a snapshot: tests/niah/test_lean_prefill.py.)
     model = tiny_llama4(attention_chunk_size)
     prompts = depth_variants(prefix_len=50, total=70)
     baseline = run_all(HFBackend(model, None, prefill_chunk=16), prompts, reusable=0)

@@ -25,7 +25,7 @@ class CountingBackend(FakeBackend):
         self.active = 0
         self.max_active = 0
 
-    def generate(self, input_ids, *, max_new_tokens, reusable_prefix_len=0):  # noqa: ANN001, ANN201
+    def generate(self, input_ids, *, max_new_tokens, reusable_prefix_len=0, **hints):  # noqa: ANN001, ANN201
         with self._lock:
             self.active += 1
             self.max_active = max(self.max_active, self.active)

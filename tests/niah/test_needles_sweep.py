@@ -16,7 +16,7 @@ from tests.niah.fakes import FakeBackend
 class SolvingBackend(FakeBackend):
     """A test double that solves every kind by reading the prompt (a real backend never decodes)."""
 
-    def generate(self, input_ids, *, max_new_tokens, reusable_prefix_len=0):
+    def generate(self, input_ids, *, max_new_tokens, reusable_prefix_len=0, **hints):
         prompt = self._tokenizer.decode(input_ids)
         document, _, question = prompt.partition("</document>")
         if "How many times" in question:

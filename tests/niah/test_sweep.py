@@ -212,7 +212,7 @@ def test_length_above_max_positions_is_refused(tmp_path) -> None:
 
 def test_unexpected_trial_errors_are_recorded_then_stop(tmp_path) -> None:
     class Broken(FakeBackend):
-        def generate(self, input_ids, *, max_new_tokens, reusable_prefix_len=0):
+        def generate(self, input_ids, *, max_new_tokens, reusable_prefix_len=0, **hints):
             raise RuntimeError("device lost")
 
     with pytest.raises(RunFailed, match="3 trials in a row failed"):

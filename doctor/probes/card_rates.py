@@ -1,0 +1,94 @@
+"""The card's own rates for the prefill time plan, measured in the live child (about 0.3 s on an H100).
+
+Four kernels, each timed with CUDA events after a warm-up, the best of a few repeats:
+- `matmul`: a 8192 × 8192 × 8192 bf16 GEMM (the projections and experts);
+- `flash`: torch's flash attention kernel, 4096 queries × 16384 keys, 32 query / 8 key-value heads,
+  head_dim 128, bottom-right causal (the lean path: useful FLOPs of the visible pairs);
+- `masked`: what transformers' sdpa does for a prefill chunk under a cache at the same shape: K and V
+  repeated to every head and a boolean chunk × keys mask, on whichever kernel sdpa then picks (FLOPs of
+  the whole rectangle, as it computes them);
+- `copy`: a 1 GiB device-to-device copy (bytes read + written per second).
+
+Runs ONLY in the live child (imports torch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+QUERIES, KEYS, HEADS, KV_HEADS, HEAD_DIM = 4096, 16384, 32, 8, 128
+GEMM_N = 8192
+COPY_BYTES = 1 << 30
+
+
+def _best_seconds(torch: Any, work: Callable[[], Any], repeats: int = 5) -> float:
+    work()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        work()
+        stop.record()
+        stop.synchronize()
+        best = min(best, start.elapsed_time(stop) / 1000.0)
+    return best
+
+
+def _visible_pairs(queries: int, keys: int) -> int:
+    """Pairs a bottom-right causal block computes: row r sees keys up to r + keys - queries."""
+    offset = keys - queries
+    return queries * offset + queries * (queries + 1) // 2
+
+
+def _matmul_rate(torch: Any, device: Any) -> float:
+    a = torch.randn(GEMM_N, GEMM_N, device=device, dtype=torch.bfloat16)
+    b = torch.randn(GEMM_N, GEMM_N, device=device, dtype=torch.bfloat16)
+    return 2 * GEMM_N**3 / _best_seconds(torch, lambda: a @ b)
+
+
+def _attention_rates(torch: Any, device: Any) -> tuple[float, float]:
+    """(flash, masked) useful FLOP/s at the probe's shape."""
+    q = torch.randn(1, HEADS, QUERIES, HEAD_DIM, device=device, dtype=torch.bfloat16)
+    k = torch.randn(1, KV_HEADS, KEYS, HEAD_DIM, device=device, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    flops = 4 * HEADS * HEAD_DIM
+
+    def flash() -> Any:
+        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, is_causal=True, scale=0.088)
+
+    flash_rate = flops * _visible_pairs(QUERIES, KEYS) / _best_seconds(torch, flash)
+    mask = torch.ones(QUERIES, KEYS, dtype=torch.bool, device=device).tril(KEYS - QUERIES)[None, None]
+    groups = HEADS // KV_HEADS
+    # repeated outside the timing: the time plan charges the copy at the copy bandwidth
+    kr = k[:, :, None].expand(1, KV_HEADS, groups, KEYS, HEAD_DIM).reshape(1, HEADS, KEYS, HEAD_DIM)
+    vr = v[:, :, None].expand(1, KV_HEADS, groups, KEYS, HEAD_DIM).reshape(1, HEADS, KEYS, HEAD_DIM)
+
+    def masked() -> Any:
+        return torch.nn.functional.scaled_dot_product_attention(q, kr, vr, attn_mask=mask)
+
+    return flash_rate, flops * QUERIES * KEYS / _best_seconds(torch, masked)
+
+
+def _copy_rate(torch: Any, device: Any) -> float:
+    source = torch.empty(COPY_BYTES, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    return 2 * COPY_BYTES / _best_seconds(torch, lambda: target.copy_(source))
+
+
+def rates_child(args: Mapping[str, Any]) -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"error": "CUDA is not available"}
+    device = torch.device("cuda", int(args.get("device", 0)))
+    out: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device),
+        "shape": [QUERIES, KEYS, HEADS, KV_HEADS, HEAD_DIM],
+    }
+    with torch.inference_mode(), torch.cuda.device(device):
+        out["matmul"] = _matmul_rate(torch, device)
+        out["flash"], out["masked"] = _attention_rates(torch, device)
+        out["copy"] = _copy_rate(torch, device)
+    return out

@@ -1,0 +1,395 @@
+"""`niah_lean`: exact prefill attention that allocates no repeated K/V and no mask.
+
+transformers' sdpa path, for a prefill chunk against its KV cache, builds a materialised mask and then
+cannot use `enable_gqa`: it copies K and V to every query head (`repeat_kv`) and runs the mem-efficient or
+math kernel. Here the same attention is computed from what the mask would have said, on the flash kernel:
+- bottom-right causal alignment (the flash kernel's `is_causal` for a query block shorter than its keys),
+- native GQA (K/V keep their own head count),
+- each layer's visibility rule applied by choosing which keys a block of queries attends to: full causal,
+  Llama 4's chunked attention (`attention_chunk_size`: a query sees its own chunk up to itself) and sliding
+  windows (a query sees the last `sliding_window` keys, itself included), the last as three exact pieces
+  merged by their log-sum-exp.
+
+The model's code is untouched: the function is registered under `LEAN_ATTENTION` in transformers'
+`AttentionInterface`, with a mask function that builds nothing. The one thing the function cannot see is
+where the chunk starts in the sequence (a windowed cache layer returns only its last tokens), so the caller
+says it with `query_start(position)`; without it only layers whose key span tells the position run.
+
+Anything the kernel cannot honour exactly (softcapping, attention sinks, a position bias, padding masks,
+dropout, fp32 on CUDA, head_dim > 256) raises `LeanUnsupported`: the plan then keeps transformers' path.
+On CUDA (and on meta, where the doctor traces it) the flash kernel computes each block; on the CPU a math
+reference with the same block structure, which is what the CPU exactness tests compare with eager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+LEAN_ATTENTION = "niah_lean"
+# flash's limits (aten sdp_utils): half/bf16 inputs, head dims up to 256 and a multiple of 8
+FLASH_MAX_HEAD_DIM = 256
+
+_START: contextvars.ContextVar[int | None] = contextvars.ContextVar("niah_lean_query_start", default=None)
+# Calls since import: the doctor's trace checks the model really routed its attention through here.
+CALLS = [0]
+
+
+class LeanUnsupported(ValueError):
+    """The lean attention cannot compute this layer exactly; the plan must keep transformers' path."""
+
+
+@contextlib.contextmanager
+def query_start(position: int) -> Iterator[None]:
+    """Tell the lean attention that the forward inside feeds tokens starting at absolute `position`."""
+    token = _START.set(int(position))
+    try:
+        yield
+    finally:
+        _START.reset(token)
+
+
+@dataclass(frozen=True)
+class VisibilityRule:
+    """Which keys query position i sees: [first_visible(i), i]."""
+
+    kind: str  # "full" | "sliding" | "chunked"
+    window: int = 0  # sliding_window or attention_chunk_size
+
+    def first_visible(self, position: int) -> int:
+        if self.kind == "sliding":
+            return max(0, position - self.window + 1)
+        if self.kind == "chunked":
+            return position - position % self.window
+        return 0
+
+
+def visibility_rule(module: Any, sliding_window: int | None) -> VisibilityRule:
+    """The rule the model's own mask applies to this layer: `config.layer_types[layer_idx]` where the model
+    declares layer types (transformers builds one mask per type from them), else the `sliding_window`
+    the model passes to its attention function. A disagreement between the two is refused, never guessed."""
+    config = getattr(module, "config", None)
+    index = getattr(module, "layer_idx", None)
+    types = getattr(config, "layer_types", None)
+    layer_type = types[index] if types and isinstance(index, int) and 0 <= index < len(types) else None
+    if layer_type == "chunked_attention":
+        size = getattr(config, "attention_chunk_size", None)
+        if not size:
+            raise LeanUnsupported("a chunked-attention layer without attention_chunk_size")
+        return VisibilityRule("chunked", int(size))
+    if layer_type == "sliding_attention":
+        window = sliding_window or getattr(config, "sliding_window", None)
+        if not window:
+            raise LeanUnsupported("a sliding-attention layer without sliding_window")
+        return VisibilityRule("sliding", int(window))
+    if layer_type in (None, "full_attention"):
+        if sliding_window:
+            if layer_type == "full_attention":
+                raise LeanUnsupported("a full-attention layer was given a sliding window")
+            return VisibilityRule("sliding", int(sliding_window))
+        return VisibilityRule("full")
+    raise LeanUnsupported(f"layer type {layer_type!r}")
+
+
+# keyword arguments models pass that change nothing here when absent / None / False
+_IGNORED = frozenset(
+    {"sliding_window", "position_ids", "cache_position", "use_cache", "position_embeddings", "layer_idx"}
+)
+_MUST_BE_NONE = ("softcap", "s_aux", "sinks", "position_bias", "head_mask", "alibi", "attention_bias")
+_PACKED = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "cu_seqlens_q", "cu_seqlens_k")
+
+
+def _refuse_what_changes_the_result(attention_mask: Any, dropout: float, kwargs: dict[str, Any]) -> None:
+    if attention_mask is not None:
+        raise LeanUnsupported("an explicit attention mask (padding or a custom pattern)")
+    if dropout:
+        raise LeanUnsupported("attention dropout")
+    for name in _MUST_BE_NONE:
+        if kwargs.get(name) is not None:
+            raise LeanUnsupported(f"{name} (the flash kernel has no such term)")
+    for name in _PACKED:
+        if kwargs.get(name) is not None:
+            raise LeanUnsupported("packed sequences")
+    if kwargs.get("is_causal") is False:
+        raise LeanUnsupported("bidirectional attention")
+    if kwargs.get("output_attentions"):
+        raise LeanUnsupported("output_attentions")
+
+
+def check_kernel_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+    """What the flash kernel needs on CUDA (the doctor's meta trace checks the same)."""
+    import torch
+
+    if query.device.type == "cpu":
+        return
+    if query.dtype not in (torch.float16, torch.bfloat16):
+        raise LeanUnsupported(f"{str(query.dtype).replace('torch.', '')} (the flash kernel needs fp16/bf16)")
+    dims = {query.shape[-1], key.shape[-1], value.shape[-1]}
+    if len(dims) != 1:
+        raise LeanUnsupported("value head_dim differs from the query's")
+    head_dim = query.shape[-1]
+    if head_dim > FLASH_MAX_HEAD_DIM or head_dim % 8:
+        raise LeanUnsupported(f"head_dim {head_dim} (the flash kernel takes multiples of 8 up to 256)")
+    if query.shape[1] % key.shape[1]:
+        raise LeanUnsupported("query heads not a multiple of the key/value heads")
+
+
+def _query_start(rule: VisibilityRule, q_len: int, kv_len: int) -> int:
+    given = _START.get()
+    if given is not None:
+        return given
+    # Without the caller's position: a full layer holds every token, and a windowed layer that has not yet
+    # dropped any does too, so the key span says where the queries start.
+    if rule.kind == "full" or kv_len < rule.window - 1 + q_len:
+        return kv_len - q_len
+    raise LeanUnsupported("the chunk's position is unknown (run the forward inside query_start(position))")
+
+
+def lean_attention_forward(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature: query [B, H, L, D], key/value [B, Hkv, S, D] as the
+    cache returned them; returns ([B, L, H, D], None) like its sdpa integration."""
+    CALLS[0] += 1
+    _refuse_what_changes_the_result(attention_mask, dropout, kwargs)
+    check_kernel_inputs(query, key, value)
+    rule = visibility_rule(module, kwargs.get("sliding_window"))
+    q_len, kv_len = query.shape[-2], key.shape[-2]
+    start = _query_start(rule, q_len, kv_len)
+    key_offset = start + q_len - kv_len  # absolute position of key index 0
+    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+    return attend_by_rule(query, key, value, rule, start, key_offset, scale), None
+
+
+def attend_by_rule(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rule: VisibilityRule,
+    start: int,
+    key_offset: int,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of queries at absolute positions start.. over keys at key_offset.., each query seeing
+    [rule.first_visible(i), i]; [B, L, H, D] in the query dtype."""
+    import torch
+
+    q_len = query.shape[-2]
+    segments = list(_segments(rule, start, start + q_len))
+    if rule.first_visible(start) < key_offset:
+        raise LeanUnsupported(
+            f"the cache no longer holds key {rule.first_visible(start)} (it starts at {key_offset})"
+        )
+    if len(segments) == 1:
+        return _attend_segment(query, key, value, rule, segments[0], start, key_offset, scale).transpose(1, 2)
+    batch, heads, _, _ = query.shape
+    out = torch.empty(batch, q_len, heads, value.shape[-1], dtype=query.dtype, device=query.device)
+    for segment in segments:
+        a, b = segment
+        piece = _attend_segment(query, key, value, rule, segment, start, key_offset, scale)
+        out[:, a - start : b - start] = piece.transpose(1, 2)
+        del piece
+    return out
+
+
+def _segments(rule: VisibilityRule, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Query rows [start, end) cut where the rule changes shape: at chunk boundaries (chunked), and for a
+    sliding window at the first row that drops a key and then every window - 1 rows (so each block of
+    rows that slides fits the three-piece split of `_attend_sliding`)."""
+    a = start
+    while a < end:
+        if rule.kind == "chunked":
+            b = min(end, a - a % rule.window + rule.window)
+        elif rule.kind == "sliding" and a < rule.window:
+            b = min(end, rule.window)
+        elif rule.kind == "sliding":
+            b = min(end, a + rule.window - 1)
+        else:
+            b = end
+        yield a, b
+        a = b
+
+
+def _attend_segment(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rule: VisibilityRule,
+    segment: tuple[int, int],
+    start: int,
+    key_offset: int,
+    scale: float,
+) -> torch.Tensor:
+    """[B, H, b - a, D] for query rows [a, b)."""
+    a, b = segment
+    q = query[:, :, a - start : b - start]
+    lo_first, lo_last = rule.first_visible(a), rule.first_visible(b - 1)
+    if lo_first == lo_last:  # every row sees [lo, i]: one bottom-right causal block over keys [lo, b)
+        k = key[:, :, lo_first - key_offset : b - key_offset]
+        v = value[:, :, lo_first - key_offset : b - key_offset]
+        return attend_block(q, k, v, scale, causal=True)[0]
+    return _attend_sliding(q, key, value, a, b, rule.window, key_offset, scale)
+
+
+def _attend_sliding(
+    q: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    a: int,
+    b: int,
+    window: int,
+    key_offset: int,
+    scale: float,
+) -> torch.Tensor:
+    """Rows [a, b) (a ≥ window, b - a ≤ window - 1) each seeing [i - window + 1, i], as three exact
+    pieces: keys the rows see from their own first key on (a reversed causal square), keys every row
+    sees, and the rows' own keys (a causal square); merged by log-sum-exp."""
+    n = b - a
+    left = slice(a - window + 1 - key_offset, a - window + 1 + n - key_offset)
+    middle = slice(a - window + 1 + n - key_offset, a - key_offset)
+    right = slice(a - key_offset, b - key_offset)
+    flipped_out, flipped_lse = attend_block(
+        q.flip(-2), key[:, :, left].flip(-2), value[:, :, left].flip(-2), scale, causal=True
+    )
+    parts = [(flipped_out.flip(-2), flipped_lse.flip(-1))]
+    if middle.stop > middle.start:
+        parts.append(attend_block(q, key[:, :, middle], value[:, :, middle], scale, causal=False))
+    parts.append(attend_block(q, key[:, :, right], value[:, :, right], scale, causal=True))
+    return merge_by_lse(parts, q.dtype)
+
+
+def merge_by_lse(parts: list[tuple[torch.Tensor, torch.Tensor]], dtype: Any) -> torch.Tensor:
+    """softmax over a union of disjoint key sets from each set's output and log-sum-exp (fp32)."""
+    import torch
+
+    total = _logsumexp_of(parts)
+    merged = None
+    for out, lse in parts:
+        term = out.float() * torch.exp(lse - total).unsqueeze(-1)
+        merged = term if merged is None else merged.add_(term)
+    assert merged is not None
+    return merged.to(dtype)
+
+
+def attend_block(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, *, causal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output [B, H, L, D], log-sum-exp [B, H, L] fp32) of one block; `causal` is bottom-right aligned (row
+    r of L sees keys up to r + S - L). Flash on CUDA and meta (native GQA), the math reference elsewhere."""
+    if q.device.type == "meta" or (q.device.type == "cuda" and not _needs_split(q, k, causal)):
+        return _flash_block(q, k, v, scale, causal)
+    if q.device.type == "cuda":  # this build's flash aligns a causal block top-left: split it at the diagonal
+        return causal_by_split(q, k, v, scale, _flash_block)
+    return _math_block(q, k, v, scale, causal)
+
+
+BlockFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor", float, bool], tuple[Any, Any]]
+
+
+def causal_by_split(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, block: BlockFn
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bottom-right causal block from two a kernel always aligns the same way: the keys before the
+    queries' own (all visible) and the square of their own keys (causal), merged by log-sum-exp."""
+    own = k.shape[-2] - q.shape[-2]
+    parts = [
+        block(q, k[:, :, :own], v[:, :, :own], scale, False),
+        block(q, k[:, :, own:], v[:, :, own:], scale, True),
+    ]
+    return merge_by_lse(parts, q.dtype), _logsumexp_of(parts)
+
+
+def _flash_block(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    # aten's flash op (FlashAttention-2): native GQA; with is_causal, bottom-right alignment (checked once
+    # per device by `_needs_split`)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
+        q, k, v, 0.0, is_causal=causal, return_debug_mask=False, scale=scale
+    )[:2]
+    return out, lse
+
+
+_BOTTOM_RIGHT: dict[str, bool] = {}  # per CUDA device: does this build's flash causal align bottom-right?
+
+
+def _needs_split(q: torch.Tensor, k: torch.Tensor, causal: bool) -> bool:
+    if not causal or q.shape[-2] == k.shape[-2]:
+        return False
+    key = str(q.device)
+    if key not in _BOTTOM_RIGHT:
+        _BOTTOM_RIGHT[key] = _flash_causal_is_bottom_right(q.device, q.dtype)
+    return not _BOTTOM_RIGHT[key]
+
+
+def _flash_causal_is_bottom_right(device: Any, dtype: Any) -> bool:
+    """A 3-query × 7-key block against the math reference, once: the kernel's alignment is a property of
+    the torch build, and a wrong one would be silently inexact."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, n, 64, generator=generator) for n in (3, 7, 7))
+    expected, _ = _math_block(q, k, v, 0.125, True)
+    got, _ = _flash_block(q.to(device, dtype), k.to(device, dtype), v.to(device, dtype), 0.125, True)
+    return bool((got.float().cpu() - expected).abs().max() < 5e-2)
+
+
+def _logsumexp_of(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    import torch
+
+    return torch.logsumexp(torch.stack([lse for _, lse in parts]), dim=0)
+
+
+def _math_block(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    groups = q.shape[1] // k.shape[1]
+    kf = k.float().repeat_interleave(groups, dim=1) if groups > 1 else k.float()
+    vf = v.float().repeat_interleave(groups, dim=1) if groups > 1 else v.float()
+    scores = torch.matmul(q.float(), kf.transpose(-2, -1)) * scale
+    if causal:
+        rows, cols = q.shape[-2], k.shape[-2]
+        visible = torch.ones(rows, cols, dtype=torch.bool, device=q.device).tril(cols - rows)
+        scores = scores.masked_fill(~visible, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.matmul(torch.softmax(scores, dim=-1), vf)
+    return out.to(q.dtype), lse
+
+
+def _build_no_mask(*args: Any, **kwargs: Any) -> None:
+    """The mask function registered with the lean attention: every rule is applied inside the attention,
+    so nothing is built. A padding mask is not supported (niah never pads); the attention refuses one."""
+    attention_mask = kwargs.get("attention_mask")
+    if attention_mask is not None and not bool(attention_mask.all()):
+        raise LeanUnsupported("a padding mask")
+    return None
+
+
+def register() -> str:
+    """Make `attn_implementation=LEAN_ATTENTION` known to the installed transformers; returns the name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(LEAN_ATTENTION, lean_attention_forward)
+    try:
+        from transformers.masking_utils import AttentionMaskInterface
+    except ImportError:  # transformers without per-implementation masks: it then builds the sdpa one
+        raise LeanUnsupported("this transformers has no AttentionMaskInterface") from None
+    AttentionMaskInterface.register(LEAN_ATTENTION, _build_no_mask)
+    return LEAN_ATTENTION

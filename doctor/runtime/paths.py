@@ -1,0 +1,73 @@
+"""Putting the plan's paths on a built model, the same way in `niah run` and in the doctor's sizing child.
+
+- `apply_experts(model, experts)`: the MoE forward the plan chose — Llama 4's routed forward
+  (doctor.runtime.experts), transformers' own `grouped_mm` for models on its experts interface, or the
+  model's own forward (`experts="transformers"`). Returns what was done, for the plan line and the row.
+- `lean_refusal(model)`: whether the lean attention really computes this model's attention: one short
+  forward through every layer (on the meta device in the doctor) that must call it and must not meet
+  anything it refuses. The reason, or None when it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def apply_experts(model: Any, experts: str) -> dict[str, Any]:
+    """{"experts": what runs, "swapped": [module names]}; "dense" for a model without experts."""
+    from doctor.runtime.experts import route_llama4_experts
+
+    if experts == "transformers":
+        return {"experts": _library_experts(model) or "dense", "swapped": []}
+    swapped = route_llama4_experts(model)
+    if swapped:
+        return {
+            "experts": "routed: niah's Llama 4 forward, grouped GEMM over routed tokens",
+            "swapped": swapped,
+        }
+    if _on_experts_interface(model):
+        current = getattr(model.config, "_experts_implementation", None)
+        if current != "grouped_mm":
+            model.set_experts_implementation("grouped_mm")
+        return {"experts": "routed: transformers' experts interface, grouped_mm", "swapped": []}
+    return {"experts": _library_experts(model) or "dense", "swapped": []}
+
+
+def _on_experts_interface(model: Any) -> bool:
+    can_set = getattr(type(model), "_can_set_experts_implementation", None)
+    try:
+        return bool(can_set()) if callable(can_set) else False
+    except Exception:  # noqa: BLE001 - a heuristic of transformers' (it reads the module source)
+        return False
+
+
+def _library_experts(model: Any) -> str | None:
+    from doctor.runtime.experts import has_llama4_moe
+
+    if has_llama4_moe(model):
+        return "all experts for every token: transformers' Llama4TextMoe"
+    if _on_experts_interface(model):
+        return f"transformers' experts interface, {getattr(model.config, '_experts_implementation', None)}"
+    return None
+
+
+def lean_refusal(model: Any, tokens: int = 4) -> str | None:
+    """None when the lean attention computes this model's attention; else why not (transformers' path is
+    kept then). Runs one forward of `tokens` tokens where the model's parameters live (meta: no memory)."""
+    import torch
+
+    from doctor.runtime import attention
+    from doctor.runtime.cache import preallocated_cache
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    before = attention.CALLS[0]
+    ids = torch.zeros(1, tokens, dtype=torch.long, device=device)
+    try:
+        cache = preallocated_cache(model.config, tokens)
+        with torch.no_grad(), attention.query_start(0):
+            model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    except attention.LeanUnsupported as refused:
+        return str(refused)
+    if attention.CALLS[0] == before:
+        return "the model computes attention in its own code, not through transformers' attention interface"
+    return None
