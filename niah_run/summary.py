@@ -292,7 +292,39 @@ def summarize(
         "trials_recorded": len(latest),
         "rows_of_other_identities": len(other),
         "memory_vs_plan": memory_vs_plan(latest),
+        "time_vs_plan": time_vs_plan(latest),
     }
+
+
+# A trial's prefill further than this from the plan's time model is flagged: the time plan (or the path that
+# ran) is not what the plan said, and the sweep's predicted total cannot be trusted either.
+TIME_TOLERANCE = 0.25
+
+
+def time_vs_plan(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per trial that ran: the plan's predicted prefill seconds (for the tokens it really prefilled, after
+    any reused prefix) and the measured ones; `flagged` beyond ±25 %."""
+    out = []
+    for row in sorted(
+        rows, key=lambda r: (r["context_tokens"], r.get("depth_percent") or 0, r.get("trial", 0))
+    ):
+        predicted, measured = row.get("predicted_prefill_seconds"), row.get("prefill_seconds")
+        if row.get("status") != "ok" or not predicted or measured is None:
+            continue
+        ratio = float(measured) / float(predicted)
+        out.append(
+            {
+                "context_tokens": row["context_tokens"],
+                "depth_percent": row.get("depth_percent"),
+                "trial": row.get("trial"),
+                "reused_prefix_tokens": row.get("reused_prefix_tokens") or 0,
+                "predicted_seconds": float(predicted),
+                "measured_seconds": float(measured),
+                "measured_over_predicted": round(ratio, 3),
+                "flagged": abs(ratio - 1) > TIME_TOLERANCE,
+            }
+        )
+    return out
 
 
 def memory_vs_plan(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -443,6 +475,7 @@ def render_markdown(summary: dict[str, Any], title: str = "NIAH sweep") -> str:
     if summary["cells"]:
         lines += _performance_lines(summary)
     lines += _memory_vs_plan_lines(summary)
+    lines += _time_vs_plan_lines(summary)
     if summary.get("rows_of_other_identities"):
         lines += [
             "",
@@ -480,6 +513,31 @@ def _memory_vs_plan_lines(summary: dict[str, Any]) -> list[str]:
             f"⚠ {exceeded} trial(s) went above the plan's predicted peak: please report it with this "
             "summary and config.json.",
         ]
+    return lines
+
+
+def _time_vs_plan_lines(summary: dict[str, Any]) -> list[str]:
+    rows = summary.get("time_vs_plan") or []
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"Prefill seconds, the plan's time model vs measured (⚠ = beyond ±{TIME_TOLERANCE:.0%}):",
+        "",
+        "| tokens | depth % | reused tokens | predicted s | measured s | measured / predicted |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        depth = "control" if row["depth_percent"] is None else f"{row['depth_percent']:g}"
+        flag = " ⚠" if row["flagged"] else ""
+        lines.append(
+            f"| {row['context_tokens']} | {depth} | {row['reused_prefix_tokens']} | "
+            f"{row['predicted_seconds']:.1f} | {row['measured_seconds']:.1f} | "
+            f"{row['measured_over_predicted']:.2f}{flag} |"
+        )
+    flagged = sum(1 for r in rows if r["flagged"])
+    if flagged:
+        lines += ["", f"⚠ {flagged} trial(s) took more than {TIME_TOLERANCE:.0%} more or less than planned."]
     return lines
 
 

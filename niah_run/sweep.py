@@ -559,7 +559,7 @@ class Sweep:
         seconds = predicted_sweep_seconds(self.plan, [spec for spec, _ in runnable])
         if seconds is None:
             return
-        self.doc["predicted_sweep_seconds"] = round(seconds, 1)
+        self.doc["predicted_sweep_seconds"] = round(seconds, 3)
         line = f"time plan: {len(runnable)} trial(s), prefill ≈ {duration(seconds)} of GPU time"
         gpus = max(1, len(self.plan.lengths[0].devices)) if self.plan and self.plan.lengths else 1
         price = self.config.price_per_gpu_hour

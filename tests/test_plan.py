@@ -59,7 +59,8 @@ def test_every_auto_is_decided_and_the_longest_length_runs_while_ten_percent_mor
     first = resolve_plan(_ctx(_scout(context=4 << 20)))  # 4M tokens: beyond one card
     longest = first.max_context_tokens
     assert longest and longest < 4 << 20
-    assert {d.name for d in first.decisions} == {"attn", "prefill_chunk"} and first.spec.attn == "sdpa"
+    assert {d.name for d in first.decisions} == {"attn", "experts", "prefill_chunk"}
+    assert first.spec.attn == "niah_lean" and first.spec.experts == "routed"  # an H100 runs the lean path
     # What `niah run --lengths 8k,L,1.1L` gets: L runs (with a chunk chosen for L), 1.1 L is skipped up front.
     plan = resolve_plan(_ctx(_scout(lengths=(8192, longest, int(longest * 1.1)))))
     assert [lp.fits for lp in plan.lengths] == [True, True, False]
@@ -77,11 +78,11 @@ def test_a_budget_bounds_the_whole_run_not_only_the_weights() -> None:
 
 
 @pytest.mark.slow
-def test_flex_past_its_kernel_limit_is_a_fail_and_auto_picks_sdpa() -> None:
+def test_flex_past_its_kernel_limit_is_a_fail_and_auto_picks_the_lean_path() -> None:
     explicit = plan_limits.attention_limit(_ctx(_scout(context=1 << 20, attn="flex_attention")))
     assert explicit.status is Status.FAIL and "--attn sdpa" in " ".join(explicit.fix.commands)
     auto = _ctx(_scout(context=1 << 20))
-    assert resolve_plan(auto).spec.attn == "sdpa"
+    assert resolve_plan(auto).spec.attn == "niah_lean"
     assert plan_limits.attention_limit(auto).status is Status.PASS
 
 

@@ -22,6 +22,7 @@ from doctor.report.model import Evidence, Fix, Status, worst_status
 from run_plan.errors import UsageError
 from run_plan.shell import shell_join
 from run_plan.sizes import is_bits, max_memory_bytes, parse_max_memory
+from run_plan.spec import LEAN_ATTN
 from run_plan.units import gib
 
 SECTION = "run-args"
@@ -225,6 +226,8 @@ def attn_implementation(ctx: DoctorContext) -> Outcome:
             "pip list",
         ),
     ]
+    if attn == LEAN_ATTN:
+        return _lean_attention(ctx, facts, evidence)
     if attn == "flash_attention_2":
         return _flash_attention(ctx, facts, evidence)
     if attn == "flex_attention":
@@ -237,6 +240,57 @@ def attn_implementation(ctx: DoctorContext) -> Outcome:
             Fix("Use sdpa (default) or flex_attention", ("--attn sdpa",)),
         )
     return Outcome.ok(f"{attn} (built into torch)" if attn == "sdpa" else attn, evidence)
+
+
+def _lean_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evidence]) -> Outcome:
+    """niah's own attention (doctor/runtime/attention.py): the flash kernel with native GQA needs torch ≥ 2.5
+    and a GPU of sm80+, and the model's attention must be one it computes exactly (the sizing child asks
+    the model itself, on the meta device)."""
+    from doctor.plan import planned_gpus_or_none, resolve_plan
+
+    torch_version = facts.versions.get("torch")
+    if torch_version is not None and _major_minor(torch_version) < (2, 5):
+        return Outcome.fail(
+            f"niah_lean needs torch ≥ 2.5, whose flash kernel takes grouped K/V heads (installed: {torch_version})",
+            evidence,
+            Fix("Upgrade torch, or use transformers' sdpa", ("--attn sdpa",)),
+        )
+    plan = resolve_plan(ctx) if ctx.target.model else None
+    if plan is not None and plan.spec.attn != LEAN_ATTN:
+        why = next((d.why for d in plan.decisions if d.name == "attn"), "")
+        return Outcome.ok(f"{plan.spec.attn} ({why})", evidence)
+    refused = _lean_refused(ctx)
+    if refused:
+        return Outcome.fail(
+            f"niah_lean cannot compute this model's attention exactly: {refused}",
+            evidence,
+            Fix("Use transformers' own path (or leave --attn on auto, which does)", ("--attn sdpa",)),
+        )
+    gpus = planned_gpus_or_none(ctx)
+    old = [g for g in gpus if g.compute_capability and g.compute_capability < (8, 0)]
+    if old or not gpus:
+        where = f"{old[0].name} is older than sm_80" if old else "no GPU is planned"
+        return Outcome.warn(
+            f"niah_lean runs its flash kernel on sm_80+ GPUs; {where}, so it would run its exact math "
+            "reference (the CPU tests' path), which saves no memory",
+            evidence,
+            Fix("Use transformers' sdpa here", ("--attn sdpa",)),
+        )
+    chosen = next((d.why for d in plan.decisions if d.name == "attn"), "") if plan else ""
+    return Outcome.ok(
+        "niah_lean: flash kernel, bottom-right causal, native GQA: no repeated K/V, no mask"
+        + (" (chosen by auto)" if chosen else ""),
+        evidence,
+    )
+
+
+def _lean_refused(ctx: DoctorContext) -> str | None:
+    if not ctx.target.model:
+        return None
+    facts = ctx.probe("memory")
+    if not isinstance(facts, dict):
+        return None
+    return ((facts.get("sizing") or {}).get("trace") or {}).get("attn_refused", {}).get(LEAN_ATTN)
 
 
 def _flash_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evidence]) -> Outcome:

@@ -132,11 +132,11 @@ def plan_line(report: Report) -> str | None:
     plan = report.attachments.get("plan") if isinstance(report.attachments, dict) else None
     if not isinstance(plan, dict) or not (plan.get("spec") or {}).get("model"):
         return None  # machine checks only: there is no run to plan
-    parts = [
-        f"{d['name'].replace('_', '-')} {d['value']} ({d['why'].split(':')[0]})"
-        for d in plan.get("decisions") or []
-        if isinstance(d, dict)
-    ]
+    decisions = [d for d in plan.get("decisions") or [] if isinstance(d, dict)]
+    parts = [f"{d['name'].replace('_', '-')} {d['value']} ({d['why'].split(':')[0]})" for d in decisions]
+    attn = (plan.get("spec") or {}).get("attn")
+    if attn and not any(d.get("name") == "attn" for d in decisions):  # the attention path, always named
+        parts.insert(0, f"attn {attn} (given)")
     lengths = [x for x in plan.get("lengths") or [] if isinstance(x, dict)]
     if lengths:
         parts.append(
