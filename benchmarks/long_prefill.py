@@ -550,6 +550,9 @@ def moe(out: Path, experts: int, tokens: int, tiny: bool) -> dict[str, Any]:
                 }
             )
             print("  " + json.dumps(rows[-1]), flush=True)
+        for row in rows:
+            if row["path"] == name:  # what the doctor predicted for the same run, fitting or not
+                row["doctor"] = _doctor_peak(config, tokens, row["chunk"], name)
         backend._drop_cache()
         backend._free()
     result = {
@@ -561,6 +564,40 @@ def moe(out: Path, experts: int, tokens: int, tiny: bool) -> dict[str, Any]:
     }
     _write(out, "moe.json", result)
     return result
+
+
+_MOE_SIZINGS: dict[str, Any] = {}
+
+
+def _doctor_peak(config: Any, tokens: int, chunk: int, path: str) -> dict[str, Any]:
+    """The doctor's predicted allocator peak and verdict for this run on this card (bf16, no quantization)."""
+    import dataclasses
+
+    import torch
+
+    from doctor.memory.estimate import compute_estimate, settings_for, sizing_args
+    from doctor.memory.gpus import GpuSpec
+    from doctor.probes.memory import size_weights
+    from run_plan.spec import RunSpec
+
+    raw = {**config.to_dict(), "architectures": ["Llama4ForCausalLM"]}
+    experts = "routed" if path == "routed" else "transformers"
+    target = RunSpec(context=tokens, dtype="bfloat16", attn="sdpa", experts=experts, prefill_chunk=chunk)
+    settings = settings_for(target, raw, None)
+    if experts not in _MOE_SIZINGS:
+        _MOE_SIZINGS[experts] = size_weights(sizing_args(settings, raw, None))
+    props = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
+    gpu = GpuSpec(
+        0, props.name if props else "cpu", int(props.total_memory) if props else 80 << 30, "bench", (9, 0)
+    )
+    estimate = compute_estimate(
+        _MOE_SIZINGS[experts], dataclasses.replace(settings, prefill_chunk=chunk), [gpu]
+    )
+    return {
+        "predicted_peak_gib": round(estimate.per_gpu[0]["predicted_peak_bytes"] / GIB, 2),
+        "fits": estimate.fits,
+        "method": estimate.method,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

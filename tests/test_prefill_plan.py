@@ -202,3 +202,55 @@ def test_predicted_sweep_time_counts_the_reuse_of_each_depths_prefix() -> None:
     fresh = 5 * plan.predicted_prefill_seconds(0, 1 << 20)
     assert with_reuse is not None and fresh / 2 < with_reuse < fresh
     assert predicted_sweep_seconds(dataclasses.replace(plan, prefill_time=None), depths) is None
+
+
+# ---------------------------------------------------------------- the estimate of the lean path
+
+
+def _scout4_config(max_positions: int) -> dict:
+    from transformers import Llama4TextConfig
+
+    from benchmarks.niah_reach import SCOUT_TEXT
+
+    shape = {**SCOUT_TEXT, "max_position_embeddings": max_positions}
+    config = Llama4TextConfig(num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0], **shape).to_dict()
+    return {**config, "architectures": ["Llama4ForCausalLM"]}
+
+
+def _lean_sizing(config: dict, **spec_values) -> tuple:
+    from doctor.memory.estimate import settings_for, sizing_args
+    from doctor.memory.skeleton import size_model
+
+    target = RunSpec(model="m", attn="niah_lean", **spec_values)
+    settings = settings_for(target, config, config.get("quantization_config"))
+    return settings, size_model(sizing_args(settings, config, config.get("quantization_config")))
+
+
+def test_the_lean_path_reaches_the_kv_limit_of_a_scout_shaped_model() -> None:
+    """Scout-shaped, 4 layers (1 global), bnb-4bit, one H100 capped at 79 GiB: the KV (4 KiB a token) is what
+    limits, not the prefill: the longest context is within 5 % of what the card holds after the weights."""
+    from doctor.memory.estimate import compute_estimate
+
+    settings, sizing = _lean_sizing(
+        _scout4_config(1 << 24), quant="bnb-4bit", context=1 << 24, max_memory="0=79GiB"
+    )
+    assert sizing["trace"]["attn_implementation"] == "niah_lean" and sizing["trace"]["kv_preallocated"]
+    # no allocation inside the global layer grows with the cached length: no torch.cat copy of its K/V, no
+    # repeated K/V, no mask (the chunked layers' window caches still concatenate, bounded by the window)
+    activations = sizing["trace"]["activations"]
+    global_layer = f"layer:{activations['layer_signatures'][3]}"
+    for regime in activations["regimes"]:
+        assert all(event[2] == 0 and event[3] == 0 for event in regime["zones"][global_layer]), regime["kind"]
+    estimate = compute_estimate(sizing, settings, H100)
+    kv_room = (79 << 30) - estimate.weights_bytes - (2 << 30)
+    assert estimate.max_context_tokens >= 0.95 * kv_room / 4096
+    assert estimate.max_context_tokens >= 8 << 20
+
+
+def test_a_pre_quantized_scout_on_one_h100_reaches_past_400k_tokens() -> None:
+    from doctor.memory import embedded_config
+    from doctor.memory.estimate import compute_estimate
+
+    config = embedded_config("meta-llama/Llama-4-Scout-17B-16E-Instruct")
+    settings, sizing = _lean_sizing(config, quant="bnb-4bit", prequantized=True, context=1 << 20)
+    assert compute_estimate(sizing, settings, H100).max_context_tokens >= 400_000

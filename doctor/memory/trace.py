@@ -403,12 +403,13 @@ def _only_representatives(layers: Sequence[Any], reps: dict[int, str], tracker: 
 # ---------------------------------------------------------------- the two measurements
 
 
-def _cache(transformers: Any, config: Any, capacity: int = 1) -> Any:
-    """The cache the run uses: niah's preallocated one under the lean attention (sized for the `capacity`
-    tokens a trace point holds, as a run sizes it for its prompt), else DynamicCache(config)."""
+def _cache(transformers: Any, config: Any, capacity: int = 1, model: Any = None) -> Any:
+    """The cache the run uses: niah's preallocated one where `model` runs the lean attention (sized for the
+    `capacity` tokens a trace point holds, as a run sizes it for its prompt), else DynamicCache(config).
+    The model's own config says which attention it runs (the text config may be the one it was built from)."""
     from doctor.runtime.attention import LEAN_ATTENTION
 
-    if getattr(config, "_attn_implementation", None) == LEAN_ATTENTION:
+    if getattr(getattr(model, "config", None), "_attn_implementation", None) == LEAN_ATTENTION:
         from doctor.runtime.cache import preallocated_cache
 
         return preallocated_cache(config, capacity)
@@ -438,7 +439,7 @@ def measure_kv(
     torch: Any, transformers: Any, model: Any, config: Any, probe_tokens: int = 16
 ) -> dict[str, Any]:
     """Bytes per cached token and cap of every cache layer, from one forward through every layer."""
-    cache = _cache(transformers, config, probe_tokens)
+    cache = _cache(transformers, config, probe_tokens, model)
     _forward(torch, model, cache, probe_tokens)
     out = []
     for layer in getattr(cache, "layers", []):
@@ -495,7 +496,7 @@ def _trace_point(
 ) -> dict[str, list[int]]:
     """Zone-relative byte counts at each allocation of one chunk's forward."""
     tracker = _Tracker()
-    cache = _cache(transformers, config, past + chunk)
+    cache = _cache(transformers, config, past + chunk, model)
     tracker.cache = cache
     with _only_representatives(layers, reps, tracker):
         # steady state of a chunked prefill: the cache was filled by a previous chunk of the same size
@@ -607,7 +608,7 @@ def _activation_plan(transformers: Any, model: Any, config: Any, windows: Sequen
     layers = _decoder_layers(model)
     if not layers:
         raise ValueError("no decoder-layer list found")
-    cache_layers = list(getattr(_cache(transformers, config), "layers", []))
+    cache_layers = list(getattr(_cache(transformers, config, 1, model), "layers", []))
     layer_types = list(getattr(config, "layer_types", None) or [None] * len(layers))
     sig_of: list[str] = []
     names: dict[str, str] = {}
