@@ -136,7 +136,6 @@ def exactness(out: Path, tokens: int, chunk: int) -> dict[str, Any]:
     import transformers
 
     from doctor.runtime import attention
-    from niah_run import prefill as pf
 
     attention.register()
     device = _device()
@@ -150,33 +149,34 @@ def exactness(out: Path, tokens: int, chunk: int) -> dict[str, Any]:
         model = model.to(device).eval()
         ids = torch.randint(3, config.vocab_size, (1, tokens), device=device)
         with torch.inference_mode():
-            reference = model(input_ids=ids).logits[0].float()
+            truth = None
+            if dtype != torch.float32:  # the fp32 forward is the truth every bf16 path is an approximation of
+                truth = model.float()(input_ids=ids).logits[0].float()
+                model = model.to(dtype)
+            eager = model(input_ids=ids).logits[0].float()
+            model.set_attn_implementation("sdpa")
+            sdpa = _chunked_logits(model, ids, chunk, None)
             model.set_attn_implementation(attention.LEAN_ATTENTION)
-            cache = pf.new_cache(model, capacity=tokens)
-            sig = pf.inspect_forward(model)
-            pieces = []
-            for a, b in pf.chunk_bounds(0, tokens, chunk):
-                with attention.query_start(a):
-                    got = model(
-                        input_ids=ids[:, a:b],
-                        position_ids=torch.arange(a, b, device=device)[None],
-                        **{sig.cache_kw: cache},
-                    )
-                pieces.append(got.logits[0].float())
-            lean = torch.cat(pieces)
+            lean = _chunked_logits(model, ids, chunk, tokens)
+        reference = truth if truth is not None else eager
         spread = float(reference.max() - reference.min())
-        rows.append(
-            {
-                "model": name,
-                "tokens": tokens,
-                "chunk": chunk,
-                "dtype": str(dtype).replace("torch.", ""),
-                "max_abs_dlogit": round(float((lean - reference).abs().max()), 5),
-                "logit_range": round(spread, 3),
-                "argmax_agree": round(float((lean.argmax(-1) == reference.argmax(-1)).float().mean()), 5),
-            }
-        )
-        del model, cache
+        row = {
+            "model": name,
+            "tokens": tokens,
+            "chunk": chunk,
+            "dtype": str(dtype).replace("torch.", ""),
+            "logit_range": round(spread, 3),
+        }
+        for label, logits in (("eager one-shot", eager), ("sdpa chunked", sdpa), ("lean chunked", lean)):
+            row[f"{label}: max |dlogit| vs {'fp32' if truth is not None else 'eager'}"] = round(
+                float((logits - reference).abs().max()), 5
+            )
+            row[f"{label}: argmax = reference"] = round(
+                float((logits.argmax(-1) == reference.argmax(-1)).float().mean()), 5
+            )
+        row["lean vs eager: max |dlogit|"] = round(float((lean - eager).abs().max()), 5)
+        rows.append(row)
+        del model
     rows.append(_routed_vs_transformers(device, dtype))
     from doctor.runtime import experts
 
@@ -195,6 +195,27 @@ def exactness(out: Path, tokens: int, chunk: int) -> dict[str, Any]:
     for r in rows:
         print("  " + ", ".join(f"{k}={v}" for k, v in r.items()))
     return result
+
+
+def _chunked_logits(model: Any, ids: Any, chunk: int, capacity: int | None) -> Any:
+    """Every position's logits from a chunked prefill (the lean path's preallocated cache with a capacity)."""
+    import torch
+
+    from doctor.runtime import attention
+    from niah_run import prefill as pf
+
+    cache = pf.new_cache(model, capacity)
+    sig = pf.inspect_forward(model)
+    pieces = []
+    for a, b in pf.chunk_bounds(0, ids.shape[-1], chunk):
+        with attention.query_start(a):
+            got = model(
+                input_ids=ids[:, a:b],
+                position_ids=torch.arange(a, b, device=ids.device)[None],
+                **{sig.cache_kw: cache},
+            )
+        pieces.append(got.logits[0].float())
+    return torch.cat(pieces)
 
 
 def _routed_vs_transformers(device: Any, dtype: Any) -> dict[str, Any]:

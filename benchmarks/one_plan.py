@@ -99,7 +99,9 @@ def _run(args: list[str], log: Path) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def show(folder: Path, out: Path, budget: str, tiny: bool, short: int, ask: str) -> dict[str, Any]:
+def show(
+    folder: Path, out: Path, budget: str, tiny: bool, short: int, ask: str, run: list[int] | None = None
+) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     plan_flags = [
         "--model",
@@ -137,6 +139,8 @@ def show(folder: Path, out: Path, budget: str, tiny: bool, short: int, ask: str)
     above = int(longest * 1.1)
     # On a CPU (the smoke test) the longest context is far too slow to prefill: check the mechanics only.
     lengths = [short, 2 * short] if tiny else sorted({short, longest, above})
+    if run:  # the longest is too long to prefill in one call: run these, and still the one 10 % above
+        lengths = sorted({*run, above})
     print(
         f"doctor: exit {proc.returncode}; longest context for {budget}: {longest:,} "
         f"(chunk {plan['spec']['prefill_chunk']}); running {lengths}",
@@ -193,6 +197,8 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
         "measured_over_predicted": round(measured / predicted, 4) if predicted and measured else None,
         "exceeded_prediction": r.get("exceeded_prediction"),
         "prefill_seconds": r.get("prefill_seconds"),
+        "predicted_prefill_seconds": r.get("predicted_prefill_seconds"),
+        "reused_prefix_tokens": r.get("reused_prefix_tokens"),
     }
 
 
@@ -238,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--short", type=int, default=8192)
     s.add_argument("--ask", default="1900k", help="the --context the doctor is first asked about")
     s.add_argument("--tiny", action="store_true")
+    s.add_argument(
+        "--run", help="lengths to run instead of SHORT and the longest (e.g. 3M), plus 10 %% above"
+    )
     t = sub.add_parser("table")
     t.add_argument("out", type=Path)
     args = parser.parse_args(argv)
@@ -246,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "table":
         table(args.out)
     else:
-        show(args.folder, args.out, args.budget, args.tiny, args.short, args.ask)
+        from run_plan.spec import parse_token_count
+
+        run = [parse_token_count(x, what="length") for x in args.run.split(",")] if args.run else None
+        show(args.folder, args.out, args.budget, args.tiny, args.short, args.ask, run)
     return 0
 
 

@@ -328,6 +328,7 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
     from doctor.runtime.paths import apply_experts
 
     experts = apply_experts(model, options.experts)
+    kernels = _prepare_lean_kernels(model) if attn == LEAN_ATTN and on_cuda else None
 
     chunk, chunk_source = options.prefill_chunk, "plan"
     if chunk is None:
@@ -349,12 +350,22 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
         "allocator_caps_bytes": {f"cuda:{index}": cap for index, cap in caps.items()},
         "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "experts": experts["experts"],
+        "attention_kernels": kernels,
         "kv_cache": "preallocated full layers" if attn == LEAN_ATTN else "DynamicCache",
     }
     warnings = attention_warnings(model.config, attn)
     if warnings:
         facts["warnings"] = warnings
     return HFBackend(model, tokenizer, prefill_chunk=chunk, facts=facts, preallocate_kv=attn == LEAN_ATTN)
+
+
+def _prepare_lean_kernels(model: Any) -> str:
+    """The lean attention's kernel checks on every GPU the model uses, before any trial (they time and
+    compare on the device, which must not happen inside a measured prefill)."""
+    from doctor.runtime.attention import prepare_kernels
+
+    devices = sorted({str(p.device) for p in model.parameters() if p.device.type == "cuda"})
+    return "; ".join(f"{device}: {prepare_kernels(device, model.dtype)}" for device in devices)
 
 
 def attention_warnings(config: Any, attn: str) -> list[str]:

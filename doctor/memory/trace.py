@@ -59,7 +59,7 @@ _FLASH_LIKE = (
 # `_math_sdpa_cuda` models; `baddbmm` (BLOOM's ALiBi scores) held nothing and was added from that run.
 KNOWN_OPS = frozenset(
     """
-_grouped_mm _scaled_dot_product_flash_attention _softmax _safe_softmax _log_softmax _to_copy _unsafe_view _reshape_alias abs add add_ addcmul addmm
+_grouped_mm _scaled_dot_product_cudnn_attention _scaled_dot_product_flash_attention _softmax _safe_softmax _log_softmax _to_copy _unsafe_view _reshape_alias abs add add_ addcmul addmm
 alias all amax any arange argmax argsort baddbmm bernoulli_ bitwise_and bitwise_not bitwise_or bmm cat clamp clamp_ clone
 contiguous copy_ cos cumsum detach div div_ embedding empty empty_like empty_strided eq erf exp expand expand_as
 fill_ flatten flip floor_divide full full_like gather ge gelu gelu_ gt histc index index_add_ index_copy_ index_put_

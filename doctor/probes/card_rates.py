@@ -1,9 +1,11 @@
 """The card's own rates for the prefill time plan, measured in the live child (about 0.3 s on an H100).
 
-Four kernels, each timed with CUDA events after a warm-up, the best of a few repeats:
+The kernels, each timed with CUDA events after a warm-up, the best of a few repeats:
 - `matmul`: a 8192 × 8192 × 8192 bf16 GEMM (the projections and experts);
-- `flash`: torch's flash attention kernel, 4096 queries × 16384 keys, 32 query / 8 key-value heads,
-  head_dim 128, bottom-right causal (the lean path: useful FLOPs of the visible pairs);
+- `lean`: the lean attention as it runs on this GPU (doctor.runtime.attention: cuDNN for the keys before the
+  chunk where its self-checks pass, flash for the chunk's own), 4096 queries × 65536 keys, 32 query / 8
+  key-value heads, head_dim 128, bottom-right causal (useful FLOPs of the visible pairs); `flash`: the
+  flash kernel alone at the same shape;
 - `masked`: what transformers' sdpa does for a prefill chunk under a cache at the same shape: K and V
   repeated to every head and a boolean chunk × keys mask, on whichever kernel sdpa then picks (FLOPs of
   the whole rectangle, as it computes them);
@@ -17,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-QUERIES, KEYS, HEADS, KV_HEADS, HEAD_DIM = 4096, 16384, 32, 8, 128
+# a prefill chunk against a long cache, the shape that dominates a long prefill
+QUERIES, KEYS, HEADS, KV_HEADS, HEAD_DIM = 4096, 65536, 32, 8, 128
 GEMM_N = 8192
 COPY_BYTES = 1 << 30
 
@@ -48,17 +51,18 @@ def _matmul_rate(torch: Any, device: Any) -> float:
     return 2 * GEMM_N**3 / _best_seconds(torch, lambda: a @ b)
 
 
-def _attention_rates(torch: Any, device: Any) -> tuple[float, float]:
-    """(flash, masked) useful FLOP/s at the probe's shape."""
+def _attention_rates(torch: Any, device: Any) -> dict[str, float]:
+    """Useful FLOP/s of the lean attention as it runs here (doctor.runtime.attention, its kernels checked
+    first), of the flash kernel alone, and of transformers' masked sdpa, at the probe's shape."""
+    from doctor.runtime import attention
+
+    kernels = attention.prepare_kernels(device, torch.bfloat16)
     q = torch.randn(1, HEADS, QUERIES, HEAD_DIM, device=device, dtype=torch.bfloat16)
     k = torch.randn(1, KV_HEADS, KEYS, HEAD_DIM, device=device, dtype=torch.bfloat16)
     v = torch.randn_like(k)
-    flops = 4 * HEADS * HEAD_DIM
-
-    def flash() -> Any:
-        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, is_causal=True, scale=0.088)
-
-    flash_rate = flops * _visible_pairs(QUERIES, KEYS) / _best_seconds(torch, flash)
+    useful = 4 * HEADS * HEAD_DIM * _visible_pairs(QUERIES, KEYS)
+    lean = useful / _best_seconds(torch, lambda: attention.attend_block(q, k, v, 0.088, causal=True))
+    flash = useful / _best_seconds(torch, lambda: attention._flash_block(q, k, v, 0.088, True))
     mask = torch.ones(QUERIES, KEYS, dtype=torch.bool, device=device).tril(KEYS - QUERIES)[None, None]
     groups = HEADS // KV_HEADS
     # repeated outside the timing: the time plan charges the copy at the copy bandwidth
@@ -68,7 +72,13 @@ def _attention_rates(torch: Any, device: Any) -> tuple[float, float]:
     def masked() -> Any:
         return torch.nn.functional.scaled_dot_product_attention(q, kr, vr, attn_mask=mask)
 
-    return flash_rate, flops * QUERIES * KEYS / _best_seconds(torch, masked)
+    rectangle = 4 * HEADS * HEAD_DIM * QUERIES * KEYS
+    return {
+        "lean": lean,
+        "flash": flash,
+        "masked": rectangle / _best_seconds(torch, masked),
+        "lean_kernels": kernels,  # type: ignore[dict-item]
+    }
 
 
 def _copy_rate(torch: Any, device: Any) -> float:
@@ -89,6 +99,6 @@ def rates_child(args: Mapping[str, Any]) -> dict[str, Any]:
     }
     with torch.inference_mode(), torch.cuda.device(device):
         out["matmul"] = _matmul_rate(torch, device)
-        out["flash"], out["masked"] = _attention_rates(torch, device)
+        out.update(_attention_rates(torch, device))
         out["copy"] = _copy_rate(torch, device)
     return out

@@ -240,7 +240,7 @@ def _attend_segment(
     if lo_first == lo_last:  # every row sees [lo, i]: one bottom-right causal block over keys [lo, b)
         k = key[:, :, lo_first - key_offset : b - key_offset]
         v = value[:, :, lo_first - key_offset : b - key_offset]
-        return attend_block(q, k, v, scale, causal=True)[0]
+        return attend_block(q, k, v, scale, causal=True, unbounded=rule.kind == "full")[0]
     return _attend_sliding(q, key, value, a, b, rule.window, key_offset, scale)
 
 
@@ -285,15 +285,135 @@ def merge_by_lse(parts: list[tuple[torch.Tensor, torch.Tensor]], dtype: Any) -> 
 
 
 def attend_block(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, *, causal: bool
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, *, causal: bool, unbounded: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(output [B, H, L, D], log-sum-exp [B, H, L] fp32) of one block; `causal` is bottom-right aligned (row
     r of L sees keys up to r + S - L). Flash on CUDA and meta (native GQA), the math reference elsewhere."""
-    if q.device.type == "meta" or (q.device.type == "cuda" and not _needs_split(q, k, causal)):
-        return _flash_block(q, k, v, scale, causal)
-    if q.device.type == "cuda":  # this build's flash aligns a causal block top-left: split it at the diagonal
+    if q.device.type not in ("cuda", "meta"):
+        return _math_block(q, k, v, scale, causal)
+    if unbounded and causal and k.shape[-2] > q.shape[-2] and _past_on_cudnn(q):
+        # a full layer's chunk against its cache, whose keys grow with the context: the keys before the
+        # chunk's own on cuDNN (Hopper's fastest kernel for one big rectangle), its own square on flash,
+        # merged by log-sum-exp. Windowed layers' blocks stay bounded by their window: flash alone.
+        return causal_by_split(q, k, v, scale, _kernel_block)
+    if q.device.type == "cuda" and _needs_split(q, k, causal):  # this build's flash aligns causal top-left
         return causal_by_split(q, k, v, scale, _flash_block)
-    return _math_block(q, k, v, scale, causal)
+    return _flash_block(q, k, v, scale, causal)
+
+
+def _past_on_cudnn(q: torch.Tensor) -> bool:
+    # the trace (meta) sizes the split, whatever the GPU: where cuDNN does not run, flash's one block needs
+    # less; the decision depends on the layer's kind only, so every trace point meets the structure a run has
+    return q.device.type == "meta" or _cudnn_usable(q.device, q.dtype)
+
+
+def _kernel_block(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's pieces: the causal square on flash, the rectangle of earlier keys on cuDNN."""
+    if causal:
+        return _flash_block(q, k, v, scale, True)
+    try:
+        return _cudnn_block(q, k, v, scale)
+    except RuntimeError:
+        # a shape or layout this cuDNN refuses: flash from now on on this device (same result)
+        _CUDNN_OK[(str(q.device), str(q.dtype))] = False
+        return _flash_block(q, k, v, scale, False)
+
+
+def _cudnn_block(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-causal attention on cuDNN with grouped heads folded into rows: the g query heads that share a
+    key/value head become g × L rows of one head (a query's result does not depend on the other rows when
+    nothing is masked), so K and V keep their own head count without relying on the kernel's GQA."""
+    import torch
+
+    batch, heads, rows, dim = q.shape
+    kv_heads = k.shape[1]
+    groups = heads // kv_heads
+    folded = q.reshape(batch, kv_heads, groups, rows, dim).reshape(batch, kv_heads, groups * rows, dim)
+    out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+        folded, k, v, None, True, 0.0, False, False, scale=scale
+    )[:2]
+    return (
+        out.reshape(batch, kv_heads, groups, rows, v.shape[-1]).reshape(batch, heads, rows, v.shape[-1]),
+        lse.reshape(batch, heads, rows).float(),
+    )
+
+
+_CUDNN_OK: dict[tuple[str, str], bool] = {}  # per (device, dtype): cuDNN present and exact here
+
+
+def _cudnn_usable(device: Any, dtype: Any) -> bool:
+    """Only after `prepare_kernels` checked it on this device: a block never waits on a self-test."""
+    return _CUDNN_OK.get((str(device), str(dtype)), False)
+
+
+def prepare_kernels(device: Any, dtype: Any) -> str:
+    """Check, before any trial, which kernels compute the lean attention on `device` exactly and without
+    copying the cache; returns what will run (recorded in the run's facts)."""
+    import torch
+
+    key = (str(device), str(dtype))
+    if key not in _CUDNN_OK:
+        _CUDNN_OK[key] = _cudnn_matches_reference(device, dtype) and _cudnn_reads_the_cache_in_place(
+            device, dtype
+        )
+    if torch.device(device).type == "cuda":
+        _needs_split(torch.empty(1, 1, 1, 8, device=device, dtype=dtype), torch.empty(1, 1, 2, 8), True)
+    return kernels_in_use(device, dtype)
+
+
+def _cudnn_reads_the_cache_in_place(device: Any, dtype: Any) -> bool:
+    """A kernel that made a contiguous copy of a cache slice would add a layer's whole K/V to the peak
+    (gigabytes at millions of tokens) where the plan counted none: measured here on a 64k-token slice."""
+    import torch
+
+    buffer = torch.empty(1, 8, 70_000, 128, device=device, dtype=dtype).normal_()
+    keys = buffer[:, :, :65_536]
+    q = torch.randn(1, 32, 512, 128, device=device, dtype=dtype)
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        _cudnn_block(q, keys, keys, 0.09)
+    except RuntimeError:
+        return False
+    torch.cuda.synchronize(device)
+    extra = torch.cuda.max_memory_allocated(device) - before
+    return extra < keys.numel() * keys.element_size() // 2  # its outputs and workspace, not a copy of K
+
+
+def _cudnn_matches_reference(device: Any, dtype: Any) -> bool:
+    """Once per device: the folded cuDNN block against the math reference, keys a slice of a bigger buffer
+    as the cache holds them. Any error or mismatch keeps flash for every block."""
+    import torch
+
+    try:
+        if not hasattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention"):
+            return False
+        if torch.cuda.get_device_capability(device) < (9, 0):
+            return False  # Hopper's kernels are where it is faster; elsewhere flash is the known quantity
+        generator = torch.Generator().manual_seed(1)
+        q = torch.randn(1, 8, 300, 128, generator=generator)
+        buffer = torch.randn(1, 2, 1500, 128, generator=generator)
+        k, v = buffer[:, :, :1200], buffer[:, :, 200:1400]
+        expected, expected_lse = _math_block(q, k, v, 0.09, False)
+        got, lse = _cudnn_block(q.to(device, dtype), k.to(device, dtype), v.to(device, dtype), 0.09)
+        close = (got.float().cpu() - expected).abs().max() < 3e-2 and (
+            lse.cpu() - expected_lse
+        ).abs().max() < 3e-2
+        return bool(close)
+    except Exception:  # noqa: BLE001 - no cuDNN attention here: flash it is
+        return False
+
+
+def kernels_in_use(device: Any, dtype: Any) -> str:
+    """What computes a long prefill's attention on this device (for the run's facts and the rates probe)."""
+    if _cudnn_usable(device, dtype):
+        return "cuDNN for the keys before a chunk, flash for its own (merged by log-sum-exp)"
+    return "flash"
 
 
 BlockFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor", float, bool], tuple[Any, Any]]
