@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from doctor.context import DoctorContext
+from doctor.load_decisions import load_decisions
 from doctor.memory.estimate import (
     ALLOCATOR_RESERVE,
     Estimate,
@@ -78,8 +79,9 @@ def _resolve(ctx: DoctorContext, static: tuple[Decision, ...]) -> ResolvedPlan:
     gpus, gpu_source = planned_gpus(ctx) if settings is not None else ([], "")
     if settings is None or not gpus:
         reason = "no memory estimate for this model" if settings is None else f"no GPU known ({gpu_source})"
-        return plan_without_estimate(spec, tuple(decisions), reason)
+        return plan_without_estimate(spec, (*decisions, *load_decisions(ctx, None)), reason)
     sizing = ctx.probe("memory")["sizing"]
+    decisions.extend(load_decisions(ctx, sizing))
     chunk, why = _choose_chunk(sizing, settings, gpus, spec.prefill_chunk, spec.lengths)
     if spec.prefill_chunk is None:
         decisions.append(Decision("prefill_chunk", chunk, why))
