@@ -164,7 +164,9 @@ def _cached(repo: Any) -> str | None:
         else:
             from huggingface_hub import snapshot_download
 
-            snapshot_download(repo_id=str(repo_id), revision=revision, repo_type="kernel", local_files_only=True)
+            snapshot_download(
+                repo_id=str(repo_id), revision=revision, repo_type="kernel", local_files_only=True
+            )
     except Exception as exc:  # noqa: BLE001 - not cached (or not resolvable): the reason is the answer
         return _error(exc)
     return None
