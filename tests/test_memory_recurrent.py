@@ -319,3 +319,19 @@ def test_a_kernel_package_function_is_traced_by_its_outputs(monkeypatch: pytest.
     assert peak(stand_in=True) == 4 * 256 * 2  # the output only
     assert peak(stand_in=False) > 64 * 4 * 256 * 4  # the reference materialises its fp32 expansion
     assert trace._kernel_choice(module.scan) is not None  # restored after tracing
+
+
+def test_without_the_kv_forward_recurrent_layers_are_not_counted_as_full_kv() -> None:
+    import transformers
+
+    from doctor.memory.skeleton import _kv_layout
+
+    config = transformers.AutoConfig.for_model(
+        **{k: v for k, v in _config("jamba").items() if k != "torch_dtype"}
+    )
+    assert [x["kind"] for x in _kv_layout(config)["layers"]] == [
+        "recurrent",
+        "recurrent",
+        "full",
+        "recurrent",
+    ]

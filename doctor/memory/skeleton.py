@@ -338,11 +338,15 @@ def _kv_layout(config: Any, traced: dict[str, Any] | None = None) -> dict[str, A
         layers = getattr(cache, "layers", None)
         if not layers:
             return {"source": "DynamicCache(config) has no per-layer list", "layers": None}
+        from doctor.memory.trace import holds_state
+
         out = []
         for layer in layers:
             name = type(layer).__name__
             window = getattr(layer, "sliding_window", None)
             kind = "none" if "Dummy" in name or "Shared" in name else ("window" if window else "full")
+            if kind == "full" and holds_state(layer) and not hasattr(layer, "keys"):
+                kind = "recurrent"  # a recurrent layer's cache: its state only (size unknown without the forward)
             out.append({"class": name, "kind": kind, "window": int(window) if window else None})
         return {"source": "transformers DynamicCache(config)", "layers": out}
     except Exception as exc:  # noqa: BLE001 - older transformers: DynamicCache() keeps every layer full
