@@ -330,8 +330,12 @@ def config_load_probe(target: Any) -> ConfigLoadFacts | Unavailable:
     from doctor.probes.model import resolved_model
 
     res = resolved_model(spec, online=bool(getattr(target, "online", False)))
+    from doctor.probes.model_class import IMPLEMENTATIONS
+
     attn = str(getattr(target, "attn", "") or "")
-    implementations = (attn,) if attn and attn != "auto" else ()
+    # the standard implementations are always asked: the key (and the child) is the same whichever the
+    # plan settles on, so `attention_refusals` before the settle and the probe after it share one answer
+    implementations = (attn,) if attn and attn != "auto" and attn not in IMPLEMENTATIONS else ()
     trust = bool(getattr(target, "trust_remote_code", False))
     key = _memo_key(res, trust, implementations)
     with _MEMO_LOCK:
