@@ -21,6 +21,15 @@ class Judgement:
     plan: ResolvedPlan
 
 
+def _refusals(spec: RunSpec) -> dict[str, str | None] | None:
+    """The attention implementations the model's class refuses, where attn=auto must choose one."""
+    if spec.attn != "auto" or not spec.model or spec.backend != "transformers":
+        return None
+    from doctor.probes.config_load import attention_refusals
+
+    return attention_refusals(spec)
+
+
 def judge(
     spec: RunSpec,
     *,
@@ -42,7 +51,7 @@ def judge(
     from doctor.runner import build_report
 
     ctx = DoctorContext(spec)
-    settled, decisions = settle_static_choices(spec, planned_gpus_or_none(ctx))
+    settled, decisions = settle_static_choices(spec, planned_gpus_or_none(ctx), _refusals(spec))
     ctx.target = settled  # the probes that read the plan run later, on the settled spec
     remember_static_decisions(ctx, decisions)
     report = build_report(

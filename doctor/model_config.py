@@ -66,6 +66,14 @@ class ModelResolution:
     gguf_file: str | None = None  # for GGUF checkpoints (the demo model)
     embedded_source: str | None = None  # citation for embedded configs
     hub_checked: bool = False  # True when the hub itself was asked (online)
+    # An `invalid` resolution refused only for fields the estimate reads: the doubts, the fields they name
+    # (present ones / missing ones) and the file as read, so the installed transformers can judge them
+    # (doctor.probes.config_fields); `accepted_fields` says which the class accepted and the model never reads.
+    field_problems: tuple[str, ...] = ()
+    doubted_fields: tuple[str, ...] = ()
+    missing_fields: tuple[str, ...] = ()
+    rejected_config: Mapping[str, Any] = field(default_factory=dict)
+    accepted_fields: tuple[str, ...] = ()
 
     @property
     def found(self) -> bool:
@@ -177,8 +185,8 @@ ESTIMATE_FIELDS = (
 # Fields without which the estimate has nothing to stand on (with the names other model types use).
 REQUIRED_FIELDS = {
     "hidden_size": ("n_embd", "d_model"),
-    "num_hidden_layers": ("n_layer", "num_layers"),
-    "num_attention_heads": ("n_head", "num_heads"),
+    "num_hidden_layers": ("n_layer", "num_layers", "n_layers"),
+    "num_attention_heads": ("n_head", "num_heads", "n_heads"),
 }
 _LARGEST_SANE = 2**40  # beyond any real width, depth or vocabulary
 
@@ -200,19 +208,30 @@ def _field_problem(name: str, value: Any) -> str | None:
 def config_field_problems(config: Mapping[str, Any]) -> list[str]:
     """What is wrong with the fields the estimate uses (empty when nothing is). Looks where the
     language model's settings live (`text_config` for multimodal configs)."""
+    doubted, missing = field_doubts(config)
+    return [why for _, why in doubted] + [f"{name} is missing" for name in missing]
+
+
+def field_doubts(config: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+    """([(field, why)] for present fields that are not a positive integer in range, [sizes missing])."""
     text = text_config_of(config)
-    problems = [
-        p for name in ESTIMATE_FIELDS if name in text for p in [_field_problem(name, text[name])] if p
+    doubted = [
+        (name, p) for name in ESTIMATE_FIELDS if name in text for p in [_field_problem(name, text[name])] if p
     ]
-    for name, aliases in REQUIRED_FIELDS.items():
-        if text.get(name) is None and not any(text.get(alias) is not None for alias in aliases):
-            problems.append(f"{name} is missing")
-    return problems
+    missing = [
+        name
+        for name, aliases in REQUIRED_FIELDS.items()
+        if text.get(name) is None and not any(text.get(alias) is not None for alias in aliases)
+    ]
+    return doubted, missing
 
 
-def from_config(base: ModelResolution, config: Mapping[str, Any]) -> ModelResolution:
+def from_config(
+    base: ModelResolution, config: Mapping[str, Any], *, check_fields: bool = True
+) -> ModelResolution:
     """Fill the derived fields from a raw config; no model_type -> invalid (transformers needs it);
-    a field the estimate uses that is missing or not a positive integer -> invalid, naming the field."""
+    a field the estimate uses that is missing or not a positive integer -> invalid, naming the field,
+    unless `check_fields` is off (the installed transformers accepted them: doctor.probes.config_fields)."""
     clean = {k: v for k, v in config.items() if not str(k).startswith("_")}
     model_type = clean.get("model_type")
     if not isinstance(model_type, str) or not model_type:
@@ -222,8 +241,9 @@ def from_config(base: ModelResolution, config: Mapping[str, Any]) -> ModelResolu
             config={},
             message=f"config.json has no model_type, so transformers cannot pick a model class ({base.path})",
         )
-    problems = config_field_problems(clean)
-    if problems:
+    doubted, missing = field_doubts(clean)
+    problems = [why for _, why in doubted] + [f"{name} is missing" for name in missing]
+    if problems and check_fields:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         return replace(
             base,
@@ -231,6 +251,10 @@ def from_config(base: ModelResolution, config: Mapping[str, Any]) -> ModelResolu
             config={},
             model_type=model_type,
             message=f"config.json: {problems[0]}{more}; the memory estimate needs it ({base.path})",
+            field_problems=tuple(problems),
+            doubted_fields=tuple(name for name, _ in doubted),
+            missing_fields=tuple(missing),
+            rejected_config=clean,
         )
     architectures = clean.get("architectures") or ()
     quant = clean.get("quantization_config")

@@ -8,10 +8,11 @@ Every "auto" becomes a value here, once: the attention implementation before any
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from doctor.context import DoctorContext
+from doctor.load_decisions import load_decisions
 from doctor.memory.estimate import (
     ALLOCATOR_RESERVE,
     Estimate,
@@ -34,15 +35,24 @@ _STATIC_ATTR = "_static_decisions"
 
 
 def settle_static_choices(
-    spec: RunSpec, gpus: Sequence[GpuSpec] | None = None
+    spec: RunSpec,
+    gpus: Sequence[GpuSpec] | None = None,
+    refusals: Mapping[str, str | None] | None = None,
 ) -> tuple[RunSpec, tuple[Decision, ...]]:
     """Choices the GPUs decide before any estimate: attn=auto becomes niah_lean where a planned GPU runs the
     flash kernel (sm80+), else sdpa. Whether the lean attention computes this model exactly is asked of
     the model itself by the sizing child; `resolve_plan` then keeps sdpa where it does not. `gpus`: the
-    planned GPUs (None: --gpus, else what NVML sees)."""
+    planned GPUs (None: --gpus, else what NVML sees). `refusals`: what the model's class refuses
+    (doctor.probes.config_load.attention_refusals); auto never picks one of those."""
     if spec.attn != "auto":
         return spec, ()
     choice, why = _auto_attention(spec, _gpus_without_context(spec) if gpus is None else list(gpus))
+    refused = (refusals or {}).get(choice)
+    if refused and not (refusals or {}).get("eager"):
+        choice, why = (
+            "eager",
+            f"auto: eager — this model's class refuses {choice} ({refused.splitlines()[0][:160]})",
+        )
     return dataclasses.replace(spec, attn=choice), (Decision("attn", choice, why),)
 
 
@@ -137,10 +147,11 @@ def _resolve(ctx: DoctorContext, static: tuple[Decision, ...]) -> ResolvedPlan:
     gpus, gpu_source = planned_gpus(ctx) if settings is not None else ([], "")
     if settings is None or not gpus:
         reason = "no memory estimate for this model" if settings is None else f"no GPU known ({gpu_source})"
-        return plan_without_estimate(spec, tuple(decisions), reason)
+        return plan_without_estimate(spec, (*decisions, *load_decisions(ctx, None)), reason)
     sizing = ctx.probe("memory")["sizing"]
     spec, decisions = _paths_from_sizing(spec, decisions, sizing)
     settings = dataclasses.replace(settings, attn=spec.attn)
+    decisions.extend(load_decisions(ctx, sizing))
     chunk, why = _choose_chunk(sizing, settings, gpus, spec.prefill_chunk, spec.lengths)
     if spec.prefill_chunk is None:
         decisions.append(Decision("prefill_chunk", chunk, why))
@@ -177,9 +188,11 @@ def _paths_from_sizing(
     trace = sizing.get("trace") or {}
     refused = (trace.get("attn_refused") or {}).get(LEAN_ATTN)
     if refused and spec.attn == LEAN_ATTN and any(d.name == "attn" for d in decisions):
-        spec = dataclasses.replace(spec, attn=AUTO_ATTN)
-        why = f"auto: {AUTO_ATTN} — the lean attention cannot compute this model exactly: {refused}"
-        decisions = [d for d in decisions if d.name != "attn"] + [Decision("attn", AUTO_ATTN, why)]
+        # what the sizing child traced instead: transformers' sdpa, or eager where the class refuses sdpa
+        fallback = str(trace.get("attn_implementation") or AUTO_ATTN)
+        spec = dataclasses.replace(spec, attn=fallback)
+        why = f"auto: {fallback} — the lean attention cannot compute this model exactly: {refused}"
+        decisions = [d for d in decisions if d.name != "attn"] + [Decision("attn", fallback, why)]
     if spec.experts == "auto":
         path = str((sizing.get("experts_path") or {}).get("experts") or "")
         value = "routed" if path.startswith("routed") else "transformers"

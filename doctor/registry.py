@@ -99,6 +99,7 @@ CHECK_MODULES: tuple[str, ...] = (
     "doctor.checks.triton",
     "doctor.checks.model_source",
     "doctor.checks.config_load",
+    "doctor.checks.model_load",
     "doctor.checks.git_freshness",
     "doctor.checks.run_args",
     "doctor.checks.memory",

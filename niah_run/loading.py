@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from doctor.model_config import DEMO_GGUF, DEMO_MODEL_ID, DEMO_PACKAGE, PICKLE_SUFFIXES
+from run_plan import hub_kernels
 from run_plan.errors import UsageError
 from run_plan.sizes import parse_max_memory
 from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, LEAN_ATTN, RunSpec
@@ -265,6 +266,7 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from niah_run.backends.hf import HFBackend
@@ -305,6 +307,9 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
     quant = quantization_config(options)
     if quant is not None:
         kwargs["quantization_config"] = quant
+    # transformers 5.25 kernelizes with hub kernels by default, fetched at load: off unless asked for
+    kernel_kwargs = hub_kernels.load_kwargs(hasattr(transformers.PreTrainedModel, "set_use_kernels"))
+    kwargs.update(kernel_kwargs)
 
     if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":  # `niah run -q`
         from transformers.utils import logging as hf_logging
@@ -322,7 +327,7 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
     except (OSError, ValueError) as error:  # ValueError: e.g. a folder without tokenizer files
         raise UsageError(
             f"cannot load {options.model!r}: {(str(error).strip().splitlines() or [''])[0]}",
-            hint=_load_hint(options, source),
+            hint=_kernel_hint(str(error)) or _load_hint(options, source),
         ) from None
     load_seconds = time.perf_counter() - started
     from doctor.runtime.paths import apply_experts
@@ -353,6 +358,9 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
         "attention_kernels": kernels,
         "kv_cache": "preallocated full layers" if attn == LEAN_ATTN else "DynamicCache",
     }
+    kernels_setting = hub_kernels.describe(kernel_kwargs)
+    if kernels_setting is not None:
+        facts["hub_kernels"] = kernels_setting
     warnings = attention_warnings(model.config, attn)
     if warnings:
         facts["warnings"] = warnings
@@ -405,6 +413,17 @@ def cap_allocator(max_memory: dict[int | str, int | str] | None) -> dict[int, in
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), key)
         caps[key] = min(budget, total)
     return caps
+
+
+def _kernel_hint(error: str) -> str | None:
+    """A kernel from the hub that transformers could not fetch offline is not a problem of the model."""
+    if "kernel" not in error or "offline" not in error:
+        return None
+    return (
+        f"transformers tried to fetch a kernel from the hub at load ({hub_kernels.ENV} asks for hub kernels); "
+        f"unset {hub_kernels.ENV} to load without them, or download the kernel while online "
+        "(`doctor --model ...` names it: check hub-kernels-offline)."
+    )
 
 
 def _load_hint(options: RunSpec, source: ModelSource) -> str:

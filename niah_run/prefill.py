@@ -29,14 +29,17 @@ from typing import Any
 class ForwardSignature:
     """How this transformers version spells the forward arguments we need (they were renamed)."""
 
-    cache_kw: str  # "cache" (transformers >= 5.2x) or "past_key_values"
+    cache_kw: str  # "cache" (transformers >= 5.2x), "past_key_values", or Mamba's "cache_params"
     logits_kw: str | None  # "logits_to_keep", "num_logits_to_keep" (4.45-4.49) or None
     takes_cache_position: bool  # removed from the signature in recent 5.x; required for masks before
 
 
 def inspect_forward(model: Any) -> ForwardSignature:
     params = inspect.signature(model.forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"
+    # the first name this forward takes: transformers renamed it (cache), and Mamba's is cache_params
+    cache_kw = next(
+        (n for n in ("cache", "past_key_values", "cache_params") if n in params), "past_key_values"
+    )
     logits_kw = next((name for name in ("logits_to_keep", "num_logits_to_keep") if name in params), None)
     return ForwardSignature(
         cache_kw=cache_kw, logits_kw=logits_kw, takes_cache_position="cache_position" in params

@@ -71,6 +71,7 @@ _IDENTITY_FIELDS = (
     "dtype",
     "quantization_config",
     "attn_implementation",
+    "hub_kernels",  # transformers' hub kernels off (use_kernels=False) or on: other code runs
     "base_url",
 )
 

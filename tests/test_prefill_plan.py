@@ -254,3 +254,14 @@ def test_a_pre_quantized_scout_on_one_h100_reaches_past_400k_tokens() -> None:
     config = embedded_config("meta-llama/Llama-4-Scout-17B-16E-Instruct")
     settings, sizing = _lean_sizing(config, quant="bnb-4bit", prequantized=True, context=1 << 20)
     assert compute_estimate(sizing, settings, H100).max_context_tokens >= 400_000
+
+
+def test_auto_never_picks_an_implementation_the_class_refuses() -> None:
+    refusals = {"sdpa": "ValueError: GptOssForCausalLM does not support sdpa", "eager": None}
+    spec, decisions = settle_static_choices(RunSpec(model="m"), [], refusals)
+    assert spec.attn == "eager" and "refuses sdpa" in decisions[0].why
+    # the lean attention refused too (attention sinks): the plan keeps what the sizing child traced instead
+    sizing = {"trace": {"attn_implementation": "eager", "attn_refused": {"niah_lean": "s_aux"}}}
+    auto, decisions = settle_static_choices(RunSpec(model="m"), H100, refusals)
+    planned, out = _paths_from_sizing(auto, list(decisions), sizing)
+    assert planned.attn == "eager" and any("s_aux" in d.why for d in out if d.name == "attn")

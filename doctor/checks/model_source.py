@@ -84,7 +84,11 @@ def model_resolves(ctx: DoctorContext) -> Outcome:
             "demo": "demo model",
         }.get(res.source or "", res.source or "")
         kind = res.model_type or "unknown type"
-        return Outcome.ok(f"{name}: {kind} from {where}", evidence)
+        # fields the doctor's own validator doubted, accepted by the installed transformers' config class
+        # and never read by the model (doctor.probes.config_fields): said, not refused
+        accepted = getattr(res, "accepted_fields", ())
+        note = f" ({res.message.split(' — ', 1)[-1]})" if accepted else ""
+        return Outcome.ok(f"{name}: {kind} from {where}{note}", evidence)
     if res.status == "gated":
         return Outcome.fail(
             f"{name} is gated: the download will fail with 401/403 until you have access",

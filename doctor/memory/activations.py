@@ -226,6 +226,11 @@ def traced_activation_per_gpu(
     if not regimes or not signatures or n_gpus == 0:
         return None
     past = max(context - chunk, 0)
+    # Recurrent layers pad a chunk to a multiple of their scan's block G. The trace ran at multiples of G
+    # and was fitted on C / G; a chunk in between is evaluated at the next multiple (its padded sizes are
+    # the same there, the rest a little larger).
+    granule = max(int(model.get("granule") or 1), 1)
+    chunk = -(-chunk // granule)
     best = [0] * n_gpus
     for regime in regimes:
         zones = regime["zones"]

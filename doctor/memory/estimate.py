@@ -31,6 +31,7 @@ from doctor.memory.embedded import CONFIG_DIR, embedded_config  # noqa: F401 - r
 from doctor.memory.gpus import GpuSpec
 from doctor.memory.kv import KvLayer, kv_bytes_per_layer, kv_layers
 from doctor.memory.placement import CPU, decoder_layer_gpus, place_like_transformers
+from doctor.memory.recurrent import kernel_functions, kernel_path, recurrent_notes
 from doctor.memory.storage import dtype_bytes
 from doctor.model_config import text_config_of
 from run_plan.spec import AUTO_ATTN
@@ -99,6 +100,8 @@ class Estimate:
     versions: dict[str, Any] = field(default_factory=dict)
     missing: str | None = None  # what the estimate could not know, and the flag that supplies it
     prefill_rates: str | None = None  # where the prefill time's rates came from
+    # the path recurrent/hybrid layers take here: kernel packages or transformers' reference PyTorch code
+    recurrent_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -286,6 +289,9 @@ def _kv_layout_summary(sizing: Mapping[str, Any], context: int, chunk: int) -> s
     none = sum(1 for x in layers if x.kind == "none")
     if none:
         parts.append(f"{none} shared (no own cache)")
+    recurrent = sum(1 for x in layers if x.kind == "recurrent")
+    if recurrent:
+        parts.append(f"{recurrent} recurrent (fixed-size state)")
     return ", ".join(parts) + f" — {(sizing.get('kv_layout') or {}).get('source', '')}"
 
 
@@ -391,6 +397,8 @@ def compute_estimate(sizing: Mapping[str, Any], settings: Settings, gpus: Sequen
         method = "traced"  # weights from the skeleton, KV and activation peak from the traced forward
         if unmodelled_ops(sizing) and confidence == "high":
             confidence = "medium"  # an op the trace cannot see inside was charged a margin
+        if any(k.get("fused") for k in kernel_functions(sizing)) and confidence == "high":
+            confidence = "medium"  # a recurrent kernel package, traced by its outputs only
     elif method == "meta-skeleton" and confidence == "high":
         confidence = "medium"  # activation peak from the analytic fallback (widened)
     return Estimate(
@@ -407,7 +415,8 @@ def compute_estimate(sizing: Mapping[str, Any], settings: Settings, gpus: Sequen
         per_gpu=per_gpu,
         fits=br.fits if gpus else None,
         max_context_tokens=max_context_tokens(sizing, settings, gpus) if gpus else None,
-        notes=_notes(sizing, settings, fused),
+        notes=_notes(sizing, settings, fused)
+        + recurrent_notes(sizing, _layer_kinds(sizing), settings.context, chunk),
         confidence=confidence,
         method=method,
         transformers_version=(sizing.get("versions") or {}).get("transformers"),
@@ -425,6 +434,7 @@ def compute_estimate(sizing: Mapping[str, Any], settings: Settings, gpus: Sequen
         unquantized_detail=list(sizing.get("unquantized_modules") or []),
         weights_on_cpu_bytes=br.on_cpu,
         versions=dict(sizing.get("versions") or {}),
+        recurrent_path=kernel_path(sizing),
     )
 
 

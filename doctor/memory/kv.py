@@ -10,7 +10,9 @@ could not run; for MLA configs the fallback takes the larger, decompressed per-h
 `attention_chunk_size`) as `DynamicSlidingWindowLayer`: after each update it keeps a *view* of the last
 `window − 1` tokens of `torch.cat(past, new)`, so the storage that stays alive is `window − 1 + chunk`
 tokens (the view pins the whole concatenation). Full layers keep every token. Older transformers
-(`DynamicCache()`) keep all layers full.
+(`DynamicCache()`) keep all layers full. Recurrent and hybrid layers (`LinearAttentionLayer`: Mamba,
+gated delta nets, short convolutions) add their convolution window and recurrent state, measured the same
+way and constant in the context.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from typing import Any
 
 @dataclass(frozen=True)
 class KvLayer:
-    kind: str  # "full" | "window" | "none" (shares another layer's cache)
+    # "full" | "window" | "none" (shares another layer's cache) | "recurrent" (a fixed-size state only)
+    kind: str
     window: int | None
     bytes_per_token: int | None = None  # measured at `measured_dtype_bytes` per element; None = formula
     measured_dtype_bytes: int = 2
+    # Recurrent / hybrid layers (Mamba, gated delta net, short convolutions): the convolution window and
+    # recurrent state the cache keeps, the same bytes at any context once the first chunk has run.
+    state_bytes: int = 0
 
 
 def kv_geometry(text_config: Mapping[str, Any]) -> tuple[int, int]:
@@ -62,6 +68,7 @@ def kv_layers(text_config: Mapping[str, Any], layout: Sequence[Mapping[str, Any]
                 x.get("window"),
                 x.get("bytes_per_token"),
                 dtype_bytes(str(x.get("dtype") or "bfloat16")),
+                int(x.get("state_bytes") or 0),
             )
             for x in layout
         ]
@@ -69,7 +76,7 @@ def kv_layers(text_config: Mapping[str, Any], layout: Sequence[Mapping[str, Any]
 
 
 def tokens_kept(layer: KvLayer, context: int, chunk: int) -> int:
-    if layer.kind == "none":
+    if layer.kind in ("none", "recurrent"):
         return 0
     if layer.kind == "window" and layer.window:
         return min(context, layer.window - 1 + min(chunk, context))
@@ -85,5 +92,8 @@ def kv_bytes_per_layer(
         per_token = formula
         if layer.bytes_per_token is not None:  # measured at the model dtype; rescale to the KV dtype
             per_token = layer.bytes_per_token * kv_dtype_bytes // max(layer.measured_dtype_bytes, 1)
-        out.append(per_token * tokens_kept(layer, context, chunk))
+        # the recurrent state is allocated by the first chunk and updated in place after it (it is not
+        # a K/V tensor: it stays in the dtype the layer computes it in, whatever --kv-dtype says)
+        state = layer.state_bytes if context > 0 else 0
+        out.append(per_token * tokens_kept(layer, context, chunk) + state)
     return out

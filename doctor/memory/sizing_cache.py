@@ -3,8 +3,9 @@ model), so a repeated estimate for the same model does not pay for importing tor
 building the meta model and tracing its forward again (seconds on a small CPU box).
 
 The key is everything the answer depends on: the sizing arguments (config, quantization, dtype,
-attention), the installed torch / transformers / bitsandbytes versions, and the source of the modules
-that produce the answer. Light to import: no torch.
+attention), the installed torch / transformers / bitsandbytes versions (and the recurrent-layer kernel
+packages, which decide the path those layers take), and the source of the modules that produce the
+answer. Light to import: no torch.
 """
 
 from __future__ import annotations
@@ -48,7 +49,18 @@ def sizing_key(args: dict[str, Any]) -> str:
     here = Path(__file__).parent
     digest = hashlib.sha256()
     digest.update(json.dumps(args, sort_keys=True, default=str).encode())
-    for dist in ("torch", "transformers", "bitsandbytes", "accelerate"):
+    # mamba-ssm / causal-conv1d / flash-linear-attention decide whether recurrent layers run a kernel or
+    # transformers' reference code (doctor.memory.recurrent); `kernels` whether hub kernels can load
+    for dist in (
+        "torch",
+        "transformers",
+        "bitsandbytes",
+        "accelerate",
+        "mamba-ssm",
+        "causal-conv1d",
+        "flash-linear-attention",
+        "kernels",
+    ):
         digest.update(f"{dist}={_version(dist)};".encode())
     for name in _PRODUCERS:
         path = here / name

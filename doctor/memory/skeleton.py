@@ -325,14 +325,24 @@ def _trace(
 
     refused = _lean_refusal(model) if attn == LEAN_ATTENTION else None
     if refused is not None:  # transformers' own path then runs, and is what the plan must size
-        model.set_attn_implementation(FALLBACK_ATTN)
-        traced = trace_model(torch, transformers, model, text, FALLBACK_ATTN)
+        fallback = _set_fallback_attention(model)
+        traced = trace_model(torch, transformers, model, text, fallback)
         return {**traced, "attn_requested": attn, "attn_refused": {LEAN_ATTENTION: refused}}
     return trace_model(torch, transformers, model, text, attn)
 
 
-# What runs where the lean attention cannot: transformers' sdpa (it dispatches eager itself if need be).
-FALLBACK_ATTN = "sdpa"
+# What runs where the lean attention cannot: transformers' sdpa, or eager where the class refuses sdpa.
+FALLBACK_ATTN = ("sdpa", "eager")
+
+
+def _set_fallback_attention(model: Any) -> str:
+    for name in FALLBACK_ATTN:
+        try:
+            model.set_attn_implementation(name)
+            return name
+        except (ValueError, ImportError):
+            continue
+    return str(getattr(model.config, "_attn_implementation", "eager"))
 
 
 def _lean_refusal(model: Any) -> str | None:
@@ -357,11 +367,15 @@ def _kv_layout(config: Any, traced: dict[str, Any] | None = None) -> dict[str, A
         layers = getattr(cache, "layers", None)
         if not layers:
             return {"source": "DynamicCache(config) has no per-layer list", "layers": None}
+        from doctor.memory.trace import holds_state
+
         out = []
         for layer in layers:
             name = type(layer).__name__
             window = getattr(layer, "sliding_window", None)
             kind = "none" if "Dummy" in name or "Shared" in name else ("window" if window else "full")
+            if kind == "full" and holds_state(layer) and not hasattr(layer, "keys"):
+                kind = "recurrent"  # a recurrent layer's cache: its state only (size unknown without the forward)
             out.append({"class": name, "kind": kind, "window": int(window) if window else None})
         return {"source": "transformers DynamicCache(config)", "layers": out}
     except Exception as exc:  # noqa: BLE001 - older transformers: DynamicCache() keeps every layer full

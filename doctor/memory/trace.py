@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import types
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -87,6 +88,9 @@ class _Tracker:
         self.live = 0
         self.seen: set[int] = set()
         self.events: list[tuple[str, int]] = []  # (zone, live bytes) at each allocation
+        # the op of each allocation event, by index in `events`: a loop over the sequence repeats a
+        # pattern of ops once per step, which is how its steps are told apart (doctor.memory.trace._runs)
+        self.op_at: dict[int, str] = {}
         self.zone = "outside"
         self.enabled = False
         self.unmodelled: set[str] = set()
@@ -97,11 +101,8 @@ class _Tracker:
         self.cache: Any = None  # the DynamicCache of the traced forward: its tensors are KV, never carried
 
     def cache_storages(self) -> Iterator[int]:
-        for layer in getattr(self.cache, "layers", None) or ():
-            for attr in ("keys", "values"):
-                t = getattr(layer, attr, None)
-                if hasattr(t, "untyped_storage"):
-                    yield t.untyped_storage()._cdata
+        for t in cache_tensors(self.cache):
+            yield t.untyped_storage()._cdata
 
     def check_carried(self) -> None:
         """At a layer's start: is the previous layer's extra output still alive? Then it is carried."""
@@ -130,8 +131,10 @@ class _Tracker:
         if self.enabled:
             self.events.append((what, self.live))
 
-    def record(self, extra: int = 0) -> None:
+    def record(self, extra: int = 0, op: str = "") -> None:
         if self.enabled:
+            if op:
+                self.op_at[len(self.events)] = op
             self.events.append((self.zone, self.live + extra))
 
 
@@ -161,10 +164,10 @@ def _dispatch_mode(torch: Any, tracker: _Tracker) -> Any:
             if grew:
                 name = str(func.overloadpacket.__name__)
                 if name in KNOWN_OPS:
-                    tracker.record()
+                    tracker.record(op=name)
                 else:
                     tracker.unmodelled.add(name)
-                    tracker.record(extra=grew)
+                    tracker.record(extra=grew, op=name)
             return out
 
     return LiveBytes()
@@ -416,12 +419,70 @@ def _cache(transformers: Any, config: Any, capacity: int = 1, model: Any = None)
     return transformers.DynamicCache(config=config)
 
 
-def _forward(torch: Any, model: Any, cache: Any, tokens: int) -> None:
+# What a cache layer holds besides its per-token K/V: recurrent and hybrid layers (Mamba, gated delta
+# net, short convolutions) keep a fixed-size convolution window and recurrent state per layer
+# (transformers' LinearAttentionLayer: dicts by state index).
+_STATE_ATTRS = ("conv_states", "recurrent_states")
+
+
+def _tensors_in(value: Any) -> Iterator[Any]:
+    if hasattr(value, "untyped_storage"):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors_in(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors_in(item)
+
+
+def state_tensors(layer: Any) -> Iterator[Any]:
+    """The fixed-size recurrent state tensors of one cache layer (none for a plain attention layer)."""
+    for attr in _STATE_ATTRS:
+        yield from _tensors_in(getattr(layer, attr, None))
+
+
+def holds_state(layer: Any) -> bool:
+    """A cache layer of a recurrent or hybrid layer (it has state slots, filled or not yet)."""
+    return any(getattr(layer, attr, None) is not None for attr in _STATE_ATTRS)
+
+
+def _register_cache(tracker: _Tracker, cache: Any) -> None:
+    """Count what the cache holds as live before the traced chunk. In a function of its own so that no
+    loop variable keeps a cache tensor alive through the forward (it would not be freed when the layer
+    replaces it)."""
+    for t in cache_tensors(cache):
+        tracker.register(t.untyped_storage())
+
+
+def cache_tensors(cache: Any) -> Iterator[Any]:
+    """Every tensor the cache holds: K/V and recurrent states."""
+    for layer in getattr(cache, "layers", None) or ():
+        for attr in ("keys", "values"):
+            t = getattr(layer, attr, None)
+            if hasattr(t, "untyped_storage"):
+                yield t
+        yield from state_tensors(layer)
+
+
+def _cache_keyword(model: Any) -> str:
+    """How this model's forward takes the cache: transformers 5.2x renamed `past_key_values` to `cache`;
+    Mamba-style models took `cache_params` before that. A forward that does not name the keyword passed
+    drops it into **kwargs unused and starts a cache of its own, so the name is asked, not assumed."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return next((k for k in ("cache", "past_key_values", "cache_params") if k in params), "past_key_values")
+
+
+def _forward(torch: Any, model: Any, cache: Any, tokens: int, start: int = 0) -> None:
+    """One forward of `tokens` tokens at absolute positions start.. (the lean attention reads them: a
+    recurrent layer's cache on meta cannot say its own length)."""
     from doctor.runtime.attention import query_start
 
     ids = torch.zeros(1, tokens, dtype=torch.long, device="meta")
-    with torch.no_grad(), query_start(int(cache.get_seq_length())):
-        model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    with torch.no_grad(), query_start(start):
+        model(input_ids=ids, use_cache=True, logits_to_keep=1, **{_cache_keyword(model): cache})
 
 
 def _tensor_bytes(obj: Any, torch: Any) -> tuple[int, int]:
@@ -435,6 +496,12 @@ def _tensor_bytes(obj: Any, torch: Any) -> tuple[int, int]:
     return total, tokens
 
 
+def _state_bytes(layer: Any) -> int:
+    """Bytes of a cache layer's recurrent states (the same at any context once the first chunk ran)."""
+    storages = {t.untyped_storage()._cdata: int(t.untyped_storage().nbytes()) for t in state_tensors(layer)}
+    return sum(storages.values())
+
+
 def measure_kv(
     torch: Any, transformers: Any, model: Any, config: Any, probe_tokens: int = 16
 ) -> dict[str, Any]:
@@ -446,13 +513,15 @@ def measure_kv(
         size, tokens = _tensor_bytes(layer, torch)
         window = getattr(layer, "sliding_window", None)
         per_token = size // tokens if tokens else 0
-        kind = "window" if window else ("full" if per_token else "none")
+        state = _state_bytes(layer)
+        kind = "window" if window else ("full" if per_token else ("recurrent" if state else "none"))
         out.append(
             {
                 "class": type(layer).__name__,
                 "kind": kind,
                 "window": int(window) if window else None,
                 "bytes_per_token": per_token,
+                "state_bytes": state,
                 "dtype": str(getattr(getattr(layer, "keys", None), "dtype", "")),
             }
         )
@@ -462,24 +531,35 @@ def measure_kv(
     }
 
 
-def _regimes(windows: Sequence[int]) -> list[dict[str, Any]]:
+def _regimes(windows: Sequence[int], granule: int = 1) -> list[dict[str, Any]]:
     """Intervals where no branch changes: P = 0 split at each window on C (sdpa skips the mask below the
-    window), P > 0 split at each window on P (the kept length stops growing). Points are inside each."""
+    window), P > 0 split at each window on P (the kept length stops growing). Points are inside each.
+    With a granule G > 1 (recurrent layers that pad the chunk to a multiple of their scan's block) every
+    traced chunk is a multiple of G of at least 4 blocks, so that padded sizes are polynomials in C / G
+    and every loop over the blocks runs the same way at each point."""
     bounds = sorted({w for w in windows if w and w > 8})
-    edges = [1, *bounds, None]
+    edges: list[int | None] = [1, *bounds, None]
+    chunks = (64, 128, 192) if granule == 1 else tuple(k * granule for k in _BLOCKS_PER_CHUNK)
     out = []
     for kind in ("oneshot", "chunked"):
-        for lo, hi in itertools.pairwise(edges):
+        for low, hi in itertools.pairwise(edges):
+            lo = int(low or 1)
             if hi is None:
-                vals = [lo + 256, lo + 512, lo + 1024]
+                if granule == 1:
+                    vals = [lo + 256, lo + 512, lo + 1024]
+                else:
+                    vals = [lo // granule * granule + k * granule for k in _BLOCKS_PER_CHUNK]
             elif hi - lo < 8:
                 continue
             else:
                 vals = [lo + (hi - lo) * k // 4 for k in (1, 2, 3)]
+                grid = [c for c in range(chunks[0], hi + 1, granule) if c > lo]
+                if granule > 1 and len(grid) >= 3:
+                    vals = [grid[(len(grid) - 1) * k // 2] for k in (0, 1, 2)]
             if kind == "oneshot":
                 points = [(c, 0) for c in vals]
             else:
-                points = [(c, p) for p in vals[:2] for c in (64, 128, 192)]
+                points = [(c, p) for p in vals[:2] for c in chunks]
             out.append({"kind": kind, "lo": lo, "hi": hi, "points": points})
     return out
 
@@ -503,45 +583,120 @@ def _trace_point(
         if past > chunk:
             _forward(torch, model, cache, past - chunk)
         if past:
-            _forward(torch, model, cache, min(chunk, past))
-        for layer in getattr(cache, "layers", []):
-            for name in ("keys", "values"):
-                t = getattr(layer, name, None)
-                if isinstance(t, torch.Tensor):
-                    tracker.register(t.untyped_storage())
+            _forward(torch, model, cache, min(chunk, past), max(past - chunk, 0))
+        _register_cache(tracker, cache)
         start = tracker.live
         tracker.enabled = True
         with _function_mode(torch, tracker), _dispatch_mode(torch, tracker):
-            _forward(torch, model, cache, chunk)
+            _forward(torch, model, cache, chunk, past)
         tracker.enabled = False
-    zones = _zones(tracker.events, start)
+    zones = _zones(tracker.events, start, tracker.op_at)
     zones["_unmodelled"] = sorted(tracker.unmodelled)  # type: ignore[assignment]
     return zones
 
 
-def _zones(events: Sequence[tuple[str, int]], start: int) -> dict[str, list[int]]:
+def _zones(
+    events: Sequence[tuple[str, int]], start: int, op_at: dict[int, str] | None = None
+) -> dict[str, Any]:
     """Split the allocation events: inside a layer relative to the layer's entry; outside relative to
     the start minus what the layers that already ran left behind (their cache growth, counted as KV);
-    `entry:t` = what the forward holds when a layer of signature t starts (masks, rotary, residual)."""
-    zones: dict[str, list[int]] = {}
+    `entry:t` = what the forward holds when a layer of signature t starts (masks, rotary, residual).
+    `_ops` names the op of each event per zone (a loop over the sequence repeats a pattern of ops)."""
+    zones: dict[str, Any] = {}
+    ops: dict[str, list[str]] = {}
+
+    def add(zone: str, value: int, op: str) -> None:
+        zones.setdefault(zone, []).append(value)
+        ops.setdefault(zone, []).append(op)
+
     done = 0
     entry = start
     ran = False
-    for zone, live in events:
+    for index, (zone, live) in enumerate(events):
+        op = (op_at or {}).get(index, "")
         if zone.startswith("enter:"):
             entry = live
-            zones.setdefault(f"entry:{zone[6:]}", []).append(live - start - done)
+            add(f"entry:{zone[6:]}", live - start - done, op)
             zones.setdefault(f"layer:{zone[6:]}", [])
         elif zone.startswith("exit:"):
             done += live - entry
             ran = True
         elif zone.startswith("layer:"):
-            zones[zone].append(live - entry)
+            add(zone, live - entry, op)
         elif zone.startswith("carry:"):  # bytes a layer returned that stay alive through the next layer
-            zones.setdefault(zone, []).append(live)
+            add(zone, live, op)
         else:
-            zones.setdefault("post" if ran else "pre", []).append(live - start - done)
+            add("post" if ran else "pre", live - start - done, op)
+    zones["_ops"] = ops
     return zones
+
+
+# A loop over the sequence (the reference scans of Mamba, the chunk loop of a gated delta net) allocates
+# the same pattern of ops once per step, so the number of events differs between trace points. Each run
+# of a repeated pattern is cut to its first two and last two repetitions: the steps between change by
+# the same bytes every step (checked), so the largest of them is at one end.
+_MAX_PERIOD = 96  # ops in one step of such a loop (checked up to this many)
+_KEPT_STEPS = 4
+
+
+def _runs(ops: Sequence[str]) -> list[tuple[int, int, int]]:
+    """(start, period, repetitions) of each maximal run of a repeated op pattern, left to right; single
+    events are runs of one repetition of period 1."""
+    out = []
+    i, n = 0, len(ops)
+    while i < n:
+        found = None
+        for period in range(1, min(_MAX_PERIOD, (n - i) // 2) + 1):
+            block = ops[i : i + period]
+            if ops[i + period : i + 2 * period] != block:
+                continue
+            count = 2
+            while ops[i + count * period : i + (count + 1) * period] == block:
+                count += 1
+            found = (i, period, count)
+            break
+        out.append(found or (i, 1, 1))
+        i += found[1] * found[2] if found else 1
+    return out
+
+
+def _affine_steps(values: Sequence[int], start: int, period: int, count: int) -> bool:
+    """The inner steps (all but the first and the last) of a run change by the same bytes every step."""
+    steps = [values[start + k * period : start + (k + 1) * period] for k in range(1, count - 1)]
+    if len(steps) < 3:
+        return True
+    delta = [b - a for a, b in zip(steps[0], steps[1])]
+    return all(
+        abs(step[e] - steps[0][e] - k * delta[e]) <= 4096
+        for k, step in enumerate(steps)
+        for e in range(period)
+    )
+
+
+def _fold_loops(zone: str, values: Sequence[Sequence[int]], ops: Sequence[Sequence[str]]) -> list[list[int]]:
+    """Events of one zone at every trace point, made comparable when a loop ran a different number of
+    steps at each point: runs whose repetition count differs between points keep their first two and
+    last two steps. Raises ValueError when the points do not share one structure."""
+    parsed = [_runs(o) for o in ops]
+    shape = [[(tuple(o[s : s + p]), c) for s, p, c in runs] for o, runs in zip(ops, parsed)]
+    if len({len(x) for x in shape}) != 1 or any(
+        len({x[j][0] for x in shape}) != 1 for j in range(len(shape[0]))
+    ):
+        raise ValueError(f"the forward's allocations differ between trace points in zone {zone}")
+    out: list[list[int]] = [[] for _ in values]
+    for j in range(len(shape[0])):
+        counts = {x[j][1] for x in shape}
+        for point, runs in enumerate(parsed):
+            start, period, count = runs[j]
+            v = values[point]
+            if len(counts) == 1:
+                out[point].extend(v[start : start + period * count])
+                continue
+            if min(counts) < _KEPT_STEPS or not _affine_steps(v, start, period, count):
+                raise ValueError(f"a loop in zone {zone} allocates unevenly from step to step")
+            for k in (0, 1, count - 2, count - 1):
+                out[point].extend(v[start + k * period : start + (k + 1) * period])
+    return out
 
 
 def _fit(points: Sequence[tuple[int, int]], values: Sequence[Sequence[int]]) -> list[list[int]] | None:
@@ -586,6 +741,7 @@ class _ActivationPlan:
     representatives: dict[int, str]  # layer index -> signature name
     layer_signatures: list[str]
     regimes: list[dict[str, Any]]
+    granule: int = 1  # traced chunks are multiples of this (recurrent layers pad to their scan's block)
 
     @property
     def points(self) -> list[tuple[int, int]]:
@@ -604,11 +760,35 @@ def _windows_before_forward(transformers: Any, config: Any) -> list[int]:
     ]
 
 
+# Recurrent scans pad the sequence to a multiple of their block: Mamba-2's `chunk_size` (128 or 256 in
+# published configs, an attribute of the mixer) or the gated delta rule's 64 (a default argument of
+# transformers' reference function). The trace runs at multiples of the least common multiple G of these,
+# fits on C / G (whole numbers: every coefficient is then an integer count of bytes) and the estimate
+# rounds C up to a multiple of G.
+_RECURRENT_GRANULE = 64
+_BLOCKS_PER_CHUNK = (4, 6, 8)  # traced chunks, in blocks of G: loops over the blocks run ≥ 4 steps
+
+
+def _granule(layers: Sequence[Any], cache_layers: Sequence[Any]) -> int:
+    """1 for attention-only models; for models with recurrent cache layers the least common multiple of
+    64 and every `chunk_size` a module of the decoder layers names."""
+    if not any(holds_state(x) for x in cache_layers):
+        return 1
+    sizes = {_RECURRENT_GRANULE}
+    for layer in layers:
+        for module in layer.modules():
+            size = vars(module).get("chunk_size")
+            if isinstance(size, int) and not isinstance(size, bool) and 0 < size <= 1 << 16:
+                sizes.add(size)
+    return math.lcm(*sizes)
+
+
 def _activation_plan(transformers: Any, model: Any, config: Any, windows: Sequence[int]) -> _ActivationPlan:
     layers = _decoder_layers(model)
     if not layers:
         raise ValueError("no decoder-layer list found")
     cache_layers = list(getattr(_cache(transformers, config, 1, model), "layers", []))
+    granule = _granule(layers, cache_layers)
     layer_types = list(getattr(config, "layer_types", None) or [None] * len(layers))
     sig_of: list[str] = []
     names: dict[str, str] = {}
@@ -620,7 +800,7 @@ def _activation_plan(transformers: Any, model: Any, config: Any, windows: Sequen
             names[sig] = f"t{len(names)}"
             reps[i] = names[sig]
         sig_of.append(names[sig])
-    return _ActivationPlan(layers, reps, sig_of, _regimes(windows))
+    return _ActivationPlan(layers, reps, sig_of, _regimes(windows, granule), granule)
 
 
 class _ForwardFailed(Exception):
@@ -646,23 +826,26 @@ def _fit_regimes(
             if isinstance(outcome, _ForwardFailed):
                 raise outcome
             samples.append(dict(outcome))
+        ops: list[dict[str, list[str]]] = []
         for sample in samples:
             unmodelled.update(sample.pop("_unmodelled", []))
+            ops.append(sample.pop("_ops", {}))
         zones = sorted(samples[0])
         entry: dict[str, Any] = {"kind": regime["kind"], "lo": regime["lo"], "hi": regime["hi"], "zones": {}}
         for zone in zones:
-            lengths = {len(s.get(zone, [])) for s in samples}
-            if len(lengths) != 1:
-                raise ValueError(f"the forward's allocations differ between trace points in zone {zone}")
-            if not samples[0][zone]:
+            values = [s.get(zone, []) for s in samples]
+            if len({len(v) for v in values}) != 1:
+                values = _fold_loops(zone, values, [o.get(zone, []) for o in ops])
+            if not values[0]:
                 continue
-            coeffs = _fit(regime["points"], [s[zone] for s in samples])
+            coeffs = _fit([(c // plan.granule, p) for c, p in regime["points"]], values)
             if coeffs is None:
                 raise ValueError(f"allocations in zone {zone} are not polynomial in (chunk, past)")
             entry["zones"][zone] = coeffs if zone.startswith("entry:") else _prune(coeffs)
         regimes.append(entry)
     return {
         "basis": list(BASIS),
+        "granule": plan.granule,
         "layer_signatures": plan.layer_signatures,
         "regimes": regimes,
         "representatives": {name: i for i, name in plan.representatives.items()},
@@ -719,7 +902,7 @@ def _measure_both(torch: Any, transformers: Any, model: Any, config: Any, result
     try:
         if isinstance(plan, str):
             raise _ForwardFailed(plan)
-        if plan.regimes != _regimes(_windows(kv["layers"])):
+        if plan.regimes != _regimes(_windows(kv["layers"]), plan.granule):
             result["activations"] = measure_activations(torch, transformers, model, config, kv["layers"])
         else:
             result["activations"] = _fit_regimes(plan, traced)
@@ -760,6 +943,113 @@ def custom_attention_classes(model: Any) -> list[str]:
     return sorted(out)
 
 
+# ---------------------------------------------------------------- recurrent kernels or reference paths
+
+
+def _closure(fn: Any) -> dict[str, Any]:
+    cells = getattr(fn, "__closure__", None) or ()
+    names = getattr(getattr(fn, "__code__", None), "co_freevars", ())
+    out = {}
+    for name, cell in zip(names, cells):
+        try:
+            out[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+    return out
+
+
+def _kernel_choice(obj: Any) -> dict[str, Any] | None:
+    """What transformers' `use_kernel_func_from_hub_with_fallback` decided for one module-level function
+    when the modeling module was imported: the kernel package's implementation if the package imported,
+    else its reference PyTorch function. With the `kernels` package installed the wrapper is itself held by
+    a small nn.Module (kernels' function layer), whose forward keeps it as `func`."""
+    fn = obj
+    if not hasattr(fn, "__code__"):
+        fn = _closure(getattr(type(obj), "forward", None)).get("func")
+    cells = _closure(fn)
+    if "is_new_implementation" not in cells or not callable(cells.get("torch_function")):
+        return None
+    return {
+        "function": str(cells.get("func_name") or getattr(fn, "__name__", "?")),
+        "package": str(cells.get("package") or "?"),
+        "fused": bool(cells["is_new_implementation"]),
+        "reference": cells["torch_function"],
+    }
+
+
+def _distribution(transformers: Any, package: str) -> str:
+    """The pip name of a kernel package (transformers' own map where the two differ, e.g. fla)."""
+    try:
+        from transformers.integrations import hub_kernels
+
+        mapping = getattr(hub_kernels, "_PACKAGE_TO_DISTRIBUTION", {}) or {}
+    except ImportError:
+        mapping = {}
+    return str(mapping.get(package, package.replace("_", "-")))
+
+
+def _kernel_functions(model: Any) -> list[tuple[Any, str, dict[str, Any]]]:
+    """(module, global name, choice) for each kernel-or-reference function of the model's modeling code."""
+    import sys
+
+    modules = {type(m).__module__ for m in model.modules()}
+    found = []
+    for module_name in sorted(modules):
+        module = sys.modules.get(module_name)
+        for name, obj in list(vars(module).items()) if module is not None else ():
+            choice = _kernel_choice(obj)
+            if choice is not None:
+                found.append((module, name, choice))
+    return found
+
+
+def recurrent_kernels(transformers: Any, model: Any) -> list[dict[str, Any]]:
+    """Which recurrent-layer functions run a kernel package here and which run transformers' reference
+    PyTorch path (it warns "falling back to its reference PyTorch implementation"): one entry per
+    function, with the package and its pip name. Empty for models without such layers."""
+    out: dict[str, dict[str, Any]] = {}
+    for _, _, choice in _kernel_functions(model):
+        out.setdefault(
+            choice["function"],
+            {
+                "function": choice["function"],
+                "package": choice["package"],
+                "distribution": _distribution(transformers, choice["package"]),
+                "fused": choice["fused"],
+            },
+        )
+    return sorted(out.values(), key=lambda x: (x["package"], x["function"]))
+
+
+@contextlib.contextmanager
+def _fused_kernel_stand_ins(torch: Any, model: Any) -> Iterator[None]:
+    """A kernel package's function (mamba_ssm, causal_conv1d, flash-linear-attention) cannot run on meta:
+    while tracing it is stood in for by its reference function, run untraced for the shapes of its
+    outputs, which are then allocated as the kernel allocates them. The kernel's internal buffers (its
+    per-block states) are not seen: the estimate names this."""
+    from torch.utils._python_dispatch import _disable_current_modes
+    from torch.utils._pytree import tree_map
+
+    def stand_in(reference: Any) -> Callable[..., Any]:
+        def fused(*args: Any, **kwargs: Any) -> Any:
+            with _disable_current_modes():
+                out = reference(*args, **kwargs)
+            return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, out)
+
+        return fused
+
+    patched = [(m, name, m.__dict__[name]) for m, name, c in _kernel_functions(model) if c["fused"]]
+    for module, name, _ in patched:
+        choice = _kernel_choice(module.__dict__[name])
+        assert choice is not None
+        module.__dict__[name] = stand_in(choice["reference"])
+    try:
+        yield
+    finally:
+        for module, name, original in patched:
+            module.__dict__[name] = original
+
+
 def trace_model(
     torch: Any, transformers: Any, model: Any, config: Any, requested_attn: str
 ) -> dict[str, Any]:
@@ -774,7 +1064,8 @@ def trace_model(
         "custom_attention": custom_attention_classes(model),
         # full-attention layers write into a buffer sized for the prompt: a chunk adds no KV bytes
         "kv_preallocated": actual == LEAN_ATTENTION,
+        "recurrent_kernels": recurrent_kernels(transformers, model),
     }
-    with _kernel_stand_ins(torch, actual):
+    with _kernel_stand_ins(torch, actual), _fused_kernel_stand_ins(torch, model):
         _measure_both(torch, transformers, model, config, result)
     return result

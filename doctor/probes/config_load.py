@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,42 @@ class FieldRejection:
 
 
 @dataclass(frozen=True)
+class HubKernelRepo:
+    """One hub repository transformers' kernelize would load for this model on CUDA."""
+
+    repo_id: str
+    version: int | None
+    revision: str | None
+    layers: tuple[str, ...]  # the model's kernel layer names it replaces
+    missing: str | None  # None: in the local cache; else why not, in the words of `kernels`
+
+
+@dataclass(frozen=True)
+class HubKernelFacts:
+    """What from_pretrained, called as `niah run` calls it, fetches from the hub (doctor.probes.model_class)."""
+
+    load_kwargs: dict[str, Any]  # what niah adds (run_plan.hub_kernels): {"use_kernels": False} or {}
+    kernelize: bool | None  # what from_pretrained hands to set_use_kernels; None: no such step
+    layers: tuple[str, ...] = ()
+    repos: tuple[HubKernelRepo, ...] = ()
+    cuda_capability: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelClassFacts:
+    """The class from_pretrained builds, asked in the config-load child (doctor.probes.model_class)."""
+
+    model_class: str | None
+    # implementation -> transformers' refusal ("ValueError: … does not support …"), or None: accepted
+    refusals: dict[str, str | None]
+    settled: dict[str, str]  # implementation -> what transformers settles on when it accepts it
+    attention_error: str | None = None  # this transformers cannot be asked
+    hub_kernels: HubKernelFacts | None = None
+    class_error: str | None = None
+
+
+@dataclass(frozen=True)
 class ConfigLoadFacts:
     model: str  # what the user asked for
     resolved_id: str | None
@@ -89,6 +126,7 @@ class ConfigLoadFacts:
     rejected_fields: tuple[FieldRejection, ...] = ()
     model_type: str | None = None
     config_transformers_version: str | None = None
+    model_class: ModelClassFacts | None = None  # None: the config did not load
 
     def attempt(self, what: str) -> LoadAttempt | None:
         return next((a for a in self.attempts if a.what == what), None)
@@ -118,7 +156,7 @@ def _write_stand_in(config: Mapping[str, Any]) -> Path:
 
 
 def check_model_files(
-    res: Any, *, trust_remote_code: bool, timeout_s: float
+    res: Any, *, trust_remote_code: bool, timeout_s: float, implementations: tuple[str, ...] = ()
 ) -> ConfigLoadFacts | Unavailable:
     """Load what the run will load for the resolved model `res` (a ModelResolution), in a child."""
     from doctor.probes.child import run_in_child
@@ -141,6 +179,7 @@ def check_model_files(
                 "trust_remote_code": trust_remote_code,
                 "tokenizer": not stand_in,
                 "generation_config": not stand_in,
+                "implementations": list(implementations),
             },
             timeout_s=timeout_s,
             env=env,
@@ -188,6 +227,42 @@ def _facts_from(
         rejected_fields=rejections,
         model_type=model_type if isinstance(model_type, str) else None,
         config_transformers_version=str(saved_with) if saved_with is not None else None,
+        model_class=_model_class_from(data.get("model_class")),
+    )
+
+
+def _model_class_from(data: Any) -> ModelClassFacts | None:
+    if not isinstance(data, dict):
+        return None
+    attention = data.get("attention") or {}
+    answers = attention.get("answers") or {}
+    hub = data.get("hub_kernels")
+    kernels = None
+    if isinstance(hub, dict):
+        kernels = HubKernelFacts(
+            load_kwargs=dict(hub.get("load_kwargs") or {}),
+            kernelize=hub.get("kernelize"),
+            layers=tuple(hub.get("layers") or ()),
+            repos=tuple(
+                HubKernelRepo(
+                    str(r.get("repo_id")),
+                    r.get("version"),
+                    r.get("revision"),
+                    tuple(r.get("layers") or ()),
+                    r.get("missing"),
+                )
+                for r in hub.get("repos") or ()
+            ),
+            cuda_capability=hub.get("cuda_capability"),
+            error=hub.get("error"),
+        )
+    return ModelClassFacts(
+        model_class=data.get("model_class"),
+        refusals={name: answer.get("refused") for name, answer in answers.items()},
+        settled={name: str(answer["settled"]) for name, answer in answers.items() if answer.get("settled")},
+        attention_error=attention.get("error"),
+        hub_kernels=kernels,
+        class_error=data.get("class_error"),
     )
 
 
@@ -255,11 +330,80 @@ def config_load_probe(target: Any) -> ConfigLoadFacts | Unavailable:
     from doctor.probes.model import resolved_model
 
     res = resolved_model(spec, online=bool(getattr(target, "online", False)))
-    return check_model_files(
+    from doctor.probes.model_class import IMPLEMENTATIONS
+
+    attn = str(getattr(target, "attn", "") or "")
+    # the standard implementations are always asked: the key (and the child) is the same whichever the
+    # plan settles on, so `attention_refusals` before the settle and the probe after it share one answer
+    implementations = (attn,) if attn and attn != "auto" and attn not in IMPLEMENTATIONS else ()
+    trust = bool(getattr(target, "trust_remote_code", False))
+    key = _memo_key(res, trust, implementations)
+    with _MEMO_LOCK:
+        if key in _MEMO:
+            return _MEMO[key]
+    facts = check_model_files(
         res,
-        trust_remote_code=bool(getattr(target, "trust_remote_code", False)),
+        trust_remote_code=trust,
         timeout_s=float(getattr(target, "probe_timeout_s", 60.0)),
+        implementations=implementations,
     )
+    if not isinstance(facts, Unavailable):
+        with _MEMO_LOCK:
+            _MEMO[key] = facts
+    return facts
+
+
+# The same files asked the same way give the same answers: `attention_refusals` (asked while the plan's
+# attention is settled, before the report's probes run) and the `config-load` probe share one child.
+_MEMO: dict[tuple[Any, ...], ConfigLoadFacts] = {}
+_MEMO_LOCK = threading.Lock()
+
+
+def _memo_key(res: Any, trust_remote_code: bool, implementations: tuple[str, ...]) -> tuple[Any, ...]:
+    """Everything the child's answer depends on, files by their modification times."""
+    from run_plan.hub_kernels import ENV
+
+    stamps: list[tuple[str, int, int]] = []
+    path = getattr(res, "path", None)
+    folder = Path(path) if path else None
+    if folder is not None and folder.is_file():
+        folder = folder.parent
+    if folder is not None and folder.is_dir():
+        for name in ("config.json", GENERATION_FILE, *TOKENIZER_FILES):
+            try:
+                info = (folder / name).stat()
+                stamps.append((name, info.st_mtime_ns, info.st_size))
+            except OSError:
+                continue
+    return (
+        getattr(res, "requested", None),
+        getattr(res, "status", None),
+        getattr(res, "source", None),
+        str(folder),
+        json.dumps(dict(getattr(res, "config", {}) or {}), sort_keys=True, default=str),
+        tuple(stamps),
+        trust_remote_code,
+        implementations,
+        os.environ.get(ENV),
+        os.environ.get("HF_HOME"),
+        os.environ.get("HF_HUB_CACHE"),
+    )
+
+
+def attention_refusals(spec: Any) -> dict[str, str | None] | None:
+    """For the model of `spec` (a RunSpec), per attention implementation, transformers' own refusal
+    message ("ValueError: GptOssForCausalLM does not support an attention implementation through
+    torch.nn.functional.scaled_dot_product_attention yet. …") or None when the class accepts it.
+
+    Asked of the class `AutoModelForCausalLM.from_pretrained` builds for the config, in the installed
+    transformers, in the same child as the `model-config-loads` check (memoised: the check reuses the
+    answer). Keys: eager, sdpa, flash_attention_2, flash_attention_3, flex_attention, and spec.attn when it
+    is another name. None when it cannot be asked (no --model, --no-live, a --base-url server, no
+    transformers, the config does not load): then nothing is known to be refused."""
+    facts = config_load_probe(spec)
+    if isinstance(facts, Unavailable) or facts.model_class is None or facts.model_class.attention_error:
+        return None
+    return dict(facts.model_class.refusals) or None
 
 
 # ---------------------------------------------------------------- child side (imports transformers)
@@ -337,6 +481,7 @@ def load_in_child(args: dict[str, Any]) -> dict[str, Any]:
     spelled = f"({folder!r}, trust_remote_code={trust}, local_files_only=True)"
     attempts: list[dict[str, Any]] = []
     rejections: list[str] = []
+    model_class = None
     try:
         config = transformers.AutoConfig.from_pretrained(folder, **kwargs)
         attempts.append(
@@ -347,6 +492,13 @@ def load_in_child(args: dict[str, Any]) -> dict[str, Any]:
                 "loaded_class": type(config).__name__,
             }
         )
+        if args.get("model_class", True):
+            from doctor.probes.model_class import model_class_facts
+
+            try:
+                model_class = model_class_facts(transformers, config, folder, args)
+            except Exception as exc:  # noqa: BLE001 - the config checks still stand on their own
+                model_class = {"class_error": f"{type(exc).__name__}: {exc}"[:1500]}
     except Exception as exc:  # noqa: BLE001 - the refusal is the finding
         attempts.append(_failed_attempt("config", "AutoConfig.from_pretrained" + spelled, exc))
         if _FIELD_NAMED.search(str(exc)):
@@ -361,6 +513,7 @@ def load_in_child(args: dict[str, Any]) -> dict[str, Any]:
         "strict_config_validation": _is_strict(transformers),
         "attempts": attempts,
         "rejections": rejections,
+        "model_class": model_class,
     }
 
 

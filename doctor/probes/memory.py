@@ -22,9 +22,10 @@ def resolve_for_memory(target: Any) -> Any:
     """The model's config: doctor.model_config.resolve_model when implemented, else a local folder or a
     config embedded in this package (doctor/memory/configs)."""
     from doctor.model_config import DEMO_MODEL_ID, ModelResolution, resolve_model
+    from doctor.probes.model import judged_by_library
 
     try:
-        return resolve_model(target.model, online=target.online)
+        return judged_by_library(resolve_model(target.model, online=target.online), target)
     except NotImplementedError:
         pass
     import json

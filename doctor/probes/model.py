@@ -26,9 +26,63 @@ def resolved_model(spec: str, *, online: bool) -> Any:  # ModelResolution
         return _ONLINE[spec]
 
 
+def judged_by_library(res: Any, target: object) -> Any:  # ModelResolution
+    """A resolution refused only for fields the doctor's validator doubts, judged again by the installed
+    transformers (doctor.probes.config_fields): whatever the config class accepts and the model never
+    reads is accepted, with a note. Unchanged when nothing is doubted, with --no-live, or without
+    transformers (then the doctor's own rule stands)."""
+    from dataclasses import replace
+
+    if getattr(res, "status", None) != "invalid" or not getattr(res, "field_problems", ()):
+        return res
+    if getattr(target, "live", None) is False:
+        return res
+    from doctor.probes.packages import find_dist
+
+    if find_dist("transformers") is None:
+        return res
+    from doctor.model_config import from_config
+    from doctor.probes.config_fields import TIMEOUT_S, judge_fields
+
+    answer = judge_fields(
+        res.rejected_config,
+        list(res.doubted_fields),
+        list(res.missing_fields),
+        max(float(getattr(target, "probe_timeout_s", 60.0)), TIMEOUT_S),
+    )
+    if answer.get("error") or answer.get("standing"):
+        standing = answer.get("standing") or []
+        why = (
+            f" ({standing[0][1]})"
+            if standing
+            else f" (transformers could not be asked: {answer.get('error')})"
+        )
+        return replace(res, message=res.message + why)
+    from doctor.model_config import text_config_of
+
+    accepted = tuple(answer.get("accepted") or ())
+    text = text_config_of(res.rejected_config)
+    notes = [
+        f"{name} missing (the class's default)"
+        if name in res.missing_fields
+        else f"{name}={text.get(name)!r} (never read by the model)"
+        for name in accepted
+    ]
+    found = from_config(replace(res, status="found"), res.rejected_config, check_fields=False)
+    return replace(
+        found,
+        message=(
+            f"{found.path or found.requested}: transformers {answer.get('transformers_version')} "
+            f"({answer.get('config_class')}) accepts the config as it is — {'; '.join(notes)}"
+        ),
+        field_problems=(),
+        accepted_fields=accepted,
+    )
+
+
 @probe("model")
 def model_probe(target: object) -> Any:  # ModelResolution | Unavailable
     spec = getattr(target, "model", None)
     if not spec:
         return Unavailable("no --model given: nothing to resolve", "not-applicable")
-    return resolved_model(spec, online=bool(getattr(target, "online", False)))
+    return judged_by_library(resolved_model(spec, online=bool(getattr(target, "online", False))), target)
