@@ -71,9 +71,7 @@ def driver_evidence(nvml: NvmlFacts) -> list[Evidence]:
 def served_elsewhere(ctx: DoctorContext) -> Outcome | None:
     """The SKIP for a local-GPU check when --base-url points at the server that runs the model."""
     if getattr(ctx.target, "base_url", None):
-        return Outcome.skip(
-            SERVER_TARGET_REASON, [Evidence("target.base_url", "set", "config", "--base-url")]
-        )
+        return Outcome.skip(SERVER_TARGET_REASON, [Evidence("target.base_url", "set", "--base-url")])
     return None
 
 
@@ -160,6 +158,7 @@ def gpu_busy(ctx: DoctorContext) -> Outcome:
         return Outcome.skip(nvml.reason or "no GPUs")
     ours = _own_process_tree()
     busy: list[str] = []
+    free: list[int] = []
     evidence: list[Evidence] = []
     for gpu in nvml.gpus:
         others = [p for p in gpu.processes if p.pid not in ours]
@@ -178,14 +177,14 @@ def gpu_busy(ctx: DoctorContext) -> Outcome:
         if others or gpu.memory_used_bytes > max(_BUSY_BYTES, gpu.memory_total_bytes // 20):
             who = f"{len(others)} other process(es)" if others else "no listed process"
             busy.append(f"GPU {gpu.index} has {gib(gpu.memory_used_bytes)} in use ({who})")
+        else:
+            free.append(gpu.index)
     if busy:
+        pick = [f"export CUDA_VISIBLE_DEVICES={','.join(map(str, free))}"] if free else []
         return Outcome.warn(
             "; ".join(busy) + " — the run gets only what is left",
             evidence,
-            Fix(
-                "Stop the other process or pick a free GPU",
-                (SMI_PROCS, "export CUDA_VISIBLE_DEVICES=<index of a free GPU>"),
-            ),
+            Fix("Stop the other process" + (" or use the free GPUs" if free else ""), (SMI_PROCS, *pick)),
         )
     return Outcome.ok(f"no other process holds GPU memory on {nvml.gpu_count} GPU(s)", evidence)
 

@@ -86,7 +86,7 @@ def quantized_weights(ctx: DoctorContext) -> Outcome:
     weights = int(sizing["weights_bytes"])
     fused = [g for g in sizing.get("unquantized_modules") or [] if g.get("fused_3d")]
     ev = [
-        Evidence("weights_bytes", weights, "estimate", "meta-device skeleton + transformers' bnb quantizer"),
+        Evidence("weights_bytes", weights, "estimate: meta-device skeleton + transformers' bnb quantizer"),
         Evidence("quantized_params", sizing.get("quantized_params"), "estimate"),
         Evidence("unquantized_params", sizing.get("unquantized_params"), "estimate"),
         Evidence("model_class", sizing.get("model_class"), "transformers"),
