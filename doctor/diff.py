@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from doctor.boundary import debug_option
 from doctor.report.environment import environment_variables, library_versions
 from doctor.report.load import read_report_json
 from doctor.report.render_markdown import md_cell
@@ -238,6 +239,7 @@ def render_diff_markdown(result: Mapping[str, Any], a_label: str, b_label: str) 
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True
 )
+@debug_option()
 def diff_command(a_path: str, b_path: str, fmt: str) -> int:
     """What differs between two `doctor --format json` reports: versions, libraries, GPU, driver,
     environment variables, and the checks' verdicts.

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from doctor import __version__
-from doctor.boundary import exit_with
+from doctor.boundary import debug_option, exit_with
 from run_plan.errors import UsageError
 from run_plan.options import NIAH, click_options, config_file_option
 
@@ -141,6 +141,7 @@ def _read_plan(plan_path: str, config_path: str | None, flags: dict[str, object]
     default=None,
     help="GPUs that served the run, for GPU-seconds (a server run cannot tell). [default: from config.json]",
 )
+@debug_option()
 def report_command(
     run_dir: str, price_per_gpu_hour: float | None, effective_threshold: float | None, gpu_count: int | None
 ) -> int:
@@ -183,6 +184,7 @@ def report_command(
     show_default=True,
     help="Share of matched trials whose scores may disagree before the runs count as divergent.",
 )
+@debug_option()
 def compare_command(run_a: str, run_b: str, fmt: str, tolerance: float) -> int:
     """Do two runs agree? Match trials by prompt hash (input_ids_sha256), compare outputs and scores.
 
