@@ -20,6 +20,7 @@ import click
 
 from doctor.report.redact import Redactor
 from run_plan.errors import ExitCode, NiahDoctorError
+from run_plan.text import inert
 
 
 def debug_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -54,7 +55,7 @@ _ENVIRONMENT_ERRNOS = frozenset(
 
 def _say(message: str) -> None:
     try:
-        click.echo(Redactor().scrub(message), err=True)
+        click.echo(inert(Redactor().scrub(message)), err=True)
     except (OSError, ValueError):  # stderr itself is gone or closed: nothing left to tell
         pass
 

@@ -22,6 +22,7 @@ from doctor.report.environment import environment_variables, library_versions
 from doctor.report.load import read_report_json
 from doctor.report.render_markdown import md_cell
 from doctor.report.render_text import terminal_width
+from run_plan.text import inert
 from run_plan.units import gib
 
 MISSING = "—"  # the key is absent from one report (an older doctor, a probe that did not run)
@@ -210,7 +211,7 @@ def render_diff_text(result: Mapping[str, Any], a_label: str, b_label: str, widt
             )
     if not diffs:
         lines.append("The two reports agree on everything compared.")
-    return "\n".join(lines) + "\n"
+    return inert("\n".join(lines)) + "\n"  # names and errors from outside: inert
 
 
 def render_diff_markdown(result: Mapping[str, Any], a_label: str, b_label: str) -> str:
@@ -230,7 +231,7 @@ def render_diff_markdown(result: Mapping[str, Any], a_label: str, b_label: str) 
             f"{md_cell(d['note'])} |"
             for d in diffs
         ]
-    return "\n".join(lines) + "\n"
+    return inert("\n".join(lines)) + "\n"  # names and errors from outside: inert
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -49,6 +49,7 @@ from run_plan.errors import RunFailed, UsageError
 from run_plan.resolved import ResolvedPlan
 from run_plan.server_room import refuse_lengths_without_room
 from run_plan.spec import RunSpec, identity_diff
+from run_plan.text import inert
 
 HARNESS_VERSION = f"niah-doctor {__version__} prompt-{PROMPT_VERSION}"
 MAX_CONSECUTIVE_ERRORS = 3
@@ -654,9 +655,9 @@ class _progress:
 
     def advance(self, message: str) -> None:
         if self._progress is None:  # quiet: the one line per trial, no bar
-            print(Redactor().scrub(message), file=sys.stderr, flush=True)
+            print(inert(Redactor().scrub(message)), file=sys.stderr, flush=True)
             return
-        self._progress.console.print(message, markup=False)
+        self._progress.console.print(inert(Redactor().scrub(message)), markup=False)
         self._progress.advance(self._task)
 
     def __exit__(self, *exc: object) -> None:
@@ -704,4 +705,6 @@ def finish(run_dir: Path, title: str) -> dict[str, Any]:
 
 
 def echo_err(message: str) -> None:
-    print(Redactor().scrub(message), file=sys.stderr, flush=True)
+    """A note on stderr: secrets scrubbed, and anything from outside (a server's error text, a file name)
+    made inert, so it cannot drive the terminal."""
+    print(inert(Redactor().scrub(message)), file=sys.stderr, flush=True)
