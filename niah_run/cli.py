@@ -84,19 +84,28 @@ def run_command(
     run_dir = Path(out).expanduser() if out else default_out_dir(spec.model or "model")
     prepare_run_dir(run_dir, resume=resume)
     folder = RunFolder(run_dir, resume=resume, skip_preflight=skip_preflight, quiet=quiet)
-    echo_err(f"niah run: {render_config(spec)} (plan saved to {run_dir / 'config.json'})")
     sweep = Sweep(spec, folder, plan=plan, argv=("niah", *sys.argv[1:]))
+    # Said once the run is accepted: a refused --resume or a failed check prints only its own error.
+    sweep.on_start = lambda: echo_err(
+        f"niah run: {render_config(spec)} (plan saved to {run_dir / 'config.json'})"
+    )
     counts = None
     try:
         counts = sweep.run()
     finally:
-        if (run_dir / "results.jsonl").exists():
+        # The summary is rewritten when this invocation ran trials (or found all done); a run stopped
+        # before its first trial leaves the folder as it found it and says nothing about it.
+        if (run_dir / "results.jsonl").exists() and (counts is not None or sweep.trials_started):
             try:
                 finish(run_dir, title=f"{spec.model} · {spec.needle_kind}")
                 if counts is None:
                     echo_err(f"partial results saved in {run_dir} (resume with --resume --out {run_dir})")
             except Exception as exc:  # noqa: BLE001 - the summary must never hide the run's own outcome
                 echo_err(f"could not write the summary: {type(exc).__name__}: {exc}")
+        else:
+            from niah_run import run_folder
+
+            run_folder.unlock(run_dir)
     from niah_run.summary import SUMMARY_MD
 
     click.echo((run_dir / SUMMARY_MD).read_text(encoding="utf-8"), nl=False)
