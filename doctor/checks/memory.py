@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from doctor.checks.gpu import runs_on_cpu
 from doctor.context import DoctorContext
 from doctor.memory.estimate import Estimate, Settings, fits
 from doctor.memory.gpus import GpuSpec
@@ -153,6 +154,13 @@ def memory_fit(ctx: DoctorContext) -> Outcome:
         f"weights {gib(e.weights_bytes)} + KV {gib(e.kv_bytes)} + prefill peak {gib(e.activation_peak_bytes)}"
         f" + overhead {gib(e.overhead_bytes)} = {gib(e.total_bytes)}"
     )
+    if not gpus and runs_on_cpu(ctx):  # no GPU, and none needed: the RAM holds the run
+        return Outcome.ok(
+            f"runs on the CPU: weights {gib(e.weights_bytes)} + KV {gib(e.kv_bytes)} at {e.context:,} "
+            "tokens fit this machine's RAM",
+            ev,
+            attachments=attachments,
+        )
     if not gpus:
         # The prefill peak and the longest context depend on the GPUs: say what is missing, never "0 B".
         return Outcome.warn(

@@ -173,7 +173,7 @@ def torch_installed(ctx: DoctorContext) -> Outcome:
     if not build.installed:
         evidence = [Evidence("torch", "not installed", "metadata", "pip show torch")]
         fix = Fix("Install torch (a CUDA build on GPU machines)", ('pip install -e ".[niah]"',), INSTALL_PAGE)
-        need = run_needs_gpu(ctx.target)
+        need = run_needs_gpu(ctx)
         if need:
             return Outcome.fail(f"torch is not installed, but {need}", evidence, fix)
         return Outcome.warn("torch is not installed: `niah` and the live checks need it", evidence, fix)
@@ -213,7 +213,7 @@ def torch_cuda_build(ctx: DoctorContext) -> Outcome:
         Evidence("gpus", gpu_names(nvml) if nvml.gpus else nvml.reason, "nvml", SMI_GPUS),
     ]
     if not nvml.gpus:
-        need = run_needs_gpu(ctx.target)
+        need = run_needs_gpu(ctx)
         if need and build.build != "cuda":
             # The missing GPU already fails `nvidia-driver`; the build would be the next wall on a GPU box.
             return Outcome.warn(
@@ -327,7 +327,7 @@ def torch_cuda_available(ctx: DoctorContext) -> Outcome:
     build = ctx.probe("torch-build")
     if isinstance(nvml, Unavailable) or isinstance(build, Unavailable):
         return Outcome.fail(f"CUDA unavailable: {live.init_error or 'unknown reason'}", evidence)
-    if not nvml.driver_visible and not run_needs_gpu(ctx.target):
+    if not nvml.driver_visible and not run_needs_gpu(ctx):
         return Outcome.ok(
             f"torch {live.version} imports; CUDA unavailable as expected ({nvml.reason})", evidence
         )

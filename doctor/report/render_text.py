@@ -93,14 +93,12 @@ _ASIDE = re.compile(r"\s*\([^()]*\)")
 
 
 def _headline(text: str, room: int) -> str:
-    """`text` in one line of `room` columns: asides in parentheses go first (longest first), so the
-    sentence keeps its point ("no GPU visible, but --quant bnb-4bit needs a CUDA GPU"); then it is cut."""
+    """`text` in one line of `room` columns: asides in parentheses go first (the earliest first: a
+    sentence ends on its point), so it keeps its verb ("no GPU visible, but --quant bnb-4bit needs a
+    CUDA GPU"); then it is cut."""
     text = " ".join(text.split())
-    while len(text) > room:
-        asides = sorted(_ASIDE.finditer(text), key=lambda m: len(m.group()), reverse=True)
-        if not asides:
-            break
-        text = text[: asides[0].start()] + text[asides[0].end() :]
+    while len(text) > room and (aside := _ASIDE.search(text)):
+        text = text[: aside.start()] + text[aside.end() :]
     return _one_line(text, room)
 
 
