@@ -49,7 +49,9 @@ def test_what_needs_cuda_still_fails_on_the_cpu(target: RunSpec, why: str) -> No
 
 def test_a_model_beyond_the_ram_or_the_cpus_patience_needs_a_gpu() -> None:
     small_box = dataclasses.replace(sc.host(), ram_available_bytes=16 * sc.GIB, cpu_count=2)
-    driver = judge(RunSpec(model="meta-llama/Llama-3.1-70B-Instruct", context=8192), small_box)["nvidia-driver"]
+    driver = judge(RunSpec(model="meta-llama/Llama-3.1-70B-Instruct", context=8192), small_box)[
+        "nvidia-driver"
+    ]
     assert driver.status is Status.FAIL and "more than this machine's 16.0 GiB of RAM holds" in driver.summary
     slow = judge(RunSpec(model="meta-llama/Llama-3.1-8B-Instruct", context=131072), small_box)
     assert slow["nvidia-driver"].status is Status.FAIL
