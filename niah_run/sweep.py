@@ -130,7 +130,7 @@ def make_backend(config: RunSpec) -> Backend:
     except ImportError as exc:  # pragma: no cover - only when the optional extras are missing
         raise RunFailed(
             f"the local model backend is not available: {exc}",
-            hint="Install the extras: pip install 'niah-doctor[niah]'.",
+            hint="Install the extras: python3 install.py (in the niah-doctor checkout).",
         ) from None
     return load_backend(config)
 
