@@ -14,11 +14,21 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
 
 from doctor.report.redact import Redactor
 from run_plan.errors import ExitCode, NiahDoctorError
+from run_plan.text import inert
+
+
+def debug_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--debug` for a command: the boundary reads it from argv, so the command itself needs no parameter.
+    Every command takes it, because every error hint may say "rerun with --debug"."""
+    return click.option(
+        "--debug", is_flag=True, expose_value=False, is_eager=True, help="Show tracebacks on errors."
+    )
 
 
 def _debug_requested(argv: Sequence[str]) -> bool:
@@ -45,7 +55,7 @@ _ENVIRONMENT_ERRNOS = frozenset(
 
 def _say(message: str) -> None:
     try:
-        click.echo(Redactor().scrub(message), err=True)
+        click.echo(inert(Redactor().scrub(message)), err=True)
     except (OSError, ValueError):  # stderr itself is gone or closed: nothing left to tell
         pass
 

@@ -88,7 +88,9 @@ def _list_checks() -> str:
     "--skip", multiple=True, help="Skip these check ids or sections. Repeatable or comma-separated."
 )
 @click.option("--list", "list_only", is_flag=True, help="List the checks and exit.")
-@click.option("-v", "--verbose", is_flag=True, help="Show evidence for passing checks too.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Show everything: every check with its evidence, every fix step."
+)
 @click.option(
     "--facts",
     "with_facts",
@@ -127,6 +129,7 @@ def doctor_command(
 
     \b
     Exit codes: 0 no failures (warnings allowed), 1 a check failed, 2 usage error, 3 the doctor broke.
+    One check in full (evidence, every fix step), from the last report:  doctor explain CHECK_ID
     Compare two saved reports (a machine where the job works, one where it fails):
       doctor diff works.json fails.json [--format text|markdown|json]
     """
@@ -148,12 +151,24 @@ def doctor_command(
     if color is None:
         color = output is None and sys.stdout.isatty()
     text = _render(report, fmt, verbose=verbose, strict=strict, color=color, facts=with_facts)
+    _remember(report, text if fmt == "json" else None)
     if output:
         _write_report(Path(output), text)
         click.echo(f"report written to {output}: {report.verdict(strict=strict)}", err=True)
     else:
         click.echo(text, nl=False)
     return int(report.exit_code(strict=strict))
+
+
+def _remember(report, json_text: str | None) -> None:  # noqa: ANN001
+    """Keep this report for `doctor explain CHECK_ID` (the default view shows each problem in two lines)."""
+    from doctor.explain import remember_report
+
+    if json_text is None:
+        from doctor.report.render_json import render_json
+
+        json_text = render_json(report)
+    remember_report(json_text)
 
 
 def _split(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -179,4 +194,8 @@ def main() -> None:
         from doctor.diff import diff_command
 
         sys.exit(run_cli(diff_command, sys.argv[2:], prog_name="doctor diff"))
+    if sys.argv[1:2] == ["explain"]:
+        from doctor.explain import explain_command
+
+        sys.exit(run_cli(explain_command, sys.argv[2:], prog_name="doctor explain"))
     _doctor_main()

@@ -17,10 +17,12 @@ from typing import Any
 
 import click
 
+from doctor.boundary import debug_option
 from doctor.report.environment import environment_variables, library_versions
 from doctor.report.load import read_report_json
 from doctor.report.render_markdown import md_cell
 from doctor.report.render_text import terminal_width
+from run_plan.text import inert
 from run_plan.units import gib
 
 MISSING = "—"  # the key is absent from one report (an older doctor, a probe that did not run)
@@ -209,7 +211,7 @@ def render_diff_text(result: Mapping[str, Any], a_label: str, b_label: str, widt
             )
     if not diffs:
         lines.append("The two reports agree on everything compared.")
-    return "\n".join(lines) + "\n"
+    return inert("\n".join(lines)) + "\n"  # names and errors from outside: inert
 
 
 def render_diff_markdown(result: Mapping[str, Any], a_label: str, b_label: str) -> str:
@@ -229,7 +231,7 @@ def render_diff_markdown(result: Mapping[str, Any], a_label: str, b_label: str) 
             f"{md_cell(d['note'])} |"
             for d in diffs
         ]
-    return "\n".join(lines) + "\n"
+    return inert("\n".join(lines)) + "\n"  # names and errors from outside: inert
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -238,6 +240,7 @@ def render_diff_markdown(result: Mapping[str, Any], a_label: str, b_label: str) 
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True
 )
+@debug_option()
 def diff_command(a_path: str, b_path: str, fmt: str) -> int:
     """What differs between two `doctor --format json` reports: versions, libraries, GPU, driver,
     environment variables, and the checks' verdicts.

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from doctor import __version__
-from doctor.boundary import exit_with
+from doctor.boundary import debug_option, exit_with
 from run_plan.errors import UsageError
 from run_plan.options import NIAH, click_options, config_file_option
 
@@ -84,19 +84,28 @@ def run_command(
     run_dir = Path(out).expanduser() if out else default_out_dir(spec.model or "model")
     prepare_run_dir(run_dir, resume=resume)
     folder = RunFolder(run_dir, resume=resume, skip_preflight=skip_preflight, quiet=quiet)
-    echo_err(f"niah run: {render_config(spec)} (plan saved to {run_dir / 'config.json'})")
     sweep = Sweep(spec, folder, plan=plan, argv=("niah", *sys.argv[1:]))
+    # Said once the run is accepted: a refused --resume or a failed check prints only its own error.
+    sweep.on_start = lambda: echo_err(
+        f"niah run: {render_config(spec)} (plan saved to {run_dir / 'config.json'})"
+    )
     counts = None
     try:
         counts = sweep.run()
     finally:
-        if (run_dir / "results.jsonl").exists():
+        # The summary is rewritten when this invocation ran trials (or found all done); a run stopped
+        # before its first trial leaves the folder as it found it and says nothing about it.
+        if (run_dir / "results.jsonl").exists() and (counts is not None or sweep.trials_started):
             try:
                 finish(run_dir, title=f"{spec.model} · {spec.needle_kind}")
                 if counts is None:
                     echo_err(f"partial results saved in {run_dir} (resume with --resume --out {run_dir})")
             except Exception as exc:  # noqa: BLE001 - the summary must never hide the run's own outcome
                 echo_err(f"could not write the summary: {type(exc).__name__}: {exc}")
+        else:
+            from niah_run import run_folder
+
+            run_folder.unlock(run_dir)
     from niah_run.summary import SUMMARY_MD
 
     click.echo((run_dir / SUMMARY_MD).read_text(encoding="utf-8"), nl=False)
@@ -141,6 +150,7 @@ def _read_plan(plan_path: str, config_path: str | None, flags: dict[str, object]
     default=None,
     help="GPUs that served the run, for GPU-seconds (a server run cannot tell). [default: from config.json]",
 )
+@debug_option()
 def report_command(
     run_dir: str, price_per_gpu_hour: float | None, effective_threshold: float | None, gpu_count: int | None
 ) -> int:
@@ -183,6 +193,7 @@ def report_command(
     show_default=True,
     help="Share of matched trials whose scores may disagree before the runs count as divergent.",
 )
+@debug_option()
 def compare_command(run_a: str, run_b: str, fmt: str, tolerance: float) -> int:
     """Do two runs agree? Match trials by prompt hash (input_ids_sha256), compare outputs and scores.
 

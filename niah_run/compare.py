@@ -28,6 +28,7 @@ from typing import Any
 
 from niah_run.results import RESULTS_FILE, latest_by_key, read_rows
 from run_plan.errors import UsageError
+from run_plan.text import inert
 
 DEFAULT_TOLERANCE = 0.05
 SIGNIFICANCE = 0.05
@@ -240,7 +241,7 @@ def render_text(result: Comparison, *, show: int = 10) -> str:
         ]
     if len(result.differing) > show:
         lines.append(f"… {len(result.differing) - show} more differing trial(s) (--format json lists all)")
-    return "\n".join(lines) + "\n"
+    return inert("\n".join(lines)) + "\n"  # names and errors from outside: inert
 
 
 def exit_code(result: Comparison) -> int:

@@ -10,10 +10,12 @@ boundaries) + outro/question + template suffix.
 - Body pieces are encoded with add_special_tokens=False; the haystack is encoded once per run.
 - The haystack slice length is chosen in closed form so len(input_ids) == the requested length.
 - Nothing is ever decoded and re-encoded. Decoding happens only to *verify* (gold value exactly once).
-- Depth honesty: the needle snaps to the nearest sentence boundary. When that moves it by more than
-  `snap_tolerance_tokens` (2 % of the haystack, at least 64 tokens; a haystack with few sentence ends,
-  such as code), the prompt says so (`depth_snapped`), the builder warns once, and the summary labels
-  the cell by the depth actually tested.
+- Depth honesty: the needle goes at the nearest sentence boundary. Where no sentence ends within
+  `snap_tolerance_tokens` of the requested depth (2 % of the haystack, at least 64 tokens; code, a
+  list, text without punctuation), it goes at the nearest line break, else between words, else between
+  two whole characters — the first kind of boundary that is near enough — and the builder warns once.
+  When no boundary of any kind is near enough, the trial is refused (DepthUnreachable): a row never
+  claims a depth it did not get.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import hashlib
 import random
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from niah_run.haystack import HaystackText
@@ -50,7 +52,17 @@ class PromptTooShort(UsageError):
 
 
 class DepthSnapWarning(UserWarning):
-    """A needle landed far from the requested depth (the haystack has few sentence boundaries there)."""
+    """A needle could not go at a sentence boundary near the requested depth (it went at a line break or
+    between words instead)."""
+
+
+class DepthUnreachable(UsageError):
+    """No boundary of any kind lies near the requested depth: the trial would test another depth."""
+
+
+# The kinds of place a needle may go, best first: after a sentence, at a line break, between words,
+# between two whole characters (never inside a word's multi-byte character).
+BOUNDARY_KINDS = ("sentence", "line", "word", "character")
 
 
 def _warn_depth_snap(message: str) -> None:
@@ -59,6 +71,9 @@ def _warn_depth_snap(message: str) -> None:
 
 def snap_tolerance_tokens(haystack_tokens: int) -> float:
     return max(SNAP_TOLERANCE_SHARE * haystack_tokens, float(SNAP_TOLERANCE_MIN_TOKENS))
+
+
+_BOUNDARY_WORDS = {"line": "line break", "word": "space between words", "character": "character boundary"}
 
 
 class ValueCollision(Exception):
@@ -137,6 +152,12 @@ class TokenizedHaystack:
     sha256: str
     source: str
     repetitions: float
+    # Token indices of the weaker boundaries ("line", "word", "character"), each a superset of the one
+    # before: where a needle may go when no sentence ends near the requested depth.
+    other_cuts: dict[str, list[int]] = field(default_factory=dict)
+
+    def cuts(self, kind: str) -> list[int]:
+        return self.cut_points if kind == "sentence" else self.other_cuts.get(kind, [])
 
 
 def _next_non_space(text: str, index: int) -> int:
@@ -165,7 +186,34 @@ def tokenize_haystack(tokenizer: Any, haystack: HaystackText) -> TokenizedHaysta
         i = bisect.bisect_left(starts, end)
         if 0 < i < len(ids) and offsets[i - 1][1] <= end and starts[i] <= _next_non_space(haystack.text, end):
             cuts.add(i)
-    return TokenizedHaystack(ids, sorted(cuts), haystack.sha256, haystack.source, haystack.repetitions)
+    return TokenizedHaystack(
+        ids,
+        sorted(cuts),
+        haystack.sha256,
+        haystack.source,
+        haystack.repetitions,
+        _weaker_cuts(haystack.text, offsets),
+    )
+
+
+def _weaker_cuts(text: str, offsets: Any) -> dict[str, list[int]]:
+    """Token indices where a line break, a space, or just a character boundary separates two tokens.
+
+    Token i qualifies only when token i-1 ends at or before token i's start (tokens that share a
+    character, as byte-level pieces of one multi-byte character do, never qualify); the text around the
+    seam (the last character of i-1 and the first of i) says which kind of boundary it is."""
+    line, word, char = [0], [0], [0]
+    for i in range(1, len(offsets)):
+        before_end, start = int(offsets[i - 1][1]), int(offsets[i][0])
+        if before_end > start:
+            continue
+        seam = text[max(before_end - 1, 0) : start + 1]
+        char.append(i)
+        if any(c.isspace() for c in seam):
+            word.append(i)
+            if "\n" in seam:
+                line.append(i)
+    return {"line": line, "word": word, "character": char}
 
 
 @dataclass(frozen=True)
@@ -179,6 +227,7 @@ class BuiltPrompt:
     snap_tokens: float | None  # actual minus requested needle position, in tokens
     snap_tolerance_tokens: float | None  # the largest snap that still counts as the requested depth
     depth_snapped: bool  # |snap| > tolerance: the cell tested another depth than its label says
+    needle_boundary: str | None  # the kind of boundary the gold needle went at (BOUNDARY_KINDS)
     needle_positions: tuple[int, ...]  # haystack-token position of every needle, in needle order
     body_text: str  # decoded body, for verification and the echo check only (never re-encoded)
     input_ids_sha256: str
@@ -248,12 +297,12 @@ class PromptBuilder:
                 f"the haystack has only {len(self.haystack.ids) - window_start} tokens after "
                 f"position {window_start}, {span} needed"
             )
-        cuts = self._relative_cuts(window_start, span)
         positions: list[int] = []
         requested = None
+        boundary = None
         if needles.needles:
             requested = (depth_percent or 0.0) / 100.0 * span
-            gold = min(cuts, key=lambda c: (abs(c - requested), c))
+            boundary, cuts, gold = self._place(window_start, span, requested, depth_percent, length)
             others = [c for c in cuts if c != gold] or [gold]
             positions = [gold] + [rng.choice(others) for _ in needles.needles[1:]]
         body = self._splice(window, needle_ids, positions)
@@ -276,14 +325,13 @@ class PromptBuilder:
         tolerance = None if snap is None else round(snap_tolerance_tokens(span), 3)
         snapped = snap is not None and tolerance is not None and abs(snap) > tolerance
         actual = None if gold_index is None else round(100.0 * gold_index / span, 3)
-        if snapped and not self.depth_warned:
+        if boundary not in (None, "sentence") and not self.depth_warned:
             self.depth_warned = True
             self.warn(
-                f"the haystack has few sentence boundaries: the needle for depth {depth_percent:g}% at {length} "
-                f"tokens landed at {actual:g}% ({snap:+g} tokens, more than the {tolerance:g}-token tolerance); "
-                "such cells are recorded with depth_snapped=true and labelled by their actual depth. Use a "
-                "haystack with more sentence ends (prose, or text with blank lines between blocks) to test "
-                "the requested depths"
+                f"the haystack has no sentence end near depth {depth_percent:g}% at {length} tokens: the "
+                f"needle goes at the nearest {_BOUNDARY_WORDS[boundary]} instead ({actual:g}%, within the "
+                f"{tolerance:g}-token tolerance). Prose, or text with blank lines between blocks, keeps every "
+                "needle between sentences"
             )
         return BuiltPrompt(
             input_ids=ids,
@@ -295,13 +343,32 @@ class PromptBuilder:
             snap_tokens=snap,
             snap_tolerance_tokens=tolerance,
             depth_snapped=snapped,
+            needle_boundary=boundary,
             needle_positions=tuple(positions),
             body_text=body_text,
             input_ids_sha256=ids_sha256(ids),
         )
 
-    def _relative_cuts(self, start: int, span: int) -> list[int]:
-        cuts = self.haystack.cut_points
+    def _place(
+        self, start: int, span: int, requested: float, depth_percent: float | None, length: int
+    ) -> tuple[str, list[int], int]:
+        """(kind, the window's boundaries of that kind, the one nearest the requested position): the best
+        kind of boundary that has one within the tolerance. DepthUnreachable when none has."""
+        tolerance = snap_tolerance_tokens(span)
+        for kind in BOUNDARY_KINDS:
+            cuts = self._relative_cuts(start, span, self.haystack.cuts(kind))
+            gold = min(cuts, key=lambda c: (abs(c - requested), c))
+            if abs(gold - requested) <= tolerance or not self.haystack.other_cuts:
+                return kind, cuts, gold  # (a haystack tokenized before the weaker kinds existed: as it was)
+        raise DepthUnreachable(
+            f"the haystack has no place near depth {depth_percent:g}% of a {length}-token prompt to put the "
+            f"needle: no sentence end, line break, space or whole-character boundary within {tolerance:g} "
+            "tokens of it",
+            hint="Use a haystack of ordinary text (prose, or text with line breaks), or other --depths.",
+        )
+
+    def _relative_cuts(self, start: int, span: int, cuts: list[int] | None = None) -> list[int]:
+        cuts = self.haystack.cut_points if cuts is None else cuts
         lo = bisect.bisect_left(cuts, start)
         hi = bisect.bisect_left(cuts, start + span)
         # The window start is a cut point by construction (0 or a chosen sentence start); the end is

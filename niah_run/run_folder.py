@@ -26,6 +26,7 @@ from typing import Any
 from doctor.report.redact import Redactor
 from run_plan import safe_files
 from run_plan.errors import RunFailed, UsageError
+from run_plan.text import inert
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.jsonl"
@@ -212,6 +213,6 @@ def warnings_as_lines(limit: int = 20) -> Iterator[None]:
         yield
     redactor = Redactor()
     for warning in caught[:limit]:
-        print(redactor.scrub(f"warning: {warning.message}"), file=sys.stderr, flush=True)
+        print(inert(redactor.scrub(f"warning: {warning.message}")), file=sys.stderr, flush=True)
     if len(caught) > limit:
         print(f"warning: … and {len(caught) - limit} more", file=sys.stderr, flush=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 import click
 
+from doctor.boundary import debug_option
 from niah_run.backends.base import BackendOOM, max_positions
 from run_plan.errors import UsageError
 
@@ -300,10 +301,11 @@ def serve(
 
 def _load_local_backend(model: str, opts: dict[str, Any]) -> Any:
     """The same local backend, loaded the same way, as `niah run --model ...` (niah_run.loading)."""
-    from niah_run.loading import LoadOptions, load_backend
+    from niah_run.loading import load_backend
+    from run_plan.spec import RunSpec
 
     given = {k: v for k, v in opts.items() if v is not None}
-    return load_backend(LoadOptions(model=model, **given))
+    return load_backend(RunSpec(model=model, **given))
 
 
 @click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
@@ -336,6 +338,7 @@ def _load_local_backend(model: str, opts: dict[str, Any]) -> Any:
 @click.option(
     "--log-level", type=click.Choice(["warning", "info", "debug"]), default="info", show_default=True
 )
+@debug_option()
 def serve_command(
     model: str,
     gguf_file: str | None,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from niah_run.results import latest_by_key, read_rows
+from run_plan.text import inert
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -482,7 +483,7 @@ def render_markdown(summary: dict[str, Any], title: str = "NIAH sweep") -> str:
             f"{summary['rows_of_other_identities']} row(s) in results.jsonl belong to another test "
             "(a different plan identity) and are not counted here.",
         ]
-    return "\n".join(lines) + "\n"
+    return inert("\n".join(lines)) + "\n"  # names and errors from outside: inert
 
 
 def _memory_vs_plan_lines(summary: dict[str, Any]) -> list[str]:

@@ -52,6 +52,7 @@ from run_plan.errors import RunFailed, UsageError
 from run_plan.resolved import ResolvedPlan
 from run_plan.server_room import refuse_lengths_without_room
 from run_plan.spec import RunSpec, identity_diff
+from run_plan.text import inert
 from run_plan.units import duration
 
 HARNESS_VERSION = f"niah-doctor {__version__} prompt-{PROMPT_VERSION}"
@@ -134,7 +135,7 @@ def make_backend(config: RunSpec) -> Backend:
     except ImportError as exc:  # pragma: no cover - only when the optional extras are missing
         raise RunFailed(
             f"the local model backend is not available: {exc}",
-            hint="Install the extras: pip install 'niah-doctor[niah]'.",
+            hint="Install the extras: python3 install.py (in the niah-doctor checkout).",
         ) from None
     return load_backend(config)
 
@@ -221,6 +222,8 @@ class Sweep:
         self.backend_factory = backend_factory or make_backend
         self.store = ResultsStore(folder.path)
         self.quiet = folder.quiet
+        self.on_start: Callable[[], None] | None = None  # called once the run is accepted (not refused)
+        self.trials_started = False  # whether this invocation got as far as running trials
         self.doc: dict[str, Any] = {
             "harness_version": HARNESS_VERSION,
             "created_at": _now(),
@@ -269,10 +272,14 @@ class Sweep:
     def run(self) -> dict[str, Any]:
         validate_haystack_spec(self.config.haystack)  # before anything slow is loaded
         saved = self._saved_doc_checked()
+        if saved is not None and (finished := self._nothing_left(saved)) is not None:
+            return finished  # no preflight, no model load: every planned trial is already done
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if saved is not None:
             self.doc["created_at"] = saved.get("created_at", self.doc["created_at"])
         self._save_config()
+        if self.on_start is not None:  # the run is accepted: only now say what it is
+            self.on_start()
         plan = self._judged_plan()
         self.plan, self.config = plan, plan.spec
         self.doc.update(config=plan.spec.to_dict(), plan=plan.to_dict(), plan_identity=plan.spec.identity())
@@ -316,6 +323,26 @@ class Sweep:
                 self.run_dir,
             )
         return saved
+
+    def _nothing_left(self, saved: dict[str, Any]) -> dict[str, Any] | None:
+        """On --resume of an unchanged plan: the counts when every planned trial is done, else None.
+
+        Trial keys hash the identity the earlier run recorded (model files, tokenizer, template,
+        haystack); the plan's part of it was just checked unchanged, so the same keys name the same
+        trials and nothing would be computed."""
+        identity = saved.get("identity_sha256")
+        if not isinstance(identity, str):
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a torn line is repaired, and reported, by a real run
+            rows = self.store.load(repair=False)
+        done = {k for k, r in latest_by_key(rows).items() if is_done(r)}
+        specs = plan_trials(self.config)
+        if not specs or any(trial_key(identity, spec) not in done for spec in specs):
+            return None
+        echo_err(f"nothing left to run: all {len(specs)} planned trials in {self.run_dir} are done")
+        zero = {"ran": 0, "oom": 0, "errors": 0, "skipped": 0}
+        return {"planned": len(specs), "already_done": len(specs), **zero}
 
     def _judged_plan(self) -> ResolvedPlan:
         """The plan this run executes: given (--plan), or judged now by the doctor, in-process."""
@@ -420,6 +447,8 @@ class Sweep:
                     f"{consecutive_errors} trials in a row failed; last: {row.get('error')}",
                     hint="Fix the cause (rerun with --debug for details), then --resume.",
                 )
+
+        self.trials_started = True
 
         def drain(keep: int) -> None:
             while len(in_flight) > keep:
@@ -738,10 +767,10 @@ class _progress:
 
     def advance(self, message: str) -> None:
         if self._progress is None:  # quiet: the one line per trial, no bar
-            print(Redactor().scrub(message), file=sys.stderr, flush=True)
+            print(inert(Redactor().scrub(message)), file=sys.stderr, flush=True)
             return
         self._progress.update(self._task, description="")
-        self._progress.console.print(message, markup=False)
+        self._progress.console.print(inert(Redactor().scrub(message)), markup=False)
         self._progress.advance(self._task)
 
     def prefill_reporter(
@@ -825,4 +854,6 @@ def finish(run_dir: Path, title: str) -> dict[str, Any]:
 
 
 def echo_err(message: str) -> None:
-    print(Redactor().scrub(message), file=sys.stderr, flush=True)
+    """A note on stderr: secrets scrubbed, and anything from outside (a server's error text, a file name)
+    made inert, so it cannot drive the terminal."""
+    print(inert(Redactor().scrub(message)), file=sys.stderr, flush=True)

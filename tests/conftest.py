@@ -9,10 +9,25 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The tools' own caches (sizing answers, Triton helper, bytecode, the demo model's converted copy) go to a
+# folder of this checkout, never into the user's ~/.cache/niah-doctor: a test run must not leave entries
+# there nor read stale ones. It persists between runs (like .pytest_cache) so the demo model is converted
+# once per checkout. The Hugging Face cache stays where it was: tests read it offline and never write it.
+TEST_CACHE_HOME = REPO / ".pytest_cache" / "xdg-cache"
+_REAL_HF_HOME = os.environ.get("HF_HOME") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+)
+# Set at import, not only per test: session-scoped fixtures (the demo model) run before function-scoped ones.
+os.environ["HF_HOME"] = _REAL_HF_HOME
+os.environ["XDG_CACHE_HOME"] = str(TEST_CACHE_HOME)
+# Every printed command made anywhere in a test must paste into a shell as it is (doctor/report/model.py).
+os.environ["NIAH_DOCTOR_STRICT_COMMANDS"] = "1"
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(TEST_CACHE_HOME))
+    monkeypatch.setenv("HF_HOME", _REAL_HF_HOME)
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "120")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

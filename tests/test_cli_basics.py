@@ -61,3 +61,60 @@ def test_doctor_diff_subcommand_dispatches(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "nvidia-driver" in proc.stdout and "pass → fail" in proc.stdout
     assert run_module("-m", "doctor", "diff", str(tmp_path / "none.json"), "x.json").returncode == 2
+
+
+def _commands() -> dict[str, object]:
+    from doctor.diff import diff_command
+    from doctor.explain import explain_command
+    from niah_run.cli import niah_command
+
+    out: dict[str, object] = {"doctor": doctor_command, "doctor diff": diff_command}
+    out["doctor explain"] = explain_command
+    out.update({f"niah {name}": cmd for name, cmd in niah_command.commands.items()})
+    return out
+
+
+def test_every_command_takes_debug() -> None:
+    """Every error hint may say "rerun with --debug": every command must accept it."""
+    for name, command in _commands().items():
+        flags = {opt for param in command.params for opt in getattr(param, "opts", ())}
+        assert "--debug" in flags, name
+
+
+def test_explain_shows_one_check_in_full_from_the_last_report(tmp_path, capsys, monkeypatch) -> None:
+    from doctor.explain import explain_command, last_report_path, remember_report
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert run_cli(explain_command, ["memory-fit"]) == 2  # nothing printed yet: a usage error, said so
+    assert "no report to explain yet" in capsys.readouterr().err
+    remember_report((REPO / "tests" / "golden" / "scout-cpu.json").read_text(encoding="utf-8"))
+    assert last_report_path().is_relative_to(tmp_path)
+    assert run_cli(explain_command, ["memory-fit"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("✗ FAIL memory-fit — ") and "evidence:" in out and "estimate.weights_bytes" in out
+    assert "$ doctor --model meta-llama/Llama-4-Scout-17B-16E-Instruct" in out
+    assert run_cli(explain_command, ["memry-fit"]) == 2
+    assert "Did you mean memory-fit?" in capsys.readouterr().err
+
+
+def test_explain_reads_a_saved_report(capsys) -> None:
+    from doctor.explain import explain_command
+
+    report = str(REPO / "tests" / "golden" / "h100-healthy.json")
+    assert run_cli(explain_command, ["gpu-devices", "--report", report]) == 0
+    assert "PASS gpu-devices" in capsys.readouterr().out
+
+
+def test_doctor_keeps_its_report_for_explain(tmp_path) -> None:
+    proc = run_module("-m", "doctor", "--only", "platform", env={"XDG_CACHE_HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert "doctor explain cpu-architecture" in proc.stdout.replace("\n  ", " ")
+    proc = run_module("-m", "doctor", "explain", "host-memory", env={"XDG_CACHE_HOME": str(tmp_path)})
+    assert proc.returncode == 0 and "host-memory" in proc.stdout, proc.stderr
+
+
+def test_tests_never_touch_the_users_cache() -> None:
+    from run_plan.safe_files import tool_cache_dir
+    from tests.conftest import TEST_CACHE_HOME
+
+    assert tool_cache_dir("sizing").is_relative_to(TEST_CACHE_HOME)

@@ -230,7 +230,9 @@ def test_gpu_busy_names_other_processes() -> None:
         result.status is Status.WARN and "GPU 0 has 41.0 GiB in use (1 other process(es))" in result.summary
     )
     assert "pid 4242 python" in str([e.value for e in result.evidence])
-    assert "CUDA_VISIBLE_DEVICES" in commands(result)
+    assert "CUDA_VISIBLE_DEVICES" not in commands(result)  # no other GPU to move to: no make-believe index
+    two = sc.healthy_h100().with_facts(nvml=sc.nvml(busy, sc.gpu(index=1)))
+    assert "export CUDA_VISIBLE_DEVICES=1" in commands(judge(two)["gpu-busy"])  # the free one, by index
 
 
 def test_empty_cuda_visible_devices_hides_all_gpus() -> None:

@@ -214,7 +214,7 @@ def _report_with(live: object) -> tuple[object, str]:
     ctx = DoctorContext.from_snapshot(scenario.target, scenario.snapshot)
     specs = [s for s in load_checks() if s.section in ("gpu", "torch")]
     report = build_report(specs, ctx, ["doctor", "--live"])
-    return report, render_text(report, color=False)
+    return report, render_text(report, color=False, verbose=True)  # every check, so each can be found
 
 
 def test_hanging_torch_import_becomes_an_error_row(tmp_path: Path) -> None:

@@ -212,7 +212,7 @@ def test_tenant_holding_20gib_is_named_with_its_pid() -> None:
     busy = judge(sc.tenant_holding_20gib())["gpu-busy"]
     assert busy.status is Status.WARN and "GPU 0 has 20.6 GiB in use (1 other process(es))" in busy.summary
     assert "pid 31337 python3 20.0 GiB" in str([e.value for e in busy.evidence])
-    assert "CUDA_VISIBLE_DEVICES" in fix_text(busy)
+    assert "--query-compute-apps" in fix_text(busy)  # who holds it; its only GPU: nowhere else to go
 
 
 # ---------------------------------------------------------------- known-answer GEMM

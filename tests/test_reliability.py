@@ -283,7 +283,7 @@ def test_segfaulting_bitsandbytes_import_is_an_error_row_and_the_report_prints(t
     env = env_with(
         fake_package(tmp_path, "bitsandbytes", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
     )
-    proc = doctor_process("--live", "--timeout", "60", "--only", "bitsandbytes", env=env)
+    proc = doctor_process("--live", "--timeout", "60", "--only", "bitsandbytes", "-v", env=env)
     assert proc.returncode == 0, proc.stderr  # ERROR rows: exit 0 unless --strict
     assert "bnb-native-library" in proc.stdout and "crashed with SIGSEGV" in proc.stdout
     assert "bnb-installed" in proc.stdout  # the static rows still ran

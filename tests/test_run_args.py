@@ -368,3 +368,32 @@ def test_script_too_dynamic_warns_only_when_no_flag_names_the_model(tmp_path) ->
     result = _script_result(tmp_path, text)
     assert result.status is Status.WARN and "could not determine: model at" in result.summary
     assert _script_result(tmp_path, text, target_model="org/model").status is Status.PASS
+
+
+def test_script_fixes_are_code_at_the_scripts_line_never_shell_lines(tmp_path) -> None:
+    """A budget or attention the script sets is fixed in the script: code at file:line, not a `$` line."""
+    text = STORY_SCRIPT.format(model="org/model", attn="flash_attention_2").replace(
+        '"cpu": "auto"', '"cpu": "9Gb"'
+    )
+    result = _script_result(tmp_path, text)
+    assert result.fix is not None
+    edits = {e.code: e.where for e in result.fix.edits}
+    assert edits['attn_implementation="sdpa"'].endswith("long_context_test.py:12")
+    budget = next(code for code in edits if code.startswith("max_memory="))
+    assert budget == "max_memory={0: '75GiB', 'cpu': '9GB'}"  # the script's own budget, bytes this time
+    assert all(not c.startswith(("--", "from_pretrained", "max_memory")) for c in result.fix.commands)
+
+
+def test_flag_fixes_are_the_whole_doctor_command_with_the_flag_changed() -> None:
+    spec = next(s for s in load_checks() if s.id == "max-memory-format")
+    for budget, corrected in (("0=75Gb", "0=75GB"), ("cuda:0=70GiB", "0=70GiB"), ("0=90GiB", "0=71GiB")):
+        target = RunSpec(model="org/m", max_memory=budget, sources=(("max_memory", "flag"),))
+        snapshot = {"run-args": facts({"75Gb": 9_375_000_000, "90GiB": 90 * 2**30}), "nvml": H100}
+        result, _ = run_check(spec, DoctorContext.from_snapshot(target, snapshot))
+        assert result.fix is not None and result.fix.commands, budget
+        assert result.fix.commands[0] == f"doctor --model org/m --max-memory {corrected}", budget
+    # what was meant cannot be told: no made-up command, the form in words
+    result, _ = run_check(
+        spec, DoctorContext.from_snapshot(RunSpec(max_memory="cpu=auto"), {"run-args": facts()})
+    )
+    assert result.fix is not None and not result.fix.commands and "--max-memory 0=74GiB" in result.fix.summary

@@ -321,7 +321,7 @@ def bnb_native_library(ctx: DoctorContext) -> Outcome:
         )
     nvml = ctx.probe("nvml")
     has_gpu = not isinstance(nvml, Unavailable) and bool(nvml.gpus)
-    if not has_gpu and not run_needs_gpu(ctx.target):
+    if not has_gpu and not run_needs_gpu(ctx):
         return Outcome.ok(f"{live.library_kind.upper()} library loaded; expected without a GPU", evidence)
     build = ctx.probe("torch-build")
     files = ctx.probe("bnb-files")

@@ -99,7 +99,16 @@ def judge_committed(s: ScriptFacts) -> Finding:
             (Evidence(_key(s, "path"), s.path, "os"),),
             Fix(
                 "Keep run scripts in a git repository and commit before long runs",
-                ("git init && git add <script> && git commit -m 'run script'",),
+                (
+                    " && ".join(
+                        shell_join(["git", "-C", str(Path(s.path).parent), *args])
+                        for args in (
+                            ["init"],
+                            ["add", "--", Path(s.path).name],
+                            ["commit", "-m", "run script"],
+                        )
+                    ),
+                ),
             ),
         )
     evidence = _head_evidence(s)

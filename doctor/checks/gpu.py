@@ -20,7 +20,6 @@ from doctor.probes.nvml import GpuFacts, NvmlFacts
 from doctor.probes.nvml_health import GpuHealthFacts
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
-from run_plan.spec import RunSpec
 from run_plan.units import GIB, gib
 
 SECTION = "gpu"
@@ -37,19 +36,82 @@ NO_GPU_FIX = Fix(
 )
 # The SKIP reason of every local-GPU check when the run's model is served elsewhere.
 SERVER_TARGET_REASON = "the model runs on the server at --base-url"
+# What one x86 core sustains in a float32 transformer forward under torch (AVX2, conservative), and the
+# longest rough prefill of one trial that still counts as a run on the CPU rather than a wait.
+CPU_FLOPS_PER_CORE = 25e9
+CPU_PREFILL_LIMIT_S = 1800
 # Idle H100s report ~0.5 GiB "used" (driver reservations) with no process: not a busy GPU.
 _BUSY_BYTES = 2 * GIB
 
 
-def run_needs_gpu(target: RunSpec) -> str | None:
-    """Why the planned run needs a CUDA GPU, or None when a CPU-only machine is fine for it."""
+def run_needs_gpu(ctx: DoctorContext) -> str | None:
+    """Why the planned run needs a CUDA GPU, or None when a CPU-only machine is fine for it.
+
+    The device is judged from the run: bitsandbytes needs CUDA, a plan made for --gpus is for GPUs,
+    and otherwise a model whose weights, KV cache and prefill peak fit this machine's RAM (the same
+    estimate the memory checks use, with the RAM as the one device) runs on the CPU. A model the
+    doctor cannot find is not said to need anything: `model-resolves` tells what is wrong with it."""
+    target = ctx.target
     if target.base_url:
         return None  # the server holds the model; this machine only sends token ids
     if target.quant in ("bnb-4bit", "bnb-8bit"):
         return f"--quant {target.quant} needs a CUDA GPU"
-    if target.model and target.context and target.model != "demo":
-        return f"a {target.context}-token run of {target.model} needs a GPU"
-    return None
+    if not (target.model and target.context):
+        return None
+    if target.gpus:
+        return f"the plan is for --gpus {target.gpus}"
+    model = ctx.probe("model")
+    if getattr(model, "status", None) in ("not-found", "invalid", "gated"):
+        return None
+    on_cpu, why = cpu_fit(ctx) if getattr(model, "found", False) else (None, "")
+    if on_cpu or (on_cpu is None and target.model == "demo"):
+        return None
+    return f"a {target.context}-token run of {target.model} needs a GPU" + (f" ({why})" if why else "")
+
+
+def runs_on_cpu(ctx: DoctorContext) -> bool:
+    """A planned run for this machine's CPU: a model and a length, nothing that needs CUDA, and the
+    estimate fits the RAM."""
+    target = ctx.target
+    if not (target.model and target.context) or target.base_url or run_needs_gpu(ctx):
+        return False
+    return fits_host_memory(ctx) is True
+
+
+def fits_host_memory(ctx: DoctorContext) -> bool | None:
+    """Whether the planned run fits this machine's CPU (see cpu_fit); None: no estimate to tell."""
+    return cpu_fit(ctx)[0]
+
+
+def cpu_fit(ctx: DoctorContext) -> tuple[bool | None, str]:
+    """Whether the planned run fits this machine's CPU: its usable RAM holds weights + KV + prefill peak,
+    and a rough prefill of the longest length takes at most CPU_PREFILL_LIMIT_S (a 70B model fits a big
+    host's RAM, but one trial would take hours: that run needs a GPU). None: no estimate to tell."""
+    from doctor.memory.estimate import Settings, fits, prefill_seconds
+    from doctor.memory.gpus import GpuSpec, assumed_flops
+    from doctor.probes import Unavailable
+
+    facts, host = ctx.probe("memory"), ctx.probe("host")
+    if isinstance(facts, Unavailable) or isinstance(host, Unavailable):
+        return None, ""
+    limit = host.cgroup_memory_limit_bytes
+    usable = min(host.ram_available_bytes, limit) if limit else host.ram_available_bytes
+    ram = GpuSpec(0, "CPU RAM", int(usable), "host")
+    try:
+        settings = Settings(**facts["settings"])
+        if not fits(facts["sizing"], settings, [ram]):
+            return False, f"more than this machine's {gib(usable)} of RAM holds"
+        # The estimator's seconds at its assumed GPU rate, rescaled to what this CPU's cores sustain.
+        seconds = prefill_seconds(facts["sizing"], settings, [ram])
+    except (KeyError, TypeError, ValueError):
+        return None, ""
+    if seconds is None:
+        return True, ""
+    cores = max(host.cpu_count or 1, 1)
+    cpu_seconds = seconds * assumed_flops(ram.name, "none") / (CPU_FLOPS_PER_CORE * cores)
+    if cpu_seconds > CPU_PREFILL_LIMIT_S:
+        return False, f"its prefill would take ~{cpu_seconds / 3600:.1f} h per trial on {cores} CPU cores"
+    return True, ""
 
 
 def gpu_names(nvml: NvmlFacts) -> str:
@@ -71,9 +133,7 @@ def driver_evidence(nvml: NvmlFacts) -> list[Evidence]:
 def served_elsewhere(ctx: DoctorContext) -> Outcome | None:
     """The SKIP for a local-GPU check when --base-url points at the server that runs the model."""
     if getattr(ctx.target, "base_url", None):
-        return Outcome.skip(
-            SERVER_TARGET_REASON, [Evidence("target.base_url", "set", "config", "--base-url")]
-        )
+        return Outcome.skip(SERVER_TARGET_REASON, [Evidence("target.base_url", "set", "--base-url")])
     return None
 
 
@@ -103,9 +163,11 @@ def nvidia_driver(ctx: DoctorContext) -> Outcome:
             Fix("Reboot so the new kernel module loads (see nvidia-driver-library)", ("sudo reboot",)),
         )
     if not nvml.driver_visible:
-        need = run_needs_gpu(ctx.target)
+        need = run_needs_gpu(ctx)
         if need:
             return Outcome.fail(f"{nvml.reason}, but {need}", evidence, NO_GPU_FIX)
+        if runs_on_cpu(ctx):
+            return Outcome.skip(f"{nvml.reason}: this plan runs on the CPU (it fits the RAM)", evidence)
         return Outcome.warn(
             f"{nvml.reason}: fine for `doctor` on a CPU-only box; bnb quantization and "
             "long-context runs need an NVIDIA GPU",
@@ -160,6 +222,7 @@ def gpu_busy(ctx: DoctorContext) -> Outcome:
         return Outcome.skip(nvml.reason or "no GPUs")
     ours = _own_process_tree()
     busy: list[str] = []
+    free: list[int] = []
     evidence: list[Evidence] = []
     for gpu in nvml.gpus:
         others = [p for p in gpu.processes if p.pid not in ours]
@@ -178,14 +241,14 @@ def gpu_busy(ctx: DoctorContext) -> Outcome:
         if others or gpu.memory_used_bytes > max(_BUSY_BYTES, gpu.memory_total_bytes // 20):
             who = f"{len(others)} other process(es)" if others else "no listed process"
             busy.append(f"GPU {gpu.index} has {gib(gpu.memory_used_bytes)} in use ({who})")
+        else:
+            free.append(gpu.index)
     if busy:
+        pick = [f"export CUDA_VISIBLE_DEVICES={','.join(map(str, free))}"] if free else []
         return Outcome.warn(
             "; ".join(busy) + " — the run gets only what is left",
             evidence,
-            Fix(
-                "Stop the other process or pick a free GPU",
-                (SMI_PROCS, "export CUDA_VISIBLE_DEVICES=<index of a free GPU>"),
-            ),
+            Fix("Stop the other process" + (" or use the free GPUs" if free else ""), (SMI_PROCS, *pick)),
         )
     return Outcome.ok(f"no other process holds GPU memory on {nvml.gpu_count} GPU(s)", evidence)
 
@@ -231,7 +294,7 @@ def cuda_visible_devices(ctx: DoctorContext) -> Outcome:
         return Outcome.ok(f"unset: all {nvml.gpu_count} GPU(s) visible to CUDA", evidence)
     if visible == 0:
         summary = f"CUDA_VISIBLE_DEVICES={cvd!r} hides all {nvml.gpu_count} GPU(s) from CUDA"
-        need = run_needs_gpu(ctx.target)
+        need = run_needs_gpu(ctx)
         if need:
             return Outcome.fail(f"{summary}, but {need}", evidence, fix)
         return Outcome.warn(summary, evidence, fix)

@@ -23,7 +23,7 @@ from doctor.context import DoctorContext
 from doctor.probes.libs_live import GemmResult, TorchLive
 from doctor.probes.nvml_health import GpuHealth, GpuHealthFacts, XidEvent
 from doctor.registry import Outcome, check
-from doctor.report.model import Evidence, Fix, Status
+from doctor.report.model import Command, Evidence, Fix, Status
 
 SECTION = "gpu"
 NEEDS = ("gpu-health",)
@@ -39,13 +39,20 @@ HOW_XID = "sudo dmesg -T | grep -i xid"
 HOW_DRIVER = "cat /proc/driver/nvidia/version; nvidia-smi | head -4"
 HOW_GEMM = "python -m doctor --live --only gpu-known-answer"
 
-RESET = Fix(
-    "Reset the GPU (it must be idle), or ask the provider to; open a ticket if it happens again",
-    (
-        "nvidia-smi --query-compute-apps=pid,process_name --format=csv  # must be empty",
-        "sudo nvidia-smi --gpu-reset -i <index>",
-    ),
-)
+
+def reset_fix(*indices: int) -> Fix:
+    """Reset these GPUs (all of them when none is named: nvidia-smi's own default)."""
+    resets: list[Command] = [("sudo", "nvidia-smi", "--gpu-reset", "-i", str(i)) for i in indices]
+    return Fix(
+        "Reset the GPU (it must be idle), or ask the provider to; open a ticket if it happens again",
+        (
+            "nvidia-smi --query-compute-apps=pid,process_name --format=csv  # must be empty",
+            *(resets or ["sudo nvidia-smi --gpu-reset"]),
+        ),
+    )
+
+
+RESET = reset_fix()
 REBOOT = Fix(
     "Reboot the machine (a GPU reset cannot recover this); open a support ticket if it happens again",
     ("sudo reboot",),
@@ -313,7 +320,11 @@ def gpu_ecc_errors(ctx: DoctorContext) -> Outcome:
             f"{_label(g)} has {g.ecc_volatile_uncorrected} uncorrectable ECC error(s) since its last reset"
             for g in broken
         ]
-        return Outcome.fail("; ".join(parts) + ": results computed on it may be corrupt", evidence, RESET)
+        return Outcome.fail(
+            "; ".join(parts) + ": results computed on it may be corrupt",
+            evidence,
+            reset_fix(*(g.index for g in broken)),
+        )
     off = [g for g in gpus if g.ecc_enabled is False]
     if off:
         return Outcome.warn(
@@ -321,7 +332,7 @@ def gpu_ecc_errors(ctx: DoctorContext) -> Outcome:
             evidence,
             Fix(
                 "Ask the provider (or an admin) to enable ECC; it takes effect after a reboot",
-                ("sudo nvidia-smi -i <index> -e 1 && sudo reboot",),
+                [*(("sudo", "nvidia-smi", "-i", str(g.index), "-e", "1") for g in off), "sudo reboot"],
             ),
         )
     lifetime = sum(g.ecc_aggregate_uncorrected or 0 for g in gpus)
@@ -390,7 +401,7 @@ def gpu_memory_remap(ctx: DoctorContext) -> Outcome:
             f"{', '.join(_label(g) for g in pending)}: a memory row remap / page retirement is pending; the bad "
             "memory stays in use until the GPU is reset",
             evidence,
-            RESET,
+            reset_fix(*(g.index for g in pending)),
         )
     rows = sum((g.remapped_rows_uncorrectable or 0) + (g.remapped_rows_correctable or 0) for g in gpus)
     pages = sum((g.retired_pages_sbe or 0) + (g.retired_pages_dbe or 0) for g in gpus)
@@ -762,7 +773,11 @@ def gpu_host_bandwidth(ctx: DoctorContext) -> Outcome:
         )
     broken = [b for b in deep.bandwidth if b.error]
     if broken:
-        return Outcome.fail(f"cuda:{broken[0].index} pinned copy raised {broken[0].error}", evidence, RESET)
+        return Outcome.fail(
+            f"cuda:{broken[0].index} pinned copy raised {broken[0].error}",
+            evidence,
+            reset_fix(broken[0].index),
+        )
     link_gb_s, link = _expected_gb_s(ctx)
     lines = [f"cuda:{b.index} {b.h2d_gb_s:g}/{b.d2h_gb_s:g} GB/s" for b in deep.bandwidth]
     if link_gb_s is None:
@@ -778,8 +793,10 @@ def gpu_host_bandwidth(ctx: DoctorContext) -> Outcome:
             "offload will be slow",
             evidence,
             Fix(
-                "Rerun bound to the GPU's NUMA node; if it stays low, open a support ticket (link, riser, IOMMU)",
-                ("nvidia-smi topo -m", f"numactl --cpunodebind=<node> --membind=<node> {HOW_DEEP}"),
+                "Rerun bound to the GPU's NUMA node (the NUMA Affinity column of `nvidia-smi topo -m`; "
+                f"numactl --cpunodebind=N --membind=N {HOW_DEEP}); if it stays low, open a support ticket "
+                "(link, riser, IOMMU)",
+                ("nvidia-smi topo -m",),
             ),
         )
     return Outcome.ok(f"host→GPU/GPU→host {', '.join(lines)} (≥ {floor:g} GB/s expected on {link})", evidence)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from doctor.checks.gpu import runs_on_cpu
 from doctor.context import DoctorContext
 from doctor.memory.estimate import Estimate, Settings, fits
 from doctor.memory.gpus import GpuSpec
@@ -86,7 +87,7 @@ def quantized_weights(ctx: DoctorContext) -> Outcome:
     weights = int(sizing["weights_bytes"])
     fused = [g for g in sizing.get("unquantized_modules") or [] if g.get("fused_3d")]
     ev = [
-        Evidence("weights_bytes", weights, "estimate", "meta-device skeleton + transformers' bnb quantizer"),
+        Evidence("weights_bytes", weights, "estimate: meta-device skeleton + transformers' bnb quantizer"),
         Evidence("quantized_params", sizing.get("quantized_params"), "estimate"),
         Evidence("unquantized_params", sizing.get("unquantized_params"), "estimate"),
         Evidence("model_class", sizing.get("model_class"), "transformers"),
@@ -157,6 +158,13 @@ def memory_fit(ctx: DoctorContext) -> Outcome:
         f"weights {gib(e.weights_bytes)} + KV {gib(e.kv_bytes)} + prefill peak {gib(e.activation_peak_bytes)}"
         f" + overhead {gib(e.overhead_bytes)} = {gib(e.total_bytes)}"
     )
+    if not gpus and runs_on_cpu(ctx):  # no GPU, and none needed: the RAM holds the run
+        return Outcome.ok(
+            f"runs on the CPU: weights {gib(e.weights_bytes)} + KV {gib(e.kv_bytes)} at {e.context:,} "
+            "tokens fit this machine's RAM",
+            ev,
+            attachments=attachments,
+        )
     if not gpus:
         # The prefill peak and the longest context depend on the GPUs: say what is missing, never "0 B".
         return Outcome.warn(

@@ -8,6 +8,8 @@ All three skip cleanly without --model (the `model`/`hub` probes return not-appl
 from __future__ import annotations
 
 import difflib
+import os
+from pathlib import Path
 
 from doctor.context import DoctorContext
 from doctor.model_config import EMBEDDED_DIR, ModelResolution, text_config_of
@@ -53,8 +55,49 @@ def suggestion(name: str) -> str | None:
     return close[0] if close else None
 
 
+def _looks_like_path(name: str) -> bool:
+    """A folder, not a hub id: it says so (`./`, `/`, `~`), has more parts than ORG/NAME, or starts in a
+    folder that exists here."""
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
+        return True
+    return "/" in name and Path(name).expanduser().parent.is_dir()
+
+
+def _nearest_folder(path: Path) -> Path:
+    for parent in [path, *path.parents]:
+        if parent.is_dir():
+            return parent
+    return Path(".")
+
+
+def _fix_for_missing_folder(name: str) -> Fix:
+    """A path: the model folders next to where it points (a typo) or what is there, and how to fill it."""
+    path = Path(name).expanduser()
+    where = _nearest_folder(path.parent)
+    try:
+        models = sorted(p.name for p in where.iterdir() if (p / "config.json").is_file())
+    except OSError:
+        models = []
+    close = difflib.get_close_matches(path.name, models, n=1, cutoff=0.6)
+    shown = str(where) if where != Path(".") else "."
+    if close:
+        # the user's own spelling of the folder: ./models/x stays ./models/x
+        fixed = (
+            os.path.join(os.path.dirname(name), close[0]) if where == path.parent else str(where / close[0])
+        )
+        return Fix(f"Use the model folder next to it: {fixed}", (("doctor", "--model", fixed),))
+    return Fix(
+        f"Point --model at a folder that holds config.json (see what {shown} holds), or download a model "
+        f"into this one: hf download ORG/NAME --local-dir {name}",
+        (("ls", shown),),
+        "https://huggingface.co/docs/huggingface_hub/guides/cli#download-an-entire-repository",
+    )
+
+
 def _fix_for_missing(res: ModelResolution) -> Fix:
     name = res.resolved_id or res.requested
+    if _looks_like_path(res.requested):
+        return _fix_for_missing_folder(res.requested)
     better = suggestion(name)
     if better:
         return Fix(
@@ -122,7 +165,12 @@ def model_resolves(ctx: DoctorContext) -> Outcome:
             ),
         )
     if res.status == "not-found":
-        return Outcome.fail(f"{name} does not exist: {res.message}", evidence, _fix_for_missing(res))
+        said = (
+            res.message
+            if res.message.startswith("no such folder")
+            else f"{name} does not exist: {res.message}"
+        )
+        return Outcome.fail(said, evidence, _fix_for_missing(res))
     return Outcome.fail(
         f"{name} is not a usable model: {res.message}",
         evidence,

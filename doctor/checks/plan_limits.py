@@ -45,8 +45,7 @@ def attention_limit(ctx: DoctorContext) -> Outcome:
         Evidence(
             "flex_limit_tokens",
             limit,
-            "estimate",
-            "K/V repeated to every query head; 2^31 elements per layer",
+            "estimate: K/V repeated to every query head; 2^31 elements per layer",
         )
     )
     if not flex_index_overflow(shapes, context):

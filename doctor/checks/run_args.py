@@ -8,31 +8,69 @@ guessed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from doctor.context import DoctorContext
+from doctor.plan import rerun_command
 from doctor.probes import Unavailable
 from doctor.probes.run_args import RunArgFacts, ScriptSettingsFacts
 from doctor.probes.script_reader import Setting
 from doctor.registry import Outcome, check
-from doctor.report.model import Evidence, Fix, Status, worst_status
+from doctor.report.model import CodeEdit, Evidence, Fix, Status, worst_status
 from run_plan.errors import UsageError
 from run_plan.shell import shell_join
-from run_plan.sizes import is_bits, max_memory_bytes, parse_max_memory
+from run_plan.sizes import format_max_memory, is_bits, max_memory_bytes, parse_max_memory
 from run_plan.spec import LEAN_ATTN
 from run_plan.units import gib
 
 SECTION = "run-args"
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 _EAGER_CONTEXT_LIMIT = 16384  # eager attention materialises heads x n² scores: 40 x 16k² fp32 ≈ 40 GiB
-_MAX_MEMORY_FIX = Fix(
-    "Give accelerate integer GPU keys and sizes with units",
-    ('--max-memory "0=74GiB,cpu=200GiB"', 'from_pretrained(..., max_memory={0: "74GiB", "cpu": "200GiB"})'),
-    "https://huggingface.co/docs/accelerate/usage_guides/big_modeling",
-)
+_BIG_MODELING = "https://huggingface.co/docs/accelerate/usage_guides/big_modeling"
+_EXAMPLE_BUDGET = "0=74GiB,cpu=200GiB"
+_KEY_SPELLINGS = re.compile(r"(?:(?<=^)|(?<=,))\s*(?:cuda:|gpu:?)(\d+)\s*=", re.IGNORECASE)
+
+
+def _as_python(budget_text: str) -> str:
+    """`0=74GiB,cpu=200GiB` as the dict a script passes: {0: '74GiB', 'cpu': '200GiB'}."""
+    budget = parse_max_memory(budget_text)
+    return "{" + ", ".join(f"{k!r}: {v!r}" for k, v in budget.items()) + "}"
+
+
+def corrected_budget(text: str) -> str | None:
+    """The budget with the slips accelerate rejects or misreads put right (`cuda:0=` keys, a lowercase
+    b that means bits), or None when what was meant cannot be told."""
+    fixed = _KEY_SPELLINGS.sub(lambda m: f"{m.group(1)}=", text.strip())
+    fixed = re.sub(r"(?<=\d)([KMGT])b\b", lambda m: f"{m.group(1).upper()}B", fixed, flags=re.IGNORECASE)
+    try:
+        budget = parse_max_memory(fixed)
+    except UsageError:
+        return None
+    if any(isinstance(v, str) and is_bits(v) for v in budget.values()):
+        return None
+    return format_max_memory(budget)
+
+
+def budget_fix(ctx: DoctorContext, summary: str, corrected: str | None) -> Fix:
+    """The same run with the budget rewritten, where the budget was written: the script's own line
+    (as code) when a --script set it, else the doctor command with the new --max-memory."""
+    source = ctx.target.source_of("max_memory")
+    if source.startswith("script "):
+        path, _, line = source.removeprefix("script ").rpartition(":")
+        code = f"max_memory={_as_python(corrected or _EXAMPLE_BUDGET)}"
+        return Fix(summary, (), _BIG_MODELING, (CodeEdit(path, int(line) if line.isdigit() else None, code),))
+    if corrected:
+        return Fix(summary, (rerun_command(ctx.target, max_memory=corrected),), _BIG_MODELING)
+    return Fix(
+        f"{summary}, e.g. --max-memory {_EXAMPLE_BUDGET} (in a script: max_memory="
+        f"{_as_python(_EXAMPLE_BUDGET)})",
+        (),
+        _BIG_MODELING,
+    )
 
 
 def gpu_list(ctx: DoctorContext) -> tuple[Any, ...]:
@@ -55,13 +93,14 @@ def max_memory_format(ctx: DoctorContext) -> Outcome:
         return Outcome.skip("no --max-memory given (transformers plans with ~90% of each GPU's free memory)")
     facts: RunArgFacts = ctx.probe("run-args")
     evidence = [Evidence("max_memory", text, "command line"), _confidence(facts)]
+    fix = budget_fix(ctx, "Give accelerate integer GPU keys and sizes with units", corrected_budget(text))
     try:
         budget = parse_max_memory(text)
     except UsageError as exc:
-        return Outcome.fail(exc.message, evidence, _MAX_MEMORY_FIX)
+        return Outcome.fail(exc.message, evidence, fix)
     if facts.accelerate_errors:  # accelerate's own verdict beats our replica
         value, message = next(iter(facts.accelerate_errors.items()))
-        return Outcome.fail(f"accelerate rejects {value!r}: {message}", evidence, _MAX_MEMORY_FIX)
+        return Outcome.fail(f"accelerate rejects {value!r}: {message}", evidence, fix)
     sizes = (
         max_memory_bytes(budget)
         if facts.accelerate_sizes is None
@@ -69,7 +108,7 @@ def max_memory_format(ctx: DoctorContext) -> Outcome:
     )
     evidence.append(Evidence("max_memory.bytes", {str(k): v for k, v in sizes.items()}, "accelerate"))
     return _judge_budget(
-        budget, sizes, gpu_list(ctx), evidence, lower_confidence=facts.accelerate_sizes is None
+        ctx, budget, sizes, gpu_list(ctx), evidence, lower_confidence=facts.accelerate_sizes is None
     )
 
 
@@ -88,7 +127,13 @@ def _confidence(facts: RunArgFacts) -> Evidence:
 
 
 def _judge_budget(
-    budget: dict, sizes: dict, gpus: tuple, evidence: list[Evidence], *, lower_confidence: bool
+    ctx: DoctorContext,
+    budget: dict,
+    sizes: dict,
+    gpus: tuple,
+    evidence: list[Evidence],
+    *,
+    lower_confidence: bool,
 ) -> Outcome:
     bits = [(k, v) for k, v in budget.items() if isinstance(v, str) and is_bits(v)]
     if bits:
@@ -96,16 +141,19 @@ def _judge_budget(
         return Outcome.warn(
             f"LOWERCASE b MEANS BITS to accelerate: {shown} (one eighth of what you meant)",
             evidence,
-            Fix("Write bytes with a capital B: GB or GiB", ('--max-memory "0=75GiB"',)),
+            budget_fix(
+                ctx, "Write bytes with a capital B: GB or GiB", corrected_budget(format_max_memory(budget))
+            ),
         )
     over = _over_capacity(sizes, gpus)
     if over:
         return Outcome.fail(
             over,
             evidence,
-            Fix(
+            budget_fix(
+                ctx,
                 "Leave headroom below the card's total (CUDA context, activations, KV cache need it)",
-                ('--max-memory "0=70GiB,cpu=200GiB"',),
+                _within_capacity(budget, sizes, gpus),
             ),
         )
     busy = _over_free(sizes, gpus)
@@ -144,6 +192,17 @@ def _over_capacity(sizes: dict, gpus: tuple) -> str | None:
                     "runs out of memory"
                 )
     return None
+
+
+def _within_capacity(budget: dict, sizes: dict, gpus: tuple) -> str:
+    """The budget with every GPU above its card cut to 90 % of the card (what transformers plans by default)."""
+    out = dict(budget)
+    for key, size in sizes.items():
+        if isinstance(key, int) and key < len(gpus):
+            total = int(getattr(gpus[key], "memory_total_bytes", 0) or 0)
+            if total and size > total:
+                out[key] = f"{int(total * 0.9) >> 30}GiB"
+    return format_max_memory(out)
 
 
 def _over_free(sizes: dict, gpus: tuple) -> str | None:
@@ -231,13 +290,13 @@ def attn_implementation(ctx: DoctorContext) -> Outcome:
     if attn == "flash_attention_2":
         return _flash_attention(ctx, facts, evidence)
     if attn == "flex_attention":
-        return _flex_attention(facts, evidence)
+        return _flex_attention(ctx, facts, evidence)
     if attn == "eager" and (ctx.target.context or 0) > _EAGER_CONTEXT_LIMIT:
         return Outcome.warn(
             f"eager attention materialises the full n² score matrix: at {ctx.target.context} "
             "tokens that alone exceeds any GPU",
             evidence,
-            Fix("Use sdpa (default) or flex_attention", ("--attn sdpa",)),
+            Fix("Use sdpa (default) or flex_attention", (rerun_command(ctx.target, attn="sdpa"),)),
         )
     return Outcome.ok(f"{attn} (built into torch)" if attn == "sdpa" else attn, evidence)
 
@@ -253,7 +312,7 @@ def _lean_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evide
         return Outcome.fail(
             f"niah_lean needs torch ≥ 2.5, whose flash kernel takes grouped K/V heads (installed: {torch_version})",
             evidence,
-            Fix("Upgrade torch, or use transformers' sdpa", ("--attn sdpa",)),
+            _sdpa_fix(ctx, "Upgrade torch, or use transformers' sdpa"),
         )
     plan = resolve_plan(ctx) if ctx.target.model else None
     if plan is not None and plan.spec.attn != LEAN_ATTN:
@@ -264,7 +323,7 @@ def _lean_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evide
         return Outcome.fail(
             f"niah_lean cannot compute this model's attention exactly: {refused}",
             evidence,
-            Fix("Use transformers' own path (or leave --attn on auto, which does)", ("--attn sdpa",)),
+            _sdpa_fix(ctx, "Use transformers' own path (or leave --attn on auto, which does)"),
         )
     gpus = planned_gpus_or_none(ctx)
     old = [g for g in gpus if g.compute_capability and g.compute_capability < (8, 0)]
@@ -274,7 +333,7 @@ def _lean_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evide
             f"niah_lean runs its flash kernel on sm_80+ GPUs; {where}, so it would run its exact math "
             "reference (the CPU tests' path), which saves no memory",
             evidence,
-            Fix("Use transformers' sdpa here", ("--attn sdpa",)),
+            _sdpa_fix(ctx, "Use transformers' sdpa here"),
         )
     chosen = next((d.why for d in plan.decisions if d.name == "attn"), "") if plan else ""
     return Outcome.ok(
@@ -293,14 +352,31 @@ def _lean_refused(ctx: DoctorContext) -> str | None:
     return ((facts.get("sizing") or {}).get("trace") or {}).get("attn_refused", {}).get(LEAN_ATTN)
 
 
-def _flash_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evidence]) -> Outcome:
+def _sdpa_fix(ctx: DoctorContext, summary: str, *first: str, at: Setting | None = None) -> Fix:
+    """Switch to sdpa where the attention was chosen: in the script (`at`, or where the plan says the value
+    came from) as code at its line, else as the doctor command with --attn sdpa."""
+    source = ctx.target.source_of("attn")
+    where: tuple[str, int | None] | None = (at.file, at.line) if at is not None else None
+    if where is None and source.startswith("script "):
+        path, _, line = source.removeprefix("script ").rpartition(":")
+        where = (path, int(line) if line.isdigit() else None)
+    if where is not None:
+        return Fix(summary, first, None, (CodeEdit(where[0], where[1], 'attn_implementation="sdpa"'),))
+    return Fix(summary, (*first, rerun_command(ctx.target, attn="sdpa")))
+
+
+def _flash_attention(
+    ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evidence], at: Setting | None = None
+) -> Outcome:
     if not facts.flash_attn_importable:
         return Outcome.fail(
             "flash_attention_2 needs the flash-attn package, which is not installed",
             evidence,
-            Fix(
+            _sdpa_fix(
+                ctx,
                 "Install it (needs a matching CUDA toolkit), or use sdpa",
-                ("pip install flash-attn --no-build-isolation", "--attn sdpa"),
+                "pip install flash-attn --no-build-isolation",
+                at=at,
             ),
         )
     old = [g for g in gpu_list(ctx) if (getattr(g, "compute_capability", None) or (9, 0)) < (8, 0)]
@@ -309,24 +385,26 @@ def _flash_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evid
             f"flash_attention_2 needs compute capability ≥ 8.0; {old[0].name} has "
             f"{old[0].compute_capability[0]}.{old[0].compute_capability[1]}",
             evidence,
-            Fix("Use sdpa on this GPU", ("--attn sdpa",)),
+            _sdpa_fix(ctx, "Use sdpa on this GPU", at=at),
         )
     return Outcome.ok(f"flash_attention_2 (flash-attn {facts.versions.get('flash-attn')})", evidence)
 
 
-def _flex_attention(facts: RunArgFacts, evidence: list[Evidence]) -> Outcome:
+def _flex_attention(
+    ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evidence], at: Setting | None = None
+) -> Outcome:
     torch_version = facts.versions.get("torch")
     if torch_version is None or _major_minor(torch_version) < (2, 5):
         return Outcome.warn(
             f"flex_attention needs torch ≥ 2.5 (installed: {torch_version or 'none'})",
             evidence,
-            Fix("Upgrade torch or use sdpa", ("--attn sdpa",)),
+            _sdpa_fix(ctx, "Upgrade torch or use sdpa", at=at),
         )
     if facts.versions.get("triton") is None:
         return Outcome.warn(
             "flex_attention compiles Triton kernels, and triton is not installed",
             evidence,
-            Fix("Install the triton build that matches torch, or use sdpa", ("--attn sdpa",)),
+            _sdpa_fix(ctx, "Install the triton build that matches torch, or use sdpa", at=at),
         )
     return Outcome.ok(
         f"flex_attention (torch {torch_version}, triton {facts.versions.get('triton')})", evidence
@@ -360,14 +438,14 @@ def dtype_choice(ctx: DoctorContext) -> Outcome:
         return Outcome.fail(
             f"bfloat16 needs compute capability ≥ 8.0 (Ampere); {old[0].name} is {cc[0]}.{cc[1]}",
             evidence,
-            Fix("Use float16 on this GPU, or a newer GPU", ("--dtype float16",)),
+            Fix("Use float16 on this GPU, or a newer GPU", (rerun_command(ctx.target, dtype="float16"),)),
         )
     model_type = getattr(model, "model_type", None) if not isinstance(model, Unavailable) else None
     if dtype == "float16" and model_type and model_type.startswith("llama4"):
         return Outcome.warn(
             "float16 with Llama 4: bfloat16 is recommended (trained in bf16; fp16 can overflow to inf/NaN)",
             evidence,
-            Fix("Use bfloat16", ("--dtype bfloat16",)),
+            Fix("Use bfloat16", (rerun_command(ctx.target, dtype="bfloat16"),)),
         )
     why = "" if ctx.target.dtype != "auto" else " (auto: the checkpoint's dtype, bfloat16 when it names none)"
     return Outcome.ok(f"{dtype}{why}", evidence)
@@ -486,16 +564,26 @@ def _max_memory_finding(setting: Setting) -> _ScriptFinding | None:
         budget = parse_max_memory(setting.flag_text() or "")
     except UsageError as exc:
         problem = exc.message.removeprefix("--max-memory ")
-        return _ScriptFinding(
-            Status.FAIL, f"{setting.where}: max_memory={setting.text}: {problem}", _MAX_MEMORY_FIX
-        )
+        corrected = corrected_budget(setting.flag_text() or "") or _EXAMPLE_BUDGET
+        edit = CodeEdit(setting.file, setting.line, f"max_memory={_as_python(corrected)}")
+        fix = Fix("Give accelerate integer GPU keys and sizes with units", (), _BIG_MODELING, (edit,))
+        return _ScriptFinding(Status.FAIL, f"{setting.where}: max_memory={setting.text}: {problem}", fix)
     bits = [f"{k}={v}" for k, v in budget.items() if isinstance(v, str) and is_bits(v)]
     if bits:
         return _ScriptFinding(
             Status.WARN,
             f"{setting.where}: max_memory {', '.join(bits)}: a lowercase b means "
             "BITS to accelerate (one eighth of what you meant)",
-            Fix("Write bytes with a capital B: GB or GiB"),
+            Fix(
+                "Write bytes with a capital B: GB or GiB",
+                edits=[
+                    CodeEdit(
+                        setting.file,
+                        setting.line,
+                        f"max_memory={_as_python(corrected_budget(format_max_memory(budget)) or _EXAMPLE_BUDGET)}",
+                    )
+                ],
+            ),
         )
     return None
 
@@ -509,12 +597,19 @@ def _attn_finding(ctx: DoctorContext, setting: Setting) -> _ScriptFinding | None
             Status.FAIL,
             f"{setting.where}: attn_implementation={attn!r} is not an implementation "
             "transformers knows: from_pretrained raises ValueError",
-            Fix(f"Use one of {', '.join(_TRANSFORMERS_ATTN)}"),
+            Fix(
+                f"Use one of {', '.join(_TRANSFORMERS_ATTN)}",
+                edits=[CodeEdit(setting.file, setting.line, 'attn_implementation="sdpa"')],
+            ),
         )
     facts = ctx.probe("run-args")
     if isinstance(facts, Unavailable) or attn not in ("flash_attention_2", "flex_attention"):
         return None
-    outcome = _flash_attention(ctx, facts, []) if attn == "flash_attention_2" else _flex_attention(facts, [])
+    outcome = (
+        _flash_attention(ctx, facts, [], setting)
+        if attn == "flash_attention_2"
+        else _flex_attention(ctx, facts, [], setting)
+    )
     if outcome.status in (Status.FAIL, Status.WARN):
         return _ScriptFinding(outcome.status, f"{setting.where}: {outcome.summary}", outcome.fix)
     return None
@@ -529,23 +624,12 @@ def _undetermined_finding(ctx: DoctorContext, settings: list[Setting]) -> _Scrip
     )
     model_unknown = any(s.key == "model" for s in unknown) and not ctx.target.model
     status = Status.WARN if model_unknown else Status.PASS
+    # The model is the user's to name: a command with a stand-in id would paste and judge the wrong run.
     fix = (
         Fix(
-            "Pass what the script decides at run time as flags, so the doctor judges the same run",
-            (
-                shell_join(
-                    [
-                        "doctor",
-                        *[a for path in ctx.target.scripts for a in ("--script", path)],
-                        "--model",
-                        "ORG/NAME",
-                        "--quant",
-                        "bnb-4bit",
-                        "--max-memory",
-                        "0=70GiB",
-                    ]
-                ),
-            ),
+            "Pass what the script decides at run time as flags, so the doctor judges the same run: "
+            f"{shell_join(['doctor', *[a for path in ctx.target.scripts for a in ('--script', path)]])} "
+            "--model <the hub id or folder> (plus --quant and --max-memory when the script sets them)"
         )
         if model_unknown
         else None
@@ -605,4 +689,5 @@ def _combined_fix(findings: list[_ScriptFinding]) -> Fix | None:
         return fixes[0] if fixes else None
     commands = tuple(dict.fromkeys(c for fix in fixes for c in fix.commands))
     link = next((fix.link for fix in fixes if fix.link), None)
-    return Fix(" — and: ".join(fix.summary for fix in fixes), commands, link)
+    edits = tuple(dict.fromkeys(e for fix in fixes for e in fix.edits))
+    return Fix(" — and: ".join(fix.summary for fix in fixes), commands, link, edits)

@@ -29,7 +29,7 @@ def _restart_command(model_id: str, context: int) -> str:
 
 def _served(ctx: DoctorContext) -> tuple[ServerFacts, list[Evidence]]:
     facts: ServerFacts = ctx.probe("server")
-    return facts, [Evidence("server.base_url", facts.base_url, "config", "--base-url")]
+    return facts, [Evidence("server.base_url", facts.base_url, "--base-url")]
 
 
 @check("server-reachable", title="OpenAI-compatible server answers", section=SECTION, needs=("server",))
@@ -119,7 +119,7 @@ def server_max_model_len(ctx: DoctorContext) -> Outcome:
     context = ctx.target.context
     evidence += [
         Evidence("server.max_model_len", model.max_model_len, "http", _models_command(facts)),
-        Evidence("target.context", context, "config", "--context"),
+        Evidence("target.context", context, "--context"),
     ]
     if context is None:
         return Outcome.skip("no --context given", evidence)

@@ -15,34 +15,13 @@ from doctor.probes.nvml import NvmlFacts
 from doctor.probes.packages import this_machine
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
+from run_plan.torch_builds import torch_index_url
 
 SECTION = "torch"
 HOW_BUILD = "python -c 'import torch; print(torch.__version__, torch.version.cuda)'"
 HOW_AVAILABLE = "python -c 'import torch; print(torch.cuda.is_available(), torch.cuda.device_count())'"
 HOW_ARCH = "python -c 'import torch; print(torch.cuda.get_arch_list())'"
 INSTALL_PAGE = "https://pytorch.org/get-started/locally/"
-# CUDA variants download.pytorch.org publishes wheels for (aarch64 CUDA wheels start with torch 2.6's cu126).
-_CUDA_INDEXES = {
-    "x86_64": ((11, 8), (12, 1), (12, 4), (12, 6), (12, 8), (12, 9), (13, 0)),
-    "aarch64": ((12, 6), (12, 8), (12, 9), (13, 0)),
-}
-# Oldest CUDA whose torch wheels carry kernels for a compute-capability major (Blackwell needs 12.8).
-_MIN_CUDA_FOR_CC_MAJOR = {10: (12, 8), 11: (13, 0), 12: (12, 8)}
-
-
-def torch_index_url(
-    driver_cuda: tuple[int, int] | None, machine: str, capability: tuple[int, int] | None = None
-) -> str | None:
-    """The newest download.pytorch.org CUDA index not newer than the driver's CUDA (None: no such index)."""
-    options = _CUDA_INDEXES.get(machine, _CUDA_INDEXES["x86_64"])
-    floor = _MIN_CUDA_FOR_CC_MAJOR.get(capability[0]) if capability else None
-    usable = [
-        v for v in options if (driver_cuda is None or v <= driver_cuda) and (floor is None or v >= floor)
-    ]
-    if not usable:
-        return None
-    major, minor = (12, 8) if driver_cuda is None and (12, 8) in usable else usable[-1]
-    return f"https://download.pytorch.org/whl/cu{major}{minor}"
 
 
 def reinstall_fix(nvml: NvmlFacts, machine: str, why: str) -> Fix:
@@ -173,7 +152,7 @@ def torch_installed(ctx: DoctorContext) -> Outcome:
     if not build.installed:
         evidence = [Evidence("torch", "not installed", "metadata", "pip show torch")]
         fix = Fix("Install torch (a CUDA build on GPU machines)", ('pip install -e ".[niah]"',), INSTALL_PAGE)
-        need = run_needs_gpu(ctx.target)
+        need = run_needs_gpu(ctx)
         if need:
             return Outcome.fail(f"torch is not installed, but {need}", evidence, fix)
         return Outcome.warn("torch is not installed: `niah` and the live checks need it", evidence, fix)
@@ -213,7 +192,7 @@ def torch_cuda_build(ctx: DoctorContext) -> Outcome:
         Evidence("gpus", gpu_names(nvml) if nvml.gpus else nvml.reason, "nvml", SMI_GPUS),
     ]
     if not nvml.gpus:
-        need = run_needs_gpu(ctx.target)
+        need = run_needs_gpu(ctx)
         if need and build.build != "cuda":
             # The missing GPU already fails `nvidia-driver`; the build would be the next wall on a GPU box.
             return Outcome.warn(
@@ -327,7 +306,7 @@ def torch_cuda_available(ctx: DoctorContext) -> Outcome:
     build = ctx.probe("torch-build")
     if isinstance(nvml, Unavailable) or isinstance(build, Unavailable):
         return Outcome.fail(f"CUDA unavailable: {live.init_error or 'unknown reason'}", evidence)
-    if not nvml.driver_visible and not run_needs_gpu(ctx.target):
+    if not nvml.driver_visible and not run_needs_gpu(ctx):
         return Outcome.ok(
             f"torch {live.version} imports; CUDA unavailable as expected ({nvml.reason})", evidence
         )

@@ -10,7 +10,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from doctor.report.model import SCHEMA_VERSION, CheckResult, Evidence, Fix, Report, Status, ToolInfo
+from doctor.report.model import (
+    SCHEMA_VERSION,
+    CheckResult,
+    CodeEdit,
+    Evidence,
+    Fix,
+    Report,
+    Status,
+    ToolInfo,
+)
 from run_plan.errors import UsageError
 
 _KNOWN_TOP = {"schema_version", "tool", "created_at", "target", "summary", "checks", "facts", "redactions"}
@@ -69,11 +78,26 @@ def _check(c: dict[str, Any]) -> CheckResult:
         section=c.get("section", "other"),
         status=Status(c["status"]),
         summary=c.get("summary", ""),
-        evidence=tuple(
-            Evidence(e["key"], e.get("value"), e.get("source", ""), e.get("how"))
-            for e in c.get("evidence") or ()
-        ),
-        fix=Fix(fix.get("summary", ""), tuple(fix.get("commands") or ()), fix.get("link")) if fix else None,
+        evidence=tuple(_evidence(e) for e in c.get("evidence") or ()),
+        fix=_fix(fix) if fix else None,
         duration_ms=int(c.get("duration_ms") or 0),
         error=c.get("error"),
     )
+
+
+def _fix(fix: dict[str, Any]) -> Fix:
+    edits = tuple(
+        CodeEdit(str(e.get("path", "")), e.get("line"), str(e.get("code", "")))
+        for e in fix.get("edits") or ()
+        if isinstance(e, dict)
+    )
+    # Commands come back as written: a saved report from another doctor is shown, not re-validated.
+    fix_obj = Fix(fix.get("summary", ""), (), fix.get("link"), edits)
+    object.__setattr__(fix_obj, "commands", tuple(str(c) for c in fix.get("commands") or ()))
+    return fix_obj
+
+
+def _evidence(e: dict[str, Any]) -> Evidence:
+    evidence = Evidence(e["key"], e.get("value"), e.get("source", ""))
+    object.__setattr__(evidence, "how", e.get("how"))  # as written, like a fix's commands
+    return evidence

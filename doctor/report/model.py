@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from enum import Enum
 from typing import Any
 
 from run_plan.errors import ExitCode
-from run_plan.shell import shell_join
+from run_plan.shell import shell_join, shell_line_problem
 
 SCHEMA_VERSION = 1
 _KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
@@ -26,8 +27,18 @@ Scalar = str | int | float | bool | None
 Command = str | tuple[object, ...] | list[object]
 
 
+# Set by the test suite: a printed command that would not paste into a shell raises where it is made, so
+# every check's fixes are held to it by every test that reaches them (not only by tests that look).
+STRICT_COMMANDS_ENV = "NIAH_DOCTOR_STRICT_COMMANDS"
+
+
 def _as_command_line(command: Command) -> str:
-    return command if isinstance(command, str) else shell_join(command)
+    line = command if isinstance(command, str) else shell_join(command)
+    if os.environ.get(STRICT_COMMANDS_ENV) == "1" and "<redacted" not in line:  # a scrubbed secret: by design
+        problem = shell_line_problem(line)
+        if problem:
+            raise ValueError(f"printed command {line!r} {problem}")
+    return line
 
 
 class Status(str, Enum):
@@ -67,20 +78,43 @@ class Evidence:
         object.__setattr__(self, "how", None if how is None else _as_command_line(how))
 
 
+@dataclass(frozen=True)
+class CodeEdit:
+    """A change inside a file the user runs (a script's `from_pretrained(...)` call): shown as code at its
+    file:line, never as a shell command, because pasting Python into a shell runs nothing useful."""
+
+    path: str
+    line: int | None  # 1-based; None when only the file is known
+    code: str  # what the line (or the argument) should read
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}" if self.line else self.path
+
+
 @dataclass(frozen=True, init=False)
 class Fix:
     summary: str  # imperative sentence: "Install a CUDA build of torch"
-    # Printed lines. Given as literal lines or as argument lists (tuple/list) that are joined with shell
+    # Printed lines, each a complete shell command that pastes as it is (shell_line_problem says why one
+    # would not). Given as literal lines or as argument lists (tuple/list) that are joined with shell
     # quoting, so a model folder named `m; touch PWNED #` prints as one quoted word and pasting the line
     # runs nothing else. Anything holding an outside value must be given as an argument list.
     commands: tuple[str, ...] = ()
     link: str | None = None
+    edits: tuple[CodeEdit, ...] = ()  # changes inside the run's own scripts, shown as code
 
-    def __init__(self, summary: str, commands: str | Iterable[Command] = (), link: str | None = None) -> None:
+    def __init__(
+        self,
+        summary: str,
+        commands: str | Iterable[Command] = (),
+        link: str | None = None,
+        edits: Iterable[CodeEdit] = (),
+    ) -> None:
         given: tuple[Command, ...] = (commands,) if isinstance(commands, str) else tuple(commands)
         object.__setattr__(self, "summary", summary)
         object.__setattr__(self, "commands", tuple(_as_command_line(c) for c in given))
         object.__setattr__(self, "link", link)
+        object.__setattr__(self, "edits", tuple(edits))
 
 
 @dataclass(frozen=True)

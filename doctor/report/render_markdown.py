@@ -16,6 +16,7 @@ from typing import Any
 from doctor.report.environment import environment_rows
 from doctor.report.model import CheckResult, Report, Status, to_jsonable
 from doctor.report.render_text import plan_line, problems, target_line, verdict_line
+from run_plan.text import inert_tree
 from run_plan.units import gib
 
 HARD_LIMIT = 60_000  # characters; a GitHub issue body holds 65,536
@@ -95,6 +96,9 @@ def _problem(check: CheckResult) -> list[str]:
         lines += [f"**Fix:** {md_text(check.fix.summary)}", ""]
         if check.fix.commands:
             lines += ["```bash", *check.fix.commands, "```", ""]
+        for edit in check.fix.edits:  # a change in a script: code at its line, never a shell block
+            code = edit.code.replace("```", "'''")
+            lines += [f"In {md_code(edit.where)}, write:", "", "```python", code, "```", ""]
         if check.fix.link:
             lines += [f"See: <{check.fix.link}>", ""]
     return lines
@@ -161,6 +165,7 @@ def _folded_json(title: str, value: Any, limit: int) -> list[str]:
 
 def render_markdown(report: Report, *, strict: bool = False, facts: bool = False) -> str:
     """The ticket. `facts=True` appends the raw facts, cut to keep the whole under HARD_LIMIT."""
+    report = inert_tree(report)  # a viewer that shows raw text (a terminal `cat`) must act on none of it
     lines = [
         f"## {report.tool.name} {report.tool.version} — {md_text(verdict_line(report, strict=strict, markup='`'))}",
         "",

@@ -185,3 +185,36 @@ def test_plan_file_runs_verbatim_and_refuses_other_plan_flags(tmp_path, fake, ca
     assert niah("run", "--plan", str(tmp_path / "plan.json"), "--out", str(out), "-q") == 0
     config = json.loads((out / "config.json").read_text())
     assert config["plan"]["spec"]["prefill_chunk"] == 256 and config["preflight"]["plan_source"] == "file"
+
+
+def test_a_refused_resume_says_only_why(tmp_path, fake, capsys) -> None:
+    out = tmp_path / "run"
+    assert niah(*BASE, "--out", str(out)) == 0
+    capsys.readouterr()
+    assert niah(*BASE, "--out", str(out), "--resume", "--needle-kind", "multikey") == 2
+    err = capsys.readouterr().err
+    assert "needle_kind" in err
+    assert "plan saved" not in err and "partial results" not in err and "niah run:" not in err
+    assert niah(*BASE, "--out", str(out), "--resume") == 0  # the folder is free again
+
+
+def test_a_resume_with_nothing_left_loads_nothing(tmp_path, fake, capsys, monkeypatch) -> None:
+    import niah_run.sweep as sweep_module
+
+    out = tmp_path / "run"
+    assert niah(*BASE, "--out", str(out)) == 0
+    capsys.readouterr()
+
+    def must_not(*_args: object) -> None:
+        raise AssertionError("nothing is left: no preflight, no model load")
+
+    monkeypatch.setattr(sweep_module, "make_backend", must_not)
+    monkeypatch.setattr(sweep_module, "run_preflight", must_not)
+    resumed = [a for a in BASE if a != "--skip-preflight"]
+    assert niah(*resumed, "--out", str(out), "--resume") == 0
+    captured = capsys.readouterr()
+    assert "nothing left to run: all 2 planned trials" in captured.err
+    assert "| 10 | 100% (1/1) |" in captured.out  # the summary, as before
+    assert (
+        niah(*resumed, "--out", str(out), "--resume", "--lengths", "512,1024") != 0
+    )  # more to run: it loads

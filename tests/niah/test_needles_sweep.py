@@ -86,7 +86,7 @@ def test_new_kinds_score_a_perfect_reader_as_correct(tmp_path, solver, kind) -> 
     assert kind in summary["effective_length"]
 
 
-def test_code_like_haystack_rows_and_summary_say_where_the_needle_went(tmp_path, solver, capsys) -> None:
+def test_code_like_haystack_puts_each_needle_at_a_line_break_at_its_depth(tmp_path, solver, capsys) -> None:
     code = tmp_path / "module.py"
     code.write_text(
         "\n".join(
@@ -97,12 +97,15 @@ def test_code_like_haystack_rows_and_summary_say_where_the_needle_went(tmp_path,
     )
     rows = _run(tmp_path / "run", "--haystack", str(code))
     err = capsys.readouterr().err
-    assert err.count("few sentence boundaries") == 1 and "warning:" in err  # once, as a plain line
+    assert err.count("no sentence end near depth") == 1 and "line break" in err  # once, as a plain line
+    assert "warning:" in err
     needles = [r for r in rows if not r["control"]]
     assert all("depth_snapped" in r and "snap_tolerance_tokens" in r for r in needles)
-    snapped = [r for r in needles if r["depth_snapped"]]
-    assert {r["depth_percent"] for r in snapped} == {50.0, 100.0}
-    assert all(r["actual_depth_percent"] < 5 for r in snapped)
+    # every needle went where its row says: at a line break near the requested depth, none snapped away
+    assert not [r for r in needles if r["depth_snapped"]]
+    assert all(abs(r["snap_tokens"]) <= r["snap_tolerance_tokens"] for r in needles), [
+        (r["depth_percent"], r["actual_depth_percent"], r["snap_tokens"]) for r in needles
+    ]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["depth_snapped_cells"] == 4
-    assert "† at 0%" in (tmp_path / "run" / "summary.md").read_text()
+    assert summary["depth_snapped_cells"] == 0
+    assert "† at" not in (tmp_path / "run" / "summary.md").read_text()

@@ -286,11 +286,11 @@ def _code_haystack(tokenizer):
     return tokenize_haystack(tokenizer, load_haystack_files(folder / "module.py", 40_000))
 
 
-def test_code_like_haystack_snaps_are_recorded_and_warned_once(tokenizer) -> None:
+def test_code_like_haystack_puts_the_needle_at_line_breaks_at_the_requested_depth(tokenizer) -> None:
     hay = _code_haystack(tokenizer)
     assert len(hay.cut_points) < 5  # the premise: almost no sentence boundaries
     b = PromptBuilder(tokenizer, chat_frame(tokenizer), hay)
-    with pytest.warns(DepthSnapWarning, match="few sentence boundaries") as caught:
+    with pytest.warns(DepthSnapWarning, match="no sentence end near depth") as caught:
         prompts = [
             b.build(
                 length=1500,
@@ -302,10 +302,11 @@ def test_code_like_haystack_snaps_are_recorded_and_warned_once(tokenizer) -> Non
             for depth in (0, 25, 50, 75, 100)
         ]
     assert len([w for w in caught if issubclass(w.category, DepthSnapWarning)]) == 1  # once, not per trial
-    assert not prompts[0].depth_snapped  # depth 0 really is at 0
-    for prompt in prompts[1:]:
-        assert prompt.depth_snapped and prompt.actual_depth_percent == 0
-        assert abs(prompt.snap_tokens) > prompt.snap_tolerance_tokens
+    for depth, prompt in zip((0, 25, 50, 75, 100), prompts, strict=True):
+        assert not prompt.depth_snapped and abs(prompt.snap_tokens) <= prompt.snap_tolerance_tokens
+        assert abs(prompt.actual_depth_percent - depth) <= 5
+        assert prompt.needle_boundary in ("sentence", "line")  # depth 0 is the start, the rest line breaks
+    assert {p.needle_boundary for p in prompts[1:4]} == {"line"}
 
 
 def test_snap_tolerance_is_two_percent_or_64_tokens() -> None:
@@ -327,4 +328,4 @@ def test_depth_warning_goes_through_the_builders_hook(tokenizer) -> None:
             window_start=0,
             rng=random.Random(1),
         )
-    assert len(messages) == 1 and "depth 50%" in messages[0] and "landed at 0%" in messages[0]
+    assert len(messages) == 1 and "depth 50%" in messages[0] and "line break" in messages[0]

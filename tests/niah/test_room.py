@@ -157,5 +157,8 @@ def test_with_a_server_target_every_local_gpu_check_skips_with_the_reason() -> N
 
 
 def test_a_server_target_needs_no_local_gpu_even_with_bnb() -> None:
-    assert run_needs_gpu(RunSpec(model="org/model", context=8192, base_url="http://h:8000")) is None
-    assert run_needs_gpu(RunSpec(model="org/model", context=8192)) is not None
+    served = RunSpec(model="org/model", context=8192, base_url="http://h:8000")
+    assert run_needs_gpu(DoctorContext.from_snapshot(served, {})) is None
+    assert (
+        run_needs_gpu(DoctorContext.from_snapshot(RunSpec(model="org/model", context=8192), {})) is not None
+    )
