@@ -40,6 +40,7 @@ SERVER_TARGET_REASON = "the model runs on the server at --base-url"
 # longest rough prefill of one trial that still counts as a run on the CPU rather than a wait.
 CPU_FLOPS_PER_CORE = 25e9
 CPU_PREFILL_LIMIT_S = 1800
+CPU_COPY_BYTES_PER_S = 20e9  # a server's memory bandwidth, order of magnitude
 # Idle H100s report ~0.5 GiB "used" (driver reservations) with no process: not a busy GPU.
 _BUSY_BYTES = 2 * GIB
 
@@ -87,8 +88,9 @@ def cpu_fit(ctx: DoctorContext) -> tuple[bool | None, str]:
     """Whether the planned run fits this machine's CPU: its usable RAM holds weights + KV + prefill peak,
     and a rough prefill of the longest length takes at most CPU_PREFILL_LIMIT_S (a 70B model fits a big
     host's RAM, but one trial would take hours: that run needs a GPU). None: no estimate to tell."""
-    from doctor.memory.estimate import Settings, fits, prefill_seconds
-    from doctor.memory.gpus import GpuSpec, assumed_flops
+    from doctor.memory.estimate import Settings, fits
+    from doctor.memory.gpus import GpuSpec
+    from doctor.memory.timing import prefill_time_model
     from doctor.probes import Unavailable
 
     facts, host = ctx.probe("memory"), ctx.probe("host")
@@ -97,19 +99,26 @@ def cpu_fit(ctx: DoctorContext) -> tuple[bool | None, str]:
     limit = host.cgroup_memory_limit_bytes
     usable = min(host.ram_available_bytes, limit) if limit else host.ram_available_bytes
     ram = GpuSpec(0, "CPU RAM", int(usable), "host")
+    cores = max(host.cpu_count or 1, 1)
     try:
         settings = Settings(**facts["settings"])
         if not fits(facts["sizing"], settings, [ram]):
             return False, f"more than this machine's {gib(usable)} of RAM holds"
-        # The estimator's seconds at its assumed GPU rate, rescaled to what this CPU's cores sustain.
-        seconds = prefill_seconds(facts["sizing"], settings, [ram])
+        # the prefill time plan at what this CPU's cores sustain (an assumed rate, CPU_FLOPS_PER_CORE)
+        rate = CPU_FLOPS_PER_CORE * cores
+        rates = {
+            "matmul": rate,
+            "lean": rate,
+            "masked": rate,
+            "copy": CPU_COPY_BYTES_PER_S,
+            "device": "this CPU",
+        }
+        model = prefill_time_model(facts["sizing"], settings.attn, settings.quant, [ram], rates)
+        chunk = settings.prefill_chunk or settings.context
+        cpu_seconds = model.seconds(0, settings.context, chunk) if model else None
     except (KeyError, TypeError, ValueError):
         return None, ""
-    if seconds is None:
-        return True, ""
-    cores = max(host.cpu_count or 1, 1)
-    cpu_seconds = seconds * assumed_flops(ram.name, "none") / (CPU_FLOPS_PER_CORE * cores)
-    if cpu_seconds > CPU_PREFILL_LIMIT_S:
+    if cpu_seconds is not None and cpu_seconds > CPU_PREFILL_LIMIT_S:
         return False, f"its prefill would take ~{cpu_seconds / 3600:.1f} h per trial on {cores} CPU cores"
     return True, ""
 
