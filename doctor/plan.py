@@ -221,7 +221,10 @@ def rerun_command(spec: RunSpec, **changes: object) -> str:
         "gpus": spec.gpus,
         "max_memory": spec.max_memory,
         "context": spec.context,
-        "attn": None if spec.attn in ("auto", AUTO_ATTN) else spec.attn,
+        # an attention the plan chose itself is chosen again by the rerun
+        "attn": None
+        if spec.attn in ("auto", AUTO_ATTN) or spec.source_of("attn") == "default"
+        else spec.attn,
         "prefill_chunk": spec.prefill_chunk if spec.source_of("prefill_chunk") != "default" else None,
     }
     values.update(changes)

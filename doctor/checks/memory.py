@@ -34,7 +34,16 @@ def _estimate(ctx: DoctorContext) -> tuple[Estimate, list[GpuSpec], str, dict[st
 
 
 def _gpus_flag(count: int, like: GpuSpec) -> str:
-    """A --gpus value parse_gpus accepts again: NVML names ("NVIDIA H100 80GB HBM3") contain spaces."""
+    """A --gpus value parse_gpus accepts again, naming the card where it is a known one (its compute
+    capability decides the attention the rerun plans); by size otherwise (NVML names contain spaces)."""
+    from doctor.memory.gpus import capability_of, gpu_capacity_bytes
+
+    name = "-".join(like.name.replace("NVIDIA", "").split()[:2])  # "NVIDIA H100 80GB HBM3" → "H100-80GB"
+    try:
+        if capability_of(name) and gpu_capacity_bytes(name) == like.capacity_bytes:
+            return f"{count}x{name}"
+    except UsageError:
+        pass
     return f"{count}x{like.capacity_bytes / (1 << 30):.1f}GiB"
 
 

@@ -337,8 +337,8 @@ def _lean_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evide
         )
     chosen = next((d.why for d in plan.decisions if d.name == "attn"), "") if plan else ""
     return Outcome.ok(
-        "niah_lean: flash kernel, bottom-right causal, native GQA: no repeated K/V, no mask"
-        + (" (chosen by auto)" if chosen else ""),
+        "niah_lean (flash kernel, bottom-right causal, native GQA: no repeated K/V, no mask"
+        + ("; chosen by auto)" if chosen else ")"),
         evidence,
     )
 
