@@ -265,3 +265,15 @@ def test_auto_never_picks_an_implementation_the_class_refuses() -> None:
     auto, decisions = settle_static_choices(RunSpec(model="m"), H100, refusals)
     planned, out = _paths_from_sizing(auto, list(decisions), sizing)
     assert planned.attn == "eager" and any("s_aux" in d.why for d in out if d.name == "attn")
+
+
+def test_the_prefill_eta_follows_the_time_plan_not_tokens_per_second() -> None:
+    from niah_run.sweep import _prefill_eta, _progress
+
+    plan = _model().seconds
+    # half the tokens in 10 s: the rest costs more (its attention spans more keys), so the ETA is > 10 s
+    eta = _prefill_eta(lambda a, b: plan(a, b, 8192), 0, 1 << 20, 2 << 20, 10.0)
+    assert eta is not None and eta > 20.0
+    assert _prefill_eta(None, 0, 10, 20, 1.0) is None
+    with _progress(3, quiet=True) as progress:  # -q: no bar, no prefill line
+        assert progress.prefill_reporter(1024, None) is None
