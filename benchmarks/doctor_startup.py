@@ -160,7 +160,7 @@ def probe_breakdown() -> list[str]:
 
 def bytecode_line() -> str:
     """Whether torch's bytecode ships with the install: without it every import compiles source again."""
-    from doctor.probes.child import bytecode_cache_env, has_shipped_bytecode, package_source
+    from doctor.children.child import bytecode_cache_env, has_shipped_bytecode, package_source
 
     source = package_source("torch")
     shipped = source is not None and has_shipped_bytecode(source)

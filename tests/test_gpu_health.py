@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from doctor.children.child import run_stages_in_child
 from doctor.context import DoctorContext
 from doctor.probes import nvml as nvml_module
-from doctor.probes.child import run_stages_in_child
 from doctor.probes.libs_live import GemmResult, _exercise_devices, known_answer_gemm
 from doctor.probes.nvml_health import (
     DriverStack,
@@ -498,7 +498,7 @@ def test_driver_versions_from_proc_and_maps(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the shared live child
 
 
-SELFTEST = "doctor.probes.child:selftest_child"
+SELFTEST = "doctor.children.child:selftest_child"
 
 
 def test_batch_child_answers_each_stage_and_isolates_a_hang_and_a_crash() -> None:

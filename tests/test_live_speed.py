@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from doctor.children.bnb_import import compile_decorators_skipped
+from doctor.children.child import ChildResult, bytecode_cache_env
 from doctor.probes import libs_live
-from doctor.probes.bnb_import import compile_decorators_skipped
-from doctor.probes.child import ChildResult, bytecode_cache_env
 
 
 def _package(root: Path, name: str, compiled: bool) -> None:

@@ -1,6 +1,6 @@
 """Weights as transformers really lays them out: a meta-device skeleton + transformers' own bnb preparation.
 
-Runs ONLY in a child process (`doctor.probes.child.run_in_child("doctor.memory.skeleton:size_model", …)`):
+Runs ONLY in a child process (`doctor.children.child.run_in_child("doctor.memory.skeleton:size_model", …)`):
 it imports torch, transformers and (when present) bitsandbytes.
 
 Why a skeleton instead of a formula: bitsandbytes replaces only `nn.Linear`/`Conv1D` modules
@@ -144,7 +144,7 @@ def _apply_quantizer(
     (un-fuses Llama 4 experts only for pre-quantized checkpoints, then replace_with_bnb_linear)."""
     from transformers.quantizers.auto import AutoHfQuantizer
 
-    from doctor.probes.bnb_import import import_bitsandbytes
+    from doctor.children.bnb_import import import_bitsandbytes
 
     try:  # the quantizer imports it anyway; first without bitsandbytes' compile wrappers (~0.7 s less)
         import_bitsandbytes(torch)
@@ -461,8 +461,8 @@ def _apply_experts(model: Any, experts: str) -> dict[str, Any]:
 def size_model(args: dict[str, Any]) -> dict[str, Any]:
     """Child-process entry: {config, quant, bnb_4bit_type, double_quant, dtype, prequantized,
     quantization_config} → weight inventory, placement blocks, KV layout, MoE style, versions."""
-    from doctor.memory.forked import can_fork, start_forked
-    from doctor.probes.child import cyclic_gc_paused
+    from doctor.children.child import cyclic_gc_paused
+    from doctor.children.forked import can_fork, start_forked
 
     with cyclic_gc_paused():
         import torch

@@ -39,7 +39,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from doctor.memory.forked import map_shared
+from doctor.children.forked import map_shared
 
 BASIS = ("1", "C", "P", "CP", "CC")
 _FLASH_LIKE = (

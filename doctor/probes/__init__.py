@@ -5,27 +5,17 @@ dataclasses or plain mappings (JSON-able). A probe that cannot answer returns `U
 instead of raising: missing hardware or a missing library is a value, not an exception.
 
 Only modules under doctor/probes/ and doctor/memory/ may touch torch, bitsandbytes,
-transformers or triton, and only inside a child process (doctor.probes.child).
+transformers or triton, and only inside a child process (doctor.children.child).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-UnavailableKind = Literal["missing", "not-applicable", "error", "timeout"]
+from doctor.unavailable import Unavailable, UnavailableKind
 
-
-@dataclass(frozen=True)
-class Unavailable:
-    """Why a probe has no facts. `error`/`timeout` turn the checks that need it into ERROR rows;
-    `missing`/`not-applicable` turn them into SKIP rows."""
-
-    reason: str
-    kind: UnavailableKind = "missing"
-    detail: str | None = None  # e.g. the child's stderr tail, a traceback's last line
-
+__all__ = ["PROBE_MODULES", "ProbeFn", "Unavailable", "UnavailableKind", "load_probes", "probe"]
 
 ProbeFn = Callable[[Any], Any]  # RunSpec -> facts | Unavailable
 _PROBES: dict[str, ProbeFn] = {}

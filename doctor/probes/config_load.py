@@ -159,7 +159,7 @@ def check_model_files(
     res: Any, *, trust_remote_code: bool, timeout_s: float, implementations: tuple[str, ...] = ()
 ) -> ConfigLoadFacts | Unavailable:
     """Load what the run will load for the resolved model `res` (a ModelResolution), in a child."""
-    from doctor.probes.child import run_in_child
+    from doctor.children.child import run_in_child
     from doctor.probes.packages import find_dist
 
     if find_dist("transformers") is None:

@@ -11,7 +11,7 @@ Live probes run when `--live` is given, or by default when NVML sees a GPU: on a
 `import torch` (~4 s) and `import bitsandbytes` (~9 s) would blow the doctor's start-up budget
 and tell us nothing the static tier does not.
 
-The `*_child` functions run inside the child (`doctor.probes._child_main`): they take a dict and
+The `*_child` functions run inside the child (`doctor.children._child_main`): they take a dict and
 return a JSON-able dict, and report a failing import as data (`import_error`), not as an exception.
 """
 
@@ -24,9 +24,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from doctor.children.bnb_import import import_bitsandbytes
+from doctor.children.child import run_stages_in_child
 from doctor.probes import Unavailable, probe
-from doctor.probes.bnb_import import import_bitsandbytes
-from doctor.probes.child import run_stages_in_child
 from doctor.probes.nvml import nvml_sees_gpu
 from doctor.probes.packages import find_dist
 from run_plan.safe_files import tool_cache_dir
@@ -54,7 +54,7 @@ def _short(exc: BaseException, limit: int = 800) -> str:
 # Each live probe used to start its own child, and each child paid `import torch` (2-5 s) and its
 # own CUDA start. Now the probes that a report needs are announced up front (DoctorContext.prefetch
 # calls `announce`), the first one to run starts ONE child for all of them, that child imports torch
-# once and forks a worker per probe (doctor.probes._child_main), and the others wait for their share.
+# once and forks a worker per probe (doctor.children._child_main), and the others wait for their share.
 
 Request = tuple[str, dict[str, Any]]  # (child function name in this module, its args)
 _PRELOAD = {
@@ -265,7 +265,7 @@ def torch_child(args: Mapping[str, Any]) -> dict[str, Any]:
         except Exception as exc:  # OSError for a missing libcudart/libcudnn is common
             out["import_error"] = _short(exc)
             return out
-        from doctor.probes import child
+        from doctor.children import child
 
         # Preloaded by the batch child before forking: report that import's cost, not ~0 s.
         out["import_seconds"] = child.PRELOAD_SECONDS.get("torch", round(time.monotonic() - start, 2))

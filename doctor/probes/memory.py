@@ -74,7 +74,7 @@ def size_weights(args: dict[str, Any], timeout_s: float = 240.0) -> dict[str, An
 
 
 def _size_in_child(args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    from doctor.probes.child import run_in_child
+    from doctor.children.child import run_in_child
 
     # transformers builds some models' masks in the order of a set of layer-type names (Llama 4), which
     # follows Python's string hash and moves transient bytes between trace events: one fixed seed makes

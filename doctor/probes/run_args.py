@@ -34,7 +34,7 @@ def _version(name: str) -> str | None:
 def accelerate_verdicts(
     values: list[str], timeout_s: float
 ) -> tuple[dict[str, int | None] | None, dict[str, str], str | None]:
-    from doctor.probes.child import run_in_child
+    from doctor.children.child import run_in_child
 
     result = run_in_child("run_plan.sizes:accelerate_sizes", {"values": values}, timeout_s=timeout_s)
     data: dict[str, Any] = result.data or {}
