@@ -15,9 +15,13 @@ from __future__ import annotations
 import os
 
 from doctor.context import DoctorContext
-from doctor.probes.libs_live import TorchLive
-from doctor.probes.nvml import GpuFacts, NvmlFacts
+from doctor.probes import Unavailable
+from doctor.probes.host import HOST
+from doctor.probes.memory import MEMORY
+from doctor.probes.model import MODEL
+from doctor.probes.nvml import GPU_HEALTH, NVML, GpuFacts, NvmlFacts
 from doctor.probes.nvml_health import GpuHealthFacts
+from doctor.probes.torch_live import TORCH_LIVE, TorchLive
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan.units import GIB, gib
@@ -60,10 +64,11 @@ def run_needs_gpu(ctx: DoctorContext) -> str | None:
         return None
     if target.gpus:
         return f"the plan is for --gpus {target.gpus}"
-    model = ctx.probe("model")
-    if getattr(model, "status", None) in ("not-found", "invalid", "gated"):
+    model = ctx.probe(MODEL)
+    if not isinstance(model, Unavailable) and model.status in ("not-found", "invalid", "gated"):
         return None
-    on_cpu, why = cpu_fit(ctx) if getattr(model, "found", False) else (None, "")
+    found = not isinstance(model, Unavailable) and model.found
+    on_cpu, why = cpu_fit(ctx) if found else (None, "")
     if on_cpu or (on_cpu is None and target.model == "demo"):
         return None
     return f"a {target.context}-token run of {target.model} needs a GPU" + (f" ({why})" if why else "")
@@ -89,9 +94,8 @@ def cpu_fit(ctx: DoctorContext) -> tuple[bool | None, str]:
     host's RAM, but one trial would take hours: that run needs a GPU). None: no estimate to tell."""
     from doctor.memory.estimate import Settings, fits, prefill_seconds
     from doctor.memory.gpus import GpuSpec, assumed_flops
-    from doctor.probes import Unavailable
 
-    facts, host = ctx.probe("memory"), ctx.probe("host")
+    facts, host = ctx.probe(MEMORY), ctx.probe(HOST)
     if isinstance(facts, Unavailable) or isinstance(host, Unavailable):
         return None, ""
     limit = host.cgroup_memory_limit_bytes
@@ -102,7 +106,7 @@ def cpu_fit(ctx: DoctorContext) -> tuple[bool | None, str]:
         if not fits(facts["sizing"], settings, [ram]):
             return False, f"more than this machine's {gib(usable)} of RAM holds"
         # The estimator's seconds at its assumed GPU rate, rescaled to what this CPU's cores sustain.
-        seconds = prefill_seconds(facts["sizing"], settings, [ram])
+        seconds = prefill_seconds(facts["sizing"], settings, [ram])  # type: ignore[call-arg]
     except (KeyError, TypeError, ValueError):
         return None, ""
     if seconds is None:
@@ -132,7 +136,7 @@ def driver_evidence(nvml: NvmlFacts) -> list[Evidence]:
 
 def served_elsewhere(ctx: DoctorContext) -> Outcome | None:
     """The SKIP for a local-GPU check when --base-url points at the server that runs the model."""
-    if getattr(ctx.target, "base_url", None):
+    if ctx.target.base_url:
         return Outcome.skip(SERVER_TARGET_REASON, [Evidence("target.base_url", "set", "--base-url")])
     return None
 
@@ -145,14 +149,14 @@ def _gpu_line(gpu: GpuFacts) -> str:
 
 
 @check(
-    "nvidia-driver", title="NVIDIA driver and the CUDA version it supports", section=SECTION, needs=("nvml",)
+    "nvidia-driver", title="NVIDIA driver and the CUDA version it supports", section=SECTION, needs=(NVML,)
 )
 def nvidia_driver(ctx: DoctorContext) -> Outcome:
     if (elsewhere := served_elsewhere(ctx)) is not None:
         return elsewhere
-    nvml: NvmlFacts = ctx.probe("nvml")
+    nvml = ctx.needed(NVML)
     evidence = [Evidence("nvml", nvml.reason or "ok", "nvml", "nvidia-smi"), *driver_evidence(nvml)]
-    health = ctx.probe("gpu-health")
+    health = ctx.probe(GPU_HEALTH)
     if not nvml.driver_visible and isinstance(health, GpuHealthFacts) and health.driver.mismatch:
         # The driver IS installed: an upgrade replaced its libraries under the running kernel module.
         stack = health.driver
@@ -181,11 +185,11 @@ def nvidia_driver(ctx: DoctorContext) -> Outcome:
     )
 
 
-@check("gpu-devices", title="GPUs: name, memory, compute capability", section=SECTION, needs=("nvml",))
+@check("gpu-devices", title="GPUs: name, memory, compute capability", section=SECTION, needs=(NVML,))
 def gpu_devices(ctx: DoctorContext) -> Outcome:
     if (elsewhere := served_elsewhere(ctx)) is not None:
         return elsewhere
-    nvml: NvmlFacts = ctx.probe("nvml")
+    nvml = ctx.needed(NVML)
     if not nvml.gpus:
         return Outcome.skip(nvml.reason or "no GPUs")
     evidence = [Evidence(f"gpu[{g.index}]", _gpu_line(g), "nvml", SMI_GPUS) for g in nvml.gpus]
@@ -213,11 +217,11 @@ def _own_process_tree() -> set[int]:
         return {os.getpid()}
 
 
-@check("gpu-busy", title="Other processes holding GPU memory", section=SECTION, needs=("nvml",))
+@check("gpu-busy", title="Other processes holding GPU memory", section=SECTION, needs=(NVML,))
 def gpu_busy(ctx: DoctorContext) -> Outcome:
     if (elsewhere := served_elsewhere(ctx)) is not None:
         return elsewhere
-    nvml: NvmlFacts = ctx.probe("nvml")
+    nvml = ctx.needed(NVML)
     if not nvml.gpus:
         return Outcome.skip(nvml.reason or "no GPUs")
     ours = _own_process_tree()
@@ -253,11 +257,11 @@ def gpu_busy(ctx: DoctorContext) -> Outcome:
     return Outcome.ok(f"no other process holds GPU memory on {nvml.gpu_count} GPU(s)", evidence)
 
 
-@check("cuda-visible-devices", title="CUDA_VISIBLE_DEVICES", section=SECTION, needs=("nvml",))
+@check("cuda-visible-devices", title="CUDA_VISIBLE_DEVICES", section=SECTION, needs=(NVML,))
 def cuda_visible_devices(ctx: DoctorContext) -> Outcome:
     if (elsewhere := served_elsewhere(ctx)) is not None:
         return elsewhere
-    nvml: NvmlFacts = ctx.probe("nvml")
+    nvml = ctx.needed(NVML)
     cvd = nvml.cuda_visible_devices
     evidence = [
         Evidence(
@@ -269,7 +273,7 @@ def cuda_visible_devices(ctx: DoctorContext) -> Outcome:
         Evidence("gpus.visible_to_cuda", nvml.visible_gpu_count, "nvml+env", SMI_GPUS),
     ]
     visible = nvml.visible_gpu_count
-    live = ctx.probe("torch-live")
+    live = ctx.probe(TORCH_LIVE)
     if isinstance(live, TorchLive) and live.cuda_available:
         visible = live.device_count  # torch has enumerated the devices: trust it over our parsing
         evidence.append(
@@ -316,11 +320,11 @@ def cuda_visible_devices(ctx: DoctorContext) -> Outcome:
     )
 
 
-@check("gpu-mig", title="MIG (Multi-Instance GPU) mode", section=SECTION, needs=("nvml",))
+@check("gpu-mig", title="MIG (Multi-Instance GPU) mode", section=SECTION, needs=(NVML,))
 def gpu_mig(ctx: DoctorContext) -> Outcome:
     if (elsewhere := served_elsewhere(ctx)) is not None:
         return elsewhere
-    nvml: NvmlFacts = ctx.probe("nvml")
+    nvml = ctx.needed(NVML)
     if not nvml.gpus:
         return Outcome.skip(nvml.reason or "no GPUs")
     evidence = [

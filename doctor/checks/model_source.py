@@ -13,7 +13,8 @@ from pathlib import Path
 
 from doctor.context import DoctorContext
 from doctor.model_config import EMBEDDED_DIR, ModelResolution, text_config_of
-from doctor.probes.hub import HubFacts
+from doctor.probes.hub import HUB
+from doctor.probes.model import MODEL
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan.shell import shell_join
@@ -113,9 +114,9 @@ def _fix_for_missing(res: ModelResolution) -> Fix:
     )
 
 
-@check("model-resolves", title="Model id resolves to a config", section=SECTION, needs=("model",))
+@check("model-resolves", title="Model id resolves to a config", section=SECTION, needs=(MODEL,))
 def model_resolves(ctx: DoctorContext) -> Outcome:
-    res: ModelResolution = ctx.probe("model")
+    res = ctx.needed(MODEL)
     evidence = _model_evidence(res)
     name = res.resolved_id or res.requested
     if res.status == "found":
@@ -129,7 +130,7 @@ def model_resolves(ctx: DoctorContext) -> Outcome:
         kind = res.model_type or "unknown type"
         # fields the doctor's own validator doubted, accepted by the installed transformers' config class
         # and never read by the model (doctor.probes.config_fields): said, not refused
-        accepted = getattr(res, "accepted_fields", ())
+        accepted = res.accepted_fields
         note = f" ({res.message.split(' — ', 1)[-1]})" if accepted else ""
         return Outcome.ok(f"{name}: {kind} from {where}{note}", evidence)
     if res.status == "gated":
@@ -188,11 +189,11 @@ def model_resolves(ctx: DoctorContext) -> Outcome:
     "hf-hub-access",
     title="Hugging Face hub token, offline mode and cache",
     section=SECTION,
-    needs=("model", "hub"),
+    needs=(MODEL, HUB),
 )
 def hf_hub_access(ctx: DoctorContext) -> Outcome:
-    hub: HubFacts = ctx.probe("hub")
-    res: ModelResolution = ctx.probe("model")
+    hub = ctx.needed(HUB)
+    res = ctx.needed(MODEL)
     evidence = [
         Evidence(
             "hf.token",
@@ -232,9 +233,9 @@ def hf_hub_access(ctx: DoctorContext) -> Outcome:
     return Outcome.ok(summary, evidence)
 
 
-@check("checkpoint-format", title="Checkpoint format and remote code", section=SECTION, needs=("model",))
+@check("checkpoint-format", title="Checkpoint format and remote code", section=SECTION, needs=(MODEL,))
 def checkpoint_format(ctx: DoctorContext) -> Outcome:
-    res: ModelResolution = ctx.probe("model")
+    res = ctx.needed(MODEL)
     if not res.found and not res.config:
         return Outcome.skip(f"model not resolved ({res.status})")
     evidence = [
@@ -300,10 +301,10 @@ def _max_positions(config: dict) -> int | None:
     "context-within-model-limit",
     title="Requested context within the model's position limit",
     section=SECTION,
-    needs=("model",),
+    needs=(MODEL,),
 )
 def context_within_model_limit(ctx: DoctorContext) -> Outcome:
-    res: ModelResolution = ctx.probe("model")
+    res = ctx.needed(MODEL)
     if not res.found or ctx.target.context is None:
         return Outcome.skip("needs a resolved --model and a --context")
     limit = _max_positions(dict(res.config))
