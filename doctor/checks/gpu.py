@@ -92,7 +92,7 @@ def cpu_fit(ctx: DoctorContext) -> tuple[bool | None, str]:
     """Whether the planned run fits this machine's CPU: its usable RAM holds weights + KV + prefill peak,
     and a rough prefill of the longest length takes at most CPU_PREFILL_LIMIT_S (a 70B model fits a big
     host's RAM, but one trial would take hours: that run needs a GPU). None: no estimate to tell."""
-    from doctor.memory.estimate import Settings, fits, prefill_seconds
+    from doctor.memory.estimate import Settings, choose_prefill_chunk, fits, prefill_seconds
     from doctor.memory.gpus import GpuSpec, assumed_flops
 
     facts, host = ctx.probe(MEMORY), ctx.probe(HOST)
@@ -103,10 +103,13 @@ def cpu_fit(ctx: DoctorContext) -> tuple[bool | None, str]:
     ram = GpuSpec(0, "CPU RAM", int(usable), "host")
     try:
         settings = Settings(**facts["settings"])
-        if not fits(facts["sizing"], settings, [ram]):
+        sizing = facts["sizing"]
+        if not fits(sizing, settings, [ram]):
             return False, f"more than this machine's {gib(usable)} of RAM holds"
-        # The estimator's seconds at its assumed GPU rate, rescaled to what this CPU's cores sustain.
-        seconds = prefill_seconds(facts["sizing"], settings, [ram])  # type: ignore[call-arg]
+        # The chunk the estimate would quote for this RAM (doctor.memory.estimate.compute_estimate), and the
+        # estimator's seconds at its assumed GPU rate, rescaled to what this CPU's cores sustain.
+        chunk = min(settings.prefill_chunk or choose_prefill_chunk(sizing, settings, [ram]), settings.context)
+        seconds = prefill_seconds(sizing, settings, [ram], chunk)
     except (KeyError, TypeError, ValueError):
         return None, ""
     if seconds is None:
