@@ -223,8 +223,7 @@ def _run_raw(
     child_env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
     child_env.update(bytecode_cache_env(child_env))
-    for name in [k for k, v in child_env.items() if v is None]:
-        del child_env[name]
+    given = {name: value for name, value in child_env.items() if value is not None}  # None: removed
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -232,7 +231,7 @@ def _run_raw(
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=child_env,
+            env=given,
             text=True,
             start_new_session=True,  # own process group: kill it whole
         )

@@ -16,6 +16,7 @@ import importlib.metadata
 import inspect
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from doctor.memory.storage import bytes_4bit, bytes_int8
@@ -178,15 +179,17 @@ def _would_be_replaced(module: Any, name: str, skip: list[str]) -> bool:
     """replace_with_bnb_linear's own predicate (used only when bitsandbytes is missing)."""
     from torch import nn
 
+    converts: Callable[[str, list[str] | None], bool]
     try:
-        from transformers.quantizers.quantizers_utils import should_convert_module
+        from transformers.quantizers.quantizers_utils import should_convert_module as converts
     except ImportError:  # older transformers: plain substring match, as 4.x did
-
-        def should_convert_module(full_name: str, patterns: list[str] | None = None) -> bool:
-            return not any(p in full_name for p in (patterns or []))
-
+        converts = _converts_unless_named
     conv1d = getattr(__import__("transformers.pytorch_utils", fromlist=["Conv1D"]), "Conv1D", ())
-    return (type(module) is nn.Linear or isinstance(module, conv1d)) and should_convert_module(name, skip)
+    return (type(module) is nn.Linear or isinstance(module, conv1d)) and converts(name, skip)
+
+
+def _converts_unless_named(full_name: str, patterns: list[str] | None = None) -> bool:
+    return not any(p in full_name for p in (patterns or []))
 
 
 def _pattern(name: str) -> str:

@@ -296,13 +296,12 @@ def _kernel_stand_ins(torch: Any, implementation: str) -> Iterator[None]:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     mapping = ALL_ATTENTION_FUNCTIONS._global_mapping
-    had = implementation in mapping
-    old = mapping.get(implementation)
+    old = mapping.get(implementation)  # the registry holds functions: None is "not registered"
     mapping[implementation] = _flash_stand_in(torch)
     try:
         yield
     finally:
-        if had:
+        if old is not None:
             mapping[implementation] = old
         else:
             mapping.pop(implementation, None)
@@ -573,8 +572,9 @@ def _trace_point(
     reps: dict[int, str],
     chunk: int,
     past: int,
-) -> dict[str, list[int]]:
-    """Zone-relative byte counts at each allocation of one chunk's forward."""
+) -> dict[str, Any]:
+    """Zone-relative byte counts at each allocation of one chunk's forward (zone -> list of byte counts),
+    with the ops it could not model under "_unmodelled" and the ops per zone under "_ops"."""
     tracker = _Tracker()
     cache = _cache(transformers, config, past + chunk, model)
     tracker.cache = cache
@@ -591,7 +591,7 @@ def _trace_point(
             _forward(torch, model, cache, chunk, past)
         tracker.enabled = False
     zones = _zones(tracker.events, start, tracker.op_at)
-    zones["_unmodelled"] = sorted(tracker.unmodelled)  # type: ignore[assignment]
+    zones["_unmodelled"] = sorted(tracker.unmodelled)
     return zones
 
 
@@ -811,9 +811,7 @@ class _ForwardFailed(Exception):
         self.text = text
 
 
-def _fit_regimes(
-    plan: _ActivationPlan, traced: Sequence[dict[str, list[int]] | _ForwardFailed]
-) -> dict[str, Any]:
+def _fit_regimes(plan: _ActivationPlan, traced: Sequence[dict[str, Any] | _ForwardFailed]) -> dict[str, Any]:
     """Exact integer polynomials per zone event from the traced points (in plan.points order). Errors come
     in the order a one-after-another run meets them: each regime's points, then its fits."""
     samples_in_order = iter(traced)
