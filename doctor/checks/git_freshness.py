@@ -1,8 +1,8 @@
 """Git freshness: is the script on disk the code you think will run?
 
-In the seed story a fix was pushed and pulled, yet the run kept using the placeholder model id:
-the committed file still had it, and the checkout was behind origin. These checks say that in one
-line each, with the commit and the diff summary as evidence.
+A fix can be pushed and pulled while the run keeps using a placeholder model id: the committed file
+still has it, or the checkout is behind origin. These checks say that in one line each, with the
+commit and the diff summary as evidence.
 
 One row per concern; each row covers every `--script` and takes the worst status among them.
 Edits and unpushed commits are WARN (normal while developing); FAIL is kept for "you will run

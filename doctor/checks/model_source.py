@@ -1,6 +1,6 @@
 """Model source: does the model id resolve (and to what), can the hub be reached the way the run
-needs, and is the checkpoint in a safe format? (a placeholder id committed
-while the real one was only in the working tree is the classic.)
+needs, and is the checkpoint in a safe format? (A placeholder id committed while the real one is only
+in the working tree is a common way to run the wrong model.)
 
 All three skip cleanly without --model (the `model`/`hub` probes return not-applicable).
 """
@@ -20,7 +20,7 @@ from doctor.report.model import Evidence, Fix
 from run_plan.shell import shell_join
 
 SECTION = "model"
-SCOUT_ID = "meta-llama/Llama-4-Scout-17B-16E-Instruct"  # the real id behind the seed's placeholder
+SCOUT_ID = "meta-llama/Llama-4-Scout-17B-16E-Instruct"  # what guesses such as "Llama-4-Scout-10M-hf" mean
 
 
 def _model_evidence(res: ModelResolution) -> list[Evidence]:
@@ -49,7 +49,7 @@ def known_ids() -> list[str]:
 
 
 def suggestion(name: str) -> str | None:
-    """The seed's placeholder `Llama-4-Scout-10M-hf` was a guess at a real id: offer the nearest known one."""
+    """The nearest known id to a guess at one (`Llama-4-Scout-10M-hf` means the Scout checkpoint)."""
     if "llama-4-scout" in name.lower() and name != SCOUT_ID:
         return SCOUT_ID
     close = difflib.get_close_matches(name, [k for k in known_ids() if k != name], n=1, cutoff=0.8)

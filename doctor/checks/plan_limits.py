@@ -1,7 +1,7 @@
 """Failures the plan is known to hit, judged before the run: kernel limits and placements that cannot load.
 
-Each of these used to be a note under a passing memory check while the run then failed; a known
-failure is a FAIL with the fix.
+A limit the run is known to hit is a FAIL with the fix, never a note under a passing memory check:
+the run would fail all the same.
 """
 
 from __future__ import annotations

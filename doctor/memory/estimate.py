@@ -63,7 +63,7 @@ class Settings:
     prefill_chunk: int | None = None  # None = choose_prefill_chunk
     logits_to_keep_one: bool = True
     # --max-memory GPU budgets as ((gpu index, bytes), ...); () = accelerate's default (free memory).
-    # Added for multi-GPU (issue 5): accelerate places weights by these budgets, not by the card size.
+    # accelerate places weights by these budgets, not by the card size.
     max_memory: tuple[tuple[int, int], ...] = ()
 
 

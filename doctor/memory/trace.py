@@ -57,7 +57,7 @@ _FLASH_LIKE = (
 # (`unmodelled_ops`): its CUDA implementation may hold buffers a meta kernel does not show.
 # benchmarks/cuda_op_transients.py measures this on a GPU (docs/estimator-accuracy.md): on 21 models no op
 # here held more than 1 MiB beyond its outputs, except `_safe_softmax` inside CUDA's math sdpa, which
-# `_math_sdpa_cuda` models; `baddbmm` (BLOOM's ALiBi scores) held nothing and was added from that run.
+# `_math_sdpa_cuda` models; `baddbmm` (BLOOM's ALiBi scores) is listed because it held nothing there.
 KNOWN_OPS = frozenset(
     """
 _grouped_mm _scaled_dot_product_cudnn_attention _scaled_dot_product_flash_attention _softmax _safe_softmax _log_softmax _to_copy _unsafe_view _reshape_alias abs add add_ addcmul addmm

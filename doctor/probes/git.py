@@ -1,6 +1,6 @@
 """Git freshness of the files a run executes (`doctor --script PATH`): is the code on disk the code
-you think it is? (in one user's story the committed file still held a placeholder
-model id while the edited copy did not, and the branch was behind origin.)
+you think it is? (A committed file can still hold a placeholder model id that the edited copy has
+fixed, and the branch can be behind origin.)
 
 For each script: repo root, HEAD (short sha + subject), branch and upstream, working tree vs index vs
 HEAD for that file, ahead/behind the upstream tracking ref (no network unless --fetch), whether the

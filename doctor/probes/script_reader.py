@@ -1,7 +1,6 @@
 """Read a run script's model-loading settings with `ast` — never import or execute it.
 
-`doctor --script run.py` used to say only whether the file is committed. What the file will *do* is
-in its text: the model id given to `from_pretrained` (often through a module constant such as
+Whether a run script is committed says little; what the file will *do* is in its text: the model id given to `from_pretrained` (often through a module constant such as
 `MODEL_ID`), the `BitsAndBytesConfig` and the flag that switches it (`USE_4BIT = False` guarding an
 `if`), `device_map`, `max_memory`, `attn_implementation`, `torch_dtype`/`dtype`, `trust_remote_code`
 and context-length constants. This module reads them into `Setting`s named like the doctor's flags
@@ -14,8 +13,8 @@ at run time (command-line arguments, environment variables, function parameters,
 as "could not determine", with the reason, never guessed.
 
 For files in git the committed text (`git show HEAD:path`) is read the same way, and a setting whose
-committed value differs carries both: in the story behind this tool the committed script loaded a
-placeholder model id while the edited copy on disk had the real one.
+committed value differs carries both: a committed script can load a placeholder model id while the
+edited copy on disk has the real one, and the run executes whichever copy it is given.
 """
 
 from __future__ import annotations
