@@ -137,7 +137,7 @@ def gpu_stack_line() -> str:
 def probe_breakdown() -> list[str]:
     """One in-process doctor run: wall seconds per probe (they overlap) and per live stage."""
     from doctor.context import DoctorContext
-    from doctor.probes import libs_live
+    from doctor.probes.live_batch import LIVE_BATCH
     from doctor.registry import load_checks
     from doctor.runner import build_report
     from run_plan.spec import RunSpec
@@ -153,14 +153,14 @@ def probe_breakdown() -> list[str]:
         "concurrently): " + ", ".join(f"{name} {sec:.2f} s" for name, sec in slow),
         f"- the shared live child: `import torch` once, {getattr(torch_live, 'import_seconds', None)} s; then "
         "each stage after the fork: "
-        + ", ".join(f"{name} {sec:.2f} s" for name, sec in sorted(libs_live.LAST_BATCH_SECONDS.items())),
+        + ", ".join(f"{name} {sec:.2f} s" for name, sec in sorted(LIVE_BATCH.last_seconds.items())),
     ]
     return lines
 
 
 def bytecode_line() -> str:
     """Whether torch's bytecode ships with the install: without it every import compiles source again."""
-    from doctor.probes.child import bytecode_cache_env, has_shipped_bytecode, package_source
+    from doctor.children.child import bytecode_cache_env, has_shipped_bytecode, package_source
 
     source = package_source("torch")
     shipped = source is not None and has_shipped_bytecode(source)

@@ -17,8 +17,21 @@ from run_plan.spec import RunSpec
 
 @dataclasses.dataclass(frozen=True)
 class Judgement:
+    """The report and the plan it judged. The verdict is the report's, not the plan's."""
+
     report: Report
     plan: ResolvedPlan
+
+    @property
+    def verdict(self) -> str:
+        """The report's one line: `PROBLEMS FOUND: 1 fail (memory-fit), …` names every failing and warning
+        check."""
+        return verdict_line(self.report)
+
+    @property
+    def failing_checks(self) -> tuple[str, ...]:
+        """The ids of the checks that failed, in report order."""
+        return tuple(c.id for c in self.report.checks if c.status is Status.FAIL)
 
 
 def _refusals(spec: RunSpec) -> dict[str, str | None] | None:
@@ -45,9 +58,9 @@ def judge(
         remember_static_decisions,
         resolve_plan,
         settle_static_choices,
-        with_verdict,
     )
     from doctor.registry import load_checks, select
+    from doctor.report.redact import redact_report
     from doctor.runner import build_report
 
     ctx = DoctorContext(spec)
@@ -61,11 +74,10 @@ def judge(
         debug=debug,
     )
     plan = resolve_plan(ctx)  # the object the memory checks judged (cached on ctx), or made now
-    failing = tuple(c.id for c in report.checks if c.status is Status.FAIL)
-    plan = with_verdict(plan, verdict_line(report), failing)  # names every failing and warning check
+    judged = Judgement(report, plan)
+    # ResolvedPlan still has fields for the verdict, which `niah run` reads from the plan: they are filled
+    # from the report, so plan files and the report's `plan` object say what the doctor said.
+    plan = dataclasses.replace(plan, verdict=judged.verdict, failing_checks=judged.failing_checks)
     report = dataclasses.replace(report, attachments={**report.attachments, "plan": plan.to_dict()})
     # The plan holds paths and URLs too: scrub it like the rest (build_report redacted before it was added).
-    from doctor.report.redact import redact_report
-
-    report = redact_report(report)
-    return Judgement(report, plan)
+    return Judgement(redact_report(report), plan)

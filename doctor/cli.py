@@ -13,6 +13,7 @@ import click
 
 from doctor import __version__
 from doctor.boundary import exit_with, run_cli
+from doctor.report.model import Report
 from run_plan.errors import UsageError
 from run_plan.options import (
     DOCTOR,
@@ -29,7 +30,8 @@ from run_plan.spec import RunSpec
 def spec_from_flags(given: dict[str, object], config_path: str | None = None) -> RunSpec:
     """The planned run: what the --script files pass to the libraries < a TOML file < the flags typed."""
     layers = [Layer(config_path, load_toml(Path(config_path).expanduser()), "toml")] if config_path else []
-    scripts = tuple(given.get("scripts") or ())
+    given_scripts = given.get("scripts") or ()
+    scripts = tuple(str(s) for s in given_scripts) if isinstance(given_scripts, (list, tuple)) else ()
     if scripts:  # what the run scripts pass to transformers is the plan too, under TOML and flags
         from doctor.probes.script_reader import script_layer
 
@@ -38,12 +40,12 @@ def spec_from_flags(given: dict[str, object], config_path: str | None = None) ->
 
 
 def _render(
-    report,
+    report: Report,
     fmt: str,
     *,
     verbose: bool,
     strict: bool,
-    color: bool | None,  # noqa: ANN001
+    color: bool | None,
     facts: bool = False,
 ) -> str:
     if fmt == "json":
@@ -160,7 +162,7 @@ def doctor_command(
     return int(report.exit_code(strict=strict))
 
 
-def _remember(report, json_text: str | None) -> None:  # noqa: ANN001
+def _remember(report: Report, json_text: str | None) -> None:
     """Keep this report for `doctor explain CHECK_ID` (the default view shows each problem in two lines)."""
     from doctor.explain import remember_report
 

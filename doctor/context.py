@@ -1,4 +1,4 @@
-"""DoctorContext: the target plus a lazily filled, cached probe snapshot.
+"""DoctorContext: the planned run, a lazily filled, cached probe snapshot, and the plan resolved from it.
 
 Production code runs the registered probes on demand; tests pass a ready snapshot
 (`DoctorContext.from_snapshot`) built from a named scenario. Checks never notice the difference.
@@ -11,11 +11,14 @@ import time
 import traceback
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar, overload
 
-from doctor.probes import ProbeFn, Unavailable, load_probes
+from doctor.probes import Announce, Probe, ProbeFn, Unavailable, load_announcers, load_probes
 from doctor.report.model import to_jsonable
+from run_plan.resolved import Decision, ResolvedPlan
 from run_plan.spec import RunSpec
+
+Facts = TypeVar("Facts")
 
 
 class DoctorContext:
@@ -23,22 +26,33 @@ class DoctorContext:
         self,
         target: RunSpec,
         probes: Mapping[str, ProbeFn] | None = None,
-        snapshot: Mapping[str, Any] | None = None,
+        snapshot: Mapping[str, object] | None = None,
     ) -> None:
         self.target = target
+        # What attn=auto and the like became before any check ran (doctor.plan.settle_static_choices).
+        self.static_decisions: tuple[Decision, ...] = ()
+        # The plan the checks judge, resolved once from the probes' facts (doctor.plan.resolve_plan).
+        self.plan: ResolvedPlan | None = None
         self._probes = dict(load_probes() if probes is None else probes)
-        self._cache: dict[str, Any] = dict(snapshot or {})
+        self._announcers: dict[str, Announce] = load_announcers() if probes is None else {}
+        self._cache: dict[str, object] = dict(snapshot or {})
         self._frozen = snapshot is not None  # a scenario: never run real probes
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.probe_seconds: dict[str, float] = {}
 
     @classmethod
-    def from_snapshot(cls, target: RunSpec, snapshot: Mapping[str, Any]) -> DoctorContext:
+    def from_snapshot(cls, target: RunSpec, snapshot: Mapping[str, object]) -> DoctorContext:
         return cls(target, probes={}, snapshot=snapshot)
 
-    def probe(self, name: str) -> Any:
-        """Facts of probe `name`, or Unavailable. Runs the probe once; never raises."""
+    @overload
+    def probe(self, which: Probe[Facts]) -> Facts | Unavailable: ...
+    @overload
+    def probe(self, which: str) -> Any: ...
+    def probe(self, which: Probe[Any] | str) -> Any:
+        """Facts of the probe, or Unavailable. Runs the probe once; never raises. A name (the key of the
+        report's facts) gives the facts untyped."""
+        name = which if isinstance(which, str) else which.name
         if name in self._cache:
             return self._cache[name]
         if self._frozen:
@@ -50,7 +64,17 @@ class DoctorContext:
                 self._cache[name] = self._run_probe(name)
         return self._cache[name]
 
-    def _run_probe(self, name: str) -> Any:
+    def needed(self, which: Probe[Facts]) -> Facts:
+        """Facts of a probe the check lists in `needs`: the runner gives the check a SKIP or an ERROR row
+        without running it when that probe has none."""
+        facts = self.probe(which)
+        if isinstance(facts, Unavailable):
+            raise LookupError(
+                f"probe {which.name!r} has no facts ({facts.reason}): not among the check's needs"
+            )
+        return facts
+
+    def _run_probe(self, name: str) -> object:
         fn = self._probes.get(name)
         if fn is None:
             return Unavailable(f"no probe named {name!r} is registered", "error")
@@ -73,10 +97,8 @@ class DoctorContext:
             return
         # Probes that share a child process (the live tier) learn up front who else will ask, so the
         # first of them starts one child for all.
-        for fn in {id(f): f for f in (self._probes.get(n) for n in pending) if f is not None}.values():
-            announce = getattr(fn, "announce", None)
-            if announce is not None:
-                announce(self.target, pending)
+        for announce in dict.fromkeys(a for a in (self._announcers.get(n) for n in pending) if a is not None):
+            announce(self.target, pending)
         with ThreadPoolExecutor(max_workers=min(8, len(pending))) as pool:
             list(pool.map(self.probe, pending))
 

@@ -9,14 +9,17 @@ from typing import Any
 
 from doctor.context import DoctorContext
 from doctor.probes import Unavailable
+from doctor.probes.config_load import CONFIG_LOAD
 from run_plan import hub_kernels
 from run_plan.resolved import Decision
 
 
 def load_decisions(ctx: DoctorContext, sizing: Mapping[str, Any] | None) -> tuple[Decision, ...]:
     out = []
-    facts = ctx.probe("config-load") if ctx.target.model else None
-    model = None if facts is None or isinstance(facts, Unavailable) else facts.model_class
+    model = None
+    if ctx.target.model:
+        facts = ctx.probe(CONFIG_LOAD)
+        model = None if isinstance(facts, Unavailable) else facts.model_class
     kernels = model.hub_kernels if model is not None else None
     if kernels is not None and kernels.load_kwargs.get("use_kernels") is False:
         out.append(

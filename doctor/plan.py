@@ -24,14 +24,14 @@ from doctor.memory.estimate import (
 from doctor.memory.gpus import GpuSpec, gpus_from_nvml, parse_gpus
 from doctor.memory.timing import prefill_time_model
 from doctor.probes import Unavailable
+from doctor.probes.card_rates import RATES_LIVE
+from doctor.probes.memory import MEMORY, MemoryFacts
+from doctor.probes.nvml import NVML
 from run_plan.errors import UsageError
 from run_plan.resolved import Decision, DevicePrediction, LengthPlan, ResolvedPlan
 from run_plan.shell import shell_join
 from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, LEAN_ATTN, RunSpec
 from run_plan.timing import PrefillTimeModel
-
-_CACHE_ATTR = "_resolved_plan"
-_STATIC_ATTR = "_static_decisions"
 
 
 def settle_static_choices(
@@ -104,7 +104,7 @@ def planned_gpus(ctx: DoctorContext) -> tuple[list[GpuSpec], str]:
     """The GPUs the plan is for: --gpus, else what NVML sees."""
     if ctx.target.gpus:
         return parse_gpus(ctx.target.gpus), f"--gpus {ctx.target.gpus}"
-    facts = ctx.probe("nvml")
+    facts = ctx.probe(NVML)
     if isinstance(facts, Unavailable):
         return [], f"no --gpus and NVML unavailable ({facts.reason})"
     gpus = gpus_from_nvml(facts)
@@ -119,36 +119,34 @@ def planned_gpus_or_none(ctx: DoctorContext) -> list[GpuSpec]:
         return []
 
 
-def memory_settings(ctx: DoctorContext) -> Settings | None:
-    facts = ctx.probe("memory")
-    if isinstance(facts, Unavailable):
-        return None
-    return Settings(**facts["settings"])
+def memory_facts(ctx: DoctorContext) -> MemoryFacts | None:
+    """The memory probe's facts (settings and sizing), or None where it has none."""
+    facts = ctx.probe(MEMORY)
+    return None if isinstance(facts, Unavailable) else facts
 
 
 def remember_static_decisions(ctx: DoctorContext, decisions: tuple[Decision, ...]) -> None:
-    setattr(ctx, _STATIC_ATTR, decisions)
+    """What settle_static_choices decided for ctx.target, so the resolved plan lists those decisions too."""
+    ctx.static_decisions = decisions
 
 
 def resolve_plan(ctx: DoctorContext) -> ResolvedPlan:
     """The plan for ctx.target, computed once per context (the memory checks and the API share it)."""
-    cached = getattr(ctx, _CACHE_ATTR, None)
-    if cached is not None:
-        return cached
-    plan = _resolve(ctx, getattr(ctx, _STATIC_ATTR, ()))
-    setattr(ctx, _CACHE_ATTR, plan)
-    return plan
+    if ctx.plan is None:
+        ctx.plan = _resolve(ctx, ctx.static_decisions)
+    return ctx.plan
 
 
 def _resolve(ctx: DoctorContext, static: tuple[Decision, ...]) -> ResolvedPlan:
     spec = ctx.target
     decisions = list(static)
-    settings = memory_settings(ctx) if spec.model and spec.backend == "transformers" else None
-    gpus, gpu_source = planned_gpus(ctx) if settings is not None else ([], "")
-    if settings is None or not gpus:
-        reason = "no memory estimate for this model" if settings is None else f"no GPU known ({gpu_source})"
+    facts = memory_facts(ctx) if spec.model and spec.backend == "transformers" else None
+    gpus, gpu_source = planned_gpus(ctx) if facts is not None else ([], "")
+    if facts is None or not gpus:
+        reason = "no memory estimate for this model" if facts is None else f"no GPU known ({gpu_source})"
         return plan_without_estimate(spec, (*decisions, *load_decisions(ctx, None)), reason)
-    sizing = ctx.probe("memory")["sizing"]
+    settings = Settings(**facts["settings"])
+    sizing = facts["sizing"]
     spec, decisions = _paths_from_sizing(spec, decisions, sizing)
     settings = dataclasses.replace(settings, attn=spec.attn)
     decisions.extend(load_decisions(ctx, sizing))
@@ -175,12 +173,12 @@ def measured_rates(ctx: DoctorContext) -> dict[str, Any] | None:
     """The planned GPU's kernel rates from the live probe, when it ran here on that GPU."""
     if ctx.target.gpus:  # planning for other GPUs than these: their rates were not measured here
         return None
-    facts = ctx.probe("rates-live")
+    facts = ctx.probe(RATES_LIVE)
     return facts if isinstance(facts, dict) else None
 
 
 def _paths_from_sizing(
-    spec: RunSpec, decisions: list[Decision], sizing: Any
+    spec: RunSpec, decisions: list[Decision], sizing: Mapping[str, Any]
 ) -> tuple[RunSpec, list[Decision]]:
     """What the sizing child found when it built the planned paths on the model: an auto lean attention the
     model refuses becomes transformers' sdpa (the sizing traced that instead), and experts=auto becomes the
@@ -204,7 +202,8 @@ def _paths_from_sizing(
 def plan_without_estimate(
     spec: RunSpec, decisions: tuple[Decision, ...], reason: str, verdict: str = "not judged"
 ) -> ResolvedPlan:
-    """A settled spec with no memory estimate: the one default chunk, no length ruled out."""
+    """A settled spec with no memory estimate: the one default chunk, no length ruled out. `verdict` only
+    fills ResolvedPlan's own field while `niah run` still reads it there (the doctor never passes one)."""
     if spec.prefill_chunk is None:
         spec = dataclasses.replace(spec, prefill_chunk=DEFAULT_PREFILL_CHUNK)
         decisions = (*decisions, Decision("prefill_chunk", DEFAULT_PREFILL_CHUNK, f"default: {reason}"))
@@ -239,7 +238,11 @@ def rerun_command(spec: RunSpec, **changes: object) -> str:
 
 
 def _choose_chunk(
-    sizing: Any, settings: Settings, gpus: list[GpuSpec], given: int | None, lengths: tuple[int, ...]
+    sizing: Mapping[str, Any],
+    settings: Settings,
+    gpus: list[GpuSpec],
+    given: int | None,
+    lengths: tuple[int, ...],
 ) -> tuple[int, str]:
     """The largest chunk whose predicted peak fits at the longest planned length that can fit at all.
 
@@ -256,7 +259,7 @@ def _choose_chunk(
 
 
 def _length_plan(
-    sizing: Any,
+    sizing: Mapping[str, Any],
     settings: Settings,
     gpus: list[GpuSpec],
     chunk: int,
@@ -287,12 +290,12 @@ def _why_not(estimate: Estimate) -> str:
 def estimate_at_plan(ctx: DoctorContext) -> tuple[Estimate, list[GpuSpec], str]:
     """The estimate at the plan's context and prefill chunk — the run that will happen — with the plan's
     longest context (its chunk chosen at that length), so every check quotes one figure."""
-    settings = memory_settings(ctx)
-    if settings is None:
+    facts = memory_facts(ctx)
+    if facts is None:
         raise LookupError("no memory facts for this plan")
+    settings, sizing = Settings(**facts["settings"]), facts["sizing"]
     gpus, gpu_source = planned_gpus(ctx)
     plan = resolve_plan(ctx)
-    sizing = ctx.probe("memory")["sizing"]
     estimate = compute_estimate(
         sizing,
         dataclasses.replace(settings, attn=plan.spec.attn, prefill_chunk=plan.spec.prefill_chunk),
@@ -303,7 +306,3 @@ def estimate_at_plan(ctx: DoctorContext) -> tuple[Estimate, list[GpuSpec], str]:
         estimate.prefill_seconds_estimate = plan.predicted_prefill_seconds(0, estimate.context)
         estimate.prefill_rates = plan.prefill_time.rates_source if plan.prefill_time else None
     return estimate, gpus, gpu_source
-
-
-def with_verdict(plan: ResolvedPlan, verdict: str, failing: tuple[str, ...]) -> ResolvedPlan:
-    return dataclasses.replace(plan, verdict=verdict, failing_checks=failing)

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from doctor.context import DoctorContext
+from doctor.probes import Probe
 from doctor.report.model import Evidence, Fix, Status, is_kebab_case
 from run_plan.errors import UsageError
 
@@ -53,7 +55,7 @@ class Outcome:
         return cls(Status.ERROR, summary, tuple(evidence), fix, **kw)
 
 
-CheckFn = Callable[[Any], Outcome]  # DoctorContext -> Outcome
+CheckFn = Callable[[DoctorContext], Outcome]
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,19 @@ class CheckSpec:
     run: CheckFn
     needs: tuple[str, ...] = ()  # probes that must have facts; else SKIP (missing) or ERROR (probe broke)
     wants: tuple[str, ...] = ()  # probes it reads when they have facts (fetched with the others up front)
+    # (both by name: the keys of the report's facts)
 
 
 _REGISTRY: dict[str, CheckSpec] = {}
 
 
 def check(
-    check_id: str, *, title: str, section: str, needs: Iterable[str] = (), wants: Iterable[str] = ()
+    check_id: str,
+    *,
+    title: str,
+    section: str,
+    needs: Iterable[Probe[Any]] = (),
+    wants: Iterable[Probe[Any]] = (),
 ) -> Callable[[CheckFn], CheckFn]:
     """Register a check. Raises ValueError on a non-kebab-case or duplicate id."""
     if not is_kebab_case(check_id):
@@ -80,7 +88,9 @@ def check(
         existing = _REGISTRY.get(check_id)
         if existing is not None and existing.run.__qualname__ != fn.__qualname__:
             raise ValueError(f"check id {check_id!r} registered twice")
-        _REGISTRY[check_id] = CheckSpec(check_id, title, section, fn, tuple(needs), tuple(wants))
+        _REGISTRY[check_id] = CheckSpec(
+            check_id, title, section, fn, tuple(p.name for p in needs), tuple(p.name for p in wants)
+        )
         return fn
 
     return register

@@ -1,5 +1,6 @@
 """The house's layers, checked from the source: run_plan < doctor < niah_run, no import running back up,
-no import circle, and neither CLI imported by the other tool (docs/architecture.md)."""
+no import circle, and neither CLI imported by the other tool; inside doctor, its own floors
+(docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,24 @@ from pathlib import Path
 from tests.conftest import REPO
 
 LAYERS = {"run_plan": 0, "doctor": 1, "niah_run": 2}
+
+# doctor's floors, lowest first. A module may import its own floor and the floors below it, never one above;
+# a new module of doctor gets a floor here (the longest matching prefix places it).
+DOCTOR_FLOORS: tuple[tuple[str, ...], ...] = (
+    ("doctor", "doctor.unavailable", "doctor.model_config", "doctor.report"),  # values, no machinery
+    ("doctor.children",),  # other processes: a child with a timeout, a forked copy
+    ("doctor.runtime",),  # the execution paths niah runs and the sizing child traces
+    ("doctor.memory",),  # the estimator
+    ("doctor.probes",),  # facts about the machine and the model
+    ("doctor.context",),  # one run's facts, cached, and the plan resolved from them
+    ("doctor.load_decisions", "doctor.plan"),  # the plan
+    ("doctor.registry",),  # how a check is declared
+    ("doctor.checks",),  # the judgements
+    ("doctor.runner",),  # checks run into a report
+    ("doctor.api",),  # judge(): what niah calls
+    ("doctor.boundary", "doctor.diff", "doctor.explain"),  # the commands' error boundary and sub-commands
+    ("doctor.cli", "doctor.__main__"),  # `doctor`
+)
 
 
 def _module_name(path: Path) -> str:
@@ -64,6 +83,42 @@ def test_neither_tool_imports_the_other_tools_cli() -> None:
         if src.startswith("doctor")
         for t in targets
     )
+
+
+def _doctor_floor(module: str) -> int | None:
+    placed = [
+        (len(prefix), floor)
+        for floor, prefixes in enumerate(DOCTOR_FLOORS)
+        for prefix in prefixes
+        if module == prefix or module.startswith(prefix + ".")
+    ]
+    return max(placed)[1] if placed else None
+
+
+def test_every_doctor_module_stands_on_a_floor() -> None:
+    assert [m for m in _graph() if m.startswith("doctor") and _doctor_floor(m) is None] == []
+
+
+def test_no_import_runs_up_doctors_floors() -> None:
+    upward = [
+        (src, dst)
+        for src, targets in _graph().items()
+        if src.startswith("doctor")
+        for dst in targets
+        if dst.startswith("doctor") and (_doctor_floor(dst) or 0) > (_doctor_floor(src) or 0)
+    ]
+    assert upward == []
+
+
+def test_the_report_and_the_child_machinery_stand_on_their_own() -> None:
+    """The report model and its renderers import nothing of the doctor's machinery; the child-process
+    floor knows nothing of the probes or the estimator above it."""
+    graph = _graph()
+    report = [(s, d) for s, ts in graph.items() if s.startswith("doctor.report") for d in ts]
+    assert [(s, d) for s, d in report if not d.startswith(("doctor.report", "run_plan"))] == []
+    children = [(s, d) for s, ts in graph.items() if s.startswith("doctor.children") for d in ts]
+    allowed = ("doctor.children", "doctor.unavailable", "run_plan")
+    assert [(s, d) for s, d in children if not d.startswith(allowed)] == []
 
 
 def test_no_import_circle_between_modules() -> None:

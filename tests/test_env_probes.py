@@ -11,17 +11,13 @@ import pytest
 
 from doctor.context import DoctorContext
 from doctor.probes import Unavailable
-from doctor.probes.libs_live import (
-    NOT_LIVE_REASON,
-    TorchLive,
-    bnb_live_facts,
-    live_gate,
-    torch_live_facts,
-    transformers_live_facts,
-)
+from doctor.probes.bnb_live import bnb_live_facts
 from doctor.probes.libs_static import bnb_files_facts, elf_machine, judge_requirement, torch_build_facts
+from doctor.probes.live_batch import NOT_LIVE_REASON, live_gate
 from doctor.probes.nvml import count_visible, cuda_version_from_int, nvml_facts, nvml_sees_gpu
 from doctor.probes.packages import normalize_machine, packages_probe, this_machine
+from doctor.probes.torch_live import TorchLive, torch_live_facts
+from doctor.probes.transformers_live import transformers_live_facts
 from doctor.registry import load_checks
 from doctor.report.model import Status
 from doctor.report.render_text import render_text

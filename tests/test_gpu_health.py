@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
+from doctor.children.child import run_stages_in_child
 from doctor.context import DoctorContext
 from doctor.probes import nvml as nvml_module
-from doctor.probes.child import run_stages_in_child
-from doctor.probes.libs_live import GemmResult, _exercise_devices, known_answer_gemm
 from doctor.probes.nvml_health import (
     DriverStack,
     GpuHealthFacts,
@@ -25,6 +24,7 @@ from doctor.probes.nvml_health import (
     parse_xid_lines,
     read_kmsg,
 )
+from doctor.probes.torch_live import GemmResult, _exercise_devices, known_answer_gemm
 from doctor.registry import load_checks
 from doctor.report.model import CheckResult, Status
 from doctor.runner import run_check
@@ -498,7 +498,7 @@ def test_driver_versions_from_proc_and_maps(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the shared live child
 
 
-SELFTEST = "doctor.probes.child:selftest_child"
+SELFTEST = "doctor.children.child:selftest_child"
 
 
 def test_batch_child_answers_each_stage_and_isolates_a_hang_and_a_crash() -> None:
@@ -522,7 +522,7 @@ def test_batch_child_answers_each_stage_and_isolates_a_hang_and_a_crash() -> Non
 
 
 def test_live_probes_announced_together_share_one_child(monkeypatch: pytest.MonkeyPatch) -> None:
-    from doctor.probes import libs_live
+    from doctor.probes import live_batch
     from run_plan.spec import RunSpec
 
     calls: list[set[str]] = []
@@ -531,9 +531,9 @@ def test_live_probes_announced_together_share_one_child(monkeypatch: pytest.Monk
         calls.append(set(requests))
         return {name: {"version": "9.9"} for name in requests}
 
-    monkeypatch.setattr(libs_live, "_run_batch", fake_batch)
-    monkeypatch.setattr(libs_live, "live_gate", lambda target: None)
-    monkeypatch.setattr(libs_live, "find_dist", lambda name: object())
+    monkeypatch.setattr(live_batch.LIVE_BATCH, "run", fake_batch)
+    monkeypatch.setattr(live_batch, "live_gate", lambda target: None)
+    monkeypatch.setattr(live_batch, "find_dist", lambda name: object())
     ctx = DoctorContext(RunSpec(live=True))
     ctx.prefetch(["torch-live", "bnb-live", "triton-live"])
     assert calls == [{"torch-live", "bnb-live", "triton-live"}]
@@ -544,7 +544,7 @@ def test_live_probes_announced_together_share_one_child(monkeypatch: pytest.Monk
 
 
 def _deep_results(deep: Any, device_count: int = 1, deep_flag: bool = True) -> dict[str, CheckResult]:
-    from doctor.probes.libs_live import DeepProbes  # noqa: F401 - the type the fakes build
+    from doctor.probes.torch_live import DeepProbes  # noqa: F401 - the type the fakes build
 
     live = replace(sc.torch_live_ok(), device_count=device_count, deep=deep)
     target = NS(deep=deep_flag, quant="none", model=None, context=None)
@@ -559,7 +559,7 @@ def test_deep_checks_skip_without_the_flag() -> None:
 
 
 def test_host_bandwidth_against_the_link() -> None:
-    from doctor.probes.libs_live import CopyBandwidth, DeepProbes
+    from doctor.probes.torch_live import CopyBandwidth, DeepProbes
 
     good = _deep_results(DeepProbes(bandwidth=(CopyBandwidth(0, 53.1, 54.0),)))["gpu-host-bandwidth"]
     assert good.status is Status.PASS and "≥ 31.5 GB/s expected on PCIe Gen5 x16" in good.summary
@@ -568,7 +568,7 @@ def test_host_bandwidth_against_the_link() -> None:
 
 
 def test_p2p_that_corrupts_fails_even_when_torch_says_peer_access_works() -> None:
-    from doctor.probes.libs_live import DeepProbes, PeerCopy
+    from doctor.probes.torch_live import DeepProbes, PeerCopy
 
     corrupt = DeepProbes(
         peer=(

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from doctor.probes import libs_live
-from doctor.probes.bnb_import import compile_decorators_skipped
-from doctor.probes.child import ChildResult, bytecode_cache_env
+from doctor.children.bnb_import import compile_decorators_skipped
+from doctor.children.child import ChildResult, bytecode_cache_env
+from doctor.probes import live_batch
+from doctor.probes.triton_live import triton_stage
 
 
 def _package(root: Path, name: str, compiled: bool) -> None:
@@ -88,8 +89,8 @@ def test_has_triton_runs_beside_the_kernel_and_joins_the_triton_facts(
             "triton-live.inductor": ChildResult(True, {"torch_has_triton": False}, None, 0, "", 2.0),
         }
 
-    monkeypatch.setattr(libs_live, "run_stages_in_child", fake_stages)
-    answers = libs_live._run_batch(object(), {"triton-live": ("triton_child", {"fresh_cache": False})})
+    monkeypatch.setattr(live_batch, "run_stages_in_child", fake_stages)
+    answers = live_batch.LIVE_BATCH.run(object(), {"triton-live": triton_stage(fresh_cache=False)})
     assert seen["triton-live"][1]["inductor_elsewhere"] is True
     assert seen["triton-live.inductor"][0].endswith(":inductor_child")
     assert answers == {"triton-live": {"version": "3.6.0", "kernel_ran": True, "torch_has_triton": False}}
@@ -102,6 +103,6 @@ def test_a_failed_inductor_worker_leaves_has_triton_unknown(monkeypatch: pytest.
             "triton-live.inductor": ChildResult(False, None, "crashed with SIGSEGV", -11, "", 2.0),
         }
 
-    monkeypatch.setattr(libs_live, "run_stages_in_child", fake_stages)
-    answers = libs_live._run_batch(object(), {"triton-live": ("triton_child", {})})
+    monkeypatch.setattr(live_batch, "run_stages_in_child", fake_stages)
+    answers = live_batch.LIVE_BATCH.run(object(), {"triton-live": triton_stage(fresh_cache=False)})
     assert answers["triton-live"] == {"version": "3.6.0", "kernel_ran": True, "torch_has_triton": None}

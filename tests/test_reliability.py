@@ -297,7 +297,7 @@ def test_segfaulting_bitsandbytes_import_is_an_error_row_and_the_report_prints(t
 
 def test_segfaulting_bitsandbytes_in_the_probe_function(tmp_path: Path) -> None:
     from doctor.probes import Unavailable
-    from doctor.probes.libs_live import bnb_live_facts
+    from doctor.probes.bnb_live import bnb_live_facts
 
     env = env_with(
         fake_package(tmp_path, "bitsandbytes", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from doctor.memory.forked import can_fork, map_shared, start_forked
+from doctor.children.child import ChildResult, cyclic_gc_paused, run_in_child
+from doctor.children.forked import can_fork, map_shared, start_forked
 from doctor.probes import memory as memory_probe
-from doctor.probes.child import ChildResult, cyclic_gc_paused, run_in_child
 
 # the fork is asked for explicitly: an earlier test may leave an idle worker thread behind
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -116,14 +116,14 @@ def test_sizing_child_runs_with_one_hash_seed(monkeypatch: pytest.MonkeyPatch) -
         seen.update(env)
         return ChildResult(True, {"method": "meta-skeleton"}, None, 0, "", 0.1)
 
-    monkeypatch.setattr("doctor.probes.child.run_in_child", fake_child)
+    monkeypatch.setattr("doctor.children.child.run_in_child", fake_child)
     monkeypatch.setenv("PYTHONHASHSEED", "random")
     assert memory_probe._size_in_child({"config": {}}, 10.0) == {"method": "meta-skeleton"}
     assert seen["PYTHONHASHSEED"] == "0"
 
 
 def test_child_answers_without_waiting_for_a_lingering_thread() -> None:
-    result = run_in_child("doctor.probes.child:selftest_child", {"echo": 3, "linger_s": 120}, timeout_s=60)
+    result = run_in_child("doctor.children.child:selftest_child", {"echo": 3, "linger_s": 120}, timeout_s=60)
     assert result.ok, result.error  # interpreter teardown would wait the thread's two minutes
     assert result.data is not None and result.data["echo"] == 3
 
@@ -170,10 +170,10 @@ def _size(monkeypatch: pytest.MonkeyPatch, *, shared: bool, quant: str = "none")
     with monkeypatch.context() as patch:
         if not shared:
             patch.setattr(trace_module, "map_shared", lambda func, items: [func(item) for item in items])
-            patch.setattr("doctor.memory.forked.can_fork", lambda: False)
+            patch.setattr("doctor.children.forked.can_fork", lambda: False)
         else:  # an idle thread an earlier test left behind must not turn the sharing off here
-            patch.setattr("doctor.memory.forked.threading.active_count", lambda: 1)
-            patch.setattr("doctor.memory.forked.os.cpu_count", lambda: 2)
+            patch.setattr("doctor.children.forked.threading.active_count", lambda: 1)
+            patch.setattr("doctor.children.forked.os.cpu_count", lambda: 2)
         return size_model(sizing_args(Settings(context=512, quant=quant), GEMMA3_TINY, None))
 
 

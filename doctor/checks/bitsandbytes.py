@@ -11,8 +11,10 @@ from doctor.checks.gpu import run_needs_gpu
 from doctor.checks.torch_cuda import explain_cuda_unavailable
 from doctor.context import DoctorContext
 from doctor.probes import Unavailable
-from doctor.probes.libs_live import BnbLive
-from doctor.probes.libs_static import BnbFiles, TorchBuild
+from doctor.probes.bnb_live import BNB_LIVE
+from doctor.probes.libs_static import BNB_FILES, TORCH_BUILD, BnbFiles, TorchBuild
+from doctor.probes.nvml import NVML
+from doctor.probes.torch_live import TORCH_LIVE
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix, Status
 
@@ -59,9 +61,9 @@ def _files_evidence(files: BnbFiles) -> list[Evidence]:
     ]
 
 
-@check("bnb-installed", title="bitsandbytes installed", section=SECTION, needs=("bnb-files",))
+@check("bnb-installed", title="bitsandbytes installed", section=SECTION, needs=(BNB_FILES,))
 def bnb_installed(ctx: DoctorContext) -> Outcome:
-    files: BnbFiles = ctx.probe("bnb-files")
+    files = ctx.needed(BNB_FILES)
     if not files.installed:
         evidence = [Evidence("bitsandbytes", "not installed", "metadata", HOW_VERSION)]
         if uses_bnb(ctx):
@@ -94,10 +96,10 @@ def bnb_installed(ctx: DoctorContext) -> Outcome:
 
 
 @check(
-    "bnb-version", title="bitsandbytes version known-bad combinations", section=SECTION, needs=("bnb-files",)
+    "bnb-version", title="bitsandbytes version known-bad combinations", section=SECTION, needs=(BNB_FILES,)
 )
 def bnb_version(ctx: DoctorContext) -> Outcome:
-    files: BnbFiles = ctx.probe("bnb-files")
+    files = ctx.needed(BNB_FILES)
     if not files.installed:
         return Outcome.skip("bitsandbytes is not installed")
     version = _version_tuple(files.version)
@@ -114,8 +116,8 @@ def bnb_version(ctx: DoctorContext) -> Outcome:
         )
     if version < (0, 43, 1):
         cause = ""
-        build = ctx.probe("torch-build")
-        nvml = ctx.probe("nvml")
+        build = ctx.probe(TORCH_BUILD)
+        nvml = ctx.probe(NVML)
         if (
             isinstance(build, TorchBuild)
             and not isinstance(nvml, Unavailable)
@@ -139,10 +141,10 @@ def bnb_version(ctx: DoctorContext) -> Outcome:
     "bnb-library-arch",
     title="bitsandbytes native libraries built for this CPU (ELF)",
     section=SECTION,
-    needs=("bnb-files",),
+    needs=(BNB_FILES,),
 )
 def bnb_library_arch(ctx: DoctorContext) -> Outcome:
-    files: BnbFiles = ctx.probe("bnb-files")
+    files = ctx.needed(BNB_FILES)
     if not files.installed:
         return Outcome.skip("bitsandbytes is not installed")
     machines = sorted({lib.machine or "not ELF" for lib in files.libs})
@@ -210,11 +212,11 @@ def _pick_cuda_library(files: BnbFiles, torch_cuda: tuple[int, int]) -> str | No
     "bnb-cuda-library",
     title="bitsandbytes has a CUDA library for torch's CUDA",
     section=SECTION,
-    needs=("bnb-files", "torch-build"),
+    needs=(BNB_FILES, TORCH_BUILD),
 )
 def bnb_cuda_library(ctx: DoctorContext) -> Outcome:
-    files: BnbFiles = ctx.probe("bnb-files")
-    build: TorchBuild = ctx.probe("torch-build")
+    files = ctx.needed(BNB_FILES)
+    build = ctx.needed(TORCH_BUILD)
     if not files.installed:
         return Outcome.skip("bitsandbytes is not installed")
     evidence = [
@@ -276,10 +278,10 @@ def bnb_cuda_library(ctx: DoctorContext) -> Outcome:
     "bnb-native-library",
     title="bitsandbytes native library actually loaded (live)",
     section=SECTION,
-    needs=("bnb-live",),
+    needs=(BNB_LIVE,),
 )
 def bnb_native_library(ctx: DoctorContext) -> Outcome:
-    live: BnbLive = ctx.probe("bnb-live")
+    live = ctx.needed(BNB_LIVE)
     evidence = [
         Evidence("bitsandbytes.lib", live.library_class, "bitsandbytes (child)", HOW_LIB),
         Evidence("bitsandbytes.lib_path", live.library_path, "bitsandbytes (child)", HOW_LIB),
@@ -319,12 +321,12 @@ def bnb_native_library(ctx: DoctorContext) -> Outcome:
                 DOCS,
             ),
         )
-    nvml = ctx.probe("nvml")
+    nvml = ctx.probe(NVML)
     has_gpu = not isinstance(nvml, Unavailable) and bool(nvml.gpus)
     if not has_gpu and not run_needs_gpu(ctx):
         return Outcome.ok(f"{live.library_kind.upper()} library loaded; expected without a GPU", evidence)
-    build = ctx.probe("torch-build")
-    files = ctx.probe("bnb-files")
+    build = ctx.probe(TORCH_BUILD)
+    files = ctx.probe(BNB_FILES)
     cause, fix = ("torch cannot see CUDA", None)
     if live.torch_cuda_available and isinstance(files, BnbFiles):
         # torch is fine: the problem is bitsandbytes' own files (no CUDA build for torch's CUDA).
@@ -340,8 +342,8 @@ def bnb_native_library(ctx: DoctorContext) -> Outcome:
             ('pip install --force-reinstall -U "bitsandbytes>=0.46"', HOW_DIAG),
             DOCS,
         )
-    elif has_gpu and isinstance(build, TorchBuild):
-        torch_live = ctx.probe("torch-live")
+    elif has_gpu and isinstance(build, TorchBuild) and not isinstance(nvml, Unavailable):
+        torch_live = ctx.probe(TORCH_LIVE)
         cause, fix = explain_cuda_unavailable(
             nvml, build, None if isinstance(torch_live, Unavailable) else torch_live
         )
@@ -354,10 +356,10 @@ def bnb_native_library(ctx: DoctorContext) -> Outcome:
     "bnb-4bit-roundtrip",
     title="bitsandbytes 4-bit round trip on the GPU (live)",
     section=SECTION,
-    needs=("bnb-live",),
+    needs=(BNB_LIVE,),
 )
 def bnb_4bit_roundtrip(ctx: DoctorContext) -> Outcome:
-    live: BnbLive = ctx.probe("bnb-live")
+    live = ctx.needed(BNB_LIVE)
     rt = live.roundtrip
     if rt is None:
         return Outcome.skip("no CUDA device in the child: 4-bit round trip not run")

@@ -15,7 +15,13 @@ import json
 
 from doctor.checks.libraries import FIRST_RELEASE
 from doctor.context import DoctorContext
-from doctor.probes.config_load import ConfigLoadFacts, FieldRejection, LoadAttempt, corrected_value
+from doctor.probes.config_load import (
+    CONFIG_LOAD,
+    ConfigLoadFacts,
+    FieldRejection,
+    LoadAttempt,
+    corrected_value,
+)
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan.shell import shell_join
@@ -160,10 +166,10 @@ def _redownload(facts: ConfigLoadFacts, *files: str) -> tuple[tuple[str, ...], .
     "model-config-loads",
     title="Model's config.json loads in the installed transformers",
     section=SECTION,
-    needs=("config-load",),
+    needs=(CONFIG_LOAD,),
 )
 def model_config_loads(ctx: DoctorContext) -> Outcome:
-    facts: ConfigLoadFacts = ctx.probe("config-load")
+    facts = ctx.needed(CONFIG_LOAD)
     attempt = facts.attempt("config")
     if attempt is None:
         return Outcome.skip("the config was not loaded")
@@ -217,10 +223,10 @@ def model_config_loads(ctx: DoctorContext) -> Outcome:
     "tokenizer-generation-config-load",
     title="Tokenizer and generation config load as the run loads them",
     section=SECTION,
-    needs=("config-load",),
+    needs=(CONFIG_LOAD,),
 )
 def tokenizer_generation_config_load(ctx: DoctorContext) -> Outcome:
-    facts: ConfigLoadFacts = ctx.probe("config-load")
+    facts = ctx.needed(CONFIG_LOAD)
     attempts = [a for a in (facts.attempt("tokenizer"), facts.attempt("generation_config")) if a is not None]
     evidence = [Evidence("transformers.version", facts.transformers_version, "transformers (child)")]
     for attempt in attempts:

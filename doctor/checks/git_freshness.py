@@ -1,8 +1,8 @@
 """Git freshness: is the script on disk the code you think will run?
 
-In the seed story a fix was pushed and pulled, yet the run kept using the placeholder model id:
-the committed file still had it, and the checkout was behind origin. These checks say that in one
-line each, with the commit and the diff summary as evidence.
+A fix can be pushed and pulled while the run keeps using a placeholder model id: the committed file
+still has it, or the checkout is behind origin. These checks say that in one line each, with the
+commit and the diff summary as evidence.
 
 One row per concern; each row covers every `--script` and takes the worst status among them.
 Edits and unpushed commits are WARN (normal while developing); FAIL is kept for "you will run
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from doctor.context import DoctorContext
-from doctor.probes.git import GitFacts, ScriptFacts
+from doctor.probes.git import GIT, ScriptFacts
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix, Status, worst_status
 from run_plan.shell import quote, shell_join
@@ -59,7 +59,7 @@ def _aggregate(findings: Sequence[Finding], ok_summary: str) -> Outcome:
 
 
 def _each(ctx: DoctorContext, judge: Callable[[ScriptFacts], Finding], ok_summary: str) -> Outcome:
-    facts: GitFacts = ctx.probe("git")
+    facts = ctx.needed(GIT)
     return _aggregate([judge(s) for s in facts.scripts], ok_summary)
 
 
@@ -159,7 +159,7 @@ def _diff_text(s: ScriptFacts) -> str:
 
 
 @check(
-    "script-matches-head", title="Run scripts match their committed version", section=SECTION, needs=("git",)
+    "script-matches-head", title="Run scripts match their committed version", section=SECTION, needs=(GIT,)
 )
 def script_matches_head(ctx: DoctorContext) -> Outcome:
     return _each(ctx, judge_committed, "all scripts match HEAD")
@@ -263,7 +263,7 @@ def _age_note(s: ScriptFacts) -> str:
     return "just now"
 
 
-@check("script-upstream", title="Checkout is up to date with its upstream", section=SECTION, needs=("git",))
+@check("script-upstream", title="Checkout is up to date with its upstream", section=SECTION, needs=(GIT,))
 def script_upstream(ctx: DoctorContext) -> Outcome:
     return _each(ctx, judge_upstream, "up to date with upstream")
 
@@ -303,7 +303,7 @@ def judge_bytecode(s: ScriptFacts) -> Finding:
     return Finding(Status.PASS, f"{_name(s)}: {note}", evidence)
 
 
-@check("script-bytecode", title="Cached bytecode matches the source", section=SECTION, needs=("git",))
+@check("script-bytecode", title="Cached bytecode matches the source", section=SECTION, needs=(GIT,))
 def script_bytecode(ctx: DoctorContext) -> Outcome:
     return _each(ctx, judge_bytecode, "bytecode matches")
 
@@ -342,8 +342,6 @@ def judge_shadow(s: ScriptFacts) -> Finding:
     )
 
 
-@check(
-    "script-import-origin", title="No installed copy shadows the checkout", section=SECTION, needs=("git",)
-)
+@check("script-import-origin", title="No installed copy shadows the checkout", section=SECTION, needs=(GIT,))
 def script_import_origin(ctx: DoctorContext) -> Outcome:
     return _each(ctx, judge_shadow, "no shadowing copies")

@@ -15,9 +15,13 @@ from __future__ import annotations
 import os
 
 from doctor.context import DoctorContext
-from doctor.probes.libs_live import TorchLive
-from doctor.probes.nvml import GpuFacts, NvmlFacts
+from doctor.probes import Unavailable
+from doctor.probes.host import HOST
+from doctor.probes.memory import MEMORY
+from doctor.probes.model import MODEL
+from doctor.probes.nvml import GPU_HEALTH, NVML, GpuFacts, NvmlFacts
 from doctor.probes.nvml_health import GpuHealthFacts
+from doctor.probes.torch_live import TORCH_LIVE, TorchLive
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan.units import GIB, gib
@@ -61,10 +65,11 @@ def run_needs_gpu(ctx: DoctorContext) -> str | None:
         return None
     if target.gpus:
         return f"the plan is for --gpus {target.gpus}"
-    model = ctx.probe("model")
-    if getattr(model, "status", None) in ("not-found", "invalid", "gated"):
+    model = ctx.probe(MODEL)
+    if not isinstance(model, Unavailable) and model.status in ("not-found", "invalid", "gated"):
         return None
-    on_cpu, why = cpu_fit(ctx) if getattr(model, "found", False) else (None, "")
+    found = not isinstance(model, Unavailable) and model.found
+    on_cpu, why = cpu_fit(ctx) if found else (None, "")
     if on_cpu or (on_cpu is None and target.model == "demo"):
         return None
     return f"a {target.context}-token run of {target.model} needs a GPU" + (f" ({why})" if why else "")
@@ -88,12 +93,11 @@ def cpu_fit(ctx: DoctorContext) -> tuple[bool | None, str]:
     """Whether the planned run fits this machine's CPU: its usable RAM holds weights + KV + prefill peak,
     and a rough prefill of the longest length takes at most CPU_PREFILL_LIMIT_S (a 70B model fits a big
     host's RAM, but one trial would take hours: that run needs a GPU). None: no estimate to tell."""
-    from doctor.memory.estimate import Settings, fits
+    from doctor.memory.estimate import Settings, choose_prefill_chunk, fits
     from doctor.memory.gpus import GpuSpec
     from doctor.memory.timing import prefill_time_model
-    from doctor.probes import Unavailable
 
-    facts, host = ctx.probe("memory"), ctx.probe("host")
+    facts, host = ctx.probe(MEMORY), ctx.probe(HOST)
     if isinstance(facts, Unavailable) or isinstance(host, Unavailable):
         return None, ""
     limit = host.cgroup_memory_limit_bytes
@@ -102,9 +106,11 @@ def cpu_fit(ctx: DoctorContext) -> tuple[bool | None, str]:
     cores = max(host.cpu_count or 1, 1)
     try:
         settings = Settings(**facts["settings"])
-        if not fits(facts["sizing"], settings, [ram]):
+        sizing = facts["sizing"]
+        if not fits(sizing, settings, [ram]):
             return False, f"more than this machine's {gib(usable)} of RAM holds"
-        # the prefill time plan at what this CPU's cores sustain (an assumed rate, CPU_FLOPS_PER_CORE)
+        # the prefill time plan at what this CPU's cores sustain (an assumed rate, CPU_FLOPS_PER_CORE), at
+        # the chunk the estimate would quote for this RAM (doctor.memory.estimate.compute_estimate)
         rate = CPU_FLOPS_PER_CORE * cores
         rates = {
             "matmul": rate,
@@ -113,8 +119,8 @@ def cpu_fit(ctx: DoctorContext) -> tuple[bool | None, str]:
             "copy": CPU_COPY_BYTES_PER_S,
             "device": "this CPU",
         }
-        model = prefill_time_model(facts["sizing"], settings.attn, settings.quant, [ram], rates)
-        chunk = settings.prefill_chunk or settings.context
+        model = prefill_time_model(sizing, settings.attn, settings.quant, [ram], rates)
+        chunk = min(settings.prefill_chunk or choose_prefill_chunk(sizing, settings, [ram]), settings.context)
         cpu_seconds = model.seconds(0, settings.context, chunk) if model else None
     except (KeyError, TypeError, ValueError):
         return None, ""
@@ -141,7 +147,7 @@ def driver_evidence(nvml: NvmlFacts) -> list[Evidence]:
 
 def served_elsewhere(ctx: DoctorContext) -> Outcome | None:
     """The SKIP for a local-GPU check when --base-url points at the server that runs the model."""
-    if getattr(ctx.target, "base_url", None):
+    if ctx.target.base_url:
         return Outcome.skip(SERVER_TARGET_REASON, [Evidence("target.base_url", "set", "--base-url")])
     return None
 
@@ -154,14 +160,14 @@ def _gpu_line(gpu: GpuFacts) -> str:
 
 
 @check(
-    "nvidia-driver", title="NVIDIA driver and the CUDA version it supports", section=SECTION, needs=("nvml",)
+    "nvidia-driver", title="NVIDIA driver and the CUDA version it supports", section=SECTION, needs=(NVML,)
 )
 def nvidia_driver(ctx: DoctorContext) -> Outcome:
     if (elsewhere := served_elsewhere(ctx)) is not None:
         return elsewhere
-    nvml: NvmlFacts = ctx.probe("nvml")
+    nvml = ctx.needed(NVML)
     evidence = [Evidence("nvml", nvml.reason or "ok", "nvml", "nvidia-smi"), *driver_evidence(nvml)]
-    health = ctx.probe("gpu-health")
+    health = ctx.probe(GPU_HEALTH)
     if not nvml.driver_visible and isinstance(health, GpuHealthFacts) and health.driver.mismatch:
         # The driver IS installed: an upgrade replaced its libraries under the running kernel module.
         stack = health.driver
@@ -190,11 +196,11 @@ def nvidia_driver(ctx: DoctorContext) -> Outcome:
     )
 
 
-@check("gpu-devices", title="GPUs: name, memory, compute capability", section=SECTION, needs=("nvml",))
+@check("gpu-devices", title="GPUs: name, memory, compute capability", section=SECTION, needs=(NVML,))
 def gpu_devices(ctx: DoctorContext) -> Outcome:
     if (elsewhere := served_elsewhere(ctx)) is not None:
         return elsewhere
-    nvml: NvmlFacts = ctx.probe("nvml")
+    nvml = ctx.needed(NVML)
     if not nvml.gpus:
         return Outcome.skip(nvml.reason or "no GPUs")
     evidence = [Evidence(f"gpu[{g.index}]", _gpu_line(g), "nvml", SMI_GPUS) for g in nvml.gpus]
@@ -222,11 +228,11 @@ def _own_process_tree() -> set[int]:
         return {os.getpid()}
 
 
-@check("gpu-busy", title="Other processes holding GPU memory", section=SECTION, needs=("nvml",))
+@check("gpu-busy", title="Other processes holding GPU memory", section=SECTION, needs=(NVML,))
 def gpu_busy(ctx: DoctorContext) -> Outcome:
     if (elsewhere := served_elsewhere(ctx)) is not None:
         return elsewhere
-    nvml: NvmlFacts = ctx.probe("nvml")
+    nvml = ctx.needed(NVML)
     if not nvml.gpus:
         return Outcome.skip(nvml.reason or "no GPUs")
     ours = _own_process_tree()
@@ -262,11 +268,11 @@ def gpu_busy(ctx: DoctorContext) -> Outcome:
     return Outcome.ok(f"no other process holds GPU memory on {nvml.gpu_count} GPU(s)", evidence)
 
 
-@check("cuda-visible-devices", title="CUDA_VISIBLE_DEVICES", section=SECTION, needs=("nvml",))
+@check("cuda-visible-devices", title="CUDA_VISIBLE_DEVICES", section=SECTION, needs=(NVML,))
 def cuda_visible_devices(ctx: DoctorContext) -> Outcome:
     if (elsewhere := served_elsewhere(ctx)) is not None:
         return elsewhere
-    nvml: NvmlFacts = ctx.probe("nvml")
+    nvml = ctx.needed(NVML)
     cvd = nvml.cuda_visible_devices
     evidence = [
         Evidence(
@@ -278,7 +284,7 @@ def cuda_visible_devices(ctx: DoctorContext) -> Outcome:
         Evidence("gpus.visible_to_cuda", nvml.visible_gpu_count, "nvml+env", SMI_GPUS),
     ]
     visible = nvml.visible_gpu_count
-    live = ctx.probe("torch-live")
+    live = ctx.probe(TORCH_LIVE)
     if isinstance(live, TorchLive) and live.cuda_available:
         visible = live.device_count  # torch has enumerated the devices: trust it over our parsing
         evidence.append(
@@ -325,11 +331,11 @@ def cuda_visible_devices(ctx: DoctorContext) -> Outcome:
     )
 
 
-@check("gpu-mig", title="MIG (Multi-Instance GPU) mode", section=SECTION, needs=("nvml",))
+@check("gpu-mig", title="MIG (Multi-Instance GPU) mode", section=SECTION, needs=(NVML,))
 def gpu_mig(ctx: DoctorContext) -> Outcome:
     if (elsewhere := served_elsewhere(ctx)) is not None:
         return elsewhere
-    nvml: NvmlFacts = ctx.probe("nvml")
+    nvml = ctx.needed(NVML)
     if not nvml.gpus:
         return Outcome.skip(nvml.reason or "no GPUs")
     evidence = [

@@ -20,13 +20,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from doctor.context import DoctorContext
-from doctor.probes.libs_live import GemmResult, TorchLive
+from doctor.probes import Unavailable
+from doctor.probes.nvml import GPU_HEALTH
 from doctor.probes.nvml_health import GpuHealth, GpuHealthFacts, XidEvent
+from doctor.probes.torch_live import TORCH_LIVE, GemmResult, TorchLive
 from doctor.registry import Outcome, check
 from doctor.report.model import Command, Evidence, Fix, Status
 
 SECTION = "gpu"
-NEEDS = ("gpu-health",)
+NEEDS = (GPU_HEALTH,)
 SMI_Q = "nvidia-smi -q -i {index} -d {section}"
 HOW_ECC = "nvidia-smi --query-gpu=index,ecc.mode.current,ecc.errors.uncorrected.volatile.total,ecc.errors.uncorrected.aggregate.total --format=csv"
 HOW_REMAP = "nvidia-smi --query-remapped-rows=gpu_bus_id,remapped_rows.correctable,remapped_rows.uncorrectable,remapped_rows.pending,remapped_rows.failure --format=csv"
@@ -64,7 +66,7 @@ TICKET = Fix(
 
 
 def _health(ctx: DoctorContext) -> GpuHealthFacts:
-    return ctx.probe("gpu-health")
+    return ctx.needed(GPU_HEALTH)
 
 
 def _queryable(facts: GpuHealthFacts) -> list[GpuHealth]:
@@ -500,8 +502,9 @@ def gpu_pcie_link(ctx: DoctorContext) -> Outcome:
     problems = []
     idle_notes = []
     for g in gpus:
-        if g.pcie_width_current < g.pcie_width_max:
-            problems.append(f"{_label(g)} link is x{g.pcie_width_current} of x{g.pcie_width_max}")
+        width, widest = g.pcie_width_current, g.pcie_width_max
+        if width is not None and widest is not None and width < widest:
+            problems.append(f"{_label(g)} link is x{width} of x{widest}")
         if (
             g.pcie_gen_current is not None
             and g.pcie_gen_max is not None
@@ -539,15 +542,17 @@ def gpu_pcie_link(ctx: DoctorContext) -> Outcome:
 
 
 def _cuda_works(ctx: DoctorContext) -> bool | None:
-    live = ctx.probe("torch-live")
+    live = ctx.probe(TORCH_LIVE)
     if not isinstance(live, TorchLive):
         return None
     return bool(live.cuda_available and live.device_count and not any(not r.ok for r in live.gemm))
 
 
 def _cuda_error_802(ctx: DoctorContext) -> bool:
-    live = ctx.probe("torch-live")
-    text = f"{getattr(live, 'init_error', '')} {' '.join(getattr(live, 'warnings', ()))}".lower()
+    live = ctx.probe(TORCH_LIVE)
+    if isinstance(live, Unavailable):
+        return False
+    text = f"{live.init_error} {' '.join(live.warnings)}".lower()
     return "802" in text or "system not yet initialized" in text
 
 
@@ -673,10 +678,10 @@ def _gemm_line(result: GemmResult) -> str:
     "gpu-known-answer",
     title="Each GPU computes a small GEMM with a known answer (live)",
     section=SECTION,
-    needs=("torch-live",),
+    needs=(TORCH_LIVE,),
 )
 def gpu_known_answer(ctx: DoctorContext) -> Outcome:
-    live: TorchLive = ctx.probe("torch-live")
+    live = ctx.needed(TORCH_LIVE)
     if not live.cuda_available:
         return Outcome.skip("torch cannot use CUDA here (see torch-cuda-available), so no GPU was exercised")
     if not live.gemm:
@@ -725,8 +730,8 @@ HOW_DEEP = "python -m doctor --live --deep --only gpu-host-bandwidth,gpu-p2p -v"
 
 
 def _deep(ctx: DoctorContext) -> tuple[TorchLive | None, Outcome | None]:
-    live: TorchLive = ctx.probe("torch-live")
-    if not getattr(ctx.target, "deep", False):
+    live = ctx.needed(TORCH_LIVE)
+    if not ctx.target.deep:
         return None, Outcome.skip("not measured: run with --deep (a few seconds per GPU)")
     if not live.cuda_available:
         return None, Outcome.skip("torch cannot use CUDA here (see torch-cuda-available)")
@@ -736,7 +741,7 @@ def _deep(ctx: DoctorContext) -> tuple[TorchLive | None, Outcome | None]:
 
 
 def _expected_gb_s(ctx: DoctorContext) -> tuple[float | None, str]:
-    facts = ctx.probe("gpu-health")
+    facts = ctx.probe(GPU_HEALTH)
     if not isinstance(facts, GpuHealthFacts):
         return None, ""
     links = [(g.pcie_gen_max, g.pcie_width_max) for g in facts.gpus if g.pcie_gen_max and g.pcie_width_max]
@@ -751,7 +756,7 @@ def _expected_gb_s(ctx: DoctorContext) -> tuple[float | None, str]:
     "gpu-host-bandwidth",
     title="Pinned host↔GPU copy bandwidth vs the link (--deep)",
     section=SECTION,
-    needs=("torch-live",),
+    needs=(TORCH_LIVE,),
 )
 def gpu_host_bandwidth(ctx: DoctorContext) -> Outcome:
     live, skip = _deep(ctx)
@@ -806,7 +811,7 @@ def gpu_host_bandwidth(ctx: DoctorContext) -> Outcome:
     "gpu-p2p",
     title="Real GPU-to-GPU copies arrive intact (--deep, 2+ GPUs)",
     section=SECTION,
-    needs=("torch-live",),
+    needs=(TORCH_LIVE,),
 )
 def gpu_p2p(ctx: DoctorContext) -> Outcome:
     live, skip = _deep(ctx)

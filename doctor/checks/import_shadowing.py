@@ -11,7 +11,7 @@ files; see doctor.probes.libs_static.import_origin.
 from __future__ import annotations
 
 from doctor.context import DoctorContext
-from doctor.probes.libs_static import ImportOrigin, ImportOrigins
+from doctor.probes.libs_static import IMPORT_ORIGINS, ImportOrigin
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 
@@ -19,7 +19,7 @@ HOW = "python -c 'import {name}; print({name}.__file__)'"
 
 
 def _evidence(module: ImportOrigin) -> Evidence:
-    value = {
+    value: dict[str, object] = {
         "distribution": module.dist,
         "installed_file": module.expected,
         "import_loads": module.origin,
@@ -36,10 +36,10 @@ def _evidence(module: ImportOrigin) -> Evidence:
     "import-shadowing",
     title="`import` loads the installed torch/triton/bitsandbytes/transformers",
     section="libraries",
-    needs=("import-origins",),
+    needs=(IMPORT_ORIGINS,),
 )
 def import_shadowing(ctx: DoctorContext) -> Outcome:
-    facts: ImportOrigins = ctx.probe("import-origins")
+    facts = ctx.needed(IMPORT_ORIGINS)
     evidence = [_evidence(m) for m in facts.modules]
     fix = Fix(
         "Remove or rename the stray copy (or drop its folder from PYTHONPATH), so `import` finds the installed one",

@@ -5,8 +5,10 @@ lookup happens in a child process)."""
 from __future__ import annotations
 
 from doctor.context import DoctorContext
-from doctor.probes.libs_live import TransformersLive
-from doctor.probes.packages import PackageVersions
+from doctor.probes import Unavailable
+from doctor.probes.model import MODEL
+from doctor.probes.packages import PACKAGES
+from doctor.probes.transformers_live import TRANSFORMERS_LIVE
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan.shell import shell_join
@@ -34,10 +36,10 @@ def _base(version: str | None) -> tuple[int, ...] | None:
     "transformers-accelerate",
     title="transformers and accelerate installed",
     section=SECTION,
-    needs=("packages",),
+    needs=(PACKAGES,),
 )
 def transformers_accelerate(ctx: DoctorContext) -> Outcome:
-    packages: PackageVersions = ctx.probe("packages")
+    packages = ctx.needed(PACKAGES)
     tv, av = packages.versions.get("transformers"), packages.versions.get("accelerate")
     evidence = [
         Evidence("transformers.version", tv, "metadata", HOW_VERSIONS),
@@ -65,10 +67,10 @@ def _upgrade_fix(version: str) -> Fix:
     "model-type-supported",
     title="Model's model_type known to transformers",
     section=SECTION,
-    needs=("transformers-live",),
+    needs=(TRANSFORMERS_LIVE,),
 )
 def model_type_supported(ctx: DoctorContext) -> Outcome:
-    live: TransformersLive = ctx.probe("transformers-live")
+    live = ctx.needed(TRANSFORMERS_LIVE)
     evidence = [
         Evidence("config.model_type", live.model_type, "config.json", "jq .model_type config.json"),
         Evidence("transformers.version", live.version, "transformers (child)", HOW_VERSIONS),
@@ -89,8 +91,8 @@ def model_type_supported(ctx: DoctorContext) -> Outcome:
         return Outcome.ok(f"transformers {live.version} knows model_type {live.model_type!r}", evidence)
     needed = FIRST_RELEASE.get(live.model_type or "") or live.config_transformers_version
     since = f" (added in {FIRST_RELEASE[live.model_type]})" if live.model_type in FIRST_RELEASE else ""
-    model = ctx.probe("model")
-    if getattr(model, "has_remote_code", False):
+    model = ctx.probe(MODEL)
+    if not isinstance(model, Unavailable) and model.has_remote_code:
         return Outcome.warn(
             f"model_type {live.model_type!r} is not built into transformers {live.version}; the "
             "checkpoint ships its own code (auto_map)",
@@ -125,10 +127,10 @@ def _release_text(version: str) -> str:
     "model-architecture-class",
     title="Model's architecture class exists in transformers",
     section=SECTION,
-    needs=("transformers-live",),
+    needs=(TRANSFORMERS_LIVE,),
 )
 def model_architecture_class(ctx: DoctorContext) -> Outcome:
-    live: TransformersLive = ctx.probe("transformers-live")
+    live = ctx.needed(TRANSFORMERS_LIVE)
     if live.import_error:
         return Outcome.skip("transformers does not import")
     if not live.architectures:
@@ -145,9 +147,9 @@ def model_architecture_class(ctx: DoctorContext) -> Outcome:
         ),
     ]
     if live.missing_architectures:
-        model = ctx.probe("model")
+        model = ctx.probe(MODEL)
         summary = f"transformers {live.version} has no class {', '.join(live.missing_architectures)}"
-        if getattr(model, "has_remote_code", False):
+        if not isinstance(model, Unavailable) and model.has_remote_code:
             return Outcome.warn(
                 summary + " (the checkpoint ships its own code: needs --trust-remote-code)", evidence
             )
@@ -160,10 +162,10 @@ def model_architecture_class(ctx: DoctorContext) -> Outcome:
     "config-transformers-version",
     title="config.json's transformers_version vs installed",
     section=SECTION,
-    needs=("transformers-live",),
+    needs=(TRANSFORMERS_LIVE,),
 )
 def config_transformers_version(ctx: DoctorContext) -> Outcome:
-    live: TransformersLive = ctx.probe("transformers-live")
+    live = ctx.needed(TRANSFORMERS_LIVE)
     evidence = [
         Evidence(
             "config.transformers_version",

@@ -14,6 +14,8 @@ from doctor.context import DoctorContext
 from doctor.memory.estimate import Estimate, Settings, fits
 from doctor.memory.gpus import GpuSpec
 from doctor.plan import estimate_at_plan, rerun_command, resolve_plan
+from doctor.probes.card_rates import RATES_LIVE
+from doctor.probes.memory import MEMORY, MemoryFacts
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan.errors import UsageError
@@ -24,13 +26,13 @@ PREQUANTIZED_UNFUSED = {"llama4_text": "bnb-community/Llama-4-Scout-17B-16E-Inst
 _MAX_GPUS_TRIED = 16
 
 
-def _settings(facts: dict[str, Any]) -> Settings:
+def _settings(facts: MemoryFacts) -> Settings:
     return Settings(**facts["settings"])
 
 
-def _estimate(ctx: DoctorContext) -> tuple[Estimate, list[GpuSpec], str, dict[str, Any]]:
+def _estimate(ctx: DoctorContext) -> tuple[Estimate, list[GpuSpec], str, MemoryFacts]:
     estimate, gpus, gpu_source = estimate_at_plan(ctx)
-    return estimate, gpus, gpu_source, ctx.probe("memory")
+    return estimate, gpus, gpu_source, ctx.needed(MEMORY)
 
 
 def _gpus_flag(count: int, like: GpuSpec) -> str:
@@ -88,9 +90,9 @@ def _evidence(e: Estimate, gpu_source: str) -> list[Evidence]:
     return ev
 
 
-@check("quantized-weights", title="What bitsandbytes really quantizes", section=SECTION, needs=("memory",))
+@check("quantized-weights", title="What bitsandbytes really quantizes", section=SECTION, needs=(MEMORY,))
 def quantized_weights(ctx: DoctorContext) -> Outcome:
-    facts = ctx.probe("memory")
+    facts = ctx.needed(MEMORY)
     sizing = facts["sizing"]
     s = _settings(facts)
     weights = int(sizing["weights_bytes"])
@@ -153,8 +155,8 @@ def _naive_bytes(sizing: dict[str, Any], s: Settings) -> int:
     "memory-fit",
     title="Weights + KV cache + prefill peak fit the GPUs",
     section=SECTION,
-    needs=("memory",),
-    wants=("rates-live",),  # the card's rates for the prefill time, when the live probe runs here
+    needs=(MEMORY,),
+    wants=(RATES_LIVE,),  # the card's rates for the prefill time, when the live probe runs here
 )
 def memory_fit(ctx: DoctorContext) -> Outcome:
     try:

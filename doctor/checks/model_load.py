@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from doctor.context import DoctorContext
 from doctor.probes import Unavailable
-from doctor.probes.config_load import ConfigLoadFacts, HubKernelRepo, ModelClassFacts
+from doctor.probes.config_load import CONFIG_LOAD, ConfigLoadFacts, HubKernelRepo, ModelClassFacts
+from doctor.probes.nvml import NVML
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan import hub_kernels
@@ -30,7 +31,7 @@ _PREFERENCE = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_at
 
 
 def _class_facts(ctx: DoctorContext) -> tuple[ConfigLoadFacts, ModelClassFacts] | Outcome:
-    facts: ConfigLoadFacts = ctx.probe("config-load")
+    facts = ctx.needed(CONFIG_LOAD)
     if facts.model_class is None:
         return Outcome.skip("the config did not load in transformers (see model-config-loads)")
     if facts.model_class.class_error:
@@ -52,7 +53,7 @@ def accepted(model: ModelClassFacts) -> list[str]:
     "attn-model-support",
     title="The model class accepts the attention implementation",
     section=SECTION,
-    needs=("config-load",),
+    needs=(CONFIG_LOAD,),
 )
 def attn_model_support(ctx: DoctorContext) -> Outcome:
     found = _class_facts(ctx)
@@ -111,7 +112,7 @@ def _download(repo: HubKernelRepo) -> tuple[str, ...]:
     "hub-kernels-offline",
     title="The load fetches nothing from the hub that is not cached",
     section=SECTION,
-    needs=("config-load", "nvml"),
+    needs=(CONFIG_LOAD, NVML),
 )
 def hub_kernels_offline(ctx: DoctorContext) -> Outcome:
     found = _class_facts(ctx)
@@ -147,8 +148,8 @@ def hub_kernels_offline(ctx: DoctorContext) -> Outcome:
         return Outcome.ok(
             f"transformers kernelizes the model at load: {names}, all in the local cache", evidence
         )
-    nvml = ctx.probe("nvml")
-    gpu_here = not isinstance(nvml, Unavailable) and getattr(nvml, "gpu_count", 0) > 0
+    nvml = ctx.probe(NVML)
+    gpu_here = not isinstance(nvml, Unavailable) and nvml.gpu_count > 0
     names = ", ".join(_repo_label(r) for r in missing)
     fix = Fix(
         f"Leave transformers' hub kernels off (unset {hub_kernels.ENV}: niah then loads with use_kernels=False), "
@@ -156,7 +157,7 @@ def hub_kernels_offline(ctx: DoctorContext) -> Outcome:
         (f"unset {hub_kernels.ENV}", *(_download(r) for r in missing)),
         "https://huggingface.co/docs/transformers/main/en/kernel_doc/overview",
     )
-    if getattr(ctx.target, "online", False):
+    if ctx.target.online:
         return Outcome.warn(
             f"transformers will download {names} from the hub at load (--online), and the run uses their "
             "kernels instead of the code the doctor traced",

@@ -1,6 +1,6 @@
 """Model source: does the model id resolve (and to what), can the hub be reached the way the run
-needs, and is the checkpoint in a safe format? (a placeholder id committed
-while the real one was only in the working tree is the classic.)
+needs, and is the checkpoint in a safe format? (A placeholder id committed while the real one is only
+in the working tree is a common way to run the wrong model.)
 
 All three skip cleanly without --model (the `model`/`hub` probes return not-applicable).
 """
@@ -13,13 +13,14 @@ from pathlib import Path
 
 from doctor.context import DoctorContext
 from doctor.model_config import EMBEDDED_DIR, ModelResolution, text_config_of
-from doctor.probes.hub import HubFacts
+from doctor.probes.hub import HUB
+from doctor.probes.model import MODEL
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan.shell import shell_join
 
 SECTION = "model"
-SCOUT_ID = "meta-llama/Llama-4-Scout-17B-16E-Instruct"  # the real id behind the seed's placeholder
+SCOUT_ID = "meta-llama/Llama-4-Scout-17B-16E-Instruct"  # what guesses such as "Llama-4-Scout-10M-hf" mean
 
 
 def _model_evidence(res: ModelResolution) -> list[Evidence]:
@@ -48,7 +49,7 @@ def known_ids() -> list[str]:
 
 
 def suggestion(name: str) -> str | None:
-    """The seed's placeholder `Llama-4-Scout-10M-hf` was a guess at a real id: offer the nearest known one."""
+    """The nearest known id to a guess at one (`Llama-4-Scout-10M-hf` means the Scout checkpoint)."""
     if "llama-4-scout" in name.lower() and name != SCOUT_ID:
         return SCOUT_ID
     close = difflib.get_close_matches(name, [k for k in known_ids() if k != name], n=1, cutoff=0.8)
@@ -113,9 +114,9 @@ def _fix_for_missing(res: ModelResolution) -> Fix:
     )
 
 
-@check("model-resolves", title="Model id resolves to a config", section=SECTION, needs=("model",))
+@check("model-resolves", title="Model id resolves to a config", section=SECTION, needs=(MODEL,))
 def model_resolves(ctx: DoctorContext) -> Outcome:
-    res: ModelResolution = ctx.probe("model")
+    res = ctx.needed(MODEL)
     evidence = _model_evidence(res)
     name = res.resolved_id or res.requested
     if res.status == "found":
@@ -129,7 +130,7 @@ def model_resolves(ctx: DoctorContext) -> Outcome:
         kind = res.model_type or "unknown type"
         # fields the doctor's own validator doubted, accepted by the installed transformers' config class
         # and never read by the model (doctor.probes.config_fields): said, not refused
-        accepted = getattr(res, "accepted_fields", ())
+        accepted = res.accepted_fields
         note = f" ({res.message.split(' — ', 1)[-1]})" if accepted else ""
         return Outcome.ok(f"{name}: {kind} from {where}{note}", evidence)
     if res.status == "gated":
@@ -188,11 +189,11 @@ def model_resolves(ctx: DoctorContext) -> Outcome:
     "hf-hub-access",
     title="Hugging Face hub token, offline mode and cache",
     section=SECTION,
-    needs=("model", "hub"),
+    needs=(MODEL, HUB),
 )
 def hf_hub_access(ctx: DoctorContext) -> Outcome:
-    hub: HubFacts = ctx.probe("hub")
-    res: ModelResolution = ctx.probe("model")
+    hub = ctx.needed(HUB)
+    res = ctx.needed(MODEL)
     evidence = [
         Evidence(
             "hf.token",
@@ -232,9 +233,9 @@ def hf_hub_access(ctx: DoctorContext) -> Outcome:
     return Outcome.ok(summary, evidence)
 
 
-@check("checkpoint-format", title="Checkpoint format and remote code", section=SECTION, needs=("model",))
+@check("checkpoint-format", title="Checkpoint format and remote code", section=SECTION, needs=(MODEL,))
 def checkpoint_format(ctx: DoctorContext) -> Outcome:
-    res: ModelResolution = ctx.probe("model")
+    res = ctx.needed(MODEL)
     if not res.found and not res.config:
         return Outcome.skip(f"model not resolved ({res.status})")
     evidence = [
@@ -300,10 +301,10 @@ def _max_positions(config: dict) -> int | None:
     "context-within-model-limit",
     title="Requested context within the model's position limit",
     section=SECTION,
-    needs=("model",),
+    needs=(MODEL,),
 )
 def context_within_model_limit(ctx: DoctorContext) -> Outcome:
-    res: ModelResolution = ctx.probe("model")
+    res = ctx.needed(MODEL)
     if not res.found or ctx.target.context is None:
         return Outcome.skip("needs a resolved --model and a --context")
     limit = _max_positions(dict(res.config))

@@ -1,7 +1,7 @@
 """Failures the plan is known to hit, judged before the run: kernel limits and placements that cannot load.
 
-Each of these used to be a note under a passing memory check while the run then failed; a known
-failure is a FAIL with the fix.
+A limit the run is known to hit is a FAIL with the fix, never a note under a passing memory check:
+the run would fail all the same.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from doctor.context import DoctorContext
 from doctor.memory.activations import Shapes, flex_index_overflow, flex_repeats_kv
 from doctor.plan import estimate_at_plan, rerun_command, resolve_plan
+from doctor.probes.memory import MEMORY
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 
@@ -23,10 +24,10 @@ def _flex_limit_tokens(shapes: Shapes) -> int:
     "attention-limit",
     title="The attention kernel runs at the planned length",
     section=SECTION,
-    needs=("memory",),
+    needs=(MEMORY,),
 )
 def attention_limit(ctx: DoctorContext) -> Outcome:
-    sizing = ctx.probe("memory")["sizing"]
+    sizing = ctx.needed(MEMORY)["sizing"]
     spec = resolve_plan(ctx).spec
     shapes = Shapes.from_config(sizing["text_config"], sizing.get("moe") or {})
     context = int(spec.context or 0)
@@ -62,7 +63,7 @@ def attention_limit(ctx: DoctorContext) -> Outcome:
     )
 
 
-@check("bnb-cpu-offload", title="Quantized weights stay on the GPUs", section=SECTION, needs=("memory",))
+@check("bnb-cpu-offload", title="Quantized weights stay on the GPUs", section=SECTION, needs=(MEMORY,))
 def bnb_cpu_offload(ctx: DoctorContext) -> Outcome:
     spec = resolve_plan(ctx).spec
     e, gpus, _source = estimate_at_plan(ctx)

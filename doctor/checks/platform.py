@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from doctor.context import DoctorContext
-from doctor.probes.host import HostFacts
+from doctor.probes.host import HOST
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan.units import GIB, gib
@@ -16,9 +16,9 @@ _LOW_RAM_BYTES = 16 * GIB
 _LOW_DISK_BYTES = 20 * GIB
 
 
-@check("cpu-architecture", title="CPU architecture and OS", section=SECTION, needs=("host",))
+@check("cpu-architecture", title="CPU architecture and OS", section=SECTION, needs=(HOST,))
 def cpu_architecture(ctx: DoctorContext) -> Outcome:
-    host: HostFacts = ctx.probe("host")
+    host = ctx.needed(HOST)
     evidence = [
         Evidence("platform.machine", host.machine, "python", "uname -m"),
         Evidence("os", f"{host.system} {host.os_release}", "python", "uname -sr"),
@@ -34,10 +34,10 @@ def cpu_architecture(ctx: DoctorContext) -> Outcome:
 
 
 @check(
-    "python-environment", title="Python interpreter and virtual environment", section=SECTION, needs=("host",)
+    "python-environment", title="Python interpreter and virtual environment", section=SECTION, needs=(HOST,)
 )
 def python_environment(ctx: DoctorContext) -> Outcome:
-    host: HostFacts = ctx.probe("host")
+    host = ctx.needed(HOST)
     evidence = [
         Evidence("python.version", host.python_version, "python", "python --version"),
         Evidence("python.executable", host.python_executable, "python", "which python"),
@@ -56,9 +56,9 @@ def python_environment(ctx: DoctorContext) -> Outcome:
     return Outcome.ok(f"Python {host.python_version}, {where}", evidence)
 
 
-@check("host-memory", title="Host RAM available for loading", section=SECTION, needs=("host",))
+@check("host-memory", title="Host RAM available for loading", section=SECTION, needs=(HOST,))
 def host_memory(ctx: DoctorContext) -> Outcome:
-    host: HostFacts = ctx.probe("host")
+    host = ctx.needed(HOST)
     limit = host.cgroup_memory_limit_bytes
     usable = min(host.ram_available_bytes, limit) if limit else host.ram_available_bytes
     evidence = [
@@ -81,11 +81,9 @@ def host_memory(ctx: DoctorContext) -> Outcome:
     return Outcome.ok(summary, evidence)
 
 
-@check(
-    "hf-cache-disk", title="Free disk where the Hugging Face cache lives", section=SECTION, needs=("host",)
-)
+@check("hf-cache-disk", title="Free disk where the Hugging Face cache lives", section=SECTION, needs=(HOST,))
 def hf_cache_disk(ctx: DoctorContext) -> Outcome:
-    host: HostFacts = ctx.probe("host")
+    host = ctx.needed(HOST)
     evidence = [
         Evidence("hf.cache_dir", host.hf_cache_dir, "huggingface_hub", "hf env"),
         Evidence("hf.cache_free_bytes", host.hf_cache_free_bytes, "os", f"df -h {host.hf_cache_dir}"),

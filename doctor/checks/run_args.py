@@ -17,13 +17,16 @@ from typing import Any
 from doctor.context import DoctorContext
 from doctor.plan import rerun_command
 from doctor.probes import Unavailable
-from doctor.probes.run_args import RunArgFacts, ScriptSettingsFacts
+from doctor.probes.memory import MEMORY
+from doctor.probes.model import MODEL
+from doctor.probes.nvml import NVML, GpuFacts
+from doctor.probes.run_args import RUN_ARGS, SCRIPT_SETTINGS, RunArgFacts
 from doctor.probes.script_reader import Setting
 from doctor.registry import Outcome, check
 from doctor.report.model import CodeEdit, Evidence, Fix, Status, worst_status
 from run_plan.errors import UsageError
 from run_plan.shell import shell_join
-from run_plan.sizes import format_max_memory, is_bits, max_memory_bytes, parse_max_memory
+from run_plan.sizes import MaxMemory, format_max_memory, is_bits, max_memory_bytes, parse_max_memory
 from run_plan.spec import LEAN_ATTN
 from run_plan.units import gib
 
@@ -73,25 +76,25 @@ def budget_fix(ctx: DoctorContext, summary: str, corrected: str | None) -> Fix:
     )
 
 
-def gpu_list(ctx: DoctorContext) -> tuple[Any, ...]:
-    """GPUs from the nvml probe (helper module doctor/probes/nvml.py), or () when it has no facts."""
-    facts = ctx.probe("nvml")
+def gpu_list(ctx: DoctorContext) -> tuple[GpuFacts, ...]:
+    """GPUs from the nvml probe, or () when it has no facts."""
+    facts = ctx.probe(NVML)
     if isinstance(facts, Unavailable):
         return ()
-    return tuple(getattr(facts, "gpus", ()) or ())
+    return tuple(facts.gpus)
 
 
 # ---------------------------------------------------------------- max_memory
 
 
 @check(
-    "max-memory-format", title="--max-memory as accelerate will read it", section=SECTION, needs=("run-args",)
+    "max-memory-format", title="--max-memory as accelerate will read it", section=SECTION, needs=(RUN_ARGS,)
 )
 def max_memory_format(ctx: DoctorContext) -> Outcome:
     text = ctx.target.max_memory
     if not text:
         return Outcome.skip("no --max-memory given (transformers plans with ~90% of each GPU's free memory)")
-    facts: RunArgFacts = ctx.probe("run-args")
+    facts = ctx.needed(RUN_ARGS)
     evidence = [Evidence("max_memory", text, "command line"), _confidence(facts)]
     fix = budget_fix(ctx, "Give accelerate integer GPU keys and sizes with units", corrected_budget(text))
     try:
@@ -128,9 +131,9 @@ def _confidence(facts: RunArgFacts) -> Evidence:
 
 def _judge_budget(
     ctx: DoctorContext,
-    budget: dict,
-    sizes: dict,
-    gpus: tuple,
+    budget: MaxMemory,
+    sizes: Mapping[int | str, int],
+    gpus: tuple[GpuFacts, ...],
     evidence: list[Evidence],
     *,
     lower_confidence: bool,
@@ -181,35 +184,35 @@ def _judge_budget(
     return Outcome.ok(summary, evidence)
 
 
-def _over_capacity(sizes: dict, gpus: tuple) -> str | None:
+def _over_capacity(sizes: Mapping[int | str, int], gpus: tuple[GpuFacts, ...]) -> str | None:
     for key, size in sizes.items():
         if isinstance(key, int) and key < len(gpus):
-            total = int(getattr(gpus[key], "memory_total_bytes", 0) or 0)
+            total = int(gpus[key].memory_total_bytes or 0)
             if total and size > total:
                 return (
                     f"budget for GPU {key} ({gib(size)}) is above the card's capacity ({gib(total)}, "
-                    f"{getattr(gpus[key], 'name', 'GPU')}): accelerate will plan more than fits and the load "
+                    f"{gpus[key].name}): accelerate will plan more than fits and the load "
                     "runs out of memory"
                 )
     return None
 
 
-def _within_capacity(budget: dict, sizes: dict, gpus: tuple) -> str:
+def _within_capacity(budget: MaxMemory, sizes: Mapping[int | str, int], gpus: tuple[GpuFacts, ...]) -> str:
     """The budget with every GPU above its card cut to 90 % of the card (what transformers plans by default)."""
     out = dict(budget)
     for key, size in sizes.items():
         if isinstance(key, int) and key < len(gpus):
-            total = int(getattr(gpus[key], "memory_total_bytes", 0) or 0)
+            total = int(gpus[key].memory_total_bytes or 0)
             if total and size > total:
                 out[key] = f"{int(total * 0.9) >> 30}GiB"
     return format_max_memory(out)
 
 
-def _over_free(sizes: dict, gpus: tuple) -> str | None:
+def _over_free(sizes: Mapping[int | str, int], gpus: tuple[GpuFacts, ...]) -> str | None:
     """Other processes already hold memory: the budget fits the card but not what is free now."""
     for key, size in sizes.items():
         if isinstance(key, int) and key < len(gpus):
-            free = getattr(gpus[key], "memory_free_bytes", None)
+            free = gpus[key].memory_free_bytes
             if free is not None and size > free:
                 return (
                     f"budget for GPU {key} ({gib(size)}) is above its free memory right now ({gib(free)}): "
@@ -271,11 +274,11 @@ def _strategy_note(value: str, ctx: DoctorContext, evidence: list[Evidence]) -> 
 
 
 @check(
-    "attn-implementation", title="Attention implementation is available", section=SECTION, needs=("run-args",)
+    "attn-implementation", title="Attention implementation is available", section=SECTION, needs=(RUN_ARGS,)
 )
 def attn_implementation(ctx: DoctorContext) -> Outcome:
     attn = ctx.target.attn
-    facts: RunArgFacts = ctx.probe("run-args")
+    facts = ctx.needed(RUN_ARGS)
     evidence = [
         Evidence("attn_implementation", attn, "command line"),
         Evidence(
@@ -346,7 +349,7 @@ def _lean_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evide
 def _lean_refused(ctx: DoctorContext) -> str | None:
     if not ctx.target.model:
         return None
-    facts = ctx.probe("memory")
+    facts = ctx.probe(MEMORY)
     if not isinstance(facts, dict):
         return None
     return ((facts.get("sizing") or {}).get("trace") or {}).get("attn_refused", {}).get(LEAN_ATTN)
@@ -379,11 +382,11 @@ def _flash_attention(
                 at=at,
             ),
         )
-    old = [g for g in gpu_list(ctx) if (getattr(g, "compute_capability", None) or (9, 0)) < (8, 0)]
+    old = [(g.name, cc) for g in gpu_list(ctx) if (cc := g.compute_capability or (9, 0)) < (8, 0)]
     if old:
+        name, (major, minor) = old[0]
         return Outcome.fail(
-            f"flash_attention_2 needs compute capability ≥ 8.0; {old[0].name} has "
-            f"{old[0].compute_capability[0]}.{old[0].compute_capability[1]}",
+            f"flash_attention_2 needs compute capability ≥ 8.0; {name} has {major}.{minor}",
             evidence,
             _sdpa_fix(ctx, "Use sdpa on this GPU", at=at),
         )
@@ -424,23 +427,19 @@ def _major_minor(version: str) -> tuple[int, int]:
 
 @check("dtype-choice", title="dtype suits the model and the GPU", section=SECTION)
 def dtype_choice(ctx: DoctorContext) -> Outcome:
-    model = ctx.probe("model")
-    config = {} if isinstance(model, Unavailable) else dict(getattr(model, "config", {}) or {})
+    model = ctx.probe(MODEL)
+    config = {} if isinstance(model, Unavailable) else dict(model.config or {})
     dtype = _effective_dtype(ctx.target.dtype, config)
     evidence = [Evidence("dtype", f"{ctx.target.dtype} -> {dtype}", "command line / config.json")]
-    old = [
-        g
-        for g in gpu_list(ctx)
-        if getattr(g, "compute_capability", None) and tuple(g.compute_capability) < (8, 0)
-    ]
+    old = [(g.name, cc) for g in gpu_list(ctx) if (cc := g.compute_capability) and tuple(cc) < (8, 0)]
     if dtype == "bfloat16" and old:
-        cc = old[0].compute_capability
+        name, (major, minor) = old[0]
         return Outcome.fail(
-            f"bfloat16 needs compute capability ≥ 8.0 (Ampere); {old[0].name} is {cc[0]}.{cc[1]}",
+            f"bfloat16 needs compute capability ≥ 8.0 (Ampere); {name} is {major}.{minor}",
             evidence,
             Fix("Use float16 on this GPU, or a newer GPU", (rerun_command(ctx.target, dtype="float16"),)),
         )
-    model_type = getattr(model, "model_type", None) if not isinstance(model, Unavailable) else None
+    model_type = model.model_type if not isinstance(model, Unavailable) else None
     if dtype == "float16" and model_type and model_type.startswith("llama4"):
         return Outcome.warn(
             "float16 with Llama 4: bfloat16 is recommended (trained in bf16; fp16 can overflow to inf/NaN)",
@@ -451,11 +450,11 @@ def dtype_choice(ctx: DoctorContext) -> Outcome:
     return Outcome.ok(f"{dtype}{why}", evidence)
 
 
-def _effective_dtype(requested: str, config: dict) -> str:
+def _effective_dtype(requested: str, config: Mapping[str, Any]) -> str:
     """`auto` means the checkpoint's own dtype (`torch_dtype` in v4 configs, `dtype` in v5), bf16 if none."""
     if requested != "auto":
         return requested
-    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    text_config = nested if isinstance(nested := config.get("text_config"), dict) else {}
     for source in (config, text_config):
         value = source.get("torch_dtype") or source.get("dtype")
         if isinstance(value, str):
@@ -506,7 +505,7 @@ def _setting_evidence(setting: Setting) -> list[Evidence]:
     return out
 
 
-def _model_resolves(model: Any) -> bool:
+def _model_resolves(model: object) -> bool:
     if not isinstance(model, str):
         return False
     from doctor.model_config import resolve_model
@@ -602,7 +601,7 @@ def _attn_finding(ctx: DoctorContext, setting: Setting) -> _ScriptFinding | None
                 edits=[CodeEdit(setting.file, setting.line, 'attn_implementation="sdpa"')],
             ),
         )
-    facts = ctx.probe("run-args")
+    facts = ctx.probe(RUN_ARGS)
     if isinstance(facts, Unavailable) or attn not in ("flash_attention_2", "flex_attention"):
         return None
     outcome = (
@@ -653,10 +652,10 @@ def script_findings(ctx: DoctorContext, settings: Mapping[str, Setting]) -> list
     "script-settings",
     title="What the run script passes to transformers",
     section=SECTION,
-    needs=("script-settings",),
+    needs=(SCRIPT_SETTINGS,),
 )
 def script_settings_check(ctx: DoctorContext) -> Outcome:
-    facts: ScriptSettingsFacts = ctx.probe("script-settings")
+    facts = ctx.needed(SCRIPT_SETTINGS)
     findings: list[_ScriptFinding] = []
     evidence: list[Evidence] = []
     read: list[str] = []
@@ -671,8 +670,8 @@ def script_settings_check(ctx: DoctorContext) -> Outcome:
         for setting in reading.settings.values():
             evidence.extend(_setting_evidence(setting))
         findings.extend(script_findings(ctx, reading.settings))
-        shown = ", ".join(f"{k}={s.flag_text()}" for k, s in reading.settings.items() if s.determined)
-        read.append(f"{reading.path}: {shown or 'no model-loading settings found'}")
+        determined = ", ".join(f"{k}={s.flag_text()}" for k, s in reading.settings.items() if s.determined)
+        read.append(f"{reading.path}: {determined or 'no model-loading settings found'}")
     worst = worst_status((f.status for f in findings), default=Status.PASS)
     shown = [f for f in findings if f.status is not Status.PASS]
     if worst is Status.PASS:

@@ -4,7 +4,7 @@ will drive must answer, serve the model, and accept the longest requested contex
 from __future__ import annotations
 
 from doctor.context import DoctorContext
-from doctor.probes.server import ServerFacts
+from doctor.probes.server import SERVER, ServerFacts
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan.server_room import server_room_summary
@@ -28,11 +28,11 @@ def _restart_command(model_id: str, context: int) -> str:
 
 
 def _served(ctx: DoctorContext) -> tuple[ServerFacts, list[Evidence]]:
-    facts: ServerFacts = ctx.probe("server")
+    facts = ctx.needed(SERVER)
     return facts, [Evidence("server.base_url", facts.base_url, "--base-url")]
 
 
-@check("server-reachable", title="OpenAI-compatible server answers", section=SECTION, needs=("server",))
+@check("server-reachable", title="OpenAI-compatible server answers", section=SECTION, needs=(SERVER,))
 def server_reachable(ctx: DoctorContext) -> Outcome:
     facts, evidence = _served(ctx)
     evidence.append(Evidence("server.status", facts.status, "http", _models_command(facts)))
@@ -80,7 +80,7 @@ def server_reachable(ctx: DoctorContext) -> Outcome:
     )
 
 
-@check("server-model-listed", title="Server serves the requested model", section=SECTION, needs=("server",))
+@check("server-model-listed", title="Server serves the requested model", section=SECTION, needs=(SERVER,))
 def server_model_listed(ctx: DoctorContext) -> Outcome:
     facts, evidence = _served(ctx)
     if facts.status != 200 or facts.error:
@@ -109,7 +109,7 @@ def server_model_listed(ctx: DoctorContext) -> Outcome:
     "server-max-model-len",
     title="Server accepts the longest requested context",
     section=SECTION,
-    needs=("server",),
+    needs=(SERVER,),
 )
 def server_max_model_len(ctx: DoctorContext) -> Outcome:
     facts, evidence = _served(ctx)

@@ -9,10 +9,10 @@ import re
 from doctor.checks.gpu import NO_GPU_FIX, SMI_GPUS, driver_evidence, gpu_names, run_needs_gpu
 from doctor.context import DoctorContext
 from doctor.probes import Unavailable
-from doctor.probes.libs_live import TorchLive
-from doctor.probes.libs_static import TorchBuild
-from doctor.probes.nvml import NvmlFacts
+from doctor.probes.libs_static import TORCH_BUILD, TorchBuild
+from doctor.probes.nvml import NVML, NvmlFacts
 from doctor.probes.packages import this_machine
+from doctor.probes.torch_live import TORCH_LIVE, TorchLive
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix
 from run_plan.torch_builds import torch_index_url
@@ -49,7 +49,7 @@ def reinstall_fix(nvml: NvmlFacts, machine: str, why: str) -> Fix:
 
 
 def _torch_live(ctx: DoctorContext) -> TorchLive | None:
-    live = ctx.probe("torch-live")
+    live = ctx.probe(TORCH_LIVE)
     return live if isinstance(live, TorchLive) else None
 
 
@@ -146,9 +146,9 @@ def _describe_build(build: TorchBuild) -> str:
     return "build type unknown (torch/version.py unreadable)"
 
 
-@check("torch-installed", title="torch installed", section=SECTION, needs=("torch-build",))
+@check("torch-installed", title="torch installed", section=SECTION, needs=(TORCH_BUILD,))
 def torch_installed(ctx: DoctorContext) -> Outcome:
-    build: TorchBuild = ctx.probe("torch-build")
+    build = ctx.needed(TORCH_BUILD)
     if not build.installed:
         evidence = [Evidence("torch", "not installed", "metadata", "pip show torch")]
         fix = Fix("Install torch (a CUDA build on GPU machines)", ('pip install -e ".[niah]"',), INSTALL_PAGE)
@@ -179,11 +179,11 @@ def torch_installed(ctx: DoctorContext) -> Outcome:
     "torch-cuda-build",
     title="torch build matches the GPU (CUDA vs CPU-only)",
     section=SECTION,
-    needs=("torch-build", "nvml"),
+    needs=(TORCH_BUILD, NVML),
 )
 def torch_cuda_build(ctx: DoctorContext) -> Outcome:
-    build: TorchBuild = ctx.probe("torch-build")
-    nvml: NvmlFacts = ctx.probe("nvml")
+    build = ctx.needed(TORCH_BUILD)
+    nvml = ctx.needed(NVML)
     if not build.installed:
         return Outcome.skip("torch is not installed")
     evidence = [
@@ -211,11 +211,11 @@ def torch_cuda_build(ctx: DoctorContext) -> Outcome:
     "torch-driver-compat",
     title="NVIDIA driver new enough for torch's CUDA",
     section=SECTION,
-    needs=("torch-build", "nvml"),
+    needs=(TORCH_BUILD, NVML),
 )
 def torch_driver_compat(ctx: DoctorContext) -> Outcome:
-    build: TorchBuild = ctx.probe("torch-build")
-    nvml: NvmlFacts = ctx.probe("nvml")
+    build = ctx.needed(TORCH_BUILD)
+    nvml = ctx.needed(NVML)
     if not build.installed or build.build != "cuda":
         return Outcome.skip("no CUDA build of torch installed")
     if not nvml.driver_visible:
@@ -264,10 +264,10 @@ def torch_driver_compat(ctx: DoctorContext) -> Outcome:
     "torch-cuda-available",
     title="torch.cuda.is_available() (live, in a child process)",
     section=SECTION,
-    needs=("torch-live",),
+    needs=(TORCH_LIVE,),
 )
 def torch_cuda_available(ctx: DoctorContext) -> Outcome:
-    live: TorchLive = ctx.probe("torch-live")
+    live = ctx.needed(TORCH_LIVE)
     evidence = [
         Evidence("torch.cuda.is_available", live.cuda_available, "torch (child)", HOW_AVAILABLE),
         Evidence("torch.version.cuda", live.cuda, "torch (child)", HOW_BUILD),
@@ -302,8 +302,8 @@ def torch_cuda_available(ctx: DoctorContext) -> Outcome:
             for d in live.devices
         )
         return Outcome.ok(f"CUDA available: {live.device_count} device(s): {devices}", evidence)
-    nvml = ctx.probe("nvml")
-    build = ctx.probe("torch-build")
+    nvml = ctx.probe(NVML)
+    build = ctx.probe(TORCH_BUILD)
     if isinstance(nvml, Unavailable) or isinstance(build, Unavailable):
         return Outcome.fail(f"CUDA unavailable: {live.init_error or 'unknown reason'}", evidence)
     if not nvml.driver_visible and not run_needs_gpu(ctx):
@@ -333,11 +333,11 @@ def _arch_supported(capability: tuple[int, int], arch_list: tuple[str, ...]) -> 
     "torch-gpu-arch",
     title="GPU architecture in torch's arch list",
     section=SECTION,
-    needs=("torch-live", "nvml"),
+    needs=(TORCH_LIVE, NVML),
 )
 def torch_gpu_arch(ctx: DoctorContext) -> Outcome:
-    live: TorchLive = ctx.probe("torch-live")
-    nvml: NvmlFacts = ctx.probe("nvml")
+    live = ctx.needed(TORCH_LIVE)
+    nvml = ctx.needed(NVML)
     if live.import_error or not live.arch_list:
         return Outcome.skip("torch reports no CUDA arch list (CUDA unavailable: see torch-cuda-available)")
     caps = {f"cuda:{d.index} {d.name}": d.capability for d in live.devices} or {
@@ -363,7 +363,7 @@ def torch_gpu_arch(ctx: DoctorContext) -> Outcome:
     warned = [w for w in live.warnings if "not compatible with the current PyTorch" in w]
     if unsupported or warned:
         first = next(iter(caps.values()))
-        build = ctx.probe("torch-build")
+        build = ctx.probe(TORCH_BUILD)
         machine = build.machine if isinstance(build, TorchBuild) else this_machine()
         url = torch_index_url(nvml.cuda_driver_version, machine, first)
         return Outcome.fail(

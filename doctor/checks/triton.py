@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from doctor.context import DoctorContext
 from doctor.probes import Unavailable
-from doctor.probes.libs_live import TritonLive
-from doctor.probes.libs_static import TorchBuild, TritonDist
+from doctor.probes.libs_static import TORCH_BUILD, TRITON_DIST, TritonDist
+from doctor.probes.nvml import NVML
+from doctor.probes.triton_live import TRITON_LIVE
 from doctor.registry import Outcome, check
 from doctor.report.model import Evidence, Fix, Status
 
@@ -58,18 +59,18 @@ def _fix(dist: TritonDist) -> Fix:
     "triton-installed",
     title="triton installed and matching torch's pin",
     section=SECTION,
-    needs=("triton-dist", "torch-build"),
+    needs=(TRITON_DIST, TORCH_BUILD),
 )
 def triton_installed(ctx: DoctorContext) -> Outcome:
-    dist: TritonDist = ctx.probe("triton-dist")
-    build: TorchBuild = ctx.probe("torch-build")
+    dist = ctx.needed(TRITON_DIST)
+    build = ctx.needed(TORCH_BUILD)
     evidence = [
         Evidence("triton.version", dist.version, "metadata", HOW_VERSION),
         Evidence("torch.requires.triton", dist.torch_requirement, "torch dist-info METADATA", HOW_PIN),
     ]
     if not build.installed:
         return Outcome.skip("torch is not installed")
-    nvml = ctx.probe("nvml")
+    nvml = ctx.probe(NVML)
     has_gpu = not isinstance(nvml, Unavailable) and bool(nvml.gpus)
     if build.build != "cuda" and not has_gpu:
         state = f"triton {dist.version} installed" if dist.installed else "triton not installed"
@@ -102,11 +103,11 @@ def triton_installed(ctx: DoctorContext) -> Outcome:
     "triton-kernel",
     title="triton compiles and runs a kernel on the GPU (live)",
     section=SECTION,
-    needs=("triton-live",),
+    needs=(TRITON_LIVE,),
 )
 def triton_kernel(ctx: DoctorContext) -> Outcome:
-    live: TritonLive = ctx.probe("triton-live")
-    dist = ctx.probe("triton-dist")
+    live = ctx.needed(TRITON_LIVE)
+    dist = ctx.probe(TRITON_DIST)
     fix = _fix(dist) if isinstance(dist, TritonDist) else Fix("Reinstall triton", ("pip install -U triton",))
     evidence = [
         Evidence("triton.version", live.version, "triton (child)", HOW_VERSION),

@@ -71,7 +71,8 @@ def needs_dense_mask(attn: str, layer: KvLayer, context: int, chunk: int) -> boo
         return False
     if chunk < context:
         return True
-    return layer.kind == "window" and bool(layer.window) and context > layer.window
+    window = layer.window
+    return layer.kind == "window" and window is not None and window != 0 and context > window
 
 
 def attention_transient(

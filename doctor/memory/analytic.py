@@ -82,7 +82,7 @@ def size_analytic(args: dict[str, Any]) -> dict[str, Any]:
         g["bytes"] += n * b
         return n * b
 
-    blocks = [
+    blocks: list[dict[str, Any]] = [
         {
             "name": "model.embed_tokens",
             "class": "Embedding",

@@ -33,8 +33,8 @@ from doctor.memory.kv import KvLayer, kv_bytes_per_layer, kv_layers
 from doctor.memory.placement import CPU, decoder_layer_gpus, place_like_transformers
 from doctor.memory.recurrent import kernel_functions, kernel_path, recurrent_notes
 from doctor.memory.storage import dtype_bytes
-from doctor.model_config import text_config_of
-from run_plan.spec import AUTO_ATTN
+from doctor.model_config import ModelResolution, text_config_of
+from run_plan.spec import AUTO_ATTN, RunSpec
 
 GIB = 1 << 30
 # Per-GPU overhead outside the tensors torch allocates (measured on H100/H200; docs/memory.md):
@@ -63,7 +63,7 @@ class Settings:
     prefill_chunk: int | None = None  # None = choose_prefill_chunk
     logits_to_keep_one: bool = True
     # --max-memory GPU budgets as ((gpu index, bytes), ...); () = accelerate's default (free memory).
-    # Added for multi-GPU (issue 5): accelerate places weights by these budgets, not by the card size.
+    # accelerate places weights by these budgets, not by the card size.
     max_memory: tuple[tuple[int, int], ...] = ()
 
 
@@ -442,7 +442,7 @@ def compute_estimate(sizing: Mapping[str, Any], settings: Settings, gpus: Sequen
 
 
 def settings_for(
-    target: Any, config: Mapping[str, Any], quantization_config: Mapping[str, Any] | None
+    target: RunSpec, config: Mapping[str, Any], quantization_config: Mapping[str, Any] | None
 ) -> Settings:
     """Resolve the target's "auto"/None fields against the config (what from_pretrained would do)."""
     qc = dict(quantization_config or config.get("quantization_config") or {})
@@ -467,9 +467,9 @@ def settings_for(
         dtype=dtype.replace("torch.", ""),
         kv_dtype=(target.kv_dtype or dtype).replace("torch.", ""),
         attn=AUTO_ATTN if target.attn == "auto" else target.attn,
-        experts=getattr(target, "experts", "auto"),
+        experts=target.experts,
         prefill_chunk=target.prefill_chunk,
-        max_memory=gpu_budgets(getattr(target, "max_memory", None)),
+        max_memory=gpu_budgets(target.max_memory),
     )
 
 
@@ -489,9 +489,9 @@ def gpu_budgets(max_memory: str | None) -> tuple[tuple[int, int], ...]:
 
 
 def estimate_for(
-    target: Any, resolution: Any, gpus: Sequence[GpuSpec], sizing: Mapping[str, Any]
+    target: RunSpec, resolution: ModelResolution, gpus: Sequence[GpuSpec], sizing: Mapping[str, Any]
 ) -> Estimate:
-    """Full estimate for a RunSpec and a doctor.model_config.ModelResolution on these GPUs (benchmarks), from a
+    """Full estimate for a RunSpec and a ModelResolution on these GPUs (benchmarks), from a
     weight inventory sized once (doctor.probes.memory.size_weights)."""
     settings = settings_for(target, dict(resolution.config), resolution.quantization_config)
     return compute_estimate(sizing, settings, gpus)

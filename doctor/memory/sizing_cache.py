@@ -25,7 +25,7 @@ _PRODUCERS = (
     "trace.py",
     "storage.py",
     "module_tree.py",
-    "forked.py",
+    "../children/forked.py",
     # the paths the sizing child builds and traces (niah runs the same code)
     "../runtime/attention.py",
     "../runtime/cache.py",

@@ -1,6 +1,6 @@
 """Weights as transformers really lays them out: a meta-device skeleton + transformers' own bnb preparation.
 
-Runs ONLY in a child process (`doctor.probes.child.run_in_child("doctor.memory.skeleton:size_model", …)`):
+Runs ONLY in a child process (`doctor.children.child.run_in_child("doctor.memory.skeleton:size_model", …)`):
 it imports torch, transformers and (when present) bitsandbytes.
 
 Why a skeleton instead of a formula: bitsandbytes replaces only `nn.Linear`/`Conv1D` modules
@@ -16,6 +16,7 @@ import importlib.metadata
 import inspect
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from doctor.memory.storage import bytes_4bit, bytes_int8
@@ -144,7 +145,7 @@ def _apply_quantizer(
     (un-fuses Llama 4 experts only for pre-quantized checkpoints, then replace_with_bnb_linear)."""
     from transformers.quantizers.auto import AutoHfQuantizer
 
-    from doctor.probes.bnb_import import import_bitsandbytes
+    from doctor.children.bnb_import import import_bitsandbytes
 
     try:  # the quantizer imports it anyway; first without bitsandbytes' compile wrappers (~0.7 s less)
         import_bitsandbytes(torch)
@@ -178,15 +179,17 @@ def _would_be_replaced(module: Any, name: str, skip: list[str]) -> bool:
     """replace_with_bnb_linear's own predicate (used only when bitsandbytes is missing)."""
     from torch import nn
 
+    converts: Callable[[str, list[str] | None], bool]
     try:
-        from transformers.quantizers.quantizers_utils import should_convert_module
+        from transformers.quantizers.quantizers_utils import should_convert_module as converts
     except ImportError:  # older transformers: plain substring match, as 4.x did
-
-        def should_convert_module(full_name: str, patterns: list[str] | None = None) -> bool:
-            return not any(p in full_name for p in (patterns or []))
-
+        converts = _converts_unless_named
     conv1d = getattr(__import__("transformers.pytorch_utils", fromlist=["Conv1D"]), "Conv1D", ())
-    return (type(module) is nn.Linear or isinstance(module, conv1d)) and should_convert_module(name, skip)
+    return (type(module) is nn.Linear or isinstance(module, conv1d)) and converts(name, skip)
+
+
+def _converts_unless_named(full_name: str, patterns: list[str] | None = None) -> bool:
+    return not any(p in full_name for p in (patterns or []))
 
 
 def _pattern(name: str) -> str:
@@ -461,8 +464,8 @@ def _apply_experts(model: Any, experts: str) -> dict[str, Any]:
 def size_model(args: dict[str, Any]) -> dict[str, Any]:
     """Child-process entry: {config, quant, bnb_4bit_type, double_quant, dtype, prequantized,
     quantization_config} → weight inventory, placement blocks, KV layout, MoE style, versions."""
-    from doctor.memory.forked import can_fork, start_forked
-    from doctor.probes.child import cyclic_gc_paused
+    from doctor.children.child import cyclic_gc_paused
+    from doctor.children.forked import can_fork, start_forked
 
     with cyclic_gc_paused():
         import torch

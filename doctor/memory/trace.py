@@ -39,7 +39,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from doctor.memory.forked import map_shared
+from doctor.children.forked import map_shared
 
 BASIS = ("1", "C", "P", "CP", "CC")
 _FLASH_LIKE = (
@@ -57,7 +57,7 @@ _FLASH_LIKE = (
 # (`unmodelled_ops`): its CUDA implementation may hold buffers a meta kernel does not show.
 # benchmarks/cuda_op_transients.py measures this on a GPU (docs/estimator-accuracy.md): on 21 models no op
 # here held more than 1 MiB beyond its outputs, except `_safe_softmax` inside CUDA's math sdpa, which
-# `_math_sdpa_cuda` models; `baddbmm` (BLOOM's ALiBi scores) held nothing and was added from that run.
+# `_math_sdpa_cuda` models; `baddbmm` (BLOOM's ALiBi scores) is listed because it held nothing there.
 KNOWN_OPS = frozenset(
     """
 _grouped_mm _scaled_dot_product_cudnn_attention _scaled_dot_product_flash_attention _softmax _safe_softmax _log_softmax _to_copy _unsafe_view _reshape_alias abs add add_ addcmul addmm
@@ -296,13 +296,12 @@ def _kernel_stand_ins(torch: Any, implementation: str) -> Iterator[None]:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     mapping = ALL_ATTENTION_FUNCTIONS._global_mapping
-    had = implementation in mapping
-    old = mapping.get(implementation)
+    old = mapping.get(implementation)  # the registry holds functions: None is "not registered"
     mapping[implementation] = _flash_stand_in(torch)
     try:
         yield
     finally:
-        if had:
+        if old is not None:
             mapping[implementation] = old
         else:
             mapping.pop(implementation, None)
@@ -573,8 +572,9 @@ def _trace_point(
     reps: dict[int, str],
     chunk: int,
     past: int,
-) -> dict[str, list[int]]:
-    """Zone-relative byte counts at each allocation of one chunk's forward."""
+) -> dict[str, Any]:
+    """Zone-relative byte counts at each allocation of one chunk's forward (zone -> list of byte counts),
+    with the ops it could not model under "_unmodelled" and the ops per zone under "_ops"."""
     tracker = _Tracker()
     cache = _cache(transformers, config, past + chunk, model)
     tracker.cache = cache
@@ -591,7 +591,7 @@ def _trace_point(
             _forward(torch, model, cache, chunk, past)
         tracker.enabled = False
     zones = _zones(tracker.events, start, tracker.op_at)
-    zones["_unmodelled"] = sorted(tracker.unmodelled)  # type: ignore[assignment]
+    zones["_unmodelled"] = sorted(tracker.unmodelled)
     return zones
 
 
@@ -811,9 +811,7 @@ class _ForwardFailed(Exception):
         self.text = text
 
 
-def _fit_regimes(
-    plan: _ActivationPlan, traced: Sequence[dict[str, list[int]] | _ForwardFailed]
-) -> dict[str, Any]:
+def _fit_regimes(plan: _ActivationPlan, traced: Sequence[dict[str, Any] | _ForwardFailed]) -> dict[str, Any]:
     """Exact integer polynomials per zone event from the traced points (in plan.points order). Errors come
     in the order a one-after-another run meets them: each regime's points, then its fits."""
     samples_in_order = iter(traced)

@@ -11,13 +11,22 @@ The kernels, each timed with CUDA events after a warm-up, the best of a few repe
   the whole rectangle, as it computes them);
 - `copy`: a 1 GiB device-to-device copy (bytes read + written per second).
 
-Runs ONLY in the live child (imports torch).
+`rates_child` runs ONLY in the live child (imports torch); the `rates-live` probe that asks for it runs
+in the doctor and shares the live child with the other live probes (doctor.probes.live_batch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from doctor.probes import Probe, Unavailable, probe
+from doctor.probes.live_batch import LIVE_BATCH, LiveRequest, live_gate, not_installed
+from run_plan.spec import RunSpec
+
+# The measured rates by kernel ("matmul", "lean", "flash", "masked", "copy": FLOP/s or bytes/s), the
+# device's name and the shape they were timed at (doctor.memory.timing reads them).
+RATES_LIVE: Probe[dict[str, Any]] = Probe("rates-live")
 
 # a prefill chunk against a long cache, the shape that dominates a long prefill
 QUERIES, KEYS, HEADS, KV_HEADS, HEAD_DIM = 4096, 65536, 32, 8, 128
@@ -107,3 +116,29 @@ def rates_child(args: Mapping[str, Any]) -> dict[str, Any]:
         out.update(_attention_rates(torch, device))
         out["copy"] = _copy_rate(torch, device)
     return out
+
+
+def rates_request(target: RunSpec, env: dict[str, str] | None = None) -> LiveRequest | Unavailable:
+    gate = live_gate(target)
+    if gate is not None:
+        return gate
+    if not target.model or target.backend != "transformers":
+        return Unavailable("no local model planned: the prefill time needs no rates", "not-applicable")
+    blocked = not_installed(("torch",), env)
+    if blocked is not None:
+        return blocked
+    return LiveRequest(
+        f"{__name__}:rates_child", {"device": 0}, "timing the GPU's kernels in a child process", ("torch",)
+    )
+
+
+LIVE_BATCH.register(RATES_LIVE.name, rates_request)
+
+
+@probe(RATES_LIVE, announce=LIVE_BATCH.announce)
+def rates_live_probe(target: RunSpec) -> dict[str, Any] | Unavailable:
+    """The planned GPU's bf16 GEMM, flash attention, masked sdpa and copy rates."""
+    data = LIVE_BATCH.answer(RATES_LIVE.name, target, rates_request(target))
+    if isinstance(data, dict) and data.get("error"):
+        return Unavailable(f"rates not measured: {data['error']}", "missing")
+    return data

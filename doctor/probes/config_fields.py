@@ -34,7 +34,7 @@ def judge_fields(
     """Parent side: {"accepted": [...], "standing": [(field, why)], "config_class": ..., "error": ...}."""
     import json
 
-    from doctor.probes.child import run_in_child
+    from doctor.children.child import run_in_child
 
     key = json.dumps({"config": config, "fields": fields, "missing": missing}, sort_keys=True, default=str)
     with _LOCK:

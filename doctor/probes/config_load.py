@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from doctor.probes import Unavailable, probe
+from doctor.model_config import ModelResolution
+from doctor.probes import Probe, Unavailable, probe
+from run_plan.spec import RunSpec
 
 _MODULE = "doctor.probes.config_load"
 LoadStatus = Literal["loaded", "failed", "not-checked"]
@@ -135,17 +137,16 @@ class ConfigLoadFacts:
 # ---------------------------------------------------------------- parent side
 
 
-def _config_folder(res: Any) -> tuple[Path | None, bool, str | None]:
+def _config_folder(res: ModelResolution) -> tuple[Path | None, bool, str | None]:
     """(folder holding config.json, is it a stand-in copy, why there is none)."""
-    path = Path(res.path) if getattr(res, "path", None) else None
-    source = getattr(res, "source", None)
-    if source in ("local-folder", "hf-cache", "hub") and path is not None:
+    path = Path(res.path) if res.path else None
+    if res.source in ("local-folder", "hf-cache", "hub") and path is not None:
         folder = path if path.is_dir() else path.parent
         if (folder / "config.json").is_file():
             return folder, False, None
-    if getattr(res, "config", None):  # embedded copy, demo (GGUF + embedded config), gated-with-fallback
+    if res.config:  # embedded copy, demo (GGUF + embedded config), gated-with-fallback
         return None, True, None
-    return None, False, f"no config.json to load ({getattr(res, 'status', 'unresolved')}: {res.message})"
+    return None, False, f"no config.json to load ({res.status}: {res.message})"
 
 
 def _write_stand_in(config: Mapping[str, Any]) -> Path:
@@ -156,10 +157,14 @@ def _write_stand_in(config: Mapping[str, Any]) -> Path:
 
 
 def check_model_files(
-    res: Any, *, trust_remote_code: bool, timeout_s: float, implementations: tuple[str, ...] = ()
+    res: ModelResolution,
+    *,
+    trust_remote_code: bool,
+    timeout_s: float,
+    implementations: tuple[str, ...] = (),
 ) -> ConfigLoadFacts | Unavailable:
-    """Load what the run will load for the resolved model `res` (a ModelResolution), in a child."""
-    from doctor.probes.child import run_in_child
+    """Load what the run will load for the resolved model `res`, in a child."""
+    from doctor.children.child import run_in_child
     from doctor.probes.packages import find_dist
 
     if find_dist("transformers") is None:
@@ -196,15 +201,15 @@ def check_model_files(
     return _facts_from(data, res, folder, stand_in, trust_remote_code)
 
 
-def _run_name(res: Any) -> str:
-    return str(getattr(res, "resolved_id", None) or res.requested)
+def _run_name(res: ModelResolution) -> str:
+    return str(res.resolved_id or res.requested)
 
 
 def _facts_from(
-    data: dict[str, Any], res: Any, folder: Path | None, stand_in: bool, trust_remote_code: bool
+    data: dict[str, Any], res: ModelResolution, folder: Path | None, stand_in: bool, trust_remote_code: bool
 ) -> ConfigLoadFacts:
     attempts = tuple(LoadAttempt(**a) for a in data.get("attempts", []))
-    raw = dict(getattr(res, "config", {}) or {})
+    raw = dict(res.config or {})
     if not raw and folder is not None:
         try:
             raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -212,12 +217,12 @@ def _facts_from(
             raw = {}
     rejections = tuple(locate_rejection(str(m), raw) for m in data.get("rejections", []))
     # An `invalid` resolution (e.g. a field the estimate needs is missing) keeps no config: read the file.
-    saved_with = getattr(res, "config_transformers_version", None) or raw.get("transformers_version")
-    model_type = getattr(res, "model_type", None) or raw.get("model_type")
+    saved_with = res.config_transformers_version or raw.get("transformers_version")
+    model_type = res.model_type or raw.get("model_type")
     return ConfigLoadFacts(
         model=res.requested,
-        resolved_id=getattr(res, "resolved_id", None),
-        source=getattr(res, "source", None),
+        resolved_id=res.resolved_id,
+        source=res.source,
         load_from=str(folder) if folder is not None else None,
         stand_in=stand_in,
         transformers_version=data.get("transformers_version"),
@@ -316,27 +321,30 @@ def corrected_value(rejection: FieldRejection) -> Any:
     return None
 
 
-@probe("config-load")
-def config_load_probe(target: Any) -> ConfigLoadFacts | Unavailable:
-    spec = getattr(target, "model", None)
+CONFIG_LOAD: Probe[ConfigLoadFacts] = Probe("config-load")
+
+
+@probe(CONFIG_LOAD)
+def config_load_probe(target: RunSpec) -> ConfigLoadFacts | Unavailable:
+    spec = target.model
     if not spec:
         return Unavailable("no --model given: no config to load", "not-applicable")
-    if getattr(target, "live", None) is False:
+    if target.live is False:
         return Unavailable(
             "live probes disabled (--no-live): the config was not loaded in transformers", "not-applicable"
         )
-    if getattr(target, "base_url", None):
+    if target.base_url:
         return Unavailable("the model is served by --base-url: the server loads its config", "not-applicable")
     from doctor.probes.model import resolved_model
 
-    res = resolved_model(spec, online=bool(getattr(target, "online", False)))
+    res = resolved_model(spec, online=bool(target.online))
     from doctor.probes.model_class import IMPLEMENTATIONS
 
-    attn = str(getattr(target, "attn", "") or "")
+    attn = str(target.attn or "")
     # the standard implementations are always asked: the key (and the child) is the same whichever the
     # plan settles on, so `attention_refusals` before the settle and the probe after it share one answer
     implementations = (attn,) if attn and attn != "auto" and attn not in IMPLEMENTATIONS else ()
-    trust = bool(getattr(target, "trust_remote_code", False))
+    trust = bool(target.trust_remote_code)
     key = _memo_key(res, trust, implementations)
     with _MEMO_LOCK:
         if key in _MEMO:
@@ -344,7 +352,7 @@ def config_load_probe(target: Any) -> ConfigLoadFacts | Unavailable:
     facts = check_model_files(
         res,
         trust_remote_code=trust,
-        timeout_s=float(getattr(target, "probe_timeout_s", 60.0)),
+        timeout_s=float(target.probe_timeout_s),
         implementations=implementations,
     )
     if not isinstance(facts, Unavailable):
@@ -359,13 +367,14 @@ _MEMO: dict[tuple[Any, ...], ConfigLoadFacts] = {}
 _MEMO_LOCK = threading.Lock()
 
 
-def _memo_key(res: Any, trust_remote_code: bool, implementations: tuple[str, ...]) -> tuple[Any, ...]:
+def _memo_key(
+    res: ModelResolution, trust_remote_code: bool, implementations: tuple[str, ...]
+) -> tuple[Any, ...]:
     """Everything the child's answer depends on, files by their modification times."""
     from run_plan.hub_kernels import ENV
 
     stamps: list[tuple[str, int, int]] = []
-    path = getattr(res, "path", None)
-    folder = Path(path) if path else None
+    folder = Path(res.path) if res.path else None
     if folder is not None and folder.is_file():
         folder = folder.parent
     if folder is not None and folder.is_dir():
@@ -376,11 +385,11 @@ def _memo_key(res: Any, trust_remote_code: bool, implementations: tuple[str, ...
             except OSError:
                 continue
     return (
-        getattr(res, "requested", None),
-        getattr(res, "status", None),
-        getattr(res, "source", None),
+        res.requested,
+        res.status,
+        res.source,
         str(folder),
-        json.dumps(dict(getattr(res, "config", {}) or {}), sort_keys=True, default=str),
+        json.dumps(dict(res.config or {}), sort_keys=True, default=str),
         tuple(stamps),
         trust_remote_code,
         implementations,
@@ -390,8 +399,8 @@ def _memo_key(res: Any, trust_remote_code: bool, implementations: tuple[str, ...
     )
 
 
-def attention_refusals(spec: Any) -> dict[str, str | None] | None:
-    """For the model of `spec` (a RunSpec), per attention implementation, transformers' own refusal
+def attention_refusals(spec: RunSpec) -> dict[str, str | None] | None:
+    """For the model of `spec`, per attention implementation, transformers' own refusal
     message ("ValueError: GptOssForCausalLM does not support an attention implementation through
     torch.nn.functional.scaled_dot_product_attention yet. …") or None when the class accepts it.
 

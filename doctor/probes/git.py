@@ -1,6 +1,6 @@
 """Git freshness of the files a run executes (`doctor --script PATH`): is the code on disk the code
-you think it is? (in one user's story the committed file still held a placeholder
-model id while the edited copy did not, and the branch was behind origin.)
+you think it is? (A committed file can still hold a placeholder model id that the edited copy has
+fixed, and the branch can be behind origin.)
 
 For each script: repo root, HEAD (short sha + subject), branch and upstream, working tree vs index vs
 HEAD for that file, ahead/behind the upstream tracking ref (no network unless --fetch), whether the
@@ -22,10 +22,12 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypedDict
 
-from doctor.probes import Unavailable, probe
+from doctor.probes import Probe, Unavailable, probe
+from run_plan.spec import RunSpec
 
 GIT_TIMEOUT_S = 10.0
 FETCH_TIMEOUT_S = 30.0
@@ -142,9 +144,18 @@ def strip_url_credentials(url: str) -> str:
 # ---------------------------------------------------------------- per-script facts
 
 
-def parse_status_v2(text: str) -> dict[str, object]:
+class GitStatus(TypedDict):
+    branch: str | None  # None: a detached HEAD
+    upstream: str | None
+    ahead: int | None
+    behind: int | None
+    untracked: bool
+    entry: str | None  # the file's own status line, when it has changes
+
+
+def parse_status_v2(text: str) -> GitStatus:
     """Branch headers and this file's entry from `git status --porcelain=v2 --branch -- file`."""
-    out: dict[str, object] = {
+    out: GitStatus = {
         "branch": None,
         "upstream": None,
         "ahead": None,
@@ -178,11 +189,11 @@ def _script_in_repo(facts: ScriptFacts, root: Path, fetched: dict[str, str] | No
         root, "status", "--porcelain=v2", "--branch", "--untracked-files=all", "--", rel
     )
     if rc != 0:
-        return _with(facts, repo_root=str(root), error=f"git status failed: {err.strip()[:200]}")
+        return replace(facts, repo_root=str(root), error=f"git status failed: {err.strip()[:200]}")
     status = parse_status_v2(status_text)
     head, subject, date = _head(root)
     upstream = status["upstream"]
-    return _with(
+    return replace(
         facts,
         repo_root=str(root),
         head=head,
@@ -203,12 +214,6 @@ def _script_in_repo(facts: ScriptFacts, root: Path, fetched: dict[str, str] | No
         fetch=fetch_outcome,
         fetch_age_s=_fetch_age(root, upstream),
     )
-
-
-def _with(facts: ScriptFacts, **changes: object) -> ScriptFacts:
-    from dataclasses import replace
-
-    return replace(facts, **changes)
 
 
 def _head(root: Path) -> tuple[str | None, str | None, str | None]:
@@ -369,8 +374,8 @@ def script_facts(given: str, fetch: bool = False, fetched: dict[str, str] | None
         return facts
     rc, out, err = git(path.parent, "rev-parse", "--show-toplevel")
     if rc == 127:
-        return _with(facts, error=err.strip())
-    facts = _with(facts, pyc=pyc_facts(path), shadow=shadow_facts(path))
+        return replace(facts, error=err.strip())
+    facts = replace(facts, pyc=pyc_facts(path), shadow=shadow_facts(path))
     if rc != 0:
         return facts  # not under version control
     return _script_in_repo(
@@ -383,11 +388,14 @@ def git_version() -> str | None:
     return out.strip().removeprefix("git version ") if rc == 0 else None
 
 
-@probe("git")
-def git_probe(target: object) -> GitFacts | Unavailable:
-    scripts = tuple(getattr(target, "scripts", ()) or ())
+GIT: Probe[GitFacts] = Probe("git")
+
+
+@probe(GIT)
+def git_probe(target: RunSpec) -> GitFacts | Unavailable:
+    scripts = tuple(target.scripts)
     if not scripts:
         return Unavailable("no --script given: nothing to check for git freshness", "not-applicable")
-    fetch = bool(getattr(target, "fetch", False))
+    fetch = bool(target.fetch)
     fetched: dict[str, str] = {}  # one fetch per repository, however many of its scripts are listed
     return GitFacts(git_version(), tuple(script_facts(s, fetch, fetched) for s in scripts))

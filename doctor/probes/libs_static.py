@@ -17,8 +17,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from doctor.probes import probe
+from doctor.probes import Probe, probe
 from doctor.probes.packages import DistInfo, dist_info, find_dist, requirements_of, this_machine
+from run_plan.spec import RunSpec
 
 # ELF e_machine values (bytes 18-19 of the header) for the architectures wheels are built for.
 ELF_MACHINES = {
@@ -41,8 +42,8 @@ def elf_machine(path: str | os.PathLike[str]) -> str | None:
         return None
     if len(header) < 20 or header[:4] != b"\x7fELF":
         return None
-    byteorder = "little" if header[5] == 1 else "big"  # EI_DATA: 1 = little-endian, 2 = big-endian
-    code = int.from_bytes(header[18:20], byteorder)
+    little = header[5] == 1  # EI_DATA: 1 = little-endian, 2 = big-endian
+    code = int.from_bytes(header[18:20], "little" if little else "big")
     return ELF_MACHINES.get(code, f"e_machine 0x{code:X}")
 
 
@@ -115,8 +116,8 @@ def torch_build_facts() -> TorchBuild:
     info = dist_info("torch")
     root = Path(str(dist.locate_file("torch")))
     values = read_version_py(root / "version.py")
-    cuda = values.get("cuda") if isinstance(values.get("cuda"), str) else None
-    hip = values.get("hip") if isinstance(values.get("hip"), str) else None
+    cuda = cuda_version if isinstance(cuda_version := values.get("cuda"), str) else None
+    hip = hip_version if isinstance(hip_version := values.get("hip"), str) else None
     has_cuda_lib = (
         any((root / "lib").glob("libtorch_cuda*.so*")) or (root / "lib" / "torch_cuda.dll").exists()
     )
@@ -144,8 +145,11 @@ def torch_build_facts() -> TorchBuild:
     )
 
 
-@probe("torch-build")
-def torch_build_probe(target: object) -> TorchBuild:
+TORCH_BUILD: Probe[TorchBuild] = Probe("torch-build")
+
+
+@probe(TORCH_BUILD)
+def torch_build_probe(target: RunSpec) -> TorchBuild:
     return torch_build_facts()
 
 
@@ -211,8 +215,11 @@ def bnb_files_facts(environ: dict[str, str] | None = None) -> BnbFiles:
     )
 
 
-@probe("bnb-files")
-def bnb_files_probe(target: object) -> BnbFiles:
+BNB_FILES: Probe[BnbFiles] = Probe("bnb-files")
+
+
+@probe(BNB_FILES)
+def bnb_files_probe(target: RunSpec) -> BnbFiles:
     return bnb_files_facts()
 
 
@@ -289,8 +296,11 @@ def triton_dist_facts() -> TritonDist:
     )
 
 
-@probe("triton-dist")
-def triton_dist_probe(target: object) -> TritonDist:
+TRITON_DIST: Probe[TritonDist] = Probe("triton-dist")
+
+
+@probe(TRITON_DIST)
+def triton_dist_probe(target: RunSpec) -> TritonDist:
     return triton_dist_facts()
 
 
@@ -394,26 +404,31 @@ def import_origin(
         front_origin = _real(_spec_origin(front))  # a bare folder (namespace package) never wins
         if front_origin and front_origin != expected and front_origin != origin:
             fronts.append(front_origin)
-    common = {
-        "name": name,
-        "dist": label,
-        "expected": expected,
-        "origin": origin,
-        "front_copies": tuple(fronts),
-    }
+
+    def found(verdict: str, via: str = "") -> ImportOrigin:
+        return ImportOrigin(
+            name=name,
+            dist=label,
+            expected=expected,
+            origin=origin,
+            front_copies=tuple(fronts),
+            verdict=verdict,
+            via=via,
+        )
+
     if spec is None:
-        return ImportOrigin(**common, verdict="not-importable" if dist is not None else "ok")
+        return found("not-importable" if dist is not None else "ok")
     if dist is None:
         via = _path_entry_words(origin or "", entries, pythonpath, cwd) if origin else "a namespace folder"
-        return ImportOrigin(**common, verdict="no-distribution", via=via)
+        return found("no-distribution", via)
     if expected is None:  # an editable / develop install: its files live in the source tree
         root = _editable_root(dist)
         same = bool(root and origin and origin.startswith(os.path.join(root, "")))
-        return ImportOrigin(**common, verdict="ok" if same else "unknown")
+        return found("ok" if same else "unknown")
     if origin == expected:
-        return ImportOrigin(**common, verdict="ok")
+        return found("ok")
     via = _path_entry_words(origin or "", entries, pythonpath, cwd) if origin else "a namespace folder"
-    return ImportOrigin(**common, verdict="shadowed", via=via)
+    return found("shadowed", via)
 
 
 def import_origins_facts(
@@ -429,6 +444,9 @@ def import_origins_facts(
     return ImportOrigins(modules=modules, cwd=cwd, front_dirs=fronts)
 
 
-@probe("import-origins")
-def import_origins_probe(target: object) -> ImportOrigins:
-    return import_origins_facts(tuple(getattr(target, "scripts", ()) or ()))
+IMPORT_ORIGINS: Probe[ImportOrigins] = Probe("import-origins")
+
+
+@probe(IMPORT_ORIGINS)
+def import_origins_probe(target: RunSpec) -> ImportOrigins:
+    return import_origins_facts(tuple(target.scripts))

@@ -9,57 +9,34 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from doctor.probes import Unavailable, probe
+from doctor.probes import Probe, Unavailable, probe
+from run_plan.spec import RunSpec
+
+if TYPE_CHECKING:
+    from doctor.model_config import ModelResolution
 
 # The skeleton imports torch + transformers and builds up to ~100 decoder layers: allow for a slow disk.
 MIN_TIMEOUT_S = 240.0
 
 
-def resolve_for_memory(target: Any) -> Any:
-    """The model's config: doctor.model_config.resolve_model when implemented, else a local folder or a
-    config embedded in this package (doctor/memory/configs)."""
-    from doctor.model_config import DEMO_MODEL_ID, ModelResolution, resolve_model
+class MemoryFacts(TypedDict):
+    """The memory probe's facts: the settings the estimate is made for and the skeleton child's sizing."""
+
+    model: str
+    config_source: str | None
+    settings: dict[str, Any]  # doctor.memory.estimate.Settings as a dict
+    sizing: dict[str, Any]  # the weight inventory, KV layout and traced activations (doctor.memory.skeleton)
+
+
+def resolve_for_memory(model: str, target: RunSpec) -> ModelResolution:
+    """The model's config (doctor.model_config.resolve_model), judged again by the installed transformers
+    where the doctor's own validator doubts a field (doctor.probes.model.judged_by_library)."""
+    from doctor.model_config import resolve_model
     from doctor.probes.model import judged_by_library
 
-    try:
-        return judged_by_library(resolve_model(target.model, online=target.online), target)
-    except NotImplementedError:
-        pass
-    import json
-
-    spec = DEMO_MODEL_ID if target.model == "demo" else target.model
-    folder = Path(spec).expanduser()
-    if (folder / "config.json").is_file():
-        config = json.loads((folder / "config.json").read_text())
-        return ModelResolution(
-            target.model,
-            "found",
-            "local folder",
-            source="local-folder",
-            path=str(folder),
-            config=config,
-            model_type=config.get("model_type"),
-            quantization_config=config.get("quantization_config"),
-        )
-    from doctor.memory.embedded import embedded_config
-
-    config = embedded_config(spec)
-    if config is None:
-        return ModelResolution(target.model, "offline-not-cached", f"no config for {spec!r} here (offline)")
-    return ModelResolution(
-        target.model,
-        "found",
-        "embedded config",
-        resolved_id=spec,
-        source="embedded",
-        config=config,
-        model_type=config.get("model_type"),
-        quantization_config=config.get("quantization_config"),
-        embedded_source=config.get("_source"),
-    )
+    return judged_by_library(resolve_model(model, online=target.online), target)
 
 
 def size_weights(args: dict[str, Any], timeout_s: float = 240.0) -> dict[str, Any]:
@@ -74,7 +51,7 @@ def size_weights(args: dict[str, Any], timeout_s: float = 240.0) -> dict[str, An
 
 
 def _size_in_child(args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    from doctor.probes.child import run_in_child
+    from doctor.children.child import run_in_child
 
     # transformers builds some models' masks in the order of a set of layer-type names (Llama 4), which
     # follows Python's string hash and moves transient bytes between trace events: one fixed seed makes
@@ -90,17 +67,21 @@ def _size_in_child(args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     return sizing
 
 
-@probe("memory")
-def memory_probe(target: Any) -> dict[str, Any] | Unavailable:
-    if not target.model:
+MEMORY: Probe[MemoryFacts] = Probe("memory")
+
+
+@probe(MEMORY)
+def memory_probe(target: RunSpec) -> MemoryFacts | Unavailable:
+    model = target.model
+    if not model:
         return Unavailable("no --model given: nothing to size", "not-applicable")
-    if getattr(target, "base_url", None):
+    if target.base_url:
         return Unavailable(
             "the model runs on the server at --base-url: its memory is the server's "
             "(server-max-model-len judges the length)",
             "not-applicable",
         )
-    resolution = resolve_for_memory(target)
+    resolution = resolve_for_memory(model, target)
     if not resolution.found:
         return Unavailable(f"model config unavailable: {resolution.message}", "missing")
     from doctor.memory.estimate import settings_for, sizing_args

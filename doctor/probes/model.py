@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
-from doctor.probes import Unavailable, probe
+from doctor.model_config import ModelResolution
+from doctor.probes import Probe, Unavailable, probe
+from run_plan.spec import RunSpec
 
 # Hub answers, memoised per process: the `model` and `config-load` probes both need the resolution,
 # and asking the hub twice doubles the wait. Offline resolution only reads files, so it is not cached
 # (a folder may change between two runs inside one process, e.g. in tests).
-_ONLINE: dict[str, Any] = {}
+_ONLINE: dict[str, ModelResolution] = {}
 _ONLINE_LOCK = threading.Lock()
 
 
-def resolved_model(spec: str, *, online: bool) -> Any:  # ModelResolution
+def resolved_model(spec: str, *, online: bool) -> ModelResolution:
     # Imported here: resolve_model pulls in huggingface_hub, which a plain `doctor` does not need.
     from doctor.model_config import resolve_model
 
@@ -26,16 +27,16 @@ def resolved_model(spec: str, *, online: bool) -> Any:  # ModelResolution
         return _ONLINE[spec]
 
 
-def judged_by_library(res: Any, target: object) -> Any:  # ModelResolution
+def judged_by_library(res: ModelResolution, target: RunSpec) -> ModelResolution:
     """A resolution refused only for fields the doctor's validator doubts, judged again by the installed
     transformers (doctor.probes.config_fields): whatever the config class accepts and the model never
     reads is accepted, with a note. Unchanged when nothing is doubted, with --no-live, or without
     transformers (then the doctor's own rule stands)."""
     from dataclasses import replace
 
-    if getattr(res, "status", None) != "invalid" or not getattr(res, "field_problems", ()):
+    if res.status != "invalid" or not res.field_problems:
         return res
-    if getattr(target, "live", None) is False:
+    if target.live is False:
         return res
     from doctor.probes.packages import find_dist
 
@@ -48,7 +49,7 @@ def judged_by_library(res: Any, target: object) -> Any:  # ModelResolution
         res.rejected_config,
         list(res.doubted_fields),
         list(res.missing_fields),
-        max(float(getattr(target, "probe_timeout_s", 60.0)), TIMEOUT_S),
+        max(float(target.probe_timeout_s), TIMEOUT_S),
     )
     if answer.get("error") or answer.get("standing"):
         standing = answer.get("standing") or []
@@ -80,9 +81,12 @@ def judged_by_library(res: Any, target: object) -> Any:  # ModelResolution
     )
 
 
-@probe("model")
-def model_probe(target: object) -> Any:  # ModelResolution | Unavailable
-    spec = getattr(target, "model", None)
+MODEL: Probe[ModelResolution] = Probe("model")
+
+
+@probe(MODEL)
+def model_probe(target: RunSpec) -> ModelResolution | Unavailable:
+    spec = target.model
     if not spec:
         return Unavailable("no --model given: nothing to resolve", "not-applicable")
-    return judged_by_library(resolved_model(spec, online=bool(getattr(target, "online", False))), target)
+    return judged_by_library(resolved_model(spec, online=bool(target.online)), target)

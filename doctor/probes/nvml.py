@@ -13,7 +13,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from doctor.probes import Unavailable, probe
+from doctor.probes import Probe, Unavailable, probe
+from doctor.probes.nvml_health import GpuHealthFacts
+from run_plan.spec import RunSpec
 
 NO_GPU_REASON = "no NVIDIA driver/GPU visible"
 
@@ -192,7 +194,7 @@ def _gpu_or_placeholder(index: int) -> tuple[GpuFacts, str, Any]:
 class _NvmlRead:
     facts: NvmlFacts
     uuids: tuple[str, ...]
-    health: Any  # doctor.probes.nvml_health.GpuHealthFacts
+    health: GpuHealthFacts | Unavailable
 
 
 _READ_LOCK = threading.Lock()
@@ -205,8 +207,8 @@ def read_nvml() -> tuple[NvmlFacts, tuple[str, ...]]:
     return read.facts, read.uuids
 
 
-def read_gpu_health() -> Any:
-    """Health facts (doctor.probes.nvml_health.GpuHealthFacts) from the same single NVML session."""
+def read_gpu_health() -> GpuHealthFacts | Unavailable:
+    """Health facts from the same single NVML session."""
     with _READ_LOCK:
         return _read_nvml_once().health
 
@@ -297,12 +299,18 @@ def nvml_sees_gpu() -> bool:
     return read_nvml()[0].gpu_count > 0
 
 
-@probe("nvml")
-def nvml_probe(target: object) -> NvmlFacts:
+NVML: Probe[NvmlFacts] = Probe("nvml")
+
+
+@probe(NVML)
+def nvml_probe(target: RunSpec) -> NvmlFacts:
     return nvml_facts()
 
 
-@probe("gpu-health")
-def gpu_health_probe(target: object) -> Any:
-    """Health facts (doctor.probes.nvml_health.GpuHealthFacts), read in the nvml probe's NVML session."""
+GPU_HEALTH: Probe[GpuHealthFacts] = Probe("gpu-health")
+
+
+@probe(GPU_HEALTH)
+def gpu_health_probe(target: RunSpec) -> GpuHealthFacts | Unavailable:
+    """Health facts, read in the nvml probe's NVML session."""
     return read_gpu_health()

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from doctor.probes import probe
+from doctor.probes import Probe, probe
+from run_plan.spec import RunSpec
 
 # Distributions whose versions matter for a long-context HF + bnb run, in report order.
 TRACKED = (
@@ -133,8 +134,11 @@ def _nvidia_runtime_dists() -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-@probe("packages")
-def packages_probe(target: object) -> PackageVersions:
+PACKAGES: Probe[PackageVersions] = Probe("packages")
+
+
+@probe(PACKAGES)
+def packages_probe(target: RunSpec) -> PackageVersions:
     versions: dict[str, str | None] = {}
     for name in TRACKED:
         dist = find_dist(name)

@@ -6,9 +6,13 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from doctor.probes import Unavailable, probe
+from doctor.probes import Probe, Unavailable, probe
+from run_plan.spec import RunSpec
+
+if TYPE_CHECKING:
+    from doctor.probes.script_reader import ScriptReading
 
 _SIZES_TIMEOUT_S = 60.0  # importing accelerate imports torch: seconds on a cold disk
 
@@ -34,7 +38,7 @@ def _version(name: str) -> str | None:
 def accelerate_verdicts(
     values: list[str], timeout_s: float
 ) -> tuple[dict[str, int | None] | None, dict[str, str], str | None]:
-    from doctor.probes.child import run_in_child
+    from doctor.children.child import run_in_child
 
     result = run_in_child("run_plan.sizes:accelerate_sizes", {"values": values}, timeout_s=timeout_s)
     data: dict[str, Any] = result.data or {}
@@ -56,13 +60,16 @@ def max_memory_values(text: str) -> list[str]:
         return []  # the check reports the parse error itself
 
 
-@probe("run-args")
-def run_args_probe(target: Any) -> RunArgFacts:
+RUN_ARGS: Probe[RunArgFacts] = Probe("run-args")
+
+
+@probe(RUN_ARGS)
+def run_args_probe(target: RunSpec) -> RunArgFacts:
     versions = {n: _version(n) for n in ("torch", "accelerate", "triton", "flash-attn", "transformers")}
     facts = RunArgFacts(
         versions=versions, flash_attn_importable=importlib.util.find_spec("flash_attn") is not None
     )
-    text = getattr(target, "max_memory", None)
+    text = target.max_memory
     if not text:
         return facts
     values = max_memory_values(str(text))
@@ -74,12 +81,15 @@ def run_args_probe(target: Any) -> RunArgFacts:
 class ScriptSettingsFacts:
     """What each `--script` passes to transformers/accelerate, read with ast (doctor.probes.script_reader)."""
 
-    readings: tuple[Any, ...]  # ScriptReading, one per --script, in the order given
+    readings: tuple[ScriptReading, ...]  # one per --script, in the order given
 
 
-@probe("script-settings")
-def script_settings_probe(target: Any) -> Any:  # ScriptSettingsFacts | Unavailable
-    scripts = tuple(getattr(target, "scripts", ()) or ())
+SCRIPT_SETTINGS: Probe[ScriptSettingsFacts] = Probe("script-settings")
+
+
+@probe(SCRIPT_SETTINGS)
+def script_settings_probe(target: RunSpec) -> ScriptSettingsFacts | Unavailable:
+    scripts = tuple(target.scripts)
     if not scripts:
         return Unavailable("no --script given: no run script to read", "not-applicable")
     from doctor.probes.script_reader import read_script

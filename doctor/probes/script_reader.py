@@ -1,7 +1,6 @@
 """Read a run script's model-loading settings with `ast` — never import or execute it.
 
-`doctor --script run.py` used to say only whether the file is committed. What the file will *do* is
-in its text: the model id given to `from_pretrained` (often through a module constant such as
+Whether a run script is committed says little; what the file will *do* is in its text: the model id given to `from_pretrained` (often through a module constant such as
 `MODEL_ID`), the `BitsAndBytesConfig` and the flag that switches it (`USE_4BIT = False` guarding an
 `if`), `device_map`, `max_memory`, `attn_implementation`, `torch_dtype`/`dtype`, `trust_remote_code`
 and context-length constants. This module reads them into `Setting`s named like the doctor's flags
@@ -14,15 +13,15 @@ at run time (command-line arguments, environment variables, function parameters,
 as "could not determine", with the reason, never guessed.
 
 For files in git the committed text (`git show HEAD:path`) is read the same way, and a setting whose
-committed value differs carries both: in the story behind this tool the committed script loaded a
-placeholder model id while the edited copy on disk had the real one.
+committed value differs carries both: a committed script can load a placeholder model id while the
+edited copy on disk has the real one, and the run executes whichever copy it is given.
 """
 
 from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -144,6 +143,7 @@ class _Known:
 
 
 _Value = _Known | _Unknown
+_Eval = Callable[[ast.expr], _Value]  # evaluates a sub-expression in the same scope, one level deeper
 
 
 @dataclass(frozen=True)
@@ -293,7 +293,10 @@ class _Reader:
             return _Known(None)
         if depth > _MAX_DEPTH:
             return _Unknown(f"`{self.source(node)}` refers to itself too deeply to read")
-        ev = lambda n: self.evaluate(n, scope, before, depth + 1)
+
+        def ev(sub: ast.expr) -> _Value:
+            return self.evaluate(sub, scope, before, depth + 1)
+
         if isinstance(node, ast.Constant):
             return _Known(node.value)
         if isinstance(node, ast.Name):
@@ -425,7 +428,7 @@ class _Reader:
         last = assignments[-1]
         return f" ({test.id} = {self.source(last.value)} at {self.filename}:{last.line})"
 
-    def _fstring(self, node: ast.JoinedStr, ev: Any) -> _Value:
+    def _fstring(self, node: ast.JoinedStr, ev: _Eval) -> _Value:
         parts: list[str] = []
         for piece in node.values:
             if isinstance(piece, ast.Constant):
@@ -442,15 +445,15 @@ class _Reader:
                 parts.append(str(value.value))
         return _Known("".join(parts))
 
-    def _sequence(self, node: ast.List | ast.Tuple, ev: Any) -> _Value:
+    def _sequence(self, node: ast.List | ast.Tuple, ev: _Eval) -> _Value:
         values = [ev(e) for e in node.elts]
         bad = next((v for v in values if isinstance(v, _Unknown)), None)
         if bad is not None:
             return bad
-        items = [v.value for v in values]  # type: ignore[union-attr]
+        items = [v.value for v in values if isinstance(v, _Known)]
         return _Known(tuple(items) if isinstance(node, ast.Tuple) else items)
 
-    def _dict(self, node: ast.Dict, ev: Any) -> _Value:
+    def _dict(self, node: ast.Dict, ev: _Eval) -> _Value:
         out: dict[Any, Any] = {}
         for key, value in zip(node.keys, node.values, strict=True):
             if key is None:
@@ -463,11 +466,12 @@ class _Reader:
             out[k.value] = v.value
         return _Known(out)
 
-    def _binop(self, node: ast.BinOp, ev: Any) -> _Value:
+    def _binop(self, node: ast.BinOp, ev: _Eval) -> _Value:
         left, right = ev(node.left), ev(node.right)
-        for side in (left, right):
-            if isinstance(side, _Unknown):
-                return side
+        if isinstance(left, _Unknown):
+            return left
+        if isinstance(right, _Unknown):
+            return right
         ops = {
             ast.Add: lambda a, b: a + b,
             ast.Sub: lambda a, b: a - b,
@@ -478,13 +482,13 @@ class _Reader:
         }
         op = ops.get(type(node.op))
         try:
-            if op is None or (isinstance(node.op, ast.Pow) and abs(right.value) > 64):  # type: ignore[union-attr]
+            if op is None or (isinstance(node.op, ast.Pow) and abs(right.value) > 64):
                 raise TypeError
-            return _Known(op(left.value, right.value), [*left.notes, *right.notes])  # type: ignore[union-attr]
+            return _Known(op(left.value, right.value), [*left.notes, *right.notes])
         except (TypeError, ValueError, ZeroDivisionError, OverflowError):
             return _Unknown(f"`{self.source(node)}` is computed at run time")
 
-    def _unary(self, node: ast.UnaryOp, ev: Any) -> _Value:
+    def _unary(self, node: ast.UnaryOp, ev: _Eval) -> _Value:
         value = ev(node.operand)
         if isinstance(value, _Unknown):
             return value
@@ -499,16 +503,17 @@ class _Reader:
             pass
         return _Unknown(f"`{self.source(node)}` is computed at run time")
 
-    def _boolop(self, node: ast.BoolOp, ev: Any) -> _Value:
+    def _boolop(self, node: ast.BoolOp, ev: _Eval) -> _Value:
         values = [ev(v) for v in node.values]
         bad = next((v for v in values if isinstance(v, _Unknown)), None)
         if bad is not None:
             return bad
-        plain = [v.value for v in values]  # type: ignore[union-attr]
+        known = [v for v in values if isinstance(v, _Known)]
+        plain = [v.value for v in known]
         result = all(plain) if isinstance(node.op, ast.And) else any(plain)
-        return _Known(result, [n for v in values for n in v.notes])  # type: ignore[union-attr]
+        return _Known(result, [n for v in known for n in v.notes])
 
-    def _compare(self, node: ast.Compare, ev: Any) -> _Value:
+    def _compare(self, node: ast.Compare, ev: _Eval) -> _Value:
         left = ev(node.left)
         if isinstance(left, _Unknown):
             return left
@@ -553,7 +558,7 @@ class _Reader:
         where = f" (argparse default {default})" if default is not None else ""
         return _Unknown(f"`{dotted}` is set at run time{where}")
 
-    def _call(self, node: ast.Call, ev: Any) -> _Value:
+    def _call(self, node: ast.Call, ev: _Eval) -> _Value:
         func = _dotted_name(node.func) or self.source(node.func)
         short = func.rsplit(".", 1)[-1]
         if func in ("os.environ.get", "os.getenv", "environ.get", "getenv"):
@@ -590,7 +595,8 @@ class _Reader:
 
 def _model_loads(reader: _Reader) -> tuple[list[ast.Call], list[ast.Call]]:
     """(model from_pretrained calls, tokenizer/config from_pretrained calls), in file order."""
-    models, others = [], []
+    models: list[ast.Call] = []
+    others: list[ast.Call] = []
     for node in ast.walk(reader.tree):
         if (
             isinstance(node, ast.Call)

@@ -12,10 +12,11 @@ import os
 import time
 from dataclasses import dataclass
 
-from doctor.probes import Unavailable, probe
+from doctor.probes import Probe, Unavailable, probe
 from doctor.report.redact import Redactor
 from run_plan.http import HttpFailure
 from run_plan.openai_http import BadBaseUrl, list_models, normalize_base_url, public_url
+from run_plan.spec import RunSpec
 
 API_KEY_ENV = "OPENAI_API_KEY"
 _MAX_TIMEOUT_S = 5.0  # a healthy server answers /v1/models in milliseconds
@@ -39,14 +40,17 @@ class ServerFacts:
     elapsed_ms: int
 
 
-@probe("server")
-def server_probe(target: object) -> ServerFacts | Unavailable:
-    base_url = getattr(target, "base_url", None)
+SERVER: Probe[ServerFacts] = Probe("server")
+
+
+@probe(SERVER)
+def server_probe(target: RunSpec) -> ServerFacts | Unavailable:
+    base_url = target.base_url
     if not base_url:
         return Unavailable("no --base-url given: no server to check", "not-applicable")
     # The shared client (run_plan.http): one total deadline, a size cap, no cross-origin redirects.
     try:
-        timeout_s = min(_MAX_TIMEOUT_S, float(getattr(target, "probe_timeout_s", _MAX_TIMEOUT_S)))
+        timeout_s = min(_MAX_TIMEOUT_S, float(target.probe_timeout_s))
     except (TypeError, ValueError):
         timeout_s = _MAX_TIMEOUT_S
     if not timeout_s > 0:

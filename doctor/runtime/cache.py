@@ -37,7 +37,7 @@ _PREALLOCATED: type | None = None
 def _define_preallocated_layer() -> type:
     from transformers.cache_utils import DynamicLayer
 
-    class PreallocatedLayer(DynamicLayer):  # type: ignore[misc]
+    class PreallocatedLayer(DynamicLayer):
         """A full-attention layer whose K/V live in one buffer of `capacity` tokens, filled in place; `keys`
         and `values` are views of the filled part, so crop, seq length and masks work as for DynamicLayer."""
 

@@ -34,7 +34,7 @@ def llama4_moe_class() -> type | None:
         from transformers.models.llama4.modeling_llama4 import Llama4TextMoe
     except ImportError:
         return None
-    return Llama4TextMoe  # type: ignore[no-any-return]
+    return Llama4TextMoe
 
 
 _ROUTED: type | None = None
@@ -51,7 +51,7 @@ def routed_moe_class() -> type:
 
 
 def _define_routed(base: type) -> type:
-    class RoutedLlama4TextMoe(base):  # type: ignore[misc, valid-type]
+    class RoutedLlama4TextMoe(base):
         """Llama4TextMoe that runs each token through the experts it was routed to, and no other."""
 
         def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

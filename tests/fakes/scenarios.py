@@ -12,21 +12,16 @@ from typing import Any
 
 from doctor.model_config import ModelResolution
 from doctor.probes import Unavailable
+from doctor.probes.bnb_live import BnbLive, BnbRoundTrip
 from doctor.probes.host import HostFacts
-from doctor.probes.libs_live import (
-    NOT_LIVE_REASON,
-    BnbLive,
-    BnbRoundTrip,
-    GemmResult,
-    TorchDevice,
-    TorchLive,
-    TransformersLive,
-    TritonLive,
-)
 from doctor.probes.libs_static import BnbFiles, NativeLib, TorchBuild, TritonDist
+from doctor.probes.live_batch import NOT_LIVE_REASON
 from doctor.probes.nvml import NO_GPU_REASON, GpuFacts, GpuProcess, NvmlFacts
 from doctor.probes.nvml_health import DriverStack, GpuHealth, GpuHealthFacts, XidEvent, XidLog
 from doctor.probes.packages import DistInfo, PackageVersions
+from doctor.probes.torch_live import GemmResult, TorchDevice, TorchLive
+from doctor.probes.transformers_live import TransformersLive
+from doctor.probes.triton_live import TritonLive
 from run_plan.spec import RunSpec
 
 GIB = 1 << 30

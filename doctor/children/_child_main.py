@@ -1,4 +1,4 @@
-"""Entry point of a probe child process (see doctor.probes.child). Not for direct use.
+"""Entry point of a probe child process (see doctor.children.child). Not for direct use.
 
 Two modes:
 - `MODULE:FUNCTION`: call one function with the JSON object on stdin, print its result.
@@ -21,8 +21,8 @@ import traceback
 import warnings
 from typing import Any
 
-from doctor.probes import child
-from doctor.probes.child import RESULT_MARKER, STAGES_ARG
+from doctor.children import child
+from doctor.children.child import RESULT_MARKER, STAGES_ARG
 
 
 def _call(target: str, args: dict[str, Any]) -> dict[str, Any]:

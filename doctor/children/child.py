@@ -4,7 +4,7 @@ Why: importing torch, bitsandbytes, transformers or triton can hang, segfault or
 In a child, a hang is killed at the timeout and a crash is an exit status; either way the
 doctor gets a value (an error description) and the rest of the report still prints.
 
-The child runs `python -m doctor.probes._child_main MODULE:FUNCTION`, reads a JSON argument
+The child runs `python -m doctor.children._child_main MODULE:FUNCTION`, reads a JSON argument
 object on stdin and prints one JSON object on its last stdout line.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from doctor.probes import Unavailable
+from doctor.unavailable import Unavailable, UnavailableKind
 from run_plan.safe_files import tool_cache_dir
 
 RESULT_MARKER = "@@niah-doctor-result@@"
@@ -45,7 +45,7 @@ class ChildResult:
     seconds: float
 
     def as_unavailable(self, what: str) -> Unavailable:
-        kind = "timeout" if self.returncode is None else "error"
+        kind: UnavailableKind = "timeout" if self.returncode is None else "error"
         return Unavailable(reason=f"{what}: {self.error}", kind=kind, detail=self.stderr_tail or None)
 
 
@@ -223,16 +223,15 @@ def _run_raw(
     child_env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
     child_env.update(bytecode_cache_env(child_env))
-    for name in [k for k, v in child_env.items() if v is None]:
-        del child_env[name]
+    given = {name: value for name, value in child_env.items() if value is not None}  # None: removed
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "doctor.probes._child_main", *argv],
+            [sys.executable, "-m", "doctor.children._child_main", *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=child_env,
+            env=given,
             text=True,
             start_new_session=True,  # own process group: kill it whole
         )
