@@ -112,7 +112,7 @@ def trial_key(identity_sha256: str, spec: TrialSpec) -> str:
 
 
 def make_backend(config: RunSpec) -> Backend:
-    """Load the model the plan names (niah_run.loading). Tests replace this function with a fake."""
+    """Load the model the plan names (niah_run.backends.loading). Tests replace this function with a fake."""
     if config.backend == "openai":
         from niah_run.backends.openai import make_openai_backend
 
@@ -131,7 +131,7 @@ def make_backend(config: RunSpec) -> Backend:
         )
 
     try:
-        from niah_run.loading import load_backend
+        from niah_run.backends.loading import load_backend
     except ImportError as exc:  # pragma: no cover - only when the optional extras are missing
         raise RunFailed(
             f"the local model backend is not available: {exc}",

