@@ -32,6 +32,7 @@ from typing import Any
 from doctor import __version__
 from doctor.report.redact import Redactor
 from niah_run.backends.base import Backend, BackendOOM, Generation, max_positions
+from niah_run.backends.registry import make_backend
 from niah_run.config import CONFIG_FILE
 from niah_run.haystack import load_haystack, validate_haystack_spec
 from niah_run.needles import NeedleSet, make_needles
@@ -109,35 +110,6 @@ def plan_trials(config: RunSpec) -> list[TrialSpec]:
 
 def trial_key(identity_sha256: str, spec: TrialSpec) -> str:
     return hashlib.sha256(f"{identity_sha256}:{json.dumps(spec.cell, sort_keys=True)}".encode()).hexdigest()
-
-
-def make_backend(config: RunSpec) -> Backend:
-    """Load the model the plan names (niah_run.backends.loading). Tests replace this function with a fake."""
-    if config.backend == "openai":
-        from niah_run.backends.openai import make_openai_backend
-
-        if not config.base_url:
-            raise UsageError(
-                "--backend openai needs --base-url", hint="e.g. --base-url http://127.0.0.1:8000"
-            )
-        return make_openai_backend(
-            config.base_url,
-            config.model,
-            config.tokenizer,
-            timeout_s=config.request_timeout,
-            retries=config.retries,
-            concurrency=config.concurrency,
-            online=config.online,
-        )
-
-    try:
-        from niah_run.backends.loading import load_backend
-    except ImportError as exc:  # pragma: no cover - only when the optional extras are missing
-        raise RunFailed(
-            f"the local model backend is not available: {exc}",
-            hint="Install the extras: python3 install.py (in the niah-doctor checkout).",
-        ) from None
-    return load_backend(config)
 
 
 def _lcp(a: list[int] | None, b: list[int]) -> int:

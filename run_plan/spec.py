@@ -26,7 +26,11 @@ ATTN_CHOICES: tuple[str, ...] = ("auto", LEAN_ATTN, "sdpa", "flex_attention", "e
 EXPERTS_CHOICES: tuple[str, ...] = ("auto", "routed", "transformers")
 DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
 KV_DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32", "float8_e4m3fn")
+# Where the trials run: the local model, or an OpenAI-compatible server. niah_run/backends/registry.py gives
+# each name its factory and preflight (a test checks that every name here has an entry there).
 BACKEND_CHOICES: tuple[str, ...] = ("transformers", "openai")
+# The backends that send each trial to a server, which may answer several at once.
+CONCURRENT_BACKENDS: tuple[str, ...] = ("openai",)
 # What a sweep can hide; niah_run/needles.py builds each kind and niah_run/scoring.py scores it.
 NEEDLE_KIND_CHOICES: tuple[str, ...] = (
     "passkey",
@@ -152,7 +156,7 @@ class RunSpec:
             raise UsageError(f"--prefill-chunk must be positive, got {self.prefill_chunk}")
         if self.probe_timeout_s <= 0:
             raise UsageError("--timeout must be positive")
-        if self.concurrency > 1 and self.backend != "openai":
+        if self.concurrency > 1 and self.backend not in CONCURRENT_BACKENDS:
             # One local model on one set of GPUs runs one prompt at a time; parallel prefill would only OOM.
             raise UsageError(
                 "--concurrency applies to --backend openai (a server); the local backend runs one "
