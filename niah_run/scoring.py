@@ -10,8 +10,8 @@ word boundaries.
 (an answer that lists twenty numbers, one of them right, is not a retrieval). Control trials (no
 needle) are correct only when the answer gives no value of the asked type, refusal or not.
 
-Each needle kind has its scorer (`score_trial` dispatches): literal kinds use `score_output`;
-`ordered` also needs the values in document order; `counting` reads one count.
+The scorers here take plain values; each needle kind picks its own (niah_run/needles.py: KINDS): literal
+kinds use `score_output`, `ordered` also needs the values in document order, `counting` reads one count.
 """
 
 from __future__ import annotations
@@ -20,10 +20,6 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from niah_run.needles import NeedleSet
 
 # Recorded in every scored row: rows scored by different rules must not be pooled silently.
 # 2 = extra values break strict, separators before NFKC, controls not excused by a refusal, new kinds.
@@ -329,45 +325,3 @@ def score_count(
         stopped_at_eos=stopped_at_eos,
     )
     return Score(False, False, 0.0, failure)
-
-
-def score_trial(
-    output_text: str,
-    needles: NeedleSet,
-    *,
-    prompt_text: str,
-    stopped_at_eos: bool,
-    needle_positions: Sequence[int] = (),
-    prompt_words_cache: str | None = None,
-) -> Score:
-    """The scorer of this trial's needle kind (what the sweep calls)."""
-    if needles.kind == "counting":
-        gold = int(needles.gold_values[0]) if needles.gold_values else 0
-        return score_count(
-            output_text,
-            gold_count=gold,
-            control=needles.control,
-            prompt_text=prompt_text,
-            stopped_at_eos=stopped_at_eos,
-            prompt_words_cache=prompt_words_cache,
-        )
-    if needles.kind == "ordered" and not needles.control:
-        return score_ordered(
-            output_text,
-            gold_in_order=needles.values_in_document_order(needle_positions),
-            distractors=needles.distractor_values,
-            prompt_text=prompt_text,
-            stopped_at_eos=stopped_at_eos,
-            prompt_words_cache=prompt_words_cache,
-        )
-    return score_output(
-        output_text,
-        value_type=needles.value_type,
-        gold=needles.gold_values,
-        distractors=needles.distractor_values,
-        control=needles.control,
-        vocabulary=needles.vocabulary,
-        prompt_text=prompt_text,
-        stopped_at_eos=stopped_at_eos,
-        prompt_words_cache=prompt_words_cache,
-    )

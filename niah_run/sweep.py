@@ -35,7 +35,7 @@ from niah_run.backends.base import Backend, BackendOOM, Generation, max_position
 from niah_run.backends.registry import make_backend
 from niah_run.config import CONFIG_FILE
 from niah_run.haystack import load_haystack, validate_haystack_spec
-from niah_run.needles import NeedleSet, make_needles
+from niah_run.needles import NeedleSet, make_needles, score_trial
 from niah_run.preflight import run_preflight, unjudged_plan
 from niah_run.prompt import (
     PROMPT_VERSION,
@@ -48,7 +48,7 @@ from niah_run.prompt import (
     tokenizer_sha256,
 )
 from niah_run.results import ResultsStore, is_done, latest_by_key
-from niah_run.scoring import SCORING_VERSION, prompt_words, score_trial
+from niah_run.scoring import SCORING_VERSION, prompt_words
 from run_plan.errors import RunFailed, UsageError
 from run_plan.resolved import ResolvedPlan
 from run_plan.server_room import refuse_lengths_without_room

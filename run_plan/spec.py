@@ -31,7 +31,8 @@ KV_DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32", "
 BACKEND_CHOICES: tuple[str, ...] = ("transformers", "openai")
 # The backends that send each trial to a server, which may answer several at once.
 CONCURRENT_BACKENDS: tuple[str, ...] = ("openai",)
-# What a sweep can hide; niah_run/needles.py builds each kind and niah_run/scoring.py scores it.
+# What a sweep can hide; niah_run/needles.py: KINDS gives each its maker, value type and scorer (a test
+# checks that every name here has one there).
 NEEDLE_KIND_CHOICES: tuple[str, ...] = (
     "passkey",
     "uuid",
@@ -144,7 +145,7 @@ class RunSpec:
         _check_choice("dtype", self.dtype, DTYPE_CHOICES)
         _check_choice("bnb-4bit-type", self.bnb_4bit_type, BNB_4BIT_TYPES)
         _check_choice("backend", self.backend, BACKEND_CHOICES)
-        # an unknown kind used to be exit 3 deep in the sweep; now it is a usage error here (exit 2).
+        # A kind the sweep cannot build is a usage error (exit 2) here, before anything is loaded.
         _check_choice("needle-kind", self.needle_kind, NEEDLE_KIND_CHOICES)
         if not str(self.haystack).strip():  # Path("") is the current folder: never tokenize the user's files
             raise UsageError(
