@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +17,9 @@ from doctor import __version__
 from doctor.boundary import debug_option, exit_with
 from run_plan.errors import UsageError
 from run_plan.options import NIAH, click_options, config_file_option
+
+if TYPE_CHECKING:
+    from run_plan.resolved import ResolvedPlan
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -116,7 +120,7 @@ def run_command(
     return 1 if counts["errors"] else 0
 
 
-def _read_plan(plan_path: str, config_path: str | None, flags: dict[str, object]):  # noqa: ANN202
+def _read_plan(plan_path: str, config_path: str | None, flags: dict[str, object]) -> ResolvedPlan:
     """A plan file runs verbatim: any other plan setting on the command line is refused, not merged."""
     from run_plan.resolved import ResolvedPlan
 

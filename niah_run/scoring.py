@@ -269,7 +269,10 @@ def score_ordered(
     if not base.correct:
         return base
     text = normalize(output_text)
-    firsts = [value_pattern(g, "number").search(text).start() for g in gold_in_order]  # type: ignore[union-attr]
+    found = [value_pattern(g, "number").search(text) for g in gold_in_order]
+    firsts = [
+        match.start() for match in found if match is not None
+    ]  # all of them: the strict score found each
     if firsts != sorted(firsts):
         return Score(False, True, 1.0, "wrong_order")
     return base

@@ -230,7 +230,7 @@ class OpenAIBackend:
         trial's ServerRequestError) in completion order, so the caller can save each as it lands.
         `prompts` may be a lazy iterable: a prompt is only built when a slot frees (10M-token prompts
         are big). Other exceptions (bugs) propagate. Stops submitting when the consumer stops."""
-        pending: dict[Future, int] = {}
+        pending: dict[Future[Generation], int] = {}
         queue = iter(enumerate(prompts))
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="niah-openai") as pool:
             try:
@@ -290,7 +290,7 @@ class OpenAIBackend:
 
     def _backoff(self, attempt: int) -> float:
         # Exponential with jitter, so N concurrent trials do not hammer a recovering server in step.
-        base = min(_MAX_BACKOFF_S, self.backoff_s * (2 ** (attempt - 1)))
+        base = min(_MAX_BACKOFF_S, self.backoff_s * 2.0 ** (attempt - 1))
         return base * (0.5 + random.random() / 2)
 
     def _describe_failure(self, exc: HttpFailure) -> str:
@@ -429,6 +429,7 @@ def make_openai_backend(
     if not model:
         raise UsageError("--backend openai needs --model (the name the server serves)")
     base = normalize_base_url(base_url)
+    tokenizer_id: str | None
     if tokenizer is None or isinstance(tokenizer, str):
         tokenizer_id = tokenizer or model
         tok = load_tokenizer(tokenizer_id, online=online)
