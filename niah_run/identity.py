@@ -70,6 +70,14 @@ def refuse_changed_identity(before: dict[str, Any], now: dict[str, Any], run_dir
         )
 
 
+def resumed_identity_sha256(saved_doc: dict[str, Any], computed: str) -> str:
+    """On --resume of the same test (refuse_changed_identity found no change): the earlier run's identity
+    hash, so the trial keys it wrote name the same trials. An earlier release's identity may lack a setting
+    added since, at the value that release computed with: the same test, but another hash."""
+    saved = saved_doc.get("identity_sha256")
+    return saved if isinstance(saved, str) and saved else computed
+
+
 def refuse_changed_plan(saved_plan_identity: object, spec: RunSpec, run_dir: Path) -> None:
     """Before anything is loaded: the saved run's plan identity against this spec's. What this spec leaves
     to the doctor ("auto": attention, experts) is decided by judging the model on these GPUs; the full

@@ -34,7 +34,13 @@ from niah_run.backends.registry import make_backend
 from niah_run.config import CONFIG_FILE
 from niah_run.haystack import load_haystack, validate_haystack_spec
 from niah_run.heatmap import HEATMAP_PNG, render_heatmap
-from niah_run.identity import HARNESS_VERSION, refuse_changed_identity, refuse_changed_plan, run_identity
+from niah_run.identity import (
+    HARNESS_VERSION,
+    refuse_changed_identity,
+    refuse_changed_plan,
+    resumed_identity_sha256,
+    run_identity,
+)
 from niah_run.preflight import run_preflight, unjudged_plan
 from niah_run.progress import SweepProgress, describe_row, echo_err
 from niah_run.prompt import PromptBuilder, TokenizedHaystack, chat_frame, tokenize_haystack
@@ -284,6 +290,7 @@ class Sweep:
         self.doc.update({"backend": facts, "identity": identity_doc})
         if saved is not None and isinstance(saved.get("identity"), dict):
             refuse_changed_identity(saved["identity"], identity_doc, self.run_dir)
+            identity = resumed_identity_sha256(saved, identity)
         self.doc.update(
             {
                 "identity_sha256": identity,
