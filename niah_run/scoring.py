@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # Recorded in every scored row: rows scored by different rules must not be pooled silently.
-# 2 = extra values break strict, separators before NFKC, controls not excused by a refusal, new kinds.
+# Version 2's rules: extra values break strict, separators are read before NFKC, a control's refusal does not
+# excuse a value, and the ordered, counting and association kinds are scored.
 SCORING_VERSION = 2
 FAILURE_CLASSES: tuple[str, ...] = (
     "oom",
