@@ -44,7 +44,7 @@ from niah_run.identity import (
 from niah_run.preflight import run_preflight, unjudged_plan
 from niah_run.progress import SweepProgress, describe_row, echo_err
 from niah_run.prompt import PromptBuilder, TokenizedHaystack, chat_frame, tokenize_haystack
-from niah_run.results import ResultsStore, is_done, latest_by_key
+from niah_run.results import ResultsStore, latest_by_key
 from niah_run.rows import TrialRow
 from niah_run.summary import Summary, write_summary
 from niah_run.trials import (
@@ -188,7 +188,7 @@ class Sweep:
             rows = self.store.load_rows(repair=True)
         for warning in caught:  # a torn last line from a killed run: say so plainly, once
             echo_err(f"warning: {warning.message}")
-        done = {k: r for k, r in latest_by_key(rows).items() if is_done(r)}
+        done = {k: r for k, r in latest_by_key(rows).items() if r.done}
         self._note(f"loading {self.config.model}…")
         started = time.monotonic()
         backend = self.backend_factory(self.config)
@@ -225,7 +225,7 @@ class Sweep:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a torn line is repaired, and reported, by a real run
             rows = self.store.load_rows(repair=False)
-        done = {k for k, r in latest_by_key(rows).items() if is_done(r)}
+        done = {k for k, r in latest_by_key(rows).items() if r.done}
         specs = plan_trials(self.config)
         if not specs or any(trial_key(identity, spec) not in done for spec in specs):
             return None
