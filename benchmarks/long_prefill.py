@@ -420,7 +420,7 @@ def speed(
 
     from doctor.api import judge
     from doctor.memory.timing import active_linear_params
-    from niah_run.loading import load_backend
+    from niah_run.backends.loading import load_backend
     from run_plan.spec import RunSpec
 
     spec = RunSpec(model=str(model_dir), quant="bnb-4bit", lengths=tuple(lengths), attn="niah_lean")

@@ -439,7 +439,9 @@ def _run(args: argparse.Namespace, doc: dict[str, Any], save: Any) -> int:
     )
     doc["steps"]["niah_run"] = {k: v for k, v in ran.items() if k != "stdout"}
     saved = _read_json(run_dir / "config.json") or {}
-    rows = [json.loads(line) for line in _read_text(run_dir / "results.jsonl").splitlines() if line.strip()]
+    from niah_run.results import RESULTS_FILE, read_rows
+
+    rows = read_rows(run_dir / RESULTS_FILE)  # the well-formed rows, as their JSON
     actual_map = (saved.get("backend") or {}).get("device_map")
     if args.device == "cpu":  # no GPUs to load onto: transformers' planned map stands in for hf_device_map
         actual_map = planned_map_on_cpu(folder, args)

@@ -276,6 +276,7 @@ def run_case(
     backend: SharedBackend, length: int, depths: tuple[float, ...], args: argparse.Namespace, out: Path
 ) -> dict[str, Any]:
     """One length × depths through niah_run's Sweep; returns its rows and per-GPU peaks."""
+    from niah_run.results import RESULTS_FILE, read_trial_rows
     from niah_run.sweep import RunFolder, Sweep, finish
     from run_plan.spec import RunSpec
 
@@ -301,11 +302,11 @@ def run_case(
         backend_factory=lambda _: backend,
     ).run()
     finish(run_dir, title=f"{MODEL_NAME} · multi-GPU")
-    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_trial_rows(run_dir / RESULTS_FILE)
     peaks: dict[str, int] = {}
     reserved: dict[str, int] = {}
     for row in rows:
-        memory = row.get("memory") or {}
+        memory = row.memory or {}
         for source, target in (("per_gpu_peak_bytes", peaks), ("per_gpu_peak_reserved_bytes", reserved)):
             for device, value in (memory.get(source) or {}).items():
                 target[device] = max(target.get(device, 0), int(value))
@@ -315,9 +316,9 @@ def run_case(
         "length": length,
         "counts": counts,
         "seconds": round(time.monotonic() - started, 1),
-        "statuses": [r["status"] for r in rows],
-        "errors": [r.get("error") for r in rows if r.get("error")],
-        "prefill_seconds": [r.get("prefill_seconds") for r in rows],
+        "statuses": [r.status for r in rows],
+        "errors": [r.error for r in rows if r.error],
+        "prefill_seconds": [r.prefill_seconds for r in rows],
         "peak_allocated_bytes": peaks,
         "peak_reserved_bytes": reserved,
         "run_dir": str(run_dir),

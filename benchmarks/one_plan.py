@@ -25,11 +25,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: its sibling benchmarks import
 from niah_reach import SCOUT_TEXT as REACH_SCOUT_TEXT  # noqa: E402
 from niah_reach import TINY_TEXT as REACH_TINY_TEXT  # noqa: E402
+
+if TYPE_CHECKING:
+    from niah_run.rows import TrialRow
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
@@ -169,7 +172,9 @@ def table(out: Path) -> dict[str, Any]:
     """The predicted-vs-measured table of a `show` folder (also after a resumed run)."""
     plan = json.loads((out / "plan.json").read_text())
     run_dir = out / "run"
-    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line.strip()]
+    from niah_run.results import RESULTS_FILE, read_trial_rows
+
+    rows = read_trial_rows(run_dir / RESULTS_FILE)
     config = json.loads((run_dir / "config.json").read_text())
     budget = (plan["spec"].get("max_memory") or "").partition("=")[2]
     result = {
@@ -185,20 +190,20 @@ def table(out: Path) -> dict[str, Any]:
     return result
 
 
-def _row(r: dict[str, Any]) -> dict[str, Any]:
-    predicted = (r.get("predicted_peak_bytes") or {}).get("cuda:0")
-    measured = ((r.get("memory") or {}).get("per_gpu_peak_bytes") or {}).get("cuda:0")
+def _row(r: TrialRow) -> dict[str, Any]:
+    predicted = (r.predicted_peak_bytes or {}).get("cuda:0")
+    measured = ((r.memory or {}).get("per_gpu_peak_bytes") or {}).get("cuda:0")
     return {
-        "tokens": r["context_tokens"],
-        "status": r["status"],
-        "skip_reason": r.get("skip_reason"),
+        "tokens": r.context_tokens,
+        "status": r.status,
+        "skip_reason": r.skip_reason,
         "predicted_gib": round(predicted / GIB, 2) if predicted else None,
         "measured_gib": round(measured / GIB, 2) if measured else None,
         "measured_over_predicted": round(measured / predicted, 4) if predicted and measured else None,
-        "exceeded_prediction": r.get("exceeded_prediction"),
-        "prefill_seconds": r.get("prefill_seconds"),
-        "predicted_prefill_seconds": r.get("predicted_prefill_seconds"),
-        "reused_prefix_tokens": r.get("reused_prefix_tokens"),
+        "exceeded_prediction": r.exceeded_prediction,
+        "prefill_seconds": r.prefill_seconds,
+        "predicted_prefill_seconds": r.predicted_prefill_seconds,
+        "reused_prefix_tokens": r.reused_prefix_tokens,
     }
 
 

@@ -36,9 +36,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
+if TYPE_CHECKING:
+    from niah_run.rows import TrialRow
 
 MIB = 1 << 20
 DEPTHS = (0.0, 50.0, 100.0)
@@ -252,19 +255,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     doc["run_dir"] = str(run_dir)
     doc["counts"], doc["sweep_error"] = counts, sweep_error
     after_close = recorder.allocated()  # Sweep.run closed the backend: its cache is gone, our model remains
-    rows = ResultsStore(run_dir).load(repair=False) if (run_dir / "results.jsonl").exists() else []
+    rows = ResultsStore(run_dir).load_rows(repair=False) if (run_dir / "results.jsonl").exists() else []
     doc["rows"] = [
         {
-            k: r.get(k)
-            for k in (
-                "context_tokens",
-                "depth_percent",
-                "status",
-                "skip_reason",
-                "output_tokens",
-                "memory",
-                "error",
-            )
+            "context_tokens": r.context_tokens,
+            "depth_percent": r.depth_percent,
+            "status": r.status,
+            "skip_reason": r.skip_reason,
+            "output_tokens": r.output_tokens,
+            "memory": r.memory,
+            "error": r.error,
         }
         for r in rows
     ]
@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def judge(
     doc: dict[str, Any],
-    rows: list[dict[str, Any]],
+    rows: list[TrialRow],
     recorder: Recorder,
     replays: list[bool],
     after_close: int | None,
@@ -295,9 +295,9 @@ def judge(
     on_cuda: bool,
 ) -> list[dict[str, Any]]:
     oom_length = doc["oom_length"]
-    at_oom = [r for r in rows if r["context_tokens"] == oom_length and not r["control"]]
-    shorter = [r for r in rows if r["context_tokens"] < oom_length]
-    longer = [r for r in rows if r["context_tokens"] > oom_length]
+    at_oom = [r for r in rows if r.context_tokens == oom_length and not r.control]
+    shorter = [r for r in rows if r.context_tokens < oom_length]
+    longer = [r for r in rows if r.context_tokens > oom_length]
     checks: list[dict[str, Any]] = []
 
     def add(name: str, ok: bool | None, detail: str) -> None:
@@ -315,14 +315,14 @@ def judge(
         doc["sweep_error"] is None and len(rows) == len(DEPTHS) * len(doc["lengths"]),
         f"{len(rows)} rows, error={doc['sweep_error']}, counts={doc['counts']}",
     )
-    figures = [r.get("memory") or {} for r in at_oom]
+    figures = [r.memory or {} for r in at_oom]
     memory_ok = all("at_failure" in m and "after_free" in m for m in figures) and (
         not on_cuda or all("cuda:0" in m["after_free"] for m in figures)
     )
     add(
         "oom-recorded",
-        bool(at_oom) and all(r["status"] == "oom" for r in at_oom) and memory_ok,
-        f"{[r['status'] for r in at_oom]} at {oom_length} tokens; memory figures: {memory_ok}",
+        bool(at_oom) and all(r.status == "oom" for r in at_oom) and memory_ok,
+        f"{[r.status for r in at_oom]} at {oom_length} tokens; memory figures: {memory_ok}",
     )
     ooms = [c for c in recorder.calls if c["status"] == "oom"]
     if on_cuda:
@@ -339,20 +339,19 @@ def judge(
         add("memory-freed", None, "CUDA only (skipped on cpu)")
     add(
         "sweep-continued",
-        len(ooms) == len(DEPTHS) and not any(r["status"] == "error" for r in rows),
+        len(ooms) == len(DEPTHS) and not any(r.status == "error" for r in rows),
         f"{len(ooms)} OOM trials attempted one after another (one per depth), "
-        f"{sum(r['status'] == 'error' for r in rows)} error rows",
+        f"{sum(r.status == 'error' for r in rows)} error rows",
     )
     add(
         "shorter-lengths-ok",
-        bool(shorter) and all(r["status"] == "ok" and (r.get("output_tokens") or 0) > 0 for r in shorter),
-        f"{sum(r['status'] == 'ok' for r in shorter)}/{len(shorter)} ok below {oom_length}",
+        bool(shorter) and all(r.status == "ok" and (r.output_tokens or 0) > 0 for r in shorter),
+        f"{sum(r.status == 'ok' for r in shorter)}/{len(shorter)} ok below {oom_length}",
     )
     add(
         "longer-skipped",
-        bool(longer)
-        and all(r["status"] == "skipped" and r.get("skip_reason") == "after_oom" for r in longer),
-        f"{[(r['context_tokens'], r['status'], r.get('skip_reason')) for r in longer]}",
+        bool(longer) and all(r.status == "skipped" and r.skip_reason == "after_oom" for r in longer),
+        f"{[(r.context_tokens, r.status, r.skip_reason) for r in longer]}",
     )
     add(
         "still-correct-after-oom",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +17,9 @@ from doctor import __version__
 from doctor.boundary import debug_option, exit_with
 from run_plan.errors import UsageError
 from run_plan.options import NIAH, click_options, config_file_option
+
+if TYPE_CHECKING:
+    from run_plan.resolved import ResolvedPlan
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -68,8 +72,10 @@ def run_command(
       niah run --model DIR --quant bnb-4bit --lengths 8k,128k,1M --max-memory 0=79GiB
       doctor --model DIR --context 1M --plan-out plan.json && niah run --plan plan.json
     """
+    from niah_run import run_folder
     from niah_run.config import read_saved_doc, render_config, resolve_spec
-    from niah_run.sweep import RunFolder, Sweep, default_out_dir, echo_err, finish, prepare_run_dir
+    from niah_run.progress import echo_err
+    from niah_run.sweep import RunFolder, Sweep, finish
 
     if quiet:  # one line per trial: no download or weight-loading bars from the libraries either
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
@@ -81,8 +87,8 @@ def run_command(
     else:
         saved = read_saved_doc(Path(out).expanduser()) if resume and out else None
         spec = resolve_spec(dict(flags), config_path, saved)
-    run_dir = Path(out).expanduser() if out else default_out_dir(spec.model or "model")
-    prepare_run_dir(run_dir, resume=resume)
+    run_dir = Path(out).expanduser() if out else run_folder.default_out_dir(spec.model or "model")
+    run_folder.prepare(run_dir, resume=resume)
     folder = RunFolder(run_dir, resume=resume, skip_preflight=skip_preflight, quiet=quiet)
     sweep = Sweep(spec, folder, plan=plan, argv=("niah", *sys.argv[1:]))
     # Said once the run is accepted: a refused --resume or a failed check prints only its own error.
@@ -103,8 +109,6 @@ def run_command(
             except Exception as exc:  # noqa: BLE001 - the summary must never hide the run's own outcome
                 echo_err(f"could not write the summary: {type(exc).__name__}: {exc}")
         else:
-            from niah_run import run_folder
-
             run_folder.unlock(run_dir)
     from niah_run.summary import SUMMARY_MD
 
@@ -116,7 +120,7 @@ def run_command(
     return 1 if counts["errors"] else 0
 
 
-def _read_plan(plan_path: str, config_path: str | None, flags: dict[str, object]):  # noqa: ANN202
+def _read_plan(plan_path: str, config_path: str | None, flags: dict[str, object]) -> ResolvedPlan:
     """A plan file runs verbatim: any other plan setting on the command line is refused, not merged."""
     from run_plan.resolved import ResolvedPlan
 

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from niah_run.results import RESULTS_FILE, latest_by_key, read_rows
+from niah_run.results import RESULTS_FILE, latest_by_key, read_trial_rows
+from niah_run.rows import TrialRow
 from run_plan.errors import UsageError
 from run_plan.text import inert
 
@@ -78,18 +79,22 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)
     return min(1.0, 2 * tail)
 
 
-def _scored_rows(run_dir: Path) -> list[dict[str, Any]]:
+def _scored_rows(run_dir: Path) -> list[TrialRow]:
     path = run_dir / RESULTS_FILE
     if not path.is_file():
         raise UsageError(
             f"{run_dir} has no {RESULTS_FILE}", hint="Give the --out folders of two `niah run`s."
         )
-    rows = latest_by_key(read_rows(path)).values()
-    return [r for r in rows if r.get("status") == "ok" and isinstance(r.get("input_ids_sha256"), str)]
+    rows = latest_by_key(read_trial_rows(path)).values()
+    return [r for r in rows if r.status == "ok" and isinstance(r.input_ids_sha256, str)]
+
+
+def _prompt_hash(row: TrialRow) -> str:
+    return row.input_ids_sha256 or ""  # every scored row has one (_scored_rows)
 
 
 def _config(run_dir: Path) -> dict[str, Any]:
@@ -111,13 +116,13 @@ def _common_prefix(a: str, b: str) -> int:
 
 def compare_runs(run_a: Path, run_b: Path, *, tolerance: float = DEFAULT_TOLERANCE) -> Comparison:
     rows_a, rows_b = _scored_rows(run_a), _scored_rows(run_b)
-    by_hash_a: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    by_hash_b: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_hash_a: dict[str, list[TrialRow]] = defaultdict(list)
+    by_hash_b: dict[str, list[TrialRow]] = defaultdict(list)
     for row in rows_a:
-        by_hash_a[row["input_ids_sha256"]].append(row)
+        by_hash_a[_prompt_hash(row)].append(row)
     for row in rows_b:
-        by_hash_b[row["input_ids_sha256"]].append(row)
-    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        by_hash_b[_prompt_hash(row)].append(row)
+    pairs: list[tuple[TrialRow, TrialRow]] = []
     for digest in sorted(set(by_hash_a) & set(by_hash_b)):
         pairs += list(
             zip(by_hash_a[digest], by_hash_b[digest])
@@ -128,11 +133,11 @@ def compare_runs(run_a: Path, run_b: Path, *, tolerance: float = DEFAULT_TOLERAN
             hint="Compare runs of the same tokenizer, chat template, haystack, seed, needle kind and lengths "
             "(e.g. the same `niah run` flags with --backend transformers and --backend openai).",
         )
-    matched_a = sum(1 for r in rows_a if r["input_ids_sha256"] in by_hash_b)
-    matched_b = sum(1 for r in rows_b if r["input_ids_sha256"] in by_hash_a)
-    identical = sum(1 for a, b in pairs if a.get("output_text") == b.get("output_text"))
-    a_only = sum(1 for a, b in pairs if bool(a.get("correct")) and not b.get("correct"))
-    b_only = sum(1 for a, b in pairs if bool(b.get("correct")) and not a.get("correct"))
+    matched_a = sum(1 for r in rows_a if _prompt_hash(r) in by_hash_b)
+    matched_b = sum(1 for r in rows_b if _prompt_hash(r) in by_hash_a)
+    identical = sum(1 for a, b in pairs if a.output_text == b.output_text)
+    a_only = sum(1 for a, b in pairs if a.correct and not b.correct)
+    b_only = sum(1 for a, b in pairs if b.correct and not a.correct)
     same_scores = len(pairs) - a_only - b_only
     p_value = mcnemar_exact_p(a_only, b_only)
     if identical == len(pairs):
@@ -143,18 +148,18 @@ def compare_runs(run_a: Path, run_b: Path, *, tolerance: float = DEFAULT_TOLERAN
         verdict = "divergent"
     differing = [
         PairDiff(
-            a["input_ids_sha256"],
-            a.get("context_tokens"),
-            a.get("depth_percent"),
-            bool(a.get("control")),
-            bool(a.get("correct")),
-            bool(b.get("correct")),
-            str(a.get("output_text")),
-            str(b.get("output_text")),
-            _common_prefix(str(a.get("output_text")), str(b.get("output_text"))),
+            _prompt_hash(a),
+            a.context_tokens,
+            a.depth_percent,
+            a.control,
+            a.correct,
+            b.correct,
+            str(a.output_text),
+            str(b.output_text),
+            _common_prefix(str(a.output_text), str(b.output_text)),
         )
         for a, b in pairs
-        if a.get("output_text") != b.get("output_text")
+        if a.output_text != b.output_text
     ]
     differing.sort(key=lambda d: (d.correct_a == d.correct_b, d.context_tokens or 0, d.depth_percent or 0))
     notes = []
@@ -176,8 +181,8 @@ def compare_runs(run_a: Path, run_b: Path, *, tolerance: float = DEFAULT_TOLERAN
         same_scores=same_scores,
         a_only_correct=a_only,
         b_only_correct=b_only,
-        accuracy_a=sum(1 for a, _ in pairs if a.get("correct")) / len(pairs),
-        accuracy_b=sum(1 for _, b in pairs if b.get("correct")) / len(pairs),
+        accuracy_a=sum(1 for a, _ in pairs if a.correct) / len(pairs),
+        accuracy_b=sum(1 for _, b in pairs if b.correct) / len(pairs),
         mcnemar_p=round(p_value, 6),
         tolerance=tolerance,
         verdict=verdict,

@@ -195,7 +195,7 @@ def generate_haystack(seed: int, min_chars: int) -> HaystackText:
     return HaystackText(text=text, sentence_ends=tuple(ends), source=GENERATED, sha256=digest)
 
 
-# A user corpus up to this size is read whole (its digest is the text's, as it always was). A larger
+# A user corpus up to this size is read whole, and its digest is the text's. A larger
 # one is read only as far as the longest prompt needs, plus a bounded margin: a 40 MB file for a
 # 1024-token prompt must not be decoded and tokenized whole (that took 57 s and 6 GB of memory). Its
 # identity is then a streamed digest of the files' bytes, which does not depend on how much was read.

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Any
+
+from niah_run.summary import GridCell, Summary
 
 HEATMAP_PNG = "heatmap.png"
 COLORMAP = "cividis"  # blue → yellow, uniform lightness steps, safe for the common colour-vision deficiencies
@@ -31,7 +32,7 @@ FAILURE_GLYPHS: dict[str, str] = {
 }
 
 
-def _glyphs(cell: dict[str, Any]) -> str:
+def _glyphs(cell: GridCell) -> str:
     classes = cell.get("failure_classes") or {}
     parts = [
         f"{FAILURE_GLYPHS.get(name, '?')}{count}"
@@ -45,7 +46,7 @@ def _glyphs(cell: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def heatmap_title(summary: dict[str, Any], fallback: str) -> str:
+def heatmap_title(summary: Summary, fallback: str) -> str:
     """Line 1: model · needle kind; line 2: quantization/dtype · backend · date of the run."""
     run = summary.get("run") or {}
     if not run.get("model"):
@@ -70,7 +71,7 @@ def heatmap_title(summary: dict[str, Any], fallback: str) -> str:
     return Redactor().scrub(f"{first}\n{second}")
 
 
-def render_heatmap(summary: dict[str, Any], path: Path, title: str = "Needle in a haystack") -> Path:
+def render_heatmap(summary: Summary, path: Path, title: str = "Needle in a haystack") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -12,20 +12,22 @@ byte for byte from its seed. All word lists below are our own (licence-clean). K
 - ordered: four values for one key, to be returned in the order they appear in the document;
 - counting: a word (an animal) hidden in 2–6 different sentences; asked how many times it appears;
 - control (no needle): same question, nothing hidden; the right answer is "not there" (0 for counting).
+
+Each kind is one `NeedleKind` in `KINDS`: how its values are drawn and hidden, their type, and its scorer
+(the matching rules are niah_run/scoring.py's). A new kind is one entry there plus its name in
+`run_plan/spec.py: NEEDLE_KIND_CHOICES`; a test checks that every declared name has its kind.
 """
 
 from __future__ import annotations
 
 import random
 import uuid as uuid_lib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from run_plan.spec import NEEDLE_KIND_CHOICES
+from niah_run.scoring import Score, score_count, score_ordered, score_output
 
-NEEDLE_KINDS = (
-    NEEDLE_KIND_CHOICES  # one list: the plan validates --needle-kind with it, this module builds each
-)
 MULTI_COUNT = 4
 COUNT_RANGE = (2, 6)  # how many times the counted word is hidden (0 is the control)
 
@@ -193,95 +195,274 @@ def _number(rng: random.Random, taken: set[str]) -> str:
             return value
 
 
-def _association(rng: random.Random) -> NeedleSet:
+@dataclass(frozen=True)
+class Drawn:
+    """What one trial of a kind hides, drawn from its seeded RNG."""
+
+    needles: tuple[Needle, ...]  # the first one is placed at the requested depth
+    question: str
+    gold_values: tuple[str, ...]
+    distractor_values: tuple[str, ...] = ()
+    vocabulary: tuple[str, ...] = ()
+    audit: tuple[tuple[str, str, int], ...] | None = None  # as NeedleSet.audit
+
+
+class Scorer(Protocol):
+    """How an answer to one trial of a kind is scored (the generated text only)."""
+
+    def __call__(
+        self,
+        output_text: str,
+        needles: NeedleSet,
+        *,
+        prompt_text: str,
+        stopped_at_eos: bool,
+        needle_positions: Sequence[int],
+        prompt_words_cache: str | None,
+    ) -> Score: ...
+
+
+@dataclass(frozen=True)
+class NeedleKind:
+    """One kind of needle: how a trial's values are drawn and hidden, their type, and how an answer scores."""
+
+    name: str
+    value_type: str  # how the scorer matches a value: "number" | "uuid" | "word" | "count"
+    draw: Callable[[random.Random], Drawn]
+    score: Scorer
+
+    def make(self, rng: random.Random, *, control: bool = False) -> NeedleSet:
+        """The needle set for one trial. `control=True` keeps the question and hides nothing."""
+        drawn = self.draw(rng)
+        if control:
+            # Nothing hidden; what the needles would have named must not be in the body either.
+            audit = tuple((text, how, 0) for text, how, _ in drawn.audit) if drawn.audit is not None else None
+            return NeedleSet(
+                self.name,
+                self.value_type,
+                (),
+                drawn.question,
+                (),
+                (),
+                control=True,
+                vocabulary=drawn.vocabulary,
+                audit=audit,
+            )
+        return NeedleSet(
+            self.name,
+            self.value_type,
+            drawn.needles,
+            drawn.question,
+            drawn.gold_values,
+            drawn.distractor_values,
+            vocabulary=drawn.vocabulary,
+            audit=drawn.audit,
+        )
+
+
+# -- how each kind draws its values ------------------------------------------------------------------
+
+
+def _passkey(rng: random.Random) -> Drawn:
+    value = _number(rng, set())
+    question = "What is the secret passkey mentioned in the document? Reply with the passkey only."
+    return Drawn((Needle(f"The secret passkey is {value}.", value, True),), question, (value,))
+
+
+def _uuid(rng: random.Random) -> Drawn:
+    value = str(uuid_lib.UUID(int=rng.getrandbits(128), version=4))
+    question = "What is the secret code mentioned in the document? Reply with the code only."
+    return Drawn((Needle(f"The secret code is {value}.", value, True),), question, (value,))
+
+
+def _word(rng: random.Random) -> Drawn:
+    value = rng.choice(_KEY_WORDS)
+    question = "What is the secret word mentioned in the document? Reply with the word only."
+    needles = (Needle(f"The secret word is {value}.", value, True),)
+    return Drawn(needles, question, (value,), vocabulary=_KEY_WORDS)
+
+
+def _multikey(rng: random.Random) -> Drawn:
+    taken: set[str] = set()
+    keys = rng.sample(_KEY_WORDS, MULTI_COUNT)
+    values = [_number(rng, taken) for _ in keys]
+    needles = tuple(
+        Needle(f"One of the special magic numbers for {k} is: {v}.", v, i == 0)
+        for i, (k, v) in enumerate(zip(keys, values))
+    )
+    question = (
+        f"What is the special magic number for {keys[0]} mentioned in the document? "
+        "Reply with the number only."
+    )
+    return Drawn(needles, question, (values[0],), tuple(values[1:]))
+
+
+def _values_of_one_key(question: str) -> Callable[[random.Random], Drawn]:
+    """MULTI_COUNT numbers for one key, all asked; `question` names the key as {key}."""
+
+    def draw(rng: random.Random) -> Drawn:
+        taken: set[str] = set()
+        key = rng.choice(_KEY_WORDS)
+        values = [_number(rng, taken) for _ in range(MULTI_COUNT)]
+        needles = tuple(
+            Needle(f"One of the special magic numbers for {key} is: {v}.", v, True) for v in values
+        )
+        return Drawn(needles, question.format(key=key), tuple(values))
+
+    return draw
+
+
+def _association(rng: random.Random) -> Drawn:
     name = rng.choice(_NAMES)
     landmark, city = rng.choice(_LANDMARKS)
     needle = Needle(f"Actually, {name} lives next to {landmark}.", name, True)
     question = f"Which character has been to {city}? Reply with the name only."
     # The city must not be written anywhere in the body: then the answer cannot be found by matching text.
     audit = ((name, "word", 1), (city, "word", 0))
-    return NeedleSet("association", "word", (needle,), question, (name,), (), vocabulary=_NAMES, audit=audit)
+    return Drawn((needle,), question, (name,), vocabulary=_NAMES, audit=audit)
 
 
-def _counting(rng: random.Random) -> NeedleSet:
+def _counting(rng: random.Random) -> Drawn:
     animal = rng.choice(_COUNTED)
     times = rng.randint(*COUNT_RANGE)
     frames = rng.sample(_COUNT_FRAMES, times)
     needles = tuple(Needle(frame.format(a=animal), animal, i == 0) for i, frame in enumerate(frames))
     question = f"How many times is a {animal} mentioned in the document? Reply with the number only."
-    return NeedleSet(
-        "counting", "count", needles, question, (str(times),), (), audit=((animal, "word", times),)
+    return Drawn(needles, question, (str(times),), audit=((animal, "word", times),))
+
+
+# -- how each kind is scored -------------------------------------------------------------------------
+
+
+def _score_values(
+    output_text: str,
+    needles: NeedleSet,
+    *,
+    prompt_text: str,
+    stopped_at_eos: bool,
+    needle_positions: Sequence[int],
+    prompt_words_cache: str | None,
+) -> Score:
+    """Every gold value found, no distractor, no other value of the type (scoring.score_output)."""
+    return score_output(
+        output_text,
+        value_type=needles.value_type,
+        gold=needles.gold_values,
+        distractors=needles.distractor_values,
+        control=needles.control,
+        vocabulary=needles.vocabulary,
+        prompt_text=prompt_text,
+        stopped_at_eos=stopped_at_eos,
+        prompt_words_cache=prompt_words_cache,
     )
 
 
-def make_needles(kind: str, rng: random.Random, *, control: bool = False) -> NeedleSet:
-    """The needle set for one trial. `control=True` keeps the question and hides nothing."""
-    taken: set[str] = set()
-    needles: tuple[Needle, ...]
-    if kind == "passkey":
-        value = _number(rng, taken)
-        needles = (Needle(f"The secret passkey is {value}.", value, True),)
-        question = "What is the secret passkey mentioned in the document? Reply with the passkey only."
-        out = NeedleSet(kind, "number", needles, question, (value,), ())
-    elif kind == "uuid":
-        value = str(uuid_lib.UUID(int=rng.getrandbits(128), version=4))
-        needles = (Needle(f"The secret code is {value}.", value, True),)
-        question = "What is the secret code mentioned in the document? Reply with the code only."
-        out = NeedleSet(kind, "uuid", needles, question, (value,), ())
-    elif kind == "word":
-        value = rng.choice(_KEY_WORDS)
-        needles = (Needle(f"The secret word is {value}.", value, True),)
-        question = "What is the secret word mentioned in the document? Reply with the word only."
-        out = NeedleSet(kind, "word", needles, question, (value,), (), vocabulary=_KEY_WORDS)
-    elif kind == "multikey":
-        keys = rng.sample(_KEY_WORDS, MULTI_COUNT)
-        values = [_number(rng, taken) for _ in keys]
-        needles = tuple(
-            Needle(f"One of the special magic numbers for {k} is: {v}.", v, i == 0)
-            for i, (k, v) in enumerate(zip(keys, values))
+def _score_in_document_order(
+    output_text: str,
+    needles: NeedleSet,
+    *,
+    prompt_text: str,
+    stopped_at_eos: bool,
+    needle_positions: Sequence[int],
+    prompt_words_cache: str | None,
+) -> Score:
+    """As _score_values, and in the order the document holds them (a control has no order to keep)."""
+    if needles.control:
+        return _score_values(
+            output_text,
+            needles,
+            prompt_text=prompt_text,
+            stopped_at_eos=stopped_at_eos,
+            needle_positions=needle_positions,
+            prompt_words_cache=prompt_words_cache,
         )
-        question = (
-            f"What is the special magic number for {keys[0]} mentioned in the document? "
-            "Reply with the number only."
-        )
-        out = NeedleSet(kind, "number", needles, question, (values[0],), tuple(values[1:]))
-    elif kind in ("multivalue", "ordered"):
-        key = rng.choice(_KEY_WORDS)
-        values = [_number(rng, taken) for _ in range(MULTI_COUNT)]
-        needles = tuple(
-            Needle(f"One of the special magic numbers for {key} is: {v}.", v, True) for v in values
-        )
-        if kind == "multivalue":
-            question = (
-                f"What are all the special magic numbers for {key} mentioned in the document? "
+    return score_ordered(
+        output_text,
+        gold_in_order=needles.values_in_document_order(needle_positions),
+        distractors=needles.distractor_values,
+        prompt_text=prompt_text,
+        stopped_at_eos=stopped_at_eos,
+        prompt_words_cache=prompt_words_cache,
+    )
+
+
+def _score_count(
+    output_text: str,
+    needles: NeedleSet,
+    *,
+    prompt_text: str,
+    stopped_at_eos: bool,
+    needle_positions: Sequence[int],
+    prompt_words_cache: str | None,
+) -> Score:
+    """Exactly one count stated, and the right one (a control's is 0)."""
+    return score_count(
+        output_text,
+        gold_count=int(needles.gold_values[0]) if needles.gold_values else 0,
+        control=needles.control,
+        prompt_text=prompt_text,
+        stopped_at_eos=stopped_at_eos,
+        prompt_words_cache=prompt_words_cache,
+    )
+
+
+# -- the kinds ---------------------------------------------------------------------------------------
+
+KINDS: dict[str, NeedleKind] = {
+    kind.name: kind
+    for kind in (
+        NeedleKind("passkey", "number", _passkey, _score_values),
+        NeedleKind("uuid", "uuid", _uuid, _score_values),
+        NeedleKind("word", "word", _word, _score_values),
+        NeedleKind("multikey", "number", _multikey, _score_values),
+        NeedleKind(
+            "multivalue",
+            "number",
+            _values_of_one_key(
+                "What are all the special magic numbers for {key} mentioned in the document? "
                 "Reply with the numbers only, separated by commas."
-            )
-        else:
-            question = (
-                f"What are all the special magic numbers for {key} mentioned in the document, in the "
+            ),
+            _score_values,
+        ),
+        NeedleKind("association", "word", _association, _score_values),
+        NeedleKind(
+            "ordered",
+            "number",
+            _values_of_one_key(
+                "What are all the special magic numbers for {key} mentioned in the document, in the "
                 "order they appear? Reply with the numbers only, in that order, separated by commas."
-            )
-        out = NeedleSet(kind, "number", needles, question, tuple(values), ())
-    elif kind == "association":
-        out = _association(rng)
-    elif kind == "counting":
-        out = _counting(rng)
-    else:
+            ),
+            _score_in_document_order,
+        ),
+        NeedleKind("counting", "count", _counting, _score_count),
+    )
+}
+# The names, in the order the CLI offers them (run_plan.spec.NEEDLE_KIND_CHOICES declares the same set).
+NEEDLE_KINDS: tuple[str, ...] = tuple(KINDS)
+
+
+def make_needles(kind: str, rng: random.Random, *, control: bool = False) -> NeedleSet:
+    """The needle set for one trial of `kind`. `control=True` keeps the question and hides nothing."""
+    if kind not in KINDS:
         raise ValueError(f"unknown needle kind {kind!r}")
-    if control:
-        # Nothing hidden; what the needles would have named must not be in the body either.
-        audit = (
-            tuple((text, how, 0) for text, how, _ in out.prompt_audit()) if out.audit is not None else None
-        )
-        return NeedleSet(
-            kind,
-            out.value_type,
-            (),
-            out.question,
-            (),
-            (),
-            control=True,
-            vocabulary=out.vocabulary,
-            audit=audit,
-        )
-    return out
+    return KINDS[kind].make(rng, control=control)
+
+
+def score_trial(
+    output_text: str,
+    needles: NeedleSet,
+    *,
+    prompt_text: str,
+    stopped_at_eos: bool,
+    needle_positions: Sequence[int] = (),
+    prompt_words_cache: str | None = None,
+) -> Score:
+    """The scorer of this trial's needle kind (what the sweep calls)."""
+    return KINDS[needles.kind].score(
+        output_text,
+        needles,
+        prompt_text=prompt_text,
+        stopped_at_eos=stopped_at_eos,
+        needle_positions=needle_positions,
+        prompt_words_cache=prompt_words_cache,
+    )

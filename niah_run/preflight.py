@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from niah_run.backends.registry import backend_entry
 from run_plan.errors import RunFailed
 from run_plan.resolved import ResolvedPlan
 from run_plan.spec import RunSpec
@@ -26,8 +27,7 @@ def run_preflight(spec: RunSpec, run_dir: Path) -> ResolvedPlan:
     from doctor.report.render_markdown import render_markdown
     from niah_run.run_folder import write_text
 
-    # A server run needs no local GPU: judge this machine's basics and the server, not local memory.
-    only = ("platform", "server") if spec.backend == "openai" else ()
+    only = backend_entry(spec.backend).preflight_sections
     judgement = judge(spec, only=only, argv=("niah", "run", "--preflight"))
     report, plan = judgement.report, judgement.plan
     write_text(run_dir / PREFLIGHT_JSON, render_json(report))

@@ -141,7 +141,7 @@ def chat_frame(tokenizer: Any) -> ChatFrame:
         )
     digest = hashlib.sha256(
         f"{template}\x00{prefix_ids}\x00{suffix_ids}".encode()
-    ).hexdigest()  # lists: as before
+    ).hexdigest()  # the id lists as Python writes them: the digest every saved run's identity holds
     return ChatFrame(tuple(prefix_ids), tuple(suffix_ids), "chat", digest)
 
 
@@ -359,7 +359,7 @@ class PromptBuilder:
             cuts = self._relative_cuts(start, span, self.haystack.cuts(kind))
             gold = min(cuts, key=lambda c: (abs(c - requested), c))
             if abs(gold - requested) <= tolerance or not self.haystack.other_cuts:
-                return kind, cuts, gold  # (a haystack tokenized before the weaker kinds existed: as it was)
+                return kind, cuts, gold  # a haystack with no weaker cuts has only its sentence ends
         raise DepthUnreachable(
             f"the haystack has no place near depth {depth_percent:g}% of a {length}-token prompt to put the "
             f"needle: no sentence end, line break, space or whole-character boundary within {tolerance:g} "

@@ -6,7 +6,8 @@ Survives the faults a long sweep meets:
   stays valid JSON lines;
 - Ctrl-C during a write → the SIGINT is held until the line is complete.
 - a row that is valid JSON but not a result row (wrong types, a hand edit, a row from something
-  else) → skipped with a warning naming the line and field; it never reaches the summary;
+  else) → skipped with a warning naming the line and field (`TrialRow.from_json`, the one validator);
+  it never reaches the summary;
 - a symlink planted as results.jsonl → refused (O_NOFOLLOW), never appended through.
 Every row is scrubbed of secrets before it is written (a server may echo the API key into its text).
 Resume: the latest row per `trial_key` wins; rows with status ok/skipped are done, oom/error (and
@@ -18,22 +19,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
 import signal
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from doctor.report.redact import Redactor
+from niah_run.rows import RowProblem, TrialRow, as_row
 from run_plan import safe_files
 from run_plan.errors import RunFailed
 
 RESULTS_FILE = "results.jsonl"
-RETRY_STATUSES = frozenset({"oom", "error"})
-STATUSES = frozenset({"ok", "oom", "error", "skipped"})
 
 
 class TornResultsWarning(UserWarning):
@@ -56,47 +55,25 @@ def _sigint_held() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def row_problem(row: dict[str, Any]) -> str | None:
-    """Why `row` is not a result row the summary can use (None when it is). Checks the fields that
-    resume, the summary and the heatmap read."""
-    if not isinstance(row.get("trial_key"), str) or not row["trial_key"]:
-        return "trial_key is not a string"
-    if row.get("status") not in STATUSES:
-        return f"status {str(row.get('status'))[:40]!r} is not one of {', '.join(sorted(STATUSES))}"
-    length = row.get("context_tokens")
-    if isinstance(length, bool) or not isinstance(length, int) or not 0 < length < 2**40:
-        return "context_tokens is not a positive integer"
-    control = row.get("control", False)
-    if not isinstance(control, bool):
-        return "control is not true/false"
-    depth = row.get("depth_percent")
-    if not control and not (isinstance(depth, (int, float)) and _is_number(depth) and 0 <= depth <= 100):
-        return "depth_percent is not a number in 0-100"
-    if not isinstance(row.get("correct", False), bool):
-        return "correct is not true/false"
-    if row.get("failure_class") is not None and not isinstance(row["failure_class"], str):
-        return "failure_class is not a string"
-    if row.get("seconds") is not None and not _is_number(row["seconds"]):
-        return "seconds is not a number"
-    if row.get("trial") is not None and (isinstance(row["trial"], bool) or not isinstance(row["trial"], int)):
-        return "trial is not an integer"
-    return None
+def read_trial_rows(path: Path, *, repair: bool = False) -> list[TrialRow]:
+    """All complete, well-formed rows. A torn or unparsable LAST line is dropped with a warning (and cut
+    from the file when `repair`); an unparsable or malformed line elsewhere is skipped with a warning."""
+    return [row for _, row in _read(path, repair=repair)]
 
 
 def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """All complete, well-formed rows. A torn or unparsable LAST line is dropped with a warning (and cut
-    from the file when `repair`); an unparsable or malformed line elsewhere is skipped with a warning."""
+    """The same rows as read_trial_rows, as the JSON objects the file holds (for scripts that read keys)."""
+    return [doc for doc, _ in _read(path, repair=repair)]
+
+
+def _read(path: Path, *, repair: bool) -> list[tuple[dict[str, Any], TrialRow]]:
     if not path.exists() and not safe_files.is_symlink(path):
         return []
     try:
         data = safe_files.read_bytes(path)
     except OSError as exc:
         raise RunFailed(f"cannot read {path}: {exc.strerror or exc}") from None
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[dict[str, Any], TrialRow]] = []
     good_end = 0
     position = 0
     lines = data.split(b"\n")
@@ -105,17 +82,16 @@ def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
         line_end = position + len(raw) + (0 if is_last else 1)
         if raw.strip():
             try:
-                row = json.loads(raw)
-                if not isinstance(row, dict) or is_last:  # a last line without "\n" was never finished
+                doc = json.loads(raw)
+                if not isinstance(doc, dict) or is_last:  # a last line without "\n" was never finished
                     raise ValueError("incomplete line")
-                problem = row_problem(row)
-                if problem is None:
-                    rows.append(row)
-                else:
+                try:
+                    rows.append((doc, TrialRow.from_json(doc)))
+                except RowProblem as problem:
                     warnings.warn(
                         f"{path}: skipped line {index + 1}, not a result row ({problem})",
                         TornResultsWarning,
-                        stacklevel=2,
+                        stacklevel=3,
                     )
                 good_end = line_end
             except (ValueError, RecursionError):
@@ -123,7 +99,7 @@ def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
                     warnings.warn(
                         f"{path}: dropped a torn last line ({len(raw)} bytes) left by an interrupted run",
                         TornResultsWarning,
-                        stacklevel=2,
+                        stacklevel=3,
                     )
                     if repair:
                         with open(path, "r+b") as handle:
@@ -131,7 +107,7 @@ def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
                             os.fsync(handle.fileno())
                     break
                 warnings.warn(
-                    f"{path}: skipped unreadable line {index + 1}", TornResultsWarning, stacklevel=2
+                    f"{path}: skipped unreadable line {index + 1}", TornResultsWarning, stacklevel=3
                 )
                 good_end = line_end
         else:
@@ -140,19 +116,21 @@ def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def latest_by_key(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    latest: dict[str, dict[str, Any]] = {}
+RowT = TypeVar("RowT", TrialRow, Mapping[str, Any])
+
+
+def latest_by_key(rows: Iterable[RowT]) -> dict[str, RowT]:
+    """The last row of each trial key (a retried trial's newest outcome), as given."""
+    latest: dict[str, RowT] = {}
     for row in rows:
-        key = row.get("trial_key")
+        key = row.trial_key if isinstance(row, TrialRow) else row.get("trial_key")
         if isinstance(key, str):
             latest[key] = row
     return latest
 
 
-def is_done(row: dict[str, Any]) -> bool:
-    if row.get("status") in RETRY_STATUSES:
-        return False
-    return not (row.get("status") == "skipped" and row.get("skip_reason") == "after_oom")
+def is_done(row: TrialRow | Mapping[str, Any]) -> bool:
+    return as_row(row).done
 
 
 class ResultsStore:
@@ -162,14 +140,22 @@ class ResultsStore:
         self.path = run_dir / RESULTS_FILE
         self._redactor: Redactor | None = None  # built on the first append (it reads the environment)
 
+    def load_rows(self, *, repair: bool = True) -> list[TrialRow]:
+        return read_trial_rows(self.path, repair=repair)
+
     def load(self, *, repair: bool = True) -> list[dict[str, Any]]:
+        """The rows as JSON objects (see read_rows)."""
         return read_rows(self.path, repair=repair)
 
-    def append(self, row: dict[str, Any]) -> None:
+    def append(self, row: TrialRow | Mapping[str, Any]) -> None:
+        """Write one row (a JSON object is checked as a row first) and fsync it before returning."""
+        doc = row.to_json() if isinstance(row, TrialRow) else dict(row)
+        if not isinstance(row, TrialRow):
+            TrialRow.from_json(doc)
         if self._redactor is None:
             self._redactor = Redactor()
         line = (
-            json.dumps(self._redactor.apply(row), ensure_ascii=False, sort_keys=False, allow_nan=False) + "\n"
+            json.dumps(self._redactor.apply(doc), ensure_ascii=False, sort_keys=False, allow_nan=False) + "\n"
         ).encode("utf-8")
         with _sigint_held():
             try:

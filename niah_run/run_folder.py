@@ -13,10 +13,12 @@ Errors are one line: UsageError (exit 2) for a folder the user should not have n
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import errno
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -47,6 +49,12 @@ _WRITE_PROBE = ".niah-write-test"
 # Locks this process holds, by resolved folder: a second run in the same process (tests, an API
 # caller) reuses it; another process is refused.
 _HELD: dict[str, int] = {}
+
+
+def default_out_dir(model: str) -> Path:
+    """niah-runs/<model>-<local time>: a new folder per run when --out is not given."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or model).strip("-") or "model"
+    return Path("niah-runs") / f"{slug}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def holds_a_run(folder: Path) -> bool:
@@ -82,7 +90,9 @@ def _is_root(folder: Path) -> bool:
 
 
 def prepare(out: Path, *, resume: bool) -> Path:
-    """Validate --out, create it, lock it for this run. Returns the folder."""
+    """Validate --out, create it, lock it for this run. Returns the folder: one we can write that is new,
+    empty or a niah run; never `/` or someone else's folder; an existing results file needs --resume, and
+    --resume needs a run; one `niah run` at a time per folder."""
     if not str(out).strip():
         raise UsageError("--out is empty", hint="Give a folder name for the run directory.")
     if _is_root(out):

@@ -10,8 +10,8 @@ word boundaries.
 (an answer that lists twenty numbers, one of them right, is not a retrieval). Control trials (no
 needle) are correct only when the answer gives no value of the asked type, refusal or not.
 
-Each needle kind has its scorer (`score_trial` dispatches): literal kinds use `score_output`;
-`ordered` also needs the values in document order; `counting` reads one count.
+The scorers here take plain values; each needle kind picks its own (niah_run/needles.py: KINDS): literal
+kinds use `score_output`, `ordered` also needs the values in document order, `counting` reads one count.
 """
 
 from __future__ import annotations
@@ -20,13 +20,10 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from niah_run.needles import NeedleSet
 
 # Recorded in every scored row: rows scored by different rules must not be pooled silently.
-# 2 = extra values break strict, separators before NFKC, controls not excused by a refusal, new kinds.
+# Version 2's rules: extra values break strict, separators are read before NFKC, a control's refusal does not
+# excuse a value, and the ordered, counting and association kinds are scored.
 SCORING_VERSION = 2
 FAILURE_CLASSES: tuple[str, ...] = (
     "oom",
@@ -273,7 +270,10 @@ def score_ordered(
     if not base.correct:
         return base
     text = normalize(output_text)
-    firsts = [value_pattern(g, "number").search(text).start() for g in gold_in_order]  # type: ignore[union-attr]
+    found = [value_pattern(g, "number").search(text) for g in gold_in_order]
+    firsts = [
+        match.start() for match in found if match is not None
+    ]  # all of them: the strict score found each
     if firsts != sorted(firsts):
         return Score(False, True, 1.0, "wrong_order")
     return base
@@ -329,45 +329,3 @@ def score_count(
         stopped_at_eos=stopped_at_eos,
     )
     return Score(False, False, 0.0, failure)
-
-
-def score_trial(
-    output_text: str,
-    needles: NeedleSet,
-    *,
-    prompt_text: str,
-    stopped_at_eos: bool,
-    needle_positions: Sequence[int] = (),
-    prompt_words_cache: str | None = None,
-) -> Score:
-    """The scorer of this trial's needle kind (what the sweep calls)."""
-    if needles.kind == "counting":
-        gold = int(needles.gold_values[0]) if needles.gold_values else 0
-        return score_count(
-            output_text,
-            gold_count=gold,
-            control=needles.control,
-            prompt_text=prompt_text,
-            stopped_at_eos=stopped_at_eos,
-            prompt_words_cache=prompt_words_cache,
-        )
-    if needles.kind == "ordered" and not needles.control:
-        return score_ordered(
-            output_text,
-            gold_in_order=needles.values_in_document_order(needle_positions),
-            distractors=needles.distractor_values,
-            prompt_text=prompt_text,
-            stopped_at_eos=stopped_at_eos,
-            prompt_words_cache=prompt_words_cache,
-        )
-    return score_output(
-        output_text,
-        value_type=needles.value_type,
-        gold=needles.gold_values,
-        distractors=needles.distractor_values,
-        control=needles.control,
-        vocabulary=needles.vocabulary,
-        prompt_text=prompt_text,
-        stopped_at_eos=stopped_at_eos,
-        prompt_words_cache=prompt_words_cache,
-    )

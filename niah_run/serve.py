@@ -300,8 +300,8 @@ def serve(
 
 
 def _load_local_backend(model: str, opts: dict[str, Any]) -> Any:
-    """The same local backend, loaded the same way, as `niah run --model ...` (niah_run.loading)."""
-    from niah_run.loading import load_backend
+    """The same local backend, loaded the same way, as `niah run --model ...` (niah_run.backends.loading)."""
+    from niah_run.backends.loading import load_backend
     from run_plan.spec import RunSpec
 
     given = {k: v for k, v in opts.items() if v is not None}

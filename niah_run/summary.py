@@ -17,10 +17,12 @@ import json
 import math
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
-from niah_run.results import latest_by_key, read_rows
+from niah_run.results import latest_by_key, read_trial_rows
+from niah_run.rows import TrialRow, as_row
 from run_plan.text import inert
 
 SUMMARY_JSON = "summary.json"
@@ -28,6 +30,118 @@ SUMMARY_MD = "summary.md"
 DEFAULT_EFFECTIVE_THRESHOLD = 0.85
 GIB = 1024**3
 _GPU_KEY = re.compile(r"^(cuda|gpu|rocm|xpu):?\d+$|^\d+$", re.IGNORECASE)
+
+
+# -- the summary's shape (summary.json) ---------------------------------------------------------------
+
+
+class Performance(TypedDict):
+    prefill_tokens_per_s: float | None
+    ttft_seconds: float | None
+    ttft_seconds_max: float | None
+    peak_memory_bytes: int | None  # the largest one device reached
+    peak_memory_total_bytes: int | None  # all devices together
+    gpu_seconds: float | None  # None: how many GPUs ran the model is unknown
+    cost: float | None
+
+
+class CellStats(Performance):
+    """What a group of trials (a cell, a length, the controls, the whole run) measured."""
+
+    n: int  # scored trials
+    correct: int
+    accuracy: float | None
+    wilson_low: float
+    wilson_high: float
+    oom: int
+    skipped: int
+    errors: int
+    failure_classes: dict[str, int]
+    mean_seconds: float | None
+    actual_depth_percent: float | None
+    actual_depth_range: list[float] | None
+    depth_snapped: int  # trials whose needle sits further from the requested depth than the tolerance
+
+
+class GridCell(CellStats):
+    context_tokens: int
+    depth_percent: float
+
+
+class LengthPass(TypedDict):
+    context_tokens: int
+    n: int
+    correct: int
+    wilson_low: float
+    passes: bool
+
+
+class EffectiveLength(TypedDict):
+    threshold: float
+    tokens: int | None  # None: below the shortest length tested
+    per_length: list[LengthPass]
+    trials_needed_per_length: int | None
+
+
+class Cost(TypedDict):
+    gpu_seconds: float | None
+    money: float | None
+    note: str
+
+
+class TimeVsPlan(TypedDict):
+    context_tokens: int
+    depth_percent: float | None
+    trial: int | None
+    reused_prefix_tokens: int
+    predicted_seconds: float
+    measured_seconds: float
+    measured_over_predicted: float
+    flagged: bool
+
+
+class MemoryVsPlan(TypedDict):
+    context_tokens: int
+    depth_percent: float | None
+    trial: int | None
+    status: str
+    predicted_bytes: dict[str, int]
+    measured_bytes: dict[str, int]
+    exceeded: bool
+
+
+class RunFacts(TypedDict, total=False):
+    """What config.json says about the run (each only when known), and the summary's own settings."""
+
+    model: str
+    quant: str
+    dtype: str
+    needle_kind: str
+    backend: str
+    attn: str
+    dtype_loaded: str
+    created_at: str
+    identity_sha256: str
+    gpu_count: int | None
+    price_per_gpu_hour: float | None
+    effective_threshold: float
+
+
+class Summary(TypedDict):
+    run: RunFacts
+    lengths: list[int]
+    depths: list[float]
+    overall: CellStats
+    per_length: dict[str, CellStats]
+    cells: list[GridCell]
+    controls: dict[str, CellStats]
+    effective_length: dict[str, EffectiveLength]  # per needle kind
+    cost: Cost
+    depth_snapped_cells: int
+    trials_recorded: int
+    rows_of_other_identities: int
+    memory_vs_plan: list[MemoryVsPlan]
+    time_vs_plan: list[TimeVsPlan]
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -81,10 +195,10 @@ def peak_memory(memory: Any) -> dict[str, int]:
     return peaks
 
 
-def _depth_snapped(row: dict[str, Any]) -> bool:
-    if "depth_snapped" in row:
-        return bool(row["depth_snapped"])
-    snap, haystack = row.get("snap_tokens"), row.get("haystack_tokens")
+def _depth_snapped(row: TrialRow) -> bool:
+    if row.depth_snapped is not None:
+        return row.depth_snapped
+    snap, haystack = row.snap_tokens, row.haystack_tokens
     if snap is None or not haystack:  # rows written before the flag existed: same rule, from their fields
         return False
     from niah_run.prompt import snap_tolerance_tokens
@@ -96,28 +210,27 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _performance(rows: list[dict[str, Any]], gpu_count: int | None, price: float | None) -> dict[str, Any]:
-    timed = [r for r in rows if r.get("status") == "ok" and (r.get("prefill_seconds") or 0) > 0]
-    prefilled = sum(int(r.get("input_tokens") or 0) - int(r.get("reused_prefix_tokens") or 0) for r in timed)
-    prefill_s = sum(float(r["prefill_seconds"]) for r in timed)
-    ttfts = [float(r["prefill_seconds"]) for r in timed]
-    peaks = [peak_memory(r.get("memory")) for r in rows]
-    peaks = [p for p in peaks if p]
-    ran = [r for r in rows if r.get("status") in ("ok", "oom", "error")]
+def _performance(rows: list[TrialRow], gpu_count: int | None, price: float | None) -> Performance:
+    timed = [r for r in rows if r.status == "ok" and (r.prefill_seconds or 0) > 0]
+    prefilled = sum(int(r.input_tokens or 0) - int(r.reused_prefix_tokens or 0) for r in timed)
+    ttfts = [float(r.prefill_seconds or 0.0) for r in timed]
+    prefill_s = sum(ttfts)
+    peaks = [peak for peak in (peak_memory(r.memory) for r in rows) if peak]
+    ran = [r for r in rows if r.status in ("ok", "oom", "error")]
     gpu_seconds: float | None = 0.0
     for row in ran:
         # the model's placement first: a row's memory figures list every visible GPU, used or not
-        gpus = gpu_count if gpu_count is not None else (len(peak_memory(row.get("memory"))) or None)
-        if gpus is None:
+        gpus = gpu_count if gpu_count is not None else (len(peak_memory(row.memory)) or None)
+        if gpus is None or gpu_seconds is None:
             gpu_seconds = None
             break
-        gpu_seconds += float(row.get("seconds") or 0.0) * gpus  # type: ignore[operator]
+        gpu_seconds += float(row.seconds or 0.0) * gpus
     return {
         "prefill_tokens_per_s": round(prefilled / prefill_s, 1) if prefill_s > 0 else None,
         "ttft_seconds": _round(sum(ttfts) / len(ttfts), 4) if ttfts else None,
         "ttft_seconds_max": _round(max(ttfts), 4) if ttfts else None,
-        "peak_memory_bytes": max(max(p.values()) for p in peaks) if peaks else None,  # largest one device
-        "peak_memory_total_bytes": max(sum(p.values()) for p in peaks) if peaks else None,  # all devices
+        "peak_memory_bytes": max(max(p.values()) for p in peaks) if peaks else None,
+        "peak_memory_total_bytes": max(sum(p.values()) for p in peaks) if peaks else None,
         "gpu_seconds": _round(gpu_seconds, 3) if ran else 0.0,
         "cost": (
             _round(gpu_seconds / 3600.0 * price, 6) if gpu_seconds is not None and price is not None else None
@@ -125,14 +238,12 @@ def _performance(rows: list[dict[str, Any]], gpu_count: int | None, price: float
     }
 
 
-def _cell(
-    rows: list[dict[str, Any]], gpu_count: int | None = None, price: float | None = None
-) -> dict[str, Any]:
-    scored = [r for r in rows if r.get("status") == "ok"]
-    correct = sum(1 for r in scored if r.get("correct"))
+def _cell(rows: list[TrialRow], gpu_count: int | None = None, price: float | None = None) -> CellStats:
+    scored = [r for r in rows if r.status == "ok"]
+    correct = sum(1 for r in scored if r.correct)
     low, high = wilson_interval(correct, len(scored))
-    statuses = Counter(r.get("status") for r in rows)
-    actual = [float(r["actual_depth_percent"]) for r in rows if r.get("actual_depth_percent") is not None]
+    statuses = Counter(r.status for r in rows)
+    actual = [float(r.actual_depth_percent) for r in rows if r.actual_depth_percent is not None]
     return {
         "n": len(scored),
         "correct": correct,
@@ -142,12 +253,8 @@ def _cell(
         "oom": statuses.get("oom", 0),
         "skipped": statuses.get("skipped", 0),
         "errors": statuses.get("error", 0),
-        "failure_classes": dict(
-            sorted(Counter(r["failure_class"] for r in rows if r.get("failure_class")).items())
-        ),
-        "mean_seconds": round(sum(r.get("seconds") or 0 for r in scored) / len(scored), 3)
-        if scored
-        else None,
+        "failure_classes": dict(sorted(Counter(r.failure_class for r in rows if r.failure_class).items())),
+        "mean_seconds": round(sum(r.seconds or 0 for r in scored) / len(scored), 3) if scored else None,
         "actual_depth_percent": round(sum(actual) / len(actual), 2) if actual else None,
         "actual_depth_range": [round(min(actual), 2), round(max(actual), 2)] if actual else None,
         "depth_snapped": sum(1 for r in rows if _depth_snapped(r)),
@@ -155,7 +262,7 @@ def _cell(
     }
 
 
-def effective_length(per_length: dict[int, dict[str, Any]], threshold: float) -> int | None:
+def effective_length(per_length: Mapping[int, CellStats], threshold: float) -> int | None:
     """Longest length such that it and every shorter tested length have wilson_low ≥ threshold.
 
     A length with no scored trial (all OOM/skipped) ends the run of passing lengths: what was not
@@ -169,11 +276,11 @@ def effective_length(per_length: dict[int, dict[str, Any]], threshold: float) ->
     return best
 
 
-def _effective_lengths(grid_rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
-    by_kind: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+def _effective_lengths(grid_rows: list[TrialRow], threshold: float) -> dict[str, EffectiveLength]:
+    by_kind: dict[str, dict[int, list[TrialRow]]] = defaultdict(lambda: defaultdict(list))
     for row in grid_rows:
-        by_kind[str(row.get("needle_kind") or "unknown")][int(row["context_tokens"])].append(row)
-    out = {}
+        by_kind[str(row.needle_kind or "unknown")][int(row.context_tokens)].append(row)
+    out: dict[str, EffectiveLength] = {}
     for kind, lengths in sorted(by_kind.items()):
         cells = {length: _cell(rows) for length, rows in lengths.items()}
         out[kind] = {
@@ -197,9 +304,9 @@ def _effective_lengths(grid_rows: list[dict[str, Any]], threshold: float) -> dic
 # -- run facts (from config.json) --------------------------------------------------------------------
 
 
-def gpu_count_from_facts(backend: dict[str, Any] | None) -> int | None:
+def gpu_count_from_facts(backend: Mapping[str, Any] | None) -> int | None:
     """GPUs holding the model, from the backend facts in config.json (None when unknown, e.g. a server)."""
-    if not isinstance(backend, dict) or backend.get("backend") not in (None, "transformers", "hf"):
+    if not isinstance(backend, Mapping) or backend.get("backend") not in (None, "transformers", "hf"):
         return None
     placement = backend.get("placement")
     if isinstance(placement, dict) and placement:
@@ -210,7 +317,10 @@ def gpu_count_from_facts(backend: dict[str, Any] | None) -> int | None:
     return None
 
 
-def run_info(run_dir: Path) -> dict[str, Any]:
+_RUN_TEXT_FACTS = ("model", "quant", "dtype", "needle_kind", "backend", "attn")
+
+
+def run_info(run_dir: Path) -> RunFacts:
     """Model, quantization, dtype, date, backend and pricing settings of a run directory (best effort)."""
     try:
         doc = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
@@ -220,48 +330,49 @@ def run_info(run_dir: Path) -> dict[str, Any]:
         return {}
     config: dict[str, Any] = doc["config"] if isinstance(doc.get("config"), dict) else {}
     backend: dict[str, Any] = doc["backend"] if isinstance(doc.get("backend"), dict) else {}
-    info = {key: config.get(key) for key in ("model", "quant", "dtype", "needle_kind", "backend", "attn")}
-    info["dtype_loaded"] = backend.get("dtype")
-    info["created_at"] = doc.get("created_at")
-    info["identity_sha256"] = doc.get("identity_sha256")
-    info["gpu_count"] = gpu_count_from_facts(backend)
+    facts: dict[str, Any] = {key: config.get(key) for key in _RUN_TEXT_FACTS}
+    facts["dtype_loaded"] = backend.get("dtype")
+    facts["created_at"] = doc.get("created_at")
+    facts["identity_sha256"] = doc.get("identity_sha256")
+    facts["gpu_count"] = gpu_count_from_facts(backend)
     for key in ("price_per_gpu_hour", "effective_threshold"):
         if isinstance(config.get(key), (int, float)) and not isinstance(config.get(key), bool):
-            info[key] = float(config[key])
-    return {k: v for k, v in info.items() if v is not None}
+            facts[key] = float(config[key])
+    # config.json is a file from outside: these are its values as read, each only when given
+    return cast(RunFacts, {k: v for k, v in facts.items() if v is not None})
 
 
 # -- the summary --------------------------------------------------------------------------------------
 
 
 def summarize(
-    rows: list[dict[str, Any]],
+    rows: Iterable[TrialRow | Mapping[str, Any]],
     *,
     threshold: float = DEFAULT_EFFECTIVE_THRESHOLD,
     price_per_gpu_hour: float | None = None,
     gpu_count: int | None = None,
-    run: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    run: RunFacts | None = None,
+) -> Summary:
+    """The summary of these rows (typed, or the JSON objects results.jsonl holds)."""
+    typed = [as_row(row) for row in rows]
     identity = (run or {}).get("identity_sha256")
     # One summary is one test: rows written under another identity (an older plan) are never pooled in.
-    other = [r for r in rows if identity and r.get("identity_sha256") not in (None, identity)]
+    other = [r for r in typed if identity and r.identity_sha256 not in (None, identity)]
     latest = [
-        r
-        for r in latest_by_key(rows).values()
-        if not identity or r.get("identity_sha256") in (None, identity)
+        r for r in latest_by_key(typed).values() if not identity or r.identity_sha256 in (None, identity)
     ]
-    grid: dict[tuple[int, float], list[dict[str, Any]]] = defaultdict(list)
-    controls: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    grid: dict[tuple[int, float], list[TrialRow]] = defaultdict(list)
+    controls: dict[int, list[TrialRow]] = defaultdict(list)
     for row in latest:
-        if row.get("control"):
-            controls[int(row["context_tokens"])].append(row)
+        if row.control or row.depth_percent is None:  # only a control has no depth (TrialRow.from_json)
+            controls[int(row.context_tokens)].append(row)
         else:
-            grid[(int(row["context_tokens"]), float(row["depth_percent"]))].append(row)
+            grid[(int(row.context_tokens), float(row.depth_percent))].append(row)
 
-    def cell(group: list[dict[str, Any]]) -> dict[str, Any]:
+    def cell(group: list[TrialRow]) -> CellStats:
         return _cell(group, gpu_count, price_per_gpu_hour)
 
-    cells = [
+    cells: list[GridCell] = [
         {"context_tokens": length, "depth_percent": depth, **cell(cell_rows)}
         for (length, depth), cell_rows in sorted(grid.items())
     ]
@@ -302,23 +413,25 @@ def summarize(
 TIME_TOLERANCE = 0.25
 
 
-def time_vs_plan(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _in_grid_order(rows: Iterable[TrialRow]) -> list[TrialRow]:
+    return sorted(rows, key=lambda r: (r.context_tokens, r.depth_percent or 0, r.trial or 0))
+
+
+def time_vs_plan(rows: Iterable[TrialRow | Mapping[str, Any]]) -> list[TimeVsPlan]:
     """Per trial that ran: the plan's predicted prefill seconds (for the tokens it really prefilled, after
-    any reused prefix) and the measured ones; `flagged` beyond ±25 %."""
-    out = []
-    for row in sorted(
-        rows, key=lambda r: (r["context_tokens"], r.get("depth_percent") or 0, r.get("trial", 0))
-    ):
-        predicted, measured = row.get("predicted_prefill_seconds"), row.get("prefill_seconds")
-        if row.get("status") != "ok" or not predicted or measured is None:
+    any reused prefix) and the measured ones; `flagged` beyond ±25 %. A row needs no trial key here."""
+    out: list[TimeVsPlan] = []
+    for row in _in_grid_order(as_row(r, keyed=False) for r in rows):
+        predicted, measured = row.predicted_prefill_seconds, row.prefill_seconds
+        if row.status != "ok" or not predicted or measured is None:
             continue
         ratio = float(measured) / float(predicted)
         out.append(
             {
-                "context_tokens": row["context_tokens"],
-                "depth_percent": row.get("depth_percent"),
-                "trial": row.get("trial"),
-                "reused_prefix_tokens": row.get("reused_prefix_tokens") or 0,
+                "context_tokens": row.context_tokens,
+                "depth_percent": row.depth_percent,
+                "trial": row.trial,
+                "reused_prefix_tokens": row.reused_prefix_tokens or 0,
                 "predicted_seconds": float(predicted),
                 "measured_seconds": float(measured),
                 "measured_over_predicted": round(ratio, 3),
@@ -328,25 +441,23 @@ def time_vs_plan(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def memory_vs_plan(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per trial that ran (or ran out of memory): the plan's predicted peak per GPU and the measured one."""
-    out = []
-    for row in sorted(
-        rows, key=lambda r: (r["context_tokens"], r.get("depth_percent") or 0, r.get("trial", 0))
-    ):
-        predicted = row.get("predicted_peak_bytes")
-        if not isinstance(predicted, dict) or row.get("status") not in ("ok", "oom"):
+def memory_vs_plan(rows: Iterable[TrialRow | Mapping[str, Any]]) -> list[MemoryVsPlan]:
+    """Per trial that ran (or ran out of memory): the plan's predicted peak per GPU and the measured one.
+    A row needs no trial key here."""
+    out: list[MemoryVsPlan] = []
+    for row in _in_grid_order(as_row(r, keyed=False) for r in rows):
+        predicted = row.predicted_peak_bytes
+        if predicted is None or row.status not in ("ok", "oom"):
             continue
-        measured = peak_memory(row.get("memory"))
         out.append(
             {
-                "context_tokens": row["context_tokens"],
-                "depth_percent": row.get("depth_percent"),
-                "trial": row.get("trial"),
-                "status": row["status"],
+                "context_tokens": row.context_tokens,
+                "depth_percent": row.depth_percent,
+                "trial": row.trial,
+                "status": row.status,
                 "predicted_bytes": predicted,
-                "measured_bytes": measured,
-                "exceeded": bool(row.get("exceeded_prediction")) or row["status"] == "oom",
+                "measured_bytes": peak_memory(row.memory),
+                "exceeded": bool(row.exceeded_prediction) or row.status == "oom",
             }
         )
     return out
@@ -360,7 +471,7 @@ def _num(value: float | None, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
-def _cell_text(cell: dict[str, Any] | None) -> str:
+def _cell_text(cell: GridCell | None) -> str:
     if cell is None:
         return ""
     if cell["n"] == 0:
@@ -372,7 +483,7 @@ def _cell_text(cell: dict[str, Any] | None) -> str:
     return text
 
 
-def _performance_lines(summary: dict[str, Any]) -> list[str]:
+def _performance_lines(summary: Summary) -> list[str]:
     price = summary.get("run", {}).get("price_per_gpu_hour")
     header = "| tokens | depth % | prefill tok/s | TTFT s (mean/max) | peak GiB (1 GPU / all) | GPU-s |"
     lines = [
@@ -387,7 +498,7 @@ def _performance_lines(summary: dict[str, Any]) -> list[str]:
     for cell in summary["cells"]:
         peak = cell.get("peak_memory_bytes")
         total = cell.get("peak_memory_total_bytes")
-        memory = "—" if peak is None else f"{peak / GIB:.2f} / {total / GIB:.2f}"
+        memory = "—" if peak is None or total is None else f"{peak / GIB:.2f} / {total / GIB:.2f}"
         row = (
             f"| {cell['context_tokens']} | {cell['depth_percent']:g} | {_num(cell.get('prefill_tokens_per_s'), ',.0f')}"
             f" | {_num(cell.get('ttft_seconds'), '.3f')} / {_num(cell.get('ttft_seconds_max'), '.3f')} | {memory}"
@@ -415,7 +526,7 @@ def _performance_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_markdown(summary: dict[str, Any], title: str = "NIAH sweep") -> str:
+def render_markdown(summary: Summary, title: str = "NIAH sweep") -> str:
     lengths, depths = summary["lengths"], summary["depths"]
     by_cell = {(c["context_tokens"], c["depth_percent"]): c for c in summary["cells"]}
     overall = summary["overall"]
@@ -471,8 +582,8 @@ def render_markdown(summary: dict[str, Any], title: str = "NIAH sweep") -> str:
         ]
     if summary["controls"]:
         lines += ["", "No-needle controls (correct = says it is not there, invents no value):"]
-        for length, cell in summary["controls"].items():
-            lines.append(f"- {length} tokens: {_pct(cell['accuracy'])} ({cell['correct']}/{cell['n']})")
+        for length, group in summary["controls"].items():
+            lines.append(f"- {length} tokens: {_pct(group['accuracy'])} ({group['correct']}/{group['n']})")
     if summary["cells"]:
         lines += _performance_lines(summary)
     lines += _memory_vs_plan_lines(summary)
@@ -486,7 +597,7 @@ def render_markdown(summary: dict[str, Any], title: str = "NIAH sweep") -> str:
     return inert("\n".join(lines)) + "\n"  # names and errors from outside: inert
 
 
-def _memory_vs_plan_lines(summary: dict[str, Any]) -> list[str]:
+def _memory_vs_plan_lines(summary: Summary) -> list[str]:
     rows = summary.get("memory_vs_plan") or []
     if not rows:
         return []
@@ -517,7 +628,7 @@ def _memory_vs_plan_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _time_vs_plan_lines(summary: dict[str, Any]) -> list[str]:
+def _time_vs_plan_lines(summary: Summary) -> list[str]:
     rows = summary.get("time_vs_plan") or []
     if not rows:
         return []
@@ -552,7 +663,7 @@ def write_summary(
     price_per_gpu_hour: float | None = None,
     threshold: float | None = None,
     gpu_count: int | None = None,
-) -> dict[str, Any]:
+) -> Summary:
     """Summarize a run directory. Settings not given come from its config.json (when the run saved them)."""
     info = run_info(run_dir)
     price = price_per_gpu_hour if price_per_gpu_hour is not None else info.pop("price_per_gpu_hour", None)
@@ -562,7 +673,7 @@ def write_summary(
     gpus = gpu_count if gpu_count is not None else info.pop("gpu_count", None)
     info.pop("gpu_count", None)
     summary = summarize(
-        read_rows(run_dir / "results.jsonl"),
+        read_trial_rows(run_dir / "results.jsonl"),
         threshold=bar,
         price_per_gpu_hour=price,
         gpu_count=gpus,
@@ -575,13 +686,13 @@ def write_summary(
     return summary
 
 
-def _title(info: dict[str, Any]) -> str:
+def _title(info: RunFacts) -> str:
     if not info.get("model"):
         return "NIAH sweep"
     return " · ".join(str(p) for p in (info.get("model"), info.get("needle_kind"), _quant_label(info)) if p)
 
 
-def _quant_label(info: dict[str, Any]) -> str:
+def _quant_label(info: RunFacts) -> str:
     quant = info.get("quant")
     dtype = info.get("dtype_loaded") or info.get("dtype")
     return ", ".join(p for p in ((quant if quant and quant != "none" else ""), str(dtype or "")) if p)

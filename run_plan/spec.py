@@ -26,8 +26,13 @@ ATTN_CHOICES: tuple[str, ...] = ("auto", LEAN_ATTN, "sdpa", "flex_attention", "e
 EXPERTS_CHOICES: tuple[str, ...] = ("auto", "routed", "transformers")
 DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
 KV_DTYPE_CHOICES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32", "float8_e4m3fn")
+# Where the trials run: the local model, or an OpenAI-compatible server. niah_run/backends/registry.py gives
+# each name its factory and preflight (a test checks that every name here has an entry there).
 BACKEND_CHOICES: tuple[str, ...] = ("transformers", "openai")
-# What a sweep can hide; niah_run/needles.py builds each kind and niah_run/scoring.py scores it.
+# The backends that send each trial to a server, which may answer several at once.
+CONCURRENT_BACKENDS: tuple[str, ...] = ("openai",)
+# What a sweep can hide; niah_run/needles.py: KINDS gives each its maker, value type and scorer (a test
+# checks that every name here has one there).
 NEEDLE_KIND_CHOICES: tuple[str, ...] = (
     "passkey",
     "uuid",
@@ -140,7 +145,7 @@ class RunSpec:
         _check_choice("dtype", self.dtype, DTYPE_CHOICES)
         _check_choice("bnb-4bit-type", self.bnb_4bit_type, BNB_4BIT_TYPES)
         _check_choice("backend", self.backend, BACKEND_CHOICES)
-        # an unknown kind used to be exit 3 deep in the sweep; now it is a usage error here (exit 2).
+        # A kind the sweep cannot build is a usage error (exit 2) here, before anything is loaded.
         _check_choice("needle-kind", self.needle_kind, NEEDLE_KIND_CHOICES)
         if not str(self.haystack).strip():  # Path("") is the current folder: never tokenize the user's files
             raise UsageError(
@@ -152,7 +157,7 @@ class RunSpec:
             raise UsageError(f"--prefill-chunk must be positive, got {self.prefill_chunk}")
         if self.probe_timeout_s <= 0:
             raise UsageError("--timeout must be positive")
-        if self.concurrency > 1 and self.backend != "openai":
+        if self.concurrency > 1 and self.backend not in CONCURRENT_BACKENDS:
             # One local model on one set of GPUs runs one prompt at a time; parallel prefill would only OOM.
             raise UsageError(
                 "--concurrency applies to --backend openai (a server); the local backend runs one "

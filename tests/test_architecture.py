@@ -1,6 +1,6 @@
 """The house's layers, checked from the source: run_plan < doctor < niah_run, no import running back up,
-no import circle, and neither CLI imported by the other tool; inside doctor, its own floors
-(docs/architecture.md)."""
+no import circle, and neither CLI imported by the other tool (docs/architecture.md); inside doctor,
+run_plan and niah_run, every file on a floor and no import running up a floor."""
 
 from __future__ import annotations
 
@@ -10,6 +10,30 @@ from pathlib import Path
 from tests.conftest import REPO
 
 LAYERS = {"run_plan": 0, "doctor": 1, "niah_run": 2}
+# Inside a package, from the ground up: a file may import files of its own floor and the floors below.
+# A new file goes on the floor of its job (a new backend is under backends/, a new report module beside
+# summary); this test names any file that has no floor yet.
+INNER_FLOORS: dict[str, list[tuple[str, ...]]] = {
+    "run_plan": [
+        # the ground: errors, text, units, files, HTTP, shell words, time arithmetic; no plan in sight
+        ("errors", "text", "units", "safe_files", "http", "shell", "timing", "torch_builds", "hub_kernels"),
+        (
+            "sizes",
+            "spec",
+            "server_room",
+            "openai_http",
+        ),  # a plan's values: sizes, the RunSpec, a server's room
+        ("resolved", "options"),  # the judged plan, and how every setting is declared
+    ],
+    "niah_run": [
+        ("rows", "results", "run_folder", "config"),  # a run folder's records: rows, results.jsonl, config
+        ("haystack", "scoring", "needles", "prompt"),  # what a trial asks, and how an answer is scored
+        ("summary", "heatmap", "compare"),  # rows read back into a summary, a picture, a comparison
+        ("backends", "prefill"),  # the models: the backend contract, its registry, local and server
+        ("trials", "identity", "progress", "preflight", "sweep"),  # the loop and what it builds on
+        ("serve", "cli", "__main__"),  # the commands
+    ],
+}
 
 # doctor's floors, lowest first. A module may import its own floor and the floors below it, never one above;
 # a new module of doctor gets a floor here (the longest matching prefix places it).
@@ -70,6 +94,41 @@ def test_no_import_runs_back_up_a_layer() -> None:
         for src, targets in _graph().items()
         for dst in targets
         if LAYERS[dst.split(".")[0]] > LAYERS[src.split(".")[0]]
+    ]
+    assert upward == []
+
+
+def _inner_floor(module: str) -> int | None:
+    """The floor of a module inside its package (None: the package's own __init__, or no floor yet)."""
+    package, _, rest = module.partition(".")
+    if not rest:
+        return None
+    room = rest.split(".")[0]
+    for floor, rooms in enumerate(INNER_FLOORS[package]):
+        if room in rooms:
+            return floor
+    return None
+
+
+def test_every_file_of_run_plan_and_niah_run_has_a_floor() -> None:
+    unplaced = [
+        name
+        for name in _graph()
+        if name.split(".")[0] in INNER_FLOORS and "." in name and _inner_floor(name) is None
+    ]
+    assert unplaced == []
+
+
+def test_no_import_runs_up_a_floor_inside_run_plan_and_niah_run() -> None:
+    upward = [
+        (src, dst)
+        for src, targets in _graph().items()
+        for dst in targets
+        if src.split(".")[0] in INNER_FLOORS
+        and dst.split(".")[0] == src.split(".")[0]
+        and (low := _inner_floor(src)) is not None
+        and (high := _inner_floor(dst)) is not None
+        and high > low
     ]
     assert upward == []
 

@@ -83,7 +83,7 @@ def test_niah_runs_preflight_names_the_missing_folder_first(tmp_path: Path) -> N
 @pytest.mark.slow
 def test_the_preflight_accepts_a_local_copy_of_the_demo_model_on_this_machine(demo_backend, tmp_path) -> None:
     """The user's case: the same 135M model as a plain folder, 512 tokens, judged on this very machine."""
-    from niah_run.loading import converted_folder, demo_gguf_path
+    from niah_run.backends.loading import converted_folder, demo_gguf_path
     from niah_run.preflight import run_preflight
     from tests.conftest import DEMO_DTYPE
 

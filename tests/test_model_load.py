@@ -228,7 +228,7 @@ def test_without_kernelize_or_with_every_kernel_cached_nothing_is_fetched() -> N
 
 
 def test_niah_records_the_hub_kernel_setting_in_the_run_identity() -> None:
-    from niah_run.sweep import _IDENTITY_FIELDS
+    from niah_run.identity import _IDENTITY_FIELDS
 
     assert "hub_kernels" in _IDENTITY_FIELDS
     assert json.dumps(hub_kernels.describe({"use_kernels": False}, {}))

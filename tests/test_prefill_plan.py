@@ -193,7 +193,7 @@ def test_sweep_tells_the_backend_where_the_next_prompt_diverges_and_records_the_
 
 
 def test_predicted_sweep_time_counts_the_reuse_of_each_depths_prefix() -> None:
-    from niah_run.sweep import TrialSpec, predicted_sweep_seconds
+    from niah_run.trials import TrialSpec, predicted_sweep_seconds
 
     spec = RunSpec(model="m", lengths=(1 << 20,), prefill_chunk=8192)
     plan = ResolvedPlan(spec=spec, prefill_time=_model())

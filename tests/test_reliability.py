@@ -51,7 +51,7 @@ def fake(monkeypatch: pytest.MonkeyPatch):
 def loads_refused(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """The real loader runs, but any weight/tokenizer load records its kwargs and stops with an OSError."""
     transformers = pytest.importorskip("transformers")
-    from niah_run import loading
+    from niah_run.backends import loading
 
     calls: list[dict] = []  # the kwargs of each model load; tokenizer loads are tagged what="tokenizer"
 
@@ -152,7 +152,7 @@ def test_length_above_max_position_embeddings_is_one_line(tmp_path: Path, monkey
 
 
 def test_bad_max_memory_stops_the_real_loader_before_any_load(tmp_path: Path, loads_refused, capsys) -> None:
-    # No fake backend: the real `make_backend` → niah_run.loading path would raise too, but the config layer
+    # No fake backend: the real `make_backend` → niah_run.backends.loading path would raise too, but the config layer
     # (same parser, run_plan.sizes.parse_max_memory) answers first.
     assert niah("run", "--skip-preflight", "-q", "--out", str(tmp_path / "r"), "--max-memory", "auto") == 2
     assert_one_clear_line(capsys.readouterr().err, "'auto'")

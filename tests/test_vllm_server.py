@@ -56,7 +56,7 @@ def demo_model_folder() -> Path:
     same copy `niah run --model demo --dtype float32` caches, converted here if it is missing."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from niah_run.loading import convert_gguf, converted_folder, is_complete, resolve_source
+    from niah_run.backends.loading import convert_gguf, converted_folder, is_complete, resolve_source
     from run_plan.spec import RunSpec
 
     try:

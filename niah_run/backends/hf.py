@@ -151,7 +151,7 @@ class HFBackend:
             "commit_hash": getattr(config, "_commit_hash", None),
             "quantization_config": _jsonable_quant(getattr(config, "quantization_config", None)),
             "device_map": _jsonable_map(getattr(model, "hf_device_map", None)) or str(model.device),
-            # multi-GPU (issue 5): the same map summarized as decoder layers per device
+            # the same map summarized as decoder layers per device: which GPU holds which layers
             "placement": layers_per_device(getattr(model, "hf_device_map", None)),
             "prefill_chunk": self.prefill_chunk,
             "eos_token_ids": list(self.eos_ids),
@@ -311,7 +311,7 @@ _NUMBERED_BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)(?:\.|$)")
 def layers_per_device(device_map: Any) -> dict[str, dict[str, Any]] | None:
     """hf_device_map summarized per device: decoder layer indices (as ranges) and the other modules.
 
-    Added for multi-GPU runs (issue 5): config.json then shows at a glance which GPU holds which
+    With the model split over several GPUs, config.json then shows at a glance which GPU holds which
     layers, e.g. {"cuda:0": {"layers": "0-9", "layer_count": 10, "other": ["model.embed_tokens"]}}."""
     if not device_map:
         return None

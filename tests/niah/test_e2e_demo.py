@@ -25,7 +25,7 @@ def test_shipped_example_config_is_valid() -> None:
 
 @pytest.mark.slow
 def test_readme_example_sweep_runs_on_cpu(tmp_path, capsys, shared_demo_model) -> None:
-    pytest.importorskip("niah_run.loading")
+    pytest.importorskip("niah_run.backends.loading")
     from niah_run.cli import niah_command
 
     out = tmp_path / "example"

@@ -170,7 +170,7 @@ def test_demo_sized_dimensions_and_decode_match_eager_generate() -> None:
 
 @pytest.mark.slow
 def test_demo_model_lean_equals_eager() -> None:
-    from niah_run.loading import load_backend
+    from niah_run.backends.loading import load_backend
     from run_plan.spec import RunSpec
 
     backend = load_backend(RunSpec(model="demo", attn="eager", dtype="float32"))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from niah_run import loading
-from niah_run.loading import load_backend, validate_load
+from niah_run.backends import loading
+from niah_run.backends.loading import load_backend, validate_load
 from run_plan.errors import UsageError
 from run_plan.spec import RunSpec
 
@@ -133,7 +133,7 @@ def test_demo_converts_once_then_loads_from_the_safetensors_cache(demo_cache: Pa
     assert folder.parent == demo_cache
     assert (folder / "model.safetensors").is_file() and (folder / "niah-source.json").is_file()
     assert not [p for p in demo_cache.iterdir() if p.name.startswith(".")]  # no staging folder left
-    from niah_run.loading import _cuda_or_native_bf16
+    from niah_run.backends.loading import _cuda_or_native_bf16
 
     # The GGUF default: bf16 where the CPU has bf16 units, float32 on AVX2-only CPUs (bf16 is emulated there).
     assert second["dtype"] == ("bfloat16" if _cuda_or_native_bf16() else "float32")

@@ -8,9 +8,10 @@ import re
 import pytest
 
 from niah_run.haystack import generate_haystack
-from niah_run.needles import _LANDMARKS, _NAMES, COUNT_RANGE, NEEDLE_KINDS, make_needles
+from niah_run.needles import _LANDMARKS, _NAMES, COUNT_RANGE, KINDS, NEEDLE_KINDS, make_needles, score_trial
 from niah_run.prompt import PromptBuilder, chat_frame, tokenize_haystack
-from niah_run.scoring import read_count, score_count, score_ordered, score_trial
+from niah_run.scoring import read_count, score_count, score_ordered
+from run_plan.spec import NEEDLE_KIND_CHOICES
 from tests.niah.fakes import build_tokenizer
 
 # Function words and the task's own framing; everything else is a content word.
@@ -221,3 +222,20 @@ def test_counting_control_prompt_has_no_counted_word(builder) -> None:
 @pytest.mark.parametrize("kind", NEEDLE_KINDS)
 def test_every_kind_is_deterministic_per_seed(kind: str) -> None:
     assert make_needles(kind, random.Random(42)) == make_needles(kind, random.Random(42))
+
+
+@pytest.mark.parametrize("name", NEEDLE_KIND_CHOICES)
+def test_every_declared_kind_has_its_maker_value_type_and_scorer(name: str) -> None:
+    kind = KINDS[name]
+    needles = kind.make(random.Random(7))
+    assert kind.name == needles.kind == name and needles.value_type == kind.value_type
+    assert needles.gold_values and needles.needles and kind.make(random.Random(7), control=True).control
+    answer = ", ".join(needles.gold_values)  # the gold values, in the order they were drawn
+    score = kind.score(
+        answer, needles, prompt_text="", stopped_at_eos=True, needle_positions=(), prompt_words_cache=None
+    )
+    assert score.correct, (name, answer, score)
+
+
+def test_every_kind_has_a_declared_name() -> None:
+    assert list(KINDS) == list(NEEDLE_KIND_CHOICES) == list(NEEDLE_KINDS)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from niah_run.results import read_rows
-from niah_run.sweep import RunFolder, Sweep, finish, plan_trials
+from niah_run.sweep import RunFolder, Sweep, finish
+from niah_run.trials import plan_trials
 from run_plan.errors import RunFailed, UsageError
 from run_plan.resolved import DevicePrediction, LengthPlan, ResolvedPlan
 from run_plan.spec import RunSpec

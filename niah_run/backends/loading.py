@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from doctor.model_config import DEMO_GGUF, DEMO_MODEL_ID, DEMO_PACKAGE, PICKLE_SUFFIXES
+from niah_run.backends.hf import HFBackend
 from run_plan import hub_kernels
 from run_plan.errors import UsageError
 from run_plan.sizes import parse_max_memory
@@ -59,8 +60,6 @@ class ModelSource:
     load_from: str  # folder or hub id handed to from_pretrained
     kind: str  # "demo-gguf" | "gguf" | "local-folder" | "hub"
     gguf_path: Path | None = None  # the GGUF file to convert (GGUF kinds)
-    gguf_dir: str | None = None
-    gguf_name: str | None = None
 
 
 # -- resolving -------------------------------------------------------------------------------------
@@ -89,40 +88,43 @@ def demo_gguf_path() -> Path:
 
 
 def resolve_source(options: RunSpec) -> ModelSource:
-    if options.model == "demo":
+    model = options.model
+    if not model:
+        raise UsageError("--model is empty", hint="Use a hub id, a local folder, or demo.")
+    if model == "demo":
         path = demo_gguf_path()
-        return ModelSource(DEMO_MODEL_ID, str(path.parent), "demo-gguf", path, str(path.parent), path.name)
-    local = Path(options.model).expanduser()
+        return ModelSource(DEMO_MODEL_ID, str(path.parent), "demo-gguf", path)
+    local = Path(model).expanduser()
     if options.gguf_file:
         gguf = Path(options.gguf_file).expanduser()
         if not gguf.is_absolute() and local.is_dir():
             gguf = local / gguf
         if gguf.is_file():
-            return ModelSource(options.model, str(gguf.parent), "gguf", gguf, str(gguf.parent), gguf.name)
+            return ModelSource(model, str(gguf.parent), "gguf", gguf)
         if local.exists():
-            raise UsageError(f"GGUF file {options.gguf_file!r} not found in {options.model}")
+            raise UsageError(f"GGUF file {options.gguf_file!r} not found in {model}")
         if not options.online:
             raise UsageError(
-                f"GGUF file {options.gguf_file!r} of {options.model!r} is not local and the network is off",
+                f"GGUF file {options.gguf_file!r} of {model!r} is not local and the network is off",
                 hint="Pass a local GGUF path, or add --online.",
             )
-        gguf = Path(_download_gguf(options))
-        return ModelSource(options.model, str(gguf.parent), "gguf", gguf, str(gguf.parent), gguf.name)
+        gguf = Path(_download_gguf(model, options.gguf_file, options.revision))
+        return ModelSource(model, str(gguf.parent), "gguf", gguf)
     if local.exists():
         if not local.is_dir():
             raise UsageError(
-                f"--model {options.model!r} is a file, not a model folder",
+                f"--model {model!r} is a file, not a model folder",
                 hint="For a .gguf file use --model FOLDER --gguf-file NAME.",
             )
         refuse_pickle_only_folder(local, options.allow_pickle)
-        return ModelSource(options.model, str(local), "local-folder")
-    return ModelSource(options.model, options.model, "hub")
+        return ModelSource(model, str(local), "local-folder")
+    return ModelSource(model, model, "hub")
 
 
-def _download_gguf(options: RunSpec) -> str:
+def _download_gguf(model: str, gguf_file: str, revision: str | None) -> str:
     from huggingface_hub import hf_hub_download
 
-    return hf_hub_download(options.model, options.gguf_file, revision=options.revision)
+    return hf_hub_download(model, gguf_file, revision=revision)
 
 
 def refuse_pickle_only_folder(folder: Path, allow_pickle: bool) -> None:
@@ -173,9 +175,12 @@ def convert_gguf(source: ModelSource, target: Path, dtype_name: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if source.gguf_path is None:
+        raise ValueError(f"{source.model_id} has no GGUF file to convert")
+    gguf_dir, gguf_name = str(source.gguf_path.parent), source.gguf_path.name
     dtype = getattr(torch, dtype_name)
-    tokenizer = AutoTokenizer.from_pretrained(source.gguf_dir, gguf_file=source.gguf_name)
-    loaded = AutoModelForCausalLM.from_pretrained(source.gguf_dir, gguf_file=source.gguf_name, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=dtype)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -193,7 +198,7 @@ def convert_gguf(source: ModelSource, target: Path, dtype_name: str) -> None:
             json.dumps(
                 {
                     "format": CACHE_FORMAT,
-                    "gguf_file": source.gguf_name,
+                    "gguf_file": gguf_name,
                     "model_id": source.model_id,
                     "dtype": dtype_name,
                     "created_unix": int(time.time()),
@@ -252,7 +257,7 @@ def quantization_config(options: RunSpec) -> Any:
     )
 
 
-def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
+def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> HFBackend:
     """Validate, resolve, (convert,) load; return an HFBackend ready for `generate`.
 
     `options` is the plan's RunSpec as the doctor resolved it: its prefill chunk and attention are used
@@ -268,8 +273,6 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from niah_run.backends.hf import HFBackend
 
     dtype_name = resolve_dtype_name(options, source)
     load_from, from_cache, converted = source.load_from, False, None
@@ -346,7 +349,7 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> Any:
         "source": source.kind,
         "loaded_from_cache": from_cache,
         "load_path": str(converted) if converted else None,
-        "gguf_file": source.gguf_name,
+        "gguf_file": source.gguf_path.name if source.gguf_path is not None else None,
         "revision": options.revision,
         "quant": options.quant,
         "requested_dtype": options.dtype,
