@@ -428,7 +428,7 @@ def speed(
     judged = judge(spec, only=("memory",))
     plan = judged.plan
     print(
-        f"doctor: {plan.verdict}; longest {plan.max_context_tokens}; chunk {plan.spec.prefill_chunk}",
+        f"doctor: {judged.verdict}; longest {plan.max_context_tokens}; chunk {plan.spec.prefill_chunk}",
         flush=True,
     )
     rates = judged.report.facts.get("rates-live") if hasattr(judged.report, "facts") else None

@@ -74,10 +74,6 @@ def judge(
         debug=debug,
     )
     plan = resolve_plan(ctx)  # the object the memory checks judged (cached on ctx), or made now
-    judged = Judgement(report, plan)
-    # ResolvedPlan still has fields for the verdict, which `niah run` reads from the plan: they are filled
-    # from the report, so plan files and the report's `plan` object say what the doctor said.
-    plan = dataclasses.replace(plan, verdict=judged.verdict, failing_checks=judged.failing_checks)
     report = dataclasses.replace(report, attachments={**report.attachments, "plan": plan.to_dict()})
     # The plan holds paths and URLs too: scrub it like the rest (build_report redacted before it was added).
     return Judgement(redact_report(report), plan)

@@ -199,15 +199,12 @@ def _paths_from_sizing(
     return spec, decisions
 
 
-def plan_without_estimate(
-    spec: RunSpec, decisions: tuple[Decision, ...], reason: str, verdict: str = "not judged"
-) -> ResolvedPlan:
-    """A settled spec with no memory estimate: the one default chunk, no length ruled out. `verdict` only
-    fills ResolvedPlan's own field while `niah run` still reads it there (the doctor never passes one)."""
+def plan_without_estimate(spec: RunSpec, decisions: tuple[Decision, ...], reason: str) -> ResolvedPlan:
+    """A settled spec with no memory estimate: the one default chunk, no length ruled out."""
     if spec.prefill_chunk is None:
         spec = dataclasses.replace(spec, prefill_chunk=DEFAULT_PREFILL_CHUNK)
         decisions = (*decisions, Decision("prefill_chunk", DEFAULT_PREFILL_CHUNK, f"default: {reason}"))
-    return ResolvedPlan(spec=spec, decisions=decisions, verdict=verdict)
+    return ResolvedPlan(spec=spec, decisions=decisions)
 
 
 def rerun_command(spec: RunSpec, **changes: object) -> str:

@@ -9,18 +9,22 @@ except `memory-fit` when some lengths fit: those run and the rest become `skippe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from niah_run.backends.registry import backend_entry
 from run_plan.errors import RunFailed
 from run_plan.resolved import ResolvedPlan
 from run_plan.spec import RunSpec
 
+if TYPE_CHECKING:
+    from doctor.api import Judgement
+
 PREFLIGHT_JSON = "preflight.json"
 PREFLIGHT_MD = "preflight.md"
 MEMORY_FIT = "memory-fit"  # the estimator's check (doctor/checks/memory.py)
 
 
-def run_preflight(spec: RunSpec, run_dir: Path) -> ResolvedPlan:
+def run_preflight(spec: RunSpec, run_dir: Path) -> Judgement:
     from doctor.api import judge
     from doctor.report.model import Status
     from doctor.report.render_json import render_json
@@ -43,7 +47,7 @@ def run_preflight(spec: RunSpec, run_dir: Path) -> ResolvedPlan:
             f"preflight: {first.id}: {first.summary}{more}. Report: {run_dir / PREFLIGHT_MD}",
             hint=f"{fix}{' — ' + commands if commands else ''}. Or rerun with --skip-preflight.",
         )
-    return plan
+    return judgement
 
 
 def unjudged_plan(spec: RunSpec) -> ResolvedPlan:
@@ -51,6 +55,4 @@ def unjudged_plan(spec: RunSpec) -> ResolvedPlan:
     from doctor.plan import plan_without_estimate, settle_static_choices
 
     settled, decisions = settle_static_choices(spec)
-    return plan_without_estimate(
-        settled, decisions, "preflight skipped", verdict="not judged (--skip-preflight)"
-    )
+    return plan_without_estimate(settled, decisions, "preflight skipped")

@@ -235,8 +235,8 @@ class Sweep:
     def _judged_plan(self) -> ResolvedPlan:
         """The plan this run executes: given (--plan), or judged now by the doctor, in-process."""
         if self.plan is not None:
-            self._note(f"plan: executing {self.plan.verdict or 'a saved plan'} as written")
-            self.doc["preflight"] = {"ran": False, "verdict": self.plan.verdict, "plan_source": "file"}
+            self._note("plan: executing a saved plan as written")
+            self.doc["preflight"] = {"ran": False, "verdict": None, "plan_source": "file"}
             return self.plan
         if self.folder.skip_preflight:
             self._note("preflight: skipped (--skip-preflight; recorded in config.json)")
@@ -247,21 +247,22 @@ class Sweep:
             }
             return unjudged_plan(self.config)
         self._note("preflight: the doctor judges this plan…")
-        plan = run_preflight(self.config, self.run_dir)
+        judgement = run_preflight(self.config, self.run_dir)
+        plan = judgement.plan
         limit = plan.max_context_tokens
         too_long = plan.too_long()
         self._note(
-            f"preflight: {plan.verdict}"
+            f"preflight: {judgement.verdict}"
             + (f"; longest context that fits ≈ {limit:,} tokens" if limit else "")
             + (f"; will skip {', '.join(map(str, too_long))} (too long for the plan)" if too_long else "")
         )
         self.doc["preflight"] = {
             "ran": True,
-            "verdict": plan.verdict,
+            "verdict": judgement.verdict,
             "skipped_by_user": False,
             "max_context_tokens": limit,
             "too_long": list(too_long),
-            "failing_checks": list(plan.failing_checks),
+            "failing_checks": list(judgement.failing_checks),
         }
         return plan
 

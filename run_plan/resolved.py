@@ -7,7 +7,7 @@ The doctor builds it (doctor.plan), prints it, and writes it with `--plan-out`; 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +91,6 @@ class ResolvedPlan:
     max_context_tokens: int | None = None
     decisions: tuple[Decision, ...] = ()
     estimate_method: str | None = None
-    verdict: str = "not judged"
-    failing_checks: tuple[str, ...] = field(default=())
     prefill_time: PrefillTimeModel | None = None  # how long a prefill of any token range takes
 
     def predicted_prefill_seconds(self, start: int, end: int) -> float | None:
@@ -120,8 +118,6 @@ class ResolvedPlan:
             "max_context_tokens": self.max_context_tokens,
             "decisions": [d.to_dict() for d in self.decisions],
             "estimate_method": self.estimate_method,
-            "verdict": self.verdict,
-            "failing_checks": list(self.failing_checks),
             "prefill_time": self.prefill_time.to_dict() if self.prefill_time else None,
         }
 
@@ -142,8 +138,6 @@ class ResolvedPlan:
                     for d in data.get("decisions") or []
                 ),
                 estimate_method=data.get("estimate_method"),
-                verdict=str(data.get("verdict", "")),
-                failing_checks=tuple(data.get("failing_checks") or ()),
                 prefill_time=PrefillTimeModel.from_dict(data["prefill_time"])
                 if data.get("prefill_time")
                 else None,

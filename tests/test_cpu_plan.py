@@ -89,5 +89,5 @@ def test_the_preflight_accepts_a_local_copy_of_the_demo_model_on_this_machine(de
 
     folder = converted_folder(None, demo_gguf_path(), DEMO_DTYPE)
     assert (folder / "config.json").is_file()
-    plan = run_preflight(RunSpec(model=str(folder), lengths=(512,), context=512), tmp_path)
+    plan = run_preflight(RunSpec(model=str(folder), lengths=(512,), context=512), tmp_path).plan
     assert plan.spec.model == str(folder)

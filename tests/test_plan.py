@@ -96,9 +96,7 @@ def test_bnb_weights_spilled_off_the_gpus_fail_like_transformers_refuses_them() 
 
 
 def test_plan_file_round_trips_and_refuses_foreign_json(tmp_path) -> None:
-    plan = ResolvedPlan(
-        spec=RunSpec(model="demo", lengths=(512, 1024), attn="sdpa", prefill_chunk=256), verdict="OK"
-    )
+    plan = ResolvedPlan(spec=RunSpec(model="demo", lengths=(512, 1024), attn="sdpa", prefill_chunk=256))
     plan.write(tmp_path / "plan.json")
     assert ResolvedPlan.read(tmp_path / "plan.json") == plan
     (tmp_path / "other.json").write_text(json.dumps({"checks": []}))
@@ -148,5 +146,6 @@ def test_doctor_plan_out_is_what_niah_plan_reads(tmp_path) -> None:
     plan = ResolvedPlan.read(out)
     # an L4 (sm_89) runs the flash kernel: attn=auto plans the lean attention there
     assert plan.spec.lengths == (2048, 8192) and plan.spec.prefill_chunk and plan.spec.attn == "niah_lean"
-    assert [lp.tokens for lp in plan.lengths] == [2048, 8192] and plan.verdict
+    assert [lp.tokens for lp in plan.lengths] == [2048, 8192]
+    assert proc.stdout.splitlines()[0].startswith(("OK", "PROBLEMS FOUND"))  # the verdict is the report's
     assert dataclasses.replace(plan.spec, sources=()).identity() == plan.spec.identity()

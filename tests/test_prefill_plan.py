@@ -268,12 +268,12 @@ def test_auto_never_picks_an_implementation_the_class_refuses() -> None:
 
 
 def test_the_prefill_eta_follows_the_time_plan_not_tokens_per_second() -> None:
-    from niah_run.sweep import _prefill_eta, _progress
+    from niah_run.progress import SweepProgress, _prefill_eta
 
     plan = _model().seconds
     # half the tokens in 10 s: the rest costs more (its attention spans more keys), so the ETA is > 10 s
     eta = _prefill_eta(lambda a, b: plan(a, b, 8192), 0, 1 << 20, 2 << 20, 10.0)
     assert eta is not None and eta > 20.0
     assert _prefill_eta(None, 0, 10, 20, 1.0) is None
-    with _progress(3, quiet=True) as progress:  # -q: no bar, no prefill line
+    with SweepProgress(3, quiet=True) as progress:  # -q: no bar, no prefill line
         assert progress.prefill_reporter(1024, None) is None

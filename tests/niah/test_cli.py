@@ -173,7 +173,6 @@ def test_plan_file_runs_verbatim_and_refuses_other_plan_flags(tmp_path, fake, ca
 
     plan = ResolvedPlan(
         spec=RunSpec(model="demo", lengths=(512,), depths=(10.0,), attn="sdpa", prefill_chunk=256),
-        verdict="OK",
     )
     plan.write(tmp_path / "plan.json")
     assert (

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -132,12 +133,12 @@ def test_preflight_too_long_lengths_are_skipped_up_front(tmp_path, monkeypatch) 
     import niah_run.sweep as sweep_module
 
     def judged(spec, run_dir):
-        return ResolvedPlan(
+        plan = ResolvedPlan(
             spec=spec,
             lengths=(LengthPlan(512, True), LengthPlan(1024, False, why_not="too long")),
             max_context_tokens=800,
-            verdict="OK",
         )
+        return SimpleNamespace(plan=plan, verdict="OK", failing_checks=())
 
     monkeypatch.setattr(sweep_module, "run_preflight", judged)
     backend = FakeBackend()
@@ -321,7 +322,7 @@ def _plan_with_predictions(spec: RunSpec, predicted: int) -> ResolvedPlan:
     lengths = tuple(
         LengthPlan(n, True, (DevicePrediction("cuda:0", predicted, 80 << 30),)) for n in spec.lengths
     )
-    return ResolvedPlan(spec=spec, lengths=lengths, max_context_tokens=4096, verdict="OK")
+    return ResolvedPlan(spec=spec, lengths=lengths, max_context_tokens=4096)
 
 
 def test_every_row_records_predicted_and_measured_peak(tmp_path) -> None:
