@@ -180,6 +180,8 @@ _DEFAULTS = {
     ("dtype", "auto"),
     ("attn", "sdpa"),
     ("attn", "auto"),
+    ("attn", "niah_lean"),  # what auto picks on a GPU: the plan line names the attention either way
+    ("experts", "auto"),
     ("probe_timeout_s", 60.0),
     ("kv_dtype", "auto"),
     ("backend", "transformers"),
