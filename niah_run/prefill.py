@@ -19,10 +19,13 @@ torch and transformers are imported inside functions: importing `niah_run.cli` m
 from __future__ import annotations
 
 import inspect
-import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+# the one chunk grid (the time plan counts the same chunks) and what a cache has seen
+from doctor.runtime.cache import cache_length as cache_length
+from run_plan.timing import chunk_bounds as chunk_bounds
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,6 @@ def new_cache(model: Any, capacity: int | None = None) -> Any:
         return DynamicCache()
 
 
-def cache_length(cache: Any) -> int:
-    """Tokens the cache has seen (for sliding layers: all of them, not just the window)."""
-    return int(cache.get_seq_length()) if cache is not None else 0
-
-
 def can_crop_to(cache: Any, keep: int) -> bool:
     """True when cropping the cache to its first `keep` tokens gives exactly the KV of those tokens
     without a snapshot: every layer still holds them (doctor.runtime.cache.holds_prefix)."""
@@ -100,23 +98,6 @@ def forward_step(model: Any, sig: ForwardSignature, token_ids: Any, start: int, 
     with query_start(start):  # the lean attention reads the chunk's position here; others ignore it
         out = model(**kwargs)
     return out.logits[0, -1].float()
-
-
-def chunk_bounds(
-    start: int, end: int, chunk_size: int | None, cuts: Sequence[int] = ()
-) -> list[tuple[int, int]]:
-    """[start, end) cut at every multiple of `chunk_size` (None or <= 0: no such cuts) and at `cuts`.
-
-    Cutting at absolute multiples, not every chunk_size tokens from `start`, keeps a prefill that resumes
-    from a reused prefix on the same chunk grid as a fresh one: a chunk never straddles a window or
-    attention-chunk boundary that a chunk size dividing it would not."""
-    if end <= start:
-        return []
-    points = {start, end, *(c for c in cuts if start < c < end)}
-    if chunk_size and chunk_size > 0:
-        points.update(range(start - start % chunk_size + chunk_size, end, chunk_size))
-    ordered = sorted(points)
-    return list(itertools.pairwise(ordered))
 
 
 ProgressCallback = Callable[[int, int], None]

@@ -18,6 +18,7 @@ For a prefill of absolute positions [start, end) in chunks:
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -51,7 +52,7 @@ class PrefillTimeModel:
         """Predicted prefill seconds for positions [start, end) in chunks of `chunk` on the absolute grid."""
         if end <= start:
             return 0.0
-        bounds = _chunk_bounds(start, end, chunk)
+        bounds = chunk_bounds(start, end, chunk)
         linear = (end - start) * self.linear_flops_per_token / self.matmul_flops_per_s
         dequant = len(bounds) * self.dequant_bytes_per_chunk / self.copy_bytes_per_s
         attention = 0.0
@@ -86,11 +87,19 @@ class PrefillTimeModel:
         return cls(**values)
 
 
-def _chunk_bounds(start: int, end: int, chunk: int | None) -> list[tuple[int, int]]:
-    if not chunk or chunk <= 0:
-        return [(start, end)]
-    points = sorted({start, end, *range(start - start % chunk + chunk, end, chunk)})
-    return list(itertools.pairwise(points))
+def chunk_bounds(start: int, end: int, chunk: int | None, cuts: Sequence[int] = ()) -> list[tuple[int, int]]:
+    """[start, end) cut at every multiple of `chunk` (None or <= 0: no such cuts) and at `cuts`: the grid
+    `niah run` prefills on (niah_run/prefill.py), so the time plan counts the chunks the run computes.
+
+    Cutting at absolute multiples, not every `chunk` tokens from `start`, keeps a prefill that resumes
+    from a reused prefix on the same chunk grid as a fresh one: a chunk never straddles a window or
+    attention-chunk boundary that a chunk size dividing it would not."""
+    if end <= start:
+        return []
+    points = {start, end, *(c for c in cuts if start < c < end)}
+    if chunk and chunk > 0:
+        points.update(range(start - start % chunk + chunk, end, chunk))
+    return list(itertools.pairwise(sorted(points)))
 
 
 def _prefix_sum_visible(kind: str, window: int, n: int) -> int:

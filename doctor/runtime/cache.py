@@ -146,6 +146,7 @@ def _layer_kind(layer: Any) -> str:
 
 
 def cache_length(cache: Any) -> int:
+    """Tokens the cache has seen (for sliding layers: all of them, not just the window)."""
     return int(cache.get_seq_length()) if cache is not None else 0
 
 
