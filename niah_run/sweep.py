@@ -346,17 +346,17 @@ class Sweep:
                 trial, future = in_flight.popleft()
                 record(trials.finished(trial, future.result(), tokenizer))
 
+        keyed = [(spec, trial_key(identity, spec)) for spec in specs]
         runnable = [
-            (spec, trial_key(identity, spec))
-            for spec in specs
-            if trial_key(identity, spec) not in done and spec.length not in plan.too_long()
+            (spec, key) for spec, key in keyed if key not in done and spec.length not in plan.too_long()
         ]
+        # which trial runs after each one, for building it ahead (a trial skipped after an OOM is built in vain)
+        after = {key: runnable[i + 1] for i, (_, key) in enumerate(runnable[:-1])}
         ahead: dict[str, PreparedTrial] = {}  # the next trial, built while this one ran
         self._announce_time_plan(runnable)
         try:
             with SweepProgress(len(specs), quiet=self.quiet) as progress:
-                for spec in specs:
-                    key = trial_key(identity, spec)
+                for spec, key in keyed:
                     if key in done:
                         counts["already_done"] += 1
                         progress.advance(f"{spec.length} tok, done earlier")
@@ -371,7 +371,7 @@ class Sweep:
                         record(trials.skipped(spec, key, "after_oom", oom_floor[spec.depth]))
                     elif pool is None:
                         trial = ahead.pop(key, None) or trials.prepare(spec, key, previous_ids)
-                        following = trials.prepare_following(runnable, trial)
+                        following = trials.prepare_following(trial, after.get(key))
                         ahead = {following.key: following} if following else {}
                         reporter = progress.prefill_reporter(
                             len(trial.prompt.input_ids), plan.predicted_prefill_seconds

@@ -158,18 +158,16 @@ class RowBuilder:
         )
 
     def prepare_following(
-        self, runnable: list[tuple[TrialSpec, str]], trial: PreparedTrial
+        self, trial: PreparedTrial, following: tuple[TrialSpec, str] | None
     ) -> PreparedTrial | None:
-        """The trial after `trial` at the same length, built now: `trial` then knows how many tokens the two
-        share (its `snapshot_at`), and the backend can keep its state at exactly that position."""
-        keys = [key for _, key in runnable]
-        index = keys.index(trial.key) if trial.key in keys else -1
-        if index < 0 or index + 1 >= len(runnable) or runnable[index + 1][0].length != trial.spec.length:
+        """The trial that runs after `trial` (`following`: its spec and key, None for none), built now if it
+        is at the same length: `trial` then knows how many tokens the two share (its `snapshot_at`), and the
+        backend can keep its state at exactly that position."""
+        if following is None or following[0].length != trial.spec.length:
             return None
-        next_spec, next_key = runnable[index + 1]
-        following = self.prepare(next_spec, next_key, trial.prompt.input_ids)
-        trial.snapshot_at = following.reusable or None
-        return following
+        prepared = self.prepare(*following, trial.prompt.input_ids)
+        trial.snapshot_at = prepared.reusable or None
+        return prepared
 
     def _build(self, trial: TrialSpec, seed: int) -> tuple[NeedleSet, BuiltPrompt]:
         rng = random.Random(seed)
