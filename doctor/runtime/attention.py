@@ -17,8 +17,10 @@ says it with `query_start(position)`; without it only layers whose key span tell
 
 Anything the kernel cannot honour exactly (softcapping, attention sinks, a position bias, padding masks,
 dropout, fp32 on CUDA, head_dim > 256) raises `LeanUnsupported`: the plan then keeps transformers' path.
-On CUDA (and on meta, where the doctor traces it) the flash kernel computes each block; on the CPU a math
-reference with the same block structure, which is what the CPU exactness tests compare with eager.
+On CUDA (and on meta, where the doctor traces it) the flash kernel computes each block — except a full
+layer's chunk against its cache, whose earlier keys go to cuDNN where `prepare_kernels` found it exact and
+copy-free on the device (the doctor's trace always sizes that split); on the CPU a math reference with the
+same block structure, which is what the CPU exactness tests compare with eager.
 """
 
 from __future__ import annotations
@@ -97,10 +99,7 @@ def visibility_rule(module: Any, sliding_window: int | None) -> VisibilityRule:
     raise LeanUnsupported(f"layer type {layer_type!r}")
 
 
-# keyword arguments models pass that change nothing here when absent / None / False
-_IGNORED = frozenset(
-    {"sliding_window", "position_ids", "cache_position", "use_cache", "position_embeddings", "layer_idx"}
-)
+# keyword arguments that change the result when given (the rest a model passes is position bookkeeping)
 _MUST_BE_NONE = ("softcap", "s_aux", "sinks", "position_bias", "head_mask", "alibi", "attention_bias")
 _PACKED = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "cu_seqlens_q", "cu_seqlens_k")
 
