@@ -239,6 +239,23 @@ def test_bottom_right_causal_from_two_aligned_blocks_equals_one() -> None:
     torch.testing.assert_close(lse, expected_lse, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("cudnn_s", "flash_s", "chosen"), [(0.004, 0.006, "cuDNN"), (0.007, 0.006, "flash")])
+def test_cudnn_takes_the_earlier_keys_only_where_it_timed_faster(
+    monkeypatch: pytest.MonkeyPatch, cudnn_s: float, flash_s: float, chosen: str
+) -> None:
+    # exact and in place is not enough: the split is there for speed, so the slower kernel never runs
+    timings = iter([cudnn_s, flash_s])
+    monkeypatch.setattr(lean, "_best_block_seconds", lambda block, device: next(timings))
+    monkeypatch.setattr(lean, "_cudnn_matches_reference", lambda device, dtype: True)
+    monkeypatch.setattr(lean, "_cudnn_reads_the_cache_in_place", lambda device, dtype: True)
+    monkeypatch.setattr(lean, "_CUDNN_OK", {})
+    monkeypatch.setattr(lean, "_KERNEL_SECONDS", {})
+    used = lean.prepare_kernels("cpu", torch.float32)
+    assert used.startswith(chosen)
+    assert f"{cudnn_s * 1e3:.2f} ms on cuDNN" in used and f"{flash_s * 1e3:.2f} ms on flash" in used
+    assert lean._cudnn_usable("cpu", torch.float32) is (chosen == "cuDNN")
+
+
 # ---------------------------------------------------------------- cache
 
 
