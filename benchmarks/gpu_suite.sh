@@ -20,7 +20,14 @@
 # carry; 64 MiB a call, so reach and speed carry .whl and .carry/tok, hybrids .carry) and are installed
 # when present — .whl/*.whl (bitsandbytes 0.50.2) into /tmp/site, .carry/tf525/*.whl (transformers
 # 5.25.0, kernels 0.19.1, huggingface_hub 2.5.0 and the needs the image lacks) into /tmp/site525 for the
-# 5.25 steps only. The tokenizer of the built models is TOKENIZER (default .carry/tok: tokenizer.json,
+# 5.25 steps only. Fetched on a machine with the registry, in the repo's root:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_24_x86_64 -d .whl bitsandbytes==0.50.2
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#       -d .carry/tf525 transformers==5.25.0 kernels==0.19.1 huggingface_hub==2.5.0 httpx2==2.17.0 \
+#       httpcore2==2.17.0 truststore tomlkit "click>=8.4.2,<9" "idna>=3.18" "anyio>=4.10" "regex>=2025.10.22"
+# The tokenizer of the built models is TOKENIZER (default .carry/tok: tokenizer.json,
 # tokenizer_config.json, chat_template.jinja of the demo model).
 # Everything a part writes is packed into OUT/PART.tar.gz (the device tool brings back few files) and
 # its log is OUT/PART.log.
