@@ -72,6 +72,15 @@ def test_attention_refusals_reads_the_config_of_a_local_folder(tmp_path: Path) -
     assert attention_refusals(RunSpec()) is None  # no model: nothing is known to be refused
 
 
+def test_niahs_own_attention_is_asked_registered_as_the_run_registers_it(tmp_path: Path) -> None:
+    # the child asks the class in a fresh interpreter: unregistered, every class "refuses" niah_lean
+    folder = tmp_path / "llama"
+    _tiny_llama().save_pretrained(folder)
+    refusals = attention_refusals(RunSpec(model=str(folder), attn="niah_lean"))
+    assert refusals is not None and "niah_lean" in refusals
+    assert refusals["niah_lean"] is None
+
+
 def _tiny_llama() -> Any:
     return transformers.AutoConfig.for_model(
         "llama",

@@ -25,6 +25,8 @@ import shutil
 import tempfile
 from typing import Any
 
+from doctor.runtime.attention import LEAN_ATTENTION
+
 # The implementations `niah run --attn` offers, plus flash_attention_3 (what transformers may fall back to).
 IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
@@ -61,6 +63,18 @@ def attention_answers(torch: Any, cls: Any, config: Any, implementations: list[s
         except Exception as exc:  # noqa: BLE001 - the refusal, in transformers' words, is the answer
             answers[name] = {"refused": _error(exc)}
     return {"answers": answers}
+
+
+def _lean_answer(torch: Any, cls: Any, config: Any) -> dict[str, Any]:
+    """niah's own implementation exists for transformers only once registered, as `niah run` registers it
+    before loading: asked the same way here (a class that refuses it then refuses it in its own words)."""
+    from doctor.runtime.attention import LeanUnsupported, register
+
+    try:
+        register()
+    except LeanUnsupported as exc:
+        return {"refused": f"LeanUnsupported: {exc}"}
+    return attention_answers(torch, cls, config, [LEAN_ATTENTION])["answers"][LEAN_ATTENTION]
 
 
 class _Decided(Exception):
@@ -236,8 +250,11 @@ def model_class_facts(transformers: Any, config: Any, folder: str, args: dict[st
     # a hub kernel name (org/repo) would be fetched to be asked about: not asked
     implementations = [name for name in implementations if "/" not in name]
     load_kwargs = hub_kernels.load_kwargs(hasattr(transformers.PreTrainedModel, "set_use_kernels"))
+    attention = attention_answers(torch, cls, config, [n for n in implementations if n != LEAN_ATTENTION])
+    if LEAN_ATTENTION in implementations and "answers" in attention:
+        attention["answers"][LEAN_ATTENTION] = _lean_answer(torch, cls, config)
     return {
         "model_class": cls.__name__,
-        "attention": attention_answers(torch, cls, config, implementations),
+        "attention": attention,
         "hub_kernels": hub_kernel_answers(torch, transformers, config, load_kwargs),
     }
