@@ -21,10 +21,9 @@ def apply_experts(model: Any, experts: str) -> dict[str, Any]:
         return {"experts": _library_experts(model) or "dense", "swapped": []}
     swapped = route_llama4_experts(model)
     if swapped:
-        return {
-            "experts": "routed: niah's Llama 4 forward, grouped GEMM over routed tokens",
-            "swapped": swapped,
-        }
+        fused = all(hasattr(model.get_submodule(name).experts, "gate_up_proj") for name in swapped)
+        how = "grouped GEMM over routed tokens" if fused else "each expert's own module on its routed tokens"
+        return {"experts": f"routed: niah's Llama 4 forward, {how}", "swapped": swapped}
     if _on_experts_interface(model):
         current = getattr(model.config, "_experts_implementation", None)
         if current != "grouped_mm":
