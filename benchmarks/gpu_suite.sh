@@ -11,8 +11,9 @@
 #            `niah run` at 3M tokens and at 10 % above the longest (skipped before loading)   (~6–8 min)
 #   speed    the Scout-shaped model again (a fresh machine has none); prefill seconds at 1M and 2M per path
 #            (the lean path in full, today's and routed sampled), with the card's rates as the probe
-#            measures them; a 5-depth sweep at 1M (the first trial is a fresh prefill, the next four
-#            reuse the prefix)                                                                  (~8 min)
+#            measures them                                                                      (~6 min)
+#   sweep    the Scout-shaped model; a 5-depth `niah run` sweep at 1M (the first trial a fresh prefill,
+#            the next four reuse the prefix up to the previous needle)                          (~6 min)
 #   scout48  the real Scout geometry: 48 full-width layers, pre-quantized bnb-4bit (~55 GiB, built layer by
 #            layer on the GPU, ~1–2 min); the doctor's longest context for 79 GiB, then `niah run` at 8k,
 #            at that longest context and at 10 % above it (skipped before loading)              (~8 min)
@@ -20,7 +21,7 @@
 #            wheels) under transformers 5.25, and transformers' hub kernels offline under 5.25    (~8 min)
 #
 # The GPU machine has no network: wheels travel beside the checkout (git-ignored, named in the call's
-# carry; 64 MiB a call, so reach, speed and scout48 carry .whl and .carry/tok, hybrids .carry) and are installed
+# carry; 64 MiB a call, so reach, speed, sweep and scout48 carry .whl and .carry/tok, hybrids .carry) and are installed
 # when present — .whl/*.whl (bitsandbytes 0.50.2) into /tmp/site, .carry/tf525/*.whl (transformers
 # 5.25.0, kernels 0.19.1, huggingface_hub 2.5.0 and the needs the image lacks) into /tmp/site525 for the
 # 5.25 steps only. Fetched on a machine with the registry, in the repo's root:
@@ -36,10 +37,10 @@
 # its log is OUT/PART.log.
 set -uo pipefail
 
-part=${1:?"usage: bash benchmarks/gpu_suite.sh reach|speed|scout48|hybrids OUT"}
+part=${1:?"usage: bash benchmarks/gpu_suite.sh reach|speed|sweep|scout48|hybrids OUT"}
 out=${2:?"usage: bash benchmarks/gpu_suite.sh PART OUT"}
-case $part in reach | speed | scout48 | hybrids) ;; *)
-    echo "unknown part '$part': reach, speed, scout48 or hybrids" >&2
+case $part in reach | speed | sweep | scout48 | hybrids) ;; *)
+    echo "unknown part '$part': reach, speed, sweep, scout48 or hybrids" >&2
     exit 2
     ;;
 esac
@@ -85,6 +86,9 @@ reach)
 speed)
     build_scout
     step python3 benchmarks/long_prefill.py speed "$scout" --lengths 1M,2M --full lean --out "$work/speed"
+    ;;
+sweep)
+    build_scout
     step python3 -m niah_run run --model "$scout" --quant bnb-4bit --max-memory 0=79GiB --lengths 1M \
         --depths 0,25,50,75,100 --max-new-tokens 4 --out "$work/sweep" -q
     ;;
