@@ -16,7 +16,8 @@ where the chunk starts in the sequence (a windowed cache layer returns only its 
 says it with `query_start(position)`; without it only layers whose key span tells the position run.
 
 Anything the kernel cannot honour exactly (softcapping, attention sinks, a position bias, padding masks,
-dropout, fp32 on CUDA, head_dim > 256) raises `LeanUnsupported`: the plan then keeps transformers' path.
+bidirectional attention, a mask function of the model's own, dropout, fp32 on CUDA, head_dim > 256) raises
+`LeanUnsupported`: the plan then keeps transformers' path.
 On CUDA (and on meta, where the doctor traces it) the flash kernel computes each block — except a full
 layer's chunk against its cache, whose earlier keys go to cuDNN where `prepare_kernels` found it exact,
 copy-free and faster than flash on the device (the doctor's trace always sizes that split); on the CPU a math reference with the
@@ -104,7 +105,9 @@ _MUST_BE_NONE = ("softcap", "s_aux", "sinks", "position_bias", "head_mask", "ali
 _PACKED = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "cu_seqlens_q", "cu_seqlens_k")
 
 
-def _refuse_what_changes_the_result(attention_mask: Any, dropout: float, kwargs: dict[str, Any]) -> None:
+def _refuse_what_changes_the_result(
+    module: Any, attention_mask: Any, dropout: float, kwargs: dict[str, Any]
+) -> None:
     if attention_mask is not None:
         raise LeanUnsupported("an explicit attention mask (padding or a custom pattern)")
     if dropout:
@@ -115,7 +118,10 @@ def _refuse_what_changes_the_result(attention_mask: Any, dropout: float, kwargs:
     for name in _PACKED:
         if kwargs.get(name) is not None:
             raise LeanUnsupported("packed sequences")
-    if kwargs.get("is_causal") is False:
+    # as transformers' sdpa decides it: the call's is_causal, else the module's own flag (Gemma 3 with
+    # use_bidirectional_attention sets only the flag)
+    causal = kwargs.get("is_causal")
+    if not (getattr(module, "is_causal", True) if causal is None else causal):
         raise LeanUnsupported("bidirectional attention")
     if kwargs.get("output_attentions"):
         raise LeanUnsupported("output_attentions")
@@ -163,7 +169,7 @@ def lean_attention_forward(
     """transformers' attention-function signature: query [B, H, L, D], key/value [B, Hkv, S, D] as the
     cache returned them; returns ([B, L, H, D], None) like its sdpa integration."""
     CALLS[0] += 1
-    _refuse_what_changes_the_result(attention_mask, dropout, kwargs)
+    _refuse_what_changes_the_result(module, attention_mask, dropout, kwargs)
     check_kernel_inputs(query, key, value)
     rule = visibility_rule(module, kwargs.get("sliding_window"))
     q_len, kv_len = query.shape[-2], key.shape[-2]
@@ -539,6 +545,8 @@ def _math_block(
 def _build_no_mask(*args: Any, **kwargs: Any) -> None:
     """The mask function registered with the lean attention: every rule is applied inside the attention,
     so nothing is built. A padding mask is not supported (niah never pads); the attention refuses one."""
+    if kwargs.get("use_vmap"):  # what transformers sets where the model adds a mask function of its own
+        raise LeanUnsupported("a mask pattern of the model's own (or_mask_function / and_mask_function)")
     attention_mask = kwargs.get("attention_mask")
     if attention_mask is not None and not bool(attention_mask.all()):
         raise LeanUnsupported("a padding mask")
