@@ -220,8 +220,8 @@ def _segments(rule: VisibilityRule, start: int, end: int) -> Iterator[tuple[int,
             b = min(end, a - a % rule.window + rule.window)
         elif rule.kind == "sliding" and a < rule.window:
             b = min(end, rule.window)
-        elif rule.kind == "sliding":
-            b = min(end, a + rule.window - 1)
+        elif rule.kind == "sliding":  # a window of one token: one row at a time (each sees itself only)
+            b = min(end, a + max(1, rule.window - 1))
         else:
             b = end
         yield a, b

@@ -103,3 +103,13 @@ def test_bidirectional_attention_is_refused_never_computed_as_causal() -> None:
     q, k = torch.randn(1, 4, 2, 8), torch.randn(1, 2, 2, 8)
     with pytest.raises(lean.LeanUnsupported, match="bidirectional"):
         lean.lean_attention_forward(Bidirectional(), q, k, k, None)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("chunk", [1, 2, None])
+def test_a_window_of_one_token_is_exact_and_the_prefill_ends(chunk: int | None) -> None:
+    # sliding_window=1 (each token sees only itself): the row segmentation had advanced by window - 1 = 0
+    model = _smallest("mistral", sliding_window=1)
+    ids = [5, 6, 7]
+    got = lean_rows(model, ids, pf.new_cache(model, capacity=3), 0, chunk)
+    assert _max_error(got, eager_logits(model, ids)) <= ATOL
