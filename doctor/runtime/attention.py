@@ -64,6 +64,9 @@ class VisibilityRule:
 
     kind: str  # "full" | "sliding" | "chunked"
     window: int = 0  # sliding_window or attention_chunk_size
+    # a window the config sets that neither layer_types nor the attention call gives this layer: full
+    # attention equals the model's mask, windowed or not, only for positions before it
+    undeclared_window: int = 0
 
     def first_visible(self, position: int) -> int:
         if self.kind == "sliding":
@@ -76,7 +79,9 @@ class VisibilityRule:
 def visibility_rule(module: Any, sliding_window: int | None) -> VisibilityRule:
     """The rule the model's own mask applies to this layer: `config.layer_types[layer_idx]` where the model
     declares layer types (transformers builds one mask per type from them), else the `sliding_window`
-    the model passes to its attention function. A disagreement between the two is refused, never guessed."""
+    the model passes to its attention function. A disagreement between the two is refused, never guessed;
+    so is a layer past a window that only the config names (transformers' cache keeps just that window of
+    it, and whether the model's mask applies it is not known here)."""
     config = getattr(module, "config", None)
     index = getattr(module, "layer_idx", None)
     types = getattr(config, "layer_types", None)
@@ -96,6 +101,10 @@ def visibility_rule(module: Any, sliding_window: int | None) -> VisibilityRule:
             if layer_type == "full_attention":
                 raise LeanUnsupported("a full-attention layer was given a sliding window")
             return VisibilityRule("sliding", int(sliding_window))
+        if layer_type is None:
+            windows = [getattr(config, name, None) for name in ("sliding_window", "attention_chunk_size")]
+            undeclared = min((int(w) for w in windows if isinstance(w, int) and w > 0), default=0)
+            return VisibilityRule("full", undeclared_window=undeclared)
         return VisibilityRule("full")
     raise LeanUnsupported(f"layer type {layer_type!r}")
 
@@ -151,7 +160,8 @@ def _query_start(rule: VisibilityRule, q_len: int, kv_len: int) -> int:
         return given
     # Without the caller's position: a full layer holds every token, and a windowed layer that has not yet
     # dropped any does too, so the key span says where the queries start.
-    if rule.kind == "full" or kv_len < rule.window - 1 + q_len:
+    window = rule.window or rule.undeclared_window
+    if (rule.kind == "full" and not window) or kv_len < window - 1 + q_len:
         return kv_len - q_len
     raise LeanUnsupported("the chunk's position is unknown (run the forward inside query_start(position))")
 
@@ -174,6 +184,11 @@ def lean_attention_forward(
     rule = visibility_rule(module, kwargs.get("sliding_window"))
     q_len, kv_len = query.shape[-2], key.shape[-2]
     start = _query_start(rule, q_len, kv_len)
+    if rule.undeclared_window and start + q_len > rule.undeclared_window:
+        raise LeanUnsupported(
+            f"a window of {rule.undeclared_window} tokens that only the config sets (no layer_types, no"
+            " sliding_window in the attention call): past it, whether the model's mask applies it is not known"
+        )
     key_offset = start + q_len - kv_len  # absolute position of key index 0
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     return attend_by_rule(query, key, value, rule, start, key_offset, scale), None

@@ -113,3 +113,14 @@ def test_a_window_of_one_token_is_exact_and_the_prefill_ends(chunk: int | None) 
     ids = [5, 6, 7]
     got = lean_rows(model, ids, pf.new_cache(model, capacity=3), 0, chunk)
     assert _max_error(got, eager_logits(model, ids)) <= ATOL
+
+
+def test_a_window_only_the_config_sets_is_never_taken_for_full_attention() -> None:
+    # PhiMoE: config.sliding_window drives its mask and transformers' cache, but its attention call passes no
+    # sliding_window and it declares no layer_types; the lean path had attended to all 4 keys, not the last 3
+    model = _smallest("phimoe", sliding_window=3, num_local_experts=2, num_experts_per_tok=1)
+    ids = [5, 6, 7, 8]
+    within = lean_rows(model, ids[:3], pf.new_cache(model, capacity=3), 0, None)
+    assert _max_error(within, eager_logits(model, ids[:3])) <= ATOL
+    with pytest.raises(lean.LeanUnsupported, match="only the config sets"):
+        lean_rows(model, ids, pf.new_cache(model, capacity=4), 0, None)
