@@ -12,8 +12,8 @@ math kernel. Here the same attention is computed from what the mask would have s
 
 The model's code is untouched: the function is registered under `LEAN_ATTENTION` in transformers'
 `AttentionInterface`, with a mask function that builds nothing. The one thing the function cannot see is
-where the chunk starts in the sequence (a windowed cache layer returns only its last tokens), so the caller
-says it with `query_start(position)`; without it only layers whose key span tells the position run.
+where the chunk lies in the sequence (a windowed cache layer returns only its last tokens), so the caller
+says it with `query_start(position, tokens)`; without it only layers whose key span tells the position run.
 
 Anything the kernel cannot honour exactly (softcapping, attention sinks, a position bias, padding masks,
 bidirectional attention, a mask function of the model's own, dropout, fp32 on CUDA, head_dim > 256) raises
@@ -39,7 +39,10 @@ LEAN_ATTENTION = "niah_lean"
 # flash's limits (aten sdp_utils): half/bf16 inputs, head dims up to 256 and a multiple of 8
 FLASH_MAX_HEAD_DIM = 256
 
-_START: contextvars.ContextVar[int | None] = contextvars.ContextVar("niah_lean_query_start", default=None)
+# (first position, tokens or None) of the chunk the current forward feeds
+_START: contextvars.ContextVar[tuple[int, int | None] | None] = contextvars.ContextVar(
+    "niah_lean_query_start", default=None
+)
 # Calls since import: the doctor's trace checks the model really routed its attention through here.
 CALLS = [0]
 
@@ -49,9 +52,13 @@ class LeanUnsupported(ValueError):
 
 
 @contextlib.contextmanager
-def query_start(position: int) -> Iterator[None]:
-    """Tell the lean attention that the forward inside feeds tokens starting at absolute `position`."""
-    token = _START.set(int(position))
+def query_start(position: int, tokens: int | None = None) -> Iterator[None]:
+    """Tell the lean attention that the forward inside feeds `tokens` tokens starting at absolute `position`.
+
+    A layer may be given the queries of the chunk's last tokens only (Gemma 4's KV-shared layers under
+    `logits_to_keep`): with `tokens`, those queries are placed at the chunk's end, where its keys end.
+    Without it every layer's queries are taken to be the whole chunk."""
+    token = _START.set((int(position), None if tokens is None else int(tokens)))
     try:
         yield
     finally:
@@ -157,7 +164,12 @@ def check_kernel_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
 def _query_start(rule: VisibilityRule, q_len: int, kv_len: int) -> int:
     given = _START.get()
     if given is not None:
-        return given
+        position, tokens = given
+        if tokens is None:
+            return position
+        if q_len > tokens:
+            raise LeanUnsupported(f"{q_len} queries in a forward of {tokens} tokens")
+        return position + tokens - q_len  # the chunk's last q_len tokens
     # Without the caller's position: a full layer holds every token, and a windowed layer that has not yet
     # dropped any does too, so the key span says where the queries start.
     window = rule.window or rule.undeclared_window

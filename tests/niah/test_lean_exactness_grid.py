@@ -63,7 +63,7 @@ def lean_rows(model: Any, ids: list[int], cache: Any, start: int, chunk: int | N
     rows = []
     with torch.inference_mode():
         for a, b in pf.chunk_bounds(start, len(ids), chunk, cuts):
-            with lean.query_start(a):
+            with lean.query_start(a, b - a):
                 out = model(
                     input_ids=torch.tensor([ids[a:b]]),
                     position_ids=torch.arange(a, b).unsqueeze(0),
@@ -76,6 +76,22 @@ def lean_rows(model: Any, ids: list[int], cache: Any, start: int, chunk: int | N
 def _max_error(got: Any, expected: Any) -> float:
     assert got.shape == expected.shape
     return float((got - expected).abs().max())
+
+
+def _lean_prefill(model: Any, ids: list[int], chunk: int | None, snapshot_at: int | None = None) -> Any:
+    lean.register()
+    model.set_attn_implementation(lean.LEAN_ATTENTION)
+    cache = pf.new_cache(model, capacity=len(ids) + 8)
+    done = pf.prefill(
+        model,
+        pf.inspect_forward(model),
+        torch.tensor([ids]),
+        cache,
+        start=0,
+        chunk_size=chunk,
+        snapshot_at=snapshot_at,
+    )
+    return cache, done
 
 
 # ---------------------------------------------------------------- regressions, each the smallest case
@@ -113,6 +129,23 @@ def test_a_window_of_one_token_is_exact_and_the_prefill_ends(chunk: int | None) 
     ids = [5, 6, 7]
     got = lean_rows(model, ids, pf.new_cache(model, capacity=3), 0, chunk)
     assert _max_error(got, eager_logits(model, ids)) <= ATOL
+
+
+def test_queries_of_only_the_chunks_last_token_are_placed_at_its_end() -> None:
+    # Gemma 4's KV-shared layers, under logits_to_keep=1 (every prefill forward of niah's), get the query of
+    # the chunk's last token only, with the chunk's keys: the lean path had placed it at the chunk's start
+    # (seeing one key, not two)
+    model = _smallest(
+        "gemma4_text",
+        num_hidden_layers=2,
+        layer_types=["full_attention"] * 2,
+        num_kv_shared_layers=1,
+        global_head_dim=8,
+        hidden_size_per_layer_input=0,
+    )
+    ids = [5, 6]
+    _, done = _lean_prefill(model, ids, None)  # niah's prefill: logits_to_keep=1
+    assert _max_error(done.logits, eager_logits(model, ids)[-1]) <= ATOL
 
 
 def test_a_window_only_the_config_sets_is_never_taken_for_full_attention() -> None:
