@@ -355,7 +355,7 @@ def draw_cases(arch: str, first: int, count: int, rng: random.Random) -> list[Ca
     snapshot positions and suffixes drawn."""
     cases = []
     for i in range(first, first + count):
-        length_kind, chunk_kind = COMBINATIONS[i % len(COMBINATIONS)]
+        length_kind, chunk_kind = COMBINATIONS[i * 5 % len(COMBINATIONS)]  # 5: neighbours differ in both
         window = rng.randint(3, 24)
         length = max(1, _length(length_kind, window, rng))
         chunk = _chunk(chunk_kind, window, length, rng)
