@@ -208,7 +208,7 @@ def _chunked_logits(model: Any, ids: Any, chunk: int, capacity: int | None) -> A
     sig = pf.inspect_forward(model)
     pieces = []
     for a, b in pf.chunk_bounds(0, ids.shape[-1], chunk):
-        with attention.query_start(a):
+        with attention.query_start(a, b - a):
             got = model(
                 input_ids=ids[:, a:b],
                 position_ids=torch.arange(a, b, device=ids.device)[None],

@@ -8,7 +8,7 @@ KV cache should be reused across needle depths. Each of those is a few lines her
 Exactness rules this module keeps:
 - positions are absolute: chunk k of a prompt gets position_ids/cache_position start..end, and the
   cache already holds exactly `start` tokens (Llama 4's NoPE temperature tuning reads them); every
-  forward runs inside `query_start(start)`, which the lean attention reads;
+  forward runs inside `query_start(start, n)`, which the lean attention reads;
 - chunks are cut on one absolute grid (multiples of the chunk size), whatever the prefill resumes from;
 - the cache goes back to a prefix only exactly: by cropping where every layer still holds it, or from a
   snapshot of the windowed layers taken at that very position (doctor.runtime.cache).
@@ -95,7 +95,7 @@ def forward_step(model: Any, sig: ForwardSignature, token_ids: Any, start: int, 
         kwargs["cache_position"] = positions
     if sig.logits_kw is not None:
         kwargs[sig.logits_kw] = 1  # the prefill never needs more than the next-token logits
-    with query_start(start):  # the lean attention reads the chunk's position here; others ignore it
+    with query_start(start, n):  # the lean attention reads the chunk's position here; others ignore it
         out = model(**kwargs)
     return out.logits[0, -1].float()
 

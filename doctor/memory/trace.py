@@ -480,7 +480,7 @@ def _forward(torch: Any, model: Any, cache: Any, tokens: int, start: int = 0) ->
     from doctor.runtime.attention import query_start
 
     ids = torch.zeros(1, tokens, dtype=torch.long, device="meta")
-    with torch.no_grad(), query_start(start):
+    with torch.no_grad(), query_start(start, tokens):
         model(input_ids=ids, use_cache=True, logits_to_keep=1, **{_cache_keyword(model): cache})
 
 

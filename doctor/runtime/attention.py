@@ -12,11 +12,12 @@ math kernel. Here the same attention is computed from what the mask would have s
 
 The model's code is untouched: the function is registered under `LEAN_ATTENTION` in transformers'
 `AttentionInterface`, with a mask function that builds nothing. The one thing the function cannot see is
-where the chunk starts in the sequence (a windowed cache layer returns only its last tokens), so the caller
-says it with `query_start(position)`; without it only layers whose key span tells the position run.
+where the chunk lies in the sequence (a windowed cache layer returns only its last tokens), so the caller
+says it with `query_start(position, tokens)`; without it only layers whose key span tells the position run.
 
 Anything the kernel cannot honour exactly (softcapping, attention sinks, a position bias, padding masks,
-dropout, fp32 on CUDA, head_dim > 256) raises `LeanUnsupported`: the plan then keeps transformers' path.
+bidirectional attention, a mask function of the model's own, dropout, fp32 on CUDA, head_dim > 256) raises
+`LeanUnsupported`: the plan then keeps transformers' path.
 On CUDA (and on meta, where the doctor traces it) the flash kernel computes each block — except a full
 layer's chunk against its cache, whose earlier keys go to cuDNN where `prepare_kernels` found it exact,
 copy-free and faster than flash on the device (the doctor's trace always sizes that split); on the CPU a math reference with the
@@ -38,7 +39,10 @@ LEAN_ATTENTION = "niah_lean"
 # flash's limits (aten sdp_utils): half/bf16 inputs, head dims up to 256 and a multiple of 8
 FLASH_MAX_HEAD_DIM = 256
 
-_START: contextvars.ContextVar[int | None] = contextvars.ContextVar("niah_lean_query_start", default=None)
+# (first position, tokens or None) of the chunk the current forward feeds
+_START: contextvars.ContextVar[tuple[int, int | None] | None] = contextvars.ContextVar(
+    "niah_lean_query_start", default=None
+)
 # Calls since import: the doctor's trace checks the model really routed its attention through here.
 CALLS = [0]
 
@@ -48,9 +52,13 @@ class LeanUnsupported(ValueError):
 
 
 @contextlib.contextmanager
-def query_start(position: int) -> Iterator[None]:
-    """Tell the lean attention that the forward inside feeds tokens starting at absolute `position`."""
-    token = _START.set(int(position))
+def query_start(position: int, tokens: int | None = None) -> Iterator[None]:
+    """Tell the lean attention that the forward inside feeds `tokens` tokens starting at absolute `position`.
+
+    A layer may be given the queries of the chunk's last tokens only (Gemma 4's KV-shared layers under
+    `logits_to_keep`): with `tokens`, those queries are placed at the chunk's end, where its keys end.
+    Without it every layer's queries are taken to be the whole chunk."""
+    token = _START.set((int(position), None if tokens is None else int(tokens)))
     try:
         yield
     finally:
@@ -63,6 +71,9 @@ class VisibilityRule:
 
     kind: str  # "full" | "sliding" | "chunked"
     window: int = 0  # sliding_window or attention_chunk_size
+    # a window the config sets that neither layer_types nor the attention call gives this layer: full
+    # attention equals the model's mask, windowed or not, only for positions before it
+    undeclared_window: int = 0
 
     def first_visible(self, position: int) -> int:
         if self.kind == "sliding":
@@ -75,7 +86,9 @@ class VisibilityRule:
 def visibility_rule(module: Any, sliding_window: int | None) -> VisibilityRule:
     """The rule the model's own mask applies to this layer: `config.layer_types[layer_idx]` where the model
     declares layer types (transformers builds one mask per type from them), else the `sliding_window`
-    the model passes to its attention function. A disagreement between the two is refused, never guessed."""
+    the model passes to its attention function. A disagreement between the two is refused, never guessed;
+    so is a layer past a window that only the config names (transformers' cache keeps just that window of
+    it, and whether the model's mask applies it is not known here)."""
     config = getattr(module, "config", None)
     index = getattr(module, "layer_idx", None)
     types = getattr(config, "layer_types", None)
@@ -95,6 +108,10 @@ def visibility_rule(module: Any, sliding_window: int | None) -> VisibilityRule:
             if layer_type == "full_attention":
                 raise LeanUnsupported("a full-attention layer was given a sliding window")
             return VisibilityRule("sliding", int(sliding_window))
+        if layer_type is None:
+            windows = [getattr(config, name, None) for name in ("sliding_window", "attention_chunk_size")]
+            undeclared = min((int(w) for w in windows if isinstance(w, int) and w > 0), default=0)
+            return VisibilityRule("full", undeclared_window=undeclared)
         return VisibilityRule("full")
     raise LeanUnsupported(f"layer type {layer_type!r}")
 
@@ -104,7 +121,9 @@ _MUST_BE_NONE = ("softcap", "s_aux", "sinks", "position_bias", "head_mask", "ali
 _PACKED = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "cu_seqlens_q", "cu_seqlens_k")
 
 
-def _refuse_what_changes_the_result(attention_mask: Any, dropout: float, kwargs: dict[str, Any]) -> None:
+def _refuse_what_changes_the_result(
+    module: Any, attention_mask: Any, dropout: float, kwargs: dict[str, Any]
+) -> None:
     if attention_mask is not None:
         raise LeanUnsupported("an explicit attention mask (padding or a custom pattern)")
     if dropout:
@@ -115,7 +134,10 @@ def _refuse_what_changes_the_result(attention_mask: Any, dropout: float, kwargs:
     for name in _PACKED:
         if kwargs.get(name) is not None:
             raise LeanUnsupported("packed sequences")
-    if kwargs.get("is_causal") is False:
+    # as transformers' sdpa decides it: the call's is_causal, else the module's own flag (Gemma 3 with
+    # use_bidirectional_attention sets only the flag)
+    causal = kwargs.get("is_causal")
+    if not (getattr(module, "is_causal", True) if causal is None else causal):
         raise LeanUnsupported("bidirectional attention")
     if kwargs.get("output_attentions"):
         raise LeanUnsupported("output_attentions")
@@ -142,10 +164,16 @@ def check_kernel_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
 def _query_start(rule: VisibilityRule, q_len: int, kv_len: int) -> int:
     given = _START.get()
     if given is not None:
-        return given
+        position, tokens = given
+        if tokens is None:
+            return position
+        if q_len > tokens:
+            raise LeanUnsupported(f"{q_len} queries in a forward of {tokens} tokens")
+        return position + tokens - q_len  # the chunk's last q_len tokens
     # Without the caller's position: a full layer holds every token, and a windowed layer that has not yet
     # dropped any does too, so the key span says where the queries start.
-    if rule.kind == "full" or kv_len < rule.window - 1 + q_len:
+    window = rule.window or rule.undeclared_window
+    if (rule.kind == "full" and not window) or kv_len < window - 1 + q_len:
         return kv_len - q_len
     raise LeanUnsupported("the chunk's position is unknown (run the forward inside query_start(position))")
 
@@ -163,11 +191,16 @@ def lean_attention_forward(
     """transformers' attention-function signature: query [B, H, L, D], key/value [B, Hkv, S, D] as the
     cache returned them; returns ([B, L, H, D], None) like its sdpa integration."""
     CALLS[0] += 1
-    _refuse_what_changes_the_result(attention_mask, dropout, kwargs)
+    _refuse_what_changes_the_result(module, attention_mask, dropout, kwargs)
     check_kernel_inputs(query, key, value)
     rule = visibility_rule(module, kwargs.get("sliding_window"))
     q_len, kv_len = query.shape[-2], key.shape[-2]
     start = _query_start(rule, q_len, kv_len)
+    if rule.undeclared_window and start + q_len > rule.undeclared_window:
+        raise LeanUnsupported(
+            f"a window of {rule.undeclared_window} tokens that only the config sets (no layer_types, no"
+            " sliding_window in the attention call): past it, whether the model's mask applies it is not known"
+        )
     key_offset = start + q_len - kv_len  # absolute position of key index 0
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     return attend_by_rule(query, key, value, rule, start, key_offset, scale), None
@@ -214,8 +247,8 @@ def _segments(rule: VisibilityRule, start: int, end: int) -> Iterator[tuple[int,
             b = min(end, a - a % rule.window + rule.window)
         elif rule.kind == "sliding" and a < rule.window:
             b = min(end, rule.window)
-        elif rule.kind == "sliding":
-            b = min(end, a + rule.window - 1)
+        elif rule.kind == "sliding":  # a window of one token: one row at a time (each sees itself only)
+            b = min(end, a + max(1, rule.window - 1))
         else:
             b = end
         yield a, b
@@ -539,6 +572,8 @@ def _math_block(
 def _build_no_mask(*args: Any, **kwargs: Any) -> None:
     """The mask function registered with the lean attention: every rule is applied inside the attention,
     so nothing is built. A padding mask is not supported (niah never pads); the attention refuses one."""
+    if kwargs.get("use_vmap"):  # what transformers sets where the model adds a mask function of its own
+        raise LeanUnsupported("a mask pattern of the model's own (or_mask_function / and_mask_function)")
     attention_mask = kwargs.get("attention_mask")
     if attention_mask is not None and not bool(attention_mask.all()):
         raise LeanUnsupported("a padding mask")

@@ -63,7 +63,7 @@ def lean_refusal(model: Any, tokens: int = 4) -> str | None:
     ids = torch.zeros(1, tokens, dtype=torch.long, device=device)
     try:
         cache = preallocated_cache(model.config, tokens)
-        with torch.no_grad(), attention.query_start(0):
+        with torch.no_grad(), attention.query_start(0, tokens):
             model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     except attention.LeanUnsupported as refused:
         return str(refused)
