@@ -239,6 +239,25 @@ def test_attention_backends() -> None:
     assert run_named("attn-implementation", RunSpec(), {"run-args": facts()})[0] is Status.PASS
 
 
+@pytest.mark.parametrize(
+    "target, nvml, status, words",
+    [
+        (RunSpec(attn="niah_lean"), H100, Status.PASS, "flash kernel"),
+        (RunSpec(attn="niah_lean"), FakeNvml(()), Status.FAIL, "no GPU is planned"),
+        (RunSpec(attn="niah_lean", dtype="float32"), FakeNvml(()), Status.FAIL, "no GPU is planned"),
+        (RunSpec(attn="niah_lean"), T4, Status.FAIL, "sm_75"),
+        (RunSpec(attn="niah_lean", gpus="1xV100-32GB"), H100, Status.FAIL, "sm_70"),
+    ],
+)
+def test_the_lean_attention_without_a_gpu_that_runs_it_is_a_fail(
+    target: RunSpec, nvml: FakeNvml, status: Status, words: str
+) -> None:
+    """On the CPU it would be the math reference (slower, larger, not what the plan sized), and on a card
+    older than sm_80 torch's flash op refuses: either way a FAIL with sdpa as the fix, whatever the dtype."""
+    got, summary = run_named("attn-implementation", target, {"run-args": facts(), "nvml": nvml})
+    assert got is status and words in summary, summary
+
+
 def test_dtype_against_gpu_and_model() -> None:
     status, summary = run_named("dtype-choice", RunSpec(dtype="bfloat16"), {"nvml": T4})
     assert status is Status.FAIL and "7.5" in summary

@@ -307,8 +307,12 @@ def attn_implementation(ctx: DoctorContext) -> Outcome:
 def _lean_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evidence]) -> Outcome:
     """niah's own attention (doctor/runtime/attention.py): the flash kernel with native GQA needs torch ≥ 2.5
     and a GPU of sm80+, and the model's attention must be one it computes exactly (the sizing child asks
-    the model itself, on the meta device)."""
-    from doctor.plan import planned_gpus_or_none, resolve_plan
+    the model itself, on the meta device).
+
+    Without a planned GPU it is a FAIL, not a note: on the CPU each block is the math reference (scores
+    materialised in fp32: slower and larger than sdpa, and not what the plan's memory trace sized), and on
+    a CUDA card older than sm_80 torch's flash op refuses to run, so every prefill would fail."""
+    from doctor.plan import FLASH_MIN_CAPABILITY, planned_gpus_or_none, resolve_plan
 
     torch_version = facts.versions.get("torch")
     if torch_version is not None and _major_minor(torch_version) < (2, 5):
@@ -321,22 +325,31 @@ def _lean_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evide
     if plan is not None and plan.spec.attn != LEAN_ATTN:
         why = next((d.why for d in plan.decisions if d.name == "attn"), "")
         return Outcome.ok(f"{plan.spec.attn} ({why})", evidence)
+    gpus = planned_gpus_or_none(ctx)
+    old = [g for g in gpus if g.compute_capability and g.compute_capability < FLASH_MIN_CAPABILITY]
+    if not gpus:
+        return Outcome.fail(
+            "niah_lean is a GPU path (torch's flash kernel, sm_80+) and no GPU is planned: on the CPU it "
+            "would compute every block with its math reference (scores materialised in fp32, slower and "
+            "larger than sdpa, and not what the memory plan sized)",
+            evidence,
+            _sdpa_fix(ctx, "Use transformers' sdpa on the CPU (or leave --attn on auto, which does)"),
+        )
+    if old:
+        card = old[0]
+        capability = card.compute_capability or (0, 0)
+        return Outcome.fail(
+            f"niah_lean needs torch's flash kernel, which runs on sm_80+ GPUs; {card.name} is "
+            f"sm_{capability[0]}{capability[1]}, where the kernel refuses to run: every prefill would fail",
+            evidence,
+            _sdpa_fix(ctx, f"Use transformers' sdpa on {card.name} (or leave --attn on auto, which does)"),
+        )
     refused = _lean_refused(ctx)
     if refused:
         return Outcome.fail(
             f"niah_lean cannot compute this model's attention exactly: {refused}",
             evidence,
             _sdpa_fix(ctx, "Use transformers' own path (or leave --attn on auto, which does)"),
-        )
-    gpus = planned_gpus_or_none(ctx)
-    old = [g for g in gpus if g.compute_capability and g.compute_capability < (8, 0)]
-    if old or not gpus:
-        where = f"{old[0].name} is older than sm_80" if old else "no GPU is planned"
-        return Outcome.warn(
-            f"niah_lean runs its flash kernel on sm_80+ GPUs; {where}, so it would run its exact math "
-            "reference (the CPU tests' path), which saves no memory",
-            evidence,
-            _sdpa_fix(ctx, "Use transformers' sdpa here"),
         )
     chosen = next((d.why for d in plan.decisions if d.name == "attn"), "") if plan else ""
     return Outcome.ok(
