@@ -12,7 +12,7 @@ from typing import Any
 
 from run_plan.errors import UsageError
 from run_plan.options import SPEC_FIELDS, Layer, build_spec, flag_layer, load_toml
-from run_plan.spec import DEFAULT_NIAH_LENGTHS, RunSpec
+from run_plan.spec import DEFAULT_NIAH_LENGTHS, IDENTITY_BEFORE_KEY, RunSpec
 
 CONFIG_FILE = "config.json"
 NIAH_DEFAULTS: dict[str, Any] = {"model": "demo", "lengths": DEFAULT_NIAH_LENGTHS}
@@ -35,13 +35,28 @@ def read_saved_doc(run_dir: Path) -> dict[str, Any] | None:
         raise UsageError(
             f"{path} is not a niah run's config", hint="Choose the --out folder of a `niah run`."
         )
+    # what --resume compares and keys trials by: of the wrong type, the earlier test cannot be told apart
+    # from another one, and its rows would silently count as another test's
+    for key, kind in _IDENTITY_KEYS.items():
+        if key in doc and doc[key] is not None and not isinstance(doc[key], kind):
+            raise UsageError(
+                f"{path} is damaged: {key!r} is {type(doc[key]).__name__}, not {kind.__name__}",
+                hint="Restore the file from the run that wrote it, or start a new --out folder.",
+            )
     return doc
 
 
+_IDENTITY_KEYS: dict[str, type] = {"identity": dict, "identity_sha256": str, "plan_identity": dict}
+
+
 def saved_values(doc: dict[str, Any]) -> dict[str, Any]:
-    """The plan settings of a saved run, as a layer under this invocation's TOML and flags."""
+    """The plan settings of a saved run, as a layer under this invocation's TOML and flags. A setting added
+    since that run was saved reads as the value that run computed with, so its own command line resumes it."""
     saved = doc["config"]
-    return {k: v for k, v in saved.items() if k in SPEC_FIELDS and k not in _NOT_INHERITED}
+    values = {k: v for k, v in saved.items() if k in SPEC_FIELDS and k not in _NOT_INHERITED}
+    for name, before in IDENTITY_BEFORE_KEY.items():
+        values.setdefault(name, before)
+    return values
 
 
 def resolve_spec(

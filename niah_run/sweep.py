@@ -134,6 +134,7 @@ class Sweep:
         self.quiet = folder.quiet
         self.on_start: Callable[[], None] | None = None  # called once the run is accepted (not refused)
         self.trials_started = False  # whether this invocation got as far as running trials
+        self._accepted = False  # config.json is written only then: a refused --resume leaves the earlier one
         self.doc: dict[str, Any] = {
             "harness_version": HARNESS_VERSION,
             "created_at": _now(),
@@ -151,7 +152,18 @@ class Sweep:
     def _save_config(self) -> None:
         # Atomic (a full disk leaves the old config.json, never a 0-byte one), never through a planted
         # symlink, secrets scrubbed, always valid JSON: niah_run.run_folder is the one writer.
-        run_folder.write_json(self.run_dir / CONFIG_FILE, self.doc)
+        if self._accepted:
+            run_folder.write_json(self.run_dir / CONFIG_FILE, self.doc)
+
+    def _accept(self) -> None:
+        """The run is accepted: a new run at once, a --resume once its identity is the earlier run's (until
+        then the earlier config.json, identity and all, is what a later --resume must find). From here on
+        config.json is this run's, and the run says what it is, once."""
+        first = not self._accepted
+        self._accepted = True
+        self._save_config()
+        if first and self.on_start is not None:
+            self.on_start()
 
     def _prepare_haystack(self, tokenizer: Any) -> TokenizedHaystack:
         longest = max(self.config.lengths)
@@ -176,9 +188,8 @@ class Sweep:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if saved is not None:
             self.doc["created_at"] = saved.get("created_at", self.doc["created_at"])
-        self._save_config()
-        if self.on_start is not None:  # the run is accepted: only now say what it is
-            self.on_start()
+        else:
+            self._accept()
         plan = self._judged_plan()
         self.plan, self.config = plan, plan.spec
         self.doc.update(config=plan.spec.to_dict(), plan=plan.to_dict(), plan_identity=plan.spec.identity())
@@ -304,7 +315,7 @@ class Sweep:
                 },
             }
         )
-        self._save_config()
+        self._accept()
         trials = RowBuilder(self.config, plan, identity, builder)
         specs = plan_trials(self.config)
         counts = Counts(planned=len(specs), already_done=0, ran=0, oom=0, errors=0, skipped=0)

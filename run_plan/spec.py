@@ -274,7 +274,7 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 # Identity settings added after a release, with the value every run of that release had: a saved identity
 # without the key computed with that value (a dense model and Llama 4 before the routed experts: the model's
 # own forward).
-_IDENTITY_BEFORE_KEY: dict[str, Any] = {"experts": "transformers"}
+IDENTITY_BEFORE_KEY: dict[str, Any] = {"experts": "transformers"}
 
 
 def identity_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -282,7 +282,7 @@ def identity_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     identities (a run's {"config": RunSpec.identity(), ...}) are compared key by key, as "config.attn"."""
     changed = []
     for name in sorted(set(saved) | set(current)):
-        before, now = (x.get(name, _IDENTITY_BEFORE_KEY.get(name)) for x in (saved, current))
+        before, now = (x.get(name, IDENTITY_BEFORE_KEY.get(name)) for x in (saved, current))
         if isinstance(before, dict) and isinstance(now, dict):
             changed += [f"{name}.{inner}" for inner in identity_diff(before, now)]
         elif json.dumps(before, sort_keys=True) != json.dumps(now, sort_keys=True):

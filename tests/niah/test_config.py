@@ -98,6 +98,28 @@ def test_resume_inherits_saved_config(tmp_path) -> None:
     assert resolve_spec({"trials": 2}, None, doc).trials == 2
 
 
+@pytest.mark.parametrize(
+    "key, value", [("identity", 5), ("identity", "x"), ("identity_sha256", 5), ("plan_identity", [1])]
+)
+def test_a_saved_run_whose_identity_is_of_the_wrong_type_is_refused(tmp_path, key: str, value) -> None:
+    """--resume compares the identity and keys trials by its hash: unreadable, the earlier rows would
+    silently count as another test's and every trial would run again."""
+    doc = {"config": RunSpec(model="m", lengths=(1024,)).to_dict(), key: value}
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(UsageError, match=f"damaged: '{key}'") as info:
+        read_saved_doc(tmp_path)
+    assert info.value.exit_code == 2 and info.value.hint
+
+
+def test_a_saved_run_of_an_older_release_resumes_with_what_it_computed(tmp_path) -> None:
+    config = RunSpec(model="m", lengths=(1024,)).to_dict()
+    del config["experts"]  # written before the setting existed
+    (tmp_path / "config.json").write_text(json.dumps({"config": config}))
+    spec = resolve_spec({}, None, read_saved_doc(tmp_path))
+    assert spec.experts == "transformers" and spec.source_of("experts") == "saved run"
+    assert resolve_spec({"experts": "routed"}, None, read_saved_doc(tmp_path)).experts == "routed"
+
+
 def test_toml_typo_suggests_the_key(tmp_path) -> None:
     with pytest.raises(UsageError) as info:
         resolve_config({}, _toml(tmp_path, "lenghts = [1024]\n"))

@@ -91,3 +91,20 @@ def test_resume_continues_a_run_of_the_previous_release(old_run: Path, monkeypat
     assert summary["overall"]["n"] == 18 and summary["overall"]["oom"] == 0
     config = json.loads((old_run / "config.json").read_text())
     assert config["identity_sha256"] == rows[0].identity_sha256  # the same test keeps its trial keys
+
+
+def test_its_own_command_line_resumes_it_without_naming_settings_added_since(
+    old_run: Path, monkeypatch, capsys
+) -> None:
+    """The run was written before --experts existed: resumed by the command line that wrote it (no
+    --experts), it continues with the experts path it ran with, same trial keys, nothing rerun."""
+    import niah_run.sweep as sweep_module
+
+    backend = FakeBackend()
+    monkeypatch.setattr(sweep_module, "make_backend", lambda config: backend)
+    original = RUN_FLAGS[: RUN_FLAGS.index("--experts")]
+    assert niah(*original, "--resume", "--out", str(old_run)) == 0, capsys.readouterr().err
+    config = json.loads((old_run / "config.json").read_text())
+    assert config["config"]["experts"] == "transformers"
+    assert config["identity_sha256"] == read_trial_rows(old_run / RESULTS_FILE)[0].identity_sha256
+    assert len(backend.calls) == 14  # the OOM'd and skipped trials only

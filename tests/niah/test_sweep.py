@@ -353,6 +353,24 @@ def test_resume_with_a_different_test_is_refused_naming_the_keys(tmp_path) -> No
     assert (tmp_path / "results.jsonl").read_bytes() == before  # nothing appended
 
 
+def test_a_resume_refused_after_the_load_leaves_the_earlier_run_as_it_was(tmp_path) -> None:
+    """The model's own facts are compared once it is loaded: a refusal there must not have written this
+    invocation's plan over config.json (its identity gone, the next --resume could not find the test)."""
+
+    class OtherFiles(FakeBackend):
+        def describe(self):
+            return {**super().describe(), "dtype": "bfloat16"}
+
+    _sweep(tmp_path, FakeBackend(), lengths=(512,), trials=1)
+    config_before = (tmp_path / "config.json").read_bytes()
+    with pytest.raises(UsageError, match=r"backend\.dtype"):
+        _sweep(tmp_path, OtherFiles(), lengths=(512,), trials=1, resume=True, depths=(10.0,))
+    assert (tmp_path / "config.json").read_bytes() == config_before
+    backend = FakeBackend()
+    _, counts = _sweep(tmp_path, backend, lengths=(512,), trials=1, resume=True)
+    assert counts["already_done"] == 3 and counts["ran"] == 0 and not backend.calls
+
+
 def test_resume_of_a_folder_without_a_run_is_refused(tmp_path) -> None:
     with pytest.raises(UsageError, match="no earlier run"):
         _sweep(tmp_path / "typo", FakeBackend(), resume=True, out=str(tmp_path / "typo"))
