@@ -21,6 +21,9 @@ from run_plan.options import NIAH, click_options, config_file_option
 if TYPE_CHECKING:
     from run_plan.resolved import ResolvedPlan
 
+# More GPUs than any machine or cluster holds is a typo (and GPU-seconds stay a finite number).
+MAX_GPU_COUNT = 1 << 20
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="niah")
@@ -138,19 +141,19 @@ def _read_plan(plan_path: str, config_path: str | None, flags: dict[str, object]
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option(
     "--price-per-gpu-hour",
-    type=click.FloatRange(min=0),
+    type=float,
     default=None,
     help="Price of one GPU-hour: adds the cost per cell and in total. [default: from config.json, else none]",
 )
 @click.option(
     "--effective-threshold",
-    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    type=float,
     default=None,
     help="Wilson lower bound a length must reach to count as effective. [default: 0.85]",
 )
 @click.option(
     "--gpu-count",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_GPU_COUNT),
     default=None,
     help="GPUs that served the run, for GPU-seconds (a server run cannot tell). [default: from config.json]",
 )
@@ -161,7 +164,11 @@ def report_command(
     """Re-render summary.json, summary.md and heatmap.png from RUN_DIR/results.jsonl."""
     from niah_run.heatmap import HEATMAP_PNG, render_heatmap
     from niah_run.summary import write_summary
+    from run_plan.options import check_value
 
+    # the same rules as `niah run`'s flags of the same names (a positive, finite price; 0 < threshold < 1)
+    price_per_gpu_hour = check_value("price_per_gpu_hour", price_per_gpu_hour, "the command line")
+    effective_threshold = check_value("effective_threshold", effective_threshold, "the command line")
     path = Path(run_dir)
     if not (path / "results.jsonl").is_file():
         raise UsageError(f"{path} has no results.jsonl", hint="Give the --out folder of a `niah run`.")

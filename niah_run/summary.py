@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any, TypedDict, cast
 
 from niah_run.results import latest_by_key, read_trial_rows
 from niah_run.rows import TrialRow, as_row
+from run_plan.errors import UsageError
+from run_plan.options import check_value
 from run_plan.text import inert
 
 SUMMARY_JSON = "summary.json"
@@ -336,8 +339,12 @@ def run_info(run_dir: Path) -> RunFacts:
     facts["identity_sha256"] = doc.get("identity_sha256")
     facts["gpu_count"] = gpu_count_from_facts(backend)
     for key in ("price_per_gpu_hour", "effective_threshold"):
-        if isinstance(config.get(key), (int, float)) and not isinstance(config.get(key), bool):
-            facts[key] = float(config[key])
+        if config.get(key) is None:
+            continue
+        try:  # the rules of the flags of the same names: a value no flag accepts is not used
+            facts[key] = check_value(key, config[key], "config.json")
+        except UsageError as exc:
+            warnings.warn(f"{exc.message}: not used", stacklevel=2)
     # config.json is a file from outside: these are its values as read, each only when given
     return cast(RunFacts, {k: v for k, v in facts.items() if v is not None})
 

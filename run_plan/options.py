@@ -36,6 +36,9 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 DOCTOR, NIAH = "doctor", "niah"
 BOTH = frozenset({DOCTOR, NIAH})
+# No currency prices a GPU-hour beyond a billion: a larger number is a typo, and the bound keeps every cost
+# (price × GPUs × seconds) a finite number that a person can read.
+MAX_PRICE_PER_GPU_HOUR = 1e9
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Option:
     tools: frozenset[str] = BOTH
     flag: str | None = None  # default: --name-with-dashes
     minimum: int = 1
+    maximum: float | None = None  # a float's upper bound, where a larger value can only be a typo
 
     @property
     def cli_flag(self) -> str:
@@ -145,6 +149,7 @@ OPTIONS: tuple[Option, ...] = (
         "float",
         "Price of one GPU-hour: the summary adds money per cell.",
         tools=frozenset({NIAH}),
+        maximum=MAX_PRICE_PER_GPU_HOUR,
     ),
     Option(
         "backend",
@@ -320,9 +325,14 @@ def _check(kind: str, value: Any, label: str, option: Option | None) -> Any:
             or value <= 0
         ):
             raise UsageError(f"{label} must be a positive number, got {value!r}")
+        if option and option.maximum is not None and value > option.maximum:
+            raise UsageError(
+                f"{label} {value:g} is out of range (at most {option.maximum:g})",
+                hint="Give the number alone, in one currency unit (e.g. 2.5).",
+            )
         return float(value)
     if kind == "fraction":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:  # NaN too
             raise UsageError(f"{label} must be a number between 0 and 1, got {value!r}")
         return float(value)
     if kind == "paths":

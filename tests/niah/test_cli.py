@@ -139,6 +139,36 @@ def test_disk_full_during_sweep_exits_1_and_keeps_valid_lines(tmp_path, fake, mo
     assert len(lines) == 1 and json.loads(lines[0])["status"] == "ok"
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--price-per-gpu-hour", "nan"),
+        ("--price-per-gpu-hour", "inf"),
+        ("--price-per-gpu-hour", "1e309"),
+        ("--price-per-gpu-hour", "1e308"),
+        ("--price-per-gpu-hour", "-1"),
+        ("--price-per-gpu-hour", "2 USD"),
+        ("--effective-threshold", "nan"),
+        ("--gpu-count", str(10**400)),
+    ],
+)
+def test_report_refuses_what_run_refuses_with_exit_2(tmp_path, fake, capsys, flags) -> None:
+    """`niah report` takes the same price and threshold as `niah run`: positive and finite, within range."""
+    out = tmp_path / "run"
+    assert niah(*BASE, "--out", str(out)) == 0
+    capsys.readouterr()
+    assert niah("report", str(out), *flags) == 2
+    err = capsys.readouterr().err
+    assert flags[0] in err and "Traceback" not in err
+
+
+def test_price_flags_beyond_any_price_are_usage_errors(tmp_path, fake, capsys) -> None:
+    assert niah(*BASE, "--out", str(tmp_path / "r"), "--price-per-gpu-hour", "1e308") == 2
+    captured = capsys.readouterr()
+    assert "out of range" in captured.err and "hint:" in captured.err
+    assert niah(*BASE, "--out", str(tmp_path / "r"), "--price-per-gpu-hour", "2.5") == 0
+
+
 def test_help_lists_every_flag() -> None:
     proc = run_module("-m", "niah_run", "run", "--help")
     assert proc.returncode == 0

@@ -242,6 +242,29 @@ def test_write_summary_reads_the_run_facts_and_settings(tmp_path) -> None:
     assert override["run"]["price_per_gpu_hour"] == 10.0 and override["run"]["effective_threshold"] == 0.5
 
 
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("price_per_gpu_hour", -5),
+        ("price_per_gpu_hour", float("nan")),
+        ("price_per_gpu_hour", 1e308),
+        ("price_per_gpu_hour", "2 USD"),
+        ("effective_threshold", -5),
+        ("effective_threshold", float("nan")),
+        ("effective_threshold", True),
+    ],
+)
+def test_a_setting_no_flag_would_accept_in_config_json_is_not_used(tmp_path, key: str, value) -> None:
+    """config.json is a file from outside: a price or threshold that `niah run` would refuse is said
+    (a warning) and left out, never a negative cost or an 'effective' length under a bound of -5."""
+    run = _run_dir(tmp_path, [_row("a"), _row("b", correct=False)], {key: value})
+    with pytest.warns(UserWarning, match=key):
+        summary = write_summary(run)
+    assert summary["run"][key] == {"price_per_gpu_hour": None, "effective_threshold": 0.85}[key]
+    assert summary["cost"]["money"] is None
+    assert json.loads((run / "summary.json").read_text())["effective_length"]["passkey"]["threshold"] == 0.85
+
+
 def test_heatmap_title_palette_borders_and_glyphs(tmp_path) -> None:
     pytest.importorskip("matplotlib")
     from niah_run.heatmap import COLORMAP, FAILURE_GLYPHS, heatmap_title, render_heatmap
