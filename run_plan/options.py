@@ -413,6 +413,24 @@ def build_spec(layers: list[Layer], defaults: Mapping[str, Any] | None = None) -
     return RunSpec(**merged, sources=tuple(sorted(sources.items())))
 
 
+def spec_from_saved(values: Any, where: str) -> RunSpec:
+    """A RunSpec that `RunSpec.to_dict` wrote (a plan file), every value checked as a flag's would be: a
+    plan file is text from outside, and a value no flag accepts (a length of 0, a depth of 500, a negative
+    price) must stop the run here, with its key, not in the middle of the sweep."""
+    if not isinstance(values, Mapping):
+        raise UsageError(f"{where}: the spec is {type(values).__name__}, not a table of settings")
+    data = dict(values)
+    sources = data.pop("sources", None)
+    if sources is not None and not (
+        isinstance(sources, Mapping) and all(isinstance(v, str) for v in sources.values())
+    ):
+        raise UsageError(f"{where}: 'sources' must map each setting to where it came from")
+    checked = {name: check_value(name, value, where) for name, value in known_keys(data, where).items()}
+    if checked.get("kv_dtype") == "auto":
+        checked["kv_dtype"] = None  # the model dtype, as build_spec reads it
+    return RunSpec.from_dict({**checked, **({"sources": dict(sources)} if sources else {})})
+
+
 # -- click -----------------------------------------------------------------------------------------
 
 

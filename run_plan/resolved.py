@@ -128,9 +128,11 @@ class ResolvedPlan:
                 "not a niah-doctor plan (schema_version 1)",
                 hint="Write one with `doctor ... --plan-out plan.json`.",
             )
+        from run_plan.options import spec_from_saved
+
         try:
             return cls(
-                spec=RunSpec.from_dict(data["spec"]),
+                spec=spec_from_saved(data["spec"], "the plan"),
                 lengths=tuple(LengthPlan.from_dict(x) for x in data.get("lengths") or []),
                 max_context_tokens=data.get("max_context_tokens"),
                 decisions=tuple(
@@ -143,7 +145,10 @@ class ResolvedPlan:
                 else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise UsageError(f"the plan is malformed: {type(exc).__name__}: {exc}") from None
+            raise UsageError(
+                f"the plan is malformed: {type(exc).__name__}: {exc}",
+                hint="Write the plan again with `doctor ... --plan-out FILE`.",
+            ) from None
 
     def write(self, path: Path) -> None:
         from run_plan.safe_files import write_atomic_text

@@ -18,6 +18,7 @@ For a prefill of absolute positions [start, end) in chunks:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -81,10 +82,53 @@ class PrefillTimeModel:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrefillTimeModel:
+        """The model as `to_dict` wrote it (a plan file); a ValueError names the first value that no doctor
+        writes: the rates divide, and a zero, a negative or a NaN would make every prediction nonsense."""
         values = dict(data)
         values["layers"] = tuple(AttentionLayers(**x) for x in values.get("layers") or ())
-        values["notes"] = tuple(values.get("notes") or ())
-        return cls(**values)
+        values["notes"] = tuple(str(note) for note in values.get("notes") or ())
+        model = cls(**values)
+        model._check()
+        return model
+
+    def _check(self) -> None:
+        if self.path not in TIME_PATHS:
+            raise ValueError(f"prefill_time.path {self.path!r} is not one of {', '.join(TIME_PATHS)}")
+        for name in ("matmul_flops_per_s", "attention_flops_per_s", "copy_bytes_per_s"):
+            _number(name, getattr(self, name), positive=True)
+        for name in ("linear_flops_per_token", "attention_flops_per_pair", "dequant_bytes_per_chunk"):
+            _number(name, getattr(self, name), positive=False)
+        for name in ("kv_heads", "heads", "head_dim"):
+            _count(name, getattr(self, name))
+        for group in self.layers:
+            if group.kind not in LAYER_KINDS:
+                raise ValueError(
+                    f"prefill_time.layers kind {group.kind!r} is not one of {', '.join(LAYER_KINDS)}"
+                )
+            _count("layers window", group.window)
+            _count("layers count", group.count)
+        if not isinstance(self.rates_source, str):
+            raise ValueError("prefill_time.rates_source is not text")
+
+
+TIME_PATHS = ("lean", "masked")
+LAYER_KINDS = ("full", "window", "chunked")
+
+
+def _number(name: str, value: object, *, positive: bool) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (value <= 0 if positive else value < 0)
+    ):
+        rule = "a positive" if positive else "a non-negative"
+        raise ValueError(f"prefill_time.{name} must be {rule} finite number, got {value!r}")
+
+
+def _count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"prefill_time.{name} must be a whole number ≥ 0, got {value!r}")
 
 
 def chunk_bounds(start: int, end: int, chunk: int | None, cuts: Sequence[int] = ()) -> list[tuple[int, int]]:

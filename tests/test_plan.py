@@ -104,6 +104,32 @@ def test_plan_file_round_trips_and_refuses_foreign_json(tmp_path) -> None:
         ResolvedPlan.read(tmp_path / "other.json")
 
 
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("lengths", [0], "lengths"),
+        ("lengths", ["abc"], "lengths"),
+        ("depths", [500], "depth"),
+        ("price_per_gpu_hour", -3, "price_per_gpu_hour"),
+        ("price_per_gpu_hour", 1e308, "price_per_gpu_hour"),
+        ("experts", 5, "experts"),
+        ("trials", "2", "trials"),
+        ("sources", 5, "sources"),
+        ("bogus", 1, "bogus"),
+    ],
+)
+def test_a_plan_files_settings_are_checked_as_flags_are(tmp_path, key: str, value, words: str) -> None:
+    """A plan file is text from outside: a value no flag accepts stops `niah run --plan` before anything
+    runs (exit 2, naming the key), not in the middle of the sweep or as an internal error."""
+    plan = ResolvedPlan(spec=RunSpec(model="demo", lengths=(512, 1024), attn="sdpa", prefill_chunk=256))
+    doc = plan.to_dict()
+    doc["spec"][key] = value
+    (tmp_path / "plan.json").write_text(json.dumps(doc))
+    with pytest.raises(UsageError, match=words) as info:
+        ResolvedPlan.read(tmp_path / "plan.json")
+    assert info.value.exit_code == 2
+
+
 def test_script_settings_are_a_layer_under_the_flags(tmp_path) -> None:
     from doctor.probes.script_reader import script_layer
 

@@ -11,6 +11,7 @@ import pytest
 from doctor.memory.gpus import GpuSpec, parse_gpus
 from doctor.plan import _paths_from_sizing, settle_static_choices
 from niah_run.summary import time_vs_plan
+from run_plan.errors import UsageError
 from run_plan.resolved import Decision, LengthPlan, ResolvedPlan
 from run_plan.spec import RunSpec, identity_diff
 from run_plan.timing import AttentionLayers, PrefillTimeModel, _prefix_sum_visible
@@ -94,6 +95,33 @@ def _model(path: str = "lean") -> PrefillTimeModel:
         copy_bytes_per_s=3e12,
         rates_source="measured on a test card",
     )
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("matmul_flops_per_s", 0),
+        ("attention_flops_per_s", -1.0),
+        ("copy_bytes_per_s", "fast"),
+        ("linear_flops_per_token", float("nan")),
+        ("heads", True),
+        ("path", "warp"),
+        ("layers", [{"kind": "diagonal", "window": 0, "count": 1}]),
+        ("layers", [{"kind": "full", "window": -4, "count": 1}]),
+    ],
+)
+def test_a_time_model_that_no_doctor_writes_is_refused_when_read(key: str, value) -> None:
+    """The rates divide: a plan file's zero, negative, NaN or text would be a ZeroDivisionError or a
+    TypeError in the sweep's time plan (exit 3); read back, it is the plan's usage error (exit 2)."""
+    data = _model().to_dict()
+    assert PrefillTimeModel.from_dict(data) == _model()
+    data[key] = value
+    with pytest.raises(ValueError, match=key.split("_")[0]):
+        PrefillTimeModel.from_dict(data)
+    doc = ResolvedPlan(spec=RunSpec(model="m", lengths=(512,)), prefill_time=_model()).to_dict()
+    doc["prefill_time"][key] = value
+    with pytest.raises(UsageError, match="malformed"):
+        ResolvedPlan.from_dict(doc)
 
 
 def test_time_model_grows_quadratically_and_reuse_saves_the_prefix() -> None:
