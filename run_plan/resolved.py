@@ -60,9 +60,11 @@ class LengthPlan:
             for d in data.get("devices") or []
         )
         seconds = data.get("prefill_seconds")
+        if not isinstance(data["fits"], bool):  # bool("false") is True: a length would run that does not fit
+            raise ValueError(f"lengths: fits is {data['fits']!r}, not true or false")
         return cls(
             int(data["tokens"]),
-            bool(data["fits"]),
+            data["fits"],
             devices,
             data.get("why_not"),
             float(seconds) if seconds is not None else None,
@@ -134,7 +136,7 @@ class ResolvedPlan:
             return cls(
                 spec=spec_from_saved(data["spec"], "the plan"),
                 lengths=tuple(LengthPlan.from_dict(x) for x in data.get("lengths") or []),
-                max_context_tokens=data.get("max_context_tokens"),
+                max_context_tokens=_optional_count(data.get("max_context_tokens"), "max_context_tokens"),
                 decisions=tuple(
                     Decision(str(d["name"]), d.get("value"), str(d.get("why", "")))
                     for d in data.get("decisions") or []
@@ -168,3 +170,11 @@ class ResolvedPlan:
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise UsageError(f"cannot read --plan {path}: {exc}") from None
         return cls.from_dict(data)
+
+
+def _optional_count(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} is {value!r}, not a number of tokens")
+    return value

@@ -19,7 +19,7 @@ from doctor.plan import remember_static_decisions, resolve_plan, settle_static_c
 from doctor.report.model import Status
 from run_plan.errors import UsageError
 from run_plan.options import Layer, build_spec
-from run_plan.resolved import ResolvedPlan
+from run_plan.resolved import LengthPlan, ResolvedPlan
 from run_plan.spec import DEFAULT_PREFILL_CHUNK, RunSpec
 from tests.conftest import run_module
 
@@ -128,6 +128,24 @@ def test_a_plan_files_settings_are_checked_as_flags_are(tmp_path, key: str, valu
     with pytest.raises(UsageError, match=words) as info:
         ResolvedPlan.read(tmp_path / "plan.json")
     assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "change", [{"max_context_tokens": "abc"}, {"max_context_tokens": -5}, {"fits": "false"}]
+)
+def test_a_plan_files_predictions_of_the_wrong_type_are_refused(tmp_path, change: dict) -> None:
+    plan = ResolvedPlan(
+        spec=RunSpec(model="demo", lengths=(512,), attn="sdpa", prefill_chunk=256),
+        lengths=(LengthPlan(512, False, why_not="too long"),),
+    )
+    doc = plan.to_dict()
+    if "fits" in change:
+        doc["lengths"][0].update(change)
+    else:
+        doc.update(change)
+    (tmp_path / "plan.json").write_text(json.dumps(doc))
+    with pytest.raises(UsageError, match="malformed"):
+        ResolvedPlan.read(tmp_path / "plan.json")
 
 
 def test_script_settings_are_a_layer_under_the_flags(tmp_path) -> None:
