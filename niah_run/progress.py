@@ -16,6 +16,8 @@ from run_plan.units import duration
 
 # The plan's time model for prefilling from one position to another (ResolvedPlan.predicted_prefill_seconds).
 TimePlan = Callable[[int, int], float | None]
+# Narrower than this (a small pane, COLUMNS=0 or 10) the bar has no room: the trials' lines as with -q.
+MIN_BAR_COLUMNS = 40
 
 
 def echo_err(message: str) -> None:
@@ -57,6 +59,8 @@ class SweepProgress:
         )
 
         console = Console(stderr=True, highlight=False)
+        if console.width < MIN_BAR_COLUMNS:  # COLUMNS=0 made rich print nothing at all, trial lines included
+            return self
         self._progress = Progress(
             TextColumn("niah"),
             BarColumn(),
@@ -73,7 +77,7 @@ class SweepProgress:
         return self
 
     def advance(self, message: str) -> None:
-        if self._progress is None:  # quiet: the one line per trial, no bar
+        if self._progress is None:  # quiet, or no room for a bar: the one line per trial
             print(inert(Redactor().scrub(message)), file=sys.stderr, flush=True)
             return
         self._progress.update(self._task, description="")
@@ -84,7 +88,7 @@ class SweepProgress:
         self, prompt_tokens: int, time_plan: TimePlan | None
     ) -> Callable[[int, int], None] | None:
         """A callback for one trial's prefill (chunks done, tokens/s, ETA on the bar's line), or None where
-        nobody would see it: with -q, and when stderr is not a terminal."""
+        nobody would see it: with -q, when stderr is not a terminal, and without room for the bar."""
         if self._progress is None or not sys.stderr.isatty():
             return None
         started = time.monotonic()

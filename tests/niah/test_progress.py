@@ -30,3 +30,27 @@ def test_the_prefill_eta_scales_the_time_plan_by_how_the_prefill_kept_to_it() ->
 def test_nobody_sees_a_prefill_reporter_with_quiet() -> None:
     with SweepProgress(3, quiet=True) as progress:
         assert progress.prefill_reporter(4096, None) is None
+
+
+@pytest.mark.parametrize("columns", ["0", "1", "10"])
+def test_a_terminal_too_narrow_for_the_bar_still_gets_every_trial_line(monkeypatch, capsys, columns) -> None:
+    """COLUMNS=0 made rich print nothing, the trials' lines included; 10 wrapped each line a few
+    letters wide. Without room for a bar the lines come as with -q: whole, one per trial."""
+    monkeypatch.setenv("COLUMNS", columns)
+    monkeypatch.setenv("NO_COLOR", "1")
+    with SweepProgress(2, quiet=False) as progress:
+        progress.advance("512 tok, depth 10%, trial 0: correct in 0.0s")
+        assert progress.prefill_reporter(512, None) is None
+        progress.advance("512 tok, depth 90%, trial 0: correct in 0.0s")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "512 tok, depth 10%, trial 0: correct in 0.0s",
+        "512 tok, depth 90%, trial 0: correct in 0.0s",
+    ]
+
+
+def test_a_wide_terminal_prints_every_trial_line_whole(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("COLUMNS", "120")
+    with SweepProgress(1, quiet=False) as progress:
+        progress.advance("512 tok, depth 10%, trial 0: correct in 0.0s")
+    assert "512 tok, depth 10%, trial 0: correct in 0.0s" in capsys.readouterr().err
