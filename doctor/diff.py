@@ -19,7 +19,7 @@ import click
 
 from doctor.boundary import debug_option
 from doctor.report.environment import environment_variables, library_versions
-from doctor.report.load import read_report_json
+from doctor.report.load import read_report_document
 from doctor.report.render_markdown import md_cell
 from doctor.report.render_text import terminal_width
 from run_plan.text import inert
@@ -252,7 +252,7 @@ def diff_command(a_path: str, b_path: str, fmt: str) -> int:
       doctor diff a.json b.json --format markdown                 # paste into the ticket
     Exit codes: 0 compared (differences are the answer, not a failure), 2 a file is not a report.
     """
-    a, b = read_report_json(Path(a_path)), read_report_json(Path(b_path))
+    a, b = read_report_document(Path(a_path)), read_report_document(Path(b_path))
     result = diff_reports(a, b)
     if fmt == "json":
         doc = {

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from doctor.boundary import debug_option
-from doctor.report.load import read_report_json, report_from_json_dict
+from doctor.report.load import read_report
 from doctor.report.model import Report
 from run_plan.errors import UsageError
 from run_plan.safe_files import tool_cache_dir, write_atomic_text
@@ -37,14 +37,17 @@ def remember_report(json_text: str) -> None:
 
 def _load(report_path: str | None) -> tuple[Report, str]:
     if report_path:
-        return report_from_json_dict(read_report_json(Path(report_path))), report_path
+        return read_report(Path(report_path)), report_path
     path = last_report_path()
     if not path.is_file():
         raise UsageError(
             "no report to explain yet: this machine's doctor has not printed one",
             hint="Run the doctor first (e.g. doctor --model ORG/NAME --context 128k), or give --report FILE.json.",
         )
-    return report_from_json_dict(read_report_json(path)), "the last report"
+    return read_report(path), "the last report"
+
+
+_SHOWN = 60  # characters of an unknown id echoed back: an id is a few words, anything longer is pasted text
 
 
 def _unknown(check_id: str, report: Report, where: str) -> UsageError:
@@ -56,9 +59,10 @@ def _unknown(check_id: str, report: Report, where: str) -> UsageError:
             f"{where} ({report.tool.command_line}) did not run {check_id}",
             hint=f"Run the doctor with the check included, e.g. doctor --only {check_id} [the same flags].",
         )
-    close = difflib.get_close_matches(check_id, known, n=1)
+    # ids are lower-case words joined by dashes: ATTN_MODEL_SUPPORT still finds attn-model-support
+    close = difflib.get_close_matches(check_id.strip().lower().replace("_", "-"), known, n=1)
     return UsageError(
-        f"no check named {check_id!r}",
+        f"no check named {check_id[:_SHOWN]!r}" + ("…" if len(check_id) > _SHOWN else ""),
         hint=f"Did you mean {close[0]}? (doctor --list shows every id)"
         if close
         else "doctor --list shows every id.",

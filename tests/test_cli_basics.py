@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from doctor.boundary import run_cli
@@ -103,6 +104,61 @@ def test_explain_reads_a_saved_report(capsys) -> None:
     report = str(REPO / "tests" / "golden" / "h100-healthy.json")
     assert run_cli(explain_command, ["gpu-devices", "--report", report]) == 0
     assert "PASS gpu-devices" in capsys.readouterr().out
+
+
+def _mangled(tmp_path, change) -> str:
+    doc = json.loads((REPO / "tests" / "golden" / "h100-healthy.json").read_text(encoding="utf-8"))
+    change(doc)
+    path = tmp_path / "mangled.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return str(path)
+
+
+def _set_first_check(key: str, value: object):
+    return lambda doc: doc["checks"][0].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _set_first_check("status", "weird"),
+        _set_first_check("evidence", 5),
+        _set_first_check("duration_ms", "x"),
+        lambda doc: doc["checks"].__setitem__(0, {"id": "x"}),
+        lambda doc: doc.__setitem__("schema_version", "abc"),
+        lambda doc: doc.__setitem__("tool", 5),
+        lambda doc: doc.__setitem__("target", [1]),
+    ],
+)
+def test_a_json_file_that_is_not_a_reports_shape_is_a_usage_error(tmp_path, capsys, change) -> None:
+    """explain and diff read files from outside: any shape but a report's is exit 2 naming the file."""
+    from doctor.diff import diff_command
+    from doctor.explain import explain_command
+
+    path = _mangled(tmp_path, change)
+    assert run_cli(explain_command, ["gpu-devices", "--report", path]) == 2
+    assert run_cli(diff_command, [path, str(REPO / "tests" / "golden" / "scout-cpu.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("is not a doctor JSON report") == 2 and "Traceback" not in err and "bug" not in err
+
+
+@pytest.mark.parametrize(
+    "check_id, words",
+    [
+        ("GPU_DEVICES", "Did you mean gpu-devices?"),
+        ("", "doctor --list"),
+        ("a" * 5000, "'" + "a" * 60 + "'…"),
+        ("\x1b[31mred", "doctor --list"),
+    ],
+    ids=["upper-snake", "empty", "5000-chars", "escape"],
+)
+def test_explain_of_an_unknown_id_says_so_briefly_with_the_closest(capsys, check_id: str, words: str) -> None:
+    from doctor.explain import explain_command
+
+    report = str(REPO / "tests" / "golden" / "h100-healthy.json")
+    assert run_cli(explain_command, [check_id, "--report", report]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "a" * 61 not in err and "\x1b" not in err  # never drives the terminal
 
 
 def test_doctor_keeps_its_report_for_explain(tmp_path) -> None:

@@ -45,12 +45,42 @@ def read_report_json(path: Path) -> dict[str, Any]:
             f"{path} is not a doctor JSON report (no schema_version/checks)",
             hint="Give a report saved with: doctor --format json -o report.json",
         )
-    if int(doc["schema_version"]) > SCHEMA_VERSION:
+    if isinstance(doc["schema_version"], bool) or not isinstance(doc["schema_version"], int):
+        raise UsageError(
+            f"{path} is not a doctor JSON report (schema_version {str(doc['schema_version'])[:40]!r})",
+            hint=_SAVE_HINT,
+        )
+    if doc["schema_version"] > SCHEMA_VERSION:
         raise UsageError(
             f"{path} has schema_version {doc['schema_version']}; this doctor reads {SCHEMA_VERSION}",
             hint="Upgrade niah-doctor on this machine.",
         )
     return doc
+
+
+_SAVE_HINT = "Give a report saved with: doctor --format json -o report.json"
+
+
+def read_report(path: Path) -> Report:
+    """A saved report as the data model; a file that is JSON but not a report's shape (a check without a
+    status, evidence that is not a list, an unknown status) is a UsageError naming it, never exit 3."""
+    return _as_report(read_report_json(path), path)
+
+
+def read_report_document(path: Path) -> dict[str, Any]:
+    """The parsed document of a saved report whose shape is a report's (as read_report checks it)."""
+    doc = read_report_json(path)
+    _as_report(doc, path)
+    return doc
+
+
+def _as_report(doc: dict[str, Any], path: Path) -> Report:
+    try:
+        return report_from_json_dict(doc)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(
+            f"{path} is not a doctor JSON report ({type(exc).__name__}: {str(exc)[:120]})", hint=_SAVE_HINT
+        ) from None
 
 
 def report_from_json_dict(doc: dict[str, Any]) -> Report:
