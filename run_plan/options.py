@@ -343,7 +343,13 @@ def _check(kind: str, value: Any, label: str, option: Option | None) -> Any:
     if not isinstance(value, str):
         raise UsageError(f"{label} must be a string, got {type(value).__name__} {value!r}")
     if option and option.choices and value not in option.choices:
-        raise UsageError(f"{label}: {value!r} is not one of {', '.join(option.choices)}")
+        # the values are lower-case words joined by _ or -: NIAH-LEAN still finds niah_lean
+        folded = {choice.lower().replace("-", "_"): choice for choice in option.choices}
+        close = difflib.get_close_matches(value.strip().lower().replace("-", "_"), list(folded), n=1)
+        raise UsageError(
+            f"{label}: {value[:60]!r} is not one of {', '.join(option.choices)}",
+            hint=f"Did you mean {folded[close[0]]!r}?" if close else None,
+        )
     return value
 
 

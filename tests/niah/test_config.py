@@ -65,6 +65,21 @@ def test_bad_toml_names_the_key(tmp_path, body: str, key: str) -> None:
         resolve_config({}, _toml(tmp_path, body))
 
 
+@pytest.mark.parametrize(
+    "body, meant",
+    [
+        ('attn = "NIAH_LEAN"\n', "niah_lean"),
+        ('attn = "niah-lean"\n', "niah_lean"),
+        ('experts = "Routed"\n', "routed"),
+        ('experts = "transformer"\n', "transformers"),
+    ],
+)
+def test_a_near_miss_choice_in_toml_suggests_the_value(tmp_path, body: str, meant: str) -> None:
+    with pytest.raises(UsageError) as info:
+        resolve_config({}, _toml(tmp_path, body))
+    assert info.value.hint == f"Did you mean {meant!r}?"
+
+
 def test_invalid_toml_and_missing_file(tmp_path) -> None:
     with pytest.raises(UsageError, match="not valid TOML"):
         resolve_config({}, _toml(tmp_path, "model = \n"))
