@@ -18,6 +18,7 @@ niah_run/identity.py's, what it prints niah_run/progress.py's.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 import warnings
 from collections import deque
@@ -418,7 +419,7 @@ class Sweep:
     def _announce_time_plan(self, runnable: list[tuple[TrialSpec, str]]) -> None:
         """Before the sweep: its predicted GPU time (and cost), from the plan's time model."""
         seconds = predicted_sweep_seconds(self.plan, [spec for spec, _ in runnable])
-        if seconds is None:
+        if seconds is None or not math.isfinite(seconds):  # rates a plan file made tiny: no time to announce
             return
         self.doc["predicted_sweep_seconds"] = round(seconds, 3)
         line = f"time plan: {len(runnable)} trial(s), prefill ≈ {duration(seconds)} of GPU time"

@@ -76,7 +76,10 @@ def predicted_sweep_seconds(plan: ResolvedPlan | None, specs: list[TrialSpec]) -
     for spec in specs:
         same_cell = previous is not None and previous.length == spec.length and previous.trial == spec.trial
         start = int(spec.length * (previous.depth or 0) / 100) if same_cell and previous is not None else 0
-        total += plan.predicted_prefill_seconds(start, spec.length) or 0.0
+        seconds = plan.predicted_prefill_seconds(start, spec.length)
+        if seconds is None:  # one trial the time model cannot predict: no total to announce
+            return None
+        total += seconds
         previous = spec
     return total
 

@@ -7,6 +7,7 @@ The doctor builds it (doctor.plan), prints it, and writes it with `--plan-out`; 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,9 @@ class ResolvedPlan:
         """The time plan for prefilling positions [start, end) at the plan's chunk (None: no time plan)."""
         if self.prefill_time is None:
             return None
-        return self.prefill_time.seconds(start, end, self.spec.prefill_chunk)
+        seconds = self.prefill_time.seconds(start, end, self.spec.prefill_chunk)
+        # an overflow (a plan file's tiny rate) predicts nothing: no row, ETA or time plan carries inf
+        return seconds if math.isfinite(seconds) else None
 
     # -- questions the sweep asks ------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -18,7 +20,7 @@ def gib(n_bytes: float | int | None) -> str:
 
 def duration(seconds: float | None) -> str:
     """`42 s`, `6 min 40 s`, `2 h 05 min`: what a person reads off a time plan."""
-    if seconds is None:
+    if seconds is None or not math.isfinite(seconds):  # a time model's overflow is no time at all
         return "unknown"
     if seconds < 60:
         return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"

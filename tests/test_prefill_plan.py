@@ -144,6 +144,19 @@ def test_the_plan_carries_its_time_model_through_json() -> None:
     assert ResolvedPlan(spec=spec).predicted_prefill_seconds(0, 1024) is None
 
 
+def test_a_time_model_that_overflows_predicts_nothing_rather_than_infinity() -> None:
+    """A rate of 1e-300 is a positive number and still nonsense: the prediction overflows to inf, which
+    no row, ETA or time plan line may carry (JSON has no inf; a duration of inf was exit 3)."""
+    from niah_run.trials import TrialSpec, predicted_sweep_seconds
+
+    tiny = dataclasses.replace(_model(), matmul_flops_per_s=1e-300)
+    plan = ResolvedPlan(spec=RunSpec(model="m", lengths=(4096,), prefill_chunk=1024), prefill_time=tiny)
+    assert plan.predicted_prefill_seconds(0, 4096) is None
+    trial = TrialSpec(length=4096, depth=50.0, trial=0, control=False)
+    assert predicted_sweep_seconds(plan, [trial]) is None
+    assert duration(float("inf")) == duration(float("nan")) == "unknown"
+
+
 def test_durations_read_as_a_person_says_them() -> None:
     assert [duration(s) for s in (4.2, 42, 400, 7500)] == ["4.2 s", "42 s", "6 min 40 s", "2 h 05 min"]
 
