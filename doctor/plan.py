@@ -28,6 +28,7 @@ from doctor.probes.card_rates import RATES_LIVE
 from doctor.probes.memory import MEMORY, MemoryFacts
 from doctor.probes.nvml import NVML
 from run_plan.errors import UsageError
+from run_plan.options import BY_NAME, DOCTOR, OPTIONS
 from run_plan.resolved import Decision, DevicePrediction, LengthPlan, ResolvedPlan
 from run_plan.shell import shell_join
 from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, LEAN_ATTN, RunSpec
@@ -208,8 +209,9 @@ def plan_without_estimate(spec: RunSpec, decisions: tuple[Decision, ...], reason
 
 
 def rerun_command(spec: RunSpec, **changes: object) -> str:
-    """`doctor` for this plan with `changes` applied: complete (model, quantization, GPUs, budgets, length,
-    and the attention or chunk the user chose) and shell-quoted, so a fix can be pasted as it is."""
+    """`doctor` for this plan with `changes` applied: complete (every setting the doctor judges that is not
+    its default: model and revision, dtype, quantization, experts, GPUs, budgets, lengths, and the attention
+    or chunk the user chose) and shell-quoted, so a fix can be pasted as it is and judges the same run."""
     values: dict[str, object] = {
         "model": spec.model,
         "quant": None if spec.quant == "none" else spec.quant,
@@ -217,21 +219,40 @@ def rerun_command(spec: RunSpec, **changes: object) -> str:
         "gpus": spec.gpus,
         "max_memory": spec.max_memory,
         "context": spec.context,
-        # an attention the plan chose itself is chosen again by the rerun
-        "attn": None
-        if spec.attn in ("auto", AUTO_ATTN) or spec.source_of("attn") == "default"
-        else spec.attn,
+        # what the plan chose itself (an "auto") is chosen again by the rerun
+        "attn": _given(spec, "attn"),
         "prefill_chunk": spec.prefill_chunk if spec.source_of("prefill_chunk") != "default" else None,
+        "experts": _given(spec, "experts"),
+        "lengths": ",".join(map(str, spec.lengths))
+        if spec.lengths and spec.lengths != (spec.context,)
+        else None,
     }
+    defaults = RunSpec()
+    for option in OPTIONS:
+        if DOCTOR in option.tools and option.name not in values and option.name not in _NOT_RERUN:
+            value = getattr(spec, option.name)
+            values[option.name] = None if value == getattr(defaults, option.name) else value
     values.update(changes)
     argv = ["doctor"]
     for name, value in values.items():
-        flag = "--" + name.replace("_", "-")
+        declared = BY_NAME.get(name)
+        flag = declared.cli_flag if declared else "--" + name.replace("_", "-")
         if value is True:
             argv.append(flag)
+        elif value is False and declared is not None and declared.kind == "switch":
+            argv.append(declared.cli_negative_flag)
         elif value is not None and value is not False:
             argv += [flag, str(value)]
     return shell_join(argv)
+
+
+# The doctor's own knobs (what is checked, how long a probe may take), not the run it judges.
+_NOT_RERUN = frozenset({"scripts", "fetch", "live", "deep", "probe_timeout_s"})
+
+
+def _given(spec: RunSpec, name: str) -> object:
+    value = getattr(spec, name)
+    return None if value in ("auto", AUTO_ATTN) or spec.source_of(name) == "default" else value
 
 
 def _choose_chunk(

@@ -58,6 +58,14 @@ class Option:
     def cli_flag(self) -> str:
         return self.flag or "--" + self.name.replace("_", "-")
 
+    @property
+    def cli_negative_flag(self) -> str:
+        """A switch's off form: --no-live, and the two whose 'no' reads badly."""
+        stem = self.cli_flag[2:]
+        return {"double-quant": "--no-double-quant", "prequantized": "--not-prequantized"}.get(
+            stem, f"--no-{stem}"
+        )
+
 
 OPTIONS: tuple[Option, ...] = (
     Option("model", "str", "Hub id, local folder, or 'demo' (SmolLM2-135M-Instruct, CPU-friendly)."),
@@ -467,11 +475,7 @@ def config_file_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 def _click_option(click: Any, option: Option) -> Any:
     flag = option.cli_flag
     if option.kind == "switch":
-        stem = flag[2:]
-        negative = {"double-quant": "--no-double-quant", "prequantized": "--not-prequantized"}.get(
-            stem, f"--no-{stem}"
-        )
-        return click.option(f"{flag}/{negative}", option.name, default=None, help=option.help)
+        return click.option(f"{flag}/{option.cli_negative_flag}", option.name, default=None, help=option.help)
     if option.kind == "bool":
         return click.option(flag, option.name, is_flag=True, default=None, help=option.help)
     if option.kind == "choice":

@@ -193,3 +193,48 @@ def test_doctor_plan_out_is_what_niah_plan_reads(tmp_path) -> None:
     assert [lp.tokens for lp in plan.lengths] == [2048, 8192]
     assert proc.stdout.splitlines()[0].startswith(("OK", "PROBLEMS FOUND"))  # the verdict is the report's
     assert dataclasses.replace(plan.spec, sources=()).identity() == plan.spec.identity()
+
+
+def test_a_fix_command_judges_the_same_run_with_only_the_fix_changed() -> None:
+    """A fix's `doctor …` line carries every setting the user gave that changes the judgement (dtype,
+    experts, 4-bit type and double quant, KV dtype, lengths, revision, the server), so pasted, it judges
+    the run with only the fix applied; what the plan chose itself (auto) is left to choose again."""
+    from doctor.plan import rerun_command
+    from run_plan.options import build_spec, flag_layer
+
+    given = build_spec(
+        [
+            flag_layer(
+                {
+                    "model": "org/m",
+                    "revision": "abc123",
+                    "lengths": "8k,128k",
+                    "dtype": "float32",
+                    "experts": "transformers",
+                    "attn": "niah_lean",
+                    "quant": "bnb-4bit",
+                    "double_quant": False,
+                    "kv_dtype": "float16",
+                    "scripts": ("run.py",),
+                }
+            )
+        ]
+    )
+    command = rerun_command(given, attn="sdpa")
+    for part in (
+        "--model org/m",
+        "--revision abc123",
+        "--context 131072",
+        "--lengths 8192,131072",
+        "--dtype float32",
+        "--experts transformers",
+        "--attn sdpa",
+        "--quant bnb-4bit",
+        "--no-double-quant",
+        "--kv-dtype float16",
+    ):
+        assert part in command, (part, command)
+    assert "niah_lean" not in command and "--script" not in command
+    assert rerun_command(RunSpec(model="m", context=4096)) == "doctor --model m --context 4096"
+    resolved = dataclasses.replace(build_spec([flag_layer({"model": "m"})]), experts="routed", attn="sdpa")
+    assert rerun_command(resolved) == "doctor --model m"  # auto's choices are made again
