@@ -232,6 +232,8 @@ def rerun_command(spec: RunSpec, **changes: object) -> str:
         if DOCTOR in option.tools and option.name not in values and option.name not in _NOT_RERUN:
             value = getattr(spec, option.name)
             values[option.name] = None if value == getattr(defaults, option.name) else value
+    if isinstance(values.get("base_url"), str):
+        values["base_url"] = _without_credentials(str(values["base_url"]))
     values.update(changes)
     argv = ["doctor"]
     for name, value in values.items():
@@ -248,6 +250,17 @@ def rerun_command(spec: RunSpec, **changes: object) -> str:
 
 # The doctor's own knobs (what is checked, how long a probe may take), not the run it judges.
 _NOT_RERUN = frozenset({"scripts", "fetch", "live", "deep", "probe_timeout_s"})
+
+
+def _without_credentials(url: str) -> str | None:
+    """The server's URL without user:password@ (redacted in every output, `<redacted>` would break the
+    pasted command; the key belongs in $OPENAI_API_KEY), or None where it does not parse."""
+    from doctor.probes.git import strip_url_credentials
+
+    try:
+        return strip_url_credentials(url)
+    except ValueError:
+        return None
 
 
 def _given(spec: RunSpec, name: str) -> object:

@@ -236,5 +236,7 @@ def test_a_fix_command_judges_the_same_run_with_only_the_fix_changed() -> None:
         assert part in command, (part, command)
     assert "niah_lean" not in command and "--script" not in command
     assert rerun_command(RunSpec(model="m", context=4096)) == "doctor --model m --context 4096"
+    served = RunSpec(model="m", base_url="http://user:s3cret@127.0.0.1:8000/v1")
+    assert rerun_command(served) == "doctor --model m --base-url http://127.0.0.1:8000/v1"
     resolved = dataclasses.replace(build_spec([flag_layer({"model": "m"})]), experts="routed", attn="sdpa")
     assert rerun_command(resolved) == "doctor --model m"  # auto's choices are made again
