@@ -63,11 +63,23 @@ _LEAN_WHY = (
 )
 
 
+def off_the_gpus(spec: RunSpec) -> str | None:
+    """The device `--device-map` puts the whole model on where that is not a CUDA GPU (cpu, mps): the
+    planned GPUs then compute nothing. None otherwise."""
+    value = (spec.device_map or "").strip().lower()
+    return value if value in ("cpu", "mps") else None
+
+
 def _auto_attention(spec: RunSpec, gpus: Sequence[GpuSpec]) -> tuple[str, str]:
     if spec.backend != "transformers":
         return AUTO_ATTN, f"auto: {AUTO_ATTN} (the server computes the attention)"
     if not gpus:
         return AUTO_ATTN, f"auto: {AUTO_ATTN} — no GPU planned (the lean attention runs on CUDA GPUs)"
+    if off := off_the_gpus(spec):
+        return AUTO_ATTN, (
+            f"auto: {AUTO_ATTN} — --device-map {off} puts the model off the GPUs (the lean attention runs on "
+            "CUDA GPUs)"
+        )
     capabilities = [g.compute_capability for g in gpus]
     if any(c is None for c in capabilities):
         return AUTO_ATTN, (

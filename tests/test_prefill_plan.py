@@ -36,6 +36,12 @@ def test_auto_attention_follows_the_planned_gpus(gpus: list[GpuSpec], attn: str,
     assert decisions[0].name == "attn" and why in decisions[0].why
 
 
+def test_auto_keeps_sdpa_where_the_device_map_puts_the_model_off_the_gpus() -> None:
+    spec, decisions = settle_static_choices(RunSpec(model="m", device_map="cpu"), H100)
+    assert spec.attn == "sdpa" and "--device-map cpu" in decisions[0].why
+    assert settle_static_choices(RunSpec(model="m", device_map="cuda:0"), H100)[0].attn == "niah_lean"
+
+
 def test_a_server_backend_keeps_sdpa_and_explicit_choices_stay() -> None:
     served = RunSpec(model="m", backend="openai", base_url="http://127.0.0.1:8000")
     assert settle_static_choices(served, H100)[0].attn == "sdpa"

@@ -247,6 +247,7 @@ def test_attention_backends() -> None:
         (RunSpec(attn="niah_lean", dtype="float32"), FakeNvml(()), Status.FAIL, "no GPU is planned"),
         (RunSpec(attn="niah_lean"), T4, Status.FAIL, "sm_75"),
         (RunSpec(attn="niah_lean", gpus="1xV100-32GB"), H100, Status.FAIL, "sm_70"),
+        (RunSpec(attn="niah_lean", device_map="cpu"), H100, Status.FAIL, "--device-map cpu"),
     ],
 )
 def test_the_lean_attention_without_a_gpu_that_runs_it_is_a_fail(

@@ -312,7 +312,7 @@ def _lean_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evide
     Without a planned GPU it is a FAIL, not a note: on the CPU each block is the math reference (scores
     materialised in fp32: slower and larger than sdpa, and not what the plan's memory trace sized), and on
     a CUDA card older than sm_80 torch's flash op refuses to run, so every prefill would fail."""
-    from doctor.plan import FLASH_MIN_CAPABILITY, planned_gpus_or_none, resolve_plan
+    from doctor.plan import FLASH_MIN_CAPABILITY, off_the_gpus, planned_gpus_or_none, resolve_plan
 
     torch_version = facts.versions.get("torch")
     if torch_version is not None and _major_minor(torch_version) < (2, 5):
@@ -327,13 +327,15 @@ def _lean_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evide
         return Outcome.ok(f"{plan.spec.attn} ({why})", evidence)
     gpus = planned_gpus_or_none(ctx)
     old = [g for g in gpus if g.compute_capability and g.compute_capability < FLASH_MIN_CAPABILITY]
-    if not gpus:
+    off = off_the_gpus(ctx.target)
+    if not gpus or off:
+        where = f"--device-map {off} puts the model off the GPUs" if off else "no GPU is planned"
         return Outcome.fail(
-            "niah_lean is a GPU path (torch's flash kernel, sm_80+) and no GPU is planned: on the CPU it "
-            "would compute every block with its math reference (scores materialised in fp32, slower and "
-            "larger than sdpa, and not what the memory plan sized)",
+            f"niah_lean is a GPU path (torch's flash kernel, sm_80+) and {where}: there it would compute "
+            "every block with its math reference (scores materialised in fp32, slower and larger than "
+            "sdpa, and not what the memory plan sized)",
             evidence,
-            _sdpa_fix(ctx, "Use transformers' sdpa on the CPU (or leave --attn on auto, which does)"),
+            _sdpa_fix(ctx, "Use transformers' sdpa there (or leave --attn on auto, which does)"),
         )
     if old:
         card = old[0]
