@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from run_plan.safe_files import read_text_file
+
 ResolutionStatus = Literal[
     "found",  # config available (see `source`)
     "not-found",  # no such local folder, not cached, not embedded, and the hub says it does not exist
@@ -145,7 +147,7 @@ def read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(config, None) or (None, why it is unusable). Truncated and non-JSON files are common after a
     killed download, so the error names the line and column."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path)
     except UnicodeDecodeError:
         return None, f"{path.name} is not UTF-8 text"
     except OSError as exc:

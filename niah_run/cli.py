@@ -176,7 +176,9 @@ def report_command(
     try:
         import json
 
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))["config"]
+        from run_plan.safe_files import read_text_file
+
+        config = json.loads(read_text_file(path / "config.json"))["config"]
         title = f"{config['model']} · {config['needle_kind']}"
     except (OSError, ValueError, KeyError, TypeError, RecursionError):  # a title is only a courtesy
         pass

@@ -29,6 +29,7 @@ from typing import Any
 from niah_run.results import RESULTS_FILE, latest_by_key, read_trial_rows
 from niah_run.rows import TrialRow
 from run_plan.errors import UsageError
+from run_plan.safe_files import read_text_file
 from run_plan.text import inert
 
 DEFAULT_TOLERANCE = 0.05
@@ -99,7 +100,7 @@ def _prompt_hash(row: TrialRow) -> str:
 
 def _config(run_dir: Path) -> dict[str, Any]:
     try:
-        doc = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        doc = json.loads(read_text_file(run_dir / "config.json"))
         return doc.get("config", {}) if isinstance(doc, dict) else {}
     except (OSError, ValueError):
         return {}

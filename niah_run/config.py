@@ -12,6 +12,7 @@ from typing import Any
 
 from run_plan.errors import UsageError
 from run_plan.options import SPEC_FIELDS, Layer, build_spec, flag_layer, load_toml
+from run_plan.safe_files import read_text_file
 from run_plan.spec import DEFAULT_NIAH_LENGTHS, IDENTITY_BEFORE_KEY, RunSpec
 
 CONFIG_FILE = "config.json"
@@ -26,7 +27,7 @@ def read_saved_doc(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_text_file(path))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UsageError(
             f"cannot read {path}: {exc}", hint="Remove it or start a new --out folder."

@@ -26,6 +26,7 @@ from niah_run.results import latest_by_key, read_trial_rows
 from niah_run.rows import TrialRow, as_row
 from run_plan.errors import UsageError
 from run_plan.options import check_value
+from run_plan.safe_files import read_text_file
 from run_plan.text import inert
 
 SUMMARY_JSON = "summary.json"
@@ -326,7 +327,7 @@ _RUN_TEXT_FACTS = ("model", "quant", "dtype", "needle_kind", "backend", "attn")
 def run_info(run_dir: Path) -> RunFacts:
     """Model, quantization, dtype, date, backend and pricing settings of a run directory (best effort)."""
     try:
-        doc = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        doc = json.loads(read_text_file(run_dir / "config.json"))
     except (OSError, ValueError):
         return {}
     if not isinstance(doc, dict):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from run_plan.errors import UsageError
+from run_plan.safe_files import read_text_file
 from run_plan.spec import (
     ATTN_CHOICES,
     BACKEND_CHOICES,
@@ -382,13 +383,15 @@ def known_keys(
 def load_toml(path: Path) -> dict[str, Any]:
     """A TOML run file: settings at top level or under one [run] table."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_text_file(path))
     except FileNotFoundError:
         raise UsageError(f"--config {path} does not exist") from None
     except IsADirectoryError:
         raise UsageError(f"--config {path} is a folder, not a TOML file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read --config {path}: {exc}") from None
+        raise UsageError(
+            f"cannot read --config {path}: {exc}", hint="Give a UTF-8 TOML file (a regular file, not a pipe)."
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"--config {path} is not valid TOML: {exc}") from None
     if set(data) == {"run"}:

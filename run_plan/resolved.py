@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from run_plan.errors import UsageError
+from run_plan.safe_files import read_text_file
 from run_plan.spec import RunSpec
 from run_plan.timing import PrefillTimeModel
 
@@ -167,11 +168,14 @@ class ResolvedPlan:
     @classmethod
     def read(cls, path: Path) -> ResolvedPlan:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text_file(path))
         except FileNotFoundError:
             raise UsageError(f"--plan {path} does not exist") from None
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise UsageError(f"cannot read --plan {path}: {exc}") from None
+            raise UsageError(
+                f"cannot read --plan {path}: {exc}",
+                hint="Give the file `doctor ... --plan-out FILE` wrote (a regular file, not a pipe).",
+            ) from None
         return cls.from_dict(data)
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "is_symlink",
     "open_append",
     "read_bytes",
+    "read_text_file",
     "tool_cache_dir",
     "write_atomic",
     "write_atomic_text",
@@ -118,3 +119,27 @@ def read_bytes(path: Path | str, *, limit: int | None = None) -> bytes:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
             raise OSError(errno.EINVAL, "is not a regular file", str(path))
         return handle.read() if limit is None else handle.read(limit)
+
+
+# A settings file, a plan, a report or a model's config is kilobytes: far beyond this is not one.
+TEXT_FILE_LIMIT = 64 << 20
+
+
+def read_text_file(path: Path | str, *, limit: int = TEXT_FILE_LIMIT) -> str:
+    """A file someone named (a --config, --plan or --report file, a model's config.json), as UTF-8 text:
+    symlinks followed (they are the user's own), but only a regular file of at most `limit` bytes. A FIFO
+    would block the open and the read forever, /dev/zero never end: each is an OSError instead, as is
+    a folder (IsADirectoryError), for the caller's one-line message. UnicodeDecodeError as read_text."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)  # a FIFO's open does not wait for a writer
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "is not a regular file (a pipe or a device)", str(path))
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"is larger than {limit >> 20} MiB", str(path))
+    return data.decode("utf-8")

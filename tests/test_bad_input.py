@@ -115,3 +115,36 @@ def test_unknown_model_type_is_a_fail_row(tmp_path: Path) -> None:
     assert _row(doc, "model-resolves")["status"] == "pass"
     assert _row(doc, "model-type-supported")["status"] == "fail"
     assert "no-such-architecture" in _row(doc, "model-type-supported")["summary"]
+
+
+def _fifo(tmp_path: Path, name: str) -> Path:
+    import os
+
+    path = tmp_path / name
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("flag", ["--config", "--report"])
+def test_a_pipe_or_a_device_named_as_a_file_is_a_usage_error_not_a_hang(
+    tmp_path: Path, capsys: pytest.CaptureFixture, flag: str
+) -> None:
+    """A FIFO blocked the open (and the read) forever and /dev/zero never ended: the doctor must neither
+    crash nor hang, whatever a flag names."""
+    from doctor.explain import explain_command
+
+    for named in (_fifo(tmp_path, f"x{flag}"), Path("/dev/zero")):
+        if flag == "--config":
+            code = run_cli(doctor_command, ["--config", str(named), "--only", "platform"])
+        else:
+            code = run_cli(explain_command, ["memory-fit", "--report", str(named)])
+        captured = capsys.readouterr()
+        assert code == 2 and "not a regular file" in captured.err and "hint:" in captured.err, captured.err
+
+
+def test_a_model_folder_whose_config_is_a_pipe_is_a_fail_row(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    _fifo(folder, "config.json")
+    code, doc = _report(["--model", str(folder), "--only", "model"])
+    assert code == 1 and "config.json" in _row(doc, "model-resolves")["summary"]  # and no hang

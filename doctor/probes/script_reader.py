@@ -28,6 +28,7 @@ from typing import Any
 
 from run_plan.errors import UsageError
 from run_plan.options import Layer, check_value
+from run_plan.safe_files import read_text_file
 
 SETTING_KEYS: tuple[str, ...] = (
     "model",
@@ -953,7 +954,7 @@ def read_script(path: str | Path) -> ScriptReading:
     given = str(path)
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_text_file(file)
     except (OSError, UnicodeDecodeError) as exc:
         return ScriptReading(given, {}, f"could not read {given}: {getattr(exc, 'strerror', None) or exc}")
     settings, problem = read_source(text, given)

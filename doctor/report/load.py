@@ -21,6 +21,7 @@ from doctor.report.model import (
     ToolInfo,
 )
 from run_plan.errors import UsageError
+from run_plan.safe_files import read_text_file
 
 _KNOWN_TOP = {"schema_version", "tool", "created_at", "target", "summary", "checks", "facts", "redactions"}
 
@@ -28,13 +29,13 @@ _KNOWN_TOP = {"schema_version", "tool", "created_at", "target", "summary", "chec
 def read_report_json(path: Path) -> dict[str, Any]:
     """The parsed JSON document of a saved report; a UsageError (exit 2) naming the file otherwise."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_text_file(path))
     except FileNotFoundError:
         raise UsageError(
             f"{path}: no such file", hint="Save a report with: doctor --format json -o report.json"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
+        raise UsageError(f"cannot read {path}: {exc}", hint=_SAVE_HINT) from None
     except json.JSONDecodeError as exc:
         raise UsageError(
             f"{path} is not JSON ({exc.msg}, line {exc.lineno})",

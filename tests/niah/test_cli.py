@@ -169,6 +169,15 @@ def test_price_flags_beyond_any_price_are_usage_errors(tmp_path, fake, capsys) -
     assert niah(*BASE, "--out", str(tmp_path / "r"), "--price-per-gpu-hour", "2.5") == 0
 
 
+@pytest.mark.parametrize("flag", ["--config", "--plan"])
+def test_a_pipe_named_as_the_run_file_is_a_usage_error_not_a_hang(tmp_path, capsys, flag) -> None:
+    pipe = tmp_path / "run-file"
+    os.mkfifo(pipe)
+    assert niah("run", flag, str(pipe), "--out", str(tmp_path / "r")) == 2
+    err = capsys.readouterr().err
+    assert "not a regular file" in err and "hint:" in err and not (tmp_path / "r").exists()
+
+
 def test_help_lists_every_flag() -> None:
     proc = run_module("-m", "niah_run", "run", "--help")
     assert proc.returncode == 0
