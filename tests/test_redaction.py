@@ -91,3 +91,21 @@ def _check_json(doc: dict) -> None:
     assert remotes == ["https://example.invalid/o/r.git"]
     hub = next(c for c in doc["checks"] if c["id"] == "hf-hub-access")
     assert "present (from HF_TOKEN env)" in hub["summary"]
+
+
+def test_the_stored_token_is_read_from_a_regular_file_only(tmp_path, monkeypatch) -> None:
+    """HF_TOKEN_PATH naming a pipe hung every doctor run (the Redactor reads the token to scrub it) and
+    /dev/zero never ended; a regular file's token is still scrubbed."""
+    import os
+
+    from doctor.report.redact import Redactor, _stored_hf_token
+
+    pipe = tmp_path / "token-pipe"
+    os.mkfifo(pipe)
+    for path in (pipe, "/dev/zero"):
+        monkeypatch.setenv("HF_TOKEN_PATH", str(path))
+        assert _stored_hf_token() is None
+    token = tmp_path / "token"
+    token.write_text("hf_" + "q" * 34 + "\n")
+    monkeypatch.setenv("HF_TOKEN_PATH", str(token))
+    assert "q" * 34 not in Redactor().scrub("the token is " + "hf_" + "q" * 34)

@@ -24,8 +24,9 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from enum import Enum
-from pathlib import Path
 from typing import Any, TypeVar
+
+from run_plan.safe_files import read_text_file
 
 T = TypeVar("T")
 
@@ -84,8 +85,8 @@ def _stored_hf_token() -> str | None:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
     )
     path = os.environ.get("HF_TOKEN_PATH") or os.path.join(hf_home, "token")
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
+    try:  # HF_TOKEN_PATH may name a pipe or /dev/zero: read only a small regular file, never wait
+        token = read_text_file(path, limit=1 << 16).strip()
     except (OSError, UnicodeDecodeError):
         return None
     return token or None
