@@ -31,7 +31,7 @@ from run_plan.errors import UsageError
 from run_plan.options import BY_NAME, DOCTOR, OPTIONS
 from run_plan.resolved import Decision, DevicePrediction, LengthPlan, ResolvedPlan
 from run_plan.shell import shell_join
-from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, LEAN_ATTN, RunSpec
+from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, LEAN_ATTN, RunSpec, experts_setting
 from run_plan.timing import PrefillTimeModel
 
 
@@ -206,7 +206,7 @@ def _paths_from_sizing(
         decisions = [d for d in decisions if d.name != "attn"] + [Decision("attn", fallback, why)]
     if spec.experts == "auto":
         path = str((sizing.get("experts_path") or {}).get("experts") or "")
-        value = "routed" if path.startswith("routed") else "transformers"
+        value = experts_setting(path)
         decisions.append(Decision("experts", value, f"auto: {path or 'no experts path reported'}"))
         spec = dataclasses.replace(spec, experts=value)
     return spec, decisions

@@ -70,6 +70,17 @@ def refuse_changed_identity(before: dict[str, Any], now: dict[str, Any], run_dir
         )
 
 
+def saved_auto_as_decided(saved: dict[str, Any], now: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """An earlier run's identity where its plan recorded "auto" for a setting (`names`) this run also left
+    to auto (a --skip-preflight run saved experts="auto"): auto decides alike for the same model files,
+    which the rest of the identity compares, so the earlier "auto" reads as what auto decided now."""
+    config, current = saved.get("config"), now.get("config")
+    if not isinstance(config, dict) or not isinstance(current, dict):
+        return saved
+    same = {name: current.get(name) for name in names if config.get(name) == "auto" and name in current}
+    return {**saved, "config": {**config, **same}} if same else saved
+
+
 def resumed_identity_sha256(saved_doc: dict[str, Any], computed: str) -> str:
     """On --resume of the same test (refuse_changed_identity found no change): the earlier run's identity
     hash, so the trial keys it wrote name the same trials. An earlier release's identity may lack a setting
@@ -85,7 +96,14 @@ def refuse_changed_plan(saved_plan_identity: object, spec: RunSpec, run_dir: Pat
     if not isinstance(saved_plan_identity, dict):
         return
     current = spec.identity()
-    decided_later = {name for name, value in current.items() if value == "auto"}
+    # also decided then: a saved "auto" (a --skip-preflight run once saved experts="auto") where this run
+    # leaves the setting to the plan too (not chosen now on the command line or in a file)
+    decided_later = {
+        name
+        for name, value in current.items()
+        if value == "auto"
+        or (saved_plan_identity.get(name) == "auto" and spec.source_of(name) in ("default", "saved run"))
+    }
     refuse_changed_identity(
         {k: v for k, v in saved_plan_identity.items() if k not in decided_later},
         {k: v for k, v in current.items() if k not in decided_later},

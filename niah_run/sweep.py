@@ -17,6 +17,7 @@ niah_run/identity.py's, what it prints niah_run/progress.py's.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
 import time
@@ -41,6 +42,7 @@ from niah_run.identity import (
     refuse_changed_plan,
     resumed_identity_sha256,
     run_identity,
+    saved_auto_as_decided,
 )
 from niah_run.preflight import run_preflight, unjudged_plan
 from niah_run.progress import SweepProgress, describe_row, echo_err
@@ -59,7 +61,7 @@ from niah_run.trials import (
 from run_plan.errors import RunFailed, UsageError
 from run_plan.resolved import ResolvedPlan
 from run_plan.server_room import refuse_lengths_without_room
-from run_plan.spec import RunSpec
+from run_plan.spec import RunSpec, experts_setting
 from run_plan.units import duration
 
 MAX_CONSECUTIVE_ERRORS = 3
@@ -299,10 +301,18 @@ class Sweep:
         builder = PromptBuilder(tokenizer, frame, haystack)
         builder.warn = lambda message: echo_err(f"warning: {message}")
         facts = backend.describe()
+        decided_by_auto = {d.name for d in plan.decisions if d.name == "experts"}
+        if (
+            self.config.experts == "auto"
+        ):  # --skip-preflight: the path the loader put on, as the doctor names it
+            decided_by_auto.add("experts")
+            self.config = dataclasses.replace(self.config, experts=experts_setting(facts.get("experts")))
+            self.doc.update(config=self.config.to_dict(), plan_identity=self.config.identity())
         identity_doc, identity = run_identity(self.config, facts, tokenizer, frame, haystack)
         self.doc.update({"backend": facts, "identity": identity_doc})
         if saved is not None and isinstance(saved.get("identity"), dict):
-            refuse_changed_identity(saved["identity"], identity_doc, self.run_dir)
+            earlier = saved_auto_as_decided(saved["identity"], identity_doc, decided_by_auto)
+            refuse_changed_identity(earlier, identity_doc, self.run_dir)
             identity = resumed_identity_sha256(saved, identity)
         self.doc.update(
             {

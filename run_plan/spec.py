@@ -271,6 +271,12 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         )
 
 
+def experts_setting(path: str | None) -> str:
+    """The --experts value naming an experts path as the loader and the sizing child report it
+    (doctor.runtime.paths.apply_experts): what experts=auto is decided to be."""
+    return "routed" if str(path or "").startswith("routed") else "transformers"
+
+
 # Identity settings added after a release, with the value every run of that release had: a saved identity
 # without the key computed with that value (a dense model and Llama 4 before the routed experts: the model's
 # own forward).

@@ -17,7 +17,7 @@ from niah_run.results import read_rows
 from niah_run.sweep import RunFolder, Sweep, finish
 from niah_run.trials import plan_trials
 from run_plan.errors import RunFailed, UsageError
-from run_plan.resolved import DevicePrediction, LengthPlan, ResolvedPlan
+from run_plan.resolved import Decision, DevicePrediction, LengthPlan, ResolvedPlan
 from run_plan.spec import RunSpec
 from tests.conftest import REPO
 from tests.niah.fakes import FakeBackend
@@ -369,6 +369,36 @@ def test_a_resume_refused_after_the_load_leaves_the_earlier_run_as_it_was(tmp_pa
     backend = FakeBackend()
     _, counts = _sweep(tmp_path, backend, lengths=(512,), trials=1, resume=True)
     assert counts["already_done"] == 3 and counts["ran"] == 0 and not backend.calls
+
+
+def _as_saved_by_an_auto_run(run_dir: Path) -> None:
+    """config.json as a --skip-preflight run left it before auto was decided there: experts="auto"."""
+    doc = json.loads((run_dir / "config.json").read_text())
+    doc["config"]["experts"] = doc["plan_identity"]["experts"] = doc["identity"]["config"]["experts"] = "auto"
+    (run_dir / "config.json").write_text(json.dumps(doc))
+
+
+def test_a_run_that_left_experts_to_auto_resumes_judged_or_not(tmp_path) -> None:
+    """--skip-preflight once saved experts="auto" where a judged run saves what auto decided: the same
+    test either way (auto decides alike for the same model files), so neither resume is refused; an
+    explicit --experts other than auto's choice still is."""
+    _sweep(tmp_path, FakeBackend(), lengths=(512,), trials=1)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["config"]["experts"] == "transformers"  # decided from the loaded model, never "auto"
+    _as_saved_by_an_auto_run(tmp_path)
+    backend = FakeBackend()
+    _, counts = _sweep(tmp_path, backend, lengths=(512, 1024), trials=1, resume=True)
+    assert counts["already_done"] == 3 and len(backend.calls) == 3  # only the new length ran
+    _as_saved_by_an_auto_run(tmp_path)
+    judged = ResolvedPlan(
+        spec=_config(tmp_path, lengths=(512, 1024), trials=1, experts="transformers"),
+        decisions=(Decision("experts", "transformers", "auto: dense"),),
+    )
+    _, counts = _sweep(tmp_path, FakeBackend(), plan=judged, lengths=(512, 1024), trials=1, resume=True)
+    assert counts["already_done"] == 6 and counts["ran"] == 0
+    _as_saved_by_an_auto_run(tmp_path)
+    with pytest.raises(UsageError, match=r"config\.experts"):
+        _sweep(tmp_path, FakeBackend(), lengths=(512, 2048), trials=1, resume=True, experts="routed")
 
 
 def test_resume_of_a_folder_without_a_run_is_refused(tmp_path) -> None:
