@@ -18,35 +18,17 @@ torch and transformers are imported inside functions: importing `niah_run.cli` m
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 # the one chunk grid (the time plan counts the same chunks) and what a cache has seen
 from doctor.runtime.cache import cache_length as cache_length
+
+# how this transformers spells the forward's arguments, as the doctor's probe and trace ask it
+from doctor.runtime.forward import ForwardSignature as ForwardSignature
+from doctor.runtime.forward import inspect_forward as inspect_forward
 from run_plan.timing import chunk_bounds as chunk_bounds
-
-
-@dataclass(frozen=True)
-class ForwardSignature:
-    """How this transformers version spells the forward arguments we need (they were renamed)."""
-
-    cache_kw: str  # "cache" (transformers >= 5.2x), "past_key_values", or Mamba's "cache_params"
-    logits_kw: str | None  # "logits_to_keep", "num_logits_to_keep" (4.45-4.49) or None
-    takes_cache_position: bool  # removed from the signature in recent 5.x; required for masks before
-
-
-def inspect_forward(model: Any) -> ForwardSignature:
-    params = inspect.signature(model.forward).parameters
-    # the first name this forward takes: transformers renamed it (cache), and Mamba's is cache_params
-    cache_kw = next(
-        (n for n in ("cache", "past_key_values", "cache_params") if n in params), "past_key_values"
-    )
-    logits_kw = next((name for name in ("logits_to_keep", "num_logits_to_keep") if name in params), None)
-    return ForwardSignature(
-        cache_kw=cache_kw, logits_kw=logits_kw, takes_cache_position="cache_position" in params
-    )
 
 
 def new_cache(model: Any, capacity: int | None = None) -> Any:

@@ -465,13 +465,10 @@ def cache_tensors(cache: Any) -> Iterator[Any]:
 
 
 def _cache_keyword(model: Any) -> str:
-    """How this model's forward takes the cache: transformers 5.2x renamed `past_key_values` to `cache`;
-    Mamba-style models took `cache_params` before that. A forward that does not name the keyword passed
-    drops it into **kwargs unused and starts a cache of its own, so the name is asked, not assumed."""
-    import inspect
+    """How this model's forward takes the cache (doctor.runtime.forward: asked, not assumed)."""
+    from doctor.runtime.forward import inspect_forward
 
-    params = inspect.signature(model.forward).parameters
-    return next((k for k in ("cache", "past_key_values", "cache_params") if k in params), "past_key_values")
+    return inspect_forward(model).cache_kw
 
 
 def _forward(torch: Any, model: Any, cache: Any, tokens: int, start: int = 0) -> None:

@@ -57,14 +57,17 @@ def lean_refusal(model: Any, tokens: int = 4) -> str | None:
 
     from doctor.runtime import attention
     from doctor.runtime.cache import preallocated_cache
+    from doctor.runtime.forward import inspect_forward
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     before = attention.CALLS[0]
     ids = torch.zeros(1, tokens, dtype=torch.long, device=device)
+    sig = inspect_forward(model)  # the cache's keyword as this transformers spells it (no deprecated alias)
     try:
         cache = preallocated_cache(model.config, tokens)
+        kwargs = {sig.cache_kw: cache, **({sig.logits_kw: 1} if sig.logits_kw else {})}
         with torch.no_grad(), attention.query_start(0, tokens):
-            model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=ids, use_cache=True, **kwargs)
     except attention.LeanUnsupported as refused:
         return str(refused)
     if attention.CALLS[0] == before:
