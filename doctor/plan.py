@@ -197,12 +197,12 @@ def _paths_from_sizing(
     model refuses becomes transformers' sdpa (the sizing traced that instead), and experts=auto becomes the
     MoE forward that was put on the model."""
     trace = sizing.get("trace") or {}
-    refused = (trace.get("attn_refused") or {}).get(LEAN_ATTN)
-    if refused and spec.attn == LEAN_ATTN and any(d.name == "attn" for d in decisions):
+    cause = lean_cause(trace)
+    if cause and spec.attn == LEAN_ATTN and any(d.name == "attn" for d in decisions):
         # what the sizing child traced instead: transformers' sdpa, or eager where the class refuses sdpa
         fallback = str(trace.get("attn_implementation") or AUTO_ATTN)
         spec = dataclasses.replace(spec, attn=fallback)
-        why = f"auto: {fallback} — the lean attention cannot compute this model exactly: {refused}"
+        why = f"auto: {fallback} — {cause}"
         decisions = [d for d in decisions if d.name != "attn"] + [Decision("attn", fallback, why)]
     if spec.experts == "auto":
         path = str((sizing.get("experts_path") or {}).get("experts") or "")
@@ -210,6 +210,31 @@ def _paths_from_sizing(
         decisions.append(Decision("experts", value, f"auto: {path or 'no experts path reported'}"))
         spec = dataclasses.replace(spec, experts=value)
     return spec, decisions
+
+
+def lean_cause(trace: Mapping[str, Any]) -> str | None:
+    """Why the sizing child traced transformers' path instead of the lean attention, in the plan's words:
+    a refusal its short forward met, or the position from which the lean path refuses (its memory then
+    cannot be traced past there, so transformers' path is what was sized, at every length)."""
+    refused = (trace.get("attn_refused") or {}).get(LEAN_ATTN)
+    if refused:
+        return f"the lean attention cannot compute this model exactly: {refused}"
+    limit = (trace.get("attn_limit") or {}).get(LEAN_ATTN)
+    if limit:
+        return f"the lean attention refuses this model from position {int(limit['position']):,} on ({limit['why']})"
+    return None
+
+
+def lean_limit(trace: Mapping[str, Any]) -> tuple[int, str] | None:
+    """(first position the lean attention refuses, why) where that depends on the position."""
+    limit = (trace.get("attn_limit") or {}).get(LEAN_ATTN)
+    return (int(limit["position"]), str(limit["why"])) if limit else None
+
+
+def last_fed_position(spec: RunSpec) -> int:
+    """The last position a forward of this plan feeds: the longest prompt and its answer, less the last
+    answer token (never fed back)."""
+    return int(spec.context or 0) + max(int(spec.max_new_tokens), 1) - 2
 
 
 def plan_without_estimate(spec: RunSpec, decisions: tuple[Decision, ...], reason: str) -> ResolvedPlan:

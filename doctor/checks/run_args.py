@@ -27,7 +27,7 @@ from doctor.report.model import CodeEdit, Evidence, Fix, Status, worst_status
 from run_plan.errors import UsageError
 from run_plan.shell import shell_join
 from run_plan.sizes import MaxMemory, format_max_memory, is_bits, max_memory_bytes, parse_max_memory
-from run_plan.spec import LEAN_ATTN
+from run_plan.spec import LEAN_ATTN, RunSpec
 from run_plan.units import gib
 
 SECTION = "run-args"
@@ -353,6 +353,9 @@ def _lean_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evide
             evidence,
             _sdpa_fix(ctx, "Use transformers' own path (or leave --attn on auto, which does)"),
         )
+    limited = _lean_limit_outcome(ctx, plan.spec if plan is not None else ctx.target, evidence)
+    if limited is not None:
+        return limited
     chosen = next((d.why for d in plan.decisions if d.name == "attn"), "") if plan else ""
     return Outcome.ok(
         "niah_lean (flash kernel, bottom-right causal, native GQA: no repeated K/V, no mask"
@@ -362,12 +365,51 @@ def _lean_attention(ctx: DoctorContext, facts: RunArgFacts, evidence: list[Evide
 
 
 def _lean_refused(ctx: DoctorContext) -> str | None:
+    return (_sizing_trace(ctx).get("attn_refused") or {}).get(LEAN_ATTN)
+
+
+def _sizing_trace(ctx: DoctorContext) -> dict[str, Any]:
     if not ctx.target.model:
-        return None
+        return {}
     facts = ctx.probe(MEMORY)
     if not isinstance(facts, dict):
+        return {}
+    return dict((facts.get("sizing") or {}).get("trace") or {})
+
+
+def _lean_limit_outcome(ctx: DoctorContext, spec: RunSpec, evidence: list[Evidence]) -> Outcome | None:
+    """A lean path that refuses this model from a position on (the sizing child's probe found where): FAIL
+    when the plan feeds that position, else a warning that the estimate follows transformers' path."""
+    from doctor.plan import last_fed_position, lean_limit
+
+    trace = _sizing_trace(ctx)
+    found = lean_limit(trace)
+    if found is None:
         return None
-    return ((facts.get("sizing") or {}).get("trace") or {}).get("attn_refused", {}).get(LEAN_ATTN)
+    position, why = found
+    reach = last_fed_position(spec)
+    evidence = [
+        *evidence,
+        Evidence("lean_refuses_from_position", position, "memory probe (the lean path's meta forward)"),
+        Evidence("last_position_fed", reach, "plan: the longest length and its answer tokens"),
+    ]
+    fix = _sdpa_fix(ctx, "Use transformers' own path (or leave --attn on auto, which does)")
+    if reach >= position:
+        return Outcome.fail(
+            f"niah_lean refuses this model from position {position:,} on ({why}); the plan feeds positions up "
+            f"to {reach:,} (a {int(spec.context or 0):,}-token prompt and up to {spec.max_new_tokens} answer "
+            "tokens), so the run would stop there",
+            evidence,
+            fix,
+        )
+    fallback = trace.get("attn_implementation") or "sdpa"
+    return Outcome.warn(
+        f"niah_lean computes this model only before position {position:,} ({why}); the plan stays below it, "
+        f"but the memory estimate follows transformers' {fallback}, which the sizing traced instead (its "
+        "trace reaches past that position)",
+        evidence,
+        fix,
+    )
 
 
 def _sdpa_fix(ctx: DoctorContext, summary: str, *first: str, at: Setting | None = None) -> Fix:

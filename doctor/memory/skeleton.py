@@ -326,12 +326,17 @@ def _trace(
     from doctor.memory.trace import trace_model
     from doctor.runtime.attention import LEAN_ATTENTION
 
-    refused = _lean_refusal(model) if attn == LEAN_ATTENTION else None
-    if refused is not None:  # transformers' own path then runs, and is what the plan must size
-        fallback = _set_fallback_attention(model)
-        traced = trace_model(torch, transformers, model, text, fallback)
-        return {**traced, "attn_requested": attn, "attn_refused": {LEAN_ATTENTION: refused}}
-    return trace_model(torch, transformers, model, text, attn)
+    probe = _lean_probe(model) if attn == LEAN_ATTENTION else None
+    if probe is None or (probe.refused is None and probe.limit is None):
+        return trace_model(torch, transformers, model, text, attn)
+    # transformers' own path then runs, and is what the plan must size: where the lean path refuses from a
+    # position on, the trace (whose points reach past every window) cannot follow it there either
+    fallback = _set_fallback_attention(model)
+    traced = trace_model(torch, transformers, model, text, fallback)
+    if probe.refused is not None:
+        return {**traced, "attn_requested": attn, "attn_refused": {LEAN_ATTENTION: probe.refused}}
+    limit = {"position": probe.limit, "why": probe.limit_why}
+    return {**traced, "attn_requested": attn, "attn_limit": {LEAN_ATTENTION: limit}}
 
 
 # What runs where the lean attention cannot: transformers' sdpa, or eager where the class refuses sdpa.
@@ -348,13 +353,13 @@ def _set_fallback_attention(model: Any) -> str:
     return str(getattr(model.config, "_attn_implementation", "eager"))
 
 
-def _lean_refusal(model: Any) -> str | None:
-    from doctor.runtime.paths import lean_refusal
+def _lean_probe(model: Any) -> Any:
+    from doctor.runtime.paths import LeanProbe, lean_probe
 
     try:
-        return lean_refusal(model)
+        return lean_probe(model)
     except Exception as exc:  # noqa: BLE001 - any failure of the lean forward keeps transformers' path
-        return f"its forward failed: {type(exc).__name__}: {str(exc)[:200]}"
+        return LeanProbe(refused=f"its forward failed: {type(exc).__name__}: {str(exc)[:200]}")
 
 
 def _kv_layout(config: Any, traced: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -45,6 +45,10 @@ _START: contextvars.ContextVar[tuple[int, int | None] | None] = contextvars.Cont
 )
 # Calls since import: the doctor's trace checks the model really routed its attention through here.
 CALLS = [0]
+# layer index -> the visibility rule its last call applied, while `recording_rules` is active
+_RULES: contextvars.ContextVar[dict[int, VisibilityRule] | None] = contextvars.ContextVar(
+    "niah_lean_rules", default=None
+)
 
 
 class LeanUnsupported(ValueError):
@@ -63,6 +67,18 @@ def query_start(position: int, tokens: int | None = None) -> Iterator[None]:
         yield
     finally:
         _START.reset(token)
+
+
+@contextlib.contextmanager
+def recording_rules() -> Iterator[dict[int, VisibilityRule]]:
+    """Collect, per layer index, the visibility rule each lean attention call inside applied (the doctor's
+    probe reads them to find where the lean path will refuse)."""
+    rules: dict[int, VisibilityRule] = {}
+    token = _RULES.set(rules)
+    try:
+        yield rules
+    finally:
+        _RULES.reset(token)
 
 
 @dataclass(frozen=True)
@@ -194,13 +210,11 @@ def lean_attention_forward(
     _refuse_what_changes_the_result(module, attention_mask, dropout, kwargs)
     check_kernel_inputs(query, key, value)
     rule = visibility_rule(module, kwargs.get("sliding_window"))
+    rules = _RULES.get()
+    if rules is not None and isinstance(getattr(module, "layer_idx", None), int):
+        rules[module.layer_idx] = rule
     q_len, kv_len = query.shape[-2], key.shape[-2]
     start = _query_start(rule, q_len, kv_len)
-    if rule.undeclared_window and start + q_len > rule.undeclared_window:
-        raise LeanUnsupported(
-            f"a window of {rule.undeclared_window} tokens that only the config sets (no layer_types, no"
-            " sliding_window in the attention call): past it, whether the model's mask applies it is not known"
-        )
     key_offset = start + q_len - kv_len  # absolute position of key index 0
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     return attend_by_rule(query, key, value, rule, start, key_offset, scale), None
@@ -220,11 +234,10 @@ def attend_by_rule(
     import torch
 
     q_len = query.shape[-2]
+    refused = position_refusal(rule, start, q_len, key_offset)
+    if refused:
+        raise LeanUnsupported(refused)
     segments = list(_segments(rule, start, start + q_len))
-    if rule.first_visible(start) < key_offset:
-        raise LeanUnsupported(
-            f"the cache no longer holds key {rule.first_visible(start)} (it starts at {key_offset})"
-        )
     if len(segments) == 1:
         return _attend_segment(query, key, value, rule, segments[0], start, key_offset, scale).transpose(1, 2)
     batch, heads, _, _ = query.shape
@@ -235,6 +248,40 @@ def attend_by_rule(
         out[:, a - start : b - start] = piece.transpose(1, 2)
         del piece
     return out
+
+
+def position_refusal(rule: VisibilityRule, start: int, q_len: int, key_offset: int) -> str | None:
+    """Why the queries at positions start..start + q_len - 1, against keys from absolute position
+    `key_offset` on, cannot be computed exactly under `rule`; None when they can. The lean path's one
+    decision that depends on the position: the attention raises it, and the doctor's probe asks it where
+    the first refusal lies (`first_refused_position`), so the plan sees it before the run meets it."""
+    if rule.undeclared_window and start + q_len > rule.undeclared_window:
+        return (
+            f"a window of {rule.undeclared_window} tokens that only the config sets (no layer_types, no"
+            " sliding_window in the attention call): past it, whether the model's mask applies it is not known"
+        )
+    first = rule.first_visible(start)
+    if first < key_offset:
+        return f"the cache no longer holds key {first} (it starts at {key_offset})"
+    return None
+
+
+def first_refused_position(rule: VisibilityRule, keys_kept: int | None) -> int | None:
+    """The first position at which `position_refusal` refuses this layer's one-token forward, where its
+    cache hands the attention `keys_kept` earlier keys besides the new token's (None: every earlier key);
+    None when it never does. Every forward over positions before it is computed.
+
+    Asked at the two positions where a cause can begin: the end of a window only the config sets, and the
+    first key the cache drops. A rule's first visible key trails the position by at most its window (full:
+    never moves; chunked: trails most at a chunk's start), the cache's first key trails it by exactly
+    `keys_kept`: a rule the cache does not short at its first drop, it never shorts."""
+
+    def key_offset(position: int) -> int:
+        return 0 if keys_kept is None else position - min(position, keys_kept)
+
+    starts = {rule.undeclared_window, None if keys_kept is None else keys_kept + 1}
+    candidates = sorted(p for p in starts if p)
+    return next((p for p in candidates if position_refusal(rule, p, 1, key_offset(p))), None)
 
 
 def _segments(rule: VisibilityRule, start: int, end: int) -> Iterator[tuple[int, int]]:

@@ -145,6 +145,13 @@ def _layer_kind(layer: Any) -> str:
     return "unknown"
 
 
+def keys_kept(layer: Any) -> int | None:
+    """Earlier keys a cache layer hands the attention beside a new token's: a windowed layer (transformers'
+    DynamicSlidingWindowLayer, chunked layers included) keeps its last window - 1; None: every one."""
+    window = getattr(layer, "sliding_window", None)
+    return max(int(window) - 1, 0) if isinstance(window, int) and window > 0 else None
+
+
 def cache_length(cache: Any) -> int:
     """Tokens the cache has seen (for sliding layers: all of them, not just the window)."""
     return int(cache.get_seq_length()) if cache is not None else 0

@@ -3,13 +3,15 @@
 - `apply_experts(model, experts)`: the MoE forward the plan chose — Llama 4's routed forward
   (doctor.runtime.experts), transformers' own `grouped_mm` for models on its experts interface, or the
   model's own forward (`experts="transformers"`). Returns what was done, for the plan line and the row.
-- `lean_refusal(model)`: whether the lean attention really computes this model's attention: one short
+- `lean_probe(model)`: whether the lean attention really computes this model's attention: one short
   forward through every layer (on the meta device in the doctor) that must call it and must not meet
-  anything it refuses. The reason, or None when it runs.
+  anything it refuses; and the first position at which it will refuse, for refusals that depend on the
+  position (the short forward cannot meet those). `lean_refusal(model)`: the reason alone, or None.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -50,13 +52,25 @@ def _library_experts(model: Any) -> str | None:
     return None
 
 
-def lean_refusal(model: Any, tokens: int = 4) -> str | None:
-    """None when the lean attention computes this model's attention; else why not (transformers' path is
-    kept then). Runs one forward of `tokens` tokens where the model's parameters live (meta: no memory)."""
+@dataclass(frozen=True)
+class LeanProbe:
+    """What the doctor's short forward found about the lean attention on this model."""
+
+    refused: str | None = None  # why it cannot compute this model at all (None: it can)
+    # the first position it refuses, where the refusal depends on the position (None: none)
+    limit: int | None = None
+    limit_why: str | None = None
+
+
+def lean_probe(model: Any, tokens: int = 4) -> LeanProbe:
+    """One forward of `tokens` tokens where the model's parameters live (meta: no memory): a refusal met
+    there, or else the first position at which the lean path will refuse (a window only the config sets,
+    a cache that drops keys a layer's rule needs), read from each layer's rule and cache layer by the very
+    function the attention decides with (doctor.runtime.attention.first_refused_position)."""
     import torch
 
     from doctor.runtime import attention
-    from doctor.runtime.cache import preallocated_cache
+    from doctor.runtime.cache import keys_kept, preallocated_cache
     from doctor.runtime.forward import inspect_forward
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -66,10 +80,29 @@ def lean_refusal(model: Any, tokens: int = 4) -> str | None:
     try:
         cache = preallocated_cache(model.config, tokens)
         kwargs = {sig.cache_kw: cache, **({sig.logits_kw: 1} if sig.logits_kw else {})}
-        with torch.no_grad(), attention.query_start(0, tokens):
+        with torch.no_grad(), attention.query_start(0, tokens), attention.recording_rules() as rules:
             model(input_ids=ids, use_cache=True, **kwargs)
     except attention.LeanUnsupported as refused:
-        return str(refused)
+        return LeanProbe(refused=str(refused))
     if attention.CALLS[0] == before:
-        return "the model computes attention in its own code, not through transformers' attention interface"
-    return None
+        return LeanProbe(
+            refused="the model computes attention in its own code, not through transformers' attention interface"
+        )
+    layers = list(getattr(cache, "layers", None) or [])
+    found = []
+    for index, rule in sorted(rules.items()):
+        kept = keys_kept(layers[index]) if index < len(layers) else None
+        position = attention.first_refused_position(rule, kept)
+        if position is not None:
+            offset = 0 if kept is None else position - min(position, kept)
+            found.append((position, index, attention.position_refusal(rule, position, 1, offset)))
+    if not found:
+        return LeanProbe()
+    position, index, why = min(found)
+    return LeanProbe(limit=position, limit_why=f"layer {index}: {why}")
+
+
+def lean_refusal(model: Any, tokens: int = 4) -> str | None:
+    """None when the lean attention computes this model's attention (at least before `lean_probe`'s
+    limit); else why not (transformers' path is kept then)."""
+    return lean_probe(model, tokens).refused

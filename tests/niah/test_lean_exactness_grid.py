@@ -19,7 +19,7 @@ An architecture the lean path claims (the doctor's probe `lean_refusal` finds no
 exact in every case. One it cannot compute (attention sinks, softcapping, bidirectional attention) must
 raise `LeanUnsupported` with a reason, in the probe and in the real forward, never another exception and
 never an answer. A window that only the config names (PhiMoE passes none to its attention call) is exact
-before it and refused past it.
+before it and refused past it, where the doctor's probe (`lean_probe`) says the refusals begin.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ transformers = pytest.importorskip("transformers")
 
 from doctor.runtime import attention as lean
 from doctor.runtime import cache as lean_cache
-from doctor.runtime.paths import lean_refusal
+from doctor.runtime.paths import lean_probe, lean_refusal
 from niah_run import prefill as pf
 from niah_run.backends.hf import HFBackend
 
@@ -506,6 +506,9 @@ def test_what_the_lean_path_cannot_compute_is_refused_with_a_reason(case: Case) 
 @pytest.mark.parametrize("case", CONFIG_WINDOW_CASES, ids=_ids_of(CONFIG_WINDOW_CASES))
 def test_a_window_only_the_config_sets_is_exact_before_it_and_refused_past_it(case: Case) -> None:
     model = model_for(case.arch, case.window, case.variant)
+    lean.register()
+    model.set_attn_implementation(lean.LEAN_ATTENTION)
+    assert lean_probe(model).limit == case.window  # the doctor's probe names where the run stops
     ids = list(case.ids)
     cache = pf.new_cache(model, capacity=len(ids))
     if len(ids) <= case.window:

@@ -69,3 +69,141 @@ def test_the_cache_keyword_is_the_one_the_signature_names() -> None:
 
     assert inspect_forward(Before525()).cache_kw == "past_key_values"
     assert inspect_forward(Since525()).cache_kw == "cache"
+
+
+# ---------------------------------------------------------------- refusals that depend on the position
+
+
+def _lean_forward(model: Any, ids: list[int], cache: Any, start: int) -> Any:
+    from niah_run import prefill as pf
+
+    lean.register()
+    model.set_attn_implementation(lean.LEAN_ATTENTION)
+    sig = pf.inspect_forward(model)
+    with torch.inference_mode(), lean.query_start(start, len(ids)):
+        return model(
+            input_ids=torch.tensor([ids]),
+            position_ids=torch.arange(start, start + len(ids)).unsqueeze(0),
+            **{sig.cache_kw: cache},
+        )
+
+
+def test_the_probe_finds_the_position_where_a_window_only_the_config_sets_is_refused() -> None:
+    # PhiMoE: sliding_window in the config, no layer_types, none passed to its attention call. The doctor's
+    # 4-token probe never reaches the window; the plan must still know where the run will stop
+    from doctor.runtime.paths import lean_probe
+    from niah_run import prefill as pf
+
+    window = 6
+    model = _tiny("phimoe", sliding_window=window, num_local_experts=2, num_experts_per_tok=1)
+    lean.register()
+    model.set_attn_implementation(lean.LEAN_ATTENTION)
+    probe = lean_probe(model)
+    assert probe.refused is None and probe.limit == window
+    assert probe.limit_why is not None and "only the config sets" in probe.limit_why
+    cache = pf.new_cache(model, capacity=window + 1)
+    _lean_forward(model, list(range(3, 3 + window)), cache, 0)  # every position before the limit: computed
+    with pytest.raises(lean.LeanUnsupported, match="only the config sets"):
+        _lean_forward(model, [7], cache, window)  # the position the probe named: refused
+
+
+class _FullLayer:
+    """A layer whose rule is full attention (no layer types, no window anywhere)."""
+
+    config, layer_idx, is_causal = type("Config", (), {})(), 0, True
+
+
+def test_a_cache_that_drops_keys_a_full_layer_needs_is_refused_where_the_probe_says() -> None:
+    # a windowed cache layer (5 keys kept before a new token) under a full-attention rule: the probe's limit
+    # is the first position whose forward the attention itself refuses
+    kept = 5
+    rule = lean.visibility_rule(_FullLayer(), None)
+    limit = lean.first_refused_position(rule, kept)
+    assert limit == kept + 1
+    query = torch.randn(1, 4, 1, 8)
+    for position, refused in ((limit - 1, False), (limit, True)):
+        keys = torch.randn(1, 2, min(position, kept) + 1, 8)  # what the windowed layer hands over
+        with lean.query_start(position, 1):
+            if refused:
+                with pytest.raises(lean.LeanUnsupported, match="no longer holds key 0"):
+                    lean.lean_attention_forward(_FullLayer(), query, keys, keys, None)
+            else:
+                lean.lean_attention_forward(_FullLayer(), query, keys, keys, None)
+
+
+@pytest.mark.parametrize(
+    "rule, kept, limit",
+    [
+        (lean.VisibilityRule("sliding", 8), 7, None),  # transformers' own sliding cache: never short
+        (lean.VisibilityRule("sliding", 8), 4, 5),  # a cache smaller than the window
+        (lean.VisibilityRule("chunked", 8), 7, None),  # transformers' chunked layers keep chunk - 1
+        (lean.VisibilityRule("chunked", 8), 3, 4),
+        (lean.VisibilityRule("full", undeclared_window=10), None, 10),
+        (lean.VisibilityRule("full", undeclared_window=10), 3, 4),  # whichever comes first
+        (lean.VisibilityRule("full"), None, None),
+    ],
+)
+def test_the_first_refused_position_is_where_the_attention_first_refuses(
+    rule: Any, kept: int | None, limit: int | None
+) -> None:
+    assert lean.first_refused_position(rule, kept) == limit
+
+    def refused(position: int) -> bool:
+        offset = 0 if kept is None else position - min(position, kept)
+        return lean.position_refusal(rule, position, 1, offset) is not None
+
+    # the decision function itself, asked at every position of a span: nothing refused before the limit
+    assert [p for p in range(64) if refused(p)][:1] == ([] if limit is None else [limit])
+
+
+@pytest.fixture(scope="module")
+def phimoe_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("phimoe")
+    transformers.AutoConfig.for_model(
+        "phimoe",
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=4096,
+        sliding_window=64,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+    ).save_pretrained(folder)
+    return str(folder)
+
+
+def _judged(folder: str, attn: str, length: int) -> tuple[Any, Any]:
+    from doctor.api import judge
+    from run_plan.spec import RunSpec
+
+    judged = judge(
+        RunSpec(model=folder, gpus="1xH100-80GB", attn=attn, lengths=(length,), max_new_tokens=8),
+        only=("attn-implementation",),
+    )
+    (check,) = [c for c in judged.report.checks if c.id == "attn-implementation"]
+    return judged.plan, check
+
+
+def test_auto_keeps_transformers_path_for_a_model_the_lean_path_refuses_past_a_position(
+    phimoe_folder: str,
+) -> None:
+    plan, check = _judged(phimoe_folder, "auto", 256)
+    assert plan.spec.attn == "sdpa"
+    (why,) = [d.why for d in plan.decisions if d.name == "attn"]
+    assert "from position 64 on" in why and "only the config sets" in why
+    assert check.status.name == "PASS"
+
+
+def test_an_explicit_lean_attention_past_its_position_limit_fails_with_the_fix(phimoe_folder: str) -> None:
+    plan, check = _judged(phimoe_folder, "niah_lean", 256)
+    assert plan.spec.attn == "niah_lean"
+    assert check.status.name == "FAIL"
+    assert "from position 64 on" in check.summary and "only the config sets" in check.summary
+    assert check.fix is not None and any("--attn sdpa" in command for command in check.fix.commands)
+    # below the limit (56 + 8 answer tokens: positions 0..62) it runs; the estimate is transformers' path's
+    _, below = _judged(phimoe_folder, "niah_lean", 56)
+    assert below.status.name == "WARN" and "only before position 64" in below.summary
