@@ -27,6 +27,7 @@ from doctor.runtime.cache import cache_length as cache_length
 
 # how this transformers spells the forward's arguments, as the doctor's probe and trace ask it
 from doctor.runtime.forward import ForwardSignature as ForwardSignature
+from doctor.runtime.forward import forward_kwargs
 from doctor.runtime.forward import inspect_forward as inspect_forward
 from run_plan.timing import chunk_bounds as chunk_bounds
 
@@ -59,26 +60,14 @@ def forward_step(model: Any, sig: ForwardSignature, token_ids: Any, start: int, 
     """One forward over `token_ids` (shape [1, n]) at absolute positions start..start+n-1.
 
     Returns the float32 logits of the last position, shape [vocab]."""
-    import torch
-
     from doctor.runtime.attention import query_start
 
     n = token_ids.shape[-1]
-    if cache_length(cache) != start:
-        raise RuntimeError(f"cache holds {cache_length(cache)} tokens but the chunk starts at {start}")
-    positions = torch.arange(start, start + n, device=token_ids.device)
-    kwargs: dict[str, Any] = {
-        "input_ids": token_ids,
-        "position_ids": positions.unsqueeze(0),
-        sig.cache_kw: cache,
-        "use_cache": True,
-    }
-    if sig.takes_cache_position:
-        kwargs["cache_position"] = positions
-    if sig.logits_kw is not None:
-        kwargs[sig.logits_kw] = 1  # the prefill never needs more than the next-token logits
+    held = cache_length(cache)
+    if held is not None and held != start:  # None: a cache that counts no tokens (recurrent layers only)
+        raise RuntimeError(f"cache holds {held} tokens but the chunk starts at {start}")
     with query_start(start, n):  # the lean attention reads the chunk's position here; others ignore it
-        out = model(**kwargs)
+        out = model(**forward_kwargs(sig, token_ids, start, cache))
     return out.logits[0, -1].float()
 
 

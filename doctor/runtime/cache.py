@@ -152,9 +152,24 @@ def keys_kept(layer: Any) -> int | None:
     return max(int(window) - 1, 0) if isinstance(window, int) and window > 0 else None
 
 
-def cache_length(cache: Any) -> int:
-    """Tokens the cache has seen (for sliding layers: all of them, not just the window)."""
-    return int(cache.get_seq_length()) if cache is not None else 0
+def cache_length(cache: Any) -> int | None:
+    """Tokens the cache has seen (for sliding layers: all of them, not just the window): the most any of
+    its layers counts. The cache's own answer reads one layer, which may count none: a recurrent layer
+    whose state the model keeps in its modules (RecurrentGemma under transformers 5.25), a layer reading
+    another's K/V. None where nothing counts them (recurrent layers only, under transformers 5.17)."""
+    if cache is None:
+        return 0
+    counts = [int(layer.get_seq_length()) for layer in getattr(cache, "layers", None) or () if _counts(layer)]
+    if counts:
+        return max(counts)
+    try:
+        return int(cache.get_seq_length())
+    except ValueError:  # "can only be called on Attention layers"
+        return None
+
+
+def _counts(layer: Any) -> bool:
+    return callable(getattr(layer, "get_seq_length", None))
 
 
 def take_snapshot(cache: Any) -> PrefixSnapshot | None:
@@ -171,14 +186,16 @@ def take_snapshot(cache: Any) -> PrefixSnapshot | None:
             windows.append(
                 _WindowState(index, layer.keys.clone(), layer.values.clone(), int(layer.cumulative_length))
             )
-    return PrefixSnapshot(cache_length(cache), windows)
+    length = cache_length(cache)
+    return None if length is None else PrefixSnapshot(length, windows)
 
 
 def holds_prefix(cache: Any, keep: int) -> bool:
     """True when cropping to `keep` tokens is exact without a snapshot: every layer still holds them (full
     layers always; a windowed layer until it has dropped its first token)."""
     layers = getattr(cache, "layers", None)
-    if layers is None or not 0 < keep <= cache_length(cache):
+    held = cache_length(cache)
+    if layers is None or held is None or not 0 < keep <= held:
         return False
     for layer in layers:
         kind = _layer_kind(layer)
@@ -192,7 +209,7 @@ def holds_prefix(cache: Any, keep: int) -> bool:
 def restore(cache: Any, keep: int, snapshot: PrefixSnapshot | None) -> None:
     """Put the cache back to exactly its first `keep` tokens: by cropping where every layer holds them,
     else from a snapshot taken at `keep`. Raises ValueError when neither is exact."""
-    seen = cache_length(cache)
+    seen = cache_length(cache) or 0
     if holds_prefix(cache, keep):
         for layer in cache.layers:
             if seen > keep:

@@ -32,3 +32,23 @@ def inspect_forward(model: Any) -> ForwardSignature:
     return ForwardSignature(
         cache_kw=cache_kw, logits_kw=logits_kw, takes_cache_position="cache_position" in params
     )
+
+
+def forward_kwargs(sig: ForwardSignature, token_ids: Any, start: int, cache: Any) -> dict[str, Any]:
+    """The keyword arguments of niah's forward over `token_ids` ([1, n]) at absolute positions start..:
+    ids, positions, the cache under this forward's name, and only the last position's logits."""
+    import torch
+
+    n = token_ids.shape[-1]
+    positions = torch.arange(start, start + n, device=token_ids.device)
+    kwargs: dict[str, Any] = {
+        "input_ids": token_ids,
+        "position_ids": positions.unsqueeze(0),
+        sig.cache_kw: cache,
+        "use_cache": True,
+    }
+    if sig.takes_cache_position:
+        kwargs["cache_position"] = positions
+    if sig.logits_kw is not None:
+        kwargs[sig.logits_kw] = 1  # the prefill never needs more than the next-token logits
+    return kwargs
