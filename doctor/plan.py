@@ -20,6 +20,7 @@ from doctor.memory.estimate import (
     choose_prefill_chunk,
     compute_estimate,
     fits,
+    prefill_state,
 )
 from doctor.memory.gpus import GpuSpec, gpus_from_nvml, parse_gpus
 from doctor.memory.timing import prefill_time_model
@@ -318,6 +319,11 @@ def _choose_chunk(
     only buys a longer reach that nobody asked for, at many times the prefill time."""
     if given is not None:
         return given, "given"
+    state = prefill_state(sizing)
+    if state:  # every planned prompt in one forward; a length that does not fit so is ruled out
+        return max(lengths or (settings.context,)), (
+            f"auto: one forward per prompt — a chunked prefill of this model is not exact: {state}"
+        )
     for tokens in sorted(lengths or (settings.context,), reverse=True):
         at_length = dataclasses.replace(settings, context=tokens)
         if fits(sizing, at_length, gpus):

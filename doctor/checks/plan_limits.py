@@ -1,4 +1,5 @@
-"""Failures the plan is known to hit, judged before the run: kernel limits and placements that cannot load.
+"""Failures the plan is known to hit, judged before the run: kernel limits, placements that cannot load,
+and a chunked prefill that would not be exact.
 
 A limit the run is known to hit is a FAIL with the fix, never a note under a passing memory check:
 the run would fail all the same.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from doctor.context import DoctorContext
 from doctor.memory.activations import Shapes, flex_index_overflow, flex_repeats_kv
+from doctor.memory.estimate import prefill_state
 from doctor.plan import estimate_at_plan, rerun_command, resolve_plan
 from doctor.probes.memory import MEMORY
 from doctor.registry import Outcome, check
@@ -59,6 +61,42 @@ def attention_limit(ctx: DoctorContext) -> Outcome:
         Fix(
             "Use --attn sdpa (or leave --attn on auto): chunked sdpa prefill has no such limit",
             (rerun_command(spec, attn="sdpa"),),
+        ),
+    )
+
+
+@check(
+    "prefill-exact",
+    title="The chunked prefill computes what one forward over the prompt would",
+    section=SECTION,
+    needs=(MEMORY,),
+)
+def prefill_exact(ctx: DoctorContext) -> Outcome:
+    sizing = ctx.needed(MEMORY)["sizing"]
+    trace = sizing.get("trace") or {}
+    spec = resolve_plan(ctx).spec
+    ev = [Evidence("prefill_chunk", spec.prefill_chunk, "plan", spec.source_of("prefill_chunk"))]
+    if "prefill_state_error" in trace or not trace.get("attn_implementation"):
+        reason = trace.get("prefill_state_error") or "the model was not traced"
+        return Outcome.skip(f"not asked whether a chunked prefill carries this model's state ({reason})", ev)
+    state = prefill_state(sizing)
+    if state is None:
+        return Outcome.ok("a chunked prefill carries every state this model keeps from chunk to chunk", ev)
+    ev.append(Evidence("prefill_state", state, "memory probe (two forwards into one cache, meta device)"))
+    longest = int(spec.context or 0)
+    if spec.prefill_chunk is None or spec.prefill_chunk >= longest:
+        return Outcome.ok(
+            f"one forward per prompt (up to {longest:,} tokens): a chunked prefill of this model is not exact",
+            ev,
+        )
+    return Outcome.fail(
+        f"--prefill-chunk {spec.prefill_chunk:,} cuts the {longest:,}-token prompts into chunks, and a "
+        f"chunked prefill of this model is not exact: {state}",
+        ev,
+        Fix(
+            "Prefill each prompt in one forward: drop --prefill-chunk (the plan then does, and sizes it), "
+            "or give at least the longest length",
+            (rerun_command(spec, prefill_chunk=None),),
         ),
     )
 

@@ -232,7 +232,16 @@ def choose_prefill_chunk(sizing: Mapping[str, Any], settings: Settings, gpus: Se
     return _choose(sizing, settings, gpus)
 
 
+def prefill_state(sizing: Mapping[str, Any]) -> str | None:
+    """Why a chunked prefill of this model is not exact (doctor.runtime.state, asked in the sizing child),
+    or None: then each prompt is prefilled in one forward, and that is what is sized."""
+    why = (sizing.get("trace") or {}).get("prefill_state")
+    return str(why) if why else None
+
+
 def _choose(sizing: Mapping[str, Any], settings: Settings, gpus: Sequence[GpuSpec]) -> int:
+    if prefill_state(sizing):
+        return settings.context  # one forward per prompt: the only exact prefill of this model
     candidates = [c for c in CHUNK_CANDIDATES if c < settings.context]
     if settings.context <= CHUNK_CANDIDATES[0]:
         candidates = [settings.context, *candidates]

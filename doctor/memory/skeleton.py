@@ -322,7 +322,29 @@ def _trace(
     torch: Any, transformers: Any, model: Any, text: Any, attn: str, args: dict[str, Any]
 ) -> dict[str, Any]:
     if args.get("trace") is False:
-        return {"attn_requested": attn, "attn_implementation": attn, "kv_error": "tracing disabled"}
+        return {
+            "attn_requested": attn,
+            "attn_implementation": attn,
+            "kv_error": "tracing disabled",
+            "prefill_state_error": "tracing disabled",
+        }
+    traced = _trace_paths(torch, transformers, model, text, attn)
+    return {**traced, **_prefill_state(model)}
+
+
+def _prefill_state(model: Any) -> dict[str, Any]:
+    """{"prefill_state": why a chunked prefill of this model is not exact} where it is not (asked of the
+    model as the plan will run it: doctor.runtime.state); a probe that fails claims nothing."""
+    from doctor.runtime.state import uncarried_state
+
+    try:
+        why = uncarried_state(model)
+    except Exception as exc:  # noqa: BLE001 - reported, never fatal: the plan then chunks as before
+        return {"prefill_state_error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    return {"prefill_state": why} if why else {}
+
+
+def _trace_paths(torch: Any, transformers: Any, model: Any, text: Any, attn: str) -> dict[str, Any]:
     from doctor.memory.trace import trace_model
     from doctor.runtime.attention import LEAN_ATTENTION
 

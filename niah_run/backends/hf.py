@@ -18,6 +18,7 @@ from typing import Any
 from niah_run import prefill as pf
 from niah_run.backends.base import BackendOOM, Generation
 from niah_run.prefill import ProgressCallback
+from run_plan.errors import UsageError
 
 
 def is_oom(error: BaseException) -> bool:
@@ -100,6 +101,11 @@ class HFBackend:
         self._cached_ids: list[int] = []  # exactly the ids whose KV `_cache` holds, in order
         self._snapshot: Any = None  # the cache at an earlier length, for the next prompt's prefix
         self._capacity = 0  # tokens the preallocated cache holds room for
+        # why a chunked prefill of this model is not exact (asked of the loaded model, as the doctor asked
+        # its meta copy): each prompt is then prefilled in one forward, from its first token
+        self._uncarried = _uncarried_state(model)
+        if self._uncarried:
+            self._facts["prefill"] = f"one forward per prompt: {self._uncarried}"
 
     @property
     def tokenizer(self) -> Any:
@@ -184,6 +190,15 @@ class HFBackend:
     ) -> Generation:
         import torch
 
+        if self._uncarried:
+            if self.prefill_chunk is not None and len(ids) > self.prefill_chunk:
+                raise UsageError(
+                    f"--prefill-chunk {self.prefill_chunk} would cut this {len(ids)}-token prompt into chunks, "
+                    f"and a chunked prefill of this model is not exact: {self._uncarried}",
+                    hint="Drop --prefill-chunk (the doctor's plan prefills each prompt in one forward) or give "
+                    "at least the longest length.",
+                )
+            reusable_prefix_len, snapshot_at = 0, None  # a prefix's state cannot be resumed exactly either
         needed = len(ids) + max_new_tokens
         # a preallocated cache too small for this prompt would grow by a copy of its whole K/V: start afresh
         fits = not self.preallocate_kv or self._capacity >= needed
@@ -279,6 +294,15 @@ class HFBackend:
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+
+def _uncarried_state(model: Any) -> str | None:
+    from doctor.runtime.state import uncarried_state
+
+    try:
+        return uncarried_state(model)
+    except Exception:  # noqa: BLE001 - a model the probe cannot run is prefilled as planned
+        return None
 
 
 def _version(dist: str) -> str | None:

@@ -207,3 +207,190 @@ def test_an_explicit_lean_attention_past_its_position_limit_fails_with_the_fix(p
     # below the limit (56 + 8 answer tokens: positions 0..62) it runs; the estimate is transformers' path's
     _, below = _judged(phimoe_folder, "niah_lean", 56)
     assert below.status.name == "WARN" and "only before position 64" in below.summary
+
+
+# ---------------------------------------------------------------- a chunked prefill and the model's state
+
+ATOL = 1e-4
+
+# models whose state between forwards a forward of several tokens drops: (config overrides, the state)
+STATE_DROPPED: dict[str, tuple[dict[str, Any], str]] = {
+    # the convolution window, kept in the module (RecurrentGemmaRecurrentBlock.conv1d_state) and recomputed
+    # from the forward's own tokens
+    "recurrent_gemma": (
+        {
+            "num_hidden_layers": 3,
+            "lru_width": 32,
+            "block_types": ["recurrent", "recurrent", "attention"],
+            "attention_window_size": 16,
+        },
+        "conv1d_state",
+    ),
+    # Mamba-1's selective scan over several tokens takes no initial state: the cache's is replaced
+    "mamba": ({"state_size": 4, "expand": 2, "conv_kernel": 4, "time_step_rank": 4}, "recurrent_states"),
+    "jamba": (
+        {
+            "num_experts": 2,
+            "num_experts_per_tok": 1,
+            "attn_layer_period": 2,
+            "attn_layer_offset": 1,
+            "expert_layer_period": 2,
+            "expert_layer_offset": 1,
+            "mamba_d_state": 4,
+            "mamba_dt_rank": 4,
+            "mamba_d_conv": 4,
+        },
+        "recurrent_states",
+    ),
+}
+# recurrent and hybrid models whose cache carries every state across chunks
+STATE_CARRIED: dict[str, dict[str, Any]] = {
+    "mamba2": {
+        "state_size": 4,
+        "expand": 2,
+        "conv_kernel": 4,
+        "n_groups": 1,
+        "num_heads": 8,
+        "chunk_size": 4,
+    },
+    "bamba": {
+        "mamba_n_heads": 8,
+        "mamba_d_head": 8,
+        "mamba_d_state": 4,
+        "mamba_n_groups": 1,
+        "mamba_chunk_size": 4,
+        "attn_layer_indices": [1],
+    },
+    "qwen3_next": {
+        "linear_num_value_heads": 2,
+        "linear_num_key_heads": 2,
+        "linear_key_head_dim": 8,
+        "linear_value_head_dim": 8,
+        "num_experts": 2,
+        "num_experts_per_tok": 1,
+        "moe_intermediate_size": 16,
+        "shared_expert_intermediate_size": 16,
+        "layer_types": ["linear_attention", "full_attention"],
+    },
+    "lfm2": {"layer_types": ["conv", "full_attention"], "conv_L_cache": 3},
+}
+PROMPT = [5, 9, 13, 7, 22, 31, 8, 11, 40]
+
+
+def _eager_one_shot(model: Any, ids: list[int]) -> Any:
+    """Every position's logits of one forward over `ids`, with no cache passed (the model sets up its
+    own state from nothing)."""
+    model.set_attn_implementation("eager")
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0].float()
+
+
+def _niah_prefill(model: Any, ids: list[int], chunk: int | None) -> Any:
+    from niah_run import prefill as pf
+
+    model.set_attn_implementation("eager")
+    cache = pf.new_cache(model)
+    return pf.prefill(model, pf.inspect_forward(model), torch.tensor([ids]), cache, start=0, chunk_size=chunk)
+
+
+@pytest.fixture(scope="module")
+def dropping() -> dict[str, Any]:
+    return {name: _tiny(name, **overrides) for name, (overrides, _) in STATE_DROPPED.items()}
+
+
+@pytest.mark.parametrize("name", sorted(STATE_DROPPED))
+def test_the_probe_names_the_state_a_chunk_of_several_tokens_drops(name: str, dropping: dict) -> None:
+    from doctor.runtime.state import uncarried_state
+
+    model = dropping[name]
+    why = uncarried_state(model)
+    assert why is not None and STATE_DROPPED[name][1] in why
+    # the claim is real: niah's chunked prefill of such a model is not the one-shot forward
+    expected = _eager_one_shot(model, PROMPT)[-1]
+    got = _niah_prefill(model, PROMPT, 4).logits
+    assert float((got - expected).abs().max()) > ATOL
+
+
+@pytest.mark.parametrize("name", sorted(STATE_DROPPED))
+def test_niah_prefills_such_a_model_in_one_forward_and_equals_eager(name: str, dropping: dict) -> None:
+    from niah_run.backends.hf import HFBackend
+
+    model = dropping[name]
+    backend = HFBackend(model, None)
+    assert "one forward per prompt" in backend.describe()["prefill"]
+    first = [4, *PROMPT[:5]]
+    backend.generate(first, max_new_tokens=3)  # leaves its state in the model (RecurrentGemma's modules)
+    # the sweep's hints: the prompt shares 3 tokens with the last one and the next diverges at 5
+    got = backend.generate(PROMPT, max_new_tokens=4, reusable_prefix_len=3, snapshot_at=5)
+    assert got.reused_prefix_tokens == 0
+    # each generated token is the argmax of one eager forward over the prompt and the tokens before it
+    tokens = list(got.output_ids)
+    reference = _eager_one_shot(model, PROMPT + tokens[:-1])
+    assert reference[len(PROMPT) - 1 :].argmax(-1).tolist() == tokens
+    expected = _eager_one_shot(model, PROMPT)[-1]
+    assert float((_niah_prefill(model, PROMPT, None).logits - expected).abs().max()) <= ATOL
+
+
+def test_a_chunk_shorter_than_the_prompt_is_refused_not_run_inexactly(dropping: dict) -> None:
+    from niah_run.backends.hf import HFBackend
+    from run_plan.errors import UsageError
+
+    backend = HFBackend(dropping["mamba"], None, prefill_chunk=4)
+    with pytest.raises(UsageError, match="not exact"):
+        backend.generate(PROMPT, max_new_tokens=2)
+    assert backend.generate(PROMPT[:4], max_new_tokens=2).output_ids  # a prompt within one chunk runs
+
+
+@pytest.mark.parametrize("name", sorted(STATE_CARRIED))
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_a_model_whose_cache_carries_its_state_is_chunked_exactly(name: str, chunk: int) -> None:
+    from doctor.runtime.state import uncarried_state
+
+    model = _tiny(name, **STATE_CARRIED[name])
+    assert uncarried_state(model) is None
+    expected = _eager_one_shot(model, PROMPT)[-1]
+    assert float((_niah_prefill(model, PROMPT, chunk).logits - expected).abs().max()) <= ATOL
+
+
+def test_the_plan_prefills_such_a_model_in_one_forward_and_fails_a_shorter_chunk(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from doctor.api import judge
+    from run_plan.spec import RunSpec
+
+    folder = tmp_path_factory.mktemp("recurrent_gemma")
+    config = transformers.AutoConfig.for_model(
+        "recurrent_gemma",
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=4096,
+        **STATE_DROPPED["recurrent_gemma"][0],
+    )
+    config.save_pretrained(folder)
+    only = ("prefill-exact",)
+    auto = judge(RunSpec(model=str(folder), gpus="1xH100-80GB", lengths=(256, 1024)), only=only)
+    assert auto.plan.spec.prefill_chunk == 1024  # the longest prompt: every one in one forward
+    (why,) = [d.why for d in auto.plan.decisions if d.name == "prefill_chunk"]
+    assert "one forward per prompt" in why and "conv1d_state" in why
+    assert [c.status.name for c in auto.report.checks] == ["PASS"]
+    given = judge(
+        RunSpec(model=str(folder), gpus="1xH100-80GB", lengths=(1024,), prefill_chunk=64), only=only
+    )
+    (check,) = given.report.checks
+    assert check.status.name == "FAIL" and "not exact" in check.summary and "conv1d_state" in check.summary
+    assert check.fix is not None and not any("--prefill-chunk" in c for c in check.fix.commands)
+
+
+def test_the_cache_length_is_the_most_any_layer_counts(dropping: dict) -> None:
+    # RecurrentGemma keeps its recurrent state in its modules: its first cache layers count no tokens (under
+    # transformers 5.25 the cache's own get_seq_length reads layer 0 and said 0, and niah's decode stopped)
+    from niah_run import prefill as pf
+
+    model = dropping["recurrent_gemma"]
+    cache = pf.new_cache(model)
+    pf.prefill(model, pf.inspect_forward(model), torch.tensor([PROMPT]), cache, start=0, chunk_size=None)
+    assert pf.cache_length(cache) == len(PROMPT)
