@@ -34,7 +34,7 @@ def uncarried_state(model: Any, tokens: int = 4) -> str | None:
 
     from doctor.runtime.forward import forward_kwargs, inspect_forward
 
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = _input_device(model)
     sig = inspect_forward(model)
     cache = _cache_for(model, 2 * tokens)
     ids = torch.full((1, tokens), 3, dtype=torch.long, device=device)
@@ -60,6 +60,16 @@ def uncarried_state(model: Any, tokens: int = 4) -> str | None:
         f"its state between forwards ({dropped[0]}{more}) is {where} and a forward of several tokens "
         "replaces it without reading it: each chunk after the first starts that state afresh"
     )
+
+
+def _input_device(model: Any) -> Any:
+    """Where the ids go: the input embedding's device (under a device map, not every parameter's)."""
+    import torch
+
+    try:
+        return model.get_input_embeddings().weight.device
+    except Exception:  # noqa: BLE001 - a model without the accessor: its first parameter's device
+        return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _cache_for(model: Any, capacity: int) -> Any:
@@ -92,16 +102,15 @@ def _record(model: Any, kwargs: dict[str, Any], tokens: int) -> tuple[set[int], 
 
     class Recorder(TorchDispatchMode):
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            arguments = func._schema.arguments
+            schema = func._schema.arguments
+            written = {a.name for a in schema if a.alias_info is not None and a.alias_info.is_write}
             overwrites = func.__name__.split(".")[0] in _OVERWRITES
-            for index, value in enumerate([*args, *(kwargs or {}).values()]):
-                written = index < len(arguments) and bool(
-                    arguments[index].alias_info is not None and arguments[index].alias_info.is_write
-                )
+            named = [*zip((a.name for a in schema), args), *(kwargs or {}).items()]
+            for name, value in named:
                 for tensor in _tensors_in(value):
-                    if written:
+                    if name in written:
                         writes.add(_storage(tensor))
-                    if not (written and overwrites):
+                    if not (name in written and overwrites):
                         reads.add(_storage(tensor))
             return func(*args, **(kwargs or {}))
 
