@@ -277,6 +277,25 @@ def experts_setting(path: str | None) -> str:
     return "routed" if str(path or "").startswith("routed") else "transformers"
 
 
+# What apply_experts reports for a model without MoE layers, and how it starts what it reports for MoE
+# layers it cannot tell how to compute (remote code, a class on neither of its paths): --experts changes
+# nothing on either, the model's own forward runs.
+EXPERTS_DENSE = "dense"
+EXPERTS_NOT_RECOGNISED = "not recognised"
+# The --experts value a run's identity holds where the setting changes nothing: what runs (the model's own
+# forward), and what every saved run of such a model recorded unless it named another value.
+EXPERTS_WITHOUT_EFFECT = "transformers"
+
+
+def experts_setting_has_effect(path: object) -> bool:
+    """Whether --experts changes what a model computes, from the experts path the loader or the sizing
+    child reported for it: not on a dense model nor on a MoE niah does not recognise. A path not reported
+    (another backend, an earlier release) may have had one."""
+    if not isinstance(path, str):
+        return True
+    return path != EXPERTS_DENSE and not path.startswith(EXPERTS_NOT_RECOGNISED)
+
+
 # Identity settings added after a release, with the value every run of that release had: a saved identity
 # without the key computed with that value (a dense model and Llama 4 before the routed experts: the model's
 # own forward).
