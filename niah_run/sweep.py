@@ -43,6 +43,8 @@ from niah_run.identity import (
     resumed_identity_sha256,
     run_identity,
     saved_auto_as_decided,
+    saved_without_effect_as_now,
+    settings_without_effect,
 )
 from niah_run.preflight import run_preflight, unjudged_plan
 from niah_run.progress import SweepProgress, describe_row, echo_err
@@ -224,7 +226,7 @@ class Sweep:
                 f"--resume: {self.run_dir} holds no earlier run (no config.json)",
                 hint="Check the --out folder, or drop --resume to start a new run there.",
             )
-        refuse_changed_plan(saved.get("plan_identity"), self.config, self.run_dir)
+        refuse_changed_plan(saved.get("plan_identity"), self.config, self.run_dir, saved.get("backend"))
         return saved
 
     def _nothing_left(self, saved: dict[str, Any]) -> Counts | None:
@@ -301,7 +303,7 @@ class Sweep:
         builder = PromptBuilder(tokenizer, frame, haystack)
         builder.warn = lambda message: echo_err(f"warning: {message}")
         facts = backend.describe()
-        decided_by_auto = {d.name for d in plan.decisions if d.name == "experts"}
+        decided_by_auto = {d.name for d in plan.decisions if d.name == "experts" and d.why.startswith("auto")}
         if (
             self.config.experts == "auto"
         ):  # --skip-preflight: the path the loader put on, as the doctor names it
@@ -312,6 +314,7 @@ class Sweep:
         self.doc.update({"backend": facts, "identity": identity_doc})
         if saved is not None and isinstance(saved.get("identity"), dict):
             earlier = saved_auto_as_decided(saved["identity"], identity_doc, decided_by_auto)
+            earlier = saved_without_effect_as_now(earlier, identity_doc, settings_without_effect(facts))
             refuse_changed_identity(earlier, identity_doc, self.run_dir)
             identity = resumed_identity_sha256(saved, identity)
         self.doc.update(

@@ -14,6 +14,7 @@ import pytest
 
 from doctor.plan import _paths_from_sizing
 from doctor.report.render_text import plan_line
+from niah_run.identity import run_identity
 from run_plan.resolved import Decision
 from run_plan.spec import EXPERTS_DENSE, RunSpec, experts_setting, experts_setting_has_effect
 from tests.test_render_text import load
@@ -139,3 +140,30 @@ def test_the_plan_line_names_a_given_experts_value_as_it_names_the_attention() -
     noted = Decision("experts", "routed", "given; no effect — no MoE layer: --experts routed changes nothing")
     line = _plan_line_for("routed", [noted])
     assert "experts routed (given; no effect — no MoE layer)" in line and line.count("experts routed") == 1
+
+
+class _Frame:
+    template_sha256 = "t"
+
+
+class _Haystack:
+    sha256 = "h"
+
+
+class _Tokenizer:
+    def get_vocab(self) -> dict[str, int]:
+        return {"a": 0}
+
+
+@pytest.mark.parametrize("path", ["dense", "not recognised: config num_experts=8 — ..."])
+def test_the_identity_of_a_model_the_setting_cannot_change_is_one_for_every_value(path: str) -> None:
+    def identity(experts: str, facts: dict[str, Any]) -> str:
+        spec = RunSpec(model="m", experts=experts)
+        return run_identity(spec, facts, _Tokenizer(), _Frame(), _Haystack())[1]  # type: ignore[arg-type]
+
+    without = {"backend": "transformers", "experts": path}
+    assert len({identity(v, without) for v in ("routed", "transformers")}) == 1
+    # the hash runs of such a model saved with auto (decided "transformers") or before --experts existed
+    assert identity("routed", without) == identity("transformers", {"backend": "transformers"})
+    moe = {"backend": "transformers", "experts": "routed: transformers' experts interface, grouped_mm"}
+    assert identity("routed", moe) != identity("transformers", moe)

@@ -401,6 +401,63 @@ def test_a_run_that_left_experts_to_auto_resumes_judged_or_not(tmp_path) -> None
         _sweep(tmp_path, FakeBackend(), lengths=(512, 2048), trials=1, resume=True, experts="routed")
 
 
+class _ExpertsPath(FakeBackend):
+    """A fake whose loader reports the experts path it put on the model (doctor.runtime.paths)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def describe(self):
+        return {**super().describe(), "experts": self.path}
+
+
+def test_experts_on_a_model_without_moe_layers_is_one_test_whatever_its_value(tmp_path) -> None:
+    """--experts changes nothing on a dense model: a run started with one value resumes with any other
+    (nothing rerun, the same trial keys), and a new run with another value is the same test."""
+    _sweep(tmp_path, _ExpertsPath("dense"), lengths=(512,), trials=1, experts="routed")
+    keys = {r["trial_key"] for r in _rows(tmp_path)}
+    for value in ("transformers", "auto", "routed"):
+        backend = _ExpertsPath("dense")
+        _, counts = _sweep(tmp_path, backend, lengths=(512,), trials=1, resume=True, experts=value)
+        assert counts["already_done"] == 3 and counts["ran"] == 0 and not backend.calls
+    fresh = tmp_path / "fresh"
+    _sweep(fresh, _ExpertsPath("dense"), out=str(fresh), lengths=(512,), trials=1, experts="transformers")
+    assert {r["trial_key"] for r in _rows(fresh)} == keys
+    # on a MoE the value chooses the forward: another one is another test
+    moe = tmp_path / "moe"
+    routed = "routed: transformers' experts interface, grouped_mm"
+    _sweep(moe, _ExpertsPath(routed), out=str(moe), lengths=(512,), trials=1, experts="routed")
+    with pytest.raises(UsageError, match=r"experts"):
+        _sweep(
+            moe,
+            _ExpertsPath(routed),
+            out=str(moe),
+            lengths=(512,),
+            trials=1,
+            resume=True,
+            experts="transformers",
+        )
+
+
+def test_a_dense_run_saved_with_experts_routed_resumes_with_its_trial_keys(tmp_path, monkeypatch) -> None:
+    """A run of a dense model that an earlier release saved with experts="routed" in its identity (and a
+    hash over it) continues under any value: its saved hash keys the trials, nothing is rerun."""
+    import niah_run.identity as identity_module
+
+    with monkeypatch.context() as earlier_release:
+        earlier_release.setattr(identity_module, "_what_computes", lambda config, facts: config)
+        _sweep(tmp_path, _ExpertsPath("dense"), lengths=(512,), trials=1, experts="routed")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["identity"]["config"]["experts"] == "routed"
+    backend = _ExpertsPath("dense")
+    _, counts = _sweep(tmp_path, backend, lengths=(512, 1024), trials=1, resume=True)
+    assert counts["already_done"] == 3 and len(backend.calls) == 3  # only the new length ran
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["identity_sha256"] == saved["identity_sha256"]
+    assert len({r["identity_sha256"] for r in _rows(tmp_path)}) == 1
+
+
 def test_resume_of_a_folder_without_a_run_is_refused(tmp_path) -> None:
     with pytest.raises(UsageError, match="no earlier run"):
         _sweep(tmp_path / "typo", FakeBackend(), resume=True, out=str(tmp_path / "typo"))
