@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from doctor import __version__
-from niah_run.prompt import PROMPT_VERSION, ChatFrame, TokenizedHaystack, tokenizer_sha256
+from niah_run.prompt import PROMPT_VERSION, TokenizedHaystack, tokenizer_sha256
 from run_plan.errors import UsageError
+from run_plan.prompt_frame import ChatFrame
 from run_plan.spec import (
     EXPERTS_WITHOUT_EFFECT,
     RunSpec,

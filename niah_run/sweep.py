@@ -48,19 +48,19 @@ from niah_run.identity import (
 )
 from niah_run.preflight import run_preflight, unjudged_plan
 from niah_run.progress import SweepProgress, describe_row, echo_err
-from niah_run.prompt import PromptBuilder, TokenizedHaystack, chat_frame, tokenize_haystack
+from niah_run.prompt import PromptBuilder, TokenizedHaystack, tokenize_haystack
 from niah_run.results import ResultsStore, latest_by_key
 from niah_run.rows import TrialRow
 from niah_run.summary import Summary, write_summary
 from niah_run.trials import (
     PreparedTrial,
     RowBuilder,
-    TrialSpec,
     plan_trials,
     predicted_sweep_seconds,
     trial_key,
 )
 from run_plan.errors import RunFailed, UsageError
+from run_plan.prompt_frame import TrialSpec, chat_frame
 from run_plan.resolved import ResolvedPlan
 from run_plan.server_room import refuse_lengths_without_room
 from run_plan.spec import RunSpec, experts_setting
