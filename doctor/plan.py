@@ -36,6 +36,7 @@ from run_plan.spec import (
     DEFAULT_PREFILL_CHUNK,
     EXPERTS_DENSE,
     LEAN_ATTN,
+    LEAN_MIN_CAPABILITY,
     RunSpec,
     experts_setting,
     experts_setting_has_effect,
@@ -102,8 +103,8 @@ def _auto_attention(spec: RunSpec, gpus: Sequence[GpuSpec]) -> tuple[str, str]:
     return LEAN_ATTN, _LEAN_WHY
 
 
-# torch's flash attention kernel needs Ampere or newer
-FLASH_MIN_CAPABILITY = (8, 0)
+# torch's flash attention kernel needs Ampere or newer (the loader refuses older cards with the same bound)
+FLASH_MIN_CAPABILITY = LEAN_MIN_CAPABILITY
 
 
 def _gpus_without_context(spec: RunSpec) -> list[GpuSpec]:

@@ -20,6 +20,8 @@ QUANT_CHOICES: tuple[str, ...] = ("none", "bnb-8bit", "bnb-4bit")
 # "auto" lets the doctor pick: niah_lean (niah's exact flash prefill attention, doctor/runtime/attention.py)
 # where it is exact for this model on this GPU, else sdpa. The others mean what they mean in transformers.
 LEAN_ATTN = "niah_lean"
+# The lean attention runs torch's flash attention kernel, which needs an Ampere (sm_80) or newer GPU.
+LEAN_MIN_CAPABILITY: tuple[int, int] = (8, 0)
 ATTN_CHOICES: tuple[str, ...] = ("auto", LEAN_ATTN, "sdpa", "flex_attention", "eager", "flash_attention_2")
 # MoE experts: auto/routed compute only the experts the router chose (doctor/runtime/experts.py for
 # Llama 4, transformers' grouped_mm for models on its experts interface); transformers = the model's own.
