@@ -32,7 +32,16 @@ from run_plan.errors import UsageError
 from run_plan.options import BY_NAME, DOCTOR, OPTIONS
 from run_plan.resolved import Decision, DevicePrediction, LengthPlan, ResolvedPlan
 from run_plan.shell import shell_join
-from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, LEAN_ATTN, RunSpec, experts_setting
+from run_plan.spec import (
+    AUTO_ATTN,
+    DEFAULT_PREFILL_CHUNK,
+    EXPERTS_DENSE,
+    LEAN_ATTN,
+    LEAN_MIN_CAPABILITY,
+    RunSpec,
+    experts_setting,
+    experts_setting_has_effect,
+)
 from run_plan.timing import PrefillTimeModel
 
 
@@ -95,8 +104,8 @@ def _auto_attention(spec: RunSpec, gpus: Sequence[GpuSpec]) -> tuple[str, str]:
     return LEAN_ATTN, _LEAN_WHY
 
 
-# torch's flash attention kernel needs Ampere or newer
-FLASH_MIN_CAPABILITY = (8, 0)
+# torch's flash attention kernel needs Ampere or newer (the loader refuses older cards with the same bound)
+FLASH_MIN_CAPABILITY = LEAN_MIN_CAPABILITY
 
 
 def _gpus_without_context(spec: RunSpec) -> list[GpuSpec]:
@@ -158,6 +167,7 @@ def _resolve(ctx: DoctorContext, static: tuple[Decision, ...]) -> ResolvedPlan:
     gpus, gpu_source = planned_gpus(ctx) if facts is not None else ([], "")
     if facts is None or not gpus:
         reason = "no memory estimate for this model" if facts is None else f"no GPU known ({gpu_source})"
+        decisions += _given_experts_without_effect(spec, facts["sizing"] if facts is not None else {})
         return plan_without_estimate(spec, (*decisions, *load_decisions(ctx, None)), reason)
     settings = Settings(**facts["settings"])
     sizing = facts["sizing"]
@@ -209,8 +219,28 @@ def _paths_from_sizing(
         path = str((sizing.get("experts_path") or {}).get("experts") or "")
         value = experts_setting(path)
         decisions.append(Decision("experts", value, f"auto: {path or 'no experts path reported'}"))
-        spec = dataclasses.replace(spec, experts=value)
-    return spec, decisions
+        return dataclasses.replace(spec, experts=value), decisions
+    return spec, decisions + _given_experts_without_effect(spec, sizing)
+
+
+def _given_experts_without_effect(spec: RunSpec, sizing: Mapping[str, Any]) -> list[Decision]:
+    """An --experts value the user gave that the model makes a no-op (no MoE layer, or MoE layers niah does
+    not recognise, where the model's own forward runs): said where the plan's decisions are shown. Not a
+    failure: the run computes what it would compute with any value (and its identity does not split)."""
+    path = (sizing.get("experts_path") or {}).get("experts")
+    if spec.experts == "auto" or experts_setting_has_effect(path):
+        return []
+    if experts_setting(str(path)) == spec.experts:
+        return []  # --experts transformers: the model's own forward, which is what runs
+    what = "no MoE layer" if path == EXPERTS_DENSE else "MoE not recognised"
+    return [
+        Decision(
+            "experts",
+            spec.experts,
+            f"given; no effect — {what}: --experts {spec.experts} changes nothing on this model "
+            f"({path}); the model's own forward runs",
+        )
+    ]
 
 
 def lean_cause(trace: Mapping[str, Any]) -> str | None:

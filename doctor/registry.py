@@ -110,6 +110,7 @@ CHECK_MODULES: tuple[str, ...] = (
     "doctor.checks.model_source",
     "doctor.checks.config_load",
     "doctor.checks.model_load",
+    "doctor.checks.prompt_fit",
     "doctor.checks.git_freshness",
     "doctor.checks.run_args",
     "doctor.checks.memory",

@@ -14,9 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from doctor import __version__
-from niah_run.prompt import PROMPT_VERSION, ChatFrame, TokenizedHaystack, tokenizer_sha256
+from niah_run.prompt import PROMPT_VERSION, TokenizedHaystack, tokenizer_sha256
 from run_plan.errors import UsageError
-from run_plan.spec import RunSpec, identity_diff
+from run_plan.prompt_frame import ChatFrame
+from run_plan.spec import (
+    EXPERTS_WITHOUT_EFFECT,
+    RunSpec,
+    experts_setting_has_effect,
+    identity_diff,
+)
 
 HARNESS_VERSION = f"niah-doctor {__version__} prompt-{PROMPT_VERSION}"
 # describe() fields that decide what the model computes (volatile ones like memory are left out of keys)
@@ -48,13 +54,21 @@ def run_identity(
     """The run's identity (saved in config.json) and its SHA-256 (in every trial key)."""
     identity = {
         "harness": HARNESS_VERSION,
-        "config": spec.identity(),
+        "config": _what_computes(spec.identity(), backend_facts),
         "backend": {k: backend_facts[k] for k in _IDENTITY_FIELDS if k in backend_facts},
         "tokenizer_sha256": tokenizer_sha256(tokenizer),
         "template_sha256": frame.template_sha256,
         "haystack_sha256": haystack.sha256,
     }
     return identity, hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _what_computes(config: dict[str, Any], backend_facts: dict[str, Any]) -> dict[str, Any]:
+    """The plan's identity settings, with --experts at the one value it has where it changes nothing (a
+    model without MoE layers, or with ones niah does not recognise): there every value is the same test."""
+    if "experts" in config and not experts_setting_has_effect(backend_facts.get("experts")):
+        return {**config, "experts": EXPERTS_WITHOUT_EFFECT}
+    return config
 
 
 def refuse_changed_identity(before: dict[str, Any], now: dict[str, Any], run_dir: Path) -> None:
@@ -81,6 +95,24 @@ def saved_auto_as_decided(saved: dict[str, Any], now: dict[str, Any], names: set
     return {**saved, "config": {**config, **same}} if same else saved
 
 
+def settings_without_effect(backend_facts: dict[str, Any]) -> set[str]:
+    """Identity settings that change nothing on the model these facts describe (--experts on a model
+    without MoE layers it can route)."""
+    return set() if experts_setting_has_effect(backend_facts.get("experts")) else {"experts"}
+
+
+def saved_without_effect_as_now(
+    saved: dict[str, Any], now: dict[str, Any], names: set[str]
+) -> dict[str, Any]:
+    """An earlier run's identity with the settings that change nothing on this model (`names`) read as
+    this run's: whatever it saved for them (an --experts routed on a dense model), it computed the same
+    trials, and the rest of the identity (the model files) is still compared."""
+    config, current = saved.get("config"), now.get("config")
+    if not names or not isinstance(config, dict) or not isinstance(current, dict):
+        return saved
+    return {**saved, "config": {**config, **{name: current.get(name) for name in names if name in current}}}
+
+
 def resumed_identity_sha256(saved_doc: dict[str, Any], computed: str) -> str:
     """On --resume of the same test (refuse_changed_identity found no change): the earlier run's identity
     hash, so the trial keys it wrote name the same trials. An earlier release's identity may lack a setting
@@ -89,10 +121,14 @@ def resumed_identity_sha256(saved_doc: dict[str, Any], computed: str) -> str:
     return saved if isinstance(saved, str) and saved else computed
 
 
-def refuse_changed_plan(saved_plan_identity: object, spec: RunSpec, run_dir: Path) -> None:
+def refuse_changed_plan(
+    saved_plan_identity: object, spec: RunSpec, run_dir: Path, saved_backend: object = None
+) -> None:
     """Before anything is loaded: the saved run's plan identity against this spec's. What this spec leaves
     to the doctor ("auto": attention, experts) is decided by judging the model on these GPUs; the full
-    identity is compared once the plan is judged and the model loaded (refuse_changed_identity)."""
+    identity is compared once the plan is judged and the model loaded (refuse_changed_identity).
+    `saved_backend`: the facts the earlier run's loader reported; a setting that changed nothing on that
+    model is compared once this run's model is loaded (the same files change nothing either)."""
     if not isinstance(saved_plan_identity, dict):
         return
     current = spec.identity()
@@ -104,6 +140,8 @@ def refuse_changed_plan(saved_plan_identity: object, spec: RunSpec, run_dir: Pat
         if value == "auto"
         or (saved_plan_identity.get(name) == "auto" and spec.source_of(name) in ("default", "saved run"))
     }
+    if isinstance(saved_backend, dict):
+        decided_later |= settings_without_effect(saved_backend)
     refuse_changed_identity(
         {k: v for k, v in saved_plan_identity.items() if k not in decided_later},
         {k: v for k, v in current.items() if k not in decided_later},

@@ -3,6 +3,8 @@
 input_ids = template prefix + intro + haystack slice (with the needle ids spliced in at sentence
 boundaries) + outro/question + template suffix.
 
+- Everything but the haystack (frame, intro, needle sentences, question) is run_plan/prompt_frame.py's,
+  which the doctor also counts with the run's tokenizer: a length too short for it fails the preflight.
 - The chat template is applied ONCE: we render it with a sentinel as the user message, split the
   rendered text at the sentinel and encode the two halves (template text and its special tokens
   only). We then check that prefix + encode(sentinel) + suffix equals the template's own
@@ -31,24 +33,25 @@ from typing import Any
 from niah_run.haystack import HaystackText
 from niah_run.needles import NeedleSet
 from run_plan.errors import UsageError
+from run_plan.prompt_frame import (  # noqa: F401 - the frame's pieces, named here as the sweep's prompts
+    INTRO,
+    OUTRO,
+    PLAIN_ANSWER_CUE,
+    SENTINEL,
+    ChatFrame,
+    PromptTooShort,
+    TemplateNotSplittable,
+    chat_frame,
+    encode,
+    frame_tokens,
+    needle_ids,
+    outro_ids,
+    too_short,
+)
 
 PROMPT_VERSION = "v1"
 SNAP_TOLERANCE_SHARE = 0.02  # a needle moved by more than this share of the haystack is at another depth
 SNAP_TOLERANCE_MIN_TOKENS = 64  # …but a short haystack may always move it this far (about one long sentence)
-INTRO = "Read the document below and answer the question that follows it.\n\n<document>\n"
-OUTRO = "\n</document>\n\n"
-PLAIN_ANSWER_CUE = "\n\nAnswer:"
-# Letters only (tokenizes the same alone and after the template's role header in BPE tokenizers);
-# mixed case so a template that changes the message's case cannot go unnoticed.
-SENTINEL = "NiahSentinelQzXj"
-
-
-class TemplateNotSplittable(UsageError):
-    """The chat template does not wrap the user message verbatim, so exact ids cannot be framed."""
-
-
-class PromptTooShort(UsageError):
-    """The requested length cannot hold the template, needle and question."""
 
 
 class DepthSnapWarning(UserWarning):
@@ -80,10 +83,6 @@ class ValueCollision(Exception):
     """A needle value occurs more or less than once in the built body: draw new values."""
 
 
-def encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def ids_sha256(ids: list[int] | tuple[int, ...]) -> str:
     return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
 
@@ -93,56 +92,6 @@ def tokenizer_sha256(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
     blob = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class ChatFrame:
-    prefix_ids: tuple[int, ...]
-    suffix_ids: tuple[int, ...]
-    mode: str  # "chat" (the model's template) | "plain" (no template: BOS + text + "Answer:")
-    template_sha256: str
-
-
-def _as_ids(result: Any) -> list[int]:
-    if hasattr(result, "keys") and "input_ids" in result:
-        result = result["input_ids"]
-    ids = list(result)
-    if ids and isinstance(ids[0], (list, tuple)):  # a batch of one
-        ids = list(ids[0])
-    return [int(i) for i in ids]
-
-
-def chat_frame(tokenizer: Any) -> ChatFrame:
-    """Template prefix/suffix ids around the user message, verified against the template itself."""
-    template = getattr(tokenizer, "chat_template", None)
-    if not template:
-        bos = getattr(tokenizer, "bos_token_id", None)
-        probe = list(tokenizer("x", add_special_tokens=True)["input_ids"])
-        prefix = (bos,) if bos is not None and probe[:1] == [bos] else ()
-        suffix = tuple(encode(tokenizer, PLAIN_ANSWER_CUE))
-        digest = hashlib.sha256(f"plain:{prefix}:{suffix}".encode()).hexdigest()
-        return ChatFrame(prefix, suffix, "plain", digest)
-    messages = [{"role": "user", "content": SENTINEL}]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if not isinstance(rendered, str) or rendered.count(SENTINEL) != 1:
-        raise TemplateNotSplittable(
-            "the chat template does not contain the user message exactly once, so the prompt cannot be "
-            "framed exactly",
-            hint="Report the model; a template that rewrites the user message is not supported.",
-        )
-    prefix_text, suffix_text = rendered.split(SENTINEL)
-    prefix_ids, suffix_ids = encode(tokenizer, prefix_text), encode(tokenizer, suffix_text)
-    reference = _as_ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
-    if prefix_ids + encode(tokenizer, SENTINEL) + suffix_ids != reference:
-        raise TemplateNotSplittable(
-            "the chat template's token ids are not template-prefix + message + template-suffix for this "
-            "tokenizer (the message merges with the template text)",
-            hint="Report the model; exact framing needs a template whose message tokens stand alone.",
-        )
-    digest = hashlib.sha256(
-        f"{template}\x00{prefix_ids}\x00{suffix_ids}".encode()
-    ).hexdigest()  # the id lists as Python writes them: the digest every saved run's identity holds
-    return ChatFrame(tuple(prefix_ids), tuple(suffix_ids), "chat", digest)
 
 
 @dataclass(frozen=True)
@@ -248,17 +197,12 @@ class PromptBuilder:
 
     def fixed_tokens(self, needles: NeedleSet) -> int:
         """Everything but the haystack: template, intro, needles, outro/question."""
-        return (
-            len(self.frame.prefix_ids)
-            + len(self.intro_ids)
-            + len(encode(self.tokenizer, OUTRO + needles.question))
-            + sum(len(self._needle_ids(n.text)) for n in needles.needles)
-            + len(self.frame.suffix_ids)
+        return frame_tokens(
+            self.frame,
+            self.intro_ids,
+            [needle_ids(self.tokenizer, n.text) for n in needles.needles],
+            outro_ids(self.tokenizer, needles.question),
         )
-
-    def _needle_ids(self, sentence: str) -> list[int]:
-        # Leading space: the needle sits after a sentence's final punctuation, like any other sentence.
-        return encode(self.tokenizer, " " + sentence)
 
     def window_starts(self, length: int) -> list[int]:
         """Sentence starts a trial's haystack window may begin at: within the first quarter of `length`.
@@ -276,21 +220,13 @@ class PromptBuilder:
         window_start: int,
         rng: random.Random,
     ) -> BuiltPrompt:
-        needle_ids = [self._needle_ids(n.text) for n in needles.needles]
-        outro_ids = encode(self.tokenizer, OUTRO + needles.question)
-        fixed = (
-            len(self.frame.prefix_ids)
-            + len(self.intro_ids)
-            + sum(map(len, needle_ids))
-            + len(outro_ids)
-            + len(self.frame.suffix_ids)
-        )
+        needles_ids = [needle_ids(self.tokenizer, n.text) for n in needles.needles]
+        outro = outro_ids(self.tokenizer, needles.question)
+        fixed = frame_tokens(self.frame, self.intro_ids, needles_ids, outro)
+        refused = too_short(length, fixed)
+        if refused is not None:
+            raise refused
         span = length - fixed  # closed form: the haystack fills exactly what the rest leaves
-        if span < 1:
-            raise PromptTooShort(
-                f"{length} tokens cannot hold the prompt frame, needle and question ({fixed} tokens)",
-                hint=f"Use lengths above {fixed}.",
-            )
         window = self.haystack.ids[window_start : window_start + span]
         if len(window) != span:
             raise PromptTooShort(
@@ -305,8 +241,8 @@ class PromptBuilder:
             boundary, cuts, gold = self._place(window_start, span, requested, depth_percent, length)
             others = [c for c in cuts if c != gold] or [gold]
             positions = [gold] + [rng.choice(others) for _ in needles.needles[1:]]
-        body = self._splice(window, needle_ids, positions)
-        ids = list(self.frame.prefix_ids) + self.intro_ids + body + outro_ids + list(self.frame.suffix_ids)
+        body = self._splice(window, needles_ids, positions)
+        ids = list(self.frame.prefix_ids) + self.intro_ids + body + outro + list(self.frame.suffix_ids)
         # Exactness is the product's promise: fail loudly rather than test less than asked.
         assert len(ids) == length, (len(ids), length)
         body_start = len(self.frame.prefix_ids)

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 
 # Recorded in every scored row: rows scored by different rules must not be pooled silently.
 # Version 2's rules: extra values break strict, separators are read before NFKC, a control's refusal does not
-# excuse a value, and the ordered, counting and association kinds are scored.
-SCORING_VERSION = 2
+# excuse a value, and the ordered, counting and association kinds are scored. Version 3: a value the token
+# limit cut off (the answer ends inside it, and it begins an expected value) is no value, and the miss is
+# `truncated`.
+SCORING_VERSION = 3
 FAILURE_CLASSES: tuple[str, ...] = (
     "oom",
     "skipped_too_long",
@@ -175,6 +177,32 @@ def _strays(values: list[str], known: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+# The characters a value of each type is written with: the run of them that ends the text is the value the
+# generation was writing when it stopped.
+_VALUE_CHARS = {"number": r"\d+", "count": r"\w+", "uuid": r"[0-9a-f-]+"}
+_WORD_CHARS = r"[\w'-]+"
+
+
+def cut_short(text: str, value_type: str, expected: Sequence[str], stopped_at_eos: bool) -> str | None:
+    """The value the token limit cut off: where the generation did not stop at EOS and the text ends in
+    the first characters of an expected value ("The passkey is 491" for 4915234), those characters; else
+    None. Such a fragment is no value of the answer (not a stray, not a count)."""
+    if stopped_at_eos or not expected:
+        return None
+    match = re.search(rf"(?:{_VALUE_CHARS.get(value_type, _WORD_CHARS)})$", text, re.IGNORECASE)
+    if match is None:
+        return None
+    tail = match.group(0).lower()
+    return tail if any(len(e) > len(tail) and e.lower().startswith(tail) for e in expected) else None
+
+
+def _without_last(values: list[str], tail: str | None) -> list[str]:
+    """`values` (in text order) without the one the text ends in, when that is the cut-off `tail`."""
+    if tail is not None and values and values[-1].lower() == tail:
+        return values[:-1]
+    return values
+
+
 def _miss_class(
     text: str, *, prompt_text: str, prompt_words_cache: str | None, refusal: bool, stopped_at_eos: bool
 ) -> str:
@@ -200,15 +228,16 @@ def score_output(
     prompt_words_cache: str | None = None,
     vocabulary: Sequence[str] = (),
 ) -> Score:
-    """Score one generation. Failure precedence: empty, distractor, hallucinated, extra_values, echo,
-    refusal, truncated, other. `vocabulary`: the closed word list values of a word type come from
-    (lets the scorer see an invented or extra word value)."""
+    """Score one generation. Failure precedence: empty, distractor, hallucinated, extra_values, a gold value
+    cut off by the token limit (truncated), echo, refusal, truncated, other. `vocabulary`: the closed word
+    list values of a word type come from (lets the scorer see an invented or extra word value)."""
     text = normalize(output_text)
     if not text:
         return Score(False, False, 0.0, "empty")
     found_gold = [g for g in gold if hit(text, g, value_type)]
     found_distractors = tuple(d for d in distractors if hit(text, d, value_type))
-    typed = _values_of_type(text, value_type, vocabulary)
+    cut = cut_short(text, value_type, gold, stopped_at_eos)
+    typed = _without_last(_values_of_type(text, value_type, vocabulary), cut)
     strays = _strays(typed, (*gold, *distractors))
     refusal = bool(_REFUSAL.search(text))
     if control:
@@ -237,6 +266,8 @@ def score_output(
         failure = "hallucinated"
     elif extra:
         failure = "extra_values"
+    elif cut is not None:
+        failure = "truncated"  # it was writing the answer when the token limit stopped it
     else:
         failure = _miss_class(
             text,
@@ -287,6 +318,16 @@ def read_count(text: str) -> tuple[int, ...]:
     return tuple(value for _, value in sorted(found))
 
 
+def _count_forms(count: int) -> tuple[str, ...]:
+    """How a count may be written: its digits, and its word where it has one."""
+    words = tuple(word for word, value in _NUMBER_WORDS.items() if value == count)
+    return (str(count), *words)
+
+
+def _is_count(text: str) -> bool:
+    return text.isdigit() or text.lower() in _NUMBER_WORDS
+
+
 def score_count(
     output_text: str,
     *,
@@ -302,7 +343,12 @@ def score_count(
     text = normalize(output_text)
     if not text:
         return Score(False, False, 0.0, "empty")
+    cut = None if control else cut_short(text, "count", _count_forms(gold_count), stopped_at_eos)
     counts = read_count(text)
+    if (
+        cut is not None and counts and _is_count(cut)
+    ):  # the count it was writing ("1" of 12, "six" of sixteen)
+        counts = counts[:-1]
     distinct = tuple(dict.fromkeys(counts))
     stated = tuple(str(c) for c in distinct)
     refusal = bool(_REFUSAL.search(text))
@@ -321,6 +367,8 @@ def score_count(
         )
     if distinct:
         return Score(False, False, 0.0, "wrong_count", (), stated)
+    if cut is not None:
+        return Score(False, False, 0.0, "truncated")
     failure = _miss_class(
         text,
         prompt_text=prompt_text,

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from doctor.report.redact import Redactor
 from niah_run import run_folder
@@ -43,26 +43,31 @@ from niah_run.identity import (
     resumed_identity_sha256,
     run_identity,
     saved_auto_as_decided,
+    saved_without_effect_as_now,
+    settings_without_effect,
 )
-from niah_run.preflight import run_preflight, unjudged_plan
+from niah_run.preflight import run_preflight, save_report, unjudged_plan
 from niah_run.progress import SweepProgress, describe_row, echo_err
-from niah_run.prompt import PromptBuilder, TokenizedHaystack, chat_frame, tokenize_haystack
+from niah_run.prompt import PromptBuilder, TokenizedHaystack, tokenize_haystack
 from niah_run.results import ResultsStore, latest_by_key
 from niah_run.rows import TrialRow
 from niah_run.summary import Summary, write_summary
 from niah_run.trials import (
     PreparedTrial,
     RowBuilder,
-    TrialSpec,
     plan_trials,
     predicted_sweep_seconds,
     trial_key,
 )
 from run_plan.errors import RunFailed, UsageError
+from run_plan.prompt_frame import TrialSpec, chat_frame
 from run_plan.resolved import ResolvedPlan
 from run_plan.server_room import refuse_lengths_without_room
 from run_plan.spec import RunSpec, experts_setting
 from run_plan.units import duration
+
+if TYPE_CHECKING:
+    from doctor.report.model import Report
 
 MAX_CONSECUTIVE_ERRORS = 3
 CHARS_PER_TOKEN_GUESS = 6  # generous: the generated prose is ~4.5 chars per token in BPE vocabularies
@@ -138,6 +143,8 @@ class Sweep:
         self.on_start: Callable[[], None] | None = None  # called once the run is accepted (not refused)
         self.trials_started = False  # whether this invocation got as far as running trials
         self._accepted = False  # config.json is written only then: a refused --resume leaves the earlier one
+        # a --resume's preflight report, saved into the folder once the run is accepted (like config.json)
+        self._unsaved_report: Report | None = None
         self.doc: dict[str, Any] = {
             "harness_version": HARNESS_VERSION,
             "created_at": _now(),
@@ -165,6 +172,13 @@ class Sweep:
         first = not self._accepted
         self._accepted = True
         self._save_config()
+        if self._unsaved_report is not None:
+            save_report(self._unsaved_report, self.run_dir)
+            self._unsaved_report = None
+        if first and self.folder.resume:  # a torn last line of the earlier run: cut off now, not before
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # said once already, when the rows were read
+                self.store.load_rows(repair=True)
         if first and self.on_start is not None:
             self.on_start()
 
@@ -199,7 +213,7 @@ class Sweep:
         self._save_config()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            rows = self.store.load_rows(repair=True)
+            rows = self.store.load_rows(repair=self._accepted)  # a --resume repairs once accepted
         for warning in caught:  # a torn last line from a killed run: say so plainly, once
             echo_err(f"warning: {warning.message}")
         done = {k: r for k, r in latest_by_key(rows).items() if r.done}
@@ -224,7 +238,7 @@ class Sweep:
                 f"--resume: {self.run_dir} holds no earlier run (no config.json)",
                 hint="Check the --out folder, or drop --resume to start a new run there.",
             )
-        refuse_changed_plan(saved.get("plan_identity"), self.config, self.run_dir)
+        refuse_changed_plan(saved.get("plan_identity"), self.config, self.run_dir, saved.get("backend"))
         return saved
 
     def _nothing_left(self, saved: dict[str, Any]) -> Counts | None:
@@ -261,7 +275,9 @@ class Sweep:
             }
             return unjudged_plan(self.config)
         self._note("preflight: the doctor judges this plan…")
-        judgement = run_preflight(self.config, self.run_dir)
+        judgement = run_preflight(self.config, self.run_dir, save=self._accepted)
+        if not self._accepted:
+            self._unsaved_report = judgement.report
         plan = judgement.plan
         limit = plan.max_context_tokens
         too_long = plan.too_long()
@@ -301,7 +317,7 @@ class Sweep:
         builder = PromptBuilder(tokenizer, frame, haystack)
         builder.warn = lambda message: echo_err(f"warning: {message}")
         facts = backend.describe()
-        decided_by_auto = {d.name for d in plan.decisions if d.name == "experts"}
+        decided_by_auto = {d.name for d in plan.decisions if d.name == "experts" and d.why.startswith("auto")}
         if (
             self.config.experts == "auto"
         ):  # --skip-preflight: the path the loader put on, as the doctor names it
@@ -312,6 +328,7 @@ class Sweep:
         self.doc.update({"backend": facts, "identity": identity_doc})
         if saved is not None and isinstance(saved.get("identity"), dict):
             earlier = saved_auto_as_decided(saved["identity"], identity_doc, decided_by_auto)
+            earlier = saved_without_effect_as_now(earlier, identity_doc, settings_without_effect(facts))
             refuse_changed_identity(earlier, identity_doc, self.run_dir)
             identity = resumed_identity_sha256(saved, identity)
         self.doc.update(

@@ -23,6 +23,7 @@ from niah_run.prompt import BuiltPrompt, PromptBuilder, ValueCollision
 from niah_run.rows import TrialRow
 from niah_run.scoring import SCORING_VERSION, prompt_words
 from run_plan.errors import RunFailed, UsageError
+from run_plan.prompt_frame import TrialSpec, stable_int, trial_seed, trials_at
 from run_plan.resolved import ResolvedPlan
 from run_plan.spec import RunSpec
 
@@ -30,35 +31,12 @@ from run_plan.spec import RunSpec
 _VALUE_DRAWS = 10
 
 
-@dataclass(frozen=True)
-class TrialSpec:
-    length: int
-    depth: float | None  # None for a no-needle control
-    trial: int
-    control: bool
-
-    @property
-    def cell(self) -> dict[str, Any]:
-        return {
-            "context_tokens": self.length,
-            "depth_percent": self.depth,
-            "trial": self.trial,
-            "control": self.control,
-        }
-
-
-def _stable_int(*parts: object) -> int:
-    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:16], 16)
-
-
 def plan_trials(config: RunSpec) -> list[TrialSpec]:
     """Every trial the plan asks for, in the order they run: lengths ascending, then each trial's depths
     ascending (consecutive prompts share their prefix up to the needle), then the controls."""
     specs = []
     for length in sorted(config.lengths):
-        for trial in range(config.trials):
-            specs += [TrialSpec(length, depth, trial, False) for depth in sorted(config.depths)]
-        specs += [TrialSpec(length, None, index, True) for index in range(config.controls)]
+        specs += trials_at(length, config.depths, config.trials, config.controls)
     return specs
 
 
@@ -138,7 +116,7 @@ class RowBuilder:
         self.prompts = prompts
 
     def seed(self, trial: TrialSpec) -> int:
-        return _stable_int(self.spec.seed, trial.length, trial.depth, trial.trial, trial.control)
+        return trial_seed(self.spec.seed, trial)
 
     def predicted_peaks(self, length: int) -> dict[str, int] | None:
         """The plan's predicted allocator peak per device at this length (None without an estimate)."""
@@ -174,7 +152,7 @@ class RowBuilder:
 
     def _build(self, trial: TrialSpec, seed: int) -> tuple[NeedleSet, BuiltPrompt]:
         rng = random.Random(seed)
-        window_rng = random.Random(_stable_int("window", self.spec.seed, trial.length, trial.trial))
+        window_rng = random.Random(stable_int("window", self.spec.seed, trial.length, trial.trial))
         starts = self.prompts.window_starts(trial.length)
         window_start = 0 if trial.trial == 0 else window_rng.choice(starts)
         for _ in range(_VALUE_DRAWS):

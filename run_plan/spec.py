@@ -20,6 +20,8 @@ QUANT_CHOICES: tuple[str, ...] = ("none", "bnb-8bit", "bnb-4bit")
 # "auto" lets the doctor pick: niah_lean (niah's exact flash prefill attention, doctor/runtime/attention.py)
 # where it is exact for this model on this GPU, else sdpa. The others mean what they mean in transformers.
 LEAN_ATTN = "niah_lean"
+# The lean attention runs torch's flash attention kernel, which needs an Ampere (sm_80) or newer GPU.
+LEAN_MIN_CAPABILITY: tuple[int, int] = (8, 0)
 ATTN_CHOICES: tuple[str, ...] = ("auto", LEAN_ATTN, "sdpa", "flex_attention", "eager", "flash_attention_2")
 # MoE experts: auto/routed compute only the experts the router chose (doctor/runtime/experts.py for
 # Llama 4, transformers' grouped_mm for models on its experts interface); transformers = the model's own.
@@ -275,6 +277,25 @@ def experts_setting(path: str | None) -> str:
     """The --experts value naming an experts path as the loader and the sizing child report it
     (doctor.runtime.paths.apply_experts): what experts=auto is decided to be."""
     return "routed" if str(path or "").startswith("routed") else "transformers"
+
+
+# What apply_experts reports for a model without MoE layers, and how it starts what it reports for MoE
+# layers it cannot tell how to compute (remote code, a class on neither of its paths): --experts changes
+# nothing on either, the model's own forward runs.
+EXPERTS_DENSE = "dense"
+EXPERTS_NOT_RECOGNISED = "not recognised"
+# The --experts value a run's identity holds where the setting changes nothing: what runs (the model's own
+# forward), and what every saved run of such a model recorded unless it named another value.
+EXPERTS_WITHOUT_EFFECT = "transformers"
+
+
+def experts_setting_has_effect(path: object) -> bool:
+    """Whether --experts changes what a model computes, from the experts path the loader or the sizing
+    child reported for it: not on a dense model nor on a MoE niah does not recognise. A path not reported
+    (another backend, an earlier release) may have had one."""
+    if not isinstance(path, str):
+        return True
+    return path != EXPERTS_DENSE and not path.startswith(EXPERTS_NOT_RECOGNISED)
 
 
 # Identity settings added after a release, with the value every run of that release had: a saved identity

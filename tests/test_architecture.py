@@ -15,14 +15,27 @@ LAYERS = {"run_plan": 0, "doctor": 1, "niah_run": 2}
 # summary); this test names any file that has no floor yet.
 INNER_FLOORS: dict[str, list[tuple[str, ...]]] = {
     "run_plan": [
-        # the ground: errors, text, units, files, HTTP, shell words, time arithmetic; no plan in sight
-        ("errors", "text", "units", "safe_files", "http", "shell", "timing", "torch_builds", "hub_kernels"),
+        # the ground: errors, text, units, files, HTTP, shell words, time arithmetic, needle draws; no plan
+        # in sight
+        (
+            "errors",
+            "text",
+            "units",
+            "safe_files",
+            "http",
+            "shell",
+            "timing",
+            "torch_builds",
+            "hub_kernels",
+            "needle_draws",
+        ),
         (
             "sizes",
             "spec",
             "server_room",
             "openai_http",
-        ),  # a plan's values: sizes, the RunSpec, a server's room
+            "prompt_frame",
+        ),  # a plan's values: sizes, the RunSpec, a server's room, what its prompts hold besides the haystack
         ("resolved", "options"),  # the judged plan, and how every setting is declared
     ],
     "niah_run": [

@@ -65,6 +65,7 @@ PROBE_MODULES: tuple[str, ...] = (
     "doctor.probes.server",
     "doctor.probes.model",
     "doctor.probes.config_load",
+    "doctor.probes.prompt_frame",
     "doctor.probes.hub",
     "doctor.probes.git",
     "doctor.probes.run_args",

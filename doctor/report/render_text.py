@@ -153,9 +153,17 @@ def plan_line(report: Report) -> str | None:
         return None  # machine checks only: there is no run to plan
     decisions = [d for d in plan.get("decisions") or [] if isinstance(d, dict)]
     parts = [f"{d['name'].replace('_', '-')} {d['value']} ({d['why'].split(':')[0]})" for d in decisions]
-    attn = (plan.get("spec") or {}).get("attn")
+    spec = plan.get("spec") or {}
+    attn = spec.get("attn")
     if attn and not any(d.get("name") == "attn" for d in decisions):  # the attention path, always named
         parts.insert(0, f"attn {attn} (given)")
+    experts = spec.get("experts")
+    if (
+        experts not in (None, "auto")
+        and spec.get("backend", "transformers") == "transformers"
+        and not any(d.get("name") == "experts" for d in decisions)
+    ):  # the experts path the user chose, named as the attention is (a server computes its own)
+        parts.insert(1 if attn else 0, f"experts {experts} (given)")
     lengths = [x for x in plan.get("lengths") or [] if isinstance(x, dict)]
     if lengths:
         parts.append(

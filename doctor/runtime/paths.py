@@ -14,13 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from run_plan.spec import EXPERTS_DENSE, EXPERTS_NOT_RECOGNISED
+
 
 def apply_experts(model: Any, experts: str) -> dict[str, Any]:
-    """{"experts": what runs, "swapped": [module names]}; "dense" for a model without experts."""
+    """{"experts": what runs, "swapped": [module names]}; "dense" for a model without experts, and
+    "not recognised: ..." for MoE layers on neither path (the model's own forward runs, whatever --experts
+    says)."""
     from doctor.runtime.experts import route_llama4_experts
 
     if experts == "transformers":
-        return {"experts": _library_experts(model) or "dense", "swapped": []}
+        return {"experts": _library_experts(model) or _unrouted(model), "swapped": []}
     swapped = route_llama4_experts(model)
     if swapped:
         fused = all(hasattr(model.get_submodule(name).experts, "gate_up_proj") for name in swapped)
@@ -31,7 +35,42 @@ def apply_experts(model: Any, experts: str) -> dict[str, Any]:
         if current != "grouped_mm":
             model.set_experts_implementation("grouped_mm")
         return {"experts": "routed: transformers' experts interface, grouped_mm", "swapped": []}
-    return {"experts": _library_experts(model) or "dense", "swapped": []}
+    return {"experts": _library_experts(model) or _unrouted(model), "swapped": []}
+
+
+def _unrouted(model: Any) -> str:
+    """A model on neither experts path: dense, unless something marks it as a mixture of experts."""
+    signs = _moe_signs(model)
+    if not signs:
+        return EXPERTS_DENSE
+    return (
+        f"{EXPERTS_NOT_RECOGNISED}: {', '.join(signs)} — neither Llama 4's MoE nor on transformers' experts "
+        "interface, so the model's own forward runs (whether it computes only the routed experts is not "
+        "known) and --experts changes nothing"
+    )
+
+
+# Config fields that count a model's experts (transformers' own classes and remote code alike).
+_EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+def _moe_signs(model: Any) -> list[str]:
+    """What marks `model` as a mixture of experts: a config field counting experts, a module holding
+    `experts`."""
+    config: Any = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    signs = []
+    for name in _EXPERT_COUNTS:
+        value = getattr(text, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+            signs.append(f"config {name}={value}")
+            break
+    named_modules = getattr(model, "named_modules", None)
+    for name, module in named_modules() if callable(named_modules) else ():
+        if getattr(module, "experts", None) is not None:
+            signs.append(f"{type(module).__name__} at {name or 'the model'}")
+            break
+    return signs
 
 
 def _on_experts_interface(model: Any) -> bool:

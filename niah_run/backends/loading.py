@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from niah_run.backends.hf import HFBackend
 from run_plan import hub_kernels
 from run_plan.errors import UsageError
 from run_plan.sizes import parse_max_memory
-from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, LEAN_ATTN, RunSpec
+from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, LEAN_ATTN, LEAN_MIN_CAPABILITY, RunSpec
 
 CACHE_FORMAT = 1  # bump when the cached folder's layout changes
 _MARKER = "niah-source.json"  # written last inside the cached folder: its presence means complete
@@ -284,8 +285,11 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> HFBackend
         load_from = str(converted)
 
     on_cuda = torch.cuda.is_available()
-    caps = cap_allocator(max_memory) if on_cuda else {}
     attn = AUTO_ATTN if options.attn == "auto" else options.attn
+    off_the_gpus = (options.device_map or "").strip().lower() in ("cpu", "mps")
+    if attn == LEAN_ATTN and on_cuda and not off_the_gpus:  # before any weight loads: no GPU here can run it
+        refuse_lean_on_old_cards(range(torch.cuda.device_count()), only_if_all=True)
+    caps = cap_allocator(max_memory) if on_cuda else {}
     if attn == LEAN_ATTN:
         from doctor.runtime.attention import register
 
@@ -372,11 +376,42 @@ def load_backend(options: RunSpec, *, cache_dir: str | None = None) -> HFBackend
 
 def _prepare_lean_kernels(model: Any) -> str:
     """The lean attention's kernel checks on every GPU the model uses, before any trial (they time and
-    compare on the device, which must not happen inside a measured prefill)."""
+    compare on the device, which must not happen inside a measured prefill). A GPU older than the flash
+    kernel's sm_80 is refused here: every trial's attention would fail on it."""
     from doctor.runtime.attention import prepare_kernels
 
     devices = sorted({str(p.device) for p in model.parameters() if p.device.type == "cuda"})
+    refuse_lean_on_old_cards(devices)
     return "; ".join(f"{device}: {prepare_kernels(device, model.dtype)}" for device in devices)
+
+
+def cuda_capability(device: Any) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device (an index or "cuda:N")."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device)
+    return int(major), int(minor)
+
+
+def refuse_lean_on_old_cards(devices: Iterable[Any], *, only_if_all: bool = False) -> None:
+    """--attn niah_lean on a GPU older than sm_80 (torch's flash kernel refuses it, so every trial would
+    error): a usage error naming the cards and the fix. `only_if_all`: refuse only when none of `devices`
+    is new enough (before the load, when where the layers go is not known yet)."""
+    capabilities = {str(device): cuda_capability(device) for device in devices}
+    old = {device: c for device, c in capabilities.items() if c < LEAN_MIN_CAPABILITY}
+    if not old or (only_if_all and len(old) < len(capabilities)):
+        return
+    named = ", ".join(f"{_device_name(d)} is sm_{c[0]}{c[1]}" for d, c in old.items())
+    need = f"sm_{LEAN_MIN_CAPABILITY[0]}{LEAN_MIN_CAPABILITY[1]}"
+    raise UsageError(
+        f"--attn {LEAN_ATTN} runs torch's flash attention kernel, which needs an {need}+ GPU: {named}; every "
+        "trial's attention would fail there",
+        hint=f"Use --attn sdpa (or leave --attn auto, which picks sdpa on GPUs older than {need}).",
+    )
+
+
+def _device_name(device: str) -> str:
+    return device if device.startswith("cuda") else f"cuda:{device}"
 
 
 def attention_warnings(config: Any, attn: str) -> list[str]:

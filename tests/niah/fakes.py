@@ -23,8 +23,8 @@ SPECIALS = ["<|bos|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 
 def _training_text() -> list[str]:
     from niah_run.haystack import generate_haystack
-    from niah_run.needles import _KEY_WORDS
     from niah_run.prompt import INTRO, OUTRO
+    from run_plan.needle_draws import _KEY_WORDS
 
     text = generate_haystack(seed=123, min_chars=60_000).text
     extras = [

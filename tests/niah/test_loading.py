@@ -206,3 +206,64 @@ def test_flex_attention_warning_for_non_power_of_two_heads() -> None:
         )
         == []
     )
+
+
+# -- the lean attention on a GPU older than the flash kernel's sm_80 ------------------------------------
+
+
+class _OnGpu:
+    """A loaded model as the loader sees it: its parameters' devices and dtype (no CUDA needed)."""
+
+    dtype = "bfloat16"
+
+    def __init__(self, *devices: str) -> None:
+        import torch
+
+        self._devices = [torch.device(d) for d in devices]
+
+    def parameters(self):
+        from types import SimpleNamespace
+
+        return iter([SimpleNamespace(device=d) for d in self._devices])
+
+
+def _cards(monkeypatch: pytest.MonkeyPatch, capabilities: dict[str, tuple[int, int]]) -> None:
+    def capability(device) -> tuple[int, int]:
+        name = str(device) if str(device).startswith("cuda") else f"cuda:{device}"
+        return capabilities[name]
+
+    monkeypatch.setattr(loading, "cuda_capability", capability)
+
+
+def test_niah_lean_on_a_card_older_than_sm80_is_refused_before_any_trial(monkeypatch) -> None:
+    """--attn niah_lean --skip-preflight on a T4 (sm_75): the load refuses, naming the card and the fix,
+    before the lean kernels are prepared (every trial's flash attention would fail there)."""
+    import doctor.runtime.attention as attention
+
+    def must_not_run(*args):
+        raise AssertionError("the lean kernels must not be prepared on a card that cannot run them")
+
+    monkeypatch.setattr(attention, "prepare_kernels", must_not_run)
+    _cards(monkeypatch, {"cuda:0": (8, 0), "cuda:1": (7, 5)})
+    with pytest.raises(UsageError, match=r"cuda:1 is sm_75") as refused:
+        loading._prepare_lean_kernels(_OnGpu("cuda:0", "cuda:1"))
+    assert refused.value.hint is not None and "--attn sdpa" in refused.value.hint
+    monkeypatch.setattr(attention, "prepare_kernels", lambda device, dtype: "flash")
+    assert loading._prepare_lean_kernels(_OnGpu("cuda:0")) == "cuda:0: flash"  # an A100's layers run it
+
+
+def test_niah_lean_where_no_gpu_can_run_it_is_refused_before_the_weights_load(
+    no_model_load, monkeypatch, tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    _cards(monkeypatch, {"cuda:0": (7, 0), "cuda:1": (7, 5)})
+    with pytest.raises(UsageError, match=r"cuda:0 is sm_70, cuda:1 is sm_75"):
+        load_backend(RunSpec(model=str(folder), attn="niah_lean"))
+    _cards(monkeypatch, {"cuda:0": (9, 0), "cuda:1": (7, 5)})  # one card can: where the layers go decides
+    with pytest.raises(AssertionError, match="model load was attempted"):
+        load_backend(RunSpec(model=str(folder), attn="niah_lean", max_memory=None))

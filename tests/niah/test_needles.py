@@ -8,9 +8,10 @@ import re
 import pytest
 
 from niah_run.haystack import generate_haystack
-from niah_run.needles import _LANDMARKS, _NAMES, COUNT_RANGE, KINDS, NEEDLE_KINDS, make_needles, score_trial
+from niah_run.needles import KINDS, NEEDLE_KINDS, make_needles, score_trial
 from niah_run.prompt import PromptBuilder, chat_frame, tokenize_haystack
 from niah_run.scoring import read_count, score_count, score_ordered
+from run_plan.needle_draws import _LANDMARKS, _NAMES, COUNT_RANGE
 from run_plan.spec import NEEDLE_KIND_CHOICES
 from tests.niah.fakes import build_tokenizer
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from niah_run.scoring import FAILURE_CLASSES, count_value, normalize, score_output
+from niah_run.needles import NEEDLE_KINDS, make_needles, score_trial
+from niah_run.scoring import FAILURE_CLASSES, count_value, normalize, score_count, score_output
 
 PROMPT = (
     "Read the document. A careful gardener praised the hollow harbour steps long after supper. "
@@ -253,3 +256,50 @@ def test_a_value_read_from_the_prompt_is_a_distractor_not_a_hallucination() -> N
     )
     assert result.failure_class == "distractor" and result.found_distractors == ("4455667",)
     assert result.extra_values == () and not result.correct
+
+
+# -- an answer the token limit cut off ----------------------------------------------------------------
+
+
+def _answer(needles) -> str:
+    """The right answer of a trial, as a model would write it."""
+    if needles.kind == "counting":
+        from niah_run.scoring import _NUMBER_WORDS
+
+        return next(word for word, value in _NUMBER_WORDS.items() if value == int(needles.gold_values[0]))
+    return ", ".join(needles.values_in_document_order(range(len(needles.needles))))
+
+
+@pytest.mark.parametrize("kind", NEEDLE_KINDS)
+def test_an_answer_cut_off_by_the_token_limit_is_truncated_for_every_kind(kind: str) -> None:
+    """`The passkey is 491` for 4915234, stopped by max_new_tokens: truncated, never hallucinated; stopped
+    at EOS it is the answer the model chose; the whole answer, cut off after it, is correct."""
+    needles = make_needles(kind, random.Random(3))
+    prompt = " ".join(n.text for n in needles.needles) + " " + needles.question
+    answer = _answer(needles)
+
+    def scored(text: str, eos: bool):
+        return score_trial(text, needles, prompt_text=prompt, stopped_at_eos=eos)
+
+    for cut in range(1, len(answer)):
+        partial = "The answer is " + answer[:cut]
+        result = scored(partial, eos=False)
+        assert not result.correct and result.failure_class == "truncated", (partial, result)
+        assert not result.hallucinated_values
+    assert scored("The answer is " + answer, eos=False).correct
+    if kind in ("passkey", "multikey"):
+        assert scored("The answer is " + answer[:3], eos=True).failure_class == "hallucinated"
+        assert scored("The answer is 999", eos=False).failure_class == "hallucinated"  # not its beginning
+        assert scored(f"The answer is {answer}. Again: {answer[:4]}", eos=False).correct  # cut repeating it
+
+
+def test_a_count_cut_off_by_the_token_limit_is_truncated() -> None:
+    assert score_count(
+        "It is mentioned 1", gold_count=12, prompt_text="", stopped_at_eos=False
+    ).failure_class == ("truncated")
+    six = score_count("It is mentioned six", gold_count=16, prompt_text="", stopped_at_eos=False)
+    assert six.failure_class == "truncated"
+    assert score_count(
+        "It is mentioned six", gold_count=16, prompt_text="", stopped_at_eos=True
+    ).failure_class == ("wrong_count")
+    assert score_count("It is mentioned six", gold_count=6, prompt_text="", stopped_at_eos=False).correct

@@ -132,7 +132,7 @@ def test_oom_is_recorded_and_longer_lengths_skipped(tmp_path) -> None:
 def test_preflight_too_long_lengths_are_skipped_up_front(tmp_path, monkeypatch) -> None:
     import niah_run.sweep as sweep_module
 
-    def judged(spec, run_dir):
+    def judged(spec, run_dir, **_):
         plan = ResolvedPlan(
             spec=spec,
             lengths=(LengthPlan(512, True), LengthPlan(1024, False, why_not="too long")),
@@ -371,6 +371,59 @@ def test_a_resume_refused_after_the_load_leaves_the_earlier_run_as_it_was(tmp_pa
     assert counts["already_done"] == 3 and counts["ran"] == 0 and not backend.calls
 
 
+def _judged_by(monkeypatch, status: str) -> None:
+    """The doctor's judgement of any plan: one check of `status`, the plan as given (no estimate)."""
+    import doctor.api
+    from doctor.api import Judgement
+    from doctor.report.model import CheckResult, Fix, Report, Status, ToolInfo
+
+    def judge(spec, **_):
+        summary = f"lengths {spec.lengths}"
+        check = CheckResult("lengths-hold-prompt", "t", "model", Status(status), summary, fix=Fix("do this"))
+        report = Report(ToolInfo("niah-doctor", "0", "test"), "2026-12-08T00:00:00+00:00", {}, (check,))
+        return Judgement(report, ResolvedPlan(spec=spec))
+
+    monkeypatch.setattr(doctor.api, "judge", judge)
+
+
+def _folder_bytes(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.is_file()}
+
+
+def test_a_refused_resume_leaves_every_file_of_the_folder_as_it_was(tmp_path, monkeypatch) -> None:
+    """Refused after the load (another test), or by its own preflight: the earlier run's preflight report,
+    config.json and results (a torn last line included) stay byte for byte; a failing preflight's report
+    is written outside the folder, and named."""
+
+    class OtherFiles(FakeBackend):
+        def describe(self):
+            return {**super().describe(), "dtype": "bfloat16"}
+
+    _judged_by(monkeypatch, "pass")
+    _sweep(tmp_path, FakeBackend(), skip_preflight=False, lengths=(512,), trials=1)
+    assert (tmp_path / "preflight.md").is_file() and (tmp_path / "preflight.json").is_file()
+    with (tmp_path / "results.jsonl").open("ab") as results:
+        results.write(b'{"torn": ')  # a run killed mid-line
+    before = _folder_bytes(tmp_path)
+    with pytest.raises(UsageError, match=r"backend\.dtype"):
+        _sweep(tmp_path, OtherFiles(), skip_preflight=False, lengths=(512, 1024), trials=1, resume=True)
+    assert _folder_bytes(tmp_path) == before
+    _judged_by(monkeypatch, "fail")
+    with pytest.raises(RunFailed, match="lengths-hold-prompt") as refused:
+        _sweep(tmp_path, FakeBackend(), skip_preflight=False, lengths=(512, 1024), trials=1, resume=True)
+    assert _folder_bytes(tmp_path) == before
+    elsewhere = Path(str(refused.value).split("Report: ")[1].split(";")[0])
+    assert elsewhere.is_file() and elsewhere.parent != tmp_path and "left as it was" in str(refused.value)
+    # accepted, the resume writes its own report and cuts the torn line off
+    _judged_by(monkeypatch, "pass")
+    _, counts = _sweep(
+        tmp_path, FakeBackend(), skip_preflight=False, lengths=(512, 1024), trials=1, resume=True
+    )
+    assert counts["already_done"] == 3 and counts["ran"] == 3
+    assert _folder_bytes(tmp_path)["preflight.md"] != before["preflight.md"]
+    assert b'{"torn": ' not in (tmp_path / "results.jsonl").read_bytes()
+
+
 def _as_saved_by_an_auto_run(run_dir: Path) -> None:
     """config.json as a --skip-preflight run left it before auto was decided there: experts="auto"."""
     doc = json.loads((run_dir / "config.json").read_text())
@@ -399,6 +452,63 @@ def test_a_run_that_left_experts_to_auto_resumes_judged_or_not(tmp_path) -> None
     _as_saved_by_an_auto_run(tmp_path)
     with pytest.raises(UsageError, match=r"config\.experts"):
         _sweep(tmp_path, FakeBackend(), lengths=(512, 2048), trials=1, resume=True, experts="routed")
+
+
+class _ExpertsPath(FakeBackend):
+    """A fake whose loader reports the experts path it put on the model (doctor.runtime.paths)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def describe(self):
+        return {**super().describe(), "experts": self.path}
+
+
+def test_experts_on_a_model_without_moe_layers_is_one_test_whatever_its_value(tmp_path) -> None:
+    """--experts changes nothing on a dense model: a run started with one value resumes with any other
+    (nothing rerun, the same trial keys), and a new run with another value is the same test."""
+    _sweep(tmp_path, _ExpertsPath("dense"), lengths=(512,), trials=1, experts="routed")
+    keys = {r["trial_key"] for r in _rows(tmp_path)}
+    for value in ("transformers", "auto", "routed"):
+        backend = _ExpertsPath("dense")
+        _, counts = _sweep(tmp_path, backend, lengths=(512,), trials=1, resume=True, experts=value)
+        assert counts["already_done"] == 3 and counts["ran"] == 0 and not backend.calls
+    fresh = tmp_path / "fresh"
+    _sweep(fresh, _ExpertsPath("dense"), out=str(fresh), lengths=(512,), trials=1, experts="transformers")
+    assert {r["trial_key"] for r in _rows(fresh)} == keys
+    # on a MoE the value chooses the forward: another one is another test
+    moe = tmp_path / "moe"
+    routed = "routed: transformers' experts interface, grouped_mm"
+    _sweep(moe, _ExpertsPath(routed), out=str(moe), lengths=(512,), trials=1, experts="routed")
+    with pytest.raises(UsageError, match=r"experts"):
+        _sweep(
+            moe,
+            _ExpertsPath(routed),
+            out=str(moe),
+            lengths=(512,),
+            trials=1,
+            resume=True,
+            experts="transformers",
+        )
+
+
+def test_a_dense_run_saved_with_experts_routed_resumes_with_its_trial_keys(tmp_path, monkeypatch) -> None:
+    """A run of a dense model that an earlier release saved with experts="routed" in its identity (and a
+    hash over it) continues under any value: its saved hash keys the trials, nothing is rerun."""
+    import niah_run.identity as identity_module
+
+    with monkeypatch.context() as earlier_release:
+        earlier_release.setattr(identity_module, "_what_computes", lambda config, facts: config)
+        _sweep(tmp_path, _ExpertsPath("dense"), lengths=(512,), trials=1, experts="routed")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["identity"]["config"]["experts"] == "routed"
+    backend = _ExpertsPath("dense")
+    _, counts = _sweep(tmp_path, backend, lengths=(512, 1024), trials=1, resume=True)
+    assert counts["already_done"] == 3 and len(backend.calls) == 3  # only the new length ran
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["identity_sha256"] == saved["identity_sha256"]
+    assert len({r["identity_sha256"] for r in _rows(tmp_path)}) == 1
 
 
 def test_resume_of_a_folder_without_a_run_is_refused(tmp_path) -> None:
