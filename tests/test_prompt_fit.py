@@ -145,3 +145,24 @@ def test_niah_run_refuses_a_too_short_length_before_loading_the_model(
     )
     err = capsys.readouterr().err
     assert code == 1 and "lengths-hold-prompt" in err and "the shortest that works is" in err
+
+
+def test_a_gguf_tokenizer_is_read_from_the_runs_converted_copy_once_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the run loads the converted folder's tokenizer; converting the GGUF's vocabulary again costs seconds
+    from doctor.model_config import ModelResolution
+    from doctor.probes.prompt_frame import tokenizer_location
+    from run_plan.gguf_cache import MARKER, converted_folder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF not really")
+    res = ModelResolution(requested="demo", status="found", message="", source="demo", gguf_file=str(gguf))
+    assert tokenizer_location(res, RunSpec(model="demo")) == (str(tmp_path), "m.gguf")
+    copy = converted_folder(None, gguf, "float32")
+    copy.mkdir(parents=True)
+    (copy / "config.json").write_text("{}")
+    assert tokenizer_location(res, RunSpec(model="demo")) == (str(tmp_path), "m.gguf")  # not complete yet
+    (copy / MARKER).write_text("{}")
+    assert tokenizer_location(res, RunSpec(model="demo")) == (str(copy), None)

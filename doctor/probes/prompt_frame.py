@@ -4,7 +4,8 @@
 planned length; a length that cannot hold the rest is refused when the first prompt is built, after the
 model has loaded (minutes on a big model). Here the tokenizer is loaded in a child as the run loads it
 (`AutoTokenizer.from_pretrained` of the model's folder, offline; the demo's and a `--gguf-file`'s from
-the GGUF, which is where the run's converted copy gets it) and every planned trial's frame is counted by
+niah's converted copy once a run made one, which is what the run loads, else from the GGUF, where the
+conversion gets it) and every planned trial's frame is counted by
 `run_plan.prompt_frame`, the code the sweep builds prompts with: the same count, before anything loads.
 
 `count_in_child` runs inside the child; everything else runs in the doctor.
@@ -20,6 +21,7 @@ from typing import Any
 
 from doctor.model_config import ModelResolution
 from doctor.probes import Probe, Unavailable, probe
+from run_plan.gguf_cache import converted_tokenizer_folder
 from run_plan.prompt_frame import PromptFit
 from run_plan.spec import RunSpec
 
@@ -50,8 +52,7 @@ PROMPT_FRAME: Probe[PromptFrameFacts] = Probe("prompt-frame")
 def tokenizer_location(res: ModelResolution, target: RunSpec) -> tuple[str, str | None] | str:
     """(folder, GGUF file name or None) the run loads the tokenizer from, or why it is not on this machine."""
     if res.source == "demo" and res.gguf_file:
-        gguf = Path(res.gguf_file)
-        return str(gguf.parent), gguf.name
+        return _gguf_tokenizer(Path(res.gguf_file))
     path = Path(res.path) if res.path else None
     folder = path if path is not None and path.is_dir() else path.parent if path is not None else None
     if target.gguf_file:
@@ -60,13 +61,22 @@ def tokenizer_location(res: ModelResolution, target: RunSpec) -> tuple[str, str 
         if not gguf.is_absolute() and local.is_dir():
             gguf = local / gguf
         if gguf.is_file():
-            return str(gguf.parent), gguf.name
+            return _gguf_tokenizer(gguf)
         return f"the GGUF file {target.gguf_file} is not on this machine"
     if res.source in ("local-folder", "hf-cache") and folder is not None and folder.is_dir():
         if any((folder / name).is_file() for name in _TOKENIZER_FILES):
             return str(folder), None
         return f"no tokenizer files in {folder} yet: the run reads them when it loads the model"
     return f"the model's tokenizer is not on this machine ({res.source or res.status}): the run loads it"
+
+
+def _gguf_tokenizer(gguf: Path) -> tuple[str, str | None]:
+    """A GGUF's tokenizer as the run loads it: from niah's converted copy once a run made one (a second
+    rather than converting the GGUF's vocabulary again), else from the GGUF, which the conversion reads."""
+    converted = converted_tokenizer_folder(gguf)
+    if converted is not None:
+        return str(converted), None
+    return str(gguf.parent), gguf.name
 
 
 @probe(PROMPT_FRAME)

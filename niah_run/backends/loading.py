@@ -15,7 +15,6 @@ torch/transformers are imported inside functions: `niah_run.cli` imports this mo
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -31,12 +30,10 @@ from doctor.model_config import DEMO_GGUF, DEMO_MODEL_ID, DEMO_PACKAGE, PICKLE_S
 from niah_run.backends.hf import HFBackend
 from run_plan import hub_kernels
 from run_plan.errors import UsageError
+from run_plan.gguf_cache import CACHE_FORMAT, converted_folder, is_complete
+from run_plan.gguf_cache import MARKER as _MARKER
 from run_plan.sizes import parse_max_memory
 from run_plan.spec import AUTO_ATTN, DEFAULT_PREFILL_CHUNK, LEAN_ATTN, LEAN_MIN_CAPABILITY, RunSpec
-
-CACHE_FORMAT = 1  # bump when the cached folder's layout changes
-_MARKER = "niah-source.json"  # written last inside the cached folder: its presence means complete
-
 
 BNB_COMPUTE_DTYPE = "bfloat16"
 
@@ -142,30 +139,6 @@ def refuse_pickle_only_folder(folder: Path, allow_pickle: bool) -> None:
 
 
 # -- GGUF -> safetensors cache ---------------------------------------------------------------------
-
-
-def cache_root(cache_dir: str | None = None) -> Path:
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "niah-doctor" / "models"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def converted_folder(cache_dir: str | None, gguf: Path, dtype_name: str) -> Path:
-    # The dtype is part of the key: a bf16 copy must not serve a float32 request.
-    return cache_root(cache_dir) / f"{file_sha256(gguf)[:24]}-{dtype_name}"
-
-
-def is_complete(folder: Path) -> bool:
-    return (folder / _MARKER).is_file() and (folder / "config.json").is_file()
 
 
 def convert_gguf(source: ModelSource, target: Path, dtype_name: str) -> None:
