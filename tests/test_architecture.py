@@ -15,8 +15,8 @@ LAYERS = {"run_plan": 0, "doctor": 1, "niah_run": 2}
 # summary); this test names any file that has no floor yet.
 INNER_FLOORS: dict[str, list[tuple[str, ...]]] = {
     "run_plan": [
-        # the ground: errors, text, units, files, HTTP, shell words, time arithmetic, needle draws; no plan
-        # in sight
+        # the ground: errors, text, units, files, HTTP, shell words, time arithmetic, needle draws, the GGUF
+        # cache's layout; no plan in sight
         (
             "errors",
             "text",
@@ -28,6 +28,7 @@ INNER_FLOORS: dict[str, list[tuple[str, ...]]] = {
             "torch_builds",
             "hub_kernels",
             "needle_draws",
+            "gguf_cache",
         ),
         (
             "sizes",
