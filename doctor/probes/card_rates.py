@@ -35,18 +35,10 @@ GEMM_N = 8192
 COPY_BYTES = 1 << 30
 
 
-def _best_seconds(torch: Any, work: Callable[[], Any], repeats: int = 5) -> float:
-    work()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        work()
-        stop.record()
-        stop.synchronize()
-        best = min(best, start.elapsed_time(stop) / 1000.0)
-    return best
+def _best_seconds(work: Callable[[], Any], repeats: int = 5) -> float:
+    from doctor.runtime.attention import best_cuda_seconds
+
+    return best_cuda_seconds(work, repeats=repeats)  # on the current device (rates_child sets it)
 
 
 def _visible_pairs(queries: int, keys: int) -> int:
@@ -58,7 +50,7 @@ def _visible_pairs(queries: int, keys: int) -> int:
 def _matmul_rate(torch: Any, device: Any) -> float:
     a = torch.randn(GEMM_N, GEMM_N, device=device, dtype=torch.bfloat16)
     b = torch.randn(GEMM_N, GEMM_N, device=device, dtype=torch.bfloat16)
-    return 2 * GEMM_N**3 / _best_seconds(torch, lambda: a @ b)
+    return 2 * GEMM_N**3 / _best_seconds(lambda: a @ b)
 
 
 def _attention_rates(torch: Any, device: Any) -> dict[str, float]:
@@ -72,10 +64,8 @@ def _attention_rates(torch: Any, device: Any) -> dict[str, float]:
     v = torch.randn_like(k)
     useful = 4 * HEADS * HEAD_DIM * _visible_pairs(QUERIES, KEYS)
     # a full layer's chunk against its cache, as the lean attention computes it (the split where it applies)
-    lean = useful / _best_seconds(
-        torch, lambda: attention.attend_block(q, k, v, 0.088, causal=True, unbounded=True)
-    )
-    flash = useful / _best_seconds(torch, lambda: attention._flash_block(q, k, v, 0.088, True))
+    lean = useful / _best_seconds(lambda: attention.attend_block(q, k, v, 0.088, causal=True, unbounded=True))
+    flash = useful / _best_seconds(lambda: attention._flash_block(q, k, v, 0.088, True))
     # transformers' masked path runs the sdpa plan's chunk (1024 at long contexts): its kernel's rate at
     # that block, not at the lean path's longer one
     rows = MASKED_QUERIES
@@ -93,7 +83,7 @@ def _attention_rates(torch: Any, device: Any) -> dict[str, float]:
     return {
         "lean": lean,
         "flash": flash,
-        "masked": rectangle / _best_seconds(torch, masked),
+        "masked": rectangle / _best_seconds(masked),
         "lean_kernels": kernels,  # type: ignore[dict-item]
     }
 
@@ -101,7 +91,7 @@ def _attention_rates(torch: Any, device: Any) -> dict[str, float]:
 def _copy_rate(torch: Any, device: Any) -> float:
     source = torch.empty(COPY_BYTES, dtype=torch.uint8, device=device)
     target = torch.empty_like(source)
-    return 2 * COPY_BYTES / _best_seconds(torch, lambda: target.copy_(source))
+    return 2 * COPY_BYTES / _best_seconds(lambda: target.copy_(source))
 
 
 def rates_child(args: Mapping[str, Any]) -> dict[str, Any]:

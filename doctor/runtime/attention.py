@@ -475,10 +475,10 @@ def _cudnn_is_faster(device: Any, dtype: Any) -> bool:
     keys = buffer[:, :, :65_536]
     q = torch.randn(1, 32, 2048, 128, device=device, dtype=dtype)
     try:
-        cudnn = _best_block_seconds(lambda: _cudnn_block(q, keys, keys, 0.09), device)
+        cudnn = best_cuda_seconds(lambda: _cudnn_block(q, keys, keys, 0.09), device)
     except RuntimeError:
         return False
-    flash = _best_block_seconds(lambda: _flash_block(q, keys, keys, 0.09, False), device)
+    flash = best_cuda_seconds(lambda: _flash_block(q, keys, keys, 0.09, False), device)
     _KERNEL_SECONDS[(str(device), str(dtype))] = {"cudnn": cudnn, "flash": flash}
     return cudnn < flash
 
@@ -486,16 +486,18 @@ def _cudnn_is_faster(device: Any, dtype: Any) -> bool:
 _KERNEL_SECONDS: dict[tuple[str, str], dict[str, float]] = {}  # the speed check's timings, for the facts
 
 
-def _best_block_seconds(block: Callable[[], Any], device: Any, repeats: int = 3) -> float:
+def best_cuda_seconds(work: Callable[[], Any], device: Any = None, repeats: int = 3) -> float:
+    """The fastest of `repeats` timings of `work` on a CUDA device (CUDA events, after one warm-up call:
+    the first pays for the kernel's plan and workspace). Also the rates probe's timer."""
     import torch
 
-    block()  # the first call pays for the kernel's plan and workspace
+    work()
     torch.cuda.synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        block()
+        work()
         stop.record()
         stop.synchronize()
         best = min(best, start.elapsed_time(stop) / 1000.0)

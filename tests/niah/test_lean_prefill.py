@@ -245,7 +245,7 @@ def test_cudnn_takes_the_earlier_keys_only_where_it_timed_faster(
 ) -> None:
     # exact and in place is not enough: the split is there for speed, so the slower kernel never runs
     timings = iter([cudnn_s, flash_s])
-    monkeypatch.setattr(lean, "_best_block_seconds", lambda block, device: next(timings))
+    monkeypatch.setattr(lean, "best_cuda_seconds", lambda block, device: next(timings))
     monkeypatch.setattr(lean, "_cudnn_matches_reference", lambda device, dtype: True)
     monkeypatch.setattr(lean, "_cudnn_reads_the_cache_in_place", lambda device, dtype: True)
     monkeypatch.setattr(lean, "_CUDNN_OK", {})
