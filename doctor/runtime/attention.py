@@ -446,13 +446,19 @@ def prepare_kernels(device: Any, dtype: Any) -> str:
     return kernels_in_use(device, dtype)
 
 
+def _cache_slice(device: Any, dtype: Any) -> torch.Tensor:
+    """65,536 keys of 8 heads as a cache holds them: a slice of a longer buffer, not a contiguous tensor."""
+    import torch
+
+    return torch.empty(1, 8, 70_000, 128, device=device, dtype=dtype).normal_()[:, :, :65_536]
+
+
 def _cudnn_reads_the_cache_in_place(device: Any, dtype: Any) -> bool:
     """A kernel that made a contiguous copy of a cache slice would add a layer's whole K/V to the peak
     (gigabytes at millions of tokens) where the plan counted none: measured here on a 64k-token slice."""
     import torch
 
-    buffer = torch.empty(1, 8, 70_000, 128, device=device, dtype=dtype).normal_()
-    keys = buffer[:, :, :65_536]
+    keys = _cache_slice(device, dtype)
     q = torch.randn(1, 32, 512, 128, device=device, dtype=dtype)
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
@@ -471,8 +477,7 @@ def _cudnn_is_faster(device: Any, dtype: Any) -> bool:
     long-context block (8192 folded rows against a 65,536-key cache slice), timed here, not assumed."""
     import torch
 
-    buffer = torch.empty(1, 8, 70_000, 128, device=device, dtype=dtype).normal_()
-    keys = buffer[:, :, :65_536]
+    keys = _cache_slice(device, dtype)
     q = torch.randn(1, 32, 2048, 128, device=device, dtype=dtype)
     try:
         cudnn = best_cuda_seconds(lambda: _cudnn_block(q, keys, keys, 0.09), device)
