@@ -53,12 +53,23 @@ TOKENIZER_FILES = (
 )
 
 
+def special_token_ids(tokenizer: Path) -> dict[str, int]:
+    """The chat tokenizer's own special ids for the config (the small model's), or none to set."""
+    token_ids = json.loads((tokenizer / "tokenizer_config.json").read_text()).get("added_tokens_decoder", {})
+    return {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2} if token_ids else {}
+
+
+def copy_tokenizer(tokenizer: Path, folder: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (tokenizer / name).is_file():
+            shutil.copy(tokenizer / name, folder / name)
+
+
 def build(folder: Path, tokenizer: Path, tiny: bool, max_positions: int | None = None) -> None:
     import torch
     from transformers import Llama4ForCausalLM, Llama4TextConfig
 
-    token_ids = json.loads((tokenizer / "tokenizer_config.json").read_text()).get("added_tokens_decoder", {})
-    special = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2} if token_ids else {}
+    special = special_token_ids(tokenizer)
     shape = dict(TINY_TEXT if tiny else SCOUT_TEXT)
     if max_positions:  # a memory limit above Scout's 10M positions needs a model that admits more
         shape["max_position_embeddings"] = max_positions
@@ -71,9 +82,7 @@ def build(folder: Path, tokenizer: Path, tiny: bool, max_positions: int | None =
         model = Llama4ForCausalLM(config)
     started = time.monotonic()
     model.save_pretrained(folder, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        if (tokenizer / name).is_file():
-            shutil.copy(tokenizer / name, folder / name)
+    copy_tokenizer(tokenizer, folder)
     print(
         f"saved {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B params to {folder} "
         f"in {time.monotonic() - started:.0f} s",

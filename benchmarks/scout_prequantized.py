@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: its sibling benchmarks import
-from one_plan import SCOUT_TEXT, TINY_TEXT, TOKENIZER_FILES  # noqa: E402
+from one_plan import SCOUT_TEXT, TINY_TEXT, copy_tokenizer, special_token_ids  # noqa: E402
 
 QUANT = {
     "load_in_4bit": True,
@@ -42,8 +41,7 @@ def scout_config(layers: int, tiny: bool, tokenizer: Path) -> Any:
 
     if layers % 4:
         raise SystemExit(f"--layers {layers}: Scout's pattern repeats every 4 layers (3 chunked + 1 global)")
-    token_ids = json.loads((tokenizer / "tokenizer_config.json").read_text()).get("added_tokens_decoder", {})
-    special = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2} if token_ids else {}
+    special = special_token_ids(tokenizer)
     shape = dict(TINY_TEXT if tiny else SCOUT_TEXT)
     config = Llama4TextConfig(
         num_hidden_layers=layers, no_rope_layers=[1, 1, 1, 0] * (layers // 4), **shape, **special
@@ -161,9 +159,7 @@ def build(folder: Path, tokenizer: Path, layers: int, tiny: bool) -> None:
     index_file = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index_file, indent=2))
     config.save_pretrained(folder)
-    for name in TOKENIZER_FILES:
-        if (tokenizer / name).is_file():
-            shutil.copy(tokenizer / name, folder / name)
+    copy_tokenizer(tokenizer, folder)
     print(
         f"saved {layers} layers, {total / (1 << 30):.2f} GiB pre-quantized ({len(four_bit)} 4-bit Linears) "
         f"to {folder} in {time.monotonic() - started:.0f} s",
