@@ -86,7 +86,7 @@ def routed_experts_output(
     order = torch.argsort(flat_expert, stable=True)
     token_of_row = order // top_k
     rows_in = hidden_states[token_of_row] * scores.reshape(-1, 1)[order].to(hidden_states.dtype)
-    if hasattr(experts, "gate_up_proj"):
+    if fused_experts(experts):
         rows_out = _fused_experts(experts, rows_in, flat_expert[order])
     else:
         rows_out = _per_expert_modules(experts, rows_in, flat_expert[order])
@@ -94,6 +94,11 @@ def routed_experts_output(
     out = torch.zeros_like(hidden_states)
     out.index_add_(0, token_of_row, rows_out.to(out.dtype))
     return out
+
+
+def fused_experts(experts: Any) -> bool:
+    """Llama4TextExperts' 3-D parameters (bf16 and on-the-fly loads), not per-expert modules (pre-quantized)."""
+    return hasattr(experts, "gate_up_proj")
 
 
 def _fused_experts(experts: Any, rows: torch.Tensor, expert_of_row: torch.Tensor) -> torch.Tensor:

@@ -21,13 +21,13 @@ def apply_experts(model: Any, experts: str) -> dict[str, Any]:
     """{"experts": what runs, "swapped": [module names]}; "dense" for a model without experts, and
     "not recognised: ..." for MoE layers on neither path (the model's own forward runs, whatever --experts
     says)."""
-    from doctor.runtime.experts import route_llama4_experts
+    from doctor.runtime.experts import fused_experts, route_llama4_experts
 
     if experts == "transformers":
         return {"experts": _library_experts(model) or _unrouted(model), "swapped": []}
     swapped = route_llama4_experts(model)
     if swapped:
-        fused = all(hasattr(model.get_submodule(name).experts, "gate_up_proj") for name in swapped)
+        fused = all(fused_experts(model.get_submodule(name).experts) for name in swapped)
         how = "grouped GEMM over routed tokens" if fused else "each expert's own module on its routed tokens"
         return {"experts": f"routed: niah's Llama 4 forward, {how}", "swapped": swapped}
     if _on_experts_interface(model):
